@@ -1,0 +1,1 @@
+"""dMX: differentiable per-layer MX mixed-precision assignment."""

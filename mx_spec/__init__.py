@@ -1,0 +1,1 @@
+"""Bit-exact numpy model of OCP Microscaling (MX) v1.0."""
