@@ -1,0 +1,72 @@
+"""Sweep figures drawn from synthetic result records (no model needed)."""
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from dmx.plots import assignment_grid, assignment_heatmap, pareto_figure
+
+BITS = {"mxfp4_e2m1": 4.0, "mxfp8_e4m3": 8.0}
+
+
+def _points(with_acc: bool) -> list[dict]:
+    pts = [
+        {"method": "fp", "perplexity": 20.0},
+        {"method": "uniform", "format": "mxfp4_e2m1", "avg_bits": 4.0, "perplexity": 40.0},
+        {"method": "uniform", "format": "mxfp8_e4m3", "avg_bits": 8.0, "perplexity": 21.0},
+        {"method": "kl", "avg_bits": 5.0, "perplexity": 30.0},
+        {"method": "dmx", "avg_bits": 5.1, "perplexity": 27.0},
+        {"method": "dmx", "avg_bits": float("nan"), "perplexity": 27.0},  # skipped, not drawn
+    ]
+    if with_acc:
+        pts[4]["avg_accuracy"] = 0.41
+    return pts
+
+
+def test_pareto_png_one_and_two_panels(tmp_path):
+    one = mpimg.imread(pareto_figure(_points(False), tmp_path / "a" / "p1.png"))
+    two = mpimg.imread(pareto_figure(_points(True), tmp_path / "p2.png", title="x"))
+    # A second (accuracy) panel makes the figure wider at the same height.
+    assert one.shape[0] == two.shape[0]
+    assert two.shape[1] > 1.5 * one.shape[1]
+    # Not a blank canvas: markers/lines put non-white pixels in the image.
+    assert (one[..., :3] < 0.5).any()
+
+
+def test_pareto_rejects_results_without_perplexity(tmp_path):
+    with pytest.raises(ValueError, match="no result has a finite perplexity"):
+        pareto_figure([{"method": "kl", "avg_bits": 5.0, "perplexity": None}], tmp_path / "p.png")
+
+
+def test_assignment_grid_values_and_missing_layers():
+    order = ["l0", "l1", "l2"]
+    grid = assignment_grid(
+        {"kl@5": {"l0": "mxfp8_e4m3", "l1": "mxfp4_e2m1", "l2": "mxfp4_e2m1"}, "dmx@5": {"l1": "mxfp8_e4m3"}},
+        order,
+        BITS,
+    )
+    assert grid.dtype == np.float64
+    np.testing.assert_array_equal(grid[0], [8.0, 4.0, 4.0])
+    assert np.isnan(grid[1, 0]) and grid[1, 1] == 8.0 and np.isnan(grid[1, 2])
+
+
+def test_assignment_grid_unknown_format_is_an_error():
+    with pytest.raises(ValueError, match="mxfp6_e2m3"):
+        assignment_grid({"a": {"l0": "mxfp6_e2m3"}}, ["l0"], BITS)
+
+
+def test_heatmap_png_colours_follow_bits(tmp_path):
+    names = [f"model.layers.{i}.mlp.{p}" for i in range(4) for p in ("gate_proj", "up_proj")]
+    high_first = {n: ("mxfp8_e4m3" if k < 4 else "mxfp4_e2m1") for k, n in enumerate(names)}
+    path = assignment_heatmap({"kl@6": high_first}, tmp_path / "h.png", format_bits=BITS)
+    img = mpimg.imread(path)[..., :3]
+    # Sample the middle row of the image: the left (high) and right (low) halves of the one
+    # heat-map row must have different colours.
+    row = img[img.shape[0] // 2]
+    dark = row[(row.sum(axis=1) < 2.9)]  # drop white margins
+    assert len(np.unique(np.round(dark, 2), axis=0)) >= 2
+
+
+def test_heatmap_needs_assignments(tmp_path):
+    with pytest.raises(ValueError, match="no assignments"):
+        assignment_heatmap({}, tmp_path / "h.png", format_bits=BITS)
