@@ -1,0 +1,347 @@
+"""KL-divergence layer-selection baseline for mixed-precision MX assignment.
+
+The variant implemented here (one-at-a-time sensitivity, score-ordered greedy demotion):
+
+1. Reference: the full-precision model's next-token log-probabilities on the calibration
+   windows, ``log p_ref(. | x_<t)`` for every position ``t`` of every window.
+2. Sensitivity of layer ``l``: every quantised layer at the *high* format except ``l``, which is
+   at the *low* format; the score is the mean over all calibration tokens of
+   ``KL(p_ref || p) = sum_v p_ref(v) * (log p_ref(v) - log p(v))`` (natural log, nats/token).
+   All layers are scored against the same reference, one forward pass over the calibration
+   windows per layer.
+3. Selection: layers are sorted by ascending score (ties broken by layer order in the model) and
+   demoted to the low format one by one, least sensitive first, until the average element bits
+   (same weighting as the dMX regulariser: ``"mean"`` = every layer counts once, ``"elements"``
+   = weighted by weight-element count) is at or below the target. The achieved average is thus
+   the largest average ``<= target`` reachable along that order, so the baseline never uses
+   more bits than dMX is allowed.
+
+Scores are cached in one JSON file per (model, calibration data hash, low/high format, block
+size, layer list, weighting-independent settings) key; the file is rewritten atomically after
+every scored layer, so an interrupted scoring run keeps what it has measured and a rerun only
+scores the missing layers. A sweep over several budgets therefore scores once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dmx.assignment import Assignment, format_element_bits
+from dmx.checkpoint import atomic_write_text
+from dmx.data import token_hash
+from dmx.models import input_device
+
+CACHE_SCHEMA = "dmx.kl_scores/1"
+
+
+# ----------------------------------------------------------------------------- KL measurement
+
+
+def mean_token_kl(ref_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``KL(p_ref || p)`` for next-token distributions.
+
+    Both inputs are log-probabilities of shape ``[..., vocab]`` (every leading index is one
+    token position). Returns a 0-d float64 tensor: ``mean_t sum_v exp(r_tv) (r_tv - q_tv)``.
+    """
+    if ref_log_probs.shape != log_probs.shape:
+        raise ValueError(
+            f"reference and candidate log-probabilities differ in shape: "
+            f"{tuple(ref_log_probs.shape)} vs {tuple(log_probs.shape)}; both must come from the "
+            "same calibration windows and the same vocabulary"
+        )
+    r = ref_log_probs.reshape(-1, ref_log_probs.shape[-1]).to(torch.float64)
+    q = log_probs.reshape(-1, log_probs.shape[-1]).to(torch.float64)
+    # kl_div(input=log q, target=log p_ref, log_target=True) = p_ref * (log p_ref - log q).
+    per_token = F.kl_div(q, r, reduction="none", log_target=True).sum(dim=-1)
+    return per_token.mean()
+
+
+def _window_batches(windows: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+    for start in range(0, windows.shape[0], batch_size):
+        yield windows[start : start + batch_size]
+
+
+@torch.no_grad()
+def next_token_log_probs(
+    model: nn.Module, windows: torch.Tensor, *, batch_size: int = 1
+) -> torch.Tensor:
+    """Float32 next-token log-probabilities ``[n, seqlen, vocab]`` of ``model`` on ``windows``.
+
+    ``windows`` is a LongTensor ``[n, seqlen]`` (e.g. from ``dmx.data.calibration_windows``).
+    The model is put in eval mode; the result lives on the CPU.
+    """
+    if windows.dim() != 2 or windows.dtype != torch.long:
+        raise ValueError(
+            f"windows must be a LongTensor [n_windows, seqlen], got {windows.dtype} "
+            f"{tuple(windows.shape)}; build it with dmx.data.calibration_windows"
+        )
+    model.eval()
+    device = input_device(model)
+    out = []
+    for batch in _window_batches(windows, batch_size):
+        logits = model(input_ids=batch.to(device), use_cache=False).logits
+        out.append(F.log_softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def kl_to_reference(
+    model: nn.Module, windows: torch.Tensor, ref_log_probs: torch.Tensor, *, batch_size: int = 1
+) -> float:
+    """Mean token ``KL(p_ref || p_model)`` over ``windows`` (nats/token), batch by batch."""
+    model.eval()
+    device = input_device(model)
+    total, count = 0.0, 0
+    for i, batch in enumerate(_window_batches(windows, batch_size)):
+        logits = model(input_ids=batch.to(device), use_cache=False).logits
+        q = F.log_softmax(logits.float(), dim=-1).cpu()
+        r = ref_log_probs[i * batch_size : i * batch_size + batch.shape[0]]
+        n_tok = q.numel() // q.shape[-1]
+        total += float(mean_token_kl(r, q)) * n_tok
+        count += n_tok
+    return total / count
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def demotion_order(scores: Mapping[str, float], layer_order: Sequence[str]) -> list[str]:
+    """Layers sorted by ascending sensitivity score; equal scores keep model order."""
+    missing = [n for n in layer_order if n not in scores]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} layer(s) have no KL score (first: {missing[0]!r}); score them first "
+            "with score_layers"
+        )
+    rank = {n: i for i, n in enumerate(layer_order)}
+    return sorted(layer_order, key=lambda n: (float(scores[n]), rank[n]))
+
+
+def check_target(target_bits: float, *, low_format: str, high_format: str) -> None:
+    """ValueError unless ``bits(low) < bits(high)`` and ``target_bits`` lies in that range."""
+    lo, hi = format_element_bits(low_format), format_element_bits(high_format)
+    if not lo < hi:
+        raise ValueError(
+            f"low format {low_format!r} ({lo} bits) must have fewer element bits than high "
+            f"format {high_format!r} ({hi} bits)"
+        )
+    if math.isnan(target_bits) or not lo <= target_bits <= hi:
+        raise ValueError(
+            f"target of {target_bits} average element bits is unreachable with {low_format} "
+            f"({lo} bits) and {high_format} ({hi} bits); choose a target in [{lo}, {hi}]"
+        )
+
+
+def select_by_sensitivity(
+    scores: Mapping[str, float],
+    layer_order: Sequence[str],
+    *,
+    low_format: str,
+    high_format: str,
+    target_bits: float,
+    sizes: Mapping[str, int] | None = None,
+    weighting: str = "mean",
+) -> dict[str, str]:
+    """Greedy KL assignment ``{layer: format}`` meeting ``average element bits <= target_bits``.
+
+    Starts with every layer at ``high_format`` and demotes layers to ``low_format`` in
+    ``demotion_order`` until the average element bits, computed exactly as
+    ``dmx.assignment.Assignment.from_formats`` does for ``weighting`` (``sizes`` = weight
+    element counts, needed for ``"elements"``), is ``<= target_bits``. A target outside
+    ``[bits(low), bits(high)]`` raises ValueError naming the reachable range.
+    """
+    check_target(target_bits, low_format=low_format, high_format=high_format)
+    assignment = {n: high_format for n in layer_order}
+
+    def avg() -> float:
+        return Assignment.from_formats(assignment, weighting=weighting, layer_sizes=sizes).element_bits
+
+    # A tiny tolerance keeps float round-off in the average from demoting one layer too many.
+    for name in demotion_order(scores, layer_order):
+        if avg() <= target_bits + 1e-9:
+            break
+        assignment[name] = low_format
+    return assignment
+
+
+# ----------------------------------------------------------------------------- score cache
+
+
+@dataclass
+class ScoreCache:
+    """Per-layer KL scores for one key, persisted as JSON at ``path``.
+
+    File schema: ``{"schema": "dmx.kl_scores/1", "key": {...}, "key_hash": str,
+    "scores": {layer: kl_nats_per_token}}``. ``save`` writes atomically (temp file + rename)."""
+
+    path: Path
+    key: dict[str, Any]
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key_hash(self) -> str:
+        return _key_hash(self.key)
+
+    def save(self) -> None:
+        doc = {"schema": CACHE_SCHEMA, "key": self.key, "key_hash": self.key_hash, "scores": self.scores}
+        atomic_write_text(self.path, json.dumps(doc, indent=1, sort_keys=True))
+
+
+def _key_hash(key: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> Path:
+    """``<cache_dir>/kl_scores-<slug>-<hash12>.json`` for a cache key."""
+    slug = "".join(c if c.isalnum() else "-" for c in str(key.get("model", "model")))[-40:]
+    return Path(cache_dir) / f"kl_scores-{slug}-{_key_hash(key)[:12]}.json"
+
+
+def open_cache(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> ScoreCache:
+    """Load the cache for ``key`` (empty if absent). A file whose key differs or that is not
+    valid JSON raises ValueError naming the file, so a stale cache is never used silently."""
+    key = json.loads(json.dumps(dict(key), sort_keys=True))  # normalise (tuples -> lists)
+    path = cache_path(cache_dir, key)
+    if not path.exists():
+        return ScoreCache(path=path, key=key)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"KL score cache {path} is corrupt ({exc}); delete it to rescore") from exc
+    if doc.get("schema") != CACHE_SCHEMA or doc.get("key") != key:
+        raise ValueError(
+            f"KL score cache {path} belongs to a different key ({doc.get('key')!r}); "
+            "delete it or use another --cache-dir"
+        )
+    return ScoreCache(path=path, key=key, scores={k: float(v) for k, v in doc["scores"].items()})
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_layers(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    windows: torch.Tensor,
+    *,
+    low_format: str,
+    high_format: str,
+    reference: torch.Tensor | Callable[[], torch.Tensor],
+    cache: ScoreCache | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Per-layer sensitivity ``{layer: mean token KL(p_ref || p)}`` (see module docstring).
+
+    ``layers`` maps names to DMXLinear modules of ``model`` (``set_fixed_format`` is used);
+    ``reference`` is the full-precision log-probabilities from ``next_token_log_probs`` or a
+    zero-argument callable producing them (only called if some layer still needs scoring).
+    With ``cache``, already-scored layers are skipped and each new score is saved at once.
+    On return every layer is left at ``high_format``.
+    """
+    scores: dict[str, float] = dict(cache.scores) if cache is not None else {}
+    todo = [n for n in layers if n not in scores]
+    for layer in layers.values():
+        layer.set_fixed_format(high_format)
+    if todo:
+        ref = reference() if callable(reference) else reference
+        bar = tqdm(todo, desc=f"KL scores {low_format}->{high_format}", disable=not progress, unit="layer")
+        for name in bar:
+            layers[name].set_fixed_format(low_format)
+            try:
+                kl = kl_to_reference(model, windows, ref, batch_size=batch_size)
+            finally:
+                layers[name].set_fixed_format(high_format)
+            scores[name] = kl
+            if cache is not None:
+                cache.scores[name] = kl
+                cache.save()
+            bar.set_postfix(layer=name[-24:], kl=f"{kl:.3g}")
+    return {n: scores[n] for n in layers}
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def cache_key(
+    *, model_id: str, windows: torch.Tensor, low_format: str, high_format: str, layers: Mapping[str, nn.Module]
+) -> dict[str, Any]:
+    """What a set of KL scores depends on: model, calibration windows (sha256 of the token ids
+    and their shape), the two formats, the MX block size and the quantised layer list."""
+    block_sizes = sorted({int(getattr(layer, "block_size", 32)) for layer in layers.values()})
+    return {
+        "model": str(model_id),
+        "data_sha256": token_hash(windows),
+        "windows": [int(s) for s in windows.shape],
+        "low_format": low_format,
+        "high_format": high_format,
+        "block_size": block_sizes,
+        "layers": list(layers),
+    }
+
+
+def kl_assignments(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    windows: torch.Tensor,
+    *,
+    targets: Sequence[float],
+    low_format: str,
+    high_format: str,
+    reference: torch.Tensor | Callable[[], torch.Tensor],
+    model_id: str,
+    cache_dir: str | os.PathLike | None = None,
+    weighting: str = "mean",
+    batch_size: int = 1,
+    progress: bool = True,
+) -> dict[float, Assignment]:
+    """KL-heuristic assignments for every target (layers scored once; see module docstring).
+
+    ``reference``: full-precision log-probabilities on ``windows`` (``next_token_log_probs`` of
+    the unquantised model) or a callable producing them, only called when some score is
+    missing from the cache in ``cache_dir``. Targets are validated before any scoring. Returns
+    ``{target: Assignment}`` with provenance (method, variant, model, data hash, cache file,
+    scores); the layers are left at ``high_format``."""
+    for t in targets:  # fail fast, before minutes of scoring
+        check_target(float(t), low_format=low_format, high_format=high_format)
+    key = cache_key(model_id=model_id, windows=windows, low_format=low_format, high_format=high_format, layers=layers)
+    cache = open_cache(cache_dir, key) if cache_dir is not None else None
+    scores = score_layers(
+        model, layers, windows, low_format=low_format, high_format=high_format, reference=reference,
+        cache=cache, batch_size=batch_size, progress=progress,
+    )
+    sizes = {n: int(layer.linear.weight.numel()) for n, layer in layers.items()}
+    block_size = key["block_size"][0] if len(key["block_size"]) == 1 else 32
+    out: dict[float, Assignment] = {}
+    for t in targets:
+        formats = select_by_sensitivity(
+            scores, list(layers), low_format=low_format, high_format=high_format, target_bits=float(t),
+            sizes=sizes, weighting=weighting,
+        )
+        out[float(t)] = Assignment.from_formats(
+            formats, block_size=block_size, weighting=weighting, layer_sizes=sizes,
+            provenance={
+                "method": "kl",
+                "variant": "one-at-a-time low-format KL(p_ref||p) vs full precision, rest at high; "
+                "greedy demotion by ascending score until average bits <= target",
+                "target_bits": float(t),
+                "model": str(model_id),
+                "calibration_windows": {"count": key["windows"][0], "seqlen": key["windows"][1],
+                                        "sha256": key["data_sha256"]},
+                "cache_file": None if cache is None else str(cache.path),
+                "kl_scores": scores,
+            },
+        )
+    return out
