@@ -1,0 +1,263 @@
+"""The dMX calibration loop: learn one MX format per layer under an average-bit budget.
+
+Objective per step (dMX): ``CE(next-token) + bit_budget_penalty(average_bits(layers), target, lam)``
+— the target-aware hinge of dmx core — minimised over the per-layer offsets ``beta_hat`` only
+(model weights frozen) with SGD (lr 1, momentum 0.99, Nesterov), while the temperature follows
+dmx core's annealing schedule (``HoldThenExponential`` by default). Gradients of
+``grad_accum`` micro-batches of ``batch_size`` windows are summed (each scaled by
+``1/grad_accum``) before one optimiser step.
+
+Checkpoints (atomic, see :mod:`dmx.checkpoint`) hold the offsets, optimiser state, completed
+step count, torch RNG state and the settings; they are written every ``checkpoint_every`` steps,
+at the end, and when the run is interrupted with Ctrl-C. ``resume=True`` continues from the
+checkpoint and reproduces the uninterrupted run exactly (the window order is a pure function of
+the seed and the step). A crash loses at most ``checkpoint_every`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dmx.assignment import WEIGHTINGS, Assignment, apply_assignment
+from dmx.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from dmx.data import token_hash
+from dmx.models import input_device
+from dmx.quantized import set_calibration_mode
+
+__all__ = ["CalibrationConfig", "window_order", "objective", "calibrate", "software_versions"]
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Settings of one calibration run (the CLI flags of ``dmx calibrate`` mirror these).
+
+    ``schedule_name`` is a key of ``dmx.anneal.SCHEDULES`` (default ``exponential`` =
+    ``HoldThenExponential``); ``t_start``/``t_end``/``hold_fraction`` left as ``None`` take the
+    schedule's defaults. ``weighting``: how the average bits of the budget are
+    taken over layers, ``mean`` (each layer counts once) or ``elements`` (by weight count).
+    """
+
+    family: str = "fp8_fp4"
+    target_bits: float = 5.0
+    lam: float = 5.0
+    steps: int = 60
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 1.0
+    momentum: float = 0.99
+    nesterov: bool = True
+    t_start: float | None = None
+    t_end: float | None = None
+    hold_fraction: float | None = None
+    schedule_name: str = "exponential"
+    weighting: str = "mean"
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        """``ValueError`` naming the bad setting and the valid range."""
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "checkpoint_every": self.checkpoint_every}
+        for key, value in positive.items():
+            if int(value) < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {list(WEIGHTINGS)}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
+        from dmx.family import get_family
+
+        get_family(self.family).validate_target(self.target_bits)
+        self.schedule()  # unknown schedule name / bad temperatures raise here, before any work
+
+    def schedule(self):
+        """The temperature schedule ``(step, total_steps) -> T`` (``dmx.anneal.get_schedule``)."""
+        from dmx.anneal import get_schedule
+
+        overrides = {k: v for k, v in (("start", self.t_start), ("end", self.t_end),
+                                       ("hold_fraction", self.hold_fraction)) if v is not None}
+        return get_schedule(self.schedule_name, **overrides)
+
+
+def window_order(n_windows: int, total: int, seed: int) -> torch.Tensor:
+    """Window index for each of ``total`` micro-batch slots: seeded permutations of all windows, concatenated.
+
+    A pure function of ``(n_windows, total, seed)``, so a resumed run sees the same windows.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    epochs = -(-total // n_windows)
+    return torch.cat([torch.randperm(n_windows, generator=generator) for _ in range(epochs)])[:total]
+
+
+def objective(
+    model: nn.Module,
+    layers: Mapping[str, Any],
+    batch: torch.Tensor,
+    *,
+    target_bits: float,
+    lam: float,
+    weighting: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dMX loss on one batch ``LongTensor[b, s]``: returns ``(loss, ce, average_bits)``.
+
+    ``ce`` is the mean next-token cross-entropy over the ``b * (s - 1)`` predicted tokens (in
+    float32 even for a bf16 model); ``loss = dmx_objective(ce, average_bits, target, lam)`` =
+    ``ce + max(0, lam * (average_bits - target))`` (``FloatingPointError`` on a non-finite CE).
+    """
+    from dmx.regularizer import average_bits, dmx_objective
+
+    batch = batch.to(input_device(model))
+    logits = model(input_ids=batch, use_cache=False).logits
+    ce = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1).to(logits.device)
+    )
+    bits = average_bits(layers, weighting=weighting)
+    loss = dmx_objective(ce, bits.reshape(1).to(ce.device), target_bits, lam)
+    return loss, ce, bits
+
+
+def software_versions() -> dict[str, str]:
+    """Versions recorded in provenance."""
+    import numpy
+    import transformers
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        dmx_version = version("dmx-reference")
+    except PackageNotFoundError:
+        dmx_version = "unknown"
+    return {"dmx": dmx_version, "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def _ordered(layers: Mapping[str, Any]) -> list[str]:
+    return sorted(layers)
+
+
+def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: str) -> dict[str, Any]:
+    return {
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "beta_hat": {name: layers[name].beta_hat.detach().cpu().clone() for name in _ordered(layers)},
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state()},
+        "config": dataclasses.asdict(cfg),
+        "layers": _ordered(layers),
+        "windows_hash": windows_hash,
+    }
+
+
+def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, windows_hash: str) -> int:
+    if state["layers"] != _ordered(layers):
+        raise CheckpointError("checkpoint was written for different layers (another model or --include-lm-head setting)")
+    saved = dict(state["config"])
+    current = dataclasses.asdict(cfg)
+    # checkpoint_every may change between runs; everything else defines the trajectory.
+    differing = sorted(k for k in current if k != "checkpoint_every" and saved.get(k) != current[k])
+    if differing:
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
+        raise CheckpointError(f"cannot resume: settings differ from the checkpoint ({detail}); use the same settings or a new --checkpoint-dir")
+    if state.get("windows_hash") != windows_hash:
+        raise CheckpointError("cannot resume: calibration windows differ from the checkpoint (other data, seqlen, seed or model tokenizer)")
+    with torch.no_grad():
+        for name in _ordered(layers):
+            layers[name].beta_hat.copy_(state["beta_hat"][name].to(layers[name].beta_hat.device))
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return int(state["step"])
+
+
+def calibrate(
+    model: nn.Module,
+    layers: Mapping[str, Any],
+    windows: torch.Tensor,
+    cfg: CalibrationConfig = CalibrationConfig(),
+    *,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> Assignment:
+    """Run dMX calibration on ``windows`` (``LongTensor[n, seqlen]``) and return the hard assignment.
+
+    ``layers``: the ``DMXLinear`` map from :func:`dmx.quantized.quantize_model`. On return the
+    layers are fixed to the assigned standard MX formats (ready for evaluation). ``on_step(step,
+    metrics)`` is called after each completed step (1-based) and its checkpoint. ``provenance``
+    (model name, data hash, ...) is merged with seed, versions and settings into the result.
+    """
+    cfg.validate()
+    if not layers:
+        raise ValueError("no dMX layers to calibrate; call dmx.quantized.quantize_model first")
+    if windows.ndim != 2 or windows.shape[0] < 1:
+        raise ValueError(f"windows must be a LongTensor[n, seqlen] with n >= 1, got shape {tuple(windows.shape)}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    windows_hash = token_hash(windows)
+    schedule = cfg.schedule()
+    params = [layers[name].beta_hat for name in _ordered(layers)]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    order = window_order(windows.shape[0], cfg.steps * cfg.grad_accum * cfg.batch_size, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start = 0
+    if resume:
+        start = _restore(load_checkpoint(checkpoint_dir), layers, optimizer, cfg, windows_hash)
+    from dmx.wrap import set_temperature
+
+    set_calibration_mode(model, layers, training=True)
+    completed = start
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not progress)
+    try:
+        for step in range(start, cfg.steps):
+            temperature = float(schedule(step, cfg.steps))
+            set_temperature(model, temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = ce_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                first = (step * cfg.grad_accum + micro) * cfg.batch_size
+                batch = windows[order[first : first + cfg.batch_size]]
+                loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
+                                           weighting=cfg.weighting)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += float(loss) / cfg.grad_accum
+                ce_sum += float(ce) / cfg.grad_accum
+            optimizer.step()
+            completed = step + 1
+            metrics = {"loss": loss_sum, "ce": ce_sum, "bits": float(bits), "T": temperature}
+            bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits):.2f}", T=f"{temperature:.2f}")
+            bar.update(1)
+            if checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
+                save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash))
+            if on_step is not None:
+                on_step(completed, metrics)
+    except KeyboardInterrupt:
+        if checkpoint_dir is not None and completed > start:
+            save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash))
+            bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume")
+        raise
+    finally:
+        bar.close()
+    set_calibration_mode(model, layers, training=False)
+    record = dict(provenance or {})
+    record.update({
+        "method": "dmx",
+        "seed": cfg.seed,
+        "settings": dataclasses.asdict(cfg),
+        "calibration_windows": {"count": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "sha256": windows_hash},
+        "final_metrics": metrics,
+        "versions": software_versions(),
+    })
+    assignment = Assignment.from_layers(layers, weighting=cfg.weighting, provenance=record)
+    apply_assignment(layers, assignment)
+    return assignment

@@ -1,0 +1,96 @@
+"""``dmx`` command-line entry point: ``dmx calibrate | eval | kl | sweep | export``.
+
+Each subcommand lives in ``dmx/commands/<name>.py`` and exposes ``register(subparsers)``;
+modules that are not installed are skipped. Every subcommand accepts ``--config file.yaml``: a
+mapping whose keys are that subcommand's flag names (kebab-case, e.g. ``target-bits: 5``, or
+snake_case) and whose values become the defaults; flags given on the command line override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "build_parser", "config_defaults", "main"]
+
+COMMANDS = ("calibrate", "eval", "kl", "sweep", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="dmx",
+        description="Differentiable per-layer MX mixed-precision assignment (dMX) for causal LMs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"dmx.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"dmx.commands.{name}":
+                continue  # that subcommand is not part of this installation
+            raise
+        module.register(subparsers)
+    for sub in subparsers.choices.values():
+        sub.add_argument("--config", default=None, metavar="FILE.yaml",
+                         help="YAML file whose keys are this command's flag names; command-line flags override it")
+    return parser
+
+
+def config_defaults(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a YAML config into ``{dest: value}`` for ``parser``; unknown keys -> error listing valid ones."""
+    import yaml
+
+    target = Path(path)
+    if not target.is_file():
+        raise SystemExit(f"dmx: config file {str(target)!r} does not exist")
+    try:
+        data = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SystemExit(f"dmx: config file {target} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SystemExit(f"dmx: config file {target} must be a mapping of flag names to values")
+    dests = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    valid = sorted(d.replace("_", "-") for d in dests)
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        if dest not in dests:
+            raise SystemExit(f"dmx: unknown key {key!r} in {target}; valid keys for this command: {', '.join(valid)}")
+        action = dests[dest]
+        if action.type is not None and value is not None and not isinstance(value, list):
+            value = action.type(value)
+        if action.choices is not None and value not in action.choices:
+            raise SystemExit(f"dmx: {key}={value!r} in {target}; choose one of {list(action.choices)}")
+        defaults[dest] = value
+    return defaults
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), apply ``--config``, run the subcommand."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        sub = parser._subparsers._group_actions[0].choices[args.command]
+        sub.set_defaults(**config_defaults(args.config, sub))
+        args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("dmx: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dmx {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""``dmx calibrate``: learn a per-layer MX assignment for a causal LM and write it as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+from dmx.commands import add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
+
+__all__ = ["register", "run", "config_from_args"]
+
+#: Demo defaults: 64 windows x 256 tokens, 40 steps of 4-window batches on SmolLM2-135M.
+DEFAULT_SEQLEN = 256
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``calibrate`` subparser."""
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="learn one MX format per decoder linear under an average-bit budget (dMX)",
+        description="Calibrate dMX offsets on WikiText-2 validation windows (or a text file) and write "
+                    "the assignment {layer: MX format} with achieved bits and provenance as JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_args(parser)
+    add_quant_args(parser)
+    add_data_args(parser)
+    parser.set_defaults(seqlen=DEFAULT_SEQLEN, func=run)
+    group = parser.add_argument_group("calibration")
+    group.add_argument("--text-file", default=None, help="calibrate on this UTF-8 text file instead of WikiText-2 validation")
+    group.add_argument("--n-windows", type=int, default=64, help="number of seeded random calibration windows")
+    group.add_argument("--target-bits", type=float, default=5.0, help="average element-bit budget (within the family's range)")
+    group.add_argument("--lam", type=float, default=5.0, help="weight of the bit-budget hinge penalty")
+    group.add_argument("--steps", type=int, default=40, help="optimiser steps")
+    group.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch")
+    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimiser step")
+    group.add_argument("--lr", type=float, default=1.0, help="SGD learning rate on the offsets")
+    group.add_argument("--momentum", type=float, default=0.99, help="SGD (Nesterov) momentum")
+    group.add_argument("--schedule", default="exponential",
+                       help="temperature schedule (dmx.anneal.SCHEDULES: exponential, linear, cosine, constant, round_ste)")
+    group.add_argument("--t-start", type=float, default=None, help="start temperature (default: schedule's, 0.4)")
+    group.add_argument("--t-end", type=float, default=None, help="final temperature (default: schedule's, 20)")
+    group.add_argument("--hold-fraction", type=float, default=None, help="fraction of steps at t-start (default: schedule's, 0.6)")
+    group.add_argument("--weighting", default="mean", choices=["mean", "elements"],
+                       help="average bits over layers: plain mean or weighted by weight elements")
+    group.add_argument("--seed", type=int, default=0, help="seed of window sampling and order")
+    group.add_argument("--checkpoint-dir", default=None,
+                       help="directory for atomic checkpoints (default: <out>.ckpt next to --out)")
+    group.add_argument("--checkpoint-every", type=int, default=5, help="steps between checkpoints")
+    group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    group.add_argument("--out", default="assignment.json", help="where to write the assignment JSON")
+    group.add_argument("--eval-windows", type=int, default=0,
+                       help="after calibrating, WikiText-2 test perplexity on this many --eval-seqlen windows (0: skip)")
+    group.add_argument("--eval-seqlen", type=int, default=2048, help="window length of the optional perplexity check")
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """:class:`dmx.calibrate.CalibrationConfig` from parsed flags."""
+    from dmx.calibrate import CalibrationConfig
+
+    return CalibrationConfig(
+        family=args.family, target_bits=args.target_bits, lam=args.lam, steps=args.steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, momentum=args.momentum,
+        t_start=args.t_start, t_end=args.t_end, hold_fraction=args.hold_fraction,
+        schedule_name=args.schedule, weighting=args.weighting, checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, quantise, calibrate, write the JSON, print a summary table."""
+    from dmx.calibrate import calibrate
+    from dmx.data import calibration_token_ids, sample_windows, test_token_ids, token_hash
+    from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, context_length
+    from dmx.perplexity import perplexity
+    from dmx.quantized import quantize_model
+
+    cfg = config_from_args(args)
+    cfg.validate()  # fail on a bad budget before loading anything
+    out = Path(args.out)
+    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
+    started = time.perf_counter()
+    model, tokenizer = load_model_from_args(args)
+    limit = context_length(model)
+    if limit is not None and args.seqlen > limit:
+        raise ValueError(f"--seqlen {args.seqlen} exceeds the model's context length {limit}; use --seqlen {limit} or less")
+    ids = calibration_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file)
+    windows = sample_windows(ids, args.n_windows, args.seqlen, args.seed)
+    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+    provenance = {
+        "model": args.model,
+        "model_note": EMBEDDED_MODEL.description if SHORT_NAMES.get(args.model) is EMBEDDED_MODEL else None,
+        "dtype": args.dtype,
+        "include_lm_head": args.include_lm_head,
+        "data": args.text_file or ("wikitext-2-v1/validation (hub)" if args.online else "wikitext-2-tokenized/valid.txt"),
+        "data_sha256": token_hash(ids),
+    }
+    assignment = calibrate(model, layers, windows, cfg, checkpoint_dir=str(checkpoint_dir), resume=args.resume,
+                           provenance=provenance, progress=not args.no_progress)
+    rows = []
+    if args.eval_windows > 0:
+        test_ids = test_token_ids(tokenizer, args.data_dir, online=args.online)
+        ppl = perplexity(model, test_ids, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
+                         progress=not args.no_progress)
+        assignment.provenance["quick_eval"] = {"wikitext2_test_ppl": ppl, "windows": args.eval_windows,
+                                               "seqlen": args.eval_seqlen}
+    assignment.provenance["wall_seconds"] = round(time.perf_counter() - started, 1)
+    assignment.to_json(out)
+    for fmt, count in sorted(Counter(assignment.formats.values()).items()):
+        rows.append(["layers at " + fmt, count])
+    rows += [["average element bits", assignment.element_bits],
+             ["average element bits (by params)", assignment.element_bits_by_params],
+             ["storage bits (incl. E8M0 scales)", assignment.storage_bits],
+             ["target element bits", cfg.target_bits],
+             ["final CE (calibration batch)", assignment.provenance["final_metrics"].get("ce")]]
+    if "quick_eval" in assignment.provenance:
+        rows.append([f"WikiText-2 test ppl ({args.eval_windows} x {args.eval_seqlen})",
+                     assignment.provenance["quick_eval"]["wikitext2_test_ppl"]])
+    rows += [["wall time (s)", assignment.provenance["wall_seconds"]], ["assignment written to", str(out)]]
+    print_table(rows, ["quantity", "value"])
+    return 0

@@ -1,0 +1,124 @@
+"""``dmx eval``: WikiText-2 perplexity (and optional zero-shot accuracy) of fake-quantised models.
+
+Evaluates, in order: full precision (``--format fp`` or when nothing else is asked), each
+uniform standard MX format given with ``--format``, and each assignment JSON given with
+``--assignment``. The model is loaded once; quantised configurations reuse one set of DMX layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dmx.commands import add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
+
+__all__ = ["register", "run", "FULL_PRECISION"]
+
+FULL_PRECISION = "fp"
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``eval`` subparser."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="WikiText-2 perplexity of full precision, uniform MX formats and assignment JSONs",
+        description="GPTQ-protocol WikiText-2 test perplexity (rows joined with blank lines, tokenised once, "
+                    "non-overlapping --seqlen windows, exp of mean token NLL) of fake-quantised models; "
+                    "optionally zero-shot accuracy through lm-eval (--tasks).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_args(parser)
+    add_quant_args(parser)
+    add_data_args(parser)
+    group = parser.add_argument_group("what to evaluate")
+    group.add_argument("--format", nargs="+", default=[], metavar="FMT",
+                       help="'fp' (full precision) and/or uniform MX formats: mxfp8_e4m3 mxfp8_e5m2 "
+                            "mxfp6_e3m2 mxfp6_e2m3 mxfp4_e2m1 mxint8")
+    group.add_argument("--assignment", nargs="+", default=[], metavar="JSON",
+                       help="assignment files written by `dmx calibrate` / `dmx kl`")
+    group.add_argument("--max-windows", type=int, default=None,
+                       help="score only the first N windows (quick runs; not comparable with papers)")
+    group.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead")
+    group.add_argument("--no-ppl", action="store_true", help="skip perplexity (e.g. only --tasks)")
+    group.add_argument("--tasks", nargs="+", default=None,
+                       help="zero-shot tasks through dmx.zeroshot/lm-eval (e.g. arc_easy piqa; 'default' for the paper's set)")
+    group.add_argument("--limit", type=int, default=None, help="documents per zero-shot task (quick runs)")
+    group.add_argument("--zeroshot-batch-size", type=int, default=8, help="lm-eval batch size")
+    group.add_argument("--out", default=None, help="also write the results as JSON here")
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _zeroshot(args, model, tokenizer):
+    try:
+        from dmx.zeroshot import evaluate_zeroshot
+    except ImportError as err:
+        raise ValueError(f"--tasks needs dmx.zeroshot and lm-eval (pip install 'dmx-reference[eval]'): {err}") from err
+    tasks = None if args.tasks in (["default"], None) else args.tasks
+    return evaluate_zeroshot(model, tokenizer, tasks=tasks, limit=args.limit, batch_size=args.zeroshot_batch_size,
+                             data_dir=args.data_dir, online=args.online)
+
+
+def _configurations(args) -> list[tuple[str, object]]:
+    from dmx.assignment import Assignment, format_element_bits
+
+    configs: list[tuple[str, object]] = []
+    for fmt in args.format:
+        if fmt != FULL_PRECISION:
+            format_element_bits(fmt)  # unknown format -> ValueError listing the valid ones, before loading
+        configs.append((fmt, fmt))
+    for path in args.assignment:
+        configs.append((path, Assignment.from_json(path)))
+    if not configs:
+        configs.append((FULL_PRECISION, FULL_PRECISION))
+    # full precision must run before the model is wrapped
+    return sorted(configs, key=lambda c: c[1] != FULL_PRECISION)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate every requested configuration and print one table row each."""
+    from dmx.assignment import Assignment, apply_assignment
+    from dmx.data import test_token_ids
+    from dmx.perplexity import perplexity
+    from dmx.quantized import quantize_model
+
+    configs = _configurations(args)
+    model, tokenizer = load_model_from_args(args)
+    ids = None if args.no_ppl else test_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file)
+    layers = None
+    results = []
+    for label, what in configs:
+        if what != FULL_PRECISION:
+            if layers is None:
+                layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+                for layer in layers.values():
+                    layer.eval()
+            assignment = what if isinstance(what, Assignment) else Assignment.from_formats(
+                {name: what for name in layers}, block_size=args.block_size)
+            apply_assignment(layers, assignment)
+            bits, storage = assignment.element_bits, assignment.storage_bits
+        else:
+            bits = storage = None
+        row = {"config": label, "element_bits": bits, "storage_bits": storage}
+        if ids is not None:
+            row["ppl"] = perplexity(model, ids, seqlen=args.seqlen, max_windows=args.max_windows,
+                                    progress=not args.no_progress)
+        if args.tasks:
+            row["zeroshot"] = _zeroshot(args, model, tokenizer)
+            row["zeroshot_avg_acc"] = row["zeroshot"]["average"]["acc"]
+        results.append(row)
+    columns = ["config", "element_bits", "storage_bits"] + (["ppl"] if ids is not None else []) + \
+              (["zeroshot_avg_acc"] if args.tasks else [])
+    print_table([[r.get(c) for c in columns] for r in results], columns)
+    if ids is not None:
+        from dmx.perplexity import window_count
+
+        n = window_count(ids.shape[1], args.seqlen, args.max_windows)
+        print(f"perplexity: {n} window(s) of {args.seqlen} tokens, GPTQ protocol")
+    if args.out:
+        from dmx.checkpoint import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps({"model": args.model, "seqlen": args.seqlen,
+                                                "max_windows": args.max_windows, "results": results}, indent=2) + "\n")
+    return 0

@@ -1,0 +1,59 @@
+"""Turning a causal LM into a fake-quantised dMX model.
+
+Every ``nn.Linear`` inside the decoder blocks (q/k/v/o and gate/up/down for Llama-style models)
+is replaced in place by a ``DMXLinear`` from dmx core: weight and input activation are MX
+fake-quantised (OCP MX v1.0 §6: blocks of 32 along the reduction dimension, shared E8M0 scale),
+each layer with its own learnable offset ``beta_hat``. Embeddings and the output head stay in
+full precision unless ``include_lm_head=True``. All original model weights are frozen; only the
+offsets are trainable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from dmx.models import decoder_linear_names
+
+__all__ = ["quantize_model", "set_uniform_format", "offset_parameters", "set_calibration_mode"]
+
+
+def quantize_model(model: nn.Module, family: str = "fp8_fp4", *, include_lm_head: bool = False, **dmx_kwargs: Any):
+    """Wrap the decoder linears of ``model`` in place; returns ``{qualified name: DMXLinear}``.
+
+    ``family``: a dmx core format family (``fp8_fp4`` | ``fp6_fp4``); ``dmx_kwargs`` go to
+    ``DMXLinear`` (``block_size``, ``beta_hat_init``, ``tie``). Model weights get
+    ``requires_grad=False``. ``ValueError`` when the model has no decoder linears.
+    """
+    from dmx.wrap import wrap_linears
+
+    names = decoder_linear_names(model, include_lm_head=include_lm_head)
+    model.requires_grad_(False)
+    layers = wrap_linears(model, names=names, family=family, **dmx_kwargs)
+    for layer in layers.values():
+        layer.beta_hat.requires_grad_(True)
+    return layers
+
+
+def set_uniform_format(layers: Mapping[str, Any], fmt: str | None) -> None:
+    """Fix every layer to one standard MX format (``None`` restores the learnable offset)."""
+    for layer in layers.values():
+        layer.set_fixed_format(fmt)
+
+
+def offset_parameters(layers: Mapping[str, Any]) -> list[nn.Parameter]:
+    """The learnable offsets ``beta_hat`` of ``layers``, in name order (the optimiser's parameters)."""
+    return [layers[name].beta_hat for name in sorted(layers)]
+
+
+def set_calibration_mode(model: nn.Module, layers: Mapping[str, Any], training: bool) -> None:
+    """Soft (training) offsets for the dMX layers while the rest of the model stays in eval mode.
+
+    Keeping the base model in eval mode disables dropout, so the only stochasticity-free change
+    between calibration and evaluation is the soft/hard offset of ``DMXLinear``.
+    """
+    model.eval()
+    for layer in layers.values():
+        layer.train(training)
