@@ -1,0 +1,270 @@
+"""MX block quantization (OCP MX v1.0 §6.3): ``quantize``, ``dequantize``, ``quantize_dequantize``.
+
+Conversion of a block V_1..V_k (k = ``block_size``, along ``axis``):
+
+1. X = shared exponent of amax = max_i |V_i| (:func:`mx_spec.scale.shared_exponent`; spec mode
+   "floor": floor(log2 amax) - emax_elem from the exponent bits), clamped to [-127, 127];
+   scale code = X + 127 (E8M0).
+2. P_i = V_i / 2^X, rounded to the element grid (:func:`mx_spec.elements.round_to_element_grid`
+   rule: RNE by default), magnitudes above max normal clamped to ±max normal, underflow to a zero
+   of V_i's sign; P_i encoded as element codes.  The division by 2^X is exact in the working
+   precision whenever the quotient is a normal number, and quotients below the working
+   precision's normal range lie far below half of every element's smallest subnormal, so the
+   result equals rounding the exact real quotient.
+
+Decisions where the spec is silent (README "Conformance decisions"):
+
+* all-zero block: X clamps to -127 -> scale code 0x00; elements are +0/-0 by the input's sign
+  (the spec's floor(log2 0) = -inf clamps the same way).
+* X outside [-127, 127]: clamped; elements then underflow / saturate as in step 2.
+* a block containing NaN or ±Inf: scale code 0xFF (NaN); every element code of that block is 0
+  (the spec leaves them unspecified; 0 is deterministic; verifiers ignore them).
+* MXINT8: elements saturate symmetrically to ±127 (codes 0x7F / 0x81); 0x80 (-2.0) is never
+  produced but decodes to -2.0.  A negative zero becomes code 0x00.
+* MXFP8: finite values saturate to ±max normal (448 / 57344), never Inf/NaN.
+* ragged blocks: when the length n along ``axis`` is not a multiple of ``block_size`` the last
+  block holds the n mod block_size trailing elements and its scale comes from those elements
+  only (conceptually zero-padded; padding never changes amax).  ``scales`` has ceil(n /
+  block_size) entries along ``axis``.
+
+Inputs: float32, float64 (processed in float64, no rounding through float32), float16 and
+bfloat16 (``ml_dtypes.bfloat16``; widened exactly to float32).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from mx_spec.elements import (
+    _magic_sum,
+    _magnitude_codes,
+    _round_abs_exact,
+    _signed_codes,
+    _Work,
+    as_working,
+    check_codes,
+    check_rounding,
+    decode_table,
+    Rounding,
+)
+from mx_spec.formats import MXFormat, get_format
+from mx_spec.scale import (
+    ScaleMode,
+    check_scale_mode,
+    decode_e8m0,
+    e8m0_table,
+    encode_e8m0,
+    shared_exponent,
+)
+
+__all__ = ["MXArray", "quantize", "dequantize", "quantize_dequantize"]
+
+OUTPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class MXArray:
+    """An MX-quantized array.
+
+    Attributes:
+        fmt: the :class:`~mx_spec.formats.MXFormat`.
+        scales: uint8 E8M0 codes; shape of the input with ``shape[axis]`` replaced by
+            ceil(shape[axis] / block_size).
+        elements: uint8 element codes, same shape as the input (sub-byte codes in the low bits,
+            sign = top bit of the element field; MXINT8 as two's complement bytes).
+        axis: the (non-negative) block axis.
+        block_size: elements per block (k).
+        scale_mode: the shared-exponent rule used.
+        rounding: the element rounding used.
+    """
+
+    fmt: MXFormat
+    scales: np.ndarray
+    elements: np.ndarray
+    axis: int
+    block_size: int
+    scale_mode: str = "floor"
+    rounding: str = "rne"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the represented array (= ``elements.shape``)."""
+        return tuple(self.elements.shape)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks (= ``scales.size``)."""
+        return int(self.scales.size)
+
+
+def check_block_size(block_size: object) -> int:
+    """``block_size`` as a positive int, else a ValueError/TypeError saying what is valid."""
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Real):
+        raise TypeError(f"block_size must be a positive integer (e.g. 32), got {block_size!r}")
+    if not np.isfinite(float(block_size)) or float(block_size) != int(block_size):
+        raise ValueError(f"block_size must be a finite positive integer (e.g. 32), got {block_size!r}")
+    if int(block_size) <= 0:
+        raise ValueError(f"block_size must be >= 1 (OCP MX formats use 32), got {block_size!r}")
+    return int(block_size)
+
+
+def check_axis(axis: object, ndim: int) -> int:
+    """``axis`` normalised to 0..ndim-1, else ValueError naming the valid range."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an integer, got {axis!r}")
+    if ndim == 0:
+        raise ValueError("cannot quantize a 0-d array: MX blocks need at least one axis (use x.reshape(1))")
+    if not -ndim <= int(axis) < ndim:
+        raise ValueError(f"axis {axis} is out of range for a {ndim}-d array; valid: {-ndim}..{ndim - 1}")
+    return int(axis) % ndim
+
+
+def _to_blocks(arr: np.ndarray, axis: int, block_size: int) -> np.ndarray:
+    """View/copy of ``arr`` with ``axis`` moved last, zero-padded and split: (..., n_blocks, k)."""
+    moved = np.moveaxis(arr, axis, -1)
+    n = moved.shape[-1]
+    n_blocks = -(-n // block_size)
+    pad = n_blocks * block_size - n
+    if pad:
+        moved = np.concatenate([moved, np.zeros(moved.shape[:-1] + (pad,), moved.dtype)], axis=-1)
+    return moved.reshape(moved.shape[:-1] + (n_blocks, block_size))
+
+
+def _from_blocks(blocks: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """Inverse of :func:`_to_blocks`: drop padding, move the last axis back to ``axis``."""
+    flat = blocks.reshape(blocks.shape[:-2] + (-1,))[..., :n]
+    return np.ascontiguousarray(np.moveaxis(flat, -1, axis))
+
+
+def _block_amax(blocks: np.ndarray) -> np.ndarray:
+    """max |V| per block (NaN propagates); 0 for empty inputs."""
+    if blocks.size == 0:
+        return np.zeros(blocks.shape[:-1], dtype=blocks.dtype)
+    return np.max(np.abs(blocks), axis=-1)
+
+
+def quantize(
+    x: npt.ArrayLike,
+    fmt: str | MXFormat,
+    *,
+    block_size: int | None = None,
+    axis: int = -1,
+    scale_mode: ScaleMode = "floor",
+    rounding: Rounding = "rne",
+) -> MXArray:
+    """Quantize ``x`` to MX format ``fmt`` in blocks of ``block_size`` along ``axis``.
+
+    Args:
+        x: float16/bfloat16/float32/float64 array (any shape, empty allowed, at least 1-d).
+        fmt: "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8" or
+            an :class:`MXFormat`.
+        block_size: elements per shared scale; default the format's (32).
+        axis: the axis along which blocks run.
+        scale_mode: "floor" (OCP), "ceil", "even", "rceil" (see :mod:`mx_spec.scale`).
+        rounding: "rne" (OCP) or "away".
+
+    Returns:
+        :class:`MXArray` (see the module docstring for every corner case).
+    """
+    f = get_format(fmt)
+    bs = check_block_size(f.block_size if block_size is None else block_size)
+    check_scale_mode(scale_mode)
+    check_rounding(rounding)
+    arr, work = as_working(x)
+    ax = check_axis(axis, arr.ndim)
+    if scale_mode == "floor" and rounding == "rne" and ax == arr.ndim - 1 and arr.shape[-1] % bs == 0:
+        scales, codes = _quantize_lastaxis_fast(arr, f, bs, work)
+        return MXArray(f, scales, codes, ax, bs, scale_mode, rounding)
+    elem = f.element
+    n = arr.shape[ax]
+    blocks = _to_blocks(arr, ax, bs)
+    exp = shared_exponent(_block_amax(blocks), elem.emax, scale_mode, mbits=elem.mbits, max_normal=elem.max_normal)
+    nan_block = np.isnan(exp)
+    inv_scale = np.ldexp(work.float_dtype.type(1), (-np.where(nan_block, 0, exp)).astype(np.int32))
+    a = np.abs(blocks) * inv_scale[..., None]
+    np.minimum(a, work.float_dtype.type(elem.max_normal), out=a)
+    _, mag = _round_abs_exact(a, elem.emin, elem.mbits, rounding, work)
+    codes = _signed_codes(mag, np.signbit(blocks), np.zeros(1, bool), None, elem)
+    codes[nan_block] = 0
+    elements = _from_blocks(codes, ax, n)
+    scales = np.ascontiguousarray(np.moveaxis(encode_e8m0(exp), -1, ax))
+    return MXArray(f, scales, elements, ax, bs, scale_mode, rounding)
+
+
+def _quantize_lastaxis_fast(arr: np.ndarray, f: MXFormat, bs: int, work: _Work) -> tuple[np.ndarray, np.ndarray]:
+    """Spec path (floor, RNE) for full blocks along the last axis; same rule, fewer passes.
+
+    The shared exponent is read from the exponent field of amax's bit pattern (exact for normal
+    amax; subnormal amax go through :func:`shared_exponent`), magnitudes are taken from the bit
+    patterns, and rounding + encoding use the same magic-sum primitive as every other path.
+    """
+    elem = f.element
+    shape = arr.shape
+    bits = np.ascontiguousarray(arr).view(work.int_dtype).reshape(-1, bs)
+    sign_mask = work.int_dtype.type(-1) << (work.int_dtype.itemsize * 8 - 1)
+    absbits = bits & ~sign_mask
+    if absbits.size == 0:
+        return np.zeros(shape[:-1] + (shape[-1] // bs,), np.uint8), np.zeros(shape, np.uint8)
+    amax_bits = absbits.max(axis=1)
+    exp = shared_exponent(amax_bits.view(work.float_dtype), elem.emax, "floor")
+    nan_block = np.isnan(exp)
+    x_int = np.where(nan_block, 0, exp).astype(work.int_dtype)
+    inv_scale = np.ldexp(work.float_dtype.type(1), -x_int.astype(np.int32))
+    a = absbits.view(work.float_dtype)
+    a *= inv_scale[:, None]
+    np.minimum(a, work.float_dtype.type(elem.max_normal), out=a)
+    s, e = _magic_sum(a, elem.emin, elem.mbits, work)
+    mag = _magnitude_codes(s, e, elem.emin, elem.mbits, work)
+    neg = bits < 0
+    codes = _signed_codes(mag, neg, np.zeros(1, bool), None, elem)
+    codes[nan_block] = 0
+    return encode_e8m0(exp).reshape(shape[:-1] + (shape[-1] // bs,)), codes.reshape(shape)
+
+
+def _check_output_dtype(dtype: npt.DTypeLike) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in OUTPUT_DTYPES:
+        raise TypeError(f"unsupported output dtype {dtype!r}; supported: {', '.join(OUTPUT_DTYPES)}")
+    return dt
+
+
+def dequantize(mx: MXArray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+    """Values element * 2^X of an :class:`MXArray`, as ``dtype`` (float16/bfloat16/float32/float64).
+
+    The product is exact in float32 and float64 (at most 7 significant bits, exponent >= -149)
+    except that magnitudes beyond float32's range overflow to Inf in float32; float16/bfloat16
+    results are that exact value rounded once (RNE).  NaN-scale blocks decode to NaN.
+    """
+    if not isinstance(mx, MXArray):
+        raise TypeError(f"dequantize expects an MXArray (from quantize), got {type(mx).__name__}")
+    out_dt = _check_output_dtype(dtype)
+    work_dt = np.dtype(np.float64) if out_dt == np.float64 else np.dtype(np.float32)
+    elem = mx.fmt.element
+    codes = check_codes(mx.elements, elem)
+    vals = decode_table(elem, work_dt)[codes]
+    scale = e8m0_table(work_dt)[mx.scales]
+    ax = mx.axis
+    n = vals.shape[ax] if vals.ndim else 0
+    if ax == vals.ndim - 1 and n % mx.block_size == 0 and vals.size:
+        blocks = vals.reshape(scale.shape + (mx.block_size,))
+        blocks *= scale[..., None]
+        out = vals
+    else:
+        blocks = _to_blocks(vals, ax, mx.block_size)
+        blocks = blocks * np.moveaxis(scale, ax, -1)[..., None]
+        out = _from_blocks(blocks, ax, n)
+    return out.astype(out_dt, copy=False)
+
+
+def quantize_dequantize(x: npt.ArrayLike, fmt: str | MXFormat, **kwargs) -> np.ndarray:
+    """``dequantize(quantize(x, fmt, **kwargs))`` in ``x``'s dtype (keywords as :func:`quantize`)."""
+    arr = np.asarray(x)
+    mx = quantize(arr, fmt, **kwargs)
+    return dequantize(mx, dtype=arr.dtype)
