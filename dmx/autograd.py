@@ -1,0 +1,224 @@
+r"""Torch autograd bridge over ``mx_spec``: MX quantize-dequantize with gradients to x, E and M.
+
+The forward of every function here calls the numpy ``mx_spec`` (``quantize_dequantize`` for the
+standard formats, ``mx_spec.minifloat.quantize_dequantize_minifloat`` for real widths): there is
+no second implementation of MX rounding. Inputs are CPU ``float32`` or ``bfloat16`` tensors of any
+shape, blocked along the last dimension (the reduction dimension of a linear layer, so that a
+matmul of two MX operands reads one scale per block of both). float32 crosses to numpy without a
+copy; bfloat16 is widened exactly to float32 and the result rounded back (MX values with at most
+3 mantissa bits are exact in bfloat16; fractional-width values are rounded once).
+
+Notation (per block, see ``mx_spec.minifloat``): scale ``s = 2**X``, ``X = floor(log2 amax -
+emax)``; scaled value ``y = x/s``; grid step ``Δ(y) = 2**(max(floor(log2|y|), emin) - M)``;
+``x̂ = s·clip(Δ·round(y/Δ), ±max_normal)``; ``emax = 2**(E-1)``, ``emin = 2 - 2**(E-1)``,
+``max_normal = (2 - 2**-M)·2**emax`` (capped at 448).
+
+Gradient with respect to x (straight-through)
+---------------------------------------------
+``∂x̂/∂x = 1`` where ``|x| <= s·max_normal`` (the rounding is treated as identity), ``0`` where
+``|x| > s·max_normal``: outside the representable range the output is the constant
+``±s·max_normal``, so the clipped-STE (as in PACT/LSQ) passes no gradient; the error those
+elements make reaches β instead, through ``max_normal``. The block scale is treated as a
+constant (it is piecewise constant in x).
+
+Gradient with respect to the widths (closed form)
+------------------------------------------------
+Inside the range write ``x̂ = s·Δ·k`` with ``k = round(y/Δ)``. With the straight-through rule for
+``round`` (``∂k/∂Δ = ∂(y/Δ)/∂Δ``, the LSQ step-size gradient):
+``∂x̂/∂Δ = s·(k - y/Δ) = (x̂ - x)/Δ``. The step depends on the widths only through its exponent:
+
+* normal values, ``Δ = 2**(floor(log2|y|) - M)``: ``∂Δ/∂M = -ln2·Δ``, ``∂Δ/∂E = 0``;
+* subnormal values (``|y| < 2**emin``), ``Δ = 2**(emin - M)``: ``∂Δ/∂M = -ln2·Δ`` and
+  ``∂Δ/∂E = ln2·Δ·∂emin/∂E = -ln2²·2**(E-1)·Δ``.
+
+Hence, for in-range elements::
+
+    ∂x̂/∂M = ln2 · (x - x̂)
+    ∂x̂/∂E = ln2² · 2**(E-1) · (x - x̂)     (subnormal elements only, else 0)
+
+For saturated elements ``x̂ = sign(x)·s·max_normal``, differentiated through the max value::
+
+    ∂x̂/∂M = sign(x) · s · ln2 · 2**(emax - M)
+    ∂x̂/∂E = sign(x) · s · max_normal · ln2² · 2**(E-1)
+
+(both 0 where the 448 cap is active). The scale ``s = 2**X`` is a power of two, piecewise
+constant in E, so it contributes no derivative almost everywhere; it enters through ``s`` in the
+saturation terms and, implicitly, through which elements are subnormal or saturated. For the
+squared error these expressions are the exact derivative of the expected error when the
+values are spread smoothly within each grid cell (``E[(x̂-x)²] = Δ²/12`` per cell gives
+``-ln2·Δ²/6`` per unit of M, which is what ``2·(x̂-x)·ln2·(x-x̂)`` averages to), which is how
+the tests check them against finite differences. ``dL/dβ`` then follows by the chain rule
+through the family's ``E(β)``, ``M(β)`` and the offset map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from mx_spec.formats import get_format
+from mx_spec.minifloat import E4M3_MAX_NORMAL, minifloat_params, quantize_dequantize_minifloat
+from mx_spec.quantize import dequantize, quantize
+from mx_spec.scale import decode_e8m0
+
+__all__ = ["SUPPORTED_DTYPES", "check_tensor", "mx_qdq_minifloat", "mx_qdq_standard"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+_LN2 = math.log(2.0)
+
+
+def check_tensor(x: torch.Tensor, what: str = "input") -> None:
+    """``TypeError``/``ValueError`` unless ``x`` is a CPU float32/bfloat16 tensor with >= 1 dim."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{what} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{what} has dtype {x.dtype}; the MX bridge supports torch.float32 and "
+            "torch.bfloat16 (convert with .float() or .to(torch.bfloat16))"
+        )
+    if x.device.type != "cpu":
+        raise ValueError(
+            f"{what} is on device {x.device}; the MX bridge runs the numpy reference and "
+            "supports CPU tensors only (move the model with .to('cpu'))"
+        )
+    if x.dim() == 0:
+        raise ValueError(f"{what} must have at least one dimension (blocks run along the last)")
+
+
+def _to_numpy(x: torch.Tensor) -> np.ndarray:
+    """float32 numpy view of ``x`` (no copy for contiguous float32; exact widening of bfloat16)."""
+    x = x.detach()
+    if x.dtype != torch.float32:
+        x = x.float()
+    return x.numpy()
+
+
+def _from_numpy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    out = torch.from_numpy(np.ascontiguousarray(a))
+    return out if out.dtype == like.dtype else out.to(like.dtype)
+
+
+def _per_element(block_values: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
+    """Broadcast per-block values ``(..., n_blocks)`` to per-element ``(..., n)``."""
+    return block_values.repeat_interleave(block_size, dim=-1)[..., :n]
+
+
+class _MinifloatQDQ(torch.autograd.Function):
+    """x̂ = MX-minifloat(x; E, M); backward as in the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x, ebits, mbits, block_size, scale_mode, rounding, max_normal_cap):
+        e, m = float(ebits), float(mbits)
+        out, X = quantize_dequantize_minifloat(
+            _to_numpy(x), e, m, block_size=block_size, axis=-1, scale_mode=scale_mode,
+            rounding=rounding, max_normal_cap=max_normal_cap, return_scale_exponent=True,
+        )
+        xq = _from_numpy(out, x)
+        ctx.save_for_backward(x, xq, torch.from_numpy(np.asarray(X, dtype=np.float32)))
+        ctx.params = (e, m, block_size, max_normal_cap)
+        return xq
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, xq, X = ctx.saved_tensors
+        e, m, block_size, cap = ctx.params
+        p = minifloat_params(e, m, max_normal_cap=cap)
+        n = x.shape[-1]
+        s = _per_element(torch.exp2(X), n, block_size)
+        xf, g = x.float(), grad_out.float()
+        ax = xf.abs()
+        clipped = ax > s * p.max_normal
+        grad_x = grad_e = grad_m = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g * (~clipped)).to(x.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            err = xf - xq.float()
+            sign_s = torch.sign(xf) * s
+            uncapped = float(p.uncapped_max_normal <= p.max_normal_cap)
+            if ctx.needs_input_grad[2]:
+                d_m = torch.where(
+                    clipped, sign_s * (uncapped * _LN2 * 2.0 ** (p.emax - m)), _LN2 * err
+                )
+                grad_m = (g * d_m).sum()
+            if ctx.needs_input_grad[1]:
+                c = _LN2 * _LN2 * 2.0 ** (e - 1.0)
+                subnormal = ax < s * 2.0**p.emin
+                d_e = torch.where(
+                    clipped,
+                    sign_s * (uncapped * c * p.max_normal),
+                    torch.where(subnormal, c * err, torch.zeros_like(err)),
+                )
+                grad_e = (g * d_e).sum()
+        return grad_x, grad_e, grad_m, None, None, None, None
+
+
+class _StandardQDQ(torch.autograd.Function):
+    """x̂ = MX-quantize-dequantize(x) in a standard format; clipped straight-through to x."""
+
+    @staticmethod
+    def forward(ctx, x, fmt, block_size, scale_mode, rounding):
+        mx = quantize(
+            _to_numpy(x), fmt, block_size=block_size, axis=-1, scale_mode=scale_mode,
+            rounding=rounding,
+        )
+        xq = _from_numpy(dequantize(mx, np.float32), x)
+        if ctx.needs_input_grad[0]:
+            scales = torch.from_numpy(decode_e8m0(mx.scales, np.float32))
+            ctx.save_for_backward(x, scales)
+            ctx.limit = (mx.fmt.element.max_normal, block_size)
+        return xq
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, scales = ctx.saved_tensors
+        max_normal, block_size = ctx.limit
+        s = _per_element(scales, x.shape[-1], block_size)
+        inside = x.float().abs() <= s * max_normal
+        return (grad_out * inside).to(x.dtype), None, None, None, None
+
+
+def _check_common(x: torch.Tensor, block_size: int) -> None:
+    check_tensor(x)
+    if not (isinstance(block_size, int) and block_size >= 1):
+        raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
+
+
+def mx_qdq_minifloat(
+    x: torch.Tensor,
+    ebits: torch.Tensor | float,
+    mbits: torch.Tensor | float,
+    *,
+    block_size: int = 32,
+    scale_mode: str = "floor",
+    rounding: str = "rne",
+    max_normal_cap: float = E4M3_MAX_NORMAL,
+) -> torch.Tensor:
+    """MX quantize-dequantize ``x`` with real widths ``(E, M)``; differentiable in x, E and M.
+
+    ``ebits``/``mbits`` may be 0-d tensors requiring grad (e.g. ``family.ebits(beta)``).
+    """
+    _check_common(x, block_size)
+    e = ebits if torch.is_tensor(ebits) else torch.tensor(float(ebits))
+    m = mbits if torch.is_tensor(mbits) else torch.tensor(float(mbits))
+    if e.numel() != 1 or m.numel() != 1:
+        raise ValueError("ebits and mbits must be scalars (one format per tensor)")
+    return _MinifloatQDQ.apply(x, e, m, block_size, scale_mode, rounding, max_normal_cap)
+
+
+def mx_qdq_standard(
+    x: torch.Tensor,
+    fmt: str,
+    *,
+    block_size: int = 32,
+    scale_mode: str = "floor",
+    rounding: str = "rne",
+) -> torch.Tensor:
+    """MX quantize-dequantize ``x`` in a standard format (``mx_spec.quantize_dequantize``).
+
+    Backward: clipped straight-through to ``x`` (1 inside the block's range, 0 where saturated).
+    """
+    _check_common(x, block_size)
+    get_format(fmt)  # ValueError listing the valid names
+    return _StandardQDQ.apply(x, fmt, block_size, scale_mode, rounding)

@@ -1,0 +1,237 @@
+"""``DMXLinear``: an ``nn.Linear`` whose weight and input are MX-quantised in a learnable format.
+
+One learnable scalar ``beta_hat`` per layer selects the format inside a family (``dmx.family``)
+through the offset map (``dmx.offset``); it is shared by the weight quantiser and the
+input-activation quantiser (``tie=True``, the method's default) or split in two
+(``tie=False``: ``beta_hat`` for the weight, ``beta_hat_input`` for the input).
+
+* training mode: soft β, real-width formats, gradients reach ``beta_hat`` (``dmx.autograd``);
+* eval mode: hard β (``|β̂| > 1`` -> the family's high format, else the low one), i.e. a real
+  standard MX format evaluated with ``mx_spec.quantize_dequantize``;
+* ``set_fixed_format(name)``: any of the six standard MX formats for both operands, no learning
+  (uniform baselines, applied assignments); ``None`` returns to learning.
+
+Weights are frozen (``requires_grad=False``) by default; activations get dynamic per-block
+scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blocks run along
+the last dimension, the reduction dimension ``in_features`` of both operands. A frozen weight in
+a hard format is quantised once and cached until the weight or the format changes.
+
+β̂ initialisation: ``beta_hat_init = 1.0`` by default, the midpoint where β = 1 for every
+temperature (E3M2, 6 bits, in ``fp8_fp4``): no end of the family is favoured before the data and
+the budget have spoken, and the hard format flips at exactly this point, so each layer decides by
+the sign of its first updates. Pass ``beta_hat_init=2.0`` to start from the high format.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmx.autograd import check_tensor, mx_qdq_minifloat, mx_qdq_standard
+from dmx.family import FormatFamily, get_family
+from dmx.offset import OFFSET_MODES, SIGMOID_SCALE, check_temperature, hard_beta, offset_to_beta
+from dmx.regularizer import storage_bits
+from mx_spec.formats import MX_FORMATS, get_format
+
+__all__ = ["DMXLinear", "DEFAULT_BETA_HAT_INIT"]
+
+DEFAULT_BETA_HAT_INIT = 1.0
+
+
+class DMXLinear(nn.Module):
+    """MX-quantised wrapper of ``linear`` with a learnable per-layer format (module docstring)."""
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        family: str | FormatFamily = "fp8_fp4",
+        *,
+        block_size: int = 32,
+        beta_hat_init: float = DEFAULT_BETA_HAT_INIT,
+        tie: bool = True,
+        quantize_input: bool = True,
+        freeze_weight: bool = True,
+        temperature: float = 0.4,
+        offset_mode: str = "sigmoid",
+        sigmoid_scale: float = SIGMOID_SCALE,
+        scale_mode: str = "floor",
+        rounding: str = "rne",
+    ) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"DMXLinear wraps an nn.Linear; got {type(linear).__name__}")
+        if not (isinstance(block_size, int) and block_size >= 1):
+            raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
+        check_tensor(linear.weight, "the wrapped weight")
+        self.linear = linear
+        self.family = get_family(family)
+        self.block_size = block_size
+        self.tie = bool(tie)
+        self.quantize_input = bool(quantize_input)
+        self.sigmoid_scale = float(sigmoid_scale)
+        self.scale_mode = scale_mode
+        self.rounding = rounding
+        init = float(beta_hat_init)
+        if not torch.isfinite(torch.tensor(init)):
+            raise ValueError(f"beta_hat_init must be finite; got {beta_hat_init!r}")
+        self.beta_hat = nn.Parameter(torch.tensor(init, dtype=torch.float32))
+        self.beta_hat_input = None if self.tie else nn.Parameter(torch.tensor(init))
+        self.temperature = temperature
+        self.offset_mode = offset_mode
+        self.fixed_format: str | None = None
+        self._weight_cache: tuple[tuple, torch.Tensor] | None = None
+        if freeze_weight:
+            for p in linear.parameters():
+                p.requires_grad_(False)
+
+    # -- the wrapped module's API -------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    # -- settings --------------------------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = check_temperature(value)
+
+    @property
+    def offset_mode(self) -> str:
+        return self._offset_mode
+
+    @offset_mode.setter
+    def offset_mode(self, mode: str) -> None:
+        if mode not in OFFSET_MODES:
+            raise ValueError(f"unknown offset mode {mode!r}; valid modes: {list(OFFSET_MODES)}")
+        self._offset_mode = mode
+
+    def set_fixed_format(self, name: str | None) -> None:
+        """Use the standard MX format ``name`` for weight and input (no learning); ``None`` learns.
+
+        Valid names: the six OCP formats of ``mx_spec.formats.MX_FORMATS`` (e.g. ``mxfp6_e3m2``
+        or ``mxfp8_e5m2``, which belong to no family).
+        """
+        if name is not None:
+            if not isinstance(name, str) or name not in MX_FORMATS:
+                raise ValueError(
+                    f"unknown MX format {name!r}; valid formats: {sorted(MX_FORMATS)} "
+                    "(or None to learn the format)"
+                )
+        self.fixed_format = name
+
+    # -- format and bits -----------------------------------------------------------------------
+    def _beta_hat_of(self, operand: str) -> torch.Tensor:
+        if operand not in ("weight", "input"):
+            raise ValueError(f"operand must be 'weight' or 'input'; got {operand!r}")
+        return self.beta_hat if (operand == "weight" or self.tie) else self.beta_hat_input
+
+    def beta(self, operand: str = "weight") -> torch.Tensor:
+        """Offset β of ``operand``: soft while training, hard (0 or β_max) in eval mode."""
+        return offset_to_beta(
+            self._beta_hat_of(operand), self.temperature, self.training, mode=self.offset_mode,
+            sigmoid_scale=self.sigmoid_scale, beta_max=self.family.beta_max,
+        )
+
+    def format_names(self) -> dict[str, str]:
+        """Deployed standard MX format of each operand (fixed format, else the hard β's)."""
+        if self.fixed_format is not None:
+            return {"weight": self.fixed_format, "input": self.fixed_format}
+        return {
+            op: self.family.format_at(
+                float(hard_beta(self._beta_hat_of(op), self.family.beta_max))
+            )
+            for op in ("weight", "input")
+        }
+
+    def format_name(self) -> str:
+        """Deployed (hard) MX format of the weight, e.g. ``'mxfp8_e4m3'``."""
+        return self.format_names()["weight"]
+
+    def element_bits(self) -> torch.Tensor:
+        """Element bits ``1+E+M`` of the layer (mean of weight and input bits when untied).
+
+        Differentiable in β̂ while training; the hard format's bits in eval mode or when a fixed
+        format is set.
+        """
+        if self.fixed_format is not None:
+            return torch.tensor(float(get_format(self.fixed_format).element.bits))
+        ops = ("weight",) if self.tie else ("weight", "input")
+        bits = [self.family.element_bits(self.beta(op)) for op in ops]
+        return bits[0] if len(bits) == 1 else (bits[0] + bits[1]) / 2
+
+    def storage_bits(self) -> torch.Tensor:
+        """``element_bits() + 8 / block_size`` (the E8M0 scale shared by each block)."""
+        return storage_bits(self.element_bits(), self.block_size)
+
+    def describe(self) -> dict:
+        """Current state: format names, bits, β, β̂, temperature, mode."""
+        with torch.no_grad():
+            return {
+                "formats": self.format_names(),
+                "fixed_format": self.fixed_format,
+                "element_bits": float(self.element_bits()),
+                "storage_bits": float(self.storage_bits()),
+                "beta": float(self.beta()),
+                "beta_hat": float(self.beta_hat),
+                "temperature": self.temperature,
+                "training": self.training,
+                "family": self.family.name,
+            }
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _standard(self, t: torch.Tensor, fmt: str) -> torch.Tensor:
+        return mx_qdq_standard(
+            t, fmt, block_size=self.block_size, scale_mode=self.scale_mode, rounding=self.rounding
+        )
+
+    def _hard_weight(self, fmt: str) -> torch.Tensor:
+        w = self.linear.weight
+        if w.requires_grad:
+            return self._standard(w, fmt)
+        key = (fmt, self.block_size, self.scale_mode, self.rounding, w.data_ptr(), w._version, w.dtype)
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            self._weight_cache = None  # free the old copy before making the new one
+            with torch.no_grad():
+                self._weight_cache = (key, self._standard(w, fmt))
+        return self._weight_cache[1]
+
+    def _soft(self, t: torch.Tensor, operand: str) -> torch.Tensor:
+        beta = self.beta(operand)
+        return mx_qdq_minifloat(
+            t, self.family.ebits(beta), self.family.mbits(beta), block_size=self.block_size,
+            scale_mode=self.scale_mode, rounding=self.rounding,
+            max_normal_cap=self.family.max_normal_cap,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "DMXLinear input")
+        if self.fixed_format is not None or not self.training:
+            fmts = self.format_names()
+            wq = self._hard_weight(fmts["weight"])
+            xq = self._standard(x, fmts["input"]) if self.quantize_input else x
+        else:
+            wq = self._soft(self.linear.weight, "weight")
+            xq = self._soft(x, "input") if self.quantize_input else x
+        return F.linear(xq, wq.to(xq.dtype), self.linear.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"family={self.family.name}, block_size={self.block_size}, tie={self.tie}, "
+            f"fixed_format={self.fixed_format}"
+        )

@@ -1,0 +1,224 @@
+"""Generalised MX minifloat with real-valued exponent width E and mantissa width M.
+
+dMX interpolates between standard MX element formats by letting the exponent width ``E`` and the
+mantissa width ``M`` take real values. This module defines that continuous format family in
+numpy, built on the two rounding primitives of ``mx_spec`` (``shared_exponent`` for the E8M0
+block scale, ``round_to_element_grid`` for the element rounding), so that there is one rounding
+implementation in the project. At integer widths it *is* the standard format.
+
+The rule (OCP MX v1.0 §5.3 element formats, §6.3 conversion, generalised to real E, M)
+--------------------------------------------------------------------------------------
+For real ``E >= 1`` and ``M >= 0``:
+
+* ``bias = 2**(E-1) - 1``                                   (§5.3: bias of an ExMy format)
+* ``emax = 2**E - 1 - bias = 2**(E-1)``                     (largest normal exponent; every
+  exponent code is a normal number in the OCP FP4/FP6/FP8-E4M3 formats, no Inf code)
+* ``emin = 1 - bias``                                       (smallest normal exponent)
+* ``max_normal = min((2 - 2**-M) * 2**emax, cap)``, ``cap = 448`` by default: E4M3 reserves
+  ``S.1111.111`` as NaN so its largest finite value is 448 instead of 480; the cap makes the
+  ``(4, 3)`` end exact and is inactive below it (``fp8_fp4`` reaches 448 only for β > 1.98).
+* block scale ``X = floor(log2(amax) - emax)`` with ``amax`` the block's largest magnitude
+  (§6.3 "floor" scale: ``floor(log2 amax) - emax``, identical at integer ``emax``), stored as a
+  power of two ``2**X`` (E8M0);
+* elements: ``y = x / 2**X`` is rounded to the grid of step
+  ``2**(max(floor(log2|y|), emin) - M)`` (round half to even on the grid index), saturating at
+  ``±max_normal``; the result is ``2**X * round(y)``.
+
+At ``(E, M) = (2, 1), (3, 2), (2, 3), (4, 3)`` these are exactly MXFP4 E2M1, MXFP6 E3M2, MXFP6
+E2M3 and MXFP8 E4M3 (tested bit for bit against ``mx_spec.quantize_dequantize``). MXFP8 E5M2 is
+*not* a point of this family: it reserves its top exponent for Inf/NaN (emax 15, not 16).
+
+How the scale and the grid behave at fractional widths, and why
+---------------------------------------------------------------
+* **The scale stays a power of two.** ``X = floor(log2(amax) - emax)`` keeps the scaled block
+  maximum ``amax / 2**X`` in ``[2**emax, 2**(emax+1))``: the same position relative to the
+  format's top binade as the OCP floor rule gives at integer widths, so clipping behaves the
+  same (only the part of the top binade above ``max_normal`` saturates). Every fractional
+  format is therefore still an MX block format with an E8M0 scale, and the scale is piecewise
+  constant in (E, M): it drops by one binade each time ``emax`` crosses
+  ``log2(amax) - integer``.
+* **The normal grid does not depend on E or on the scale.** In the units of ``x`` the step is
+  ``2**X * 2**(floor(log2|x|) - X - M) = 2**(floor(log2|x|) - M)`` because the scale is a power
+  of two: a value with a real mantissa width M sees the binary grid with ``2**M`` (real)
+  steps per binade, ``M`` alone sets the relative precision of normal values.
+* **E moves the two ends of the range.** In units of ``x`` the subnormal threshold is
+  ``2**(X + emin)`` (below it the step is frozen at ``2**(X + emin - M)``) and the saturation
+  value is ``2**X * max_normal``; both move continuously with E between scale changes.
+* A fractional step ``2**(e - M)`` does not divide a binade into an integer number of steps:
+  the grid is ``k * step`` for integer ``k`` inside each binade; values near the top of a
+  binade round to at most the binade's upper edge, which is the next binade's first point, so
+  the grid is monotone and the rounding is idempotent.
+
+The shared exponent at a fractional ``emax = n + f`` (``n`` integer, ``0 <= f < 1``) is computed
+with the standard primitive as ``shared_exponent(amax * 2**-f, n)``:
+``floor(log2(amax) - n - f) = floor(log2(amax * 2**-f)) - n``. At integer ``emax`` (``f = 0``)
+the call is exactly the standard one, so the integer points stay bit-exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mx_spec.elements import as_working, round_to_element_grid
+from mx_spec.scale import shared_exponent
+
+__all__ = [
+    "E4M3_MAX_NORMAL",
+    "MinifloatParams",
+    "minifloat_params",
+    "block_scale_exponent",
+    "quantize_dequantize_minifloat",
+]
+
+#: Largest finite OCP E4M3 value: S.1111.111 is NaN, so the top code is S.1111.110 = 1.75 * 2**8.
+E4M3_MAX_NORMAL = 448.0
+
+_EBITS_RANGE = (1.0, 8.0)
+_MBITS_RANGE = (0.0, 23.0)
+
+
+@dataclass(frozen=True)
+class MinifloatParams:
+    """Derived constants of the real-width minifloat ``E``/``M`` (see the module docstring)."""
+
+    ebits: float
+    mbits: float
+    max_normal_cap: float = E4M3_MAX_NORMAL
+
+    @property
+    def bias(self) -> float:
+        """``2**(E-1) - 1``."""
+        return 2.0 ** (self.ebits - 1.0) - 1.0
+
+    @property
+    def emax(self) -> float:
+        """Largest normal exponent ``2**E - 1 - bias`` (equals ``2**(E-1)``)."""
+        return 2.0**self.ebits - 1.0 - self.bias
+
+    @property
+    def emin(self) -> float:
+        """Smallest normal exponent ``1 - bias``."""
+        return 1.0 - self.bias
+
+    @property
+    def uncapped_max_normal(self) -> float:
+        """``(2 - 2**-M) * 2**emax`` before the E4M3 NaN-code cap."""
+        return (2.0 - 2.0**-self.mbits) * 2.0**self.emax
+
+    @property
+    def max_normal(self) -> float:
+        """``min((2 - 2**-M) * 2**emax, max_normal_cap)``."""
+        return min(self.uncapped_max_normal, self.max_normal_cap)
+
+    @property
+    def element_bits(self) -> float:
+        """Sign + exponent + mantissa bits ``1 + E + M``."""
+        return 1.0 + self.ebits + self.mbits
+
+
+def minifloat_params(
+    ebits: float, mbits: float, *, max_normal_cap: float = E4M3_MAX_NORMAL
+) -> MinifloatParams:
+    """Validate real widths and return their :class:`MinifloatParams`.
+
+    Raises ``ValueError`` for non-finite widths, ``E`` outside ``[1, 8]`` or ``M`` outside
+    ``[0, 23]`` (the widths a float32 intermediate can represent exactly).
+    """
+    e, m = float(ebits), float(mbits)
+    if not (np.isfinite(e) and _EBITS_RANGE[0] <= e <= _EBITS_RANGE[1]):
+        raise ValueError(
+            f"exponent width E={ebits!r} must be a finite real in [{_EBITS_RANGE[0]:g}, "
+            f"{_EBITS_RANGE[1]:g}] (E=2 is FP4/FP6-E2M3, E=4 is FP8-E4M3)"
+        )
+    if not (np.isfinite(m) and _MBITS_RANGE[0] <= m <= _MBITS_RANGE[1]):
+        raise ValueError(
+            f"mantissa width M={mbits!r} must be a finite real in [{_MBITS_RANGE[0]:g}, "
+            f"{_MBITS_RANGE[1]:g}] (M=1 is FP4-E2M1, M=3 is FP8-E4M3)"
+        )
+    cap = float(max_normal_cap)
+    if not cap > 0.0:
+        raise ValueError(f"max_normal_cap must be > 0 (448 is the E4M3 cap); got {max_normal_cap!r}")
+    return MinifloatParams(e, m, cap)
+
+
+def block_scale_exponent(amax: np.ndarray, emax: float, scale_mode: str = "floor") -> np.ndarray:
+    """Shared exponent ``X = floor(log2(amax) - emax)`` of each block for a real ``emax``.
+
+    Computed with ``mx_spec.scale.shared_exponent`` as ``shared_exponent(amax * 2**-f, n)``
+    where ``emax = n + f``; at integer ``emax`` this is the unmodified standard call (OCP MX
+    v1.0 §6.3), so E8M0 clamping and the zero/NaN/Inf conventions are those of ``mx_spec``.
+    """
+    n = float(np.floor(emax))
+    f = float(emax) - n
+    amax = np.asarray(amax)
+    if f != 0.0:
+        # Multiplying by 2**-f is the only place a rounding error could enter; it is done in
+        # float64 so that only amax within ~1e-16 relative of a binade edge could be affected.
+        amax = amax.astype(np.float64) * np.float64(2.0**-f)
+    return shared_exponent(amax, int(n), scale_mode)
+
+
+def _blocks(x: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
+    """View ``x`` (blocks along the last axis) as ``(..., n_blocks, block_size)``, zero-padded.
+
+    Zero padding does not change a block's ``amax`` (OCP MX v1.0 §6.3 allows a short last block).
+    """
+    k = x.shape[-1]
+    pad = (-k) % block_size
+    if pad:
+        x = np.concatenate([x, np.zeros(x.shape[:-1] + (pad,), dtype=x.dtype)], axis=-1)
+    return x.reshape(x.shape[:-1] + (x.shape[-1] // block_size, block_size)), k
+
+
+def quantize_dequantize_minifloat(
+    x: np.ndarray,
+    ebits: float,
+    mbits: float,
+    *,
+    block_size: int = 32,
+    axis: int = -1,
+    scale_mode: str = "floor",
+    rounding: str = "rne",
+    max_normal_cap: float = E4M3_MAX_NORMAL,
+    return_scale_exponent: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """MX quantize-dequantize ``x`` with the real-width minifloat ``(E, M)`` (module docstring).
+
+    ``x`` is blocked along ``axis`` in blocks of ``block_size`` (a short last block is allowed).
+    Returns an array of ``x``'s shape, float64 for float64 input and float32 for float16,
+    bfloat16 and float32 input (``TypeError`` for other dtypes, from ``mx_spec``); with
+    ``return_scale_exponent`` also the per-block shared exponents ``X`` with the blocked axis
+    moved last (shape ``x.shape`` with that axis replaced by the number of blocks).
+    """
+    if not (isinstance(block_size, (int, np.integer)) and block_size >= 1):
+        raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
+    p = minifloat_params(ebits, mbits, max_normal_cap=max_normal_cap)
+    x = np.asarray(x)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension to block along")
+    # float64 stays float64 (no double rounding); float16/bfloat16/float32 widen exactly to float32.
+    work = np.dtype(np.float64) if x.dtype == np.float64 else np.dtype(np.float32)
+    moved = np.moveaxis(as_working(x)[0], axis, -1)
+    blocks, k = _blocks(moved, int(block_size))
+
+    # np.max propagates NaN; shared_exponent turns a NaN/Inf amax into a NaN exponent, which
+    # (as in mx_spec.quantize, OCP MX v1.0 §6.3) makes the whole block NaN.
+    amax = np.max(np.abs(blocks), axis=-1)
+    X = block_scale_exponent(amax, p.emax, scale_mode)
+    nan_scale = np.isnan(X)
+    Xi = np.where(nan_scale, 0.0, X).astype(np.int32)[..., None]
+    # Power-of-two scaling is exact (ldexp): no rounding enters before the element grid.
+    y = np.ldexp(blocks, -Xi)
+    q = round_to_element_grid(
+        y, emin=p.emin, mbits=p.mbits, max_normal=p.max_normal, rounding=rounding
+    )
+    out = np.ldexp(q.astype(work, copy=False), Xi)
+    if nan_scale.any():
+        out[np.broadcast_to(nan_scale[..., None], out.shape)] = np.nan
+    out = out.reshape(out.shape[:-2] + (-1,))[..., :k]
+    out = np.moveaxis(out, -1, axis)
+    if return_scale_exponent:
+        return out, X
+    return out
