@@ -280,7 +280,7 @@ def decode_table(elem: str | ElementFormat, dtype: np.dtype = np.dtype(np.float6
             mag = np.where(top, np.where(mfield == 0, np.inf, np.nan), mag)
         elif fmt.has_nan:
             mag = np.where((codes & ~fmt.sign_bit) == fmt.nan_code, np.nan, mag)
-        vals = sign * mag
+        vals = np.copysign(mag, sign)  # keeps the sign of zeros and NaNs
     table = vals.astype(dtype)
     table.flags.writeable = False
     return table
