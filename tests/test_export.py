@@ -1,0 +1,122 @@
+"""Export as real MX data: bytes decoded independently (ml_dtypes), and an exact round trip."""
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from dmx.export import export_model, load_exported, read_manifest
+from dmx.models import tiny_model
+from dmx.quantized import quantize_model
+
+FORMATS = ("mxfp4_e2m1", "mxfp8_e4m3", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e5m2")
+# Independent element decoders: ml_dtypes' OCP types, one code per uint8.
+ML_DTYPES = {
+    "e2m1": ml_dtypes.float4_e2m1fn,
+    "e2m3": ml_dtypes.float6_e2m3fn,
+    "e3m2": ml_dtypes.float6_e3m2fn,
+    "e4m3": ml_dtypes.float8_e4m3fn,
+    "e5m2": ml_dtypes.float8_e5m2,
+}
+
+
+def _mixed(model):
+    layers = quantize_model(model)
+    for i, layer in enumerate(layers.values()):
+        layer.set_fixed_format(FORMATS[i % len(FORMATS)])
+    return layers
+
+
+def _codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Element codes from the documented byte layout, via a little-endian bit stream."""
+    stream = np.unpackbits(packed, bitorder="little")[: count * bits].reshape(count, bits)
+    return (stream.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(axis=1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = tiny_model("llama", seed=1)
+    layers = _mixed(model)
+    ids = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(ids).logits
+        used = {n: layer._hard_weight(layer.format_name()).clone() for n, layer in layers.items()}
+    path = export_model(model, layers, tmp_path_factory.mktemp("export") / "tiny")
+    return path, ids, logits, used
+
+
+def test_round_trip_logits_identical(exported):
+    path, ids, logits, _ = exported
+    loaded = load_exported(path)
+    with torch.no_grad():
+        again = loaded(ids).logits
+    assert torch.equal(again, logits)
+    from dmx.wrap import dmx_layers
+
+    manifest = read_manifest(path)
+    assert {n: layer.format_name() for n, layer in dmx_layers(loaded).items()} == {
+        n: info["format"] for n, info in manifest["layers"].items()
+    }
+
+
+def test_stored_bytes_are_ocp_mx(exported):
+    """Decode elements with ml_dtypes and scales as 2^(e-127): equals the weight the layer used."""
+    path, _, _, used = exported
+    manifest = read_manifest(path)
+    tensors = load_file(str(path / manifest["tensors_file"]))
+    assert {info["format"] for info in manifest["layers"].values()} == set(FORMATS)
+    for name, info in manifest["layers"].items():
+        out_f, in_f = info["shape"]
+        bits = info["element_bits"]
+        packed = tensors[info["elements"]]
+        assert packed.dtype == np.uint8 and packed.size == -(-out_f * in_f * bits // 8)
+        codes = _codes(packed, bits, out_f * in_f).reshape(out_f, in_f)
+        values = codes.view(ML_DTYPES[info["element"]]).astype(np.float64)
+        scales = tensors[info["scales"]]
+        assert scales.shape == (out_f, in_f // 32) and scales.dtype == np.uint8
+        scale = np.exp2(scales.astype(np.float64) - 127.0)
+        weight = values * np.repeat(scale, 32, axis=1)
+        np.testing.assert_array_equal(weight, used[name].double().numpy(), err_msg=name)
+
+
+def test_tied_embeddings_stored_once_and_retied(tmp_path):
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    layers = _mixed(model)
+    export_model(model, layers, tmp_path / "tied")
+    manifest = read_manifest(tmp_path / "tied")
+    assert manifest["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}
+    loaded = load_exported(tmp_path / "tied")
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    ids = torch.arange(20).reshape(1, 20)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_corrupt_or_missing_export_is_refused(exported, tmp_path):
+    path, *_ = exported
+    with pytest.raises(FileNotFoundError, match="not a dmx export"):
+        load_exported(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    manifest = read_manifest(path)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    data = bytearray((path / manifest["tensors_file"]).read_bytes())
+    data[-1] ^= 0xFF
+    (bad / manifest["tensors_file"]).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_exported(bad)
+    (bad / "manifest.json").write_text(json.dumps({**manifest, "schema": "other/0"}))
+    with pytest.raises(ValueError, match="schema"):
+        load_exported(bad)
+
+
+def test_export_needs_quantised_layers(tmp_path):
+    with pytest.raises(ValueError, match="no quantised layers"):
+        export_model(tiny_model("qwen3"), {}, tmp_path / "x")
