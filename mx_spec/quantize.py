@@ -136,7 +136,7 @@ def _to_blocks(arr: np.ndarray, axis: int, block_size: int) -> np.ndarray:
 
 def _from_blocks(blocks: np.ndarray, axis: int, n: int) -> np.ndarray:
     """Inverse of :func:`_to_blocks`: drop padding, move the last axis back to ``axis``."""
-    flat = blocks.reshape(blocks.shape[:-2] + (-1,))[..., :n]
+    flat = blocks.reshape(blocks.shape[:-2] + (blocks.shape[-2] * blocks.shape[-1],))[..., :n]
     return np.ascontiguousarray(np.moveaxis(flat, -1, axis))
 
 
