@@ -1,0 +1,121 @@
+"""``mx-spec`` console script: ``demo``, ``golden`` and ``verify`` subcommands.
+
+Exit status: 0 success, 1 verification mismatch, 2 bad usage or unreadable input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from mx_spec.golden import ALL_MODES, ROUNDINGS, SCALE_MODES
+
+
+def _format_names() -> list[str]:
+    from mx_spec.formats import MX_FORMATS
+
+    return list(MX_FORMATS)
+
+
+def _parse_modes(scale_modes: Sequence[str] | None, roundings: Sequence[str] | None) -> list[tuple[str, str]]:
+    s = list(scale_modes) if scale_modes else list(SCALE_MODES)
+    r = list(roundings) if roundings else list(ROUNDINGS)
+    return [m for m in ALL_MODES if m[0] in s and m[1] in r]
+
+
+def _hex_grid(codes: np.ndarray, per_line: int = 32) -> str:
+    flat = codes.reshape(-1)
+    return "\n".join("    " + " ".join(f"{int(c):02x}" for c in flat[i:i + per_line])
+                     for i in range(0, flat.size, per_line))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Quantize a small tensor, print its codes, then verify mx_spec against the golden vectors."""
+    import mx_spec
+    from mx_spec.verify import verify_quantizer
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 32)) * np.array([[1.0], [40.0]])).astype(np.float32)
+    x[0, 0] = 464.0 / 256.0  # a tie that MXFP8 E4M3 resolves by round-to-nearest-even
+    print("input x: float32, shape", x.shape, "(row 1 is 40x row 0)")
+    for fmt in args.formats:
+        mx = mx_spec.quantize(x, fmt)
+        back = mx_spec.dequantize(mx)
+        packed = bytes(mx_spec.pack(mx))
+        err = float(np.max(np.abs(back - x) / np.max(np.abs(x), axis=-1, keepdims=True)))
+        print(f"\n== {fmt}: block_size {mx.block_size}, axis {mx.axis}, scale_mode floor, rounding rne")
+        print("  scales (E8M0 codes):", " ".join(f"0x{int(s):02x}" for s in mx.scales.reshape(-1)),
+              "= 2^" + str([int(s) - 127 for s in mx.scales.reshape(-1)]))
+        print("  element codes (hex):\n" + _hex_grid(mx.elements))
+        print(f"  packed: {len(packed)} bytes: {packed[:24].hex(' ')}{' ...' if len(packed) > 24 else ''}")
+        print("  dequantized row 0[:8]:", np.array2string(back[0, :8], precision=4))
+        print(f"  max |error| / block amax: {err:.4f}")
+
+    print("\n== verifying mx_spec.quantize against the golden vectors"
+          f" ({args.golden or 'default golden/ directory'})")
+    report = verify_quantizer(mx_spec.quantize, golden_dir=args.golden, progress=not args.quiet)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    from mx_spec.golden import write_golden
+
+    modes = _parse_modes(args.scale_modes, args.roundings)
+    paths = write_golden(args.out, formats=args.formats, modes=modes, progress=not args.quiet)
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size:,} bytes)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mx_spec.verify import verify_results
+
+    report = verify_results(args.results, golden_dir=args.golden)
+    print(report.summary(max_mismatches=args.max_mismatches))
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mx-spec", description="Bit-exact OCP MX v1.0 reference: demo, golden vectors, verifier.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmts = _format_names()
+
+    demo = sub.add_parser("demo", help="quantize a tensor, print codes/scales/packed bytes, verify against golden")
+    demo.add_argument("--formats", nargs="+", default=["mxfp4_e2m1", "mxfp8_e4m3"], choices=fmts)
+    demo.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=cmd_demo)
+
+    gold = sub.add_parser("golden", help="regenerate the golden JSON files (deterministic, byte-identical)")
+    gold.add_argument("--out", required=True, help="output directory, e.g. golden")
+    gold.add_argument("--formats", nargs="+", default=None, choices=fmts)
+    gold.add_argument("--scale-modes", nargs="+", default=None, choices=list(SCALE_MODES))
+    gold.add_argument("--roundings", nargs="+", default=None, choices=list(ROUNDINGS))
+    gold.add_argument("--quiet", action="store_true")
+    gold.set_defaults(func=cmd_golden)
+
+    ver = sub.add_parser("verify", help="check another implementation's outputs (.json golden schema or .npz)")
+    ver.add_argument("results", help="results file (.json or .npz) or a directory of them")
+    ver.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
+    ver.add_argument("--max-mismatches", type=int, default=50, help="how many mismatching items to print")
+    ver.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mx-spec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mx-spec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
