@@ -2,8 +2,8 @@
 
 The variant implemented here (one-at-a-time sensitivity, score-ordered greedy demotion):
 
-1. Reference: the full-precision model's next-token log-probabilities on the calibration
-   windows, ``log p_ref(. | x_<t)`` for every position ``t`` of every window.
+1. Reference: the full-precision model's next-token logits on the calibration windows, for
+   every position ``t`` of every window (``p_ref(. | x_<t)`` = their softmax).
 2. Sensitivity of layer ``l``: every quantised layer at the *high* format except ``l``, which is
    at the *low* format; the score is the mean over all calibration tokens of
    ``KL(p_ref || p) = sum_v p_ref(v) * (log p_ref(v) - log p(v))`` (natural log, nats/token).
@@ -49,20 +49,22 @@ CACHE_SCHEMA = "dmx.kl_scores/1"
 # ----------------------------------------------------------------------------- KL measurement
 
 
-def mean_token_kl(ref_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of ``KL(p_ref || p)`` for next-token distributions.
+def mean_token_kl(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``KL(p_ref || p)`` between the next-token distributions of two logit
+    tensors of shape ``[..., vocab]`` (every leading index is one token position).
 
-    Both inputs are log-probabilities of shape ``[..., vocab]`` (every leading index is one
-    token position). Returns a 0-d float64 tensor: ``mean_t sum_v exp(r_tv) (r_tv - q_tv)``.
+    Both are normalised with ``log_softmax`` in float64 (the KL of a single quantised layer can
+    be ~1e-5 nats, below float32 resolution of log-probabilities of ~-10). Returns a 0-d
+    float64 tensor ``mean_t sum_v p_ref(v) (log p_ref(v) - log p(v))``.
     """
-    if ref_log_probs.shape != log_probs.shape:
+    if ref_logits.shape != logits.shape:
         raise ValueError(
-            f"reference and candidate log-probabilities differ in shape: "
-            f"{tuple(ref_log_probs.shape)} vs {tuple(log_probs.shape)}; both must come from the "
+            f"reference and candidate logits differ in shape: "
+            f"{tuple(ref_logits.shape)} vs {tuple(logits.shape)}; both must come from the "
             "same calibration windows and the same vocabulary"
         )
-    r = ref_log_probs.reshape(-1, ref_log_probs.shape[-1]).to(torch.float64)
-    q = log_probs.reshape(-1, log_probs.shape[-1]).to(torch.float64)
+    r = F.log_softmax(ref_logits.reshape(-1, ref_logits.shape[-1]).to(torch.float64), dim=-1)
+    q = F.log_softmax(logits.reshape(-1, logits.shape[-1]).to(torch.float64), dim=-1)
     # kl_div(input=log q, target=log p_ref, log_target=True) = p_ref * (log p_ref - log q).
     per_token = F.kl_div(q, r, reduction="none", log_target=True).sum(dim=-1)
     return per_token.mean()
@@ -74,13 +76,11 @@ def _window_batches(windows: torch.Tensor, batch_size: int) -> Iterable[torch.Te
 
 
 @torch.no_grad()
-def next_token_log_probs(
-    model: nn.Module, windows: torch.Tensor, *, batch_size: int = 1
-) -> torch.Tensor:
-    """Float32 next-token log-probabilities ``[n, seqlen, vocab]`` of ``model`` on ``windows``.
+def reference_logits(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 1) -> torch.Tensor:
+    """Float32 next-token logits ``[n, seqlen, vocab]`` of ``model`` on ``windows`` (on the CPU).
 
+    Call it on the unquantised model: it is the full-precision reference of the KL scores.
     ``windows`` is a LongTensor ``[n, seqlen]`` (e.g. from ``dmx.data.calibration_windows``).
-    The model is put in eval mode; the result lives on the CPU.
     """
     if windows.dim() != 2 or windows.dtype != torch.long:
         raise ValueError(
@@ -91,25 +91,23 @@ def next_token_log_probs(
     device = input_device(model)
     out = []
     for batch in _window_batches(windows, batch_size):
-        logits = model(input_ids=batch.to(device), use_cache=False).logits
-        out.append(F.log_softmax(logits.float(), dim=-1).cpu())
+        out.append(model(input_ids=batch.to(device), use_cache=False).logits.float().cpu())
     return torch.cat(out, dim=0)
 
 
 @torch.no_grad()
 def kl_to_reference(
-    model: nn.Module, windows: torch.Tensor, ref_log_probs: torch.Tensor, *, batch_size: int = 1
+    model: nn.Module, windows: torch.Tensor, ref_logits: torch.Tensor, *, batch_size: int = 1
 ) -> float:
     """Mean token ``KL(p_ref || p_model)`` over ``windows`` (nats/token), batch by batch."""
     model.eval()
     device = input_device(model)
     total, count = 0.0, 0
     for i, batch in enumerate(_window_batches(windows, batch_size)):
-        logits = model(input_ids=batch.to(device), use_cache=False).logits
-        q = F.log_softmax(logits.float(), dim=-1).cpu()
-        r = ref_log_probs[i * batch_size : i * batch_size + batch.shape[0]]
-        n_tok = q.numel() // q.shape[-1]
-        total += float(mean_token_kl(r, q)) * n_tok
+        logits = model(input_ids=batch.to(device), use_cache=False).logits.cpu()
+        r = ref_logits[i * batch_size : i * batch_size + batch.shape[0]]
+        n_tok = logits.numel() // logits.shape[-1]
+        total += float(mean_token_kl(r, logits)) * n_tok
         count += n_tok
     return total / count
 
@@ -238,7 +236,7 @@ def score_layers(
     *,
     low_format: str,
     high_format: str,
-    reference: torch.Tensor | Callable[[], torch.Tensor],
+    reference: torch.Tensor | Callable[[], torch.Tensor] | None,
     cache: ScoreCache | None = None,
     batch_size: int = 1,
     progress: bool = True,
@@ -246,7 +244,7 @@ def score_layers(
     """Per-layer sensitivity ``{layer: mean token KL(p_ref || p)}`` (see module docstring).
 
     ``layers`` maps names to DMXLinear modules of ``model`` (``set_fixed_format`` is used);
-    ``reference`` is the full-precision log-probabilities from ``next_token_log_probs`` or a
+    ``reference`` is the full-precision logits from ``reference_logits`` or a
     zero-argument callable producing them (only called if some layer still needs scoring).
     With ``cache``, already-scored layers are skipped and each new score is saved at once.
     On return every layer is left at ``high_format``.
@@ -256,6 +254,11 @@ def score_layers(
     for layer in layers.values():
         layer.set_fixed_format(high_format)
     if todo:
+        if reference is None:
+            raise ValueError(
+                f"{len(todo)} layer(s) have no cached KL score (first: {todo[0]!r}) and no full-precision "
+                "reference was given; pass reference_logits of the unquantised model"
+            )
         ref = reference() if callable(reference) else reference
         bar = tqdm(todo, desc=f"KL scores {low_format}->{high_format}", disable=not progress, unit="layer")
         for name in bar:
@@ -276,20 +279,27 @@ def score_layers(
 
 
 def cache_key(
-    *, model_id: str, windows: torch.Tensor, low_format: str, high_format: str, layers: Mapping[str, nn.Module]
+    *, model_id: str, windows: torch.Tensor, low_format: str, high_format: str, layer_names: Sequence[str],
+    block_size: int,
 ) -> dict[str, Any]:
     """What a set of KL scores depends on: model, calibration windows (sha256 of the token ids
     and their shape), the two formats, the MX block size and the quantised layer list."""
-    block_sizes = sorted({int(getattr(layer, "block_size", 32)) for layer in layers.values()})
     return {
         "model": str(model_id),
         "data_sha256": token_hash(windows),
         "windows": [int(s) for s in windows.shape],
         "low_format": low_format,
         "high_format": high_format,
-        "block_size": block_sizes,
-        "layers": list(layers),
+        "block_size": int(block_size),
+        "layers": list(layer_names),
     }
+
+
+def _block_size(layers: Mapping[str, nn.Module]) -> int:
+    sizes = {int(layer.block_size) for layer in layers.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"the quantised layers use different MX block sizes {sorted(sizes)}; use one block size")
+    return sizes.pop()
 
 
 def kl_assignments(
@@ -300,7 +310,7 @@ def kl_assignments(
     targets: Sequence[float],
     low_format: str,
     high_format: str,
-    reference: torch.Tensor | Callable[[], torch.Tensor],
+    reference: torch.Tensor | Callable[[], torch.Tensor] | None,
     model_id: str,
     cache_dir: str | os.PathLike | None = None,
     weighting: str = "mean",
@@ -309,21 +319,22 @@ def kl_assignments(
 ) -> dict[float, Assignment]:
     """KL-heuristic assignments for every target (layers scored once; see module docstring).
 
-    ``reference``: full-precision log-probabilities on ``windows`` (``next_token_log_probs`` of
+    ``reference``: full-precision logits on ``windows`` (``reference_logits`` of
     the unquantised model) or a callable producing them, only called when some score is
     missing from the cache in ``cache_dir``. Targets are validated before any scoring. Returns
     ``{target: Assignment}`` with provenance (method, variant, model, data hash, cache file,
     scores); the layers are left at ``high_format``."""
     for t in targets:  # fail fast, before minutes of scoring
         check_target(float(t), low_format=low_format, high_format=high_format)
-    key = cache_key(model_id=model_id, windows=windows, low_format=low_format, high_format=high_format, layers=layers)
+    block_size = _block_size(layers)
+    key = cache_key(model_id=model_id, windows=windows, low_format=low_format, high_format=high_format,
+                    layer_names=list(layers), block_size=block_size)
     cache = open_cache(cache_dir, key) if cache_dir is not None else None
     scores = score_layers(
         model, layers, windows, low_format=low_format, high_format=high_format, reference=reference,
         cache=cache, batch_size=batch_size, progress=progress,
     )
     sizes = {n: int(layer.linear.weight.numel()) for n, layer in layers.items()}
-    block_size = key["block_size"][0] if len(key["block_size"]) == 1 else 32
     out: dict[float, Assignment] = {}
     for t in targets:
         formats = select_by_sensitivity(

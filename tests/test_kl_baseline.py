@@ -18,11 +18,12 @@ LOW, HIGH = "mxfp4_e2m1", "mxfp8_e4m3"
 
 def test_mean_token_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
-    ref = torch.log_softmax(torch.randn(2, 5, 11, generator=g), dim=-1)
-    cand = torch.log_softmax(torch.randn(2, 5, 11, generator=g), dim=-1)
+    ref = 3 * torch.randn(2, 5, 11, generator=g)
+    cand = ref + 0.01 * torch.randn(2, 5, 11, generator=g)
     expected = kl_divergence(Categorical(logits=ref.double()), Categorical(logits=cand.double())).mean()
-    torch.testing.assert_close(mean_token_kl(ref, cand), expected, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(mean_token_kl(ref, cand), expected, rtol=1e-9, atol=0)
     assert float(mean_token_kl(ref, ref)) == 0.0
+    assert float(mean_token_kl(ref, ref + 5.0)) == pytest.approx(0.0, abs=1e-10)  # logits shift-invariant
 
 
 def test_mean_token_kl_shape_mismatch():
@@ -92,3 +93,88 @@ def test_cache_roundtrip_and_key_mismatch(tmp_path):
     c.path.write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):
         open_cache(tmp_path, key)
+
+
+# ----------------------------------------------------------------------------- on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from dmx.kl_baseline import reference_logits
+    from dmx.models import tiny_model
+    from dmx.quantized import quantize_model
+
+    model = tiny_model("qwen3", seed=3)
+    windows = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    ref = reference_logits(model, windows)  # before wrapping: full precision
+    layers = quantize_model(model)
+    for layer in layers.values():
+        layer.set_fixed_format(HIGH)
+    # Score the first block's 7 linears only (the rest stay at the high format): keeps it fast.
+    first_block = {n: layer for n, layer in layers.items() if ".layers.0." in n}
+    assert len(first_block) == 7
+    return model, first_block, windows, ref
+
+
+def test_score_is_kl_of_the_one_layer_low_model(tiny):
+    from dmx.kl_baseline import score_layers
+
+    model, layers, windows, ref = tiny
+    scores = score_layers(model, layers, windows, low_format=LOW, high_format=HIGH, reference=ref, progress=False)
+    assert list(scores) == list(layers) and all(v >= 0 for v in scores.values())
+    assert len(set(scores.values())) > 1  # layers differ in sensitivity
+    name = list(layers)[4]
+    for n, layer in layers.items():
+        layer.set_fixed_format(LOW if n == name else HIGH)
+    with torch.no_grad():
+        logits = model(windows).logits
+    expected = kl_divergence(Categorical(logits=ref.double()), Categorical(logits=logits.double())).mean()
+    assert scores[name] == pytest.approx(float(expected), rel=1e-9)
+    assert all(layer.format_name() == HIGH for n, layer in layers.items() if n != name)
+
+
+def test_interrupted_scoring_resumes_from_cache(tiny, tmp_path):
+    from dmx.kl_baseline import kl_assignments, open_cache
+
+    model, layers, windows, ref = tiny
+    calls = {"n": 0}
+
+    def count(module, args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 2 windows per layer: dies while scoring the third layer
+            raise KeyboardInterrupt
+
+    handle = model.register_forward_pre_hook(count)
+    kwargs = dict(targets=[6.0, 4.0, 8.0], low_format=LOW, high_format=HIGH, model_id="tiny-qwen3",
+                  cache_dir=tmp_path, progress=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kl_assignments(model, layers, windows, reference=ref, **kwargs)
+        files = list(tmp_path.glob("kl_scores-*.json"))
+        assert len(files) == 1
+        assert set(json.loads(files[0].read_text())["scores"]) == set(list(layers)[:2])
+        calls["n"] = -1000  # no more interruptions; count the forwards of the rerun
+        result = kl_assignments(model, layers, windows, reference=lambda: ref, **kwargs)
+    finally:
+        handle.remove()
+    assert calls["n"] + 1000 == 2 * (len(layers) - 2)  # only the missing layers were scored
+    fresh = kl_assignments(model, layers, windows, reference=ref, **{**kwargs, "cache_dir": tmp_path / "new"})
+    for t in (6.0, 4.0, 8.0):
+        assert result[t].formats == fresh[t].formats
+        assert result[t].element_bits <= t
+    assert result[6.0].element_bits == pytest.approx(40 / 7)  # 7 layers: 4 of 7 demoted, 6 is not reachable
+    assert set(result[8.0].formats.values()) == {HIGH} and set(result[4.0].formats.values()) == {LOW}
+    # A complete cache needs no reference at all.
+    again = kl_assignments(model, layers, windows, reference=None, **kwargs)
+    assert again[6.0].formats == result[6.0].formats
+    assert open_cache(tmp_path, json.loads(files[0].read_text())["key"]).scores == result[6.0].provenance["kl_scores"]
+
+
+def test_unreachable_target_fails_before_scoring(tiny, tmp_path):
+    from dmx.kl_baseline import kl_assignments
+
+    model, layers, windows, ref = tiny
+    with pytest.raises(ValueError, match=r"choose a target in \[4, 8\]"):
+        kl_assignments(model, layers, windows, targets=[5.0, 9.0], low_format=LOW, high_format=HIGH,
+                       reference=ref, model_id="m", cache_dir=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
