@@ -176,8 +176,8 @@ def quantize(
     check_rounding(rounding)
     arr, work = as_working(x)
     ax = check_axis(axis, arr.ndim)
-    if scale_mode == "floor" and rounding == "rne" and ax == arr.ndim - 1 and arr.shape[-1] % bs == 0:
-        scales, codes = _quantize_lastaxis_fast(arr, f, bs, work)
+    if _fast_path_ok(arr, ax, bs, rounding):
+        scales, codes = _quantize_fast(arr, f, bs, scale_mode, work)
         return MXArray(f, scales, codes, ax, bs, scale_mode, rounding)
     elem = f.element
     n = arr.shape[ax]
@@ -195,34 +195,111 @@ def quantize(
     return MXArray(f, scales, elements, ax, bs, scale_mode, rounding)
 
 
-def _quantize_lastaxis_fast(arr: np.ndarray, f: MXFormat, bs: int, work: _Work) -> tuple[np.ndarray, np.ndarray]:
-    """Spec path (floor, RNE) for full blocks along the last axis; same rule, fewer passes.
+#: Blocks per chunk of the fast path: 1024 blocks of 32 float32 = 128 KiB per scratch buffer, so
+#: the dozen passes of the kernel run in cache instead of streaming the whole array each time.
+_CHUNK_ELEMENTS = 1 << 15
 
-    The shared exponent is read from the exponent field of amax's bit pattern (exact for normal
-    amax; subnormal amax go through :func:`shared_exponent`), magnitudes are taken from the bit
-    patterns, and rounding + encoding use the same magic-sum primitive as every other path.
+
+def _fast_path_ok(arr: np.ndarray, ax: int, bs: int, rounding: str) -> bool:
+    """Blocks along the contiguous last axis, full blocks only, RNE: the chunked kernel applies."""
+    return rounding == "rne" and ax == arr.ndim - 1 and arr.size > 0 and arr.shape[-1] % bs == 0
+
+
+def _chunk_exponents(amax_bits: np.ndarray, elem, mode: str, work: _Work) -> np.ndarray:
+    """Shared exponents X (float64, NaN for NaN/Inf amax) of a chunk's amax bit patterns.
+
+    For "floor" X = clip(expfield - bias - emax, -127, 127), NaN when expfield is all ones: the
+    exponent field is floor(log2 amax) for normal amax, and a subnormal or zero amax
+    (expfield 0) has floor(log2 amax) - emax < -127 in every element type, so clamping gives
+    -127 exactly as :func:`shared_exponent` does.  Other modes call :func:`shared_exponent`.
     """
-    elem = f.element
-    shape = arr.shape
+    if mode != "floor":
+        return shared_exponent(amax_bits.view(work.float_dtype), elem.emax, mode,
+                               mbits=elem.mbits, max_normal=elem.max_normal)
+    efield = (amax_bits >> work.p).astype(np.float64)
+    x = np.clip(efield - (work.bias + elem.emax), -127, 127)
+    x[efield == 2 * work.bias + 1] = np.nan
+    return x
+
+
+def _blockwise_fast(arr: np.ndarray, bs: int, elem, mode: str, work: _Work, emit) -> np.ndarray:
+    """Run the RNE kernel over ``arr`` (..., n) in cache-sized chunks of whole blocks.
+
+    For each chunk it computes a = min(|x| * 2^-X, max_normal) and the magic sum S, E of
+    :func:`mx_spec.elements._magic_sum` (the one rounding implementation), then calls
+    ``emit(rows, bits, s, e, x_int, nan_rows)`` to turn them into codes or values.  Returns the
+    per-block exponents X (float64, NaN for NaN/Inf blocks), shape (n_blocks_total,).
+    """
     bits = np.ascontiguousarray(arr).view(work.int_dtype).reshape(-1, bs)
-    sign_mask = work.int_dtype.type(-1) << (work.int_dtype.itemsize * 8 - 1)
-    absbits = bits & ~sign_mask
-    if absbits.size == 0:
-        return np.zeros(shape[:-1] + (shape[-1] // bs,), np.uint8), np.zeros(shape, np.uint8)
-    amax_bits = absbits.max(axis=1)
-    exp = shared_exponent(amax_bits.view(work.float_dtype), elem.emax, "floor")
-    nan_block = np.isnan(exp)
-    x_int = np.where(nan_block, 0, exp).astype(work.int_dtype)
-    inv_scale = np.ldexp(work.float_dtype.type(1), -x_int.astype(np.int32))
-    a = absbits.view(work.float_dtype)
-    a *= inv_scale[:, None]
-    np.minimum(a, work.float_dtype.type(elem.max_normal), out=a)
-    s, e = _magic_sum(a, elem.emin, elem.mbits, work)
-    mag = _magnitude_codes(s, e, elem.emin, elem.mbits, work)
-    neg = bits < 0
-    codes = _signed_codes(mag, neg, np.zeros(1, bool), None, elem)
-    codes[nan_block] = 0
-    return encode_e8m0(exp).reshape(shape[:-1] + (shape[-1] // bs,)), codes.reshape(shape)
+    n_blocks = bits.shape[0]
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // bs)
+    scratch_a = np.empty((min(rows_per_chunk, n_blocks), bs), work.int_dtype)
+    exps = np.empty(n_blocks, np.float64)
+    abs_mask = work.int_dtype.type(np.iinfo(work.int_dtype).max)
+    max_normal = work.float_dtype.type(elem.max_normal)
+    for r0 in range(0, n_blocks, rows_per_chunk):
+        r1 = min(r0 + rows_per_chunk, n_blocks)
+        b = bits[r0:r1]
+        absb = scratch_a[: r1 - r0]
+        np.bitwise_and(b, abs_mask, out=absb)
+        x = _chunk_exponents(absb.max(axis=1), elem, mode, work)
+        exps[r0:r1] = x
+        nan_rows = np.isnan(x)
+        x_int = np.where(nan_rows, 0, x).astype(np.int32)
+        a = absb.view(work.float_dtype)
+        a *= np.ldexp(work.float_dtype.type(1), -x_int)[:, None]
+        np.minimum(a, max_normal, out=a)
+        s, e = _magic_sum(a, elem.emin, elem.mbits, work)
+        emit(slice(r0, r1), b, s, e, x_int, nan_rows)
+    return exps
+
+
+def _quantize_fast(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: _Work) -> tuple[np.ndarray, np.ndarray]:
+    """(scale codes, element codes) via :func:`_blockwise_fast`; same rule as the general path."""
+    elem = f.element
+    codes = np.empty(arr.shape, np.uint8)
+    codes2d = codes.reshape(-1, bs)
+    sign_shift = work.int_dtype.itemsize * 8 - elem.bits
+    uint_dtype = np.dtype(f"u{work.int_dtype.itemsize}")
+
+    def emit(rows, b, s, e, x_int, nan_rows):
+        mag = _magnitude_codes(s, e, elem.emin, elem.mbits, work)
+        if elem.kind == "int":
+            np.negative(mag, out=mag, where=b < 0)  # two's complement; the uint8 cast wraps
+        else:  # sign bit of the input moved to the top of the element field
+            mag |= (b.view(uint_dtype) >> sign_shift).astype(work.int_dtype) & elem.sign_bit
+        mag[nan_rows] = 0
+        np.copyto(codes2d[rows], mag, casting="unsafe")
+
+    exps = _blockwise_fast(arr, bs, elem, mode, work, emit)
+    scales = encode_e8m0(exps).reshape(arr.shape[:-1] + (arr.shape[-1] // bs,))
+    return scales, codes
+
+
+def _quantize_dequantize_fast(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: _Work) -> np.ndarray:
+    """Values sign * (S - M) * 2^X straight from the magic sum, skipping the codes (RNE only)."""
+    elem = f.element
+    out = np.empty(arr.shape, work.float_dtype)
+    out2d = out.reshape(-1, bs)
+    sign_mask = work.int_dtype.type(np.iinfo(work.int_dtype).min)
+    bias_shift = work.p - elem.mbits + work.bias
+
+    def emit(rows, b, s, e, x_int, nan_rows):
+        e += bias_shift
+        e <<= work.p
+        s -= e.view(work.float_dtype)  # the rounded magnitude, exact (Sterbenz)
+        sv = s.view(work.int_dtype)
+        if elem.kind == "fp":
+            sv |= b & sign_mask  # copysign, keeps -0
+        else:
+            np.negative(s, out=s, where=b < 0)  # MXINT8 has no -0: a negative zero becomes +0
+            s += 0.0
+        s *= np.ldexp(work.float_dtype.type(1), x_int)[:, None]
+        s[nan_rows] = np.nan
+        out2d[rows] = s
+
+    _blockwise_fast(arr, bs, elem, mode, work, emit)
+    return out
 
 
 def _check_output_dtype(dtype: npt.DTypeLike) -> np.dtype:
@@ -263,8 +340,29 @@ def dequantize(mx: MXArray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     return out.astype(out_dt, copy=False)
 
 
-def quantize_dequantize(x: npt.ArrayLike, fmt: str | MXFormat, **kwargs) -> np.ndarray:
-    """``dequantize(quantize(x, fmt, **kwargs))`` in ``x``'s dtype (keywords as :func:`quantize`)."""
-    arr = np.asarray(x)
-    mx = quantize(arr, fmt, **kwargs)
-    return dequantize(mx, dtype=arr.dtype)
+def quantize_dequantize(
+    x: npt.ArrayLike,
+    fmt: str | MXFormat,
+    *,
+    block_size: int | None = None,
+    axis: int = -1,
+    scale_mode: ScaleMode = "floor",
+    rounding: Rounding = "rne",
+) -> np.ndarray:
+    """``dequantize(quantize(x, fmt, ...), dtype=x.dtype)``: the MX-representable values of ``x``.
+
+    Same keywords and rules as :func:`quantize`; returns ``x``'s dtype (float16/bfloat16 results
+    are the exact float32 values rounded once).  For blocks along the last axis with RNE it skips
+    the codes and reads the values straight off the rounding primitive (bit-identical; tested).
+    """
+    f = get_format(fmt)
+    bs = check_block_size(f.block_size if block_size is None else block_size)
+    check_scale_mode(scale_mode)
+    check_rounding(rounding)
+    arr, work = as_working(x)
+    out_dtype = np.asarray(x).dtype
+    ax = check_axis(axis, arr.ndim)
+    if _fast_path_ok(arr, ax, bs, rounding):
+        return _quantize_dequantize_fast(arr, f, bs, scale_mode, work).astype(out_dtype, copy=False)
+    mx = quantize(arr, f, block_size=bs, axis=ax, scale_mode=scale_mode, rounding=rounding)
+    return dequantize(mx, dtype=out_dtype)

@@ -196,3 +196,26 @@ def test_empty_arrays():
         assert mx.elements.shape == shape and mx.elements.dtype == np.uint8
         assert dequantize(mx).shape == shape
     assert quantize(np.zeros((0, 32), np.float32), "mxfp8_e4m3").scales.shape == (0, 1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_fast_paths_agree_with_general_path(fmt, dtype):
+    """Last-axis kernels (quantize and the fused quantize_dequantize) vs the any-axis path."""
+    x = random_blocks(3000, 32, seed=4)  # > one chunk of the kernel
+    x[5] = [0.0, -0.0] * 16
+    x[6, 3], x[7, 9], x[8, 1] = np.nan, -np.inf, np.inf
+    x[9] = -0.0
+    with np.errstate(over="ignore"):
+        x = x.astype(dtype)
+    for mode in ("floor", "ceil", "even", "rceil"):
+        fast = quantize(x, fmt, scale_mode=mode)
+        slow = quantize(np.ascontiguousarray(x.T), fmt, axis=0, scale_mode=mode)
+        np.testing.assert_array_equal(fast.elements, slow.elements.T)
+        np.testing.assert_array_equal(fast.scales, slow.scales.T)
+        with np.errstate(over="ignore"):
+            fused = quantize_dequantize(x, fmt, scale_mode=mode)
+            ref = dequantize(fast, dtype=dtype)
+        assert fused.dtype == dtype
+        np.testing.assert_array_equal(fused, ref)
+        assert np.array_equal(np.signbit(fused), np.signbit(ref))
