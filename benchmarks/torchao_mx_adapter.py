@@ -75,7 +75,7 @@ def torchao_quantize(x: np.ndarray, fmt: str, *, block_size: int = 32, axis: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scale, data = to_mx(t, TORCHAO_ELEM_DTYPES[fmt], block_size, TORCHAO_SCALE_MODES[scale_mode])
-    scales = scale.view(torch.uint8).numpy().reshape(*moved.shape[:-1], -1)
+    scales = scale.view(torch.uint8).numpy().reshape(*moved.shape[:-1], moved.shape[-1] // block_size)
     if fmt == "mxfp4_e2m1":
         codes = unpack_uint4(data.view(torch.uint8).contiguous()).numpy().reshape(moved.shape)
     elif fmt.startswith("mxfp8"):

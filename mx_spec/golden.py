@@ -377,7 +377,7 @@ def edge_inputs(fmt_name: str) -> list[CaseInput]:
     cases.append(CaseInput("layout", "shape (4, 48), block_size 16", _cast(lay[:192].reshape(4, 48), "float32"), block_size=16))
     cases.append(CaseInput("layout", "shape (29,), block_size 7: ragged last block of 1",
                            _cast(lay[:29], "float32"), block_size=7))
-    # EMPTY_CASE_PLACEHOLDER
+    cases.append(CaseInput("layout", "shape (0, 32): empty input", np.zeros((0, 32), dtype=np.float32)))
     return cases
 
 
