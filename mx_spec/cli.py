@@ -38,7 +38,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 32)) * np.array([[1.0], [40.0]])).astype(np.float32)
-    x[0, 0] = 464.0 / 256.0  # a tie that MXFP8 E4M3 resolves by round-to-nearest-even
+    x[0, 0] = 1.8125  # at row 0's scale 2^-7 this is 232, an E4M3 tie (224|240): RNE gives 224
     print("input x: float32, shape", x.shape, "(row 1 is 40x row 0)")
     for fmt in args.formats:
         mx = mx_spec.quantize(x, fmt)
@@ -56,7 +56,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\n== verifying mx_spec.quantize against the golden vectors"
           f" ({args.golden or 'default golden/ directory'})")
     report = verify_quantizer(mx_spec.quantize, golden_dir=args.golden, progress=not args.quiet)
-    print(report.summary())
+    print(report.summary(per_format=True))
+    print("(all 8 modes per format: scale floor/ceil/even/rceil x rounding rne/away; "
+          "`mx-spec verify RESULTS` checks another implementation)")
     return 0 if report.ok else 1
 
 
