@@ -122,16 +122,20 @@ def _check_grid(emin: int, mbits: int, max_normal: float, work: _Work) -> None:
         )
 
 
-def _magic_sum(a: np.ndarray, emin: int, mbits: int, work: _Work) -> tuple[np.ndarray, np.ndarray]:
+def _magic_sum(
+    a: np.ndarray, emin: int, mbits: int, work: _Work, emin_fill: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """S = a + 2^(E - mbits + p) (rounding a to step(a) in the FPU) and E = max(floor(log2 a), emin).
 
     ``a`` holds non-negative magnitudes (or NaN) already clipped to max_normal; it is modified
     in place and returned as S.  The exponent field of a zero or working-subnormal ``a`` reads as
-    min_exp - 1 < emin, so the max with emin gives the subnormal step exactly.
+    min_exp - 1 < emin, so the max with emin gives the subnormal step exactly.  ``emin_fill``
+    (optional) is an array of ``a``'s shape filled with emin: numpy's max against a full array
+    is several times faster than against a broadcast scalar, which matters in the chunked kernel.
     """
     e = a.view(work.int_dtype) >> work.p
     e -= work.bias
-    np.maximum(e, emin, out=e)
+    np.maximum(e, emin if emin_fill is None else emin_fill, out=e)
     m = e + (work.p - mbits + work.bias)
     m <<= work.p
     a += m.view(work.float_dtype)

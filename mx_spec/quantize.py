@@ -233,14 +233,18 @@ def _blockwise_fast(arr: np.ndarray, bs: int, elem, mode: str, work: _Work, emit
     bits = np.ascontiguousarray(arr).view(work.int_dtype).reshape(-1, bs)
     n_blocks = bits.shape[0]
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // bs)
-    scratch_a = np.empty((min(rows_per_chunk, n_blocks), bs), work.int_dtype)
+    chunk_shape = (min(rows_per_chunk, n_blocks), bs)
+    scratch_a = np.empty(chunk_shape, work.int_dtype)
+    # constant operands as full arrays: numpy's min/max against a broadcast scalar is slow
+    emin_fill = np.full(chunk_shape, elem.emin, work.int_dtype)
+    max_fill = np.full(chunk_shape, elem.max_normal, work.float_dtype)
     exps = np.empty(n_blocks, np.float64)
     abs_mask = work.int_dtype.type(np.iinfo(work.int_dtype).max)
-    max_normal = work.float_dtype.type(elem.max_normal)
     for r0 in range(0, n_blocks, rows_per_chunk):
         r1 = min(r0 + rows_per_chunk, n_blocks)
+        rows = r1 - r0
         b = bits[r0:r1]
-        absb = scratch_a[: r1 - r0]
+        absb = scratch_a[:rows]
         np.bitwise_and(b, abs_mask, out=absb)
         x = _chunk_exponents(absb.max(axis=1), elem, mode, work)
         exps[r0:r1] = x
@@ -248,8 +252,8 @@ def _blockwise_fast(arr: np.ndarray, bs: int, elem, mode: str, work: _Work, emit
         x_int = np.where(nan_rows, 0, x).astype(np.int32)
         a = absb.view(work.float_dtype)
         a *= np.ldexp(work.float_dtype.type(1), -x_int)[:, None]
-        np.minimum(a, max_normal, out=a)
-        s, e = _magic_sum(a, elem.emin, elem.mbits, work)
+        np.minimum(a, max_fill[:rows], out=a)
+        s, e = _magic_sum(a, elem.emin, elem.mbits, work, emin_fill[:rows])
         emit(slice(r0, r1), b, s, e, x_int, nan_rows)
     return exps
 
@@ -260,14 +264,16 @@ def _quantize_fast(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: _Work
     codes = np.empty(arr.shape, np.uint8)
     codes2d = codes.reshape(-1, bs)
     sign_shift = work.int_dtype.itemsize * 8 - elem.bits
-    uint_dtype = np.dtype(f"u{work.int_dtype.itemsize}")
 
     def emit(rows, b, s, e, x_int, nan_rows):
         mag = _magnitude_codes(s, e, elem.emin, elem.mbits, work)
         if elem.kind == "int":
             np.negative(mag, out=mag, where=b < 0)  # two's complement; the uint8 cast wraps
         else:  # sign bit of the input moved to the top of the element field
-            mag |= (b.view(uint_dtype) >> sign_shift).astype(work.int_dtype) & elem.sign_bit
+            # arithmetic shift copies the input's sign bit into bit (bits - 1) of the field
+            sign = b >> sign_shift
+            sign &= elem.sign_bit
+            mag |= sign
         mag[nan_rows] = 0
         np.copyto(codes2d[rows], mag, casting="unsafe")
 
