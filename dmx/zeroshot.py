@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from dmx.checkpoint import atomic_write_text
+from dmx.data import DATA_DIR_ENV, resolve_data_dir
 from dmx.tasks import OFFLINE_TASK_YAMLS, offline_task_yaml
 
 __all__ = [
@@ -61,7 +63,6 @@ DEFAULT_TASKS_ONLINE: tuple[str, ...] = ("arc_easy", "arc_challenge", "winogrand
 #: Offline there is no HellaSwag; PIQA takes its place.
 DEFAULT_TASKS_OFFLINE: tuple[str, ...] = ("arc_easy", "arc_challenge", "winogrande", "piqa")
 
-DATA_DIR_ENV = "DMX_DATA_DIR"
 CHECKPOINT_FORMAT = "dmx-zeroshot-checkpoint/1"
 _METRICS = ("acc", "acc_norm")
 
@@ -117,21 +118,15 @@ def resolve_task_names(tasks: str | Sequence[str] | None, *, online: bool) -> li
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The data directory: the argument, else ``$DMX_DATA_DIR``; error naming both otherwise."""
-    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-    if not chosen:
-        raise ValueError(
-            f"offline zero-shot evaluation needs the data directory: pass data_dir= (--data-dir) "
-            f"or set ${DATA_DIR_ENV}; or evaluate the stock tasks online (online=True / --online)"
-        )
-    path = Path(chosen).expanduser()
-    if not path.is_dir():
+    """The data directory through :func:`dmx.data.data_dir` (argument > ``$DMX_DATA_DIR``), with
+    the zero-shot context added to its error."""
+    try:
+        return resolve_data_dir(data_dir).resolve()
+    except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"data directory {path} does not exist (from "
-            f"{'data_dir' if data_dir is not None else '$' + DATA_DIR_ENV}); point it at the folder "
-            f"holding zeroshot/*.jsonl"
-        )
-    return path.resolve()
+            f"offline zero-shot tasks read zeroshot/*.jsonl from the data directory: {err}; or "
+            f"evaluate the stock tasks online (online=True / --online)"
+        ) from err
 
 
 def offline_task_config(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -284,14 +279,6 @@ def results_table(results: dict) -> str:
 # ----------------------------------------------------------------------------- checkpoint
 
 
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    """Write JSON so that an interrupted run never leaves a truncated file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _load_checkpoint(path: Path | None, settings: dict) -> dict[str, dict]:
     """Per-task summaries already computed under the same settings (empty if none)."""
     if path is None or not path.exists():
@@ -383,11 +370,9 @@ def evaluate_zeroshot(
             )
             per_task[name] = _task_summary(name, task_objects[name], raw, online=online)
             if checkpoint_path is not None:
-                _atomic_write_json(
-                    checkpoint_path,
-                    {"format": CHECKPOINT_FORMAT, "settings": settings,
-                     "tasks": {**done, **per_task}},
-                )
+                payload = {"format": CHECKPOINT_FORMAT, "settings": settings,
+                           "tasks": {**done, **per_task}}
+                atomic_write_text(checkpoint_path, json.dumps(payload, indent=2) + "\n")
     finally:
         model.train(was_training)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -45,14 +44,6 @@ LIMIT = 6
 
 
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    path = Path(os.environ.get("DMX_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
-    if not (path / "zeroshot").is_dir():
-        pytest.skip(f"no local zero-shot data under {path} (set DMX_DATA_DIR)")
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny():
     return tiny_byte_lm(seed=0)
 
@@ -75,7 +66,8 @@ class Untouchable:
 
 
 def continuation_logprob(model, tokenizer, context: str, continuation: str) -> float:
-    """log P(continuation | context): one token per byte, so the split is exact."""
+    """log P(continuation | context), context and continuation tokenised separately (exact for the
+    byte tokenizer; the BPE split lm-eval uses for the embedded model's prompts)."""
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([ctx + cont])
@@ -160,7 +152,7 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 def test_missing_data_dir_names_flag_and_variable(monkeypatch, tmp_path):
     monkeypatch.delenv("DMX_DATA_DIR", raising=False)
-    with pytest.raises(ValueError, match=r"data_dir=.*DMX_DATA_DIR"):
+    with pytest.raises(FileNotFoundError, match=r"zeroshot.*data_dir=.*DMX_DATA_DIR"):
         offline_task_config("arc_easy")
     monkeypatch.setenv("DMX_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -261,3 +253,44 @@ def test_checkpoint_resumes_and_restores_train_mode(tiny, data_dir, tmp_path):
     with pytest.raises(ValueError, match="different settings"):
         evaluate_zeroshot(Broken(), tokenizer, tasks=["piqa"], limit=3, data_dir=data_dir,
                           checkpoint=path)
+
+
+# ----------------------------------------------------------------------------- quantised / real models
+
+
+def test_fake_quantised_model_is_evaluated_as_quantised(tiny, data_dir):
+    """DMXLinear-wrapped layers (uniform MXFP4) keep the HF forward API: lm-eval scores the
+    quantised forward (independent scorer agrees) and the scores move away from full precision."""
+    import copy
+
+    pytest.importorskip("dmx.wrap", reason="DMXLinear (dmx core) not available yet")
+    from dmx.quantized import quantize_model, set_uniform_format
+
+    model, tokenizer = tiny
+    quantised = copy.deepcopy(model)
+    set_uniform_format(quantize_model(quantised), "mxfp4_e2m1")
+    full = evaluate_zeroshot(model, tokenizer, tasks=["piqa"], limit=3, data_dir=data_dir,
+                             return_documents=True)["tasks"]["piqa"]["documents"]
+    got = evaluate_zeroshot(quantised, tokenizer, tasks=["piqa"], limit=3, data_dir=data_dir,
+                            return_documents=True)["tasks"]["piqa"]["documents"]
+    ref = independent_scores(quantised, tokenizer, data_dir, "piqa", 3)
+    for doc, expected, fp in zip(got, ref, full):
+        assert doc["loglikelihoods"] == pytest.approx(expected["loglikelihoods"], rel=1e-4)
+        assert doc["loglikelihoods"] != pytest.approx(fp["loglikelihoods"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_embedded_model_short_run(embedded_model, data_dir):
+    """One short run on the embedded SmolLM2-135M: lm-eval's log-likelihoods through HFLM equal
+    a plain forward pass with the model's own BPE tokenizer (context and continuation encoded
+    separately, which is where BPE splits these prompts)."""
+    model, tokenizer = embedded_model
+    result = evaluate_zeroshot(model, tokenizer, tasks=["arc_easy"], limit=2, data_dir=data_dir,
+                               return_documents=True)
+    row = result["tasks"]["arc_easy"]
+    ref = independent_scores(model, tokenizer, data_dir, "arc_easy", 2)
+    for doc, expected in zip(row["documents"], ref):
+        assert doc["requests"] == expected["requests"]
+        assert doc["loglikelihoods"] == pytest.approx(expected["loglikelihoods"], rel=1e-3)
+        assert doc["acc"] == expected["acc"]
+    assert row["acc"] == pytest.approx(statistics.mean(d["acc"] for d in ref))

@@ -11,7 +11,6 @@ PIQA whitespace difference, which is pinned down exactly.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,6 @@ STOCK_YAML = {
     "piqa": "piqa/piqa.yaml",
     "winogrande": "winogrande/default.yaml",
 }
-
-
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    path = Path(os.environ.get("DMX_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
-    if not (path / "zeroshot").is_dir():
-        pytest.skip(f"no local zero-shot data under {path} (set DMX_DATA_DIR)")
-    return path
 
 
 def stock_task(name: str, docs: list[dict], tmp_path: Path) -> ConfigurableTask:
