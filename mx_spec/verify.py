@@ -6,7 +6,8 @@ Two entry points:
   the golden schema (a JSON file whose ``cases`` list holds objects with ``id`` and any of
   ``scales``, ``elements``, ``packed``, ``decoded_f32``, ``decoded_f64`` as hex strings) or as
   an ``.npz`` whose keys are ``"<case id>/scales"``, ``"<case id>/elements"`` (uint8 codes),
-  ``"<case id>/packed"`` (uint8 bytes) and ``"<case id>/decoded_f32"`` (float32).
+  ``"<case id>/packed"`` (uint8 bytes) and ``"<case id>/decoded_f32"`` (float32); a bare
+  ``"<case id>"`` key holds that case's element codes.
 * :func:`verify_quantizer` runs a candidate quantizer callable over the golden inputs.
 
 Comparison rules (the decisions of ``mx_spec``):
@@ -337,8 +338,8 @@ def load_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         with np.load(p, allow_pickle=False) as npz:
             for key in npz.files:
                 cid, _, name = key.rpartition("/")
-                if name not in ALL_FIELDS or not cid:
-                    raise ValueError(f"{p}: key {key!r} is not '<case id>/<field>' with field in {ALL_FIELDS}")
+                if name not in ALL_FIELDS:  # a bare case id holds that case's element codes
+                    cid, name = key, "elements"
                 out.setdefault(cid, {})[name] = npz[key]
         return out
     if p.suffix == ".json":

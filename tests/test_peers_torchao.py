@@ -19,7 +19,8 @@ import pytest
 pytest.importorskip("torchao")
 import torch  # noqa: E402
 
-from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
+import mx_spec  # noqa: E402
+from mx_spec.golden import GoldenCase, load_golden, random_blocks  # noqa: E402
 from mx_spec.verify import _scale_per_element, verify_quantizer  # noqa: E402
 
 _ADAPTER_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "torchao_mx_adapter.py"
@@ -126,6 +127,22 @@ def test_torchao_agrees_except_pinned_deviations(golden, fmt, scale_mode):
     assert not unexplained, "\n".join(unexplained[:10])
     # each documented deviation of this mode occurs in the golden edge cases
     assert EXPECTED_DEVIATIONS[scale_mode] <= set(kinds), kinds
+
+
+@pytest.mark.parametrize("scale_mode", SCALE_MODES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_torchao_agrees_on_fresh_random_blocks(fmt, scale_mode):
+    """4096 fresh random float32 blocks (not in the golden files), mx_spec live vs torchao: every
+    differing block is a pinned deviation (here: scale code 0 from the very small blocks)."""
+    x = random_blocks(20261128, 4096).astype(np.float32)
+    ours = mx_spec.quantize(x, fmt, scale_mode=scale_mode)
+    scales, codes = adapter.torchao_quantize(x, fmt, scale_mode=scale_mode)
+    case = type("Case", (), {"scale_mode": scale_mode})()
+    differ = (ours.scales[:, 0] != scales[:, 0]) | (ours.elements != codes).any(axis=1)
+    kinds = Counter(classify_block(case, x[b], int(ours.scales[b, 0]), int(scales[b, 0]))
+                    for b in np.flatnonzero(differ))
+    assert "" not in kinds, kinds
+    assert (~differ).sum() > 3500
 
 
 def test_torchao_scale_code_0_deviation_exact():

@@ -118,6 +118,10 @@ def test_verify_results_json_and_npz(golden, tmp_path):
     np.savez(tmp_path / "ok.npz", **arrays)
     assert set(load_results(tmp_path / "ok.npz")) == {r["id"] for r in doc["cases"]}
     assert verify_results(tmp_path / "ok.npz").ok
+    # bare case-id keys = element codes only
+    np.savez(tmp_path / "codes.npz", **{k[: -len("/elements")]: v for k, v in arrays.items() if k.endswith("/elements")})
+    report = verify_results(tmp_path / "codes.npz")
+    assert report.ok and report.n_passed == len(golden[fmt].cases)
 
     bad_id = next(c.id for c in golden[fmt].cases if c.group == "grid" and c.scale_mode == "ceil")
     (tmp_path / "bad.json").write_text(json.dumps(_results_for(golden, fmt, corrupt_id=bad_id)))
