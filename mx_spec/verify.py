@@ -219,13 +219,13 @@ def compare_case(case: GoldenCase, actual: dict[str, Any]) -> list[Mismatch]:
     out: list[Mismatch] = []
     care = _scale_per_element(case) != E8M0_NAN_CODE
     if "scales" in actual:
-        got = np.asarray(actual["scales"], dtype=np.uint8).reshape(-1) if np.size(actual["scales"]) == case.scales.size else np.asarray(actual["scales"])
-        exp = case.scales.reshape(-1)
-        if got.shape != exp.shape:
-            out.append(Mismatch(case.id, "scales", (), f"{exp.size} scale codes", f"shape {got.shape}"))
+        got = np.asarray(actual["scales"])
+        if got.size != case.scales.size:
+            out.append(Mismatch(case.id, "scales", (), f"{case.scales.size} scale codes", f"shape {got.shape}"))
         else:
-            scales_shape = _scales_shape(case)
-            out += _compare_codes(case, "scales", exp.reshape(scales_shape), got.reshape(scales_shape), 8, None)
+            shape = _scales_shape(case)
+            out += _compare_codes(case, "scales", case.scales.reshape(shape),
+                                  got.astype(np.uint8).reshape(shape), 8, None)
     if "elements" in actual:
         got = np.asarray(actual["elements"])
         if got.size == case.elements.size:
