@@ -185,7 +185,8 @@ def quantize(
     exp = shared_exponent(_block_amax(blocks), elem.emax, scale_mode, mbits=elem.mbits, max_normal=elem.max_normal)
     nan_block = np.isnan(exp)
     inv_scale = np.ldexp(work.float_dtype.type(1), (-np.where(nan_block, 0, exp)).astype(np.int32))
-    a = np.abs(blocks) * inv_scale[..., None]
+    with np.errstate(invalid="ignore"):  # NaN/Inf blocks: their codes are set to 0 below
+        a = np.abs(blocks) * inv_scale[..., None]
     np.minimum(a, work.float_dtype.type(elem.max_normal), out=a)
     _, mag = _round_abs_exact(a, elem.emin, elem.mbits, rounding, work)
     codes = _signed_codes(mag, np.signbit(blocks), np.zeros(1, bool), None, elem)
@@ -300,7 +301,8 @@ def _quantize_dequantize_fast(arr: np.ndarray, f: MXFormat, bs: int, mode: str, 
         else:
             np.negative(s, out=s, where=b < 0)  # MXINT8 has no -0: a negative zero becomes +0
             s += 0.0
-        s *= np.ldexp(work.float_dtype.type(1), x_int)[:, None]
+        with np.errstate(over="ignore"):  # beyond float32's range is Inf, as in dequantize
+            s *= np.ldexp(work.float_dtype.type(1), x_int)[:, None]
         s[nan_rows] = np.nan
         out2d[rows] = s
 
@@ -318,6 +320,18 @@ def _check_output_dtype(dtype: npt.DTypeLike) -> np.dtype:
     return dt
 
 
+def _check_scales(mx: MXArray) -> None:
+    """``mx.scales`` must be uint8 with ceil(n / block_size) entries along the block axis."""
+    shape = mx.elements.shape
+    want = shape[: mx.axis] + (-(-shape[mx.axis] // mx.block_size),) + shape[mx.axis + 1 :]
+    sc = np.asarray(mx.scales)
+    if sc.dtype != np.uint8 or sc.shape != want:
+        raise ValueError(
+            f"MXArray scales must be uint8 E8M0 codes of shape {want} for elements {shape}, "
+            f"axis {mx.axis}, block_size {mx.block_size}; got {sc.dtype} {sc.shape}"
+        )
+
+
 def dequantize(mx: MXArray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     """Values element * 2^X of an :class:`MXArray`, as ``dtype`` (float16/bfloat16/float32/float64).
 
@@ -328,6 +342,7 @@ def dequantize(mx: MXArray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     if not isinstance(mx, MXArray):
         raise TypeError(f"dequantize expects an MXArray (from quantize), got {type(mx).__name__}")
     out_dt = _check_output_dtype(dtype)
+    _check_scales(mx)
     work_dt = np.dtype(np.float64) if out_dt == np.float64 else np.dtype(np.float32)
     elem = mx.fmt.element
     codes = check_codes(mx.elements, elem)
@@ -335,15 +350,16 @@ def dequantize(mx: MXArray, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     scale = e8m0_table(work_dt)[mx.scales]
     ax = mx.axis
     n = vals.shape[ax] if vals.ndim else 0
-    if ax == vals.ndim - 1 and n % mx.block_size == 0 and vals.size:
-        blocks = vals.reshape(scale.shape + (mx.block_size,))
-        blocks *= scale[..., None]
-        out = vals
-    else:
-        blocks = _to_blocks(vals, ax, mx.block_size)
-        blocks = blocks * np.moveaxis(scale, ax, -1)[..., None]
-        out = _from_blocks(blocks, ax, n)
-    return out.astype(out_dt, copy=False)
+    with np.errstate(over="ignore"):  # beyond float32's range is Inf, as documented
+        if ax == vals.ndim - 1 and n % mx.block_size == 0 and vals.size:
+            blocks = vals.reshape(scale.shape + (mx.block_size,))
+            blocks *= scale[..., None]
+            out = vals
+        else:
+            blocks = _to_blocks(vals, ax, mx.block_size)
+            blocks = blocks * np.moveaxis(scale, ax, -1)[..., None]
+            out = _from_blocks(blocks, ax, n)
+        return out.astype(out_dt, copy=False)
 
 
 def quantize_dequantize(

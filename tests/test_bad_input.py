@@ -101,3 +101,15 @@ def test_grid_outside_exact_range():
         round_to_element_grid(np.ones(2, np.float32), emin=-140, mbits=3, max_normal=448.0)
     with pytest.raises(ValueError, match="max_normal"):
         round_to_element_grid(np.ones(2), emin=-6, mbits=3, max_normal=float("inf"))
+
+
+def test_dequantize_rejects_inconsistent_mxarray():
+    from mx_spec import MXArray, get_format
+
+    mx = quantize(np.ones((2, 64), np.float32), "mxfp8_e4m3")
+    bad = MXArray(get_format("mxfp8_e4m3"), mx.scales[:, :1], mx.elements, 1, 32)
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        dequantize(bad)
+    bad = MXArray(get_format("mxfp4_e2m1"), mx.scales, mx.elements, 1, 32)  # 8-bit codes as FP4
+    with pytest.raises(ValueError, match="0..15"):
+        dequantize(bad)

@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 from brute_force_mx import ELEM_OF, code_values
 from mx_spec import MX_FORMATS, decode_elements, encode_elements, get_element, get_format, quantize, quantize_dequantize
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ELEMS = ["e4m3", "e5m2", "e3m2", "e2m3", "e2m1", "int8"]
 FORMATS = list(MX_FORMATS)
 
