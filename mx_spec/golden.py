@@ -269,7 +269,8 @@ def edge_inputs(fmt_name: str) -> list[CaseInput]:
     above = max_normal + np.array([0.25, 0.5, 0.75, 1.0, 1.5, 2.0]) * top_step
     top_pow2 = np.ldexp(1.0, emax + 1)
     sat = np.concatenate([above, [np.nextafter(f32(top_pow2), f32(0)), max_normal]])
-    sat = np.concatenate([sat, -sat, np.nextafter(np.float32(max_normal + top_step / 2), [np.float32(0), np.float32(np.inf)])])
+    tie = f32(max_normal + top_step / 2)
+    sat = np.concatenate([sat, -sat, [np.nextafter(tie, f32(0)), np.nextafter(tie, f32(np.inf))]])
     sat = sat[np.abs(sat) < top_pow2]
     block = np.zeros(32)
     block[: len(sat)] = sat
@@ -342,7 +343,7 @@ def edge_inputs(fmt_name: str) -> list[CaseInput]:
         cases.append(CaseInput("nan_inf", f"NaN and +-Inf ({dtype})", np.stack([_cast(row, dtype), _cast(np.linspace(-4, 4, 32), dtype)])))
 
     # float64: values that a float32 detour would round (no double rounding allowed).
-    mids = np.ldexp(_tie_values(grid, np.dtype(np.float64))[0::6], 0)  # exact midpoints, positive
+    mids = _tie_values(grid, np.dtype(np.float64))[0::6]  # the exact positive midpoints
     nudged = np.stack([mids + np.ldexp(mids, -30), mids - np.ldexp(mids, -30)], axis=1).ravel()
     nudged = np.stack([nudged, -nudged], axis=1).ravel()
     cases.append(CaseInput("float64", "midpoints nudged by 2^-30 relative (a float32 detour would make them ties)",
