@@ -23,32 +23,44 @@ constant (it is piecewise constant in x).
 
 Gradient with respect to the widths (closed form)
 ------------------------------------------------
-Inside the range write ``x̂ = s·Δ·k`` with ``k = round(y/Δ)``. With the straight-through rule for
-``round`` (``∂k/∂Δ = ∂(y/Δ)/∂Δ``, the LSQ step-size gradient):
-``∂x̂/∂Δ = s·(k - y/Δ) = (x̂ - x)/Δ``. The step depends on the widths only through its exponent:
+Three things depend on (E, M): the grid step, the max value and the scale. Work in units of x.
 
-* normal values, ``Δ = 2**(floor(log2|y|) - M)``: ``∂Δ/∂M = -ln2·Δ``, ``∂Δ/∂E = 0``;
-* subnormal values (``|y| < 2**emin``), ``Δ = 2**(emin - M)``: ``∂Δ/∂M = -ln2·Δ`` and
-  ``∂Δ/∂E = ln2·Δ·∂emin/∂E = -ln2²·2**(E-1)·Δ``.
+*Grid step.* Inside the range ``x̂ = D·k``, ``k = round(x/D)``, with the step in units of x
+``D = s·Δ(y)``. With the straight-through rule for ``round`` (the LSQ step-size gradient)
+``∂x̂/∂D = k - x/D = (x̂ - x)/D``, so every width enters through ``log2 D``:
+``∂x̂/∂θ = ln2·(x̂ - x)·∂log2(D)/∂θ``.
 
-Hence, for in-range elements::
+* normal values: ``D = 2**(floor(log2|x|) - M)`` because ``s`` is a power of two: it does not
+  depend on E or on the scale, ``∂log2 D/∂M = -1``;
+* subnormal values (``floor(log2|y|) < emin``, i.e. ``|y| < 2**ceil(emin)``):
+  ``D = 2**(X + emin - M)``, ``∂log2 D/∂M = -1``, ``∂log2 D/∂E = ∂X/∂E + ∂emin/∂E``.
 
-    ∂x̂/∂M = ln2 · (x - x̂)
-    ∂x̂/∂E = ln2² · 2**(E-1) · (x - x̂)     (subnormal elements only, else 0)
+*Scale.* ``X = floor(log2 amax - emax)`` is piecewise constant; its a.e. derivative 0 would
+only ever see the max value grow with E and never the drop of ``s`` by one binade each time
+``emax`` passes an integer offset, a bias towards "more E always clips less". We use the
+straight-through rule for this floor too: ``∂X/∂E = -∂emax/∂E = -ln2·2**(E-1)``, which makes
+the *expected* clip level ``s·max_normal`` relative to ``amax`` independent of E, as it is on
+average over the sawtooth. With ``∂emin/∂E = -ln2·2**(E-1)`` as well,
+``∂log2 D/∂E = -2·ln2·2**(E-1)`` for subnormal values.
 
-For saturated elements ``x̂ = sign(x)·s·max_normal``, differentiated through the max value::
+*Max value.* Saturated elements ``x̂ = sign(x)·s·max_normal``:
+``∂x̂/∂M = sign(x)·s·ln2·2**(emax - M)`` and
+``∂x̂/∂E = sign(x)·s·max_normal·ln2·(∂log2(max_normal)/∂E + ∂X/∂E)``, where
+``∂log2(max_normal)/∂E = ln2·2**(E-1)`` cancels ``∂X/∂E`` unless the 448 cap is active (then
+``max_normal`` is constant and only the shrinking scale remains). Together::
 
-    ∂x̂/∂M = sign(x) · s · ln2 · 2**(emax - M)
-    ∂x̂/∂E = sign(x) · s · max_normal · ln2² · 2**(E-1)
+                        ∂x̂/∂M                          ∂x̂/∂E
+    normal, in range    ln2·(x - x̂)                    0
+    subnormal           ln2·(x - x̂)                    2·ln2²·2**(E-1)·(x - x̂)
+    saturated           sign·s·ln2·2**(emax-M)          0   (capped: -sign·s·448·ln2²·2**(E-1))
 
-(both 0 where the 448 cap is active). The scale ``s = 2**X`` is a power of two, piecewise
-constant in E, so it contributes no derivative almost everywhere; it enters through ``s`` in the
-saturation terms and, implicitly, through which elements are subnormal or saturated. For the
-squared error these expressions are the exact derivative of the expected error when the
-values are spread smoothly within each grid cell (``E[(x̂-x)²] = Δ²/12`` per cell gives
-``-ln2·Δ²/6`` per unit of M, which is what ``2·(x̂-x)·ln2·(x-x̂)`` averages to), which is how
-the tests check them against finite differences. ``dL/dβ`` then follows by the chain rule
-through the family's ``E(β)``, ``M(β)`` and the offset map.
+(0 for the M column of saturated elements while the cap is active). ``dL/dβ`` follows by the
+chain rule through the family's ``E(β)``, ``M(β)`` and the offset map. These are exactly the
+derivatives of a *smoothed* quantizer in which rounding is replaced by a fixed uniform
+perturbation (``x̂ = x + u·D``, ``u ~ U(-1/2, 1/2)``) and the scale floor by the identity
+(the pseudo-quantisation-noise model); for the squared error, where hard rounding errors are
+spread like ``u·D``, the two agree in expectation. ``tests/test_autograd.py`` checks this
+against finite differences of an independently written smoothed quantizer.
 """
 
 from __future__ import annotations
@@ -144,11 +156,12 @@ class _MinifloatQDQ(torch.autograd.Function):
                 grad_m = (g * d_m).sum()
             if ctx.needs_input_grad[1]:
                 c = _LN2 * _LN2 * 2.0 ** (e - 1.0)
-                subnormal = ax < s * 2.0**p.emin
+                # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
+                subnormal = ax < s * 2.0 ** math.ceil(p.emin)
                 d_e = torch.where(
                     clipped,
-                    sign_s * (uncapped * c * p.max_normal),
-                    torch.where(subnormal, c * err, torch.zeros_like(err)),
+                    sign_s * (-(1.0 - uncapped) * c * p.max_normal),
+                    torch.where(subnormal, (2.0 * c) * err, torch.zeros_like(err)),
                 )
                 grad_e = (g * d_e).sum()
         return grad_x, grad_e, grad_m, None, None, None, None

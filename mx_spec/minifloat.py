@@ -44,10 +44,23 @@ How the scale and the grid behave at fractional widths, and why
 * **E moves the two ends of the range.** In units of ``x`` the subnormal threshold is
   ``2**(X + emin)`` (below it the step is frozen at ``2**(X + emin - M)``) and the saturation
   value is ``2**X * max_normal``; both move continuously with E between scale changes.
-* A fractional step ``2**(e - M)`` does not divide a binade into an integer number of steps:
-  the grid is ``k * step`` for integer ``k`` inside each binade; values near the top of a
-  binade round to at most the binade's upper edge, which is the next binade's first point, so
-  the grid is monotone and the rounding is idempotent.
+* **Consequence: the error is not monotone in E.** How much of the block maximum's binade
+  saturates depends on ``frac(log2(amax) - emax)``; as ``emax`` grows this fraction sweeps a
+  sawtooth, so a block's clipping error can rise while E grows (between two integer points of
+  ``fp8_fp4`` the mean error of a heavy-tailed tensor is not monotone on a fine β grid; it is
+  from one integer point to the next). The gradient (``dmx.autograd``) sees the smooth part.
+* A fractional step ``2**(e - M)`` does not divide a binade into a whole number of steps: a
+  value of the binade ``[2**e, 2**(e+1))`` goes to the nearest multiple of its own step, which
+  near the top of the binade can be the multiple just above ``2**(e+1)``, while the values
+  from ``2**(e+1)`` on use the next, doubled step. So at fractional M the grid is not a single
+  ordered set and the rounding is monotone only within a binade. This is the rule as specified
+  (step from the value's own binade); it matters only while learning, never for a deployed
+  format (integer widths).
+* ``max_normal`` is a grid point only at integer M. At fractional M it is kept as an extra
+  representable value: an element goes to the nearest of {grid points <= max_normal,
+  max_normal}, and everything beyond ``max_normal`` saturates to it. The saturation value is
+  therefore exactly the stated element max and grows smoothly with E and M (clip-then-round
+  alone would saturate at a grid point below it, which *falls* as M grows).
 
 The shared exponent at a fractional ``emax = n + f`` (``n`` integer, ``0 <= f < 1``) is computed
 with the standard primitive as ``shared_exponent(amax * 2**-f, n)``:
@@ -169,7 +182,24 @@ def _blocks(x: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
     pad = (-k) % block_size
     if pad:
         x = np.concatenate([x, np.zeros(x.shape[:-1] + (pad,), dtype=x.dtype)], axis=-1)
-    return x.reshape(x.shape[:-1] + (x.shape[-1] // block_size, block_size)), k
+    return x.reshape(x.shape[:-1] + ((k + pad) // block_size, block_size)), k
+
+
+def _with_max_normal_representable(y: np.ndarray, q: np.ndarray, max_normal: float) -> np.ndarray:
+    """Make ``±max_normal`` a representable value: the nearest of {grid points, max_normal}.
+
+    ``round_to_element_grid`` clips to ``max_normal`` and then rounds to the grid; at fractional
+    M, ``max_normal`` is not a grid point, so the largest output would be a grid point below it
+    (or, rounded up, ``max_normal`` clipped) and would move *down* as M grows. Keeping
+    ``max_normal`` itself as the saturation value makes the element max the stated
+    ``(2 - 2**-M)·2**emax``. At integer widths ``max_normal`` is already the nearest candidate
+    whenever it is closer than the grid result, so nothing changes there (bit-exact).
+    """
+    ay, aq = np.abs(y), np.abs(q)
+    to_max = (ay >= max_normal) | (np.abs(ay - max_normal) < np.abs(ay - aq))
+    if not to_max.any():
+        return q
+    return np.where(to_max, np.copysign(q.dtype.type(max_normal), y).astype(q.dtype), q)
 
 
 def quantize_dequantize_minifloat(
@@ -214,10 +244,11 @@ def quantize_dequantize_minifloat(
     q = round_to_element_grid(
         y, emin=p.emin, mbits=p.mbits, max_normal=p.max_normal, rounding=rounding
     )
+    q = _with_max_normal_representable(y, q, p.max_normal)
     out = np.ldexp(q.astype(work, copy=False), Xi)
     if nan_scale.any():
         out[np.broadcast_to(nan_scale[..., None], out.shape)] = np.nan
-    out = out.reshape(out.shape[:-2] + (-1,))[..., :k]
+    out = out.reshape(out.shape[:-2] + (out.shape[-2] * out.shape[-1],))[..., :k]
     out = np.moveaxis(out, -1, axis)
     if return_scale_exponent:
         return out, X
