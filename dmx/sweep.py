@@ -1,0 +1,414 @@
+"""One sweep over methods and bit budgets: full precision, uniform MX, KL heuristic and dMX.
+
+``run_sweep(SweepConfig(...))`` evaluates, on one model:
+
+- ``fp``: the unquantised model;
+- ``uniform``: every quantised layer at one standard MX format (``SweepConfig.uniform``);
+- ``kl``: the KL layer-selection heuristic (``dmx.kl_baseline``) at every target;
+- ``dmx``: the differentiable assignment (``dmx.calibrate``) at every target;
+
+and measures WikiText-2 perplexity (``dmx.perplexity``, GPTQ protocol; ``max_windows`` limits it
+to the first windows) and, when ``tasks`` is given, zero-shot accuracy (``dmx.zeroshot``).
+
+Outputs in ``out_dir`` (all written atomically after every finished point, so an interrupted
+sweep keeps what it has and a rerun skips finished points):
+
+- ``results.json``: ``{"schema": "dmx.sweep/1", "config": {...}, "points": [point, ...]}``;
+  a point is ``{"key", "method", "label", "target", "format", "avg_bits", "storage_bits",
+  "perplexity", "accuracy": {task: acc}, "avg_accuracy", "seconds", "formats": {layer: fmt}}``;
+- ``results.csv``: the same points, one row each, without the per-layer formats;
+- ``assignments/<label>.json``: the ``dmx.assignment.Assignment`` of every KL / dMX point;
+- ``pareto.png`` and ``assignment_heatmap.png`` (``dmx.plots``);
+- ``kl_cache/``: the KL per-layer score cache; ``checkpoints/<label>/``: dMX calibration
+  checkpoints (a rerun resumes an interrupted calibration).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+
+import torch
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS_SCHEMA = "dmx.sweep/1"
+UNIFORM_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")
+METHODS = ("fp", "uniform", "kl", "dmx")
+CSV_COLUMNS = (
+    "method",
+    "label",
+    "target",
+    "format",
+    "avg_bits",
+    "storage_bits",
+    "perplexity",
+    "avg_accuracy",
+    "seconds",
+)
+
+
+def point_label(method: str, *, target: float | None = None, fmt: str | None = None) -> str:
+    """Stable identifier of a sweep point: ``fp``, ``uniform:<format>``, ``kl@<target>``,
+    ``dmx@<target>`` (target printed with ``%g``). Used as the skip-on-rerun key."""
+    if method == "fp":
+        return "fp"
+    if method == "uniform":
+        if not fmt:
+            raise ValueError("a uniform point needs its MX format name")
+        return f"uniform:{fmt}"
+    if method in ("kl", "dmx"):
+        if target is None:
+            raise ValueError(f"a {method} point needs its target bits")
+        return f"{method}@{target:g}"
+    raise ValueError(f"unknown method {method!r}; valid choices: {', '.join(METHODS)}")
+
+
+# ----------------------------------------------------------------------------- result store
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    from dmx.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def points_to_csv(points: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of sweep points: ``CSV_COLUMNS`` then ``acc_<task>`` columns (sorted)."""
+    tasks = sorted({t for p in points for t in (p.get("accuracy") or {})})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_COLUMNS, *(f"acc_{t}" for t in tasks)])
+    for p in points:
+        acc = p.get("accuracy") or {}
+        w.writerow(
+            [_csv_cell(p.get(c)) for c in CSV_COLUMNS] + [_csv_cell(acc.get(t)) for t in tasks]
+        )
+    return buf.getvalue()
+
+
+def _csv_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+@dataclass
+class ResultStore:
+    """The sweep's ``results.json`` / ``results.csv`` pair in ``out_dir``.
+
+    ``config`` identifies what the points were measured on (model, data, evaluation settings);
+    reopening a directory whose stored config differs raises ValueError, so points measured
+    under other settings are never mixed into one table."""
+
+    out_dir: Path
+    config: dict[str, Any]
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, out_dir: str | os.PathLike, config: Mapping[str, Any]) -> "ResultStore":
+        out = Path(out_dir)
+        config = json.loads(json.dumps(dict(config), sort_keys=True))
+        path = out / "results.json"
+        if not path.exists():
+            return cls(out_dir=out, config=config)
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is corrupt ({exc}); move it away to start the sweep afresh") from exc
+        if doc.get("schema") != RESULTS_SCHEMA:
+            raise ValueError(f"{path} is not a dmx sweep result (schema {doc.get('schema')!r})")
+        if doc.get("config") != config:
+            diff = sorted(k for k in set(config) | set(doc.get("config", {})) if config.get(k) != doc["config"].get(k))
+            raise ValueError(
+                f"{path} was measured with other settings (differs in: {', '.join(diff)}); "
+                "use another --out directory or the same settings to resume"
+            )
+        return cls(out_dir=out, config=config, points=list(doc.get("points", [])))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return next((p for p in self.points if p["key"] == key), None)
+
+    def add(self, point: Mapping[str, Any]) -> None:
+        """Add (or replace) the point with ``point["key"]`` and rewrite both files atomically."""
+        self.points = [p for p in self.points if p["key"] != point["key"]] + [dict(point)]
+        self.save()
+
+    def save(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"schema": RESULTS_SCHEMA, "config": self.config, "points": self.points}
+        _atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True))
+        _atomic_write_text(self.out_dir / "results.csv", points_to_csv(self.points))
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+@dataclass
+class SweepConfig:
+    """Everything one sweep measures with. ``identity()`` (model, data, evaluation and method
+    settings) must match to resume into an existing ``out_dir``; targets and method lists may
+    grow between runs (new points are added, finished ones skipped)."""
+
+    model: str = "smollm2-135m"
+    out_dir: str = "runs/sweep"
+    targets: tuple[float, ...] = (5.0, 6.0)
+    methods: tuple[str, ...] = METHODS
+    uniform: tuple[str, ...] = UNIFORM_FORMATS
+    family: str = "fp8_fp4"
+    block_size: int = 32
+    include_lm_head: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+    device_map: str | None = None
+    data_dir: str | None = None
+    online: bool = False
+    text_file: str | None = None
+    calib_text_file: str | None = None
+    seqlen: int = 2048
+    max_windows: int | None = None
+    calib_windows: int = 32
+    calib_seqlen: int = 512
+    seed: int = 0
+    kl_windows: int = 4
+    kl_seqlen: int = 512
+    kl_cache_dir: str | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ()
+    limit: int | None = None
+    zeroshot_batch_size: int = 8
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("out_dir", "targets", "methods", "uniform", "kl_cache_dir", "progress", "device", "device_map", "data_dir"):
+            d.pop(k)
+        return d
+
+
+def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
+    """Perplexity (and zero-shot accuracy when ``cfg.tasks``) of the model as it stands."""
+    from dmx.perplexity import perplexity
+
+    out: dict[str, Any] = {
+        "perplexity": perplexity(model, test_ids, seqlen=cfg.seqlen, max_windows=cfg.max_windows, progress=cfg.progress),
+        "accuracy": {},
+        "avg_accuracy": None,
+    }
+    if cfg.tasks:
+        from dmx.zeroshot import evaluate_zeroshot  # lazy: lm-eval is an optional extra
+
+        res = evaluate_zeroshot(
+            model, tokenizer, tasks=list(cfg.tasks), limit=cfg.limit, batch_size=cfg.zeroshot_batch_size,
+            data_dir=cfg.data_dir, online=cfg.online,
+        )
+        out["accuracy"] = {name: row["acc"] for name, row in res["tasks"].items()}
+        out["avg_accuracy"] = res["average"]["acc"]
+    return out
+
+
+def _point(key: str, method: str, *, assignment, target: float | None = None, fmt: str | None = None,
+           seconds: float, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "method": method,
+        "label": key,
+        "target": target,
+        "format": fmt,
+        "avg_bits": None if assignment is None else assignment.element_bits,
+        "storage_bits": None if assignment is None else assignment.storage_bits,
+        **metrics,
+        "seconds": round(seconds, 1),
+        "formats": {} if assignment is None or method == "uniform" else dict(assignment.formats),
+    }
+
+
+def _validate(cfg: SweepConfig) -> None:
+    """Every setting checked before the model is loaded (ValueError naming the valid choices)."""
+    import dataclasses
+
+    from dmx.calibrate import CalibrationConfig
+    from dmx.family import get_family
+    from mx_spec import get_format
+
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; valid choices: {', '.join(METHODS)}")
+    for f in cfg.uniform:
+        get_format(f)  # ValueError listing the valid MX format names
+    fam = get_family(cfg.family)
+    if {"kl", "dmx"} & set(cfg.methods):
+        if not cfg.targets:
+            raise ValueError("the kl and dmx methods need at least one target (--targets 5 6)")
+        for t in cfg.targets:
+            fam.validate_target(t)
+    if "dmx" in cfg.methods:
+        fields = {f.name for f in dataclasses.fields(CalibrationConfig)}
+        unknown = sorted(set(cfg.calibration) - fields)
+        if unknown:
+            raise ValueError(f"unknown calibration setting(s) {unknown}; valid: {sorted(fields)}")
+        for t in cfg.targets:
+            CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "target_bits": t}).validate()
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    res = fn()
+    return res, time.perf_counter() - t0
+
+
+def _assignment_file(out: Path, label: str) -> Path:
+    return out / "assignments" / f"{label.replace('@', '_at_').replace(':', '_')}.json"
+
+
+def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Run every point of ``cfg`` not already in ``cfg.out_dir`` and draw the figures.
+
+    Methods run in the order of ``cfg.methods`` (full precision is always measured before the
+    model is wrapped). The model is loaded once; dMX offsets are reset to their initial value
+    before each target, so a point does not depend on which points ran before it. Returns all
+    points (old and new). See the module docstring for the outputs."""
+    from dmx.assignment import Assignment, apply_assignment
+    from dmx.calibrate import CalibrationConfig, calibrate
+    from dmx.checkpoint import checkpoint_path
+    from dmx.data import calibration_windows, test_token_ids
+    from dmx.family import get_family
+    from dmx.kl_baseline import cache_key, kl_assignments, open_cache, reference_logits
+    from dmx.models import decoder_linear_names, load_model
+    from dmx.quantized import quantize_model, set_uniform_format
+
+    _validate(cfg)
+    out = Path(cfg.out_dir)
+    kl_cache = Path(cfg.kl_cache_dir) if cfg.kl_cache_dir else out / "kl_cache"
+    store = ResultStore.open(out, cfg.identity())
+    todo = [k for k in _planned_keys(cfg) if store.get(k) is None]
+    if not todo:
+        draw_figures(store.points, out, title=_title(cfg))
+        return store.points
+    fam = get_family(cfg.family)
+    weighting = cfg.calibration.get("weighting", "mean")
+    provenance = {"model": cfg.model, "dtype": cfg.dtype, "include_lm_head": cfg.include_lm_head}
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+    test_ids = test_token_ids(tokenizer, cfg.data_dir, online=cfg.online, text_file=cfg.text_file)
+
+    def evaluate() -> dict[str, Any]:
+        return _evaluate(model, tokenizer, test_ids, cfg)
+
+    if "fp" in todo:
+        metrics, secs = _timed(evaluate)
+        store.add(_point("fp", "fp", assignment=None, seconds=secs, metrics=metrics))
+
+    kl_targets = [t for t in cfg.targets if point_label("kl", target=t) in todo] if "kl" in cfg.methods else []
+    kl_windows = reference = None
+    if kl_targets:
+        kl_windows = calibration_windows(tokenizer, cfg.kl_windows, cfg.kl_seqlen, cfg.seed,
+                                         data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file)
+        key = cache_key(model_id=cfg.model, windows=kl_windows, low_format=fam.low_format,
+                        high_format=fam.high_format, block_size=cfg.block_size,
+                        layer_names=decoder_linear_names(model, include_lm_head=cfg.include_lm_head))
+        if any(n not in open_cache(kl_cache, key).scores for n in key["layers"]):
+            # The reference must come from the unquantised model, i.e. before wrapping.
+            reference = reference_logits(model, kl_windows)
+
+    layers = quantize_model(model, family=cfg.family, include_lm_head=cfg.include_lm_head, block_size=cfg.block_size)
+    initial_offsets = {n: layer.beta_hat.detach().clone() for n, layer in layers.items()}
+    sizes = {n: int(layer.linear.weight.numel()) for n, layer in layers.items()}
+
+    def run_uniform() -> None:
+        for fmt in cfg.uniform:
+            key = point_label("uniform", fmt=fmt)
+            if key not in todo:
+                continue
+            set_uniform_format(layers, fmt)
+            a = Assignment.from_formats({n: fmt for n in layers}, block_size=cfg.block_size, weighting=weighting,
+                                        layer_sizes=sizes, provenance={**provenance, "method": "uniform"})
+            metrics, secs = _timed(evaluate)
+            store.add(_point(key, "uniform", assignment=a, fmt=fmt, seconds=secs, metrics=metrics))
+
+    def run_kl() -> None:
+        nonlocal reference
+        if not kl_targets:
+            return
+        found, scoring = _timed(lambda: kl_assignments(
+            model, layers, kl_windows, targets=kl_targets, low_format=fam.low_format, high_format=fam.high_format,
+            reference=reference, model_id=cfg.model, cache_dir=kl_cache, weighting=weighting,
+            progress=cfg.progress,
+        ))
+        reference = None  # free the reference logits
+        for t, a in found.items():
+            key = point_label("kl", target=t)
+            a.provenance.update(provenance)
+            apply_assignment(layers, a)
+            a.to_json(_assignment_file(out, key))
+            metrics, secs = _timed(evaluate)
+            store.add(_point(key, "kl", assignment=a, target=t, seconds=secs + scoring, metrics=metrics))
+            scoring = 0.0  # the one-off scoring time is charged to the first KL point only
+
+    def run_dmx() -> None:
+        targets = [t for t in cfg.targets if point_label("dmx", target=t) in todo] if "dmx" in cfg.methods else []
+        if not targets:
+            return
+        windows = calibration_windows(tokenizer, cfg.calib_windows, cfg.calib_seqlen, cfg.seed,
+                                      data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file)
+        for t in targets:
+            key = point_label("dmx", target=t)
+            ccfg = CalibrationConfig(**{"family": cfg.family, "seed": cfg.seed, **cfg.calibration, "target_bits": t})
+            set_uniform_format(layers, None)
+            with torch.no_grad():
+                for n, layer in layers.items():
+                    layer.beta_hat.copy_(initial_offsets[n])
+            ckpt = out / "checkpoints" / key.replace("@", "_at_")
+            a, calib_secs = _timed(lambda: calibrate(
+                model, layers, windows, ccfg, checkpoint_dir=str(ckpt), resume=checkpoint_path(ckpt).is_file(),
+                provenance=provenance, progress=cfg.progress,
+            ))
+            a.to_json(_assignment_file(out, key))
+            metrics, secs = _timed(evaluate)
+            store.add(_point(key, "dmx", assignment=a, target=t, seconds=secs + calib_secs, metrics=metrics))
+
+    runners = {"uniform": run_uniform, "kl": run_kl, "dmx": run_dmx}
+    for method in cfg.methods:
+        if method in runners:
+            runners[method]()
+    draw_figures(store.points, out, title=_title(cfg))
+    return store.points
+
+
+def _title(cfg: SweepConfig) -> str:
+    windows = "all" if cfg.max_windows is None else str(cfg.max_windows)
+    return f"{cfg.model}: WikiText-2 test, {windows} window(s) of {cfg.seqlen} tokens"
+
+
+def _planned_keys(cfg: SweepConfig) -> list[str]:
+    keys: list[str] = []
+    if "fp" in cfg.methods:
+        keys.append("fp")
+    if "uniform" in cfg.methods:
+        keys += [point_label("uniform", fmt=f) for f in cfg.uniform]
+    for m in ("kl", "dmx"):
+        if m in cfg.methods:
+            keys += [point_label(m, target=t) for t in cfg.targets]
+    return keys
+
+
+def draw_figures(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, title: str | None = None) -> dict[str, Path]:
+    """``pareto.png`` and (when KL/dMX points exist) ``assignment_heatmap.png`` in ``out_dir``."""
+    from dmx.plots import assignment_heatmap, pareto_figure
+
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+    if any(p.get("perplexity") is not None for p in points):
+        paths["pareto"] = pareto_figure(points, out / "pareto.png", title=title)
+    mixed = {p["label"]: p["formats"] for p in sorted(points, key=lambda p: (p["method"], p.get("target") or 0))
+             if p.get("formats")}
+    if mixed:
+        paths["heatmap"] = assignment_heatmap(mixed, out / "assignment_heatmap.png", title=title)
+    return paths

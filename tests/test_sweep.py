@@ -1,0 +1,126 @@
+"""The sweep: result files, resume after an interruption, figures; on a tiny saved Llama."""
+
+import csv
+import io
+import json
+import pytest
+import torch
+
+import dmx.sweep as sweep
+from dmx.sweep import ResultStore, SweepConfig, point_label, points_to_csv, run_sweep
+
+def test_point_labels():
+    assert point_label("fp") == "fp"
+    assert point_label("uniform", fmt="mxfp4_e2m1") == "uniform:mxfp4_e2m1"
+    assert point_label("kl", target=5.0) == "kl@5" and point_label("dmx", target=5.25) == "dmx@5.25"
+    with pytest.raises(ValueError, match="fp, uniform, kl, dmx"):
+        point_label("gptq", target=5)
+    with pytest.raises(ValueError, match="target"):
+        point_label("kl")
+
+
+def test_csv_has_one_row_per_point_and_task_columns():
+    pts = [
+        {"method": "fp", "label": "fp", "perplexity": 12.5, "accuracy": {}},
+        {"method": "kl", "label": "kl@5", "target": 5.0, "avg_bits": 4.98, "perplexity": 20.0,
+         "accuracy": {"piqa": 0.6, "arc_easy": 0.4}, "avg_accuracy": 0.5, "formats": {"a": "mxfp4_e2m1"}},
+    ]
+    rows = list(csv.DictReader(io.StringIO(points_to_csv(pts))))
+    assert [r["label"] for r in rows] == ["fp", "kl@5"]
+    assert rows[1]["acc_piqa"] == "0.6" and rows[0]["acc_piqa"] == "" and rows[1]["avg_bits"] == "4.98"
+    assert "formats" not in rows[0]
+
+
+def test_store_refuses_other_settings(tmp_path):
+    store = ResultStore.open(tmp_path, {"model": "a", "seqlen": 64})
+    store.add({"key": "fp", "method": "fp", "label": "fp", "perplexity": 3.0})
+    assert ResultStore.open(tmp_path, {"model": "a", "seqlen": 64}).get("fp")["perplexity"] == 3.0
+    with pytest.raises(ValueError, match="differs in: seqlen"):
+        ResultStore.open(tmp_path, {"model": "a", "seqlen": 128})
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama with a byte-level tokenizer (256 tokens) saved as a local checkpoint."""
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from dmx.models import tiny_model
+
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama", seed=2).save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(path)
+    return path
+
+
+def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
+    # Small local text files keep tokenisation cheap (the WikiText-2 path is the same code).
+    text = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["value", "sum", "mean"] * 40))
+    (tmp_path / "eval.txt").write_text(text)
+    (tmp_path / "calib.txt").write_text(text[::-1])
+    cfg = SweepConfig(
+        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(6.0,),
+        text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "calib.txt"),
+        uniform=("mxfp4_e2m1", "mxfp8_e4m3"), seqlen=64, max_windows=1,
+        calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32,
+        calibration={"steps": 2, "batch_size": 1, "checkpoint_every": 1}, progress=False,
+    )
+    calls = {"eval": 0, "reference": 0}
+    real_eval, real_ref = sweep._evaluate, __import__("dmx.kl_baseline").kl_baseline.reference_logits
+
+    def counting_eval(*args, **kwargs):
+        calls["eval"] += 1
+        if calls["eval"] == 3:
+            raise KeyboardInterrupt  # dies while evaluating the second uniform format
+        return real_eval(*args, **kwargs)
+
+    def counting_ref(*args, **kwargs):
+        calls["reference"] += 1
+        return real_ref(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "_evaluate", counting_eval)
+    monkeypatch.setattr("dmx.kl_baseline.reference_logits", counting_ref)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg)
+    done = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert [p["key"] for p in done["points"]] == ["fp", "uniform:mxfp4_e2m1"]
+
+    points = run_sweep(cfg)  # resumes: fp and the first uniform point are not re-evaluated
+    assert calls["eval"] == 3 + 3
+    by_key = {p["key"]: p for p in points}
+    assert list(by_key) == ["fp", "uniform:mxfp4_e2m1", "uniform:mxfp8_e4m3", "kl@6", "dmx@6"]
+    assert by_key["uniform:mxfp4_e2m1"]["avg_bits"] == 4.0 and by_key["uniform:mxfp8_e4m3"]["avg_bits"] == 8.0
+    assert by_key["kl@6"]["avg_bits"] <= 6.0 and len(by_key["kl@6"]["formats"]) == 14
+    assert 4.0 <= by_key["dmx@6"]["avg_bits"] <= 8.0
+    for p in points:
+        assert p["perplexity"] > 1.0
+    # Perplexity of the 4-bit model differs from the 8-bit one: the formats really were applied.
+    assert by_key["uniform:mxfp4_e2m1"]["perplexity"] != by_key["uniform:mxfp8_e4m3"]["perplexity"]
+    out = tmp_path / "sweep"
+    for name in ("results.csv", "pareto.png", "assignment_heatmap.png", "assignments/kl_at_6.json",
+                 "assignments/dmx_at_6.json"):
+        assert (out / name).is_file(), name
+    kl_file = json.loads((out / "assignments" / "kl_at_6.json").read_text())
+    assert kl_file["formats"] == by_key["kl@6"]["formats"]
+    assert calls["reference"] == 2  # interrupted run + resumed run; KL scores are cached from here
+
+    # A second target: only its two points run, and KL reuses the cached scores.
+    points = run_sweep(SweepConfig(**{**cfg.__dict__, "targets": (6.0, 5.0)}))
+    assert calls["eval"] == 6 + 2 and calls["reference"] == 2
+    assert {p["key"] for p in points} >= {"kl@5", "dmx@5"}
+    kl5 = next(p for p in points if p["key"] == "kl@5")
+    assert kl5["avg_bits"] <= 5.0
+
+
+def test_sweep_rejects_bad_settings_before_loading(tmp_path):
+    with pytest.raises(ValueError, match=r"\[4, 8\]"):
+        run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), targets=(9.0,)))
+    with pytest.raises(ValueError, match="valid choices: fp, uniform, kl, dmx"):
+        run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), methods=("fp", "gptq")))
+    with pytest.raises(ValueError, match="unknown MX format"):
+        run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), uniform=("mxfp5",)))
