@@ -66,7 +66,7 @@ __all__ = ["MXArray", "quantize", "dequantize", "quantize_dequantize"]
 OUTPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # array fields: identity equality, no ambiguous ==
 class MXArray:
     """An MX-quantized array.
 
@@ -268,8 +268,10 @@ def _quantize_fast(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: _Work
 
     def emit(rows, b, s, e, x_int, nan_rows):
         mag = _magnitude_codes(s, e, elem.emin, elem.mbits, work)
-        if elem.kind == "int":
-            np.negative(mag, out=mag, where=b < 0)  # two's complement; the uint8 cast wraps
+        if elem.kind == "int":  # two's complement: -m = (m ^ -1) + 1; the uint8 cast wraps
+            neg = b >> (work.int_dtype.itemsize * 8 - 1)  # -1 where the input is negative, else 0
+            mag ^= neg
+            mag -= neg
         else:  # sign bit of the input moved to the top of the element field
             # arithmetic shift copies the input's sign bit into bit (bits - 1) of the field
             sign = b >> sign_shift
@@ -296,11 +298,9 @@ def _quantize_dequantize_fast(arr: np.ndarray, f: MXFormat, bs: int, mode: str, 
         e <<= work.p
         s -= e.view(work.float_dtype)  # the rounded magnitude, exact (Sterbenz)
         sv = s.view(work.int_dtype)
-        if elem.kind == "fp":
-            sv |= b & sign_mask  # copysign, keeps -0
-        else:
-            np.negative(s, out=s, where=b < 0)  # MXINT8 has no -0: a negative zero becomes +0
-            s += 0.0
+        sv |= b & sign_mask  # copysign, keeps -0
+        if elem.kind == "int":
+            s += 0.0  # MXINT8 has no -0: -0 + 0 = +0 under RNE, other values unchanged
         with np.errstate(over="ignore"):  # beyond float32's range is Inf, as in dequantize
             s *= np.ldexp(work.float_dtype.type(1), x_int)[:, None]
         s[nan_rows] = np.nan
