@@ -1,4 +1,4 @@
-"""Element codecs and the one rounding primitive (OCP MX v1.0 §5.3, §6.3).
+"""Element codecs and the one rounding primitive (OCP MX v1.0 §5, §6.3).
 
 Rounding rule (the only one in ``mx_spec``): an already-scaled value y is rounded to the grid
 
@@ -261,7 +261,7 @@ def _signed_codes(mag: np.ndarray, neg: np.ndarray, nan: np.ndarray, inf: np.nda
 def decode_table(elem: str | ElementFormat, dtype: np.dtype = np.dtype(np.float64)) -> np.ndarray:
     """Read-only table of the values of all 2^bits codes of ``elem`` (index = code).
 
-    Built from the bit fields (OCP MX v1.0 §5.3): exponent field 0 is subnormal
+    Built from the bit fields (OCP MX v1.0 §5): exponent field 0 is subnormal
     (m / 2^mbits) * 2^emin, otherwise (1 + m / 2^mbits) * 2^(e - bias); E5M2's top exponent
     field is Inf (m = 0) / NaN, E4M3's S.1111.111 is NaN; INT8 is the two's complement byte / 64.
     """

@@ -5,7 +5,8 @@ special codes, code widths) is derived here from the four primary facts of each 
 (kind, exponent bits, mantissa bits, which special values it reserves), in the style of gfloat's
 ``FormatInfo`` table.
 
-Element types (OCP MX v1.0 §5.3, Table 1 and §5.3.1-5.3.3; FP8 from the OCP 8-bit FP spec v1.0):
+Element types (OCP MX v1.0 §5, Table 1 and the element-type subsections; FP8 encodings from the
+OCP 8-bit floating point spec OFP8 v1.0):
 
 ====== ===== ===== ==== ==== ===== ========== ========== ============== ======================
 name   ebits mbits bias emax emin  max normal min normal min subnormal  specials
@@ -18,10 +19,10 @@ e2m1   2     1     1    2    0     6          1          2^-1           none
 int8   -     6     -    0    0     127/64     -          2^-6           none (0x80 = -2)
 ====== ===== ===== ==== ==== ===== ========== ========== ============== ======================
 
-``int8`` is MXINT8's element (§5.3.3): an 8-bit two's complement integer with an implicit scale
-of 2^-6, i.e. a fixed-point value code/64 in [-2, 127/64].  It is modelled on the same grid as a
-float with ``emin = emax = 0`` and ``mbits = 6`` (step 2^-6 everywhere below 2), which lets one
-rounding primitive serve all six element types.
+``int8`` is MXINT8's element (OCP MX v1.0 §5): an 8-bit two's complement integer with an implicit
+scale of 2^-6, i.e. a fixed-point value code/64 in [-2, 127/64]. It is modelled on the same grid
+as a float with ``emin = emax = 0`` and ``mbits = 6`` (step 2^-6 everywhere below 2), which lets
+one rounding primitive serve all six element types.
 
 The scale type is E8M0 (§5.4.1): unsigned exponent, bias 127, code 0xFF = NaN, no zero and no
 sign; see :mod:`mx_spec.scale`.
