@@ -144,11 +144,17 @@ def _ordered(layers: Mapping[str, Any]) -> list[str]:
     return sorted(layers)
 
 
+def _offsets(layers: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """``{"<layer>.beta_hat": param, ...}`` (plus ``beta_hat_input`` of untied layers), name-sorted."""
+    return {f"{name}.{pname}": p for name in _ordered(layers)
+            for pname, p in layers[name].named_parameters(recurse=False)}
+
+
 def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: str) -> dict[str, Any]:
     return {
         "version": CHECKPOINT_VERSION,
         "step": step,
-        "beta_hat": {name: layers[name].beta_hat.detach().cpu().clone() for name in _ordered(layers)},
+        "beta_hat": {key: p.detach().cpu().clone() for key, p in _offsets(layers).items()},
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state()},
         "config": dataclasses.asdict(cfg),
@@ -170,8 +176,8 @@ def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, w
     if state.get("windows_hash") != windows_hash:
         raise CheckpointError("cannot resume: calibration windows differ from the checkpoint (other data, seqlen, seed or model tokenizer)")
     with torch.no_grad():
-        for name in _ordered(layers):
-            layers[name].beta_hat.copy_(state["beta_hat"][name].to(layers[name].beta_hat.device))
+        for key, p in _offsets(layers).items():
+            p.copy_(state["beta_hat"][key].to(p.device))
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     return int(state["step"])
@@ -205,14 +211,14 @@ def calibrate(
         raise ValueError("resume=True needs a checkpoint_dir")
     windows_hash = token_hash(windows)
     schedule = cfg.schedule()
-    params = [layers[name].beta_hat for name in _ordered(layers)]
+    params = list(_offsets(layers).values())
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     order = window_order(windows.shape[0], cfg.steps * cfg.grad_accum * cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     start = 0
     if resume:
         start = _restore(load_checkpoint(checkpoint_dir), layers, optimizer, cfg, windows_hash)
-    from dmx.wrap import set_temperature
+    from dmx.wrap import apply_schedule
 
     set_calibration_mode(model, layers, training=True)
     completed = start
@@ -220,8 +226,7 @@ def calibrate(
     bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not progress)
     try:
         for step in range(start, cfg.steps):
-            temperature = float(schedule(step, cfg.steps))
-            set_temperature(model, temperature)
+            temperature = apply_schedule(model, schedule, step, cfg.steps)
             optimizer.zero_grad(set_to_none=True)
             loss_sum = ce_sum = 0.0
             for micro in range(cfg.grad_accum):
@@ -230,12 +235,12 @@ def calibrate(
                 loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
                                            weighting=cfg.weighting)
                 (loss / cfg.grad_accum).backward()
-                loss_sum += float(loss) / cfg.grad_accum
-                ce_sum += float(ce) / cfg.grad_accum
+                loss_sum += float(loss.detach()) / cfg.grad_accum
+                ce_sum += float(ce.detach()) / cfg.grad_accum
             optimizer.step()
             completed = step + 1
-            metrics = {"loss": loss_sum, "ce": ce_sum, "bits": float(bits), "T": temperature}
-            bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits):.2f}", T=f"{temperature:.2f}")
+            metrics = {"loss": loss_sum, "ce": ce_sum, "bits": float(bits.detach()), "T": temperature}
+            bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits.detach()):.2f}", T=f"{temperature:.2f}")
             bar.update(1)
             if checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
                 save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash))

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dmx.checkpoint import CheckpointError
+
 __all__ = ["COMMANDS", "build_parser", "config_defaults", "main"]
 
 COMMANDS = ("calibrate", "eval", "kl", "sweep", "export")
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dmx: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"dmx {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)

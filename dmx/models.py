@@ -189,17 +189,18 @@ _TINY_COMMON = dict(
 )
 
 
-def tiny_model(arch: str = "llama", seed: int = 0) -> nn.Module:
+def tiny_model(arch: str = "llama", seed: int = 0, *, vocab_size: int = 256) -> nn.Module:
     """A randomly initialised 2-block causal LM of the given architecture (``llama`` | ``qwen3``).
 
-    Hidden size 64, MLP 128, vocabulary 256, context 256: every decoder linear has an input width
-    that is a multiple of the MX block size 32. For fast, network-free unit tests.
+    Hidden size 64, MLP 128, context 256, vocabulary ``vocab_size`` (pass a real tokenizer's
+    length to pair it with that tokenizer): every decoder linear has an input width that is a
+    multiple of the MX block size 32. For fast, network-free unit tests.
     """
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
     configs = {
-        "llama": lambda: LlamaConfig(**_TINY_COMMON),
-        "qwen3": lambda: Qwen3Config(**_TINY_COMMON, head_dim=16),
+        "llama": lambda: LlamaConfig(**{**_TINY_COMMON, "vocab_size": vocab_size}),
+        "qwen3": lambda: Qwen3Config(**{**_TINY_COMMON, "vocab_size": vocab_size}, head_dim=16),
     }
     if arch not in configs:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {sorted(configs)}")

@@ -17,7 +17,7 @@ from torch import nn
 
 from dmx.models import decoder_linear_names
 
-__all__ = ["quantize_model", "set_uniform_format", "offset_parameters", "set_calibration_mode"]
+__all__ = ["quantize_model", "set_uniform_format", "set_calibration_mode"]
 
 
 def quantize_model(model: nn.Module, family: str = "fp8_fp4", *, include_lm_head: bool = False, **dmx_kwargs: Any):
@@ -31,10 +31,7 @@ def quantize_model(model: nn.Module, family: str = "fp8_fp4", *, include_lm_head
 
     names = decoder_linear_names(model, include_lm_head=include_lm_head)
     model.requires_grad_(False)
-    layers = wrap_linears(model, names=names, family=family, **dmx_kwargs)
-    for layer in layers.values():
-        layer.beta_hat.requires_grad_(True)
-    return layers
+    return wrap_linears(model, names=names, family=family, **dmx_kwargs)
 
 
 def set_uniform_format(layers: Mapping[str, Any], fmt: str | None) -> None:
@@ -43,16 +40,11 @@ def set_uniform_format(layers: Mapping[str, Any], fmt: str | None) -> None:
         layer.set_fixed_format(fmt)
 
 
-def offset_parameters(layers: Mapping[str, Any]) -> list[nn.Parameter]:
-    """The learnable offsets ``beta_hat`` of ``layers``, in name order (the optimiser's parameters)."""
-    return [layers[name].beta_hat for name in sorted(layers)]
-
-
 def set_calibration_mode(model: nn.Module, layers: Mapping[str, Any], training: bool) -> None:
     """Soft (training) offsets for the dMX layers while the rest of the model stays in eval mode.
 
-    Keeping the base model in eval mode disables dropout, so the only stochasticity-free change
-    between calibration and evaluation is the soft/hard offset of ``DMXLinear``.
+    Keeping the base model in eval mode disables dropout, so calibration and evaluation differ
+    only in the soft (training) versus hard (eval) offset of each ``DMXLinear``.
     """
     model.eval()
     for layer in layers.values():

@@ -1,0 +1,145 @@
+"""Calibration loop on tiny random models: objective, resume after interruption, errors, output."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from dmx.assignment import Assignment, apply_assignment
+from dmx.calibrate import CalibrationConfig, calibrate, window_order
+from dmx.checkpoint import CheckpointError, checkpoint_path
+from dmx.models import tiny_model
+from dmx.quantized import quantize_model
+
+WINDOWS = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+CFG = CalibrationConfig(steps=5, batch_size=1, target_bits=5.0, checkpoint_every=2, seed=3)
+
+
+def _fresh(arch="llama"):
+    model = tiny_model(arch, seed=0)
+    return model, quantize_model(model)
+
+
+def _offsets(layers):
+    return torch.stack([layer.beta_hat.detach().clone() for _, layer in sorted(layers.items())])
+
+
+def _bits_from_name(fmt: str) -> int:
+    """Element width read off the OCP name (mxfp8/mxint8 -> 8, mxfp6 -> 6, mxfp4 -> 4)."""
+    return int(re.match(r"mx(?:fp|int)(\d)", fmt).group(1))
+
+
+class _StopAt:
+    def __init__(self, step, exc):
+        self.step, self.exc = step, exc
+
+    def __call__(self, step, metrics):
+        if step == self.step:
+            raise self.exc
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    model, layers = _fresh()
+    result = calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path_factory.mktemp("full"), progress=False)
+    return result, _offsets(layers)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), RuntimeError("simulated crash")], ids=["ctrl-c", "crash"])
+def test_interrupted_run_resumes_to_identical_offsets(tmp_path, uninterrupted, exc):
+    expected_assignment, expected_offsets = uninterrupted
+    model, layers = _fresh()
+    with pytest.raises(type(exc)):
+        calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, progress=False, on_step=_StopAt(3, exc))
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    # Ctrl-C saves the step it finished; a crash loses at most one checkpoint interval
+    assert saved["step"] == (3 if isinstance(exc, KeyboardInterrupt) else 2)
+    model, layers = _fresh()  # a new process: fresh model, offsets from the checkpoint only
+    resumed = calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert torch.equal(_offsets(layers), expected_offsets)
+    assert resumed.formats == expected_assignment.formats
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_offsets_learn_and_weights_stay_frozen(uninterrupted):
+    model, layers = _fresh()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("beta_hat")}
+    start = _offsets(layers)
+    calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1), progress=False)
+    assert not torch.equal(_offsets(layers), start)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in before.items())
+
+
+def test_gradient_accumulation_matches_the_larger_batch():
+    a_model, a_layers = _fresh()
+    calibrate(a_model, a_layers, WINDOWS, CalibrationConfig(steps=1, batch_size=2, grad_accum=1), progress=False)
+    b_model, b_layers = _fresh()
+    calibrate(b_model, b_layers, WINDOWS, CalibrationConfig(steps=1, batch_size=1, grad_accum=2), progress=False)
+    assert torch.allclose(_offsets(a_layers), _offsets(b_layers), rtol=1e-5, atol=1e-6)
+
+
+def test_assignment_bits_and_provenance(uninterrupted, tmp_path):
+    assignment, _ = uninterrupted
+    assert len(assignment.formats) == 14
+    assert set(assignment.formats.values()) <= {"mxfp4_e2m1", "mxfp8_e4m3"}
+    independent = sum(_bits_from_name(f) for f in assignment.formats.values()) / 14
+    assert assignment.element_bits == pytest.approx(independent)
+    assert assignment.storage_bits == pytest.approx(independent + 8 / 32)
+    prov = assignment.provenance
+    assert prov["seed"] == 3 and prov["calibration_windows"]["count"] == 4 and prov["settings"]["target_bits"] == 5.0
+    assert len(prov["calibration_windows"]["sha256"]) == 64
+    assert {"torch", "transformers", "dmx"} <= set(prov["versions"])
+    path = assignment.to_json(tmp_path / "a.json")
+    assert Assignment.from_json(path).formats == assignment.formats
+
+
+def test_applied_assignment_sets_standard_formats():
+    model, layers = _fresh("qwen3")
+    names = sorted(layers)
+    formats = {n: ("mxfp8_e4m3" if i % 2 else "mxfp4_e2m1") for i, n in enumerate(names)}
+    apply_assignment(layers, Assignment.from_formats(formats))
+    assert {n: layers[n].format_name() for n in names} == formats
+    with pytest.raises(ValueError, match="missing"):
+        apply_assignment(layers, {names[0]: "mxfp4_e2m1"})
+
+
+def test_lm_head_only_with_flag():
+    model = tiny_model("llama")
+    assert "lm_head" not in quantize_model(model)
+    model = tiny_model("llama")
+    layers = quantize_model(model, include_lm_head=True)
+    assert "lm_head" in layers and type(model.lm_head).__name__ == "DMXLinear"
+    assert type(model.model.embed_tokens).__name__ == "Embedding"
+
+
+def test_budget_outside_family_is_rejected():
+    for target in (3.5, 8.5):
+        with pytest.raises(ValueError, match="outside the range"):
+            CalibrationConfig(target_bits=target).validate()
+    with pytest.raises(ValueError, match="outside the range"):
+        CalibrationConfig(family="fp6_fp4", target_bits=7.0).validate()
+    with pytest.raises(ValueError, match="valid families"):
+        CalibrationConfig(family="fp16").validate()
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    model, layers = _fresh()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)
+    checkpoint_path(tmp_path).write_bytes(b"\x80\x04 truncated garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)
+    calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, checkpoint_every=1),
+              checkpoint_dir=tmp_path, progress=False)
+    model, layers = _fresh()
+    with pytest.raises(CheckpointError, match="settings differ"):
+        calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_window_order_covers_every_window_each_epoch():
+    order = window_order(5, 12, seed=1)
+    assert sorted(order[:5].tolist()) == list(range(5)) and sorted(order[5:10].tolist()) == list(range(5))
+    assert torch.equal(order, window_order(5, 12, seed=1))
