@@ -15,7 +15,8 @@ Comparison rules (the decisions of ``mx_spec``):
 * Scale codes and element codes are compared bit for bit.
 * In a block whose expected scale is the E8M0 NaN code 0xFF, the element codes, packed bits and
   decoded values are don't-care: the whole block decodes to NaN whatever they hold (OCP MX v1.0
-  §5.2: a NaN scale makes every value of the block NaN).
+  special-value rule: a NaN scale X makes every value of its block NaN).  ``mx_spec`` writes
+  code 0 there (``mx_spec/quantize.py`` decisions).
 * Decoded values are compared as bit patterns, except that any NaN matches any NaN.
 
 Cases a candidate does not provide (absent from the results, or the callable raises
