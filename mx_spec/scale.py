@@ -15,8 +15,9 @@ never a floating-point ``log2``), for ``amax = max_i |V_i|`` of a block:
     amax is first rounded to 1 + mbits significant bits with ties away from zero (torchao adds
     half an ulp of that precision to the float32 bit pattern and truncates), then ``floor`` is
     applied.  Equivalently X = floor + 1 exactly when amax's significand m in [1, 2) satisfies
-    m >= 2 - 2^-(mbits+1).  torchao applies its bit trick to the float32 pattern, which differs
-    from this rule only for float32-subnormal amax (a significand without the implicit bit).
+    m >= 2 - 2^-(mbits+1).  torchao applies its bit trick to the float32 pattern; the two can
+    only round a float32-subnormal amax differently, and such blocks clamp to X = -127 under
+    both, so they agree on every finite float32 amax (tested).
 ``rceil`` (NVIDIA cuBLAS / torchao ``ScaleCalculationMode.RCEIL``)
     X = ceil(log2(amax / max_normal)), the smallest integer with amax <= max_normal * 2^X, so no
     element saturates.  Computed exactly as ea - en + [ma > mn] from amax = ma*2^ea and

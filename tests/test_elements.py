@@ -191,10 +191,14 @@ def test_shared_exponent_modes_against_bracketing(elem):
 
 @pytest.mark.parametrize("elem", list(ML_DTYPES))
 def test_shared_exponent_even_matches_torchao_bit_trick_on_normal_float32(elem):
-    """torchao EVEN: add half an ulp at mbits to the float32 pattern, mask the mantissa off."""
+    """torchao EVEN: add half an ulp at mbits to the float32 pattern, mask the mantissa off.
+
+    Subnormal amax (no implicit bit) may round differently, but every block with a subnormal
+    amax clamps to X = -127 either way, so the rules agree on all finite float32 amax.
+    """
     e = get_element(elem)
     a32 = _amax_sweep().astype(np.float32)
-    a32 = a32[(a32 >= np.finfo(np.float32).tiny) & (a32 < np.float32(2.0**127))]
+    a32 = a32[a32 > 0]  # every finite float32 magnitude: subnormals and the top binade too
     bits = a32.view(np.int32)
     rounded = (bits + (1 << (23 - e.mbits - 1))) & np.int32(0x7F800000)
     ref = np.clip((rounded >> 23) - 127 - e.emax, -127, 127)
