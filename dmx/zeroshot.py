@@ -161,7 +161,14 @@ def build_tasks(
     if online:
         from lm_eval.tasks import TaskManager
 
-        loaded = TaskManager().load(list(names))["tasks"]
+        try:
+            loaded = TaskManager().load(list(names))["tasks"]
+        except (ConnectionError, OSError) as err:  # datasets' hub errors derive from these
+            raise ConnectionError(
+                f"could not load the stock lm-eval task(s) {list(names)} from the Hugging Face hub "
+                f"({err}); without network access evaluate offline instead (online=False, "
+                f"--data-dir/${DATA_DIR_ENV}; offline tasks: {list(OFFLINE_TASKS)})"
+            ) from err
         return {name: loaded[name] for name in names}
     from lm_eval.api.task import ConfigurableTask
 
@@ -367,6 +374,11 @@ def evaluate_zeroshot(
                 limit=limit,
                 log_samples=return_documents,
                 task_manager=TaskManager(include_defaults=False),
+                # 0-shot multiple choice draws no random numbers; lm-eval's default would
+                # reseed the caller's global random/numpy/torch generators (e.g. mid-sweep).
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
             )
             per_task[name] = _task_summary(name, task_objects[name], raw, online=online)
             if checkpoint_path is not None:

@@ -294,3 +294,26 @@ def test_embedded_model_short_run(embedded_model, data_dir):
         assert doc["loglikelihoods"] == pytest.approx(expected["loglikelihoods"], rel=1e-3)
         assert doc["acc"] == expected["acc"]
     assert row["acc"] == pytest.approx(statistics.mean(d["acc"] for d in ref))
+
+
+def test_online_without_network_points_to_offline(monkeypatch):
+    """A hub failure while loading the stock tasks says how to run offline instead."""
+    import lm_eval.tasks
+
+    class NoNetworkTaskManager:
+        def load(self, names):
+            raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub")
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", NoNetworkTaskManager)
+    with pytest.raises(ConnectionError, match=r"evaluate offline instead.*DMX_DATA_DIR") as err:
+        build_tasks(["arc_easy", "hellaswag"], online=True)
+    assert "allenai/ai2_arc" in str(err.value)
+
+
+def test_evaluation_leaves_the_callers_random_state_alone(tiny, data_dir):
+    model, tokenizer = tiny
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    evaluate_zeroshot(model, tokenizer, tasks=["piqa"], limit=1, data_dir=data_dir)
+    assert torch.equal(torch.rand(3), expected)
