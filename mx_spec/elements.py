@@ -174,19 +174,27 @@ def _round_abs_exact(
 
 
 def _round_real(y: np.ndarray, emin: float, mbits: float, max_normal: float, rounding: str) -> np.ndarray:
-    """Real-valued grid (fractional widths): rint(a / step) * step in float64."""
-    a = np.minimum(np.abs(y.astype(np.float64)), max_normal)
-    mant, ex = np.frexp(a)
-    floor_log2 = np.where(a > 0, ex - 1.0, -np.inf)
-    step = np.exp2(np.maximum(floor_log2, emin) - mbits)
+    """Real-valued grid (fractional widths): rint(a / step) * step in float64.
+
+    step = 2^(max(floor(log2 a), emin) - mbits) = max(2^floor(log2 a) * 2^-mbits,
+    2^(emin - mbits)) (2^x is monotone); 2^floor(log2 a) is a's bit pattern with the mantissa
+    cleared, so no per-element exp2/log2 is evaluated.
+    """
+    a = np.abs(y, dtype=np.float64)
+    np.minimum(a, np.full_like(a, max_normal), out=a)  # full operand: faster than a scalar
+    step = (a.view(np.int64) & np.int64(0x7FF0000000000000)).view(np.float64)  # 2^floor(log2 a)
+    step *= np.exp2(-mbits)
+    np.maximum(step, np.full_like(step, np.exp2(emin - mbits)), out=step)
     q = a / step
     if rounding == "rne":
-        r = np.rint(q)
+        np.rint(q, out=q)
     else:
         t = np.floor(q)
-        r = t + (q - t >= 0.5)
-    r = np.minimum(r * step, max_normal)
-    return np.copysign(r, y).astype(y.dtype, copy=False)
+        q = t + (q - t >= 0.5)
+    q *= step
+    np.minimum(q, np.full_like(q, max_normal), out=q)
+    np.copysign(q, y, out=q)
+    return q.astype(y.dtype, copy=False)
 
 
 def round_to_element_grid(
@@ -211,13 +219,33 @@ def round_to_element_grid(
     check_rounding(rounding)
     arr, work = as_working(y)
     if not (_is_int(emin) and _is_int(mbits)):
-        return _round_real(arr, float(emin), float(mbits), float(max_normal), rounding)
+        return _chunked(arr, lambda c: _round_real(c, float(emin), float(mbits), float(max_normal), rounding))
     emin_i, mbits_i = int(emin), int(mbits)
     _check_grid(emin_i, mbits_i, float(max_normal), work)
-    a = np.minimum(np.abs(arr), work.float_dtype.type(max_normal))
-    rounded, _ = _round_abs_exact(a, emin_i, mbits_i, rounding, work)
-    np.minimum(rounded, work.float_dtype.type(max_normal), out=rounded)  # off-grid max_normal
-    return np.copysign(rounded, arr)
+    mx = work.float_dtype.type(max_normal)
+
+    def exact(chunk: np.ndarray) -> np.ndarray:
+        a = np.minimum(np.abs(chunk), mx)
+        rounded, _ = _round_abs_exact(a, emin_i, mbits_i, rounding, work)
+        np.minimum(rounded, mx, out=rounded)  # only matters for an off-grid max_normal
+        return np.copysign(rounded, chunk)
+
+    return _chunked(arr, exact)
+
+
+#: Elements per chunk of elementwise kernels: temporaries of this size stay in cache.
+_CHUNK = 1 << 15
+
+
+def _chunked(arr: np.ndarray, fn) -> np.ndarray:
+    """``fn`` applied elementwise over ``arr`` in cache-sized chunks (same result as fn(arr))."""
+    if arr.size <= _CHUNK:
+        return fn(arr)
+    flat = arr.reshape(-1)
+    out = np.empty(flat.shape, arr.dtype)
+    for i in range(0, flat.size, _CHUNK):
+        out[i : i + _CHUNK] = fn(flat[i : i + _CHUNK])
+    return out.reshape(arr.shape)
 
 
 def encode_elements(values: npt.ArrayLike, elem: str | ElementFormat, rounding: Rounding = "rne") -> np.ndarray:

@@ -114,7 +114,7 @@ def test_round_to_element_grid_hand_examples():
 def test_round_to_element_grid_real_parameters():
     """Fractional widths: results are integer multiples of the real step, within half a step."""
     rng = np.random.default_rng(3)
-    y = rng.uniform(-20, 20, 10_000)
+    y = rng.uniform(-20, 20, 100_000)  # several chunks of the elementwise kernel
     emin, mbits, mx = -2.0, 2.5, 24.0
     r = round_to_element_grid(y, emin=emin, mbits=mbits, max_normal=mx)
     a = np.minimum(np.abs(y), mx)
@@ -123,6 +123,11 @@ def test_round_to_element_grid_real_parameters():
     assert np.all(np.abs(q - np.round(q)) < 1e-9)
     assert np.all(np.abs(np.abs(r) - a) <= step / 2 * (1 + 1e-12))
     assert np.all(np.abs(r) <= mx)
+    assert np.array_equal(np.signbit(r), np.signbit(y))
+    r32 = round_to_element_grid(y.astype(np.float32), emin=emin, mbits=mbits, max_normal=mx)
+    assert r32.dtype == np.float32
+    np.testing.assert_array_equal(r32, round_to_element_grid(y.astype(np.float32).astype(np.float64), emin=emin,
+                                                             mbits=mbits, max_normal=mx).astype(np.float32))
     # Integer-valued parameters given as floats take the exact path.
     e = get_element("e3m2")
     np.testing.assert_array_equal(
