@@ -295,6 +295,30 @@ def cache_key(
     }
 
 
+def reference_if_needed(
+    model: nn.Module,
+    windows: torch.Tensor,
+    *,
+    model_id: str,
+    low_format: str,
+    high_format: str,
+    layer_names: Sequence[str],
+    block_size: int,
+    cache_dir: str | os.PathLike | None,
+) -> torch.Tensor | None:
+    """``reference_logits(model, windows)`` unless the cache already holds every layer's score.
+
+    Call it on the *unquantised* model, before ``quantize_model``; pass the result as
+    ``reference`` to :func:`kl_assignments` with the same settings."""
+    if cache_dir is not None:
+        key = cache_key(model_id=model_id, windows=windows, low_format=low_format, high_format=high_format,
+                        layer_names=layer_names, block_size=block_size)
+        scores = open_cache(cache_dir, key).scores
+        if all(n in scores for n in layer_names):
+            return None
+    return reference_logits(model, windows)
+
+
 def _block_size(layers: Mapping[str, nn.Module]) -> int:
     sizes = {int(layer.block_size) for layer in layers.values()}
     if len(sizes) != 1:

@@ -281,7 +281,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     from dmx.checkpoint import checkpoint_path
     from dmx.data import calibration_windows, test_token_ids
     from dmx.family import get_family
-    from dmx.kl_baseline import cache_key, kl_assignments, open_cache, reference_logits
+    from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names, load_model
     from dmx.quantized import quantize_model, set_uniform_format
 
@@ -311,12 +311,11 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     if kl_targets:
         kl_windows = calibration_windows(tokenizer, cfg.kl_windows, cfg.kl_seqlen, cfg.seed,
                                          data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file)
-        key = cache_key(model_id=cfg.model, windows=kl_windows, low_format=fam.low_format,
-                        high_format=fam.high_format, block_size=cfg.block_size,
-                        layer_names=decoder_linear_names(model, include_lm_head=cfg.include_lm_head))
-        if any(n not in open_cache(kl_cache, key).scores for n in key["layers"]):
-            # The reference must come from the unquantised model, i.e. before wrapping.
-            reference = reference_logits(model, kl_windows)
+        reference = reference_if_needed(
+            model, kl_windows, model_id=cfg.model, low_format=fam.low_format, high_format=fam.high_format,
+            layer_names=decoder_linear_names(model, include_lm_head=cfg.include_lm_head),
+            block_size=cfg.block_size, cache_dir=kl_cache,
+        )
 
     layers = quantize_model(model, family=cfg.family, include_lm_head=cfg.include_lm_head, block_size=cfg.block_size)
     initial_offsets = {n: layer.beta_hat.detach().clone() for n, layer in layers.items()}

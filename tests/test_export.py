@@ -120,3 +120,28 @@ def test_corrupt_or_missing_export_is_refused(exported, tmp_path):
 def test_export_needs_quantised_layers(tmp_path):
     with pytest.raises(ValueError, match="no quantised layers"):
         export_model(tiny_model("qwen3"), {}, tmp_path / "x")
+
+
+def test_cli_export_uniform_format_round_trip(tmp_path):
+    """`dmx export --format` on a local checkpoint; the loaded export equals quantising in memory."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from dmx.cli import main
+
+    src = tmp_path / "ckpt"
+    tiny_model("qwen3", seed=4).save_pretrained(src)
+    tok = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(src)
+    out = tmp_path / "exp"
+    assert main(["export", "--model", str(src), "--format", "mxfp6_e2m3", "--out", str(out)]) == 0
+    manifest = read_manifest(out)
+    assert {i["format"] for i in manifest["layers"].values()} == {"mxfp6_e2m3"} and manifest["tokenizer"]
+    assert manifest["element_bits"] == 6.0
+    ref = tiny_model("qwen3", seed=4)
+    for layer in quantize_model(ref).values():
+        layer.set_fixed_format("mxfp6_e2m3")
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(load_exported(out)(ids).logits, ref(ids).logits)
+    assert main(["export", "--model", str(src), "--format", "mxfp5", "--out", str(tmp_path / "bad")]) == 2

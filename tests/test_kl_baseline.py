@@ -178,3 +178,36 @@ def test_unreachable_target_fails_before_scoring(tiny, tmp_path):
         kl_assignments(model, layers, windows, targets=[5.0, 9.0], low_format=LOW, high_format=HIGH,
                        reference=ref, model_id="m", cache_dir=tmp_path, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_output_path_pattern():
+    from dmx.commands.kl import output_path
+
+    assert str(output_path("kl_{target}.json", 5.0, 2)) == "kl_5.json"
+    assert str(output_path("a.json", 5.5, 1)) == "a.json"
+    with pytest.raises(ValueError, match="placeholder"):
+        output_path("a.json", 5.0, 2)
+
+
+@pytest.mark.slow
+def test_embedded_model_scores_two_layers(embedded_model, embedded_test_ids):
+    """The real SmolLM2-135M path: reference logits of the GGUF model, two layers scored.
+
+    Only the two scored layers are wrapped (quantising all 210 weights would dominate the time)."""
+    import copy
+
+    from dmx.data import sample_windows
+    from dmx.kl_baseline import reference_logits, score_layers
+    from dmx.models import decoder_linear_names
+    from dmx.wrap import wrap_linears
+
+    model, _ = embedded_model
+    model = copy.deepcopy(model)  # the session model must stay unquantised
+    assert len(decoder_linear_names(model)) == 7 * model.config.num_hidden_layers
+    windows = sample_windows(embedded_test_ids, 1, 32, seed=0)
+    ref = reference_logits(model, windows)
+    assert ref.shape == (1, 32, model.config.vocab_size)
+    picked = wrap_linears(model, names=["model.layers.0.mlp.down_proj", "model.layers.15.self_attn.q_proj"])
+    scores = score_layers(model, picked, windows, low_format=LOW, high_format=HIGH, reference=ref, progress=False)
+    # Demoting one of 210 layers to 4 bits perturbs the output measurably but slightly.
+    assert all(0 < v < 1 for v in scores.values()), scores

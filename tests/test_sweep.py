@@ -124,3 +124,17 @@ def test_sweep_rejects_bad_settings_before_loading(tmp_path):
         run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), methods=("fp", "gptq")))
     with pytest.raises(ValueError, match="unknown MX format"):
         run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), uniform=("mxfp5",)))
+
+
+def test_cli_flags_map_to_the_config():
+    from dmx.cli import build_parser
+    from dmx.commands.sweep import config_from_args
+
+    args = build_parser().parse_args(
+        ["sweep", "--targets", "4.5", "6", "--methods", "kl", "dmx", "--steps", "7", "--lam", "2",
+         "--tasks", "piqa", "--limit", "10", "--max-windows", "3", "--out", "x"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.targets == (4.5, 6.0) and cfg.methods == ("kl", "dmx") and cfg.max_windows == 3
+    assert cfg.calibration == {"steps": 7, "lam": 2.0, "weighting": "mean"}
+    assert cfg.tasks == ("piqa",) and cfg.limit == 10 and cfg.out_dir == "x"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The README's quality benchmark: dMX vs the KL heuristic vs uniform MX on the embedded
+# SmolLM2-135M (no network), WikiText-2 perplexity with the GPTQ protocol on the first
+# $MAX_WINDOWS window(s) of 2048 tokens (a full test pass takes ~15 min per point on 2 cores).
+#
+#   benchmarks/run_sweep.sh                 # writes results/sweep_smollm2/
+#   OUT=/tmp/x TARGETS="5 6" benchmarks/run_sweep.sh
+#
+# Interruptible: rerun the same command and finished points are skipped (the KL scores and
+# the dMX calibration checkpoints resume too). Stage 1 runs what the quality target needs
+# (fp, MXFP4, MXFP8 E4M3, dMX and KL at the targets); stage 2 adds the other uniform formats.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export DMX_DATA_DIR=${DMX_DATA_DIR:-$(cd .. && pwd)/shared/data}
+export HF_HUB_OFFLINE=1
+OUT=${OUT:-results/sweep_smollm2}
+TARGETS=${TARGETS:-5}
+MAX_WINDOWS=${MAX_WINDOWS:-1}
+common=(--model smollm2-135m --family fp8_fp4 --out "$OUT" --targets $TARGETS
+        --seqlen 2048 --max-windows "$MAX_WINDOWS"
+        --kl-windows "${KL_WINDOWS:-1}" --kl-seqlen "${KL_SEQLEN:-128}"
+        --calib-windows "${CALIB_WINDOWS:-16}" --calib-seqlen "${CALIB_SEQLEN:-128}"
+        --steps "${STEPS:-24}" --batch-size 1 --checkpoint-every 2)
+"$PY" -m dmx.cli sweep "${common[@]}" --methods fp uniform dmx kl \
+    --uniform-formats mxfp4_e2m1 mxfp8_e4m3
+"$PY" -m dmx.cli sweep "${common[@]}" --methods uniform \
+    --uniform-formats mxfp4_e2m1 mxfp6_e2m3 mxfp6_e3m2 mxfp8_e4m3 mxfp8_e5m2

@@ -1,0 +1,58 @@
+"""``dmx export``: write a mixed-precision model as real MX data (see :mod:`dmx.export`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+from dmx.commands import add_model_args, add_quant_args, load_model_from_args, print_table
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``export`` subparser."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export the model at an assignment (or one uniform MX format) as packed MX weights + manifest",
+        description="Quantise every decoder linear's weight to its assigned MX format with mx_spec, store the packed "
+                    "element bytes and E8M0 scales in model.safetensors together with every full-precision tensor, "
+                    "and describe them in manifest.json. dmx.export.load_exported(DIR) rebuilds the fake-quantised "
+                    "model with identical logits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_args(parser)
+    add_quant_args(parser)
+    g = parser.add_argument_group("export")
+    what = g.add_mutually_exclusive_group(required=True)
+    what.add_argument("--assignment", help="assignment JSON from `dmx calibrate`, `dmx kl` or a sweep")
+    what.add_argument("--format", help="one standard MX format for every layer (e.g. mxfp8_e4m3)")
+    g.add_argument("--out", required=True, help="output directory (created; manifest.json + model.safetensors)")
+    g.add_argument("--no-tokenizer", action="store_true", help="do not save the tokenizer next to the weights")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, apply the assignment, export, print a summary."""
+    from dmx.assignment import Assignment, apply_assignment, format_element_bits
+    from dmx.export import export_model
+    from dmx.quantized import quantize_model
+
+    assignment = Assignment.from_json(args.assignment) if args.assignment else None
+    if args.format:
+        format_element_bits(args.format)  # unknown format -> ValueError listing the valid ones, before loading
+    model, tokenizer = load_model_from_args(args)
+    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+    if assignment is None:
+        assignment = Assignment.from_formats({n: args.format for n in layers}, block_size=args.block_size,
+                                             provenance={"method": "uniform", "model": args.model})
+    apply_assignment(layers, assignment)
+    out = export_model(model, layers, args.out, tokenizer=None if args.no_tokenizer else tokenizer,
+                       assignment=assignment, include_lm_head=args.include_lm_head)
+    rows = [[f"layers at {fmt}", n] for fmt, n in sorted(Counter(assignment.formats.values()).items())]
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    rows += [["average element bits", assignment.element_bits], ["storage bits", assignment.storage_bits],
+             ["directory size (MiB)", size / 2**20], ["written to", str(out)]]
+    print_table(rows, ["quantity", "value"])
+    return 0

@@ -1,0 +1,111 @@
+"""``dmx sweep``: full precision, uniform MX, KL heuristic and dMX at a list of bit targets.
+
+Writes ``results.json`` / ``results.csv`` after every point (a rerun skips finished points),
+the assignments, ``pareto.png`` and ``assignment_heatmap.png`` into ``--out`` (see
+:mod:`dmx.sweep`), then prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dmx.commands import add_data_args, add_model_args, add_quant_args, print_table
+
+__all__ = ["register", "run", "config_from_args"]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``sweep`` subparser."""
+    from dmx.sweep import METHODS, UNIFORM_FORMATS
+
+    parser = subparsers.add_parser(
+        "sweep",
+        help="perplexity vs average bits: full precision, uniform MX, KL heuristic and dMX at several targets",
+        description="Run every method at every --targets budget on one model, write results.json/results.csv "
+                    "incrementally (an interrupted sweep resumes where it stopped when rerun with the same "
+                    "flags), and draw pareto.png and assignment_heatmap.png in --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_args(parser)
+    add_quant_args(parser)
+    add_data_args(parser)
+    g = parser.add_argument_group("sweep")
+    g.add_argument("--out", default="runs/sweep", help="output directory (results, figures, caches, checkpoints)")
+    g.add_argument("--targets", type=float, nargs="+", default=[5.0, 6.0],
+                   help="average element-bit budgets for the KL and dMX points")
+    g.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                   help="which methods to run, in this order")
+    g.add_argument("--uniform-formats", nargs="+", default=list(UNIFORM_FORMATS),
+                   help="standard MX formats of the uniform baselines")
+    g.add_argument("--max-windows", type=int, default=None,
+                   help="score only the first N perplexity windows (quick runs; not comparable with papers)")
+    g.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead of WikiText-2 test")
+    g.add_argument("--seed", type=int, default=0, help="seed of calibration-window sampling (KL and dMX)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    k = parser.add_argument_group("KL heuristic")
+    k.add_argument("--kl-windows", type=int, default=4, help="calibration windows the per-layer KL is measured on")
+    k.add_argument("--kl-seqlen", type=int, default=512, help="tokens per KL window")
+    k.add_argument("--kl-cache-dir", default=None, help="KL score cache (default: <out>/kl_cache)")
+    c = parser.add_argument_group("dMX calibration (see `dmx calibrate --help`)")
+    c.add_argument("--calib-windows", type=int, default=32, help="seeded calibration windows")
+    c.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
+    c.add_argument("--calib-text-file", default=None, help="calibrate on this UTF-8 text file instead of WikiText-2 validation")
+    c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: dmx.calibrate's)")
+    c.add_argument("--batch-size", type=int, default=None, help="windows per micro-batch")
+    c.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
+    c.add_argument("--lam", type=float, default=None, help="weight of the bit-budget hinge penalty")
+    c.add_argument("--lr", type=float, default=None, help="SGD learning rate on the offsets")
+    c.add_argument("--momentum", type=float, default=None, help="SGD (Nesterov) momentum")
+    c.add_argument("--t-start", type=float, default=None, help="start temperature")
+    c.add_argument("--t-end", type=float, default=None, help="final temperature")
+    c.add_argument("--hold-fraction", type=float, default=None, help="fraction of steps at --t-start")
+    c.add_argument("--weighting", default="mean", choices=["mean", "elements"],
+                   help="average bits over layers: each layer once (mean) or by weight count (elements); "
+                        "used by dMX's budget and the KL selection alike")
+    c.add_argument("--checkpoint-every", type=int, default=None, help="steps between calibration checkpoints")
+    z = parser.add_argument_group("zero-shot accuracy (optional, needs lm-eval)")
+    z.add_argument("--tasks", nargs="+", default=None,
+                   help="zero-shot tasks through dmx.zeroshot (e.g. arc_easy piqa); adds an accuracy panel")
+    z.add_argument("--limit", type=int, default=None, help="documents per zero-shot task (quick runs)")
+    z.add_argument("--zeroshot-batch-size", type=int, default=8, help="lm-eval batch size")
+    parser.set_defaults(func=run)
+    return parser
+
+
+_CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentum", "t_start", "t_end",
+                      "hold_fraction", "checkpoint_every")
+
+
+def config_from_args(args: argparse.Namespace):
+    """:class:`dmx.sweep.SweepConfig` from parsed flags (unset calibration flags keep dmx.calibrate's defaults)."""
+    from dmx.sweep import SweepConfig
+
+    calibration = {k: getattr(args, k) for k in _CALIBRATION_FLAGS if getattr(args, k) is not None}
+    calibration["weighting"] = args.weighting
+    return SweepConfig(
+        model=args.model, out_dir=args.out, targets=tuple(args.targets), methods=tuple(args.methods),
+        uniform=tuple(args.uniform_formats), family=args.family, block_size=args.block_size,
+        include_lm_head=args.include_lm_head, dtype=args.dtype, device=args.device, device_map=args.device_map,
+        data_dir=args.data_dir, online=args.online, text_file=args.text_file, calib_text_file=args.calib_text_file,
+        seqlen=args.seqlen, max_windows=args.max_windows, calib_windows=args.calib_windows,
+        calib_seqlen=args.calib_seqlen, seed=args.seed, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
+        kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tuple(args.tasks or ()), limit=args.limit,
+        zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep and print one row per point."""
+    import os
+
+    from dmx.models import SHORT_NAMES, EmbeddedModel
+    from dmx.sweep import run_sweep
+
+    if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = config_from_args(args)
+    points = run_sweep(cfg)
+    columns = ["label", "avg_bits", "storage_bits", "perplexity"] + (["avg_accuracy"] if cfg.tasks else []) + ["seconds"]
+    print_table([[p.get(c) for c in columns] for p in points], columns)
+    print(f"results, assignments and figures in {cfg.out_dir}/ (results.csv, pareto.png, assignment_heatmap.png)")
+    return 0
