@@ -90,6 +90,12 @@ class MXArray:
     scale_mode: str = "floor"
     rounding: str = "rne"
 
+    def __post_init__(self) -> None:
+        # normalise once so every consumer (dequantize, pack, verifiers) sees axis in 0..ndim-1
+        object.__setattr__(self, "fmt", get_format(self.fmt))
+        object.__setattr__(self, "axis", check_axis(self.axis, np.ndim(self.elements)))
+        object.__setattr__(self, "block_size", check_block_size(self.block_size))
+
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of the represented array (= ``elements.shape``)."""

@@ -219,3 +219,12 @@ def test_fast_paths_agree_with_general_path(fmt, dtype):
         assert fused.dtype == dtype
         np.testing.assert_array_equal(fused, ref)
         assert np.array_equal(np.signbit(fused), np.signbit(ref))
+
+
+def test_mxarray_normalises_axis_and_format_name():
+    from mx_spec import MXArray
+
+    mx = quantize(np.ones((2, 64), np.float32), "mxfp8_e4m3")
+    again = MXArray("mxfp8_e4m3", mx.scales, mx.elements, -1, 32)
+    assert again.axis == 1 and again.fmt is get_format("mxfp8_e4m3")
+    np.testing.assert_array_equal(dequantize(again), dequantize(mx))
