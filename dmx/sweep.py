@@ -383,7 +383,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 def _title(cfg: SweepConfig) -> str:
     windows = "all" if cfg.max_windows is None else str(cfg.max_windows)
-    return f"{cfg.model}: WikiText-2 test, {windows} window(s) of {cfg.seqlen} tokens"
+    data = Path(cfg.text_file).name if cfg.text_file else "WikiText-2 test"
+    return f"{cfg.model}: {data}, {windows} window(s) of {cfg.seqlen} tokens"
 
 
 def _planned_keys(cfg: SweepConfig) -> list[str]:
