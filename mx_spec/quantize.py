@@ -182,9 +182,25 @@ def quantize(
     check_rounding(rounding)
     arr, work = as_working(x)
     ax = check_axis(axis, arr.ndim)
-    if _fast_path_ok(arr, ax, bs, rounding):
-        scales, codes = _quantize_fast(arr, f, bs, scale_mode, work)
-        return MXArray(f, scales, codes, ax, bs, scale_mode, rounding)
+    if rounding == "rne" and arr.size:
+        # the chunked kernel works on (..., n_blocks, k) with the block axis last, zero-padded
+        blocks = _to_blocks(arr, ax, bs)
+        scales, codes = _quantize_fast(blocks, f, bs, scale_mode, work)
+        elements = _from_blocks(codes, ax, arr.shape[ax])
+        scales = np.ascontiguousarray(np.moveaxis(scales[..., 0], -1, ax))
+    else:
+        scales, elements = _quantize_general(arr, f, bs, ax, scale_mode, rounding, work)
+    return MXArray(f, scales, elements, ax, bs, scale_mode, rounding)
+
+
+def _quantize_general(
+    arr: np.ndarray, f: MXFormat, bs: int, ax: int, scale_mode: str, rounding: str, work: _Work
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scales, elements) the straightforward way: whole-array passes, any rounding, empty arrays.
+
+    Used for ``rounding="away"`` and empty inputs; the tests check that the chunked RNE kernel
+    is bit-identical to this path.
+    """
     elem = f.element
     n = arr.shape[ax]
     blocks = _to_blocks(arr, ax, bs)
@@ -199,17 +215,12 @@ def quantize(
     codes[nan_block] = 0
     elements = _from_blocks(codes, ax, n)
     scales = np.ascontiguousarray(np.moveaxis(encode_e8m0(exp), -1, ax))
-    return MXArray(f, scales, elements, ax, bs, scale_mode, rounding)
+    return scales, elements
 
 
 #: Blocks per chunk of the fast path: 1024 blocks of 32 float32 = 128 KiB per scratch buffer, so
 #: the dozen passes of the kernel run in cache instead of streaming the whole array each time.
 _CHUNK_ELEMENTS = 1 << 15
-
-
-def _fast_path_ok(arr: np.ndarray, ax: int, bs: int, rounding: str) -> bool:
-    """Blocks along the contiguous last axis, full blocks only, RNE: the chunked kernel applies."""
-    return rounding == "rne" and ax == arr.ndim - 1 and arr.size > 0 and arr.shape[-1] % bs == 0
 
 
 def _chunk_exponents(amax_bits: np.ndarray, elem, mode: str, work: _Work) -> np.ndarray:
@@ -380,8 +391,8 @@ def quantize_dequantize(
     """``dequantize(quantize(x, fmt, ...), dtype=x.dtype)``: the MX-representable values of ``x``.
 
     Same keywords and rules as :func:`quantize`; returns ``x``'s dtype (float16/bfloat16 results
-    are the exact float32 values rounded once).  For blocks along the last axis with RNE it skips
-    the codes and reads the values straight off the rounding primitive (bit-identical; tested).
+    are the exact float32 values rounded once).  With RNE it skips the codes and reads the values
+    straight off the rounding primitive (bit-identical to dequantize(quantize(...)); tested).
     """
     f = get_format(fmt)
     bs = check_block_size(f.block_size if block_size is None else block_size)
@@ -390,7 +401,8 @@ def quantize_dequantize(
     arr, work = as_working(x)
     out_dtype = np.asarray(x).dtype
     ax = check_axis(axis, arr.ndim)
-    if _fast_path_ok(arr, ax, bs, rounding):
-        return _quantize_dequantize_fast(arr, f, bs, scale_mode, work).astype(out_dtype, copy=False)
+    if rounding == "rne" and arr.size:
+        values = _quantize_dequantize_fast(_to_blocks(arr, ax, bs), f, bs, scale_mode, work)
+        return _from_blocks(values, ax, arr.shape[ax]).astype(out_dtype, copy=False)
     mx = quantize(arr, f, block_size=bs, axis=ax, scale_mode=scale_mode, rounding=rounding)
     return dequantize(mx, dtype=out_dtype)

@@ -8,6 +8,8 @@ import pytest
 
 from brute_force_mx import ELEM_OF, EMAX, code_values, nearest_codes, reference_block
 from mx_spec import MX_FORMATS, dequantize, get_format, quantize, quantize_dequantize
+from mx_spec.elements import as_working
+from mx_spec.quantize import _quantize_general
 
 FORMATS = list(MX_FORMATS)
 
@@ -201,18 +203,28 @@ def test_empty_arrays():
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_fast_paths_agree_with_general_path(fmt, dtype):
-    """Last-axis kernels (quantize and the fused quantize_dequantize) vs the any-axis path."""
-    x = random_blocks(3000, 32, seed=4)  # > one chunk of the kernel
+    """The chunked RNE kernels (quantize, fused quantize_dequantize) vs the plain general path."""
+    x = random_blocks(1100, 32, seed=4)  # > one chunk (1024 blocks) of the kernel
     x[5] = [0.0, -0.0] * 16
     x[6, 3], x[7, 9], x[8, 1] = np.nan, -np.inf, np.inf
     x[9] = -0.0
     with np.errstate(over="ignore"):
         x = x.astype(dtype)
+    work = as_working(x)[1]
     for mode in ("floor", "ceil", "even", "rceil"):
         fast = quantize(x, fmt, scale_mode=mode)
-        slow = quantize(np.ascontiguousarray(x.T), fmt, axis=0, scale_mode=mode)
-        np.testing.assert_array_equal(fast.elements, slow.elements.T)
-        np.testing.assert_array_equal(fast.scales, slow.scales.T)
+        scales, elements = _quantize_general(x.astype(work.float_dtype), get_format(fmt), 32, 1, mode, "rne", work)
+        np.testing.assert_array_equal(fast.elements, elements)
+        np.testing.assert_array_equal(fast.scales, scales)
+        # any axis and a ragged last block go through the same kernel after a transpose
+        xt = np.ascontiguousarray(x[:64, :30].T)
+        t_fast = quantize(xt, fmt, axis=0, scale_mode=mode, block_size=8)
+        t_scales, t_elements = _quantize_general(xt.astype(work.float_dtype), get_format(fmt), 8, 0, mode, "rne", work)
+        np.testing.assert_array_equal(t_fast.elements, t_elements)
+        np.testing.assert_array_equal(t_fast.scales, t_scales)
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(quantize_dequantize(xt, fmt, axis=0, scale_mode=mode, block_size=8),
+                                          dequantize(t_fast, dtype=dtype))
         with np.errstate(over="ignore"):
             fused = quantize_dequantize(x, fmt, scale_mode=mode)
             ref = dequantize(fast, dtype=dtype)
