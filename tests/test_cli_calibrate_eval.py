@@ -1,0 +1,93 @@
+"""`dmx calibrate` / `dmx eval` end to end on a tiny local model directory with the real tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dmx.cli import build_parser, main
+from dmx.models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, embedded_model):
+    """A tiny random Llama saved as a local checkpoint directory, paired with SmolLM2's tokenizer."""
+    tokenizer = embedded_model[1]
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", seed=0, vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _subparser(name):
+    parser = build_parser()
+    return parser._subparsers._group_actions[0].choices[name]
+
+
+@pytest.mark.parametrize("command", ["calibrate", "eval"])
+def test_help_explains_every_flag(command):
+    sub = _subparser(command)
+    for action in sub._actions:
+        assert action.help, f"{command} {action.option_strings} has no help text"
+        for flag in action.option_strings:
+            assert flag == "-h" or flag.startswith("--") and "_" not in flag  # kebab-case
+
+
+def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_dir, data_dir, capsys):
+    config = tmp_path / "calib.yaml"
+    config.write_text("steps: 3\nseqlen: 32\nn-windows: 4\nbatch_size: 2\ntarget-bits: 6.0\nno-progress: true\n")
+    out = tmp_path / "assignment.json"
+    code = main(["calibrate", "--config", str(config), "--model", str(tiny_dir), "--data-dir", str(data_dir),
+                 "--out", str(out), "--steps", "2"])
+    assert code == 0
+    saved = json.loads(out.read_text())
+    assert saved["provenance"]["settings"]["steps"] == 2          # flag overrides the file
+    assert saved["provenance"]["settings"]["target_bits"] == 6.0  # file overrides the default
+    assert saved["provenance"]["calibration_windows"]["seqlen"] == 32
+    assert len(saved["formats"]) == 14
+    assert "average element bits" in capsys.readouterr().out
+    code = main(["eval", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "64",
+                 "--max-windows", "1", "--format", "fp", "mxfp4_e2m1", "--assignment", str(out),
+                 "--no-progress", "--out", str(tmp_path / "eval.json")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "mxfp4_e2m1" in printed and "assignment.json" in printed and "ppl" in printed
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert [r["config"] for r in results] == ["fp", "mxfp4_e2m1", str(out)]
+    assert results[1]["element_bits"] == 4.0 and all(r["ppl"] > 1 for r in results)
+
+
+def test_resume_with_corrupt_checkpoint_fails_clearly(tmp_path, tiny_dir, data_dir, capsys):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "calibration_state.pt").write_bytes(b"not a checkpoint")
+    code = main(["calibrate", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32",
+                 "--n-windows", "2", "--steps", "1", "--checkpoint-dir", str(ckpt), "--resume", "--no-progress",
+                 "--out", str(tmp_path / "a.json")])
+    assert code == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert (ckpt / "calibration_state.pt").read_bytes() == b"not a checkpoint"  # nothing overwritten
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["calibrate", "--target-bits", "9"], "outside the range"),
+    (["calibrate", "--family", "fp16"], "valid families"),
+    (["eval", "--format", "mxfp5"], "valid names"),
+    (["eval", "--model", "no-such-model"], "Short names"),
+])
+def test_bad_input_fails_before_any_work(argv, message, capsys):
+    assert main(argv + ["--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seqlen_above_context_is_rejected(tiny_dir, data_dir, capsys):
+    code = main(["calibrate", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "4096", "--no-progress"])
+    assert code == 2 and "context length 256" in capsys.readouterr().err
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("stepz: 3\n")
+    with pytest.raises(SystemExit, match="valid keys.*target-bits"):
+        main(["calibrate", "--config", str(config)])
