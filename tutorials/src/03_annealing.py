@@ -1,0 +1,244 @@
+# Source of tutorials/03_annealing.ipynb (build: .venv/bin/python tutorials/build.py 03)
+
+# %% [markdown]
+# # 03 · Annealing: from a soft offset to a hard format
+#
+# Each dMX layer owns one unconstrained parameter $\hat\beta$. During calibration it is mapped
+# to the family offset $\beta \in [0, 2]$ (notebook 02) by a **temperature sigmoid**
+#
+# $$ \beta = 2\,\sigma\!\Bigl(20\,T\,\bigl(|\hat\beta|/2 - 1/2\bigr)\Bigr), $$
+#
+# and after calibration by the hard rule $\beta = 2$ if $|\hat\beta| > 1$ else $0$, so every
+# layer deploys a real MX format (MXFP8 E4M3 or MXFP4 E2M1 in the `fp8_fp4` family). The
+# objective is the task loss plus a **target-aware bit-budget penalty**
+#
+# $$ \mathcal{J} = \mathcal{L}_{\text{task}} + \max\bigl(0,\ \lambda\,(\bar b - b_{\text{target}})\bigr),
+#    \qquad \bar b = \frac{1}{L}\sum_{l=1}^{L} \bigl(1 + E(\beta_l) + M(\beta_l)\bigr),\quad \lambda = 5. $$
+#
+# This notebook shows the sigmoid at several temperatures, the annealing schedule, the
+# trajectories of $\hat\beta$ and $\beta$ during a small calibration, why plain rounding with a
+# straight-through estimator (STE) oscillates while the annealed sigmoid settles, and how the
+# penalty sets the average bits. The "model" is a toy 8-layer MLP so that everything runs in
+# seconds; notebook 04 does the same on a real LLM.
+
+# %%
+%matplotlib inline
+import copy
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import nn
+
+from dmx.anneal import HoldThenCosine, HoldThenExponential, HoldThenLinear, RoundSTE
+from dmx.offset import offset_to_beta
+from dmx.regularizer import average_bits, bit_budget_penalty
+from dmx.wrap import apply_schedule, wrap_linears
+
+plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "figure.figsize": (7, 3)})
+# The toy tensors are tiny: on a shared CPU, extra threads cost more than they give.
+torch.set_num_threads(1)
+
+# %% [markdown]
+# ## 1. The temperature sigmoid
+#
+# At a low temperature the map is gentle: $\beta$ moves smoothly with $\hat\beta$, every
+# fractional format in between is used, and gradients flow. As $T$ grows the sigmoid sharpens
+# into the hard step at $|\hat\beta| = 1$, which is exactly the deployed rule. (`dmx.offset`
+# uses the authors' code convention: the factor 20 in front of $T$; the default schedule runs
+# $T = 0.4 \to 20$.) The map is even in $\hat\beta$: only $|\hat\beta|$ matters.
+
+# %%
+beta_hat = torch.linspace(-3.0, 3.0, 601)
+fig, ax = plt.subplots(figsize=(7, 3))
+for T in (0.1, 0.4, 1.0, 2.0, 20.0):
+    ax.plot(beta_hat, offset_to_beta(beta_hat, T, training=True), label=f"T = {T:g}")
+ax.plot(beta_hat, offset_to_beta(beta_hat, 1.0, training=False), "k--", linewidth=1, label="hard (eval)")
+ax.set(xlabel=r"$\hat\beta$", ylabel=r"$\beta$", title=r"$\beta = 2\,\sigma(20\,T\,(|\hat\beta|/2 - 1/2))$")
+ax.legend(fontsize=8, ncol=2)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. The schedule
+#
+# `HoldThenExponential` (the default, as in the authors' code) **holds** $T = 0.4$ for the
+# first 60 % of the steps — the exploration phase where layers trade bits smoothly — then
+# **anneals** exponentially to $T = 20$ at the last step, $T_k = 0.4\cdot 50^{k/(N_a-1)}$, which
+# freezes each layer at one end. Linear and cosine variants share the hold phase.
+
+# %%
+steps = 100
+fig, ax = plt.subplots(figsize=(7, 3))
+for schedule in (HoldThenExponential(), HoldThenLinear(), HoldThenCosine()):
+    ax.plot([schedule(s, steps) for s in range(steps)], label=type(schedule).__name__)
+ax.set(xlabel="step", ylabel="temperature T", yscale="log", title=f"schedules over {steps} steps")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 3. A small calibration
+#
+# The toy model is an 8-layer MLP (64 → 64, tanh). Odd layers get heavy-tailed weights
+# (log-normal magnitudes): a few large values per block make FP4's coarse grid costly there. We
+# wrap every linear in a `DMXLinear` of the `fp8_fp4` family with `dmx.wrap.wrap_linears`
+# (weights and inputs are MX-quantized with the layer's format), and learn the $\hat\beta$'s to
+# match the full-precision outputs (relative MSE) under a budget of 6 average element bits.
+#
+# The optimiser is the method's: SGD with Nesterov momentum 0.99. The LLM recipe uses lr = 1
+# for ~200 layers; the penalty's gradient per layer scales like $\lambda/L$, so with $L = 8$ we
+# use lr = 0.05 to keep the same dynamics. `dmx.wrap.apply_schedule` sets each layer's
+# temperature (and offset mode) at every step — this loop is what `dmx.calibrate.calibrate`
+# runs on a language model.
+
+# %%
+WIDTH, DEPTH, STEPS = 64, 8, 100
+
+
+def toy_teacher(seed: int = 0) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(seed)
+    blocks = []
+    for i in range(DEPTH):
+        w = torch.randn(WIDTH, WIDTH, generator=gen)
+        if i % 2 == 1:  # heavy tails
+            w = w * torch.exp(1.5 * torch.randn(WIDTH, WIDTH, generator=gen))
+        linear = nn.Linear(WIDTH, WIDTH, bias=False)
+        linear.weight.data.copy_(w / w.std() / WIDTH**0.5)
+        blocks += [linear, nn.Tanh()]
+    return nn.Sequential(*blocks).requires_grad_(False)
+
+
+teacher = toy_teacher()
+inputs = torch.randn(128, WIDTH, generator=torch.Generator().manual_seed(1))
+with torch.no_grad():
+    reference = teacher(inputs)
+
+
+def calibrate_toy(schedule, target_bits=6.0, lam=5.0, lr=0.05, steps=STEPS):
+    """Learn one fp8_fp4 format per layer of a copy of the teacher; returns the history."""
+    student = copy.deepcopy(teacher)
+    layers = wrap_linears(student, family="fp8_fp4")
+    optimizer = torch.optim.SGD([l.beta_hat for l in layers.values()], lr=lr, momentum=0.99, nesterov=True)
+    history = {"T": [], "beta_hat": [], "beta": [], "bits": [], "task": []}
+    student.train()
+    for step in range(steps):
+        T = apply_schedule(student, schedule, step, steps)
+        optimizer.zero_grad()
+        task = ((student(inputs) - reference) ** 2).mean() / (reference**2).mean()
+        bits = average_bits(layers)
+        (task + bit_budget_penalty(bits, target_bits, lam)).backward()
+        optimizer.step()
+        with torch.no_grad():
+            history["T"].append(T)
+            history["beta_hat"].append([l.beta_hat.item() for l in layers.values()])
+            history["beta"].append([l.beta().item() for l in layers.values()])
+            history["bits"].append(bits.item())
+            history["task"].append(task.item())
+    student.eval()  # hard formats: what would be deployed
+    with torch.no_grad():
+        final_task = (((student(inputs) - reference) ** 2).mean() / (reference**2).mean()).item()
+    history = {k: np.array(v) for k, v in history.items()}
+    history.update(formats=[l.format_name() for l in layers.values()],
+                   final_bits=average_bits(layers).item(), final_task=final_task)
+    return history
+
+
+sigmoid_run = calibrate_toy(HoldThenExponential())
+print("deployed formats:", [f.replace("mxfp", "fp") for f in sigmoid_run["formats"]])
+print(f"average element bits {sigmoid_run['final_bits']:.2f} (target 6), "
+      f"relative output error {sigmoid_run['final_task']:.4f}")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharex=True)
+axes[0].plot(sigmoid_run["beta_hat"])
+axes[0].axhline(1, color="k", ls=":", lw=1)
+axes[0].axhline(-1, color="k", ls=":", lw=1)
+axes[0].set(title=r"$\hat\beta$ per layer", xlabel="step")
+axes[1].plot(sigmoid_run["beta"])
+axes[1].set(title=r"soft $\beta$ per layer", xlabel="step")
+axes[2].plot(sigmoid_run["bits"], label=r"average bits $\bar b$")
+axes[2].axhline(6, color="k", ls=":", lw=1, label="target")
+axes[2].set(title="average element bits", xlabel="step")
+axes[2].legend(fontsize=8)
+for ax in axes:
+    ax.axvline(0.6 * STEPS, color="gray", lw=0.8)  # end of the hold phase
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# During the hold phase ($T = 0.4$) the penalty and the task loss pull the layers in opposite
+# directions and $\bar b$ swings around the target (momentum 0.99 remembers ~100 steps, so the
+# swings are wide in a 100-step toy); $\beta$ is fractional most of the time. When annealing
+# starts (grey line) the sigmoid sharpens: each soft $\beta$ is driven to 0 or 2 and $\bar b$
+# snaps to a value the hard formats can reach. With 8 layers one layer switching moves
+# $\bar b$ by 0.5 bits, so the snapped average can land half a bit off the target; with the
+# ~200 linears of an LLM that granularity is ~0.02 bits. A $\hat\beta$ may cross zero: only
+# $|\hat\beta|$ counts, so a negative $\hat\beta$ far from zero also means the high format.
+#
+# ## 4. Plain round + STE oscillates; the annealed sigmoid settles
+#
+# The obvious alternative is to round right away: use the hard format in the forward pass and
+# pretend the rounding is the identity in the backward pass (`RoundSTE`, offset mode
+# `round_ste`: $\partial\beta/\partial|\hat\beta| = 1$). Then $\bar b$ is always an integer
+# combination of 4 and 8 bits, the penalty switches on and off as layers cross the threshold,
+# and layers keep flipping between formats until the last step. We count, per run, how often a
+# layer's hard format changes.
+
+# %%
+ste_run = calibrate_toy(RoundSTE())
+
+
+def hard_formats(run):
+    return (np.abs(run["beta_hat"]) > 1.0).astype(int)  # 1 = high format (the deployed rule)
+
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3), sharey=True)
+for ax, (name, run) in zip(axes, (("round + STE", ste_run), ("annealed sigmoid", sigmoid_run))):
+    ax.imshow(hard_formats(run).T, aspect="auto", cmap="viridis", interpolation="nearest")
+    flips = np.abs(np.diff(hard_formats(run), axis=0)).sum()
+    late = np.abs(np.diff(hard_formats(run)[-20:], axis=0)).sum()
+    ax.set(title=f"{name}: {flips} format flips ({late} in the last 20 steps)", xlabel="step")
+axes[0].set_ylabel("layer (bright = FP8)")
+fig.tight_layout()
+plt.show()
+for name, run in (("round + STE", ste_run), ("annealed sigmoid", sigmoid_run)):
+    print(f"{name:>17}: final average bits {run['final_bits']:.2f} (target 6), "
+          f"relative output error {run['final_task']:.4f}")
+
+# %% [markdown]
+# Read the titles: the counts include the soft phase of the sigmoid run, where $|\hat\beta|$
+# crossing 1 changes nothing in the forward pass (the formats are fractional there), whereas
+# every round + STE flip is a real format switch. What matters is the end: round + STE keeps
+# switching formats until the last steps, so its final assignment depends on the step at which
+# training stopped; once the sigmoid run's temperature is high,
+# $\partial\beta/\partial\hat\beta$ vanishes away from $|\hat\beta| = 1$ and its
+# assignment freezes.
+#
+# ## 5. The target-aware penalty sets the average bits
+#
+# $\max(0, \lambda(\bar b - b_{\text{target}}))$ is a hinge: it costs nothing below the target,
+# so it never pushes a model to fewer bits than allowed, and above the target its constant slope
+# $\lambda/L$ per layer beats the task gradient of the least sensitive layers first. Without
+# the penalty ($\lambda = 0$) every layer climbs to FP8: more bits always reduce the error.
+# Higher targets give more bits and lower error; the achieved average follows the target up to
+# the granularity of the hard snap discussed above.
+
+# %%
+targets = (5.0, 6.0, 7.0)
+results = {6.0: sigmoid_run}
+results.update({t: calibrate_toy(HoldThenExponential(), target_bits=t) for t in targets if t != 6.0})
+no_penalty = calibrate_toy(HoldThenExponential(), lam=0.0)
+
+fig, ax = plt.subplots(figsize=(5, 3.2))
+ax.plot(targets, [results[t]["final_bits"] for t in targets], "o-", label=r"dMX, $\lambda = 5$")
+ax.plot([4, 8], [4, 8], "k:", lw=1, label="achieved = target")
+ax.axhline(no_penalty["final_bits"], color="tab:red", ls="--", label=r"$\lambda = 0$ (no penalty)")
+ax.set(xlabel="target element bits", ylabel="achieved average bits", xlim=(4, 8), ylim=(3.8, 8.2))
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+for t in targets:
+    print(f"target {t:g}: bits {results[t]['final_bits']:.2f}, relative error {results[t]['final_task']:.4f}, "
+          f"formats {[f[-4:] for f in results[t]['formats']]}")
+print(f"no penalty: bits {no_penalty['final_bits']:.2f}, relative error {no_penalty['final_task']:.4f}")
