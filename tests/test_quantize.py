@@ -240,3 +240,20 @@ def test_mxarray_normalises_axis_and_format_name():
     again = MXArray("mxfp8_e4m3", mx.scales, mx.elements, -1, 32)
     assert again.axis == 1 and again.fmt is get_format("mxfp8_e4m3")
     np.testing.assert_array_equal(dequantize(again), dequantize(mx))
+
+
+def test_inputs_are_never_modified_and_may_be_read_only():
+    from mx_spec import encode_elements, round_to_element_grid
+
+    x = random_blocks(64, 96, seed=12)
+    x0 = x.copy()
+    x.flags.writeable = False
+    for fmt in FORMATS:
+        for rounding in ("rne", "away"):
+            quantize(x, fmt, rounding=rounding)
+            quantize(x, fmt, axis=0, rounding=rounding)
+            quantize_dequantize(x, fmt, rounding=rounding)
+    round_to_element_grid(x, emin=-2, mbits=2, max_normal=28.0)
+    round_to_element_grid(x, emin=-2.5, mbits=2.5, max_normal=28.0)
+    encode_elements(x, "e4m3")
+    np.testing.assert_array_equal(x, x0)
