@@ -19,13 +19,14 @@ sweep keeps what it has and a rerun skips finished points):
 - ``results.csv``: the same points, one row each, without the per-layer formats;
 - ``assignments/<label>.json``: the ``dmx.assignment.Assignment`` of every KL / dMX point;
 - ``pareto.png`` and ``assignment_heatmap.png`` (``dmx.plots``);
-- ``kl_cache/``: the KL per-layer score cache; ``checkpoints/<label>/``: dMX calibration
+- ``kl_cache/``: the KL per-layer score cache; ``checkpoints/<label>-<settings hash>/``: dMX calibration
   checkpoints (a rerun resumes an interrupted calibration).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -154,9 +155,13 @@ class ResultStore:
 
 @dataclass
 class SweepConfig:
-    """Everything one sweep measures with. ``identity()`` (model, data, evaluation and method
-    settings) must match to resume into an existing ``out_dir``; targets and method lists may
-    grow between runs (new points are added, finished ones skipped)."""
+    """Everything one sweep measures with.
+
+    ``identity()`` (model, dtype, block size, lm_head flag, evaluation data and settings) must
+    match to resume into an existing ``out_dir``. Each point also records the settings of its
+    own method (``method_settings``): a finished point is skipped on rerun when they are
+    unchanged and recomputed when they changed (e.g. more dMX ``steps`` reruns only the dMX
+    points). Targets, methods and uniform formats may grow between runs."""
 
     model: str = "smollm2-135m"
     out_dir: str = "runs/sweep"
@@ -188,10 +193,23 @@ class SweepConfig:
     progress: bool = True
 
     def identity(self) -> dict[str, Any]:
+        """Settings every point depends on (what a resumed sweep must share)."""
+        keys = ("model", "dtype", "block_size", "include_lm_head", "online", "text_file", "seqlen", "max_windows",
+                "tasks", "limit")
         d = asdict(self)
-        for k in ("out_dir", "targets", "methods", "uniform", "kl_cache_dir", "progress", "device", "device_map", "data_dir"):
-            d.pop(k)
-        return d
+        return {k: d[k] for k in keys}
+
+    def method_settings(self, method: str) -> dict[str, Any]:
+        """Settings a point of ``method`` depends on beyond ``identity()``."""
+        if method == "kl":
+            return {"family": self.family, "kl_windows": self.kl_windows, "kl_seqlen": self.kl_seqlen,
+                    "seed": self.seed, "calib_text_file": self.calib_text_file,
+                    "weighting": self.calibration.get("weighting", "mean")}
+        if method == "dmx":
+            return {"family": self.family, "calib_windows": self.calib_windows, "calib_seqlen": self.calib_seqlen,
+                    "seed": self.seed, "calib_text_file": self.calib_text_file,
+                    "calibration": dict(sorted(self.calibration.items()))}
+        return {}
 
 
 def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
@@ -215,8 +233,8 @@ def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
     return out
 
 
-def _point(key: str, method: str, *, assignment, target: float | None = None, fmt: str | None = None,
-           seconds: float, metrics: Mapping[str, Any]) -> dict[str, Any]:
+def _point(key: str, method: str, *, assignment, settings: Mapping[str, Any], target: float | None = None,
+           fmt: str | None = None, seconds: float, metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "key": key,
         "method": method,
@@ -228,6 +246,7 @@ def _point(key: str, method: str, *, assignment, target: float | None = None, fm
         **metrics,
         "seconds": round(seconds, 1),
         "formats": {} if assignment is None or method == "uniform" else dict(assignment.formats),
+        "settings": json.loads(json.dumps(dict(settings))),
     }
 
 
@@ -289,7 +308,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     out = Path(cfg.out_dir)
     kl_cache = Path(cfg.kl_cache_dir) if cfg.kl_cache_dir else out / "kl_cache"
     store = ResultStore.open(out, cfg.identity())
-    todo = [k for k in _planned_keys(cfg) if store.get(k) is None]
+    todo = [k for k in _planned_keys(cfg) if not _is_done(store.get(k), cfg)]
     if not todo:
         draw_figures(store.points, out, title=_title(cfg))
         return store.points
@@ -304,7 +323,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
 
     if "fp" in todo:
         metrics, secs = _timed(evaluate)
-        store.add(_point("fp", "fp", assignment=None, seconds=secs, metrics=metrics))
+        store.add(_point("fp", "fp", assignment=None, settings={}, seconds=secs, metrics=metrics))
 
     kl_targets = [t for t in cfg.targets if point_label("kl", target=t) in todo] if "kl" in cfg.methods else []
     kl_windows = reference = None
@@ -330,7 +349,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             a = Assignment.from_formats({n: fmt for n in layers}, block_size=cfg.block_size, weighting=weighting,
                                         layer_sizes=sizes, provenance={**provenance, "method": "uniform"})
             metrics, secs = _timed(evaluate)
-            store.add(_point(key, "uniform", assignment=a, fmt=fmt, seconds=secs, metrics=metrics))
+            store.add(_point(key, "uniform", assignment=a, settings=cfg.method_settings("uniform"), fmt=fmt, seconds=secs, metrics=metrics))
 
     def run_kl() -> None:
         nonlocal reference
@@ -348,7 +367,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             apply_assignment(layers, a)
             a.to_json(_assignment_file(out, key))
             metrics, secs = _timed(evaluate)
-            store.add(_point(key, "kl", assignment=a, target=t, seconds=secs + scoring, metrics=metrics))
+            store.add(_point(key, "kl", assignment=a, settings=cfg.method_settings("kl"), target=t, seconds=secs + scoring, metrics=metrics))
             scoring = 0.0  # the one-off scoring time is charged to the first KL point only
 
     def run_dmx() -> None:
@@ -364,14 +383,16 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             with torch.no_grad():
                 for n, layer in layers.items():
                     layer.beta_hat.copy_(initial_offsets[n])
-            ckpt = out / "checkpoints" / key.replace("@", "_at_")
+            # One checkpoint directory per (target, settings): changed settings start afresh.
+            digest = hashlib.sha256(json.dumps(cfg.method_settings("dmx"), sort_keys=True).encode()).hexdigest()[:8]
+            ckpt = out / "checkpoints" / f"{key.replace('@', '_at_')}-{digest}"
             a, calib_secs = _timed(lambda: calibrate(
                 model, layers, windows, ccfg, checkpoint_dir=str(ckpt), resume=checkpoint_path(ckpt).is_file(),
                 provenance=provenance, progress=cfg.progress,
             ))
             a.to_json(_assignment_file(out, key))
             metrics, secs = _timed(evaluate)
-            store.add(_point(key, "dmx", assignment=a, target=t, seconds=secs + calib_secs, metrics=metrics))
+            store.add(_point(key, "dmx", assignment=a, settings=cfg.method_settings("dmx"), target=t, seconds=secs + calib_secs, metrics=metrics))
 
     runners = {"uniform": run_uniform, "kl": run_kl, "dmx": run_dmx}
     for method in cfg.methods:
@@ -385,6 +406,13 @@ def _title(cfg: SweepConfig) -> str:
     windows = "all" if cfg.max_windows is None else str(cfg.max_windows)
     data = Path(cfg.text_file).name if cfg.text_file else "WikiText-2 test"
     return f"{cfg.model}: {data}, {windows} window(s) of {cfg.seqlen} tokens"
+
+
+def _is_done(point: Mapping[str, Any] | None, cfg: SweepConfig) -> bool:
+    """A stored point counts as finished when its method settings equal the current ones."""
+    return point is not None and point.get("settings", {}) == json.loads(
+        json.dumps(cfg.method_settings(point["method"]))
+    )
 
 
 def _planned_keys(cfg: SweepConfig) -> list[str]:

@@ -37,6 +37,8 @@ def test_store_refuses_other_settings(tmp_path):
     assert ResultStore.open(tmp_path, {"model": "a", "seqlen": 64}).get("fp")["perplexity"] == 3.0
     with pytest.raises(ValueError, match="differs in: seqlen"):
         ResultStore.open(tmp_path, {"model": "a", "seqlen": 128})
+    assert SweepConfig(calib_windows=3).identity() == SweepConfig(calib_windows=4).identity()
+    assert SweepConfig(max_windows=3).identity() != SweepConfig(max_windows=4).identity()
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,15 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
     assert {p["key"] for p in points} >= {"kl@5", "dmx@5"}
     kl5 = next(p for p in points if p["key"] == "kl@5")
     assert kl5["avg_bits"] <= 5.0
+
+    # Other dMX settings: only the two dMX points are recomputed, in a fresh checkpoint directory.
+    more_steps = SweepConfig(**{**cfg.__dict__, "targets": (6.0, 5.0),
+                                "calibration": {**cfg.calibration, "steps": 3}})
+    points = run_sweep(more_steps)
+    assert calls["eval"] == 8 + 2 and len(points) == 7
+    assert {p["key"]: p["settings"]["calibration"]["steps"] for p in points if p["method"] == "dmx"} == {
+        "dmx@6": 3, "dmx@5": 3}
+    assert len(list((out / "checkpoints").iterdir())) == 4
 
 
 def test_sweep_rejects_bad_settings_before_loading(tmp_path):
