@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dmx.assignment import WEIGHTINGS, Assignment, apply_assignment
-from dmx.checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from dmx.checkpoint import CHECKPOINT_VERSION, CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from dmx.data import token_hash
 from dmx.models import input_device
 from dmx.quantized import set_calibration_mode
@@ -201,6 +201,8 @@ def calibrate(
     layers are fixed to the assigned standard MX formats (ready for evaluation). ``on_step(step,
     metrics)`` is called after each completed step (1-based) and its checkpoint. ``provenance``
     (model name, data hash, ...) is merged with seed, versions and settings into the result.
+    An existing checkpoint in ``checkpoint_dir`` is never overwritten unless ``resume=True``
+    (``CheckpointError`` otherwise).
     """
     cfg.validate()
     if not layers:
@@ -209,6 +211,12 @@ def calibrate(
         raise ValueError(f"windows must be a LongTensor[n, seqlen] with n >= 1, got shape {tuple(windows.shape)}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    if checkpoint_dir is not None and not resume and checkpoint_path(checkpoint_dir).exists():
+        # never overwrite the work of an interrupted run by accident
+        raise CheckpointError(
+            f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass --resume (resume=True) to "
+            f"continue it, or delete it / choose another --checkpoint-dir to start over"
+        )
     windows_hash = token_hash(windows)
     schedule = cfg.schedule()
     params = list(_offsets(layers).values())

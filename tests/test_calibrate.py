@@ -132,6 +132,9 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     checkpoint_path(tmp_path).write_bytes(b"\x80\x04 truncated garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="exists from an earlier run"):  # not overwritten silently
+        calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, progress=False)
+    checkpoint_path(tmp_path).unlink()
     calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, checkpoint_every=1),
               checkpoint_dir=tmp_path, progress=False)
     model, layers = _fresh()

@@ -11,7 +11,7 @@ from dmx.commands import add_data_args, add_model_args, add_quant_args, load_mod
 
 __all__ = ["register", "run", "config_from_args"]
 
-#: Demo defaults: 64 windows x 256 tokens, 40 steps of 4-window batches on SmolLM2-135M.
+#: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
 DEFAULT_SEQLEN = 256
 
 
@@ -47,7 +47,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="average bits over layers: plain mean or weighted by weight elements")
     group.add_argument("--seed", type=int, default=0, help="seed of window sampling and order")
     group.add_argument("--checkpoint-dir", default=None,
-                       help="directory for atomic checkpoints (default: <out>.ckpt next to --out)")
+                       help="directory for atomic checkpoints (default: <out>.ckpt next to --out); removed after success")
     group.add_argument("--checkpoint-every", type=int, default=5, help="steps between checkpoints")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     group.add_argument("--out", default="assignment.json", help="where to write the assignment JSON")
@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
                                                "seqlen": args.eval_seqlen}
     assignment.provenance["wall_seconds"] = round(time.perf_counter() - started, 1)
     assignment.to_json(out)
+    # the assignment now holds the result; drop the finished run's state so a rerun starts fresh
+    from dmx.checkpoint import checkpoint_path
+
+    checkpoint_path(checkpoint_dir).unlink(missing_ok=True)
     for fmt, count in sorted(Counter(assignment.formats.values()).items()):
         rows.append(["layers at " + fmt, count])
     rows += [["average element bits", assignment.element_bits],
