@@ -54,6 +54,7 @@ from dmx.hadamard import hadamard_transform, random_signs, supports_hadamard
 __all__ = [
     "ROTATION_KINDS",
     "ONLINE_SITES",
+    "PLACEMENTS",
     "SUPPORTED_MODEL_TYPES",
     "RotationState",
     "OnlineHadamard",
@@ -69,11 +70,15 @@ __all__ = [
     "load_rotation",
     "derived_seed",
     "orthogonality_error",
+    "add_rotation_flags",
+    "rotate_from_flags",
 ]
 
 ROTATION_KINDS = ("none", "hadamard", "learned")
 #: Linear inputs that get an online Hadamard rotation (module attribute names inside a block).
 ONLINE_SITES = ("o_proj", "down_proj")
+#: Where fixed Hadamards go: on every linear input (``online``) or QuaRot's folded layout.
+PLACEMENTS = ("online", "folded")
 SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "qwen2", "mistral")
 DESCRIPTION_VERSION = 1
 
@@ -320,6 +325,7 @@ class RotationState:
     r2: list[torch.Tensor] = field(default_factory=list)
     online: dict[str, OnlineHadamard] = field(default_factory=dict)
     baked: bool = True
+    placement: str = "folded"
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description (export records it; :func:`apply_rotation_description` rebuilds)."""
@@ -330,6 +336,7 @@ class RotationState:
             "online_sites": list(self.online_sites),
             "hidden_size": int(self.hidden),
             "head_dim": int(self.head_dim),
+            "placement": self.placement,
             "matrices_needed": self.kind == "learned",
         }
 
@@ -503,6 +510,24 @@ def _register_learned(model: nn.Module, state: RotationState) -> None:
     _lm_head(model).register_forward_pre_hook(_InputRotation(lambda: state.r1, transpose=True))
 
 
+def _apply_online_everywhere(model: nn.Module, seed: int) -> RotationState:
+    """``placement="online"``: a randomized Hadamard on the input of every decoder linear, ``W <- W Q``."""
+    from dmx.models import decoder_linear_names
+
+    state = RotationState(kind="hadamard", seed=int(seed), online_sites=("all",), placement="online")
+    state.hidden, state.head_dim = _shape(model).hidden, _shape(model).head_dim
+    for path in decoder_linear_names(model):
+        size = _weight_holder(model.get_submodule(path)).in_features
+        if not supports_hadamard(size):
+            raise ValueError(f"no Hadamard construction for the input size {size} of {path} (see dmx.hadamard); use --rotation none")
+        state.online[path] = OnlineHadamard(random_signs(size, derived_seed(seed, path)))
+    _fold_online(model, state.online)
+    model.dmx_rotation = state
+    model.register_forward_pre_hook(_EnsureOnlineHooks())
+    attach_online_rotations(model)
+    return state
+
+
 def apply_rotation(
     model: nn.Module,
     kind: str = "hadamard",
@@ -510,6 +535,7 @@ def apply_rotation(
     *,
     online_sites: tuple[str, ...] | list[str] = ONLINE_SITES,
     matrices: dict[str, Any] | None = None,
+    placement: str = "online",
 ) -> RotationState | None:
     """Rotate ``model`` in place (function preserved in full precision); returns the state (None for 'none').
 
@@ -519,6 +545,13 @@ def apply_rotation(
     ``online_sites``: subset of :data:`ONLINE_SITES` that get an online Hadamard.
     ``matrices``: ``{"r1": Tensor, "r2": [Tensor, ...]}`` from :func:`load_rotation` to rebuild an
     exported learned rotation exactly (folded, not trainable).
+    ``placement`` (``hadamard`` only): ``online`` (default) gives every decoder linear its own
+    randomized Hadamard on its input, ``W <- W Q``, RMSNorm scales left in the norms and the
+    residual stream unrotated; ``folded`` is the QuaRot layout of the module docstring (norm
+    scales folded, ``R1``/``R2`` folded, online Hadamards only at ``online_sites``). Both
+    rotate exactly the operands that dMX quantises; ``online`` avoids folding the RMSNorm scales
+    into the weights, which on SmolLM2-135M costs more MXFP4 weight accuracy than ``R1`` wins
+    (README "Rotations"). ``learned`` always uses the folded layout (SpinQuant).
     Call after loading and before or after ``quantize_model`` (both orders give the same model).
     Raises ``ValueError`` for an unknown kind/site, an unsupported architecture or size, or a
     model that is already rotated.
@@ -529,11 +562,15 @@ def apply_rotation(
     unknown = [s for s in sites if s not in ONLINE_SITES]
     if unknown:
         raise ValueError(f"unknown online sites {unknown}; choose from {list(ONLINE_SITES)}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose one of {list(PLACEMENTS)}")
     if kind == "none":
         return None
     if rotation_state(model) is not None:
         raise ValueError("model is already rotated (model.dmx_rotation is set); load a fresh model")
     shape = _shape(model)
+    if kind == "hadamard" and placement == "online":
+        return _apply_online_everywhere(model, seed)
     _check_sizes(shape, sites)
     untie_word_embeddings(model)
     fold_rmsnorm_scales(model)
@@ -655,8 +692,9 @@ def apply_rotation_description(
     if description["kind"] == "learned" and matrices is None:
         raise ValueError("a learned rotation needs its matrices: pass load_rotation(path)[1]")
     return apply_rotation(
-        model, description["kind"], description["seed"], online_sites=tuple(description["online_sites"]),
-        matrices=matrices,
+        model, description["kind"], description["seed"],
+        online_sites=tuple(s for s in description["online_sites"] if s in ONLINE_SITES),
+        matrices=matrices, placement=description.get("placement", "folded"),
     )
 
 
@@ -665,3 +703,42 @@ def orthogonality_error(r: torch.Tensor) -> float:
     r = r.detach().to(torch.float64)
     return float((r.T @ r - torch.eye(r.shape[1], dtype=torch.float64)).abs().max())
 
+
+
+# ------------------------------------------------------------------------------------------------
+# command-line flags (shared by calibrate, eval, kl, sweep so every comparison is rotated alike)
+# ------------------------------------------------------------------------------------------------
+def add_rotation_flags(parser) -> None:
+    """Add ``--rotation {none,hadamard,learned}``, ``--rotation-seed``, ``--rotation-file``, ``--rotation-lr``."""
+    group = parser.add_argument_group("rotations")
+    group.add_argument("--rotation", choices=ROTATION_KINDS, default="none",
+                       help="none | hadamard (fixed QuaRot-style) | learned (SpinQuant-style, trained by "
+                            "calibrate; elsewhere needs --rotation-file)")
+    group.add_argument("--rotation-seed", type=int, default=0, help="seed of the random Hadamard signs")
+    group.add_argument("--rotation-placement", choices=PLACEMENTS, default="online",
+                       help="hadamard only: online (a Hadamard on every linear input, default) or folded (QuaRot)")
+    group.add_argument("--rotation-file", default=None,
+                       help="rotation saved by calibrate/export (safetensors); rebuilds it exactly and "
+                            "overrides --rotation/--rotation-seed")
+    group.add_argument("--rotation-lr", type=float, default=1.5, help="Cayley SGD learning rate (learned)")
+
+
+def rotate_from_flags(model: nn.Module, args, *, trainable: bool = False) -> RotationState | None:
+    """Apply the rotation the flags of :func:`add_rotation_flags` ask for; call right after loading.
+
+    ``trainable``: True only where the rotations are learned (``dmx calibrate``); a command that
+    does not train and gets ``--rotation learned`` without ``--rotation-file`` raises
+    ``ValueError`` (a learned rotation must come from a calibration run to be meaningful).
+    """
+    path = getattr(args, "rotation_file", None)
+    if path:
+        description, matrices = load_rotation(path)
+        return apply_rotation_description(model, description, matrices)
+    kind = getattr(args, "rotation", "none")
+    if kind == "learned" and not trainable:
+        raise ValueError(
+            "--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
+            "PATH (written by calibrate/export), or use --rotation hadamard"
+        )
+    return apply_rotation(model, kind, seed=getattr(args, "rotation_seed", 0),
+                          placement=getattr(args, "rotation_placement", "online"))

@@ -51,7 +51,7 @@ def test_hadamard_rotation_preserves_logits(arch):
     ids = _ids()
     reference = _logits(model, ids)
     rotated = copy.deepcopy(model)
-    state = apply_rotation(rotated, "hadamard", seed=5)
+    state = apply_rotation(rotated, "hadamard", seed=5, placement="folded")
     torch.testing.assert_close(_logits(rotated, ids), reference, **TOL)
     # the weights really changed, the norms lost their scales, the online hooks exist
     assert not torch.allclose(rotated.model.embed_tokens.weight, model.model.embed_tokens.weight)
@@ -63,6 +63,24 @@ def test_hadamard_rotation_preserves_logits(arch):
         rotated.get_submodule(path)._forward_pre_hooks.clear()
     rotated.dmx_rotation = None
     assert (_logits(rotated, ids) - reference).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_online_placement_preserves_logits_and_rotates_every_linear_input(arch):
+    from dmx.models import decoder_linear_names
+
+    model = _tiny64(arch)
+    ids = _ids()
+    reference = _logits(model, ids)
+    norms = model.model.layers[0].input_layernorm.weight.detach().clone()
+    state = apply_rotation(model, "hadamard", seed=5)  # placement="online" is the default
+    assert state.placement == "online" and set(state.online) == set(decoder_linear_names(model))
+    torch.testing.assert_close(_logits(model, ids), reference, **TOL)
+    assert torch.equal(model.model.layers[0].input_layernorm.weight, norms)  # norm scales stay put
+    for path in state.online:
+        model.get_submodule(path)._forward_pre_hooks.clear()
+    model.dmx_rotation = None
+    assert (_logits(model, ids) - reference).abs().max() > 1e-2
 
 
 def test_tied_embeddings_gqa_and_biases():
@@ -80,7 +98,7 @@ def test_tied_embeddings_gqa_and_biases():
     assert model.lm_head.weight is model.model.embed_tokens.weight
     ids = _ids(vocab=128)
     reference = _logits(model, ids)
-    apply_rotation(model, "hadamard", seed=1)
+    apply_rotation(model, "hadamard", seed=1, placement="folded")
     torch.testing.assert_close(_logits(model, ids), reference, **TOL)
     assert model.lm_head.weight is not model.model.embed_tokens.weight
     assert model.config.tie_word_embeddings is False
@@ -153,7 +171,7 @@ def test_online_rotation_runs_before_the_input_quantiser():
     from dmx.quantized import quantize_model, set_uniform_format
 
     model = tiny_model("llama", seed=1)
-    state = apply_rotation(model, "hadamard", seed=4)  # before quantize_model, as the CLI does
+    state = apply_rotation(model, "hadamard", seed=4, placement="folded")  # before quantize_model, as the CLI does
     layers = quantize_model(model)
     set_uniform_format(layers, "mxfp4_e2m1")
     path = "model.layers.1.mlp.down_proj"
@@ -179,10 +197,10 @@ def test_rotate_before_or_after_quantize_model_is_the_same_model():
     for rotate_first in (True, False):
         model = tiny_model("qwen3", seed=2)
         if rotate_first:
-            apply_rotation(model, "hadamard", seed=6)
+            apply_rotation(model, "hadamard", seed=6, placement="folded")
         layers = quantize_model(model)
         if not rotate_first:
-            apply_rotation(model, "hadamard", seed=6)
+            apply_rotation(model, "hadamard", seed=6, placement="folded")
         set_uniform_format(layers, "mxfp4_e2m1")
         outputs.append(_logits(model, ids))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
@@ -190,15 +208,15 @@ def test_rotate_before_or_after_quantize_model_is_the_same_model():
 
 def test_saved_rotation_rebuilds_an_identical_model(tmp_path):
     ids = _ids()
-    for kind in ("hadamard", "learned"):
+    for kind, placement in (("hadamard", "online"), ("hadamard", "folded"), ("learned", "folded")):
         model = tiny_model("llama", seed=3)
-        state = apply_rotation(model, kind, seed=9)
+        state = apply_rotation(model, kind, seed=9, placement=placement)
         if kind == "learned":
             with torch.no_grad():
                 for p in rotation_parameters(state):
                     p.copy_(torch.linalg.qr(torch.randn(p.shape, dtype=torch.float64))[0])
             bake_rotation(model)
-        path = save_rotation(state, tmp_path / f"{kind}.safetensors")
+        path = save_rotation(state, tmp_path / f"{kind}-{placement}.safetensors")
         description, matrices = load_rotation(path)
         assert json.loads(json.dumps(description)) == state.describe()
         rebuilt = tiny_model("llama", seed=3)
@@ -228,7 +246,11 @@ def test_bad_requests_raise_clear_errors(tmp_path):
     odd = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=52,
                                                        num_hidden_layers=1, num_attention_heads=2))
     with pytest.raises(ValueError, match="intermediate_size"):
-        apply_rotation(odd, "hadamard")
+        apply_rotation(odd, "hadamard", placement="folded")
+    with pytest.raises(ValueError, match="input size 52"):
+        apply_rotation(copy.deepcopy(odd), "hadamard")
+    with pytest.raises(ValueError, match="placement"):
+        apply_rotation(tiny_model("llama"), "hadamard", placement="everywhere")
     model = tiny_model("llama")
     apply_rotation(model, "hadamard")
     with pytest.raises(ValueError, match="already rotated"):
@@ -258,8 +280,31 @@ def test_embedded_smollm2_logits_unchanged(embedded_model):
     model = copy.deepcopy(embedded_model[0])
     ids = _ids(batch=1, length=32, vocab=model.config.vocab_size, seed=1)
     reference = _logits(embedded_model[0], ids)
-    apply_rotation(model, "hadamard", seed=0)
+    apply_rotation(model, "hadamard", seed=0, placement="folded")
     rotated = _logits(model, ids)
     scale = reference.abs().max()
     assert (rotated - reference).abs().max() < 2e-4 * scale
     assert torch.equal(rotated.argmax(-1), reference.argmax(-1))
+
+
+def test_command_line_flags(tmp_path):
+    import argparse
+
+    from dmx.rotation import add_rotation_flags, rotate_from_flags
+
+    parser = argparse.ArgumentParser()
+    add_rotation_flags(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rotation", "random"])
+    assert rotate_from_flags(tiny_model("llama"), parser.parse_args([])) is None
+    args = parser.parse_args(["--rotation", "learned"])
+    with pytest.raises(ValueError, match="--rotation-file"):
+        rotate_from_flags(tiny_model("llama"), args)
+    trained = tiny_model("llama")
+    state = rotate_from_flags(trained, args, trainable=True)
+    assert len(rotation_parameters(state)) == 3
+    bake_rotation(trained)
+    path = save_rotation(state, tmp_path / "rotation.safetensors")
+    rebuilt = tiny_model("llama")
+    rotate_from_flags(rebuilt, parser.parse_args(["--rotation", "none", "--rotation-file", str(path)]))
+    torch.testing.assert_close(rebuilt.model.embed_tokens.weight, trained.model.embed_tokens.weight)
