@@ -150,6 +150,8 @@ def export_model(
     """
     from safetensors.torch import save
 
+    from mx_spec import get_format
+
     if not layers:
         raise ValueError("no quantised layers to export; quantise the model (dmx.quantized.quantize_model) first")
     config = getattr(model, "config", None)
@@ -174,8 +176,6 @@ def export_model(
     quantised_keys = set()
     for name, layer in layers.items():
         fmt = layer.format_name()
-        from mx_spec import get_format
-
         elem = get_format(fmt).element
         weight = layer.linear.weight
         elements, scales = quantize_weight(weight, fmt, block_size, scale_mode=scale_mode, rounding=rounding)
