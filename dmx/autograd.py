@@ -138,33 +138,49 @@ class _MinifloatQDQ(torch.autograd.Function):
         e, m, block_size, cap = ctx.params
         p = minifloat_params(e, m, max_normal_cap=cap)
         n = x.shape[-1]
-        s = _per_element(torch.exp2(X), n, block_size)
-        xf, g = x.float(), grad_out.float()
-        ax = xf.abs()
+        # blocked views (..., n_blocks, block_size): the scale broadcasts without a copy
+        xb, g = _blocked(x.float(), block_size), _blocked(grad_out.float(), block_size)
+        s = torch.exp2(X).unsqueeze(-1)
+        ax = xb.abs()
         clipped = ax > s * p.max_normal
+        any_clipped = bool(clipped.any())
         grad_x = grad_e = grad_m = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g * (~clipped)).to(x.dtype)
+            gx = g.masked_fill(clipped, 0.0) if any_clipped else g
+            grad_x = _unblocked(gx, n).to(x.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            err = xf - xq.float()
-            sign_s = torch.sign(xf) * s
-            uncapped = float(p.uncapped_max_normal <= p.max_normal_cap)
+            ge = g * (xb - _blocked(xq.float(), block_size))  # g * (x - x̂)
+            if any_clipped:  # saturated elements use the max-value terms instead
+                gs_clip = torch.masked_select(g * torch.sign(xb) * s, clipped).sum()
+                ge_clip = torch.masked_select(ge, clipped).sum()
+            else:
+                gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype)
+            capped = p.uncapped_max_normal > p.max_normal_cap
+            c = _LN2 * _LN2 * 2.0 ** (e - 1.0)
             if ctx.needs_input_grad[2]:
-                d_m = torch.where(
-                    clipped, sign_s * (uncapped * _LN2 * 2.0 ** (p.emax - m)), _LN2 * err
-                )
-                grad_m = (g * d_m).sum()
+                grad_m = _LN2 * (ge.sum() - ge_clip)
+                if not capped:
+                    grad_m = grad_m + (_LN2 * 2.0 ** (p.emax - m)) * gs_clip
             if ctx.needs_input_grad[1]:
-                c = _LN2 * _LN2 * 2.0 ** (e - 1.0)
                 # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
                 subnormal = ax < s * 2.0 ** math.ceil(p.emin)
-                d_e = torch.where(
-                    clipped,
-                    sign_s * (-(1.0 - uncapped) * c * p.max_normal),
-                    torch.where(subnormal, (2.0 * c) * err, torch.zeros_like(err)),
-                )
-                grad_e = (g * d_e).sum()
+                grad_e = (2.0 * c) * (ge * subnormal).sum()
+                if capped:
+                    grad_e = grad_e - (c * p.max_normal) * gs_clip
         return grad_x, grad_e, grad_m, None, None, None, None
+
+
+def _blocked(t: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``t`` as ``(..., n_blocks, block_size)`` (a view when the last dim divides; else zero-padded)."""
+    pad = (-t.shape[-1]) % block_size
+    if pad:
+        t = torch.nn.functional.pad(t, (0, pad))
+    return t.reshape(t.shape[:-1] + (t.shape[-1] // block_size, block_size))
+
+
+def _unblocked(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`_blocked`: merge the block axes and drop the padding."""
+    return t.reshape(t.shape[:-2] + (t.shape[-2] * t.shape[-1],))[..., :n]
 
 
 class _StandardQDQ(torch.autograd.Function):
