@@ -6,7 +6,15 @@ the architectures whose blocks are ``RMSNorm -> q/k/v -> attention -> o`` and
 incl. SmolLM2, ``qwen3``, ``qwen2``, ``mistral``). Row-vector convention: a linear computes
 ``y = x W^T + b``, a rotation ``R`` acts as ``x -> x R``.
 
-What is folded into the weights (exactly, in float64, then cast back):
+Two layouts for the fixed kind (``placement``):
+
+* ``online`` (default): every decoder linear gets its own randomized Hadamard ``Q`` on its
+  input (forward pre-hook) and ``W <- W Q``; norms, embeddings and the residual stream are left
+  alone. dMX quantises exactly the linear inputs and weights, so this rotates every quantised
+  operand without folding RMSNorm scales into weights (measured better on SmolLM2-135M).
+* ``folded``: the QuaRot layout below; ``learned`` always uses it (SpinQuant).
+
+What is folded into the weights in the ``folded`` layout (exactly, in float64, then cast back):
 
 1. RMSNorm scales: ``RMSNorm(x) = x / rms(x) * g`` becomes ``x / rms(x)`` and ``g`` moves into
    the columns of the linears that read it (``W <- W diag(g)``: q/k/v, gate/up, lm_head). A
@@ -69,7 +77,6 @@ __all__ = [
     "save_rotation",
     "load_rotation",
     "derived_seed",
-    "orthogonality_error",
     "add_rotation_flags",
     "rotate_from_flags",
 ]
@@ -221,15 +228,17 @@ class OnlineHadamard:
 
 
 class _LinearMap:
-    """``x -> x @ M`` as a forward pre-hook or output hook; ``M`` read from a callable at call time."""
+    """``x -> x @ R1`` (or ``R1^T``) with ``R1`` read from the state at call time (a hook).
 
-    def __init__(self, matrix_fn, transpose: bool) -> None:
-        self.matrix_fn = matrix_fn
+    Holds the state, not a closure, so a deep-copied model's hooks follow the copied state.
+    """
+
+    def __init__(self, state: "RotationState", transpose: bool) -> None:
+        self.state = state
         self.transpose = transpose
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.matrix_fn()
-        m = m.T if self.transpose else m
+        m = self.state.r1.T if self.transpose else self.state.r1
         return x @ m.to(dtype=x.dtype, device=x.device)
 
 
@@ -506,8 +515,8 @@ def _register_learned(model: nn.Module, state: RotationState) -> None:
             if holder.bias is not None and (r1_side == "out" or r2_side == "out"):
                 which = "r1" if r1_side == "out" else "r2"
                 parametrize.register_parametrization(holder, "bias", _RotatedBias(state, i, which), unsafe=True)
-    _embedding(model).register_forward_hook(_OutputRotation(lambda: state.r1, transpose=False))
-    _lm_head(model).register_forward_pre_hook(_InputRotation(lambda: state.r1, transpose=True))
+    _embedding(model).register_forward_hook(_OutputRotation(state, transpose=False))
+    _lm_head(model).register_forward_pre_hook(_InputRotation(state, transpose=True))
 
 
 def _apply_online_everywhere(model: nn.Module, seed: int) -> RotationState:
@@ -696,13 +705,6 @@ def apply_rotation_description(
         online_sites=tuple(s for s in description["online_sites"] if s in ONLINE_SITES),
         matrices=matrices, placement=description.get("placement", "folded"),
     )
-
-
-def orthogonality_error(r: torch.Tensor) -> float:
-    """``max |R^T R - I|`` (float64), a check for learned matrices."""
-    r = r.detach().to(torch.float64)
-    return float((r.T @ r - torch.eye(r.shape[1], dtype=torch.float64)).abs().max())
-
 
 
 # ------------------------------------------------------------------------------------------------

@@ -308,3 +308,17 @@ def test_command_line_flags(tmp_path):
     rebuilt = tiny_model("llama")
     rotate_from_flags(rebuilt, parser.parse_args(["--rotation", "none", "--rotation-file", str(path)]))
     torch.testing.assert_close(rebuilt.model.embed_tokens.weight, trained.model.embed_tokens.weight)
+
+
+def test_deep_copied_learned_model_owns_its_rotations():
+    model = _tiny64("llama")
+    ids = _ids()
+    reference = _logits(model, ids)
+    apply_rotation(model, "learned", seed=1)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in rotation_parameters(twin):
+            p.copy_(torch.linalg.qr(torch.randn(p.shape, dtype=torch.float64))[0])
+    assert not torch.equal(rotation_parameters(twin)[0], rotation_parameters(model)[0])
+    torch.testing.assert_close(_logits(twin, ids), reference, **TOL)
+    torch.testing.assert_close(_logits(model, ids), reference, **TOL)
