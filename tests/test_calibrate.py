@@ -146,3 +146,11 @@ def test_window_order_covers_every_window_each_epoch():
     order = window_order(5, 12, seed=1)
     assert sorted(order[:5].tolist()) == list(range(5)) and sorted(order[5:10].tolist()) == list(range(5))
     assert torch.equal(order, window_order(5, 12, seed=1))
+
+
+def test_bfloat16_model_calibrates_with_float32_offsets():
+    model = tiny_model("qwen3").to(torch.bfloat16)
+    layers = quantize_model(model)
+    result = calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1), progress=False)
+    assert all(layer.beta_hat.dtype == torch.float32 for layer in layers.values())
+    assert torch.isfinite(_offsets(layers)).all() and len(result.formats) == 14

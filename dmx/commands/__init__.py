@@ -16,7 +16,7 @@ __all__ = ["add_model_args", "add_data_args", "add_quant_args", "load_model_from
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model --dtype --device --device-map --trust-remote-code``."""
+    """``--model --dtype --device --device-map --trust-remote-code --threads``."""
     from dmx.models import SHORT_NAMES
 
     group = parser.add_argument_group("model")
@@ -30,6 +30,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="accelerate device map, e.g. 'auto' to spread a large model over all GPUs")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow model code from the hub repository to run (off by default)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's choice; 1 is fastest on an oversubscribed machine)")
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +58,12 @@ def load_model_from_args(args: argparse.Namespace):
     """``(model, tokenizer)`` from the flags of :func:`add_model_args`; sets HF offline mode for the embedded model."""
     from dmx.models import SHORT_NAMES, EmbeddedModel, load_model
 
+    if getattr(args, "threads", None):
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,

@@ -34,7 +34,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--target-bits", type=float, default=5.0, help="average element-bit budget (within the family's range)")
     group.add_argument("--lam", type=float, default=5.0, help="weight of the bit-budget hinge penalty")
     group.add_argument("--steps", type=int, default=40, help="optimiser steps")
-    group.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch")
+    group.add_argument("--batch-size", type=int, default=2, help="windows per micro-batch")
     group.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimiser step")
     group.add_argument("--lr", type=float, default=1.0, help="SGD learning rate on the offsets")
     group.add_argument("--momentum", type=float, default=0.99, help="SGD (Nesterov) momentum")
