@@ -9,8 +9,9 @@ plus the unquantised model with and without rotation (equal up to float round-of
 
 Part 2 (cost): one dMX calibration step (soft formats, dMX objective, backward, SGD on the
 offsets; for ``learned`` also the Cayley SGD step on the rotations) without rotation, with
-fixed Hadamard rotations (``online``: one before every linear; ``folded``: QuaRot layout with online
-Hadamards before o_proj/down_proj) and with learned rotations,
+fixed Hadamard rotations (``hadamard``: block-diagonal 32x32 Hadamards before every linear, the
+default; ``hadamard-full``: one full-width Hadamard before every linear; ``hadamard-folded``:
+QuaRot layout with online Hadamards before o_proj/down_proj) and with learned rotations,
 alternated step by step so machine noise hits all alike; medians are reported.
 
 Results are written (atomically, after every number) to ``--out`` so an interrupted run keeps
@@ -41,8 +42,9 @@ def _save(result: dict, path: str | None) -> None:
 
 
 #: Benchmark rows: label -> (kind, placement).
-ROTATIONS = {"none": ("none", "online"), "hadamard": ("hadamard", "online"),
-             "hadamard-folded": ("hadamard", "folded"), "learned": ("learned", "folded")}
+ROTATIONS = {"none": ("none", "online", None), "hadamard": ("hadamard", "online", 32),
+             "hadamard-full": ("hadamard", "online", None), "hadamard-folded": ("hadamard", "folded", None),
+             "learned": ("learned", "folded", None)}
 
 
 def _rotated_copy(base, label: str, seed: int):
@@ -50,9 +52,9 @@ def _rotated_copy(base, label: str, seed: int):
 
     if label not in ROTATIONS:
         raise ValueError(f"unknown rotation {label!r}; choose from {list(ROTATIONS)}")
-    kind, placement = ROTATIONS[label]
+    kind, placement, block = ROTATIONS[label]
     model = copy.deepcopy(base)
-    apply_rotation(model, kind, seed=seed, placement=placement)
+    apply_rotation(model, kind, seed=seed, placement=placement, block=block)
     return model
 
 
@@ -139,7 +141,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=1, help="calibration step batch")
     parser.add_argument("--step-seqlen", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rotations", nargs="+", default=["none", "hadamard", "hadamard-folded"],
+    parser.add_argument("--rotations", nargs="+", default=["none", "hadamard", "hadamard-full", "hadamard-folded"],
                         choices=list(ROTATIONS), help="rows of the perplexity table")
     parser.add_argument("--step-kinds", nargs="+", default=["none", "hadamard", "hadamard-folded", "learned"],
                         choices=list(ROTATIONS))

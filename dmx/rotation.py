@@ -10,7 +10,9 @@ Two layouts for the fixed kind (``placement``):
 
 * ``online`` (default): every decoder linear gets its own randomized Hadamard ``Q`` on its
   input (forward pre-hook) and ``W <- W Q``; norms, embeddings and the residual stream are left
-  alone. dMX quantises exactly the linear inputs and weights, so this rotates every quantised
+  alone. ``Q`` is block-diagonal with 32 x 32 Hadamard blocks by default (``block=32``, the MX
+  block: every MX block is rotated inside itself and keeps its own shared scale), or one
+  Hadamard of the full input width (``block=None``). dMX quantises exactly the linear inputs and weights, so this rotates every quantised
   operand without folding RMSNorm scales into weights (measured better on SmolLM2-135M).
 * ``folded``: the QuaRot layout below; ``learned`` always uses it (SpinQuant).
 
@@ -205,26 +207,37 @@ def fold_rmsnorm_scales(model: nn.Module) -> None:
 class OnlineHadamard:
     """``x -> x @ Q`` with ``Q = diag(s) H^T / sqrt(n)`` (:func:`dmx.hadamard.random_hadamard_matrix`).
 
-    Computed by the fast transform, in the input's dtype and device; callable as a forward
-    pre-hook (``hook(module, args) -> args``). A plain object (not a registered module) so that
-    the model's ``state_dict`` is unchanged; it is deep-copied together with the model.
+    With ``block``: ``Q = diag(s) (I ⊗ H_block^T) / sqrt(block)``, a block-diagonal Hadamard that
+    mixes channels only inside consecutive groups of ``block`` (block = 32 is the MX block, so
+    each MX block is rotated on its own and keeps its own scale). Computed by the fast transform,
+    in the input's dtype and device; callable as a forward pre-hook (``hook(module, args) ->
+    args``). A plain object (not a registered module) so that the model's ``state_dict`` is
+    unchanged; it is deep-copied together with the model.
     """
 
-    def __init__(self, signs: torch.Tensor) -> None:
+    def __init__(self, signs: torch.Tensor, block: int | None = None) -> None:
         self.signs = signs.to(torch.float64)
+        if block is not None and (self.size % block or not supports_hadamard(block)):
+            raise ValueError(f"Hadamard block {block} must divide {self.size} and be a Hadamard order")
+        self.block = block
 
     @property
     def size(self) -> int:
         return int(self.signs.numel())
 
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ Q`` along the last axis."""
+        y = x * self.signs.to(device=x.device, dtype=x.dtype)
+        if self.block is None or self.block == self.size:
+            return hadamard_transform(y)
+        return hadamard_transform(y.reshape(*y.shape[:-1], -1, self.block)).reshape(y.shape)
+
     def matrix(self) -> torch.Tensor:
         """The dense float64 ``Q`` (for folding ``W <- W Q``)."""
-        return hadamard_transform(torch.diag(self.signs))
+        return self.rotate(torch.eye(self.size, dtype=torch.float64))
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        rotated = hadamard_transform(x * self.signs.to(device=x.device, dtype=x.dtype))
-        return (rotated, *args[1:])
+        return (self.rotate(args[0]), *args[1:])
 
 
 class _LinearMap:
@@ -335,6 +348,7 @@ class RotationState:
     online: dict[str, OnlineHadamard] = field(default_factory=dict)
     baked: bool = True
     placement: str = "folded"
+    block: int | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description (export records it; :func:`apply_rotation_description` rebuilds)."""
@@ -346,6 +360,7 @@ class RotationState:
             "hidden_size": int(self.hidden),
             "head_dim": int(self.head_dim),
             "placement": self.placement,
+            "block": self.block,
             "matrices_needed": self.kind == "learned",
         }
 
@@ -438,7 +453,7 @@ Rotation = torch.Tensor | OnlineHadamard
 def _times(w: torch.Tensor, r: Rotation) -> torch.Tensor:
     """``w @ R`` along the last axis: the fast transform for a Hadamard, a matmul for a dense ``R``."""
     if isinstance(r, OnlineHadamard):
-        return hadamard_transform(w * r.signs.to(device=w.device, dtype=w.dtype))
+        return r.rotate(w)
     return w @ r.to(device=w.device, dtype=w.dtype)
 
 
@@ -519,17 +534,19 @@ def _register_learned(model: nn.Module, state: RotationState) -> None:
     _lm_head(model).register_forward_pre_hook(_InputRotation(state, transpose=True))
 
 
-def _apply_online_everywhere(model: nn.Module, seed: int) -> RotationState:
+def _apply_online_everywhere(model: nn.Module, seed: int, block: int | None) -> RotationState:
     """``placement="online"``: a randomized Hadamard on the input of every decoder linear, ``W <- W Q``."""
     from dmx.models import decoder_linear_names
 
-    state = RotationState(kind="hadamard", seed=int(seed), online_sites=("all",), placement="online")
+    state = RotationState(kind="hadamard", seed=int(seed), online_sites=("all",), placement="online", block=block)
     state.hidden, state.head_dim = _shape(model).hidden, _shape(model).head_dim
     for path in decoder_linear_names(model):
         size = _weight_holder(model.get_submodule(path)).in_features
         if not supports_hadamard(size):
             raise ValueError(f"no Hadamard construction for the input size {size} of {path} (see dmx.hadamard); use --rotation none")
-        state.online[path] = OnlineHadamard(random_signs(size, derived_seed(seed, path)))
+        if block is not None and size % block:
+            raise ValueError(f"--rotation-block {block} does not divide the input size {size} of {path}; use a divisor or 0 (full size)")
+        state.online[path] = OnlineHadamard(random_signs(size, derived_seed(seed, path)), block=block)
     _fold_online(model, state.online)
     model.dmx_rotation = state
     model.register_forward_pre_hook(_EnsureOnlineHooks())
@@ -545,6 +562,7 @@ def apply_rotation(
     online_sites: tuple[str, ...] | list[str] = ONLINE_SITES,
     matrices: dict[str, Any] | None = None,
     placement: str = "online",
+    block: int | None = 32,
 ) -> RotationState | None:
     """Rotate ``model`` in place (function preserved in full precision); returns the state (None for 'none').
 
@@ -561,6 +579,8 @@ def apply_rotation(
     rotate exactly the operands that dMX quantises; ``online`` avoids folding the RMSNorm scales
     into the weights, which on SmolLM2-135M costs more MXFP4 weight accuracy than ``R1`` wins
     (README "Rotations"). ``learned`` always uses the folded layout (SpinQuant).
+    ``block`` (``online`` placement only): size of the block-diagonal Hadamard, default 32 = the
+    MX block, so each MX block is rotated on its own; ``None`` rotates the whole input width.
     Call after loading and before or after ``quantize_model`` (both orders give the same model).
     Raises ``ValueError`` for an unknown kind/site, an unsupported architecture or size, or a
     model that is already rotated.
@@ -579,7 +599,9 @@ def apply_rotation(
         raise ValueError("model is already rotated (model.dmx_rotation is set); load a fresh model")
     shape = _shape(model)
     if kind == "hadamard" and placement == "online":
-        return _apply_online_everywhere(model, seed)
+        if block is not None and (not isinstance(block, int) or block < 1 or not supports_hadamard(block)):
+            raise ValueError(f"block must be None or a Hadamard order such as 32 (the MX block), got {block!r}")
+        return _apply_online_everywhere(model, seed, block)
     _check_sizes(shape, sites)
     untie_word_embeddings(model)
     fold_rmsnorm_scales(model)
@@ -703,7 +725,7 @@ def apply_rotation_description(
     return apply_rotation(
         model, description["kind"], description["seed"],
         online_sites=tuple(s for s in description["online_sites"] if s in ONLINE_SITES),
-        matrices=matrices, placement=description.get("placement", "folded"),
+        matrices=matrices, placement=description.get("placement", "folded"), block=description.get("block"),
     )
 
 
@@ -722,6 +744,8 @@ def add_rotation_flags(parser) -> None:
     group.add_argument("--rotation-file", default=None,
                        help="rotation saved by calibrate/export (safetensors); rebuilds it exactly and "
                             "overrides --rotation/--rotation-seed")
+    group.add_argument("--rotation-block", type=int, default=32,
+                       help="hadamard/online only: block-diagonal Hadamard size (32 = MX block; 0 = full width)")
     group.add_argument("--rotation-lr", type=float, default=1.5, help="Cayley SGD learning rate (learned)")
 
 
@@ -742,5 +766,6 @@ def rotate_from_flags(model: nn.Module, args, *, trainable: bool = False) -> Rot
             "--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
             "PATH (written by calibrate/export), or use --rotation hadamard"
         )
+    block = getattr(args, "rotation_block", 32)
     return apply_rotation(model, kind, seed=getattr(args, "rotation_seed", 0),
-                          placement=getattr(args, "rotation_placement", "online"))
+                          placement=getattr(args, "rotation_placement", "online"), block=block or None)

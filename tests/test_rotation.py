@@ -65,16 +65,22 @@ def test_hadamard_rotation_preserves_logits(arch):
     assert (_logits(rotated, ids) - reference).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_online_placement_preserves_logits_and_rotates_every_linear_input(arch):
+@pytest.mark.parametrize("arch, block", [("llama", 32), ("qwen3", 32), ("llama", None)])
+def test_online_placement_preserves_logits_and_rotates_every_linear_input(arch, block):
     from dmx.models import decoder_linear_names
 
     model = _tiny64(arch)
     ids = _ids()
     reference = _logits(model, ids)
     norms = model.model.layers[0].input_layernorm.weight.detach().clone()
-    state = apply_rotation(model, "hadamard", seed=5)  # placement="online" is the default
+    state = apply_rotation(model, "hadamard", seed=5, block=block)  # placement="online" is the default
     assert state.placement == "online" and set(state.online) == set(decoder_linear_names(model))
+    q = state.online["model.layers.0.mlp.down_proj"].matrix()  # 128 x 128
+    torch.testing.assert_close(q @ q.T, torch.eye(128, dtype=torch.float64), rtol=0, atol=1e-12)
+    off_block = q.clone()
+    for b in range(0, 128, block or 128):
+        off_block[b : b + (block or 128), b : b + (block or 128)] = 0
+    assert torch.all(off_block == 0) and torch.all(q.abs() > 0) == (block is None)
     torch.testing.assert_close(_logits(model, ids), reference, **TOL)
     assert torch.equal(model.model.layers[0].input_layernorm.weight, norms)  # norm scales stay put
     for path in state.online:
@@ -249,6 +255,10 @@ def test_bad_requests_raise_clear_errors(tmp_path):
         apply_rotation(odd, "hadamard", placement="folded")
     with pytest.raises(ValueError, match="input size 52"):
         apply_rotation(copy.deepcopy(odd), "hadamard")
+    with pytest.raises(ValueError, match="block"):
+        apply_rotation(tiny_model("llama"), "hadamard", block=7)
+    with pytest.raises(ValueError, match="does not divide"):
+        apply_rotation(tiny_model("llama"), "hadamard", block=12)
     with pytest.raises(ValueError, match="placement"):
         apply_rotation(tiny_model("llama"), "hadamard", placement="everywhere")
     model = tiny_model("llama")
