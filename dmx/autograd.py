@@ -151,8 +151,12 @@ class _MinifloatQDQ(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             ge = g * (xb - _blocked(xq.float(), block_size))  # g * (x - x̂)
             if any_clipped:  # saturated elements use the max-value terms instead
-                gs_clip = torch.masked_select(g * torch.sign(xb) * s, clipped).sum()
-                ge_clip = torch.masked_select(ge, clipped).sum()
+                # few elements saturate: gather them by index instead of full-size products
+                idx = clipped.reshape(-1).nonzero().squeeze(1)
+                g_c, x_c = g.reshape(-1)[idx], xb.reshape(-1)[idx]
+                s_c = torch.exp2(X.reshape(-1)[idx // block_size])
+                gs_clip = (g_c * torch.sign(x_c) * s_c).sum()
+                ge_clip = ge.reshape(-1)[idx].sum()
             else:
                 gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype)
             capped = p.uncapped_max_normal > p.max_normal_cap
