@@ -13,10 +13,11 @@ Evaluation (hard, the deployed format is always a real MX format, one end of the
 a straight-through gradient (``dβ/dβ̂ = sign(β̂)``): the plain round-with-STE baseline, kept to
 show the oscillation it causes.
 
-Relation of T to the paper's formula: the paper writes the offset as
-``2·sigmoid(T·(|β̂|/2 − 1/2))``; the authors' code multiplies the sigmoid argument by 20. The
-default schedule (``dmx.anneal``) is expressed in the code's T (0.4 → 20), which is the paper's
-``T_paper = 20·T`` (8 → 400). ``sigmoid_scale`` exposes the factor.
+Relation of T to the paper's formula: the paper states the offset map without the factor 20,
+i.e. ``2·sigmoid(T_paper·(|β̂|/2 − 1/2))``, while the authors' code multiplies the sigmoid
+argument by 20. We follow the code, so ``T_paper = 20·T``: the default schedule (``dmx.anneal``)
+T = 0.4 → 20 is T_paper = 8 → 400. ``sigmoid_scale`` exposes the factor (set it to 1 to use
+the paper's T directly). At T = 0.4 the slope dβ/d|β̂| at |β̂| = 1 is 5·T = 2.
 """
 
 from __future__ import annotations
