@@ -239,8 +239,8 @@ def torchao_quantizer(x, fmt, *, block_size, axis, scale_mode, rounding):
     """torchao to_mx in mx_spec's code layout; NotImplementedError outside what it supports."""
     if fmt not in TORCHAO_DTYPES or (scale_mode, rounding) != ("floor", "rne"):
         raise NotImplementedError(f"this adapter covers {sorted(TORCHAO_DTYPES)} in floor/rne only")
-    if x.dtype != np.float32 or x.ndim == 0 or axis not in (-1, x.ndim - 1) or x.shape[-1] % block_size:
-        raise NotImplementedError("torchao blocks the last axis of float32 input, whole blocks only")
+    if x.dtype != np.float32 or x.size == 0 or axis not in (-1, x.ndim - 1) or x.shape[-1] % block_size:
+        raise NotImplementedError("torchao blocks the last axis of non-empty float32 input, whole blocks only")
     if x.size % 2:
         raise NotImplementedError("torchao packs FP4 codes in pairs")
     scale, data = to_mx(torch.from_numpy(x), TORCHAO_DTYPES[fmt], block_size, ScaleCalculationMode.FLOOR)
