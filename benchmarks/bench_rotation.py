@@ -86,7 +86,7 @@ def cost(base, tokenizer, args, result: dict) -> None:
     from dmx.calibrate import CalibrationConfig, objective
     from dmx.cayley import CayleySGD
     from dmx.data import calibration_windows
-    from dmx.quantized import offset_parameters, quantize_model, set_calibration_mode
+    from dmx.quantized import quantize_model, set_calibration_mode
     from dmx.rotation import rotation_parameters
 
     cfg = CalibrationConfig()
@@ -96,7 +96,8 @@ def cost(base, tokenizer, args, result: dict) -> None:
         model = _rotated_copy(base, kind, args.seed)
         layers = quantize_model(model)
         set_calibration_mode(model, layers, training=True)
-        sgd = torch.optim.SGD(offset_parameters(layers), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        offsets = [p for layer in layers.values() for p in layer.parameters(recurse=False)]  # beta_hat(s)
+        sgd = torch.optim.SGD(offsets, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
         rot = rotation_parameters(model)
         cayley = CayleySGD(rot, lr=1.5) if rot else None
         runs[kind] = (model, layers, sgd, cayley)

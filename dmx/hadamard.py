@@ -159,7 +159,10 @@ _DENSE_BLOCK = 128
 
 @functools.lru_cache(maxsize=None)
 def _sylvester_tensor(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.from_numpy(sylvester_matrix(n).astype(np.float64)).to(device=device, dtype=dtype)
+    # A cached constant must be a normal tensor even when first built under inference_mode
+    # (perplexity), or later autograd use (calibration) would reject it.
+    with torch.inference_mode(False):
+        return torch.from_numpy(sylvester_matrix(n).astype(np.float64)).to(device=device, dtype=dtype)
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +187,8 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _paley_tensor(m: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.from_numpy(paley_matrix(m).astype(np.float64)).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):  # see _sylvester_tensor
+        return torch.from_numpy(paley_matrix(m).astype(np.float64)).to(device=device, dtype=dtype)
 
 
 def hadamard_transform(x: torch.Tensor, *, transpose: bool = False, normalize: bool = True) -> torch.Tensor:

@@ -104,3 +104,12 @@ def test_unsupported_sizes_raise_with_the_rule(n):
 def test_fwht_rejects_non_power_of_two():
     with pytest.raises(ValueError, match="power-of-two"):
         fwht(torch.zeros(12))
+
+
+def test_constants_cached_under_inference_mode_still_work_with_autograd():
+    n = 96  # 2^3 * 12: both cached factors (a size no other test uses first)
+    with torch.inference_mode():
+        hadamard_transform(torch.randn(2, n))  # perplexity runs like this, and may come first
+    x = torch.randn(2, n, requires_grad=True)
+    hadamard_transform(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
