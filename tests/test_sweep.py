@@ -111,21 +111,17 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
     assert kl_file["formats"] == by_key["kl@6"]["formats"]
     assert calls["reference"] == 2  # interrupted run + resumed run; KL scores are cached from here
 
-    # A second target: only its two points run, and KL reuses the cached scores.
-    points = run_sweep(SweepConfig(**{**cfg.__dict__, "targets": (6.0, 5.0)}))
-    assert calls["eval"] == 6 + 2 and calls["reference"] == 2
-    assert {p["key"] for p in points} >= {"kl@5", "dmx@5"}
+    # A second target and other dMX settings: the new target's two points run, dmx@6 is
+    # recomputed (in a fresh checkpoint directory), KL reuses the cached scores.
+    more = SweepConfig(**{**cfg.__dict__, "targets": (6.0, 5.0), "calibration": {**cfg.calibration, "steps": 3}})
+    points = run_sweep(more)
+    assert calls["eval"] == 6 + 3 and calls["reference"] == 2 and len(points) == 7
     kl5 = next(p for p in points if p["key"] == "kl@5")
     assert kl5["avg_bits"] <= 5.0
-
-    # Other dMX settings: only the two dMX points are recomputed, in a fresh checkpoint directory.
-    more_steps = SweepConfig(**{**cfg.__dict__, "targets": (6.0, 5.0),
-                                "calibration": {**cfg.calibration, "steps": 3}})
-    points = run_sweep(more_steps)
-    assert calls["eval"] == 8 + 2 and len(points) == 7
     assert {p["key"]: p["settings"]["calibration"]["steps"] for p in points if p["method"] == "dmx"} == {
         "dmx@6": 3, "dmx@5": 3}
-    assert len(list((out / "checkpoints").iterdir())) == 4
+    assert next(p for p in points if p["key"] == "kl@6")["seconds"] == by_key["kl@6"]["seconds"]  # kept
+    assert len(list((out / "checkpoints").iterdir())) == 3
 
 
 def test_sweep_rejects_bad_settings_before_loading(tmp_path):
