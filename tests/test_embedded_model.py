@@ -44,13 +44,13 @@ def test_uniform_mx_perplexity_orders_as_expected(embedded_model, embedded_test_
     assert ppl["mxfp4_e2m1"] > 1.1 * ppl["mxfp8_e4m3"]
 
 
-def test_two_calibration_steps_on_the_real_model(embedded_test_ids, quantised):
+def test_a_calibration_step_on_the_real_model(embedded_test_ids, quantised):
     model, layers = quantised
     for layer in layers.values():
         layer.set_fixed_format(None)
-    windows = sample_windows(embedded_test_ids[:, :4096], 2, 64, seed=0)
+    windows = sample_windows(embedded_test_ids[:, :4096], 1, 32, seed=0)  # smoke test: one short window
     before = torch.stack([layer.beta_hat.detach().clone() for layer in layers.values()])
-    result = calibrate(model, layers, windows, CalibrationConfig(steps=2, batch_size=1), progress=False)
+    result = calibrate(model, layers, windows, CalibrationConfig(steps=1, batch_size=1), progress=False)
     after = torch.stack([layer.beta_hat.detach() for layer in layers.values()])
     assert not torch.equal(before, after)
     assert len(result.formats) == 210 and 4.0 <= result.element_bits <= 8.0
