@@ -240,7 +240,8 @@ def quantize_dequantize_minifloat(
     nan_scale = np.isnan(X)
     Xi = np.where(nan_scale, 0.0, X).astype(np.int32)[..., None]
     # Power-of-two scaling is exact (ldexp): no rounding enters before the element grid.
-    y = np.ldexp(blocks, -Xi)
+    with np.errstate(invalid="ignore"):  # Inf inputs: their blocks get a NaN scale below
+        y = np.ldexp(blocks, -Xi)
     q = round_to_element_grid(
         y, emin=p.emin, mbits=p.mbits, max_normal=p.max_normal, rounding=rounding
     )
