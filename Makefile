@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 export DMX_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: venv demo test bench golden clean
+.PHONY: venv demo demo-quick test bench golden clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-demo: venv
+demo-quick: venv
 	$(VENV)/bin/mx-spec demo
+
+demo: demo-quick
+	mkdir -p results
+	$(VENV)/bin/dmx calibrate --out results/assignment_smollm2_5bit.json
+	$(VENV)/bin/dmx eval --format fp mxfp8_e4m3 mxfp4_e2m1 --assignment results/assignment_smollm2_5bit.json --max-windows 2
 
 test: venv
 	$(PY) -m pytest -q
