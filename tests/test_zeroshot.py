@@ -276,7 +276,10 @@ def test_fake_quantised_model_is_evaluated_as_quantised(tiny, data_dir):
     ref = independent_scores(quantised, tokenizer, data_dir, "piqa", 3)
     for doc, expected, fp in zip(got, ref, full):
         assert doc["loglikelihoods"] == pytest.approx(expected["loglikelihoods"], rel=1e-4)
-        assert doc["loglikelihoods"] != pytest.approx(fp["loglikelihoods"], rel=1e-4)
+        # MXFP4 moves a tiny random model's scores only slightly (~1e-4 relative): require a
+        # shift far above float32 summation noise rather than a relative one.
+        shift = max(abs(q - f) for q, f in zip(doc["loglikelihoods"], fp["loglikelihoods"]))
+        assert shift > 1e-2
 
 
 @pytest.mark.slow
