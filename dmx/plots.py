@@ -101,12 +101,7 @@ def pareto_figure(
         _panel(axes[0, 1], points, "avg_accuracy", "average zero-shot accuracy")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def _block_ticks(layer_names: Sequence[str]) -> tuple[list[int], list[str]]:
@@ -177,6 +172,11 @@ def assignment_heatmap(
     cbar = fig.colorbar(im, ax=ax, ticks=levels, fraction=0.03)
     cbar.set_label("element bits")
     ax.set_title(title or "per-layer MX format (bright = high precision)")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` as PNG (creating parent folders) and release it."""
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
