@@ -2,11 +2,14 @@ r"""Torch autograd bridge over ``mx_spec``: MX quantize-dequantize with gradient
 
 The forward of every function here calls the numpy ``mx_spec`` (``quantize_dequantize`` for the
 standard formats, ``mx_spec.minifloat.quantize_dequantize_minifloat`` for real widths): there is
-no second implementation of MX rounding. Inputs are CPU ``float32`` or ``bfloat16`` tensors of any
-shape, blocked along the last dimension (the reduction dimension of a linear layer, so that a
+no second implementation of MX rounding. Inputs are ``float32`` or ``bfloat16`` tensors of any
+shape on any device, blocked along the last dimension (the reduction dimension of a linear layer, so that a
 matmul of two MX operands reads one scale per block of both). float32 crosses to numpy without a
 copy; bfloat16 is widened exactly to float32 and the result rounded back (MX values with at most
-3 mantissa bits are exact in bfloat16; fractional-width values are rounded once).
+3 mantissa bits are exact in bfloat16; fractional-width values are rounded once). Tensors on an
+accelerator make a round trip through host memory for the forward (the numpy model is the single
+source of MX rounding, so a GPU runs the same bits, only slower); the backward stays on the
+tensor's device.
 
 Notation (per block, see ``mx_spec.minifloat``): scale ``s = 2**X``, ``X = floor(log2 amax -
 emax)``; scaled value ``y = x/s``; grid step ``Δ(y) = 2**(max(floor(log2|y|), emin) - M)``;
@@ -82,7 +85,7 @@ _LN2 = math.log(2.0)
 
 
 def check_tensor(x: torch.Tensor, what: str = "input") -> None:
-    """``TypeError``/``ValueError`` unless ``x`` is a CPU float32/bfloat16 tensor with >= 1 dim."""
+    """``TypeError``/``ValueError`` unless ``x`` is a float32/bfloat16 tensor with data and >= 1 dim."""
     if not torch.is_tensor(x):
         raise TypeError(f"{what} must be a torch.Tensor; got {type(x).__name__}")
     if x.dtype not in SUPPORTED_DTYPES:
@@ -90,10 +93,10 @@ def check_tensor(x: torch.Tensor, what: str = "input") -> None:
             f"{what} has dtype {x.dtype}; the MX bridge supports torch.float32 and "
             "torch.bfloat16 (convert with .float() or .to(torch.bfloat16))"
         )
-    if x.device.type != "cpu":
+    if x.device.type == "meta":
         raise ValueError(
-            f"{what} is on device {x.device}; the MX bridge runs the numpy reference and "
-            "supports CPU tensors only (move the model with .to('cpu'))"
+            f"{what} is a meta tensor (no data); load the weights before quantising "
+            "(e.g. without init_empty_weights, or with accelerate's device_map so they are materialised)"
         )
     if x.dim() == 0:
         raise ValueError(f"{what} must have at least one dimension (blocks run along the last)")
@@ -104,12 +107,12 @@ def _to_numpy(x: torch.Tensor) -> np.ndarray:
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.float()
-    return x.numpy()
+    return x.cpu().numpy()
 
 
 def _from_numpy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    out = torch.from_numpy(np.ascontiguousarray(a))
-    return out if out.dtype == like.dtype else out.to(like.dtype)
+    """``a`` as a tensor with the dtype and device of ``like``."""
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device=like.device, dtype=like.dtype)
 
 
 def _per_element(block_values: torch.Tensor, n: int, block_size: int) -> torch.Tensor:
@@ -128,8 +131,10 @@ class _MinifloatQDQ(torch.autograd.Function):
             rounding=rounding, max_normal_cap=max_normal_cap, return_scale_exponent=True,
         )
         xq = _from_numpy(out, x)
-        ctx.save_for_backward(x, xq, torch.from_numpy(np.asarray(X, dtype=np.float32)))
+        ctx.save_for_backward(x, xq, torch.from_numpy(np.asarray(X, dtype=np.float32)).to(x.device))
         ctx.params = (e, m, block_size, max_normal_cap)
+        # autograd wants each gradient on its input's device (beta may live apart from x)
+        ctx.width_devices = (ebits.device, mbits.device)
         return xq
 
     @staticmethod
@@ -158,7 +163,7 @@ class _MinifloatQDQ(torch.autograd.Function):
                 gs_clip = (g_c * torch.sign(x_c) * s_c).sum()
                 ge_clip = ge.reshape(-1)[idx].sum()
             else:
-                gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype)
+                gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype, device=ge.device)
             capped = p.uncapped_max_normal > p.max_normal_cap
             c = _LN2 * _LN2 * 2.0 ** (e - 1.0)
             if ctx.needs_input_grad[2]:
@@ -171,6 +176,10 @@ class _MinifloatQDQ(torch.autograd.Function):
                 grad_e = (2.0 * c) * (ge * subnormal).sum()
                 if capped:
                     grad_e = grad_e - (c * p.max_normal) * gs_clip
+        if grad_e is not None:
+            grad_e = grad_e.to(ctx.width_devices[0])
+        if grad_m is not None:
+            grad_m = grad_m.to(ctx.width_devices[1])
         return grad_x, grad_e, grad_m, None, None, None, None
 
 
@@ -198,7 +207,7 @@ class _StandardQDQ(torch.autograd.Function):
         )
         xq = _from_numpy(dequantize(mx, np.float32), x)
         if ctx.needs_input_grad[0]:
-            scales = torch.from_numpy(decode_e8m0(mx.scales, np.float32))
+            scales = torch.from_numpy(decode_e8m0(mx.scales, np.float32)).to(x.device)
             ctx.save_for_backward(x, scales)
             ctx.limit = (mx.fmt.element.max_normal, block_size)
         return xq

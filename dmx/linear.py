@@ -11,6 +11,9 @@ input-activation quantiser (``tie=True``, the method's default) or split in two
 * ``set_fixed_format(name)``: any of the six standard MX formats for both operands, no learning
   (uniform baselines, applied assignments); ``None`` returns to learning.
 
+Any device: the offsets are created on the wrapped weight's device and the MX bridge
+(``dmx.autograd``) runs the numpy ``mx_spec`` on a host copy of accelerator tensors.
+
 Weights are frozen (``requires_grad=False``) by default; activations get dynamic per-block
 scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blocks run along
 the last dimension, the reduction dimension ``in_features`` of both operands. A frozen weight in
@@ -79,8 +82,10 @@ class DMXLinear(nn.Module):
         init = float(beta_hat_init)
         if not torch.isfinite(torch.tensor(init)):
             raise ValueError(f"beta_hat_init must be finite; got {beta_hat_init!r}")
-        self.beta_hat = nn.Parameter(torch.tensor(init, dtype=torch.float32))
-        self.beta_hat_input = None if self.tie else nn.Parameter(torch.tensor(init))
+        # on the weight's device: a model loaded on a GPU is wrapped in place and not moved again
+        device = linear.weight.device
+        self.beta_hat = nn.Parameter(torch.tensor(init, dtype=torch.float32, device=device))
+        self.beta_hat_input = None if self.tie else nn.Parameter(torch.tensor(init, dtype=torch.float32, device=device))
         self.temperature = temperature
         self.offset_mode = offset_mode
         self.fixed_format: str | None = None
