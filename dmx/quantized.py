@@ -10,7 +10,7 @@ offsets are trainable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -20,18 +20,49 @@ from dmx.models import decoder_linear_names
 __all__ = ["quantize_model", "set_uniform_format", "set_calibration_mode"]
 
 
-def quantize_model(model: nn.Module, family: str = "fp8_fp4", *, include_lm_head: bool = False, **dmx_kwargs: Any):
+def quantize_model(
+    model: nn.Module,
+    family: str = "fp8_fp4",
+    *,
+    include_lm_head: bool = False,
+    names: Iterable[str] | None = None,
+    **dmx_kwargs: Any,
+) -> dict[str, Any]:
     """Wrap the decoder linears of ``model`` in place; returns ``{qualified name: DMXLinear}``.
 
-    ``family``: a dmx core format family (``fp8_fp4`` | ``fp6_fp4``); ``dmx_kwargs`` go to
-    ``DMXLinear`` (``block_size``, ``beta_hat_init``, ``tie``). Model weights get
-    ``requires_grad=False``. ``ValueError`` when the model has no decoder linears.
+    ``family``: a dmx core format family (``fp8_fp4`` | ``fp6_fp4``). ``names``: the subset of
+    decoder linears to wrap (default: all of them, see ``dmx.models.decoder_linear_names``; the
+    output head counts only with ``include_lm_head=True``); a name outside that set raises
+    ``ValueError`` listing valid ones. The remaining ``dmx_kwargs`` go to ``dmx.wrap_linears``
+    (``predicate``) and ``DMXLinear`` (``block_size``, ``beta_hat_init``, ``tie``). Model weights
+    get ``requires_grad=False``. ``ValueError`` when the model has no decoder linears.
     """
     from dmx.wrap import wrap_linears
 
-    names = decoder_linear_names(model, include_lm_head=include_lm_head)
+    selected = _select_decoder_linears(model, names, include_lm_head=include_lm_head)
     model.requires_grad_(False)
-    return wrap_linears(model, names=names, family=family, **dmx_kwargs)
+    return wrap_linears(model, names=selected, family=family, **dmx_kwargs)
+
+
+def _select_decoder_linears(model: nn.Module, names: Iterable[str] | None, *, include_lm_head: bool) -> list[str]:
+    """The decoder linears to quantise, in model order: all, or the validated subset ``names``."""
+    valid = decoder_linear_names(model, include_lm_head=include_lm_head)
+    if names is None:
+        return valid
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of layer names, not the string {names!r}; wrap it: names=[{names!r}]")
+    wanted = set(names)
+    unknown = sorted(wanted - set(valid))
+    if unknown:
+        hint = "" if include_lm_head else " (the output head needs include_lm_head=True)"
+        raise ValueError(
+            f"not decoder linears of this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
+            f"valid names look like {valid[:3]} ... ({len(valid)} in all, "
+            f"see dmx.models.decoder_linear_names(model)){hint}"
+        )
+    if not wanted:
+        raise ValueError("names is empty; pass at least one decoder linear, or names=None for all of them")
+    return [n for n in valid if n in wanted]
 
 
 def set_uniform_format(layers: Mapping[str, Any], fmt: str | None) -> None:
