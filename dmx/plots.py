@@ -1,8 +1,12 @@
 """Figures of a sweep: the Pareto plot and the per-layer assignment heat map.
 
 Both functions take plain result records (mappings, as stored in a sweep's ``results.json``)
-so they can redraw figures from saved results without any model. They render with
-matplotlib's non-interactive Agg backend and write PNG files.
+so they can redraw figures from saved results without any model. They write PNG files.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, not through ``pyplot``: such a figure
+renders with its own Agg canvas on ``savefig`` and never touches pyplot's global state, so
+importing this module leaves the session's backend alone (the inline backend of a notebook
+keeps working) and no figure window ever opens.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are files, never windows
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 # One marker (and colour) per method; methods not listed get the fallback style.
 METHOD_STYLE: dict[str, dict[str, Any]] = {
@@ -39,7 +42,7 @@ def _finite(x: Any) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def _panel(ax: plt.Axes, points: Sequence[Mapping[str, Any]], metric: str, ylabel: str) -> None:
+def _panel(ax: Axes, points: Sequence[Mapping[str, Any]], metric: str, ylabel: str) -> None:
     full = [p for p in points if p.get("method") == "fp" and _finite(p.get(metric))]
     quant = [p for p in points if p.get("method") != "fp" and _finite(p.get(metric)) and _finite(p.get("avg_bits"))]
     for method in dict.fromkeys(p["method"] for p in quant):
@@ -90,7 +93,8 @@ def pareto_figure(
     if not any(_finite(p.get("perplexity")) for p in points):
         raise ValueError("no result has a finite perplexity; nothing to plot (run the sweep first)")
     with_acc = any(_finite(p.get("avg_accuracy")) for p in points)
-    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(11 if with_acc else 6, 4.5), squeeze=False)
+    fig = Figure(figsize=(11 if with_acc else 6, 4.5))
+    axes = fig.subplots(1, 2 if with_acc else 1, squeeze=False)
     _panel(axes[0, 0], points, "perplexity", "WikiText-2 perplexity")
     if log_perplexity:
         axes[0, 0].set_yscale("log")
@@ -160,10 +164,11 @@ def assignment_heatmap(
     rows = list(assignments)
     grid = assignment_grid(assignments, order, format_bits)
     levels = sorted({float(format_bits[f]) for f in formats})
-    cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(levels))))
+    cmap = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.1, 0.9, len(levels))))
     edges = [levels[0] - 0.5] + [(a + b) / 2 for a, b in zip(levels, levels[1:])] + [levels[-1] + 0.5]
     norm = BoundaryNorm(edges, cmap.N)
-    fig, ax = plt.subplots(figsize=(max(6.0, min(18.0, 0.06 * len(order) + 3)), 0.45 * len(rows) + 1.6))
+    fig = Figure(figsize=(max(6.0, min(18.0, 0.06 * len(order) + 3)), 0.45 * len(rows) + 1.6))
+    ax = fig.subplots()
     im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ticks, labels = _block_ticks(order)
@@ -175,11 +180,10 @@ def assignment_heatmap(
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Write ``fig`` as PNG (creating parent folders) and release it."""
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG, creating parent folders (a pyplot-free figure needs no closing)."""
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
-    plt.close(fig)
     return out

@@ -1,5 +1,10 @@
 """Sweep figures drawn from synthetic result records (no model needed)."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -70,3 +75,23 @@ def test_heatmap_png_colours_follow_bits(tmp_path):
 def test_heatmap_needs_assignments(tmp_path):
     with pytest.raises(ValueError, match="no assignments"):
         assignment_heatmap({}, tmp_path / "h.png", format_bits=BITS)
+
+
+def test_import_and_drawing_leave_the_backend_alone(tmp_path):
+    """A notebook's inline backend survives importing dmx.plots and drawing (fresh interpreter:
+    this process may have chosen its backend already)."""
+    inline = importlib.util.find_spec("matplotlib_inline") is not None
+    backend = "module://matplotlib_inline.backend_inline" if inline else "svg"
+    script = (
+        "import sys, matplotlib\n"
+        "before = matplotlib.get_backend()\n"
+        "import dmx.plots\n"
+        f"dmx.plots.pareto_figure([{{'method': 'fp', 'perplexity': 20.0}}], {str(tmp_path / 'p.png')!r})\n"
+        "print(before, '|', matplotlib.get_backend(), '|', 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    env = {**os.environ, "MPLBACKEND": backend}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    before, after, pyplot_loaded = (part.strip() for part in out.stdout.split("|"))
+    assert before == after == backend
+    assert pyplot_loaded == "False"
+    assert (tmp_path / "p.png").stat().st_size > 0
