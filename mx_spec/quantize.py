@@ -269,7 +269,11 @@ def _blockwise_fast(arr: np.ndarray, bs: int, elem, mode: str, work: _Work, emit
         nan_rows = np.isnan(x)
         x_int = np.where(nan_rows, 0, x).astype(np.int32)
         a = absb.view(work.float_dtype)
-        a *= np.ldexp(work.float_dtype.type(1), -x_int)[:, None]
+        # NaN/Inf blocks are scaled by 2^0 and their codes overwritten by ``emit``; a signalling
+        # NaN input (quiet bit clear, e.g. built from bit patterns) raises the FP "invalid" flag
+        # in this multiply, which numpy would report as a RuntimeWarning for a handled case.
+        with np.errstate(invalid="ignore"):
+            a *= np.ldexp(work.float_dtype.type(1), -x_int)[:, None]
         np.minimum(a, max_fill[:rows], out=a)
         s, e = _magic_sum(a, elem.emin, elem.mbits, work, emin_fill[:rows])
         emit(slice(r0, r1), b, s, e, x_int, nan_rows)

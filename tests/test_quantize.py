@@ -68,6 +68,33 @@ def test_nan_or_inf_block_gets_nan_scale_and_zero_codes(bad):
         assert np.all(np.isnan(back[1])) and np.all(np.isfinite(back[0]))
 
 
+# Bit patterns of +Inf, -Inf, a quiet NaN and a signalling NaN (quiet bit clear) per input dtype.
+SPECIAL_BITS = {
+    np.float16: (np.uint16, [0x7C00, 0xFC00, 0x7E00, 0x7C01]),
+    ml_dtypes.bfloat16: (np.uint16, [0x7F80, 0xFF80, 0x7FC0, 0x7F81]),
+    np.float32: (np.uint32, [0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001]),
+    np.float64: (np.uint64, [0x7FF0000000000000, 0xFFF0000000000000, 0x7FF8000000000000, 0x7FF0000000000001]),
+}
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype", list(SPECIAL_BITS), ids=lambda d: np.dtype(d).name)
+def test_inf_and_nan_blocks_raise_no_warning(dtype):
+    """Blocks with Inf or (quiet or signalling) NaN are a handled case: NaN scale, no RuntimeWarning."""
+    uint, patterns = SPECIAL_BITS[dtype]
+    x = np.ones((len(patterns) + 1, 48), dtype)  # 48: a full block and a ragged one per row
+    for row, pattern in enumerate(patterns):
+        x.view(uint)[row, 5] = pattern
+        x.view(uint)[row, 40] = pattern
+    for fmt in FORMATS:
+        for rounding in ("rne", "away"):
+            mx = quantize(x, fmt, rounding=rounding)
+            assert (mx.scales[:-1] == 255).all() and not mx.elements[:-1].any()
+            fake = quantize_dequantize(x, fmt, rounding=rounding).astype(np.float64)
+            assert np.isnan(fake[:-1]).all() and np.isfinite(fake[-1]).all()
+            assert np.isnan(dequantize(mx)[:-1]).all()
+
+
 def test_scale_clamps_and_saturation_with_float64():
     x = np.array([2.0**200, 2.0**190, -(2.0**120)])
     for fmt in FORMATS:
