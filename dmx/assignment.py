@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmx.checkpoint import atomic_write_text
+from dmx.checkpoint import atomic_write_text, read_json
 
 __all__ = ["ASSIGNMENT_SCHEMA", "WEIGHTINGS", "Assignment", "apply_assignment", "format_element_bits"]
 
@@ -167,10 +167,7 @@ class Assignment:
         target = Path(path)
         if not target.is_file():
             raise FileNotFoundError(f"assignment file {str(target)!r} does not exist (write one with `dmx calibrate --out`)")
-        try:
-            data = json.loads(target.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{target}: not valid JSON ({err})") from err
+        data = read_json(target, what="assignment file", fix="write it again with `dmx calibrate --out`")
         return cls.from_dict(data, source=str(target))
 
 

@@ -8,6 +8,7 @@ sees either the previous complete file or the new complete file, never a torn on
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
     "atomic_write_text",
+    "read_json",
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_path",
@@ -56,6 +58,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """UTF-8 text variant of :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, *, what: str, fix: str) -> Any:
+    """Parse the UTF-8 JSON file ``path`` (the reading side of :func:`atomic_write_text`).
+
+    A file that is not valid UTF-8 JSON (truncated by a crash of a non-atomic writer, edited by
+    hand, another kind of file) raises ``ValueError``: ``"<what> <path> is corrupt, not valid
+    JSON (<parser error>); <fix>"``, so the user learns which file is bad and what to do about
+    it. A missing file raises the usual ``FileNotFoundError``; callers that treat absence as
+    "nothing stored yet" check ``Path.exists`` first.
+    """
+    target = Path(path)
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {target} is corrupt, not valid JSON ({err}); {fix}") from err
 
 
 def checkpoint_path(directory: str | os.PathLike) -> Path:

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dmx.assignment import Assignment, format_element_bits
-from dmx.checkpoint import atomic_write_text
+from dmx.checkpoint import atomic_write_text, read_json
 from dmx.data import token_hash
 from dmx.models import input_device
 
@@ -214,10 +214,7 @@ def open_cache(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> ScoreCac
     path = cache_path(cache_dir, key)
     if not path.exists():
         return ScoreCache(path=path, key=key)
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"KL score cache {path} is corrupt ({exc}); delete it to rescore") from exc
+    doc = read_json(path, what="KL score cache", fix="delete it to rescore")
     if doc.get("schema") != CACHE_SCHEMA or doc.get("key") != key:
         raise ValueError(
             f"KL score cache {path} belongs to a different key ({doc.get('key')!r}); "
