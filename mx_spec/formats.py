@@ -30,8 +30,9 @@ sign; see :mod:`mx_spec.scale`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 __all__ = [
     "ElementFormat",
@@ -45,6 +46,7 @@ __all__ = [
 
 #: OCP MX v1.0 §5 fixes k = 32 for every concrete format.
 DEFAULT_BLOCK_SIZE = 32
+_Entry = TypeVar("_Entry")
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,24 @@ MX_FORMATS: dict[str, MXFormat] = {
 }
 
 
+def _lookup(table: Mapping[str, _Entry], key: str | _Entry, cls: type[_Entry], kind: str) -> _Entry:
+    """``key`` itself if it is a ``cls``, else ``table[key]``; a bad key names the valid choices.
+
+    ``kind`` is how messages call the entries (``"element type"``, ``"MX format"``).
+    """
+    if isinstance(key, cls):
+        return key
+    if not isinstance(key, str):
+        raise TypeError(
+            f"{kind} must be a name or an {cls.__name__}, got {type(key).__name__}; "
+            f"valid names: {', '.join(table)}"
+        )
+    try:
+        return table[key]
+    except KeyError:
+        raise ValueError(f"unknown {kind} {key!r}; valid names: {', '.join(table)}") from None
+
+
 def get_element(elem: str | ElementFormat) -> ElementFormat:
     """Return the element type named ``elem`` (an :class:`ElementFormat` passes through).
 
@@ -191,19 +211,7 @@ def get_element(elem: str | ElementFormat) -> ElementFormat:
         ValueError: unknown name; the message lists the valid names.
         TypeError: ``elem`` is neither a string nor an ElementFormat.
     """
-    if isinstance(elem, ElementFormat):
-        return elem
-    if not isinstance(elem, str):
-        raise TypeError(
-            f"element type must be a name or an ElementFormat, got {type(elem).__name__}; "
-            f"valid names: {', '.join(ELEMENT_FORMATS)}"
-        )
-    try:
-        return ELEMENT_FORMATS[elem]
-    except KeyError:
-        raise ValueError(
-            f"unknown element type {elem!r}; valid names: {', '.join(ELEMENT_FORMATS)}"
-        ) from None
+    return _lookup(ELEMENT_FORMATS, elem, ElementFormat, "element type")
 
 
 def get_format(fmt: str | MXFormat) -> MXFormat:
@@ -213,16 +221,4 @@ def get_format(fmt: str | MXFormat) -> MXFormat:
         ValueError: unknown name; the message lists the valid names.
         TypeError: ``fmt`` is neither a string nor an MXFormat.
     """
-    if isinstance(fmt, MXFormat):
-        return fmt
-    if not isinstance(fmt, str):
-        raise TypeError(
-            f"MX format must be a name or an MXFormat, got {type(fmt).__name__}; "
-            f"valid names: {', '.join(MX_FORMATS)}"
-        )
-    try:
-        return MX_FORMATS[fmt]
-    except KeyError:
-        raise ValueError(
-            f"unknown MX format {fmt!r}; valid names: {', '.join(MX_FORMATS)}"
-        ) from None
+    return _lookup(MX_FORMATS, fmt, MXFormat, "MX format")
