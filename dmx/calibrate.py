@@ -7,8 +7,16 @@ dmx core's annealing schedule (``HoldThenExponential`` by default). Gradients of
 ``grad_accum`` micro-batches of ``batch_size`` windows are summed (each scaled by
 ``1/grad_accum``) before one optimiser step.
 
+Learned rotations (SpinQuant-style, :mod:`dmx.rotation` with ``kind="learned"``): when the model
+carries trainable rotation matrices (:func:`dmx.rotation.rotation_parameters`), they are
+optimised jointly with the offsets in the same loop, from the same loss and backward pass, by
+:class:`dmx.cayley.CayleySGD` (``rotation_lr``, default 1.5); the weights stay frozen. At the end
+the learned matrices are folded into the weights (:func:`dmx.rotation.bake_rotation`) before the
+hard assignment is applied, and the provenance records the rotation's description.
+
 Checkpoints (atomic, see :mod:`dmx.checkpoint`) hold the offsets, optimiser state, completed
-step count, torch RNG state and the settings; they are written every ``checkpoint_every`` steps,
+step count, torch RNG state, the settings and, with a learned rotation, the rotation matrices and
+the Cayley optimiser's state; they are written every ``checkpoint_every`` steps,
 at the end, and when the run is interrupted with Ctrl-C. ``resume=True`` continues from the
 checkpoint and reproduces the uninterrupted run exactly (the window order is a pure function of
 the seed and the step). A crash loses at most ``checkpoint_every`` steps.
@@ -44,6 +52,8 @@ class CalibrationConfig:
     ``HoldThenExponential``); ``t_start``/``t_end``/``hold_fraction`` left as ``None`` take the
     schedule's defaults. ``weighting``: how the average bits of the budget are
     taken over layers, ``mean`` (each layer counts once) or ``elements`` (by weight count).
+    ``rotation_lr``: Cayley SGD learning rate of learned rotation matrices (SpinQuant's 1.5);
+    unused when the model has none.
     """
 
     family: str = "fp8_fp4"
@@ -62,6 +72,7 @@ class CalibrationConfig:
     weighting: str = "mean"
     checkpoint_every: int = 10
     seed: int = 0
+    rotation_lr: float = 1.5
 
     def validate(self) -> None:
         """``ValueError`` naming the bad setting and the valid range."""
@@ -74,6 +85,8 @@ class CalibrationConfig:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {list(WEIGHTINGS)}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
+        if not self.rotation_lr > 0:
+            raise ValueError(f"rotation_lr must be > 0, got {self.rotation_lr}")
         from dmx.family import get_family
 
         get_family(self.family).validate_target(self.target_bits)
@@ -150,8 +163,18 @@ def _offsets(layers: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             for pname, p in layers[name].named_parameters(recurse=False)}
 
 
-def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: str) -> dict[str, Any]:
-    return {
+def _rotation_entry(model: nn.Module) -> dict[str, Any] | None:
+    from dmx.rotation import rotation_state
+
+    state = rotation_state(model)
+    return None if state is None else state.describe()
+
+
+def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: str, model: nn.Module,
+           rotation_optimizer) -> dict[str, Any]:
+    from dmx.rotation import rotation_parameters
+
+    state = {
         "version": CHECKPOINT_VERSION,
         "step": step,
         "beta_hat": {key: p.detach().cpu().clone() for key, p in _offsets(layers).items()},
@@ -160,25 +183,45 @@ def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: s
         "config": dataclasses.asdict(cfg),
         "layers": _ordered(layers),
         "windows_hash": windows_hash,
+        "rotation": _rotation_entry(model),
     }
+    if rotation_optimizer is not None:
+        state["rotation_matrices"] = [p.detach().cpu().clone() for p in rotation_parameters(model)]
+        state["rotation_optimizer"] = rotation_optimizer.state_dict()
+    return state
 
 
-def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, windows_hash: str) -> int:
+def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, windows_hash: str,
+             model: nn.Module, rotation_optimizer) -> int:
+    from dmx.rotation import rotation_parameters
+
     if state["layers"] != _ordered(layers):
         raise CheckpointError("checkpoint was written for different layers (another model or --include-lm-head setting)")
     saved = dict(state["config"])
     current = dataclasses.asdict(cfg)
-    # checkpoint_every may change between runs; everything else defines the trajectory.
-    differing = sorted(k for k in current if k != "checkpoint_every" and saved.get(k) != current[k])
+    defaults = {f.name: f.default for f in dataclasses.fields(CalibrationConfig)}
+    # checkpoint_every may change between runs; everything else defines the trajectory. A setting
+    # added after the checkpoint was written counts as its default.
+    differing = sorted(k for k in current if k != "checkpoint_every" and saved.get(k, defaults[k]) != current[k])
     if differing:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k, defaults[k])!r} vs now {current[k]!r}" for k in differing)
         raise CheckpointError(f"cannot resume: settings differ from the checkpoint ({detail}); use the same settings or a new --checkpoint-dir")
     if state.get("windows_hash") != windows_hash:
         raise CheckpointError("cannot resume: calibration windows differ from the checkpoint (other data, seqlen, seed or model tokenizer)")
+    if state.get("rotation") != _rotation_entry(model):
+        raise CheckpointError(
+            f"cannot resume: the checkpoint was written under rotation {state.get('rotation')}, the model now has "
+            f"{_rotation_entry(model)}; pass the same --rotation flags or a new --checkpoint-dir"
+        )
     with torch.no_grad():
         for key, p in _offsets(layers).items():
             p.copy_(state["beta_hat"][key].to(p.device))
+        if rotation_optimizer is not None:
+            for p, saved_matrix in zip(rotation_parameters(model), state["rotation_matrices"], strict=True):
+                p.copy_(saved_matrix.to(p.device))
     optimizer.load_state_dict(state["optimizer"])
+    if rotation_optimizer is not None:
+        rotation_optimizer.load_state_dict(state["rotation_optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     return int(state["step"])
 
@@ -202,7 +245,9 @@ def calibrate(
     metrics)`` is called after each completed step (1-based) and its checkpoint. ``provenance``
     (model name, data hash, ...) is merged with seed, versions and settings into the result.
     An existing checkpoint in ``checkpoint_dir`` is never overwritten unless ``resume=True``
-    (``CheckpointError`` otherwise).
+    (``CheckpointError`` otherwise). A model rotated with ``dmx.rotation.apply_rotation(model,
+    "learned")`` has its rotation learned too (Cayley SGD, ``cfg.rotation_lr``) and baked into the
+    weights on return; the rotation's description goes into ``provenance["rotation"]``.
     """
     cfg.validate()
     if not layers:
@@ -221,11 +266,16 @@ def calibrate(
     schedule = cfg.schedule()
     params = list(_offsets(layers).values())
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    from dmx.cayley import CayleySGD
+    from dmx.rotation import bake_rotation, rotation_parameters, rotation_state
+
+    rotations = rotation_parameters(model)
+    rotation_optimizer = CayleySGD(rotations, lr=cfg.rotation_lr) if rotations else None
     order = window_order(windows.shape[0], cfg.steps * cfg.grad_accum * cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     start = 0
     if resume:
-        start = _restore(load_checkpoint(checkpoint_dir), layers, optimizer, cfg, windows_hash)
+        start = _restore(load_checkpoint(checkpoint_dir), layers, optimizer, cfg, windows_hash, model, rotation_optimizer)
     from dmx.wrap import apply_schedule
 
     set_calibration_mode(model, layers, training=True)
@@ -236,6 +286,8 @@ def calibrate(
         for step in range(start, cfg.steps):
             temperature = apply_schedule(model, schedule, step, cfg.steps)
             optimizer.zero_grad(set_to_none=True)
+            if rotation_optimizer is not None:
+                rotation_optimizer.zero_grad(set_to_none=True)
             loss_sum = ce_sum = 0.0
             for micro in range(cfg.grad_accum):
                 first = (step * cfg.grad_accum + micro) * cfg.batch_size
@@ -246,22 +298,27 @@ def calibrate(
                 loss_sum += float(loss.detach()) / cfg.grad_accum
                 ce_sum += float(ce.detach()) / cfg.grad_accum
             optimizer.step()
+            if rotation_optimizer is not None:
+                rotation_optimizer.step()
             completed = step + 1
             metrics = {"loss": loss_sum, "ce": ce_sum, "bits": float(bits.detach()), "T": temperature}
             bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits.detach()):.2f}", T=f"{temperature:.2f}")
             bar.update(1)
             if checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
-                save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash))
+                save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer))
             if on_step is not None:
                 on_step(completed, metrics)
     except KeyboardInterrupt:
         if checkpoint_dir is not None and completed > start:
-            save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash))
+            save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer))
             bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume")
         raise
     finally:
         bar.close()
     set_calibration_mode(model, layers, training=False)
+    if rotation_optimizer is not None:
+        bake_rotation(model)  # fold the learned matrices into the weights before the hard formats are fixed
+    state = rotation_state(model)
     record = dict(provenance or {})
     record.update({
         "method": "dmx",
@@ -269,6 +326,7 @@ def calibrate(
         "settings": dataclasses.asdict(cfg),
         "calibration_windows": {"count": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "sha256": windows_hash},
         "final_metrics": metrics,
+        "rotation": None if state is None else state.describe(),
         "versions": software_versions(),
     })
     assignment = Assignment.from_layers(layers, weighting=cfg.weighting, provenance=record)

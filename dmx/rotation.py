@@ -81,6 +81,7 @@ __all__ = [
     "derived_seed",
     "add_rotation_flags",
     "rotate_from_flags",
+    "FLAG_DEFAULTS",
 ]
 
 ROTATION_KINDS = ("none", "hadamard", "learned")
@@ -698,9 +699,16 @@ def save_rotation(state: RotationState, path: str | Path) -> Path:
 
 def load_rotation(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``(description, matrices or None)`` from :func:`save_rotation`'s file."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"rotation file {path} does not exist; `dmx calibrate --rotation ...` and `dmx export` write one")
+    try:
+        handle_cm = safe_open(str(path), framework="pt")
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a safetensors rotation file ({err}); pass the .rotation.safetensors "
+                         "written by `dmx calibrate` or `dmx export`") from err
+    with handle_cm as handle:
         meta = handle.metadata() or {}
         if "dmx_rotation" not in meta:
             raise ValueError(f"{path} holds no dMX rotation (no 'dmx_rotation' metadata); write it with save_rotation")
@@ -722,6 +730,13 @@ def apply_rotation_description(
         raise ValueError(f"rotation description version {description.get('version')!r} is not {DESCRIPTION_VERSION}")
     if description["kind"] == "learned" and matrices is None:
         raise ValueError("a learned rotation needs its matrices: pass load_rotation(path)[1]")
+    shape = _shape(model)
+    recorded = (description.get("hidden_size"), description.get("head_dim"))
+    if recorded != (shape.hidden, shape.head_dim):
+        raise ValueError(
+            f"the rotation was made for a model with hidden_size {recorded[0]} and head_dim {recorded[1]}, "
+            f"this one has {shape.hidden} and {shape.head_dim}; use the rotation file of this model"
+        )
     return apply_rotation(
         model, description["kind"], description["seed"],
         online_sites=tuple(s for s in description["online_sites"] if s in ONLINE_SITES),
@@ -732,26 +747,47 @@ def apply_rotation_description(
 # ------------------------------------------------------------------------------------------------
 # command-line flags (shared by calibrate, eval, kl, sweep so every comparison is rotated alike)
 # ------------------------------------------------------------------------------------------------
+#: Values the rotation flags stand for when they are not given (the flags default to None so a
+#: command can tell "not given" from "given": ``dmx eval`` then uses the assignment's recorded rotation).
+FLAG_DEFAULTS = {"rotation": "none", "rotation_seed": 0, "rotation_placement": "online", "rotation_block": 32}
+
+
 def add_rotation_flags(parser) -> None:
-    """Add ``--rotation {none,hadamard,learned}``, ``--rotation-seed``, ``--rotation-file``, ``--rotation-lr``."""
+    """Add ``--rotation {none,hadamard,learned}``, ``--rotation-seed``, ``--rotation-placement``,
+    ``--rotation-file``, ``--rotation-block``, ``--rotation-lr``.
+
+    Kind, seed, placement and block default to None ("not given"); :data:`FLAG_DEFAULTS` holds
+    what they mean when nothing else decides (``none``, 0, ``online``, 32).
+    """
     group = parser.add_argument_group("rotations")
-    group.add_argument("--rotation", choices=ROTATION_KINDS, default="none",
+    group.add_argument("--rotation", choices=ROTATION_KINDS, default=None,
                        help="none | hadamard (fixed QuaRot-style) | learned (SpinQuant-style, trained by "
-                            "calibrate; elsewhere needs --rotation-file)")
-    group.add_argument("--rotation-seed", type=int, default=0, help="seed of the random Hadamard signs")
-    group.add_argument("--rotation-placement", choices=PLACEMENTS, default="online",
-                       help="hadamard only: online (a Hadamard on every linear input, default) or folded (QuaRot)")
+                            "calibrate; elsewhere needs --rotation-file). Default: the rotation recorded in "
+                            "the --assignment file(s), else none")
+    group.add_argument("--rotation-seed", type=int, default=None,
+                       help="seed of the random Hadamard signs (default: as recorded, else 0)")
+    group.add_argument("--rotation-placement", choices=PLACEMENTS, default=None,
+                       help="hadamard only: online (a Hadamard on every linear input) or folded (QuaRot) "
+                            "(default: as recorded, else online)")
     group.add_argument("--rotation-file", default=None,
-                       help="rotation saved by calibrate/export (safetensors); rebuilds it exactly and "
-                            "overrides --rotation/--rotation-seed")
-    group.add_argument("--rotation-block", type=int, default=32,
-                       help="hadamard/online only: block-diagonal Hadamard size (32 = MX block; 0 = full width)")
-    group.add_argument("--rotation-lr", type=float, default=1.5, help="Cayley SGD learning rate (learned)")
+                       help="rotation saved by calibrate/export (safetensors); rebuilds it exactly "
+                            "(kind and seed come from the file)")
+    group.add_argument("--rotation-block", type=int, default=None,
+                       help="hadamard/online only: block-diagonal Hadamard size (32 = MX block; 0 = full "
+                            "width) (default: as recorded, else 32)")
+    group.add_argument("--rotation-lr", type=float, default=1.5,
+                       help="Cayley SGD learning rate of a learned rotation (calibration only)")
+
+
+def _flag(args, name: str):
+    value = getattr(args, name, None)
+    return FLAG_DEFAULTS[name] if value is None else value
 
 
 def rotate_from_flags(model: nn.Module, args, *, trainable: bool = False) -> RotationState | None:
     """Apply the rotation the flags of :func:`add_rotation_flags` ask for; call right after loading.
 
+    ``--rotation-file`` (if given) decides alone; otherwise unset flags take :data:`FLAG_DEFAULTS`.
     ``trainable``: True only where the rotations are learned (``dmx calibrate``); a command that
     does not train and gets ``--rotation learned`` without ``--rotation-file`` raises
     ``ValueError`` (a learned rotation must come from a calibration run to be meaningful).
@@ -760,12 +796,12 @@ def rotate_from_flags(model: nn.Module, args, *, trainable: bool = False) -> Rot
     if path:
         description, matrices = load_rotation(path)
         return apply_rotation_description(model, description, matrices)
-    kind = getattr(args, "rotation", "none")
+    kind = _flag(args, "rotation")
     if kind == "learned" and not trainable:
         raise ValueError(
             "--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
             "PATH (written by calibrate/export), or use --rotation hadamard"
         )
-    block = getattr(args, "rotation_block", 32)
-    return apply_rotation(model, kind, seed=getattr(args, "rotation_seed", 0),
-                          placement=getattr(args, "rotation_placement", "online"), block=block or None)
+    block = _flag(args, "rotation_block")
+    return apply_rotation(model, kind, seed=_flag(args, "rotation_seed"),
+                          placement=_flag(args, "rotation_placement"), block=block or None)

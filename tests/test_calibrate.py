@@ -154,3 +154,44 @@ def test_bfloat16_model_calibrates_with_float32_offsets():
     result = calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1), progress=False)
     assert all(layer.beta_hat.dtype == torch.float32 for layer in layers.values())
     assert torch.isfinite(_offsets(layers)).all() and len(result.formats) == 14
+
+
+def _fresh_learned():
+    from dmx.rotation import apply_rotation
+
+    model = tiny_model("llama", seed=0)
+    apply_rotation(model, "learned", seed=1)
+    return model, quantize_model(model)
+
+
+def test_learned_rotation_is_trained_jointly_and_resumes_exactly(tmp_path):
+    from dmx.cayley import stiefel_error
+    from dmx.rotation import rotation_parameters, rotation_state
+
+    cfg = CalibrationConfig(steps=3, batch_size=1, checkpoint_every=1, seed=3, rotation_lr=1.5)
+    model, layers = _fresh_learned()
+    start = [p.detach().clone() for p in rotation_parameters(model)]
+    originals = [p for n, p in model.named_parameters() if n.endswith("original")]
+    assert originals and not any(p.requires_grad for p in originals)  # weights frozen, only R1/R2 learn
+    expected = calibrate(model, layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "full", progress=False)
+    state = rotation_state(model)
+    assert state.baked and rotation_parameters(model) == []  # folded into the weights on return
+    assert not torch.equal(state.r1, start[0])  # the rotation did learn
+    assert stiefel_error(state.r1) < 1e-5
+    assert expected.provenance["rotation"]["kind"] == "learned"
+    expected_offsets, expected_r = _offsets(layers), [state.r1, *state.r2]
+
+    model, layers = _fresh_learned()
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(model, layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "cut", progress=False,
+                  on_step=_StopAt(1, KeyboardInterrupt()))
+    model, layers = _fresh_learned()  # a new process: the rotation comes from the checkpoint only
+    resumed = calibrate(model, layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "cut", resume=True, progress=False)
+    state = rotation_state(model)
+    assert torch.equal(_offsets(layers), expected_offsets)
+    assert all(torch.equal(a, b) for a, b in zip([state.r1, *state.r2], expected_r, strict=True))
+    assert resumed.formats == expected.formats
+
+    plain, plain_layers = _fresh()  # same checkpoint, no rotation: refused
+    with pytest.raises(CheckpointError, match="rotation"):
+        calibrate(plain, plain_layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "cut", resume=True, progress=False)
