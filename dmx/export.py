@@ -4,6 +4,8 @@ An export is a directory::
 
     <dir>/manifest.json       what every tensor is (schema below)
     <dir>/model.safetensors   packed MX weights + E8M0 scales + full-precision tensors
+    <dir>/rotation.safetensors  the learned rotation matrices (``dmx.rotation.save_rotation``; only
+                              for a model with a learned rotation)
     <dir>/tokenizer*          the tokenizer (when one was given to ``export_model``)
 
 Quantised layers: the weight ``W`` ``[out_features, in_features]`` of every ``DMXLinear`` is
@@ -39,12 +41,21 @@ tensors that share storage (tied embeddings) are stored once and listed in ``tie
                             "packed_bytes": n}},
      "full_precision": {"<state key>": {"shape": [...], "dtype": "float32"}},
      "tied": {"<alias key>": "<stored key>"},
+     "rotation": {... dmx.rotation.RotationState.describe() ...} | null,
+     "rotation_file": "rotation.safetensors" | null, "rotation_sha256": "<hex>" | null,
      "tokenizer": true | false, "versions": {...}}
+
+A rotated model (``dmx.rotation``) is exported with its rotation already folded into the stored
+weights; ``rotation`` records how it was rotated so that the loader rebuilds the parts that are
+not weights (the online Hadamards before the linears, the unit RMSNorm scales, the untied head)
+with :func:`dmx.rotation.apply_rotation_description` before quantising. A learned rotation must
+be baked (:func:`dmx.rotation.bake_rotation`, which ``dmx.calibrate.calibrate`` does) first.
 
 ``load_exported(dir)`` rebuilds the architecture from ``model_config``, wraps the same layers
 with ``dmx.quantized.quantize_model``, loads the full-precision tensors, sets every quantised
 weight to ``mx_spec.dequantize(mx_spec.unpack(...))`` and fixes each layer to its format, so
-the returned model computes exactly the logits of the exported fake-quantised model
+the returned model (rotated again as recorded) computes exactly the logits of the exported
+fake-quantised model
 (re-quantising an MX-dequantised block with the same format reproduces it: its amax keeps the
 same binade, see OCP MX v1.0 §6.3).
 """
@@ -68,6 +79,7 @@ from dmx.checkpoint import atomic_write_bytes, atomic_write_text
 EXPORT_SCHEMA = "dmx.export/1"
 MANIFEST_NAME = "manifest.json"
 TENSORS_NAME = "model.safetensors"
+ROTATION_NAME = "rotation.safetensors"
 ACTIVATIONS_NOTE = (
     "input activations are MX-quantised at run time to the layer's format (same block size, "
     "blocks along in_features); they are not stored"
@@ -170,6 +182,12 @@ def export_model(
             f"{sorted(settings)}; export needs one setting for all layers"
         )
     family, block_size, scale_mode, rounding, quantize_input = settings.pop()
+    from dmx.rotation import rotation_state, save_rotation
+
+    rotation = rotation_state(model)
+    if rotation is not None and not rotation.baked:
+        raise ValueError("the model's learned rotation is still being trained (parametrised weights); fold it "
+                         "into the weights with dmx.rotation.bake_rotation(model) before exporting")
 
     tensors: dict[str, torch.Tensor] = {}
     manifest_layers: dict[str, dict[str, Any]] = {}
@@ -213,6 +231,9 @@ def export_model(
     tensors_path = atomic_write_bytes(out / TENSORS_NAME, save(tensors))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    rotation_file = None
+    if rotation is not None and rotation.kind == "learned":
+        rotation_file = save_rotation(rotation, out / ROTATION_NAME)
     bits = assignment if assignment is not None else Assignment.from_layers(layers)
     dtype = next(iter(layers.values())).linear.weight.dtype
     manifest = {
@@ -242,6 +263,9 @@ def export_model(
         "layers": manifest_layers,
         "full_precision": full,
         "tied": tied,
+        "rotation": None if rotation is None else rotation.describe(),
+        "rotation_file": None if rotation_file is None else rotation_file.name,
+        "rotation_sha256": None if rotation_file is None else _sha256_file(rotation_file),
         "tokenizer": tokenizer is not None,
         "versions": _versions(),
     }
@@ -278,6 +302,24 @@ def _build_model(manifest: Mapping[str, Any]) -> nn.Module:
     return model
 
 
+def _rebuild_rotation(model: nn.Module, manifest: Mapping[str, Any], folder: Path, *, verify: bool) -> None:
+    """Re-apply the recorded rotation to the freshly built model (its weights are replaced afterwards)."""
+    from dmx.rotation import apply_rotation_description, load_rotation
+
+    description = manifest.get("rotation")
+    if not description:
+        return
+    matrices = None
+    if manifest.get("rotation_file"):
+        rpath = folder / manifest["rotation_file"]
+        if not rpath.is_file():
+            raise FileNotFoundError(f"{rpath} is missing; the export in {folder} is incomplete, re-export it")
+        if verify and _sha256_file(rpath) != manifest.get("rotation_sha256"):
+            raise ValueError(f"{rpath} does not match the sha256 in its manifest (corrupt or replaced); re-export it")
+        _, matrices = load_rotation(rpath)
+    apply_rotation_description(model, description, matrices)
+
+
 def load_exported(path: str | os.PathLike, *, device: str = "cpu", verify: bool = True) -> nn.Module:
     """Rebuild the fake-quantised model of an export directory (see module docstring).
 
@@ -300,6 +342,7 @@ def load_exported(path: str | os.PathLike, *, device: str = "cpu", verify: bool 
     tensors = load_file(str(tpath))
     q = manifest["quantization"]
     model = _build_model(manifest)
+    _rebuild_rotation(model, manifest, folder, verify=verify)
     layers = quantize_model(
         model, family=q["family"], include_lm_head=q["include_lm_head"], block_size=q["block_size"],
         scale_mode=q["scale_mode"], rounding=q["rounding"], quantize_input=q["quantize_input"],

@@ -145,3 +145,55 @@ def test_cli_export_uniform_format_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_exported(out)(ids).logits, ref(ids).logits)
     assert main(["export", "--model", str(src), "--format", "mxfp5", "--out", str(tmp_path / "bad")]) == 2
+
+
+def _rotated_mixed(kind):
+    """A tiny Llama rotated as ``kind`` (learned: trained one Cayley step, then baked), mixed formats."""
+    from dmx.cayley import CayleySGD
+    from dmx.rotation import apply_rotation, bake_rotation, rotation_parameters
+
+    model = tiny_model("llama", seed=1)
+    kwargs = {"placement": "folded"} if kind == "hadamard-folded" else {}
+    apply_rotation(model, kind.split("-")[0], seed=2, **kwargs)
+    layers = _mixed(model)
+    if kind == "learned":  # move R1/R2 off their Hadamard start so the file really matters
+        opt = CayleySGD(rotation_parameters(model), lr=1.5)
+        ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(7))
+        for layer in layers.values():
+            layer.set_fixed_format(None)
+            layer.train()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        bake_rotation(model)
+        for i, layer in enumerate(layers.values()):
+            layer.eval()
+            layer.set_fixed_format(FORMATS[i % len(FORMATS)])
+    return model, layers
+
+
+@pytest.mark.parametrize("kind", ["none", "hadamard", "hadamard-folded", "learned"])
+def test_rotated_model_round_trip_is_exact(tmp_path, kind):
+    model, layers = _rotated_mixed(kind)
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids).logits
+    out = export_model(model, layers, tmp_path / kind)
+    manifest = read_manifest(out)
+    assert (manifest["rotation"] or {"kind": "none"})["kind"] == kind.split("-")[0]
+    assert (out / "rotation.safetensors").is_file() == (kind == "learned")
+    loaded = load_exported(out)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected)
+    if kind == "learned":  # a replaced rotation file is detected
+        (out / "rotation.safetensors").write_bytes((out / "rotation.safetensors").read_bytes()[:-8] + b"\0" * 8)
+        with pytest.raises(ValueError, match="sha256"):
+            load_exported(out)
+
+
+def test_unbaked_learned_rotation_is_not_exported(tmp_path):
+    from dmx.rotation import apply_rotation
+
+    model = tiny_model("llama", seed=1)
+    apply_rotation(model, "learned")
+    with pytest.raises(ValueError, match="bake_rotation"):
+        export_model(model, _mixed(model), tmp_path / "x")
