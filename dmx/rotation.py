@@ -82,6 +82,8 @@ __all__ = [
     "add_rotation_flags",
     "rotate_from_flags",
     "FLAG_DEFAULTS",
+    "rotation_provenance",
+    "rotation_file_sha256",
 ]
 
 ROTATION_KINDS = ("none", "hadamard", "learned")
@@ -643,8 +645,10 @@ def apply_rotation(
 def bake_rotation(model: nn.Module) -> RotationState:
     """Fold the current learned ``R1``/``R2`` into the weights and drop the parametrisations and hooks.
 
-    Afterwards the model is an ordinary (rotated) model whose forward costs only the online
-    Hadamards; the matrices stay in the state (detached) for :func:`save_rotation`.
+    The fold is the one :func:`apply_rotation` does with ``matrices`` (from the unrotated
+    weights, in float64), so a model rebuilt from :func:`save_rotation`'s file has bit-identical
+    weights. Afterwards the model is an ordinary (rotated) model whose forward costs only the
+    online Hadamards; the matrices stay in the state (detached) for :func:`save_rotation`.
     """
     state = rotation_state(model)
     if state is None:
@@ -654,16 +658,13 @@ def bake_rotation(model: nn.Module) -> RotationState:
     for module in model.modules():
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
             for p in module.parameters(recurse=False):
                 p.requires_grad_(False)
-    embed, head = _embedding(model), _lm_head(model)
-    _remove_hooks(embed, (_OutputRotation,))
-    _remove_hooks(head, (_InputRotation,))
-    r1 = state.r1.detach().to(torch.float64)
-    _set_weight(embed, _times(embed.weight.to(torch.float64), r1))
-    holder = _weight_holder(head)
-    _set_weight(holder, _times(holder.weight.to(torch.float64), r1))
+    _remove_hooks(_embedding(model), (_OutputRotation,))
+    _remove_hooks(_lm_head(model), (_InputRotation,))
+    _fold_matrices(model, state.r1.detach().to(torch.float64), [m.detach().to(torch.float64) for m in state.r2],
+                   online_o=_o_online_by_layer(state))
     state.r1 = state.r1.detach().clone()
     state.r2 = [m.detach().clone() for m in state.r2]
     state.baked = True
@@ -742,6 +743,27 @@ def apply_rotation_description(
         online_sites=tuple(s for s in description["online_sites"] if s in ONLINE_SITES),
         matrices=matrices, placement=description.get("placement", "folded"), block=description.get("block"),
     )
+
+
+def rotation_file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a rotation file's bytes: identifies learned matrices across copies."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def rotation_provenance(state: RotationState | None, file: str | Path | None, relative_to: str | Path) -> dict[str, Any]:
+    """Provenance keys recording the rotation an assignment was made under.
+
+    ``rotation``: ``state.describe()`` or None; when the rotation was saved in ``file``
+    (:func:`save_rotation`) also ``rotation_file`` (relative to ``relative_to``, the assignment's
+    directory, so the pair can be moved together) and ``rotation_sha256`` of the file.
+    """
+    import os
+
+    record: dict[str, Any] = {"rotation": None if state is None else state.describe()}
+    if state is not None and file is not None:
+        record["rotation_file"] = os.path.relpath(Path(file).resolve(), Path(relative_to).resolve())
+        record["rotation_sha256"] = rotation_file_sha256(file)
+    return record
 
 
 # ------------------------------------------------------------------------------------------------

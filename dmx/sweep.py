@@ -21,6 +21,15 @@ sweep keeps what it has and a rerun skips finished points):
 - ``pareto.png`` and ``assignment_heatmap.png`` (``dmx.plots``);
 - ``kl_cache/``: the KL per-layer score cache; ``checkpoints/<label>-<settings hash>/``: dMX calibration
   checkpoints (a rerun resumes an interrupted calibration).
+
+Rotations (``SweepConfig.rotation``, :mod:`dmx.rotation`): the model is rotated right after
+loading, so full precision, uniform, KL and dMX are all measured on the same rotated model and
+compare fairly. ``hadamard`` uses ``rotation_seed`` / ``rotation_placement`` / ``rotation_block``.
+``learned``: the fp, uniform and KL points use the fixed starting point of the learned kind (the
+folded randomized Hadamard, QuaRot layout, same seed), and each dMX point learns its own rotation
+jointly with its offsets on a freshly loaded copy of the model (Cayley SGD, lr
+``calibration["rotation_lr"]``, default 1.5), baked before evaluation and saved as
+``assignments/<label>.rotation.safetensors``. Every assignment records its rotation.
 """
 
 from __future__ import annotations
@@ -191,13 +200,39 @@ class SweepConfig:
     limit: int | None = None
     zeroshot_batch_size: int = 8
     progress: bool = True
+    rotation: str = "none"
+    rotation_seed: int = 0
+    rotation_placement: str = "online"
+    rotation_block: int | None = 32
 
     def identity(self) -> dict[str, Any]:
-        """Settings every point depends on (what a resumed sweep must share)."""
+        """Settings every point depends on (what a resumed sweep must share).
+
+        The rotation settings are part of it when a rotation is used (an unrotated sweep keeps
+        the identity it had before rotations existed, so its result directories still resume)."""
         keys = ("model", "dtype", "block_size", "include_lm_head", "online", "text_file", "seqlen", "max_windows",
                 "tasks", "limit")
         d = asdict(self)
-        return {k: d[k] for k in keys}
+        identity = {k: d[k] for k in keys}
+        if self.rotation != "none":
+            identity["rotation"] = self.rotation_description()
+        return identity
+
+    def rotation_description(self) -> dict[str, Any]:
+        """The rotation as the settings that build it (``kind``, ``seed``, and for ``hadamard`` placement/block)."""
+        if self.rotation == "none":
+            return {"kind": "none"}
+        if self.rotation == "learned":
+            return {"kind": "learned", "seed": self.rotation_seed}
+        online = self.rotation_placement == "online"
+        return {"kind": "hadamard", "seed": self.rotation_seed, "placement": self.rotation_placement,
+                "block": self.rotation_block if online else None}
+
+    def model_id(self) -> str:
+        """The model as the KL score cache must know it: the rotation changes every score."""
+        if self.rotation == "none":
+            return self.model
+        return f"{self.model}|rotation=" + json.dumps(self.rotation_description(), sort_keys=True)
 
     def method_settings(self, method: str) -> dict[str, Any]:
         """Settings a point of ``method`` depends on beyond ``identity()``."""
@@ -210,6 +245,19 @@ class SweepConfig:
                     "seed": self.seed, "calib_text_file": self.calib_text_file,
                     "calibration": dict(sorted(self.calibration.items()))}
         return {}
+
+
+def _rotate(model, cfg: SweepConfig, *, learn: bool = False):
+    """Rotate a freshly loaded model as ``cfg`` says; ``learn``: trainable (a dMX point of a learned sweep)."""
+    from dmx.rotation import apply_rotation
+
+    if cfg.rotation == "learned":
+        if learn:
+            return apply_rotation(model, "learned", seed=cfg.rotation_seed)
+        # the learned kind's starting point, fixed: the same R1/R2/online Hadamards, folded
+        return apply_rotation(model, "hadamard", seed=cfg.rotation_seed, placement="folded")
+    return apply_rotation(model, cfg.rotation, seed=cfg.rotation_seed, placement=cfg.rotation_placement,
+                          block=cfg.rotation_block)
 
 
 def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
@@ -256,8 +304,15 @@ def _validate(cfg: SweepConfig) -> None:
 
     from dmx.calibrate import CalibrationConfig
     from dmx.family import get_family
+    from dmx.rotation import PLACEMENTS, ROTATION_KINDS
     from mx_spec import get_format
 
+    if cfg.rotation not in ROTATION_KINDS:
+        raise ValueError(f"unknown rotation {cfg.rotation!r}; valid choices: {', '.join(ROTATION_KINDS)}")
+    if cfg.rotation_placement not in PLACEMENTS:
+        raise ValueError(f"unknown rotation placement {cfg.rotation_placement!r}; valid choices: {', '.join(PLACEMENTS)}")
+    if "rotation_lr" in cfg.calibration and cfg.rotation != "learned":
+        raise ValueError("calibration setting rotation_lr only applies to rotation='learned'")
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; valid choices: {', '.join(METHODS)}")
@@ -303,6 +358,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names, load_model
     from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.rotation import rotation_provenance, rotation_state, save_rotation
 
     _validate(cfg)
     out = Path(cfg.out_dir)
@@ -316,10 +372,13 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     weighting = cfg.calibration.get("weighting", "mean")
     provenance = {"model": cfg.model, "dtype": cfg.dtype, "include_lm_head": cfg.include_lm_head}
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+    _rotate(model, cfg)
+    shared_rotation = rotation_provenance(rotation_state(model), None, out)
+    provenance.update(shared_rotation)
     test_ids = test_token_ids(tokenizer, cfg.data_dir, online=cfg.online, text_file=cfg.text_file)
 
-    def evaluate() -> dict[str, Any]:
-        return _evaluate(model, tokenizer, test_ids, cfg)
+    def evaluate(on=None) -> dict[str, Any]:
+        return _evaluate(model if on is None else on, tokenizer, test_ids, cfg)
 
     if "fp" in todo:
         metrics, secs = _timed(evaluate)
@@ -331,7 +390,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         kl_windows = calibration_windows(tokenizer, cfg.kl_windows, cfg.kl_seqlen, cfg.seed,
                                          data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file)
         reference = reference_if_needed(
-            model, kl_windows, model_id=cfg.model, low_format=fam.low_format, high_format=fam.high_format,
+            model, kl_windows, model_id=cfg.model_id(), low_format=fam.low_format, high_format=fam.high_format,
             layer_names=decoder_linear_names(model, include_lm_head=cfg.include_lm_head),
             block_size=cfg.block_size, cache_dir=kl_cache,
         )
@@ -357,7 +416,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             return
         found, scoring = _timed(lambda: kl_assignments(
             model, layers, kl_windows, targets=kl_targets, low_format=fam.low_format, high_format=fam.high_format,
-            reference=reference, model_id=cfg.model, cache_dir=kl_cache, weighting=weighting,
+            reference=reference, model_id=cfg.model_id(), cache_dir=kl_cache, weighting=weighting,
             progress=cfg.progress,
         ))
         reference = None  # free the reference logits
@@ -379,19 +438,37 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         for t in targets:
             key = point_label("dmx", target=t)
             ccfg = CalibrationConfig(**{"family": cfg.family, "seed": cfg.seed, **cfg.calibration, "target_bits": t})
-            set_uniform_format(layers, None)
-            with torch.no_grad():
-                for n, layer in layers.items():
-                    layer.beta_hat.copy_(initial_offsets[n])
+            if cfg.rotation == "learned":
+                # each point learns its own rotation, from the same start, on a fresh copy of the model
+                dmx_model, _ = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+                _rotate(dmx_model, cfg, learn=True)
+                dmx_layers = quantize_model(dmx_model, family=cfg.family, include_lm_head=cfg.include_lm_head,
+                                            block_size=cfg.block_size)
+            else:
+                dmx_model, dmx_layers = model, layers
+                set_uniform_format(layers, None)
+                with torch.no_grad():
+                    for n, layer in layers.items():
+                        layer.beta_hat.copy_(initial_offsets[n])
             # One checkpoint directory per (target, settings): changed settings start afresh.
             digest = hashlib.sha256(json.dumps(cfg.method_settings("dmx"), sort_keys=True).encode()).hexdigest()[:8]
             ckpt = out / "checkpoints" / f"{key.replace('@', '_at_')}-{digest}"
+            record = {k: v for k, v in provenance.items() if k not in shared_rotation}
             a, calib_secs = _timed(lambda: calibrate(
-                model, layers, windows, ccfg, checkpoint_dir=str(ckpt), resume=checkpoint_path(ckpt).is_file(),
-                provenance=provenance, progress=cfg.progress,
+                dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
+                resume=checkpoint_path(ckpt).is_file(), provenance=record, progress=cfg.progress,
             ))
-            a.to_json(_assignment_file(out, key))
-            metrics, secs = _timed(evaluate)
+            path = _assignment_file(out, key)
+            state = rotation_state(dmx_model)
+            saved = None
+            if state is not None and state.kind == "learned":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                saved = save_rotation(state, path.with_name(path.stem + ".rotation.safetensors"))
+            a.provenance.update(rotation_provenance(state, saved, path.parent))
+            a.to_json(path)
+            metrics, secs = _timed(lambda: evaluate(dmx_model))
+            if dmx_model is not model:
+                del dmx_model, dmx_layers
             store.add(_point(key, "dmx", assignment=a, settings=cfg.method_settings("dmx"), target=t, seconds=secs + calib_secs, metrics=metrics))
 
     runners = {"uniform": run_uniform, "kl": run_kl, "dmx": run_dmx}

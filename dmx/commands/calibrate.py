@@ -7,9 +7,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
+from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+                          resolve_rotation)
 
-__all__ = ["register", "run", "config_from_args"]
+__all__ = ["register", "run", "config_from_args", "rotation_path"]
 
 #: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
 DEFAULT_SEQLEN = 256
@@ -21,7 +22,10 @@ def register(subparsers) -> argparse.ArgumentParser:
         "calibrate",
         help="learn one MX format per decoder linear under an average-bit budget (dMX)",
         description="Calibrate dMX offsets on WikiText-2 validation windows (or a text file) and write "
-                    "the assignment {layer: MX format} with achieved bits and provenance as JSON.",
+                    "the assignment {layer: MX format} with achieved bits and provenance as JSON. With "
+                    "--rotation hadamard|learned the model is rotated first (learned: the rotation is trained "
+                    "jointly with the offsets by Cayley SGD) and the rotation is saved next to the assignment "
+                    "as <out stem>.rotation.safetensors; `dmx eval/export` then re-apply it automatically.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(parser)
@@ -67,8 +71,13 @@ def config_from_args(args: argparse.Namespace):
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, momentum=args.momentum,
         t_start=args.t_start, t_end=args.t_end, hold_fraction=args.hold_fraction,
         schedule_name=args.schedule, weighting=args.weighting, checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
+        seed=args.seed, rotation_lr=args.rotation_lr,
     )
+
+
+def rotation_path(out: Path) -> Path:
+    """Where the rotation of the assignment ``out`` is saved: ``<out stem>.rotation.safetensors`` beside it."""
+    return out.with_name(out.stem + ".rotation.safetensors")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
     started = time.perf_counter()
-    model, tokenizer = load_model_from_args(args)
+    rotation = resolve_rotation(args)
+    model, tokenizer = load_model_from_args(args, trainable=True, rotation=rotation)
     limit = context_length(model)
     if limit is not None and args.seqlen > limit:
         raise ValueError(f"--seqlen {args.seqlen} exceeds the model's context length {limit}; use --seqlen {limit} or less")
@@ -109,6 +119,14 @@ def run(args: argparse.Namespace) -> int:
         assignment.provenance["quick_eval"] = {"wikitext2_test_ppl": ppl, "windows": args.eval_windows,
                                                "seqlen": args.eval_seqlen}
     assignment.provenance["wall_seconds"] = round(time.perf_counter() - started, 1)
+    from dmx.rotation import rotation_provenance, rotation_state, save_rotation
+
+    state = rotation_state(model)
+    saved_rotation = None
+    if state is not None:  # written before the assignment, so an assignment always finds its rotation
+        out.parent.mkdir(parents=True, exist_ok=True)
+        saved_rotation = save_rotation(state, rotation_path(out))
+    assignment.provenance.update(rotation_provenance(state, saved_rotation, relative_to=out.parent))
     assignment.to_json(out)
     # the assignment now holds the result; drop the finished run's state so a rerun starts fresh
     from dmx.checkpoint import checkpoint_path
@@ -124,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if "quick_eval" in assignment.provenance:
         rows.append([f"WikiText-2 test ppl ({args.eval_windows} x {args.eval_seqlen})",
                      assignment.provenance["quick_eval"]["wikitext2_test_ppl"]])
+    if saved_rotation is not None:
+        rows.append([f"{state.kind} rotation written to", str(saved_rotation)])
     rows += [["wall time (s)", assignment.provenance["wall_seconds"]], ["assignment written to", str(out)]]
     print_table(rows, ["quantity", "value"])
     return 0

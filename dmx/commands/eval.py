@@ -3,6 +3,11 @@
 Evaluates, in order: full precision (``--format fp`` or when nothing else is asked), each
 uniform standard MX format given with ``--format``, and each assignment JSON given with
 ``--assignment``. The model is loaded once; quantised configurations reuse one set of DMX layers.
+
+Rotation: the rotation flags if given, else the rotation the assignments record (a learned one
+from its ``.rotation.safetensors`` file), else none; every row (full precision included) is
+measured on the same rotated model. Flags that contradict an assignment, or assignments made
+under different rotations, are refused (``ValueError`` saying what to pass).
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from dmx.commands import add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
+from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+                          recorded_rotation, resolve_rotation)
 
 __all__ = ["register", "run", "FULL_PRECISION"]
 
@@ -24,7 +30,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="WikiText-2 perplexity of full precision, uniform MX formats and assignment JSONs",
         description="GPTQ-protocol WikiText-2 test perplexity (rows joined with blank lines, tokenised once, "
                     "non-overlapping --seqlen windows, exp of mean token NLL) of fake-quantised models; "
-                    "optionally zero-shot accuracy through lm-eval (--tasks).",
+                    "optionally zero-shot accuracy through lm-eval (--tasks). The model is rotated as the "
+                    "rotation flags say, else as the --assignment files record (calibrated under a rotation), "
+                    "else not at all.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(parser)
@@ -84,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     from dmx.quantized import quantize_model
 
     configs = _configurations(args)
-    model, tokenizer = load_model_from_args(args)
+    rotation = resolve_rotation(args, [recorded_rotation(what.provenance, label) for label, what in configs
+                                       if isinstance(what, Assignment)])
+    model, tokenizer = load_model_from_args(args, rotation=rotation)
     ids = None if args.no_ppl else test_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file)
     layers = None
     results = []
@@ -116,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
 
         n = window_count(ids.shape[1], args.seqlen, args.max_windows)
         print(f"perplexity: {n} window(s) of {args.seqlen} tokens, GPTQ protocol")
+    print(f"rotation: {rotation.flags()} ({rotation.source})")
     if args.out:
         from dmx.checkpoint import atomic_write_text
 
         atomic_write_text(args.out, json.dumps({"model": args.model, "seqlen": args.seqlen,
-                                                "max_windows": args.max_windows, "results": results}, indent=2) + "\n")
+                                                "max_windows": args.max_windows, "rotation": rotation.flags(),
+                                                "results": results}, indent=2) + "\n")
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from dmx.commands import add_model_args, add_quant_args, load_model_from_args, print_table
+from dmx.commands import (add_model_args, add_quant_args, load_model_from_args, print_table, recorded_rotation,
+                          resolve_rotation)
 
 __all__ = ["register", "run"]
 
@@ -18,7 +19,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Quantise every decoder linear's weight to its assigned MX format with mx_spec, store the packed "
                     "element bytes and E8M0 scales in model.safetensors together with every full-precision tensor, "
                     "and describe them in manifest.json. dmx.export.load_exported(DIR) rebuilds the fake-quantised "
-                    "model with identical logits.",
+                    "model with identical logits. The model is rotated as the rotation flags say, else as "
+                    "the --assignment records, else not at all; the manifest records the rotation (a learned "
+                    "one is stored in rotation.safetensors) and the loader rebuilds it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(parser)
@@ -42,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     assignment = Assignment.from_json(args.assignment) if args.assignment else None
     if args.format:
         format_element_bits(args.format)  # unknown format -> ValueError listing the valid ones, before loading
-    model, tokenizer = load_model_from_args(args)
+    recorded = [recorded_rotation(assignment.provenance, args.assignment)] if assignment is not None else []
+    rotation = resolve_rotation(args, recorded)
+    model, tokenizer = load_model_from_args(args, rotation=rotation)
     layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
     if assignment is None:
         assignment = Assignment.from_formats({n: args.format for n in layers}, block_size=args.block_size,
@@ -53,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
     rows = [[f"layers at {fmt}", n] for fmt, n in sorted(Counter(assignment.formats.values()).items())]
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     rows += [["average element bits", assignment.element_bits], ["storage bits", assignment.storage_bits],
-             ["directory size (MiB)", size / 2**20], ["written to", str(out)]]
+             ["rotation", rotation.flags()], ["directory size (MiB)", size / 2**20], ["written to", str(out)]]
     print_table(rows, ["quantity", "value"])
     return 0

@@ -10,7 +10,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
+from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+                          resolve_rotation)
 
 __all__ = ["register", "run", "output_path"]
 
@@ -23,7 +24,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="For each decoder linear, put only that layer at the family's low format (the rest at the "
                     "high format) and measure the mean token KL(p_ref || p) against the full-precision model on "
                     "calibration windows; then demote layers in order of increasing KL until the average element "
-                    "bits is at or below each target. Scores are cached (JSON, resumable) in --cache-dir.",
+                    "bits is at or below each target. Scores are cached (JSON, resumable) in --cache-dir. With a rotation "
+                    "flag the model (and its full-precision reference) is rotated first, as for dMX, and the "
+                    "assignments record the rotation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(parser)
@@ -62,27 +65,33 @@ def run(args: argparse.Namespace) -> int:
     from dmx.kl_baseline import check_target, kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names
     from dmx.quantized import quantize_model
+    from dmx.rotation import rotation_provenance, rotation_state
 
     fam = get_family(args.family)
     for t in args.target_bits:
         check_target(t, low_format=fam.low_format, high_format=fam.high_format)
     outs = [output_path(args.out, t, len(args.target_bits)) for t in args.target_bits]
-    model, tokenizer = load_model_from_args(args)
+    rotation = resolve_rotation(args)
+    model, tokenizer = load_model_from_args(args, rotation=rotation)
+    # the per-layer KL scores depend on the rotation: keep each rotation's cache apart
+    model_id = args.model if rotation.kind == "none" else f"{args.model}|rotation={rotation.key()}"
     windows = calibration_windows(tokenizer, args.n_windows, args.seqlen, args.seed, data_dir=args.data_dir,
                                   online=args.online, text_file=args.text_file)
     reference = reference_if_needed(
-        model, windows, model_id=args.model, low_format=fam.low_format, high_format=fam.high_format,
+        model, windows, model_id=model_id, low_format=fam.low_format, high_format=fam.high_format,
         layer_names=decoder_linear_names(model, include_lm_head=args.include_lm_head), block_size=args.block_size,
         cache_dir=args.cache_dir,
     )
     layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
     found = kl_assignments(model, layers, windows, targets=args.target_bits, low_format=fam.low_format,
-                           high_format=fam.high_format, reference=reference, model_id=args.model,
+                           high_format=fam.high_format, reference=reference, model_id=model_id,
                            cache_dir=args.cache_dir, weighting=args.weighting, progress=not args.no_progress)
     rows = []
     for (t, assignment), out in zip(found.items(), outs):
         assignment.provenance.update({"dtype": args.dtype, "include_lm_head": args.include_lm_head,
-                                      "data": args.text_file or "wikitext-2 validation", "seed": args.seed})
+                                      "data": args.text_file or "wikitext-2 validation", "seed": args.seed,
+                                      "model": args.model})
+        assignment.provenance.update(rotation_provenance(rotation_state(model), rotation.file, relative_to=out.parent))
         assignment.to_json(out)
         counts = Counter(assignment.formats.values())
         rows.append([t, assignment.element_bits, assignment.storage_bits, counts[fam.low_format],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from dmx.commands import add_data_args, add_model_args, add_quant_args, print_table
+from dmx.commands import add_data_args, add_model_args, add_quant_args, print_table, set_threads
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -23,7 +23,10 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="perplexity vs average bits: full precision, uniform MX, KL heuristic and dMX at several targets",
         description="Run every method at every --targets budget on one model, write results.json/results.csv "
                     "incrementally (an interrupted sweep resumes where it stopped when rerun with the same "
-                    "flags), and draw pareto.png and assignment_heatmap.png in --out.",
+                    "flags), and draw pareto.png and assignment_heatmap.png in --out. With --rotation the model "
+                    "is rotated right after loading, so every method is measured on the same rotated model; "
+                    "with --rotation learned, fp/uniform/KL use the learned kind's fixed start (folded "
+                    "Hadamard) and each dMX point learns its own rotation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_args(parser)
@@ -82,6 +85,15 @@ def config_from_args(args: argparse.Namespace):
 
     calibration = {k: getattr(args, k) for k in _CALIBRATION_FLAGS if getattr(args, k) is not None}
     calibration["weighting"] = args.weighting
+    from dmx.rotation import FLAG_DEFAULTS
+
+    if getattr(args, "rotation_file", None):
+        raise ValueError("dmx sweep learns or builds its rotations itself and takes no --rotation-file; use "
+                         "--rotation hadamard|learned (with --rotation-seed), or evaluate a saved rotation with dmx eval")
+    rotation = args.rotation or FLAG_DEFAULTS["rotation"]
+    if rotation == "learned":
+        calibration["rotation_lr"] = args.rotation_lr
+    block = FLAG_DEFAULTS["rotation_block"] if args.rotation_block is None else args.rotation_block
     return SweepConfig(
         model=args.model, out_dir=args.out, targets=tuple(args.targets), methods=tuple(args.methods),
         uniform=tuple(args.uniform_formats), family=args.family, block_size=args.block_size,
@@ -91,6 +103,10 @@ def config_from_args(args: argparse.Namespace):
         calib_seqlen=args.calib_seqlen, seed=args.seed, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
         kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tuple(args.tasks or ()), limit=args.limit,
         zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
+        rotation=rotation,
+        rotation_seed=FLAG_DEFAULTS["rotation_seed"] if args.rotation_seed is None else args.rotation_seed,
+        rotation_placement=args.rotation_placement or FLAG_DEFAULTS["rotation_placement"],
+        rotation_block=block or None,
     )
 
 
@@ -104,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = config_from_args(args)
+    set_threads(args)  # run_sweep loads the model itself
     points = run_sweep(cfg)
     columns = ["label", "avg_bits", "storage_bits", "perplexity"] + (["avg_accuracy"] if cfg.tasks else []) + ["seconds"]
     print_table([[p.get(c) for c in columns] for p in points], columns)
