@@ -221,8 +221,10 @@ for name, run in (("round + STE", ste_run), ("annealed sigmoid", sigmoid_run)):
 # so it never pushes a model to fewer bits than allowed, and above the target its constant slope
 # $\lambda/L$ per layer beats the task gradient of the least sensitive layers first. Without
 # the penalty ($\lambda = 0$) every layer climbs to FP8: more bits always reduce the error.
-# Higher targets give more bits and lower error; the achieved average follows the target up to
-# the granularity of the hard snap discussed above.
+# Higher targets give more bits and lower error. The hinge only forbids exceeding the target;
+# it does not pull the average up to it, so a run may end below its budget (here the 5-bit
+# target ends with every layer in FP4, 4 bits), or above it by the granularity of the
+# hard snap discussed above.
 
 # %%
 targets = (5.0, 6.0, 7.0)
