@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+from contextlib import nullcontext
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -267,7 +268,7 @@ def calibrate(
     params = list(_offsets(layers).values())
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     from dmx.cayley import CayleySGD
-    from dmx.rotation import bake_rotation, rotation_parameters, rotation_state
+    from dmx.rotation import bake_rotation, rotation_parameters, rotation_state, shared_rotated_weights
 
     rotations = rotation_parameters(model)
     rotation_optimizer = CayleySGD(rotations, lr=cfg.rotation_lr) if rotations else None
@@ -289,14 +290,16 @@ def calibrate(
             if rotation_optimizer is not None:
                 rotation_optimizer.zero_grad(set_to_none=True)
             loss_sum = ce_sum = 0.0
-            for micro in range(cfg.grad_accum):
-                first = (step * cfg.grad_accum + micro) * cfg.batch_size
-                batch = windows[order[first : first + cfg.batch_size]]
-                loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
-                                           weighting=cfg.weighting)
-                (loss / cfg.grad_accum).backward()
-                loss_sum += float(loss.detach()) / cfg.grad_accum
-                ce_sum += float(ce.detach()) / cfg.grad_accum
+            # with several micro-batches, rotate the weights once per step (dmx.rotation.shared_rotated_weights)
+            with shared_rotated_weights(model) if cfg.grad_accum > 1 else nullcontext():
+                for micro in range(cfg.grad_accum):
+                    first = (step * cfg.grad_accum + micro) * cfg.batch_size
+                    batch = windows[order[first : first + cfg.batch_size]]
+                    loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
+                                               weighting=cfg.weighting)
+                    (loss / cfg.grad_accum).backward()
+                    loss_sum += float(loss.detach()) / cfg.grad_accum
+                    ce_sum += float(ce.detach()) / cfg.grad_accum
             optimizer.step()
             if rotation_optimizer is not None:
                 rotation_optimizer.step()

@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,7 @@ __all__ = [
     "FLAG_DEFAULTS",
     "rotation_provenance",
     "rotation_file_sha256",
+    "shared_rotated_weights",
 ]
 
 ROTATION_KINDS = ("none", "hadamard", "learned")
@@ -299,6 +302,15 @@ class _RotatedWeight(nn.Module):
         object.__setattr__(self, "_online", online)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        cache = self._state.step_cache
+        if cache is not None and torch.is_grad_enabled():  # inside shared_rotated_weights()
+            if id(self) not in cache:
+                rotated = self._rotate(w)
+                cache[id(self)] = (rotated, rotated.detach().requires_grad_(rotated.requires_grad))
+            return cache[id(self)][1]
+        return self._rotate(w)
+
+    def _rotate(self, w: torch.Tensor) -> torch.Tensor:
         state = self._state
         if self.r2_side is not None:
             r2 = state.r2[self.layer].to(w.dtype)
@@ -352,6 +364,8 @@ class RotationState:
     baked: bool = True
     placement: str = "folded"
     block: int | None = None
+    #: set by :func:`shared_rotated_weights` while an optimiser step is running
+    step_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description (export records it; :func:`apply_rotation_description` rebuilds)."""
@@ -382,6 +396,32 @@ def rotation_parameters(state_or_model: RotationState | nn.Module | None) -> lis
     if state is None or state.baked or state.kind != "learned":
         return []
     return [state.r1, *state.r2]
+
+
+@contextmanager
+def shared_rotated_weights(model: nn.Module) -> Iterator[None]:
+    """Compute each learned-rotated weight once for all forward/backward passes inside the block.
+
+    For gradient accumulation: ``R1``/``R2`` only change at the optimiser step, so the rotated
+    weights ``W R1`` etc. of every micro-batch are the same. Inside the block each is built once
+    (with its graph) and the micro-batches read a detached leaf copy whose ``.grad`` accumulates;
+    on normal exit one backward pushes the summed gradients through the rotation into ``R1``/``R2``
+    (``grad R = W^T sum_k G_k`` instead of ``sum_k W^T G_k``: equal up to float summation order).
+    Call the optimiser step after the block. No effect without a learned, unbaked rotation.
+    Costs one weight-sized gradient buffer per rotated linear while the block runs.
+    """
+    state = rotation_state(model)
+    if state is None or state.baked or state.kind != "learned":
+        yield
+        return
+    state.step_cache = cache = {}
+    try:
+        yield
+    finally:
+        state.step_cache = None
+    pairs = [(rotated, leaf.grad) for rotated, leaf in cache.values() if leaf.grad is not None]
+    if pairs:
+        torch.autograd.backward([r for r, _ in pairs], [g for _, g in pairs])
 
 
 class _EnsureOnlineHooks:

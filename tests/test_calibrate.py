@@ -195,3 +195,36 @@ def test_learned_rotation_is_trained_jointly_and_resumes_exactly(tmp_path):
     plain, plain_layers = _fresh()  # same checkpoint, no rotation: refused
     with pytest.raises(CheckpointError, match="rotation"):
         calibrate(plain, plain_layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "cut", resume=True, progress=False)
+
+
+def test_gradient_accumulation_rotates_the_weights_once_per_step(monkeypatch):
+    """With grad_accum micro-batches the rotated weights are built once per step, and the learned
+    rotation follows the same trajectory as when they are rebuilt for every micro-batch."""
+    import contextlib
+
+    from dmx.rotation import _RotatedWeight, rotation_state
+
+    cfg = CalibrationConfig(steps=2, batch_size=1, grad_accum=2, seed=1)
+    calls = {"n": 0}
+    real = _RotatedWeight._rotate
+
+    def counting(self, w):
+        calls["n"] += 1
+        return real(self, w)
+
+    monkeypatch.setattr(_RotatedWeight, "_rotate", counting)
+    shared, shared_layers = _fresh_learned()
+    calls["n"] = 0
+    calibrate(shared, shared_layers, WINDOWS, cfg, progress=False)
+    assert calls["n"] == 2 * 14  # 14 rotated linears, once per step
+    import dmx.rotation
+
+    monkeypatch.setattr(dmx.rotation, "shared_rotated_weights", lambda model: contextlib.nullcontext())
+    rebuilt, rebuilt_layers = _fresh_learned()
+    calls["n"] = 0
+    calibrate(rebuilt, rebuilt_layers, WINDOWS, cfg, progress=False)
+    assert calls["n"] == 2 * 2 * 14  # rebuilt for every micro-batch
+    a, b = rotation_state(shared), rotation_state(rebuilt)
+    for x, y in zip([a.r1, *a.r2], [b.r1, *b.r2], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_offsets(shared_layers), _offsets(rebuilt_layers), rtol=1e-5, atol=1e-6)
