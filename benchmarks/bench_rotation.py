@@ -8,7 +8,8 @@ and with fixed Hadamard rotations (``dmx.rotation.apply_rotation(kind="hadamard"
 plus the unquantised model with and without rotation (equal up to float round-off).
 
 Part 2 (cost): one dMX calibration step (soft formats, dMX objective, backward, SGD on the
-offsets; for ``learned`` also the Cayley SGD step on the rotations) without rotation, with
+offsets; for ``learned`` also the Cayley SGD step on the rotations; ``--grad-accum`` micro-batches
+per step as in ``dmx.calibrate``) without rotation, with
 fixed Hadamard rotations (``hadamard``: block-diagonal 32x32 Hadamards before every linear, the
 default; ``hadamard-full``: one full-width Hadamard before every linear; ``hadamard-folded``:
 QuaRot layout with online Hadamards before o_proj/down_proj) and with learned rotations,
@@ -23,6 +24,7 @@ what it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -87,7 +89,7 @@ def cost(base, tokenizer, args, result: dict) -> None:
     from dmx.cayley import CayleySGD
     from dmx.data import calibration_windows
     from dmx.quantized import quantize_model, set_calibration_mode
-    from dmx.rotation import rotation_parameters
+    from dmx.rotation import rotation_parameters, shared_rotated_weights
 
     cfg = CalibrationConfig()
     batch = calibration_windows(tokenizer, args.batch_size, args.step_seqlen, 0, data_dir=args.data_dir)
@@ -108,8 +110,11 @@ def cost(base, tokenizer, args, result: dict) -> None:
         sgd.zero_grad(set_to_none=True)
         if cayley is not None:
             cayley.zero_grad(set_to_none=True)
-        loss, _, _ = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam)
-        loss.backward()
+        # as dmx.calibrate does: with micro-batches the rotated weights are built once per step
+        with shared_rotated_weights(model) if args.grad_accum > 1 else contextlib.nullcontext():
+            for _ in range(args.grad_accum):
+                loss, _, _ = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam)
+                (loss / args.grad_accum).backward()
         sgd.step()
         if cayley is not None:
             cayley.step()
@@ -123,7 +128,7 @@ def cost(base, tokenizer, args, result: dict) -> None:
             times[kind].append(step(kind))
     medians = {kind: statistics.median(t) for kind, t in times.items()}
     result["calibration_step"] = {
-        "batch": [args.batch_size, args.step_seqlen], "repeats": args.repeats, "median_s": medians,
+        "batch": [args.batch_size, args.step_seqlen], "grad_accum": args.grad_accum, "repeats": args.repeats, "median_s": medians,
         "all_s": times, "overhead_vs_none": {k: medians[k] / medians["none"] - 1 for k in medians if "none" in medians},
     }
     for kind, t in medians.items():
@@ -141,6 +146,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="rotation seed")
     parser.add_argument("--batch-size", type=int, default=1, help="calibration step batch")
     parser.add_argument("--step-seqlen", type=int, default=256)
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per calibration step")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rotations", nargs="+", default=["none", "hadamard", "hadamard-full", "hadamard-folded"],
                         choices=list(ROTATIONS), help="rows of the perplexity table")

@@ -814,31 +814,37 @@ def rotation_provenance(state: RotationState | None, file: str | Path | None, re
 FLAG_DEFAULTS = {"rotation": "none", "rotation_seed": 0, "rotation_placement": "online", "rotation_block": 32}
 
 
-def add_rotation_flags(parser) -> None:
+def add_rotation_flags(parser, *, recorded: bool = False) -> None:
     """Add ``--rotation {none,hadamard,learned}``, ``--rotation-seed``, ``--rotation-placement``,
     ``--rotation-file``, ``--rotation-block``, ``--rotation-lr``.
 
     Kind, seed, placement and block default to None ("not given"); :data:`FLAG_DEFAULTS` holds
-    what they mean when nothing else decides (``none``, 0, ``online``, 32).
+    what they mean when nothing else decides (``none``, 0, ``online``, 32). ``recorded``: the
+    command reads assignment files whose recorded rotation applies when the flags are not given
+    (``dmx eval``/``export``); the help text says so.
     """
+    # "%(default).0s" renders as nothing: it keeps ArgumentDefaultsHelpFormatter from appending
+    # "(default: None)", which would misstate what an unset flag means
+    unset = "%(default).0s"
+    recorded_or = "as the assignment records, else " if recorded else ""
     group = parser.add_argument_group("rotations")
     group.add_argument("--rotation", choices=ROTATION_KINDS, default=None,
-                       help="none | hadamard (fixed QuaRot-style) | learned (SpinQuant-style, trained by "
-                            "calibrate; elsewhere needs --rotation-file). Default: the rotation recorded in "
-                            "the --assignment file(s), else none")
+                       help="none | hadamard (fixed QuaRot-style) | learned (SpinQuant-style: trained by "
+                            "calibrate and sweep; eval/kl/export read it from --rotation-file or the assignment) "
+                            f"(default: {recorded_or}none){unset}")
     group.add_argument("--rotation-seed", type=int, default=None,
-                       help="seed of the random Hadamard signs (default: as recorded, else 0)")
+                       help=f"seed of the random Hadamard signs (default: {recorded_or}0){unset}")
     group.add_argument("--rotation-placement", choices=PLACEMENTS, default=None,
                        help="hadamard only: online (a Hadamard on every linear input) or folded (QuaRot) "
-                            "(default: as recorded, else online)")
+                            f"(default: {recorded_or}online){unset}")
     group.add_argument("--rotation-file", default=None,
-                       help="rotation saved by calibrate/export (safetensors); rebuilds it exactly "
-                            "(kind and seed come from the file)")
+                       help="rotation saved by calibrate/export (.rotation.safetensors); rebuilds it exactly, "
+                            f"kind and seed come from the file (default: {recorded_or}none){unset}")
     group.add_argument("--rotation-block", type=int, default=None,
                        help="hadamard/online only: block-diagonal Hadamard size (32 = MX block; 0 = full "
-                            "width) (default: as recorded, else 32)")
+                            f"width) (default: {recorded_or}32){unset}")
     group.add_argument("--rotation-lr", type=float, default=1.5,
-                       help="Cayley SGD learning rate of a learned rotation (calibration only)")
+                       help="Cayley SGD learning rate of a learned rotation (calibrate and sweep only)")
 
 
 def _flag(args, name: str):

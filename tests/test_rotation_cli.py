@@ -128,6 +128,8 @@ def test_moved_or_missing_rotation_file(learned, tiny_dir, tmp_path, capsys):
     (moved / out.name).write_bytes(out.read_bytes())
     code, _ = _eval(tiny_dir, tmp_path, "missing", "--assignment", str(moved / out.name))
     assert code == 2 and "does not exist" in capsys.readouterr().err
+    code, _ = _eval(tiny_dir, tmp_path, "seed", "--assignment", str(out), "--rotation-seed", "1")
+    assert code == 2 and "do not apply to the learned rotation" in capsys.readouterr().err
     rotation = out.with_name("assignment.rotation.safetensors")
     (moved / rotation.name).write_bytes(rotation.read_bytes())  # moved together: found again
     code, result = _eval(tiny_dir, tmp_path, "moved", "--assignment", str(moved / out.name))
@@ -179,6 +181,8 @@ def test_bad_rotation_requests_fail_clearly(tiny_dir, tmp_path, capsys):
         (["--rotation-file", str(tmp_path / "nope.safetensors")], "does not exist"),
         (["--rotation-seed", "2"], "add --rotation hadamard"),
         (["--rotation-file", str(tiny_dir / "eval.txt")], "not a safetensors rotation file"),
+        (["--rotation", "hadamard", "--rotation-placement", "folded", "--rotation-block", "16"],
+         "only applies to --rotation-placement online"),
     ]
     for flags, message in cases:
         code, _ = _eval(tiny_dir, tmp_path, "bad", "--format", "fp", *flags)

@@ -19,9 +19,10 @@ __all__ = ["add_model_args", "add_data_args", "add_quant_args", "load_model_from
            "format_table", "print_table"]
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool = False) -> None:
     """``--model --dtype --device --device-map --trust-remote-code --threads`` and the rotation flags
-    (:func:`dmx.rotation.add_rotation_flags`)."""
+    (:func:`dmx.rotation.add_rotation_flags`; ``recorded_rotation``: the command applies an
+    assignment's recorded rotation when no rotation flag is given)."""
     from dmx.models import SHORT_NAMES
 
     group = parser.add_argument_group("model")
@@ -39,7 +40,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="torch CPU threads (default: torch's choice; 1 is fastest on an oversubscribed machine)")
     from dmx.rotation import add_rotation_flags
 
-    add_rotation_flags(parser)
+    add_rotation_flags(parser, recorded=recorded_rotation)
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
@@ -160,7 +161,10 @@ def _flag_choice(args: argparse.Namespace, recorded: RotationChoice | None) -> R
     seed, placement = getattr(args, "rotation_seed", None), getattr(args, "rotation_placement", None)
     block = getattr(args, "rotation_block", None)
     details = {"--rotation-seed": seed, "--rotation-placement": placement, "--rotation-block": block}
+    given = [flag for flag, v in details.items() if v is not None]
     if path:
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be combined with --rotation-file (the file decides); drop them")
         description, _ = load_rotation(path)
         choice = _choice_from_description(description, file=str(path), source=f"--rotation-file {path}")
         if kind is not None and kind != choice.kind:
@@ -172,19 +176,24 @@ def _flag_choice(args: argparse.Namespace, recorded: RotationChoice | None) -> R
     same = recorded if recorded is not None and recorded.kind == (kind or recorded.kind) else None
     kind = kind or (recorded.kind if recorded is not None else FLAG_DEFAULTS["rotation"])
     if kind == "none":
-        given = [flag for flag, v in details.items() if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to a rotation; add --rotation hadamard")
         return RotationChoice(source="--rotation none")
     if kind == "learned" and same is not None:
+        if given:
+            raise ValueError(f"{', '.join(given)} do not apply to the learned rotation {same.source} records "
+                             "(its file decides); drop them")
         return same  # the learned matrices recorded by the assignment
     base = same or RotationChoice(seed=FLAG_DEFAULTS["rotation_seed"], placement=FLAG_DEFAULTS["rotation_placement"],
                                   block=FLAG_DEFAULTS["rotation_block"])
     if block is not None and block < 0:
         raise ValueError(f"--rotation-block must be a Hadamard order such as 32, or 0 (full width); got {block}")
-    placement = placement or base.placement
-    if kind == "learned":
-        placement = "folded"  # SpinQuant's layout; the learned kind has no online placement
+    if kind == "learned" and (placement is not None or block is not None):
+        raise ValueError("--rotation-placement/--rotation-block do not apply to --rotation learned (it always "
+                         "uses the folded SpinQuant layout); drop them")
+    placement = "folded" if kind == "learned" else placement or base.placement
+    if placement == "folded" and block is not None:
+        raise ValueError("--rotation-block only applies to --rotation-placement online; drop it")
     return RotationChoice(kind=kind, seed=base.seed if seed is None else seed, placement=placement,
                           block=(base.block if block is None else (block or None)) if placement == "online" else None,
                           source="the rotation flags")

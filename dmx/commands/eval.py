@@ -35,7 +35,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "else not at all.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_args(parser)
+    add_model_args(parser, recorded_rotation=True)
     add_quant_args(parser)
     add_data_args(parser)
     group = parser.add_argument_group("what to evaluate")

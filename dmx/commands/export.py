@@ -24,7 +24,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "one is stored in rotation.safetensors) and the loader rebuilds it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_args(parser)
+    add_model_args(parser, recorded_rotation=True)
     add_quant_args(parser)
     g = parser.add_argument_group("export")
     what = g.add_mutually_exclusive_group(required=True)
