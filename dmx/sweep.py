@@ -311,6 +311,9 @@ def _validate(cfg: SweepConfig) -> None:
         raise ValueError(f"unknown rotation {cfg.rotation!r}; valid choices: {', '.join(ROTATION_KINDS)}")
     if cfg.rotation_placement not in PLACEMENTS:
         raise ValueError(f"unknown rotation placement {cfg.rotation_placement!r}; valid choices: {', '.join(PLACEMENTS)}")
+    if cfg.rotation == "learned" and cfg.include_lm_head and "dmx" in cfg.methods:
+        raise ValueError("a learned rotation cannot be trained with a quantised lm_head; drop include_lm_head "
+                         "(--include-lm-head) or use rotation='hadamard'")
     if "rotation_lr" in cfg.calibration and cfg.rotation != "learned":
         raise ValueError("calibration setting rotation_lr only applies to rotation='learned'")
     bad = [m for m in cfg.methods if m not in METHODS]

@@ -194,6 +194,11 @@ def test_bad_rotation_requests_fail_clearly(tiny_dir, tmp_path, capsys):
         assert "invalid choice: 'random'" in capsys.readouterr().err
     assert main(["sweep", "--rotation-file", "x.safetensors", "--out", str(tmp_path / "s")]) == 2
     assert "takes no --rotation-file" in capsys.readouterr().err
+    # refused before the (here unloadable) model is loaded
+    assert main(["calibrate", "--model", "no/such-model", "--rotation", "learned", "--include-lm-head"]) == 2
+    assert "quantised lm_head" in capsys.readouterr().err
+    assert main(["sweep", "--model", "no/such-model", "--rotation", "learned", "--include-lm-head"]) == 2
+    assert "quantised lm_head" in capsys.readouterr().err
 
 
 def test_sweep_with_learned_rotation(tiny_dir, tmp_path, capsys):

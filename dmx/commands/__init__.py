@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["add_model_args", "add_data_args", "add_quant_args", "load_model_from_args", "set_threads",
-           "RotationChoice", "recorded_rotation", "resolve_rotation", "apply_rotation_choice",
+           "RotationChoice", "recorded_rotation", "resolve_rotation", "apply_rotation_choice", "check_rotation_choice",
            "format_table", "print_table"]
 
 
@@ -220,6 +220,18 @@ def resolve_rotation(args: argparse.Namespace, recorded: Sequence[RotationChoice
     return flagged
 
 
+def check_rotation_choice(choice: RotationChoice, *, trainable: bool = False, include_lm_head: bool = False) -> None:
+    """``ValueError`` before any loading when ``choice`` cannot be built by this command."""
+    if choice.kind != "learned" or choice.file:
+        return
+    if not trainable:
+        raise ValueError("--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
+                         "PATH (written next to the assignment by calibrate, or by export), or use --rotation hadamard")
+    if include_lm_head:
+        raise ValueError("a learned rotation cannot be trained with a quantised lm_head (its R1^T input hook would "
+                         "sit after the quantiser); drop --include-lm-head or use --rotation hadamard")
+
+
 def apply_rotation_choice(model, choice: RotationChoice, *, trainable: bool = False):
     """Rotate a freshly loaded ``model`` as ``choice`` says; returns the ``RotationState`` (None for none).
 
@@ -228,12 +240,10 @@ def apply_rotation_choice(model, choice: RotationChoice, *, trainable: bool = Fa
     """
     from dmx.rotation import apply_rotation, apply_rotation_description, load_rotation
 
+    check_rotation_choice(choice, trainable=trainable)
     if choice.file:
         description, matrices = load_rotation(choice.file)
         return apply_rotation_description(model, description, matrices)
-    if choice.kind == "learned" and not trainable:
-        raise ValueError("--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
-                         "PATH (written next to the assignment by calibrate, or by export), or use --rotation hadamard")
     return apply_rotation(model, choice.kind, seed=choice.seed, placement=choice.placement, block=choice.block)
 
 
@@ -248,6 +258,7 @@ def load_model_from_args(args: argparse.Namespace, *, trainable: bool = False,
     from dmx.models import SHORT_NAMES, EmbeddedModel, load_model
 
     choice = rotation if rotation is not None else resolve_rotation(args)
+    check_rotation_choice(choice, trainable=trainable, include_lm_head=getattr(args, "include_lm_head", False))
     set_threads(args)
     if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
