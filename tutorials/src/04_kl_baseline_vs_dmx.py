@@ -222,10 +222,11 @@ plt.show()
 
 # %% [markdown]
 # These are settings for a miniature, not new defaults, and in an eight-step run the window
-# is narrow. Measured on this miniature when the notebook was written: momentum 0.7 or more
-# still ends above the budget (7.14 bits at 0.7); a smaller learning rate (0.5 or less, tried
-# with momentum 0.5 to 0.99), or plain SGD without momentum, lets the first push carry all
-# offsets together into the flat FP4 end (4 bits, every layer FP4); and with momentum 0.5 the
+# is narrow. Measured on this miniature when the notebook was written: at lr 1, momentum 0.7
+# or more still ends above the budget (7.14 bits at 0.7, 7.71 at 0.9); a smaller learning rate
+# is no cure either (lr 0.3 or 0.5 with momentum 0.5, lr 0.1 with momentum 0.9, and plain SGD
+# without momentum let the first push carry all offsets together into the flat FP4 end, every
+# layer FP4; lr 0.3 with momentum 0.9 ends with every layer FP8); and with momentum 0.5 the
 # order of the two windows (`seed` 0 to 3) gives 6.00 or 5.43 bits, never above the budget.
 # `dmx calibrate` exposes the same settings as `--lr` and `--momentum`; for full runs keep the
 # paper's defaults and give them the hundreds of steps they assume.
