@@ -215,7 +215,9 @@ def open_cache(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> ScoreCac
     if not path.exists():
         return ScoreCache(path=path, key=key)
     doc = read_json(path, what="KL score cache", fix="delete it to rescore")
-    if doc.get("schema") != CACHE_SCHEMA or doc.get("key") != key:
+    if not isinstance(doc, dict) or doc.get("schema") != CACHE_SCHEMA:
+        raise ValueError(f"{path} is not a KL score cache (no schema {CACHE_SCHEMA!r}); delete it or use another --cache-dir")
+    if doc.get("key") != key:
         raise ValueError(
             f"KL score cache {path} belongs to a different key ({doc.get('key')!r}); "
             "delete it or use another --cache-dir"

@@ -91,7 +91,10 @@ def test_cache_roundtrip_and_key_mismatch(tmp_path):
     with pytest.raises(ValueError, match="different key"):
         open_cache(tmp_path, key)
     c.path.write_text("{not json")
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(ValueError, match="KL score cache .* is corrupt, not valid JSON .*delete it to rescore"):
+        open_cache(tmp_path, key)
+    c.path.write_text("[1, 2]")  # valid JSON, but not a cache document
+    with pytest.raises(ValueError, match="is not a KL score cache"):
         open_cache(tmp_path, key)
 
 
