@@ -2,6 +2,10 @@
 # The README's quality benchmark: dMX vs the KL heuristic vs uniform MX on the embedded
 # SmolLM2-135M (no network), WikiText-2 perplexity with the GPTQ protocol on the first
 # $MAX_WINDOWS window(s) of 2048 tokens (a full test pass takes ~15 min per point on 2 cores).
+# dMX points use the demo's calibration (64 windows x 256 tokens, 40 steps of 2 windows); the
+# KL scores use $KL_WINDOWS x $KL_SEQLEN validation tokens. One torch thread by default
+# ($THREADS), so two sweeps (e.g. ROTATION=hadamard OUT=results/sweep_smollm2_hadamard) can
+# share a 2-core machine. About an hour per sweep on one idle core.
 #
 #   benchmarks/run_sweep.sh                 # writes results/sweep_smollm2/
 #   OUT=/tmp/x TARGETS="5 6" benchmarks/run_sweep.sh
@@ -14,14 +18,15 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export DMX_DATA_DIR=${DMX_DATA_DIR:-$(cd .. && pwd)/shared/data}
 export HF_HUB_OFFLINE=1
+export OMP_NUM_THREADS=${THREADS:-1}
 OUT=${OUT:-results/sweep_smollm2}
-TARGETS=${TARGETS:-5}
-MAX_WINDOWS=${MAX_WINDOWS:-1}
+TARGETS=${TARGETS:-4.5 5 6}
+MAX_WINDOWS=${MAX_WINDOWS:-4}
 common=(--model smollm2-135m --family fp8_fp4 --out "$OUT" --targets $TARGETS
-        --seqlen 2048 --max-windows "$MAX_WINDOWS"
-        --kl-windows "${KL_WINDOWS:-1}" --kl-seqlen "${KL_SEQLEN:-128}"
-        --calib-windows "${CALIB_WINDOWS:-16}" --calib-seqlen "${CALIB_SEQLEN:-128}"
-        --steps "${STEPS:-24}" --batch-size 1 --checkpoint-every 2)
+        --threads "${THREADS:-1}" --seqlen 2048 --max-windows "$MAX_WINDOWS"
+        --kl-windows "${KL_WINDOWS:-2}" --kl-seqlen "${KL_SEQLEN:-256}"
+        --calib-windows "${CALIB_WINDOWS:-64}" --calib-seqlen "${CALIB_SEQLEN:-256}"
+        --steps "${STEPS:-40}" --batch-size 2 --checkpoint-every 5)
 "$PY" -m dmx.cli sweep "${common[@]}" --methods fp uniform dmx kl \
     --uniform-formats mxfp4_e2m1 mxfp8_e4m3
 "$PY" -m dmx.cli sweep "${common[@]}" --methods uniform \
