@@ -46,7 +46,9 @@ def _save(result: dict, path: str | None) -> None:
 #: Benchmark rows: label -> (kind, placement).
 ROTATIONS = {"none": ("none", "online", None), "hadamard": ("hadamard", "online", 32),
              "hadamard-full": ("hadamard", "online", None), "hadamard-folded": ("hadamard", "folded", None),
-             "learned": ("learned", "folded", None)}
+             "learned": ("learned", "folded", None),
+             # learned, but the rotated weights rebuilt for every micro-batch (before shared_rotated_weights)
+             "learned-rebuilt": ("learned", "folded", None)}
 
 
 def _rotated_copy(base, label: str, seed: int):
@@ -111,7 +113,8 @@ def cost(base, tokenizer, args, result: dict) -> None:
         if cayley is not None:
             cayley.zero_grad(set_to_none=True)
         # as dmx.calibrate does: with micro-batches the rotated weights are built once per step
-        with shared_rotated_weights(model) if args.grad_accum > 1 else contextlib.nullcontext():
+        share = args.grad_accum > 1 and kind != "learned-rebuilt"
+        with shared_rotated_weights(model) if share else contextlib.nullcontext():
             for _ in range(args.grad_accum):
                 loss, _, _ = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam)
                 (loss / args.grad_accum).backward()
