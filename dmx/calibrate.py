@@ -266,7 +266,8 @@ def calibrate(
     windows_hash = token_hash(windows)
     schedule = cfg.schedule()
     params = list(_offsets(layers).values())
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     from dmx.cayley import CayleySGD
     from dmx.rotation import bake_rotation, rotation_parameters, rotation_state, shared_rotated_weights
 

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from dmx.assignment import Assignment
-from dmx.checkpoint import atomic_write_bytes, atomic_write_text
+from dmx.checkpoint import atomic_write_bytes, atomic_write_text, read_json
 
 EXPORT_SCHEMA = "dmx.export/1"
 MANIFEST_NAME = "manifest.json"
@@ -279,10 +279,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     mpath = folder / MANIFEST_NAME
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath} does not exist; {folder} is not a dmx export (write one with `dmx export`)")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{mpath} is not valid JSON ({err}); re-export the model") from err
+    manifest = read_json(mpath, what="export manifest", fix="re-export the model with `dmx export`")
     if manifest.get("schema") != EXPORT_SCHEMA:
         raise ValueError(f"{mpath} has schema {manifest.get('schema')!r}; this loader reads {EXPORT_SCHEMA!r}")
     return manifest

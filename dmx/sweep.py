@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmx.checkpoint import atomic_write_text, read_json
+
 RESULTS_SCHEMA = "dmx.sweep/1"
 UNIFORM_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")
 METHODS = ("fp", "uniform", "kl", "dmx")
@@ -81,12 +83,6 @@ def point_label(method: str, *, target: float | None = None, fmt: str | None = N
 
 
 # ----------------------------------------------------------------------------- result store
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from dmx.checkpoint import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def points_to_csv(points: Sequence[Mapping[str, Any]]) -> str:
@@ -130,10 +126,7 @@ class ResultStore:
         path = out / "results.json"
         if not path.exists():
             return cls(out_dir=out, config=config)
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is corrupt ({exc}); move it away to start the sweep afresh") from exc
+        doc = read_json(path, what="sweep result file", fix="move it away to start the sweep afresh")
         if doc.get("schema") != RESULTS_SCHEMA:
             raise ValueError(f"{path} is not a dmx sweep result (schema {doc.get('schema')!r})")
         if doc.get("config") != config:
@@ -155,8 +148,8 @@ class ResultStore:
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"schema": RESULTS_SCHEMA, "config": self.config, "points": self.points}
-        _atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True))
-        _atomic_write_text(self.out_dir / "results.csv", points_to_csv(self.points))
+        atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True))
+        atomic_write_text(self.out_dir / "results.csv", points_to_csv(self.points))
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -81,6 +81,19 @@ def test_gradient_accumulation_matches_the_larger_batch():
     assert torch.allclose(_offsets(a_layers), _offsets(b_layers), rtol=1e-5, atol=1e-6)
 
 
+def test_zero_momentum_is_plain_sgd():
+    """momentum=0 with the default nesterov=True runs (torch refuses Nesterov without momentum) and
+    takes exactly one plain gradient step: beta_hat_new = beta_hat - lr * grad."""
+    model, layers = _fresh()
+    start = _offsets(layers)
+    grads = []
+    calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, batch_size=1, momentum=0.0, lr=0.5),
+              progress=False, on_step=lambda *_: grads.append(
+                  torch.stack([l.beta_hat.grad.clone() for _, l in sorted(layers.items())])))
+    assert torch.allclose(_offsets(layers), start - 0.5 * grads[0], atol=1e-7)
+    assert grads[0].abs().sum() > 0
+
+
 def test_assignment_bits_and_provenance(uninterrupted, tmp_path):
     assignment, _ = uninterrupted
     assert len(assignment.formats) == 14

@@ -115,6 +115,9 @@ def test_corrupt_or_missing_export_is_refused(exported, tmp_path):
     (bad / "manifest.json").write_text(json.dumps({**manifest, "schema": "other/0"}))
     with pytest.raises(ValueError, match="schema"):
         load_exported(bad)
+    (bad / "manifest.json").write_text(json.dumps(manifest)[:-7])  # truncated by a crash
+    with pytest.raises(ValueError, match=r"export manifest .* is corrupt, not valid JSON .*dmx export"):
+        load_exported(bad)
 
 
 def test_export_needs_quantised_layers(tmp_path):

@@ -41,6 +41,12 @@ def test_store_refuses_other_settings(tmp_path):
     assert SweepConfig(max_windows=3).identity() != SweepConfig(max_windows=4).identity()
 
 
+def test_store_refuses_a_corrupt_results_file(tmp_path):
+    (tmp_path / "results.json").write_text('{"schema": "dmx.sweep/1", "points": [')
+    with pytest.raises(ValueError, match=r"sweep result file .*results.json is corrupt, not valid JSON .*move it away"):
+        ResultStore.open(tmp_path, {"model": "a"})
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama with a byte-level tokenizer (256 tokens) saved as a local checkpoint."""
