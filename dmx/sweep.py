@@ -129,8 +129,10 @@ class ResultStore:
         doc = read_json(path, what="sweep result file", fix="move it away to start the sweep afresh")
         if doc.get("schema") != RESULTS_SCHEMA:
             raise ValueError(f"{path} is not a dmx sweep result (schema {doc.get('schema')!r})")
-        if doc.get("config") != config:
-            diff = sorted(k for k in set(config) | set(doc.get("config", {})) if config.get(k) != doc["config"].get(k))
+        # Before accuracy became per point, the zero-shot tasks/limit were part of the identity.
+        stored = {k: v for k, v in doc.get("config", {}).items() if k not in ("tasks", "limit")}
+        if stored != config:
+            diff = sorted(k for k in set(config) | set(stored) if config.get(k) != stored.get(k))
             raise ValueError(
                 f"{path} was measured with other settings (differs in: {', '.join(diff)}); "
                 "use another --out directory or the same settings to resume"
@@ -163,7 +165,10 @@ class SweepConfig:
     match to resume into an existing ``out_dir``. Each point also records the settings of its
     own method (``method_settings``): a finished point is skipped on rerun when they are
     unchanged and recomputed when they changed (e.g. more dMX ``steps`` reruns only the dMX
-    points). Targets, methods and uniform formats may grow between runs."""
+    points). Targets, methods and uniform formats may grow between runs. Zero-shot accuracy is
+    recorded per point with its ``accuracy_settings`` (tasks, limit): rerunning a finished sweep
+    with ``tasks`` adds accuracy to its points without recomputing perplexity, KL scores or
+    calibrations."""
 
     model: str = "smollm2-135m"
     out_dir: str = "runs/sweep"
@@ -203,8 +208,7 @@ class SweepConfig:
 
         The rotation settings are part of it when a rotation is used (an unrotated sweep keeps
         the identity it had before rotations existed, so its result directories still resume)."""
-        keys = ("model", "dtype", "block_size", "include_lm_head", "online", "text_file", "seqlen", "max_windows",
-                "tasks", "limit")
+        keys = ("model", "dtype", "block_size", "include_lm_head", "online", "text_file", "seqlen", "max_windows")
         d = asdict(self)
         identity = {k: d[k] for k in keys}
         if self.rotation != "none":
@@ -253,6 +257,28 @@ def _rotate(model, cfg: SweepConfig, *, learn: bool = False):
                           block=cfg.rotation_block)
 
 
+def _accuracy_settings(cfg: SweepConfig) -> dict[str, Any]:
+    """What a point's zero-shot accuracy was measured with (JSON-normalised, as stored)."""
+    return {"tasks": list(cfg.tasks), "limit": cfg.limit, "online": cfg.online}
+
+
+def _needs_accuracy(point: Mapping[str, Any] | None, cfg: SweepConfig) -> bool:
+    """True when ``cfg`` asks for zero-shot tasks that ``point`` was not measured on."""
+    return bool(cfg.tasks) and point is not None and point.get("accuracy_settings") != _accuracy_settings(cfg)
+
+
+def _zeroshot_metrics(model, tokenizer, cfg: SweepConfig) -> dict[str, Any]:
+    """Per-task zero-shot accuracy, their average and the settings, of the model as it stands."""
+    from dmx.zeroshot import evaluate_zeroshot  # lazy: lm-eval is an optional extra
+
+    res = evaluate_zeroshot(
+        model, tokenizer, tasks=list(cfg.tasks), limit=cfg.limit, batch_size=cfg.zeroshot_batch_size,
+        data_dir=cfg.data_dir, online=cfg.online,
+    )
+    return {"accuracy": {name: row["acc"] for name, row in res["tasks"].items()},
+            "avg_accuracy": res["average"]["acc"], "accuracy_settings": _accuracy_settings(cfg)}
+
+
 def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
     """Perplexity (and zero-shot accuracy when ``cfg.tasks``) of the model as it stands."""
     from dmx.perplexity import perplexity
@@ -263,14 +289,7 @@ def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
         "avg_accuracy": None,
     }
     if cfg.tasks:
-        from dmx.zeroshot import evaluate_zeroshot  # lazy: lm-eval is an optional extra
-
-        res = evaluate_zeroshot(
-            model, tokenizer, tasks=list(cfg.tasks), limit=cfg.limit, batch_size=cfg.zeroshot_batch_size,
-            data_dir=cfg.data_dir, online=cfg.online,
-        )
-        out["accuracy"] = {name: row["acc"] for name, row in res["tasks"].items()}
-        out["avg_accuracy"] = res["average"]["acc"]
+        out.update(_zeroshot_metrics(model, tokenizer, cfg))
     return out
 
 
@@ -360,8 +379,10 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     out = Path(cfg.out_dir)
     kl_cache = Path(cfg.kl_cache_dir) if cfg.kl_cache_dir else out / "kl_cache"
     store = ResultStore.open(out, cfg.identity())
-    todo = [k for k in _planned_keys(cfg) if not _is_done(store.get(k), cfg)]
-    if not todo:
+    planned = _planned_keys(cfg)
+    todo = [k for k in planned if not _is_done(store.get(k), cfg)]
+    accuracy_todo = [k for k in planned if k not in todo and _needs_accuracy(store.get(k), cfg)]
+    if not todo and not accuracy_todo:
         draw_figures(store.points, out, title=_title(cfg))
         return store.points
     fam = get_family(cfg.family)
@@ -376,9 +397,16 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     def evaluate(on=None) -> dict[str, Any]:
         return _evaluate(model if on is None else on, tokenizer, test_ids, cfg)
 
+    def add_accuracy(key: str) -> None:
+        """Zero-shot accuracy of the model as it stands joins the finished point ``key``."""
+        metrics, secs = _timed(lambda: _zeroshot_metrics(model, tokenizer, cfg))
+        store.add({**store.get(key), **metrics, "accuracy_seconds": round(secs, 1)})
+
     if "fp" in todo:
         metrics, secs = _timed(evaluate)
         store.add(_point("fp", "fp", assignment=None, settings={}, seconds=secs, metrics=metrics))
+    elif "fp" in accuracy_todo:
+        add_accuracy("fp")
 
     kl_targets = [t for t in cfg.targets if point_label("kl", target=t) in todo] if "kl" in cfg.methods else []
     kl_windows = reference = None
@@ -394,6 +422,21 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     layers = quantize_model(model, family=cfg.family, include_lm_head=cfg.include_lm_head, block_size=cfg.block_size)
     initial_offsets = {n: layer.beta_hat.detach().clone() for n, layer in layers.items()}
     sizes = {n: int(layer.linear.weight.numel()) for n, layer in layers.items()}
+
+    def accuracy_of_finished_points() -> None:
+        for key in accuracy_todo:
+            point = store.get(key)
+            if point["method"] == "fp":
+                continue  # measured before the model was wrapped
+            if point["method"] == "uniform":
+                set_uniform_format(layers, point["format"])
+            elif cfg.rotation == "learned" and point["method"] == "dmx":
+                print(f"sweep: no accuracy added to {key}: it has its own learned rotation; use "
+                      f"`dmx eval --assignment {_assignment_file(out, key)} --tasks ...`")
+                continue
+            else:
+                apply_assignment(layers, Assignment.from_json(_assignment_file(out, key)))
+            add_accuracy(key)
 
     def run_uniform() -> None:
         for fmt in cfg.uniform:
@@ -467,6 +510,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                 del dmx_model, dmx_layers
             store.add(_point(key, "dmx", assignment=a, settings=cfg.method_settings("dmx"), target=t, seconds=secs + calib_secs, metrics=metrics))
 
+    accuracy_of_finished_points()
     runners = {"uniform": run_uniform, "kl": run_kl, "dmx": run_dmx}
     for method in cfg.methods:
         if method in runners:

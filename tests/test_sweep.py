@@ -130,6 +130,59 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
     assert len(list((out / "checkpoints").iterdir())) == 3
 
 
+def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatch, data_dir):
+    """A finished sweep rerun with zero-shot tasks gets accuracy on every point (and the second
+    Pareto panel) while perplexities, KL scores and calibrations are reused; a third run with the
+    same tasks does nothing, other tasks measure again."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "zeroshot"))
+    from tiny_byte_lm import tiny_byte_lm  # a tokenizer with an EOS token, as lm-eval needs
+
+    model, tokenizer = tiny_byte_lm(seed=1)
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    text = " ".join(f"Row {i} holds {i * 3 % 7}." for i in range(200))
+    (tmp_path / "t.txt").write_text(text)
+    base = dict(
+        model=str(tmp_path / "lm"), out_dir=str(tmp_path / "sweep"), targets=(6.0,), uniform=("mxfp4_e2m1",),
+        text_file=str(tmp_path / "t.txt"), calib_text_file=str(tmp_path / "t.txt"), seqlen=64, max_windows=1,
+        calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32, data_dir=str(data_dir),
+        calibration={"steps": 1, "batch_size": 1, "checkpoint_every": 1}, progress=False,
+    )
+    first = {p["key"]: p for p in run_sweep(SweepConfig(**base))}
+    assert all(p["avg_accuracy"] is None for p in first.values())
+
+    def no_perplexity(*args, **kwargs):
+        raise AssertionError("a finished point's perplexity was recomputed")
+
+    monkeypatch.setattr(sweep, "_evaluate", no_perplexity)
+    monkeypatch.setattr("dmx.calibrate.calibrate", no_perplexity)
+    scored = []
+    real = sweep._zeroshot_metrics
+
+    def spy(model, tokenizer, cfg):
+        res = real(model, tokenizer, cfg)
+        scored.append(res["avg_accuracy"])
+        return res
+
+    monkeypatch.setattr(sweep, "_zeroshot_metrics", spy)
+    with_tasks = SweepConfig(**base, tasks=("piqa",), limit=8)
+    second = {p["key"]: p for p in run_sweep(with_tasks)}
+    assert set(second) == set(first) and len(scored) == len(first)
+    for key, p in second.items():
+        assert p["perplexity"] == first[key]["perplexity"] and p["formats"] == first[key]["formats"]
+        assert 0.0 <= p["avg_accuracy"] <= 1.0 and set(p["accuracy"]) == {"piqa"}
+        assert p["accuracy_settings"] == {"tasks": ["piqa"], "limit": 8, "online": False}
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "sweep" / "results.csv").read_text())))
+    assert all(r["acc_piqa"] != "" for r in rows)
+    run_sweep(with_tasks)
+    assert len(scored) == len(first)  # nothing left to measure
+    run_sweep(SweepConfig(**base, tasks=("piqa",), limit=4))
+    assert len(scored) == 2 * len(first)
+
+
 def test_sweep_rejects_bad_settings_before_loading(tmp_path):
     with pytest.raises(ValueError, match=r"\[4, 8\]"):
         run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), targets=(9.0,)))
