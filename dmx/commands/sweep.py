@@ -68,7 +68,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--checkpoint-every", type=int, default=None, help="steps between calibration checkpoints")
     z = parser.add_argument_group("zero-shot accuracy (optional, needs lm-eval)")
     z.add_argument("--tasks", nargs="+", default=None,
-                   help="zero-shot tasks through dmx.zeroshot (e.g. arc_easy piqa); adds an accuracy panel")
+                   help="zero-shot tasks through dmx.zeroshot (e.g. arc_easy piqa, or 'default' for the "
+                        "four-task average); adds an accuracy panel. On a finished sweep (same --out and "
+                        "settings) it only adds accuracy to the existing points")
     z.add_argument("--limit", type=int, default=None, help="documents per zero-shot task (quick runs)")
     z.add_argument("--zeroshot-batch-size", type=int, default=8, help="lm-eval batch size")
     parser.set_defaults(func=run)
@@ -77,6 +79,17 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentum", "t_start", "t_end",
                       "hold_fraction", "checkpoint_every")
+
+
+def _task_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--tasks`` with ``default`` spelled out, so the stored settings name the tasks."""
+    if not args.tasks:
+        return ()
+    if list(args.tasks) == ["default"]:
+        from dmx.zeroshot import default_tasks
+
+        return tuple(default_tasks(args.online))
+    return tuple(args.tasks)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -101,7 +114,7 @@ def config_from_args(args: argparse.Namespace):
         data_dir=args.data_dir, online=args.online, text_file=args.text_file, calib_text_file=args.calib_text_file,
         seqlen=args.seqlen, max_windows=args.max_windows, calib_windows=args.calib_windows,
         calib_seqlen=args.calib_seqlen, seed=args.seed, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
-        kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tuple(args.tasks or ()), limit=args.limit,
+        kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=_task_names(args), limit=args.limit,
         zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
         rotation=rotation,
         rotation_seed=FLAG_DEFAULTS["rotation_seed"] if args.rotation_seed is None else args.rotation_seed,
