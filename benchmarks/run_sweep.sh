@@ -7,7 +7,9 @@
 # ($THREADS), so two sweeps (e.g. ROTATION=hadamard OUT=results/sweep_smollm2_hadamard) can
 # share a 2-core machine. About an hour per sweep on one idle core.
 #
-#   benchmarks/run_sweep.sh                 # writes results/sweep_smollm2/
+#   benchmarks/run_sweep.sh                                   # writes results/sweep_smollm2/
+#   ROTATION=hadamard OUT=results/sweep_smollm2_hadamard benchmarks/run_sweep.sh
+#   TASKS=default LIMIT=100 benchmarks/run_sweep.sh            # adds zero-shot accuracy to stage 1
 #   OUT=/tmp/x TARGETS="5 6" benchmarks/run_sweep.sh
 #
 # Interruptible: rerun the same command and finished points are skipped (the KL scores and
@@ -26,8 +28,12 @@ common=(--model smollm2-135m --family fp8_fp4 --out "$OUT" --targets $TARGETS
         --threads "${THREADS:-1}" --seqlen 2048 --max-windows "$MAX_WINDOWS"
         --kl-windows "${KL_WINDOWS:-2}" --kl-seqlen "${KL_SEQLEN:-256}"
         --calib-windows "${CALIB_WINDOWS:-64}" --calib-seqlen "${CALIB_SEQLEN:-256}"
-        --steps "${STEPS:-40}" --batch-size 2 --checkpoint-every 5)
+        --steps "${STEPS:-40}" --batch-size 2 --checkpoint-every 5
+        --rotation "${ROTATION:-none}")
+# TASKS set: a rerun on a finished directory only adds accuracy to its points (nothing recomputed).
+accuracy=()
+if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS --limit "${LIMIT:-100}"); fi
 "$PY" -m dmx.cli sweep "${common[@]}" --methods fp uniform dmx kl \
-    --uniform-formats mxfp4_e2m1 mxfp8_e4m3
+    --uniform-formats mxfp4_e2m1 mxfp8_e4m3 "${accuracy[@]}"
 "$PY" -m dmx.cli sweep "${common[@]}" --methods uniform \
     --uniform-formats mxfp4_e2m1 mxfp6_e2m3 mxfp6_e3m2 mxfp8_e4m3 mxfp8_e5m2
