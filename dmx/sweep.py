@@ -143,8 +143,13 @@ class ResultStore:
         return next((p for p in self.points if p["key"] == key), None)
 
     def add(self, point: Mapping[str, Any]) -> None:
-        """Add (or replace) the point with ``point["key"]`` and rewrite both files atomically."""
-        self.points = [p for p in self.points if p["key"] != point["key"]] + [dict(point)]
+        """Add the point (a point with the same ``point["key"]`` is replaced in place, so the
+        table keeps its order) and rewrite both files atomically."""
+        keys = [p["key"] for p in self.points]
+        if point["key"] in keys:
+            self.points[keys.index(point["key"])] = dict(point)
+        else:
+            self.points.append(dict(point))
         self.save()
 
     def save(self) -> None:
