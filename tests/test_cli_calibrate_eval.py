@@ -47,6 +47,7 @@ def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_dir, data_dir, caps
     assert saved["provenance"]["calibration_windows"]["seqlen"] == 32
     assert len(saved["formats"]) == 14
     assert "average element bits" in capsys.readouterr().out
+    assert not (tmp_path / "assignment.ckpt").exists()  # the finished run leaves no checkpoint folder
     code = main(["eval", "--model", str(tiny_dir), "--device-map", "cpu", "--data-dir", str(data_dir), "--seqlen", "64",
                  "--max-windows", "1", "--format", "fp", "mxfp4_e2m1", "--assignment", str(out),
                  "--no-progress", "--out", str(tmp_path / "eval.json")])

@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     from dmx.checkpoint import checkpoint_path
 
     checkpoint_path(checkpoint_dir).unlink(missing_ok=True)
+    if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
+        checkpoint_dir.rmdir()  # the default <out>.ckpt/ was ours; a user's non-empty directory stays
     for fmt, count in sorted(Counter(assignment.formats.values()).items()):
         rows.append(["layers at " + fmt, count])
     rows += [["average element bits", assignment.element_bits],
