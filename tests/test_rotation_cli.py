@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dmx.cli import main
-from dmx.models import tiny_model
+from tiny_checkpoint import save_tiny_byte_llama
 
 TEXT = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["value", "sum", "mean"] * 40))
 
@@ -18,17 +18,8 @@ TEXT = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["v
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama saved with a 256-token byte-level tokenizer, plus eval/calibration texts."""
-    from tokenizers import Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     root = tmp_path_factory.mktemp("rotcli")
-    tiny_model("llama", seed=2).save_pretrained(root / "llama")
-    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(root / "llama")
+    save_tiny_byte_llama(root / "llama")
     (root / "eval.txt").write_text(TEXT)
     (root / "calib.txt").write_text(TEXT[::-1])
     return root

@@ -8,6 +8,7 @@ import torch
 
 import dmx.sweep as sweep
 from dmx.sweep import ResultStore, SweepConfig, point_label, points_to_csv, run_sweep
+from tiny_checkpoint import save_tiny_byte_llama
 
 def test_point_labels():
     assert point_label("fp") == "fp"
@@ -50,20 +51,7 @@ def test_store_refuses_a_corrupt_results_file(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama with a byte-level tokenizer (256 tokens) saved as a local checkpoint."""
-    from tokenizers import Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    from dmx.models import tiny_model
-
-    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    tiny_model("llama", seed=2).save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(path)
-    return path
+    return save_tiny_byte_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
