@@ -82,7 +82,6 @@ __all__ = [
     "load_rotation",
     "derived_seed",
     "add_rotation_flags",
-    "rotate_from_flags",
     "FLAG_DEFAULTS",
     "rotation_provenance",
     "rotation_file_sha256",
@@ -845,31 +844,3 @@ def add_rotation_flags(parser, *, recorded: bool = False) -> None:
                             f"width) (default: {recorded_or}32){unset}")
     group.add_argument("--rotation-lr", type=float, default=1.5,
                        help="Cayley SGD learning rate of a learned rotation (calibrate and sweep only)")
-
-
-def _flag(args, name: str):
-    value = getattr(args, name, None)
-    return FLAG_DEFAULTS[name] if value is None else value
-
-
-def rotate_from_flags(model: nn.Module, args, *, trainable: bool = False) -> RotationState | None:
-    """Apply the rotation the flags of :func:`add_rotation_flags` ask for; call right after loading.
-
-    ``--rotation-file`` (if given) decides alone; otherwise unset flags take :data:`FLAG_DEFAULTS`.
-    ``trainable``: True only where the rotations are learned (``dmx calibrate``); a command that
-    does not train and gets ``--rotation learned`` without ``--rotation-file`` raises
-    ``ValueError`` (a learned rotation must come from a calibration run to be meaningful).
-    """
-    path = getattr(args, "rotation_file", None)
-    if path:
-        description, matrices = load_rotation(path)
-        return apply_rotation_description(model, description, matrices)
-    kind = _flag(args, "rotation")
-    if kind == "learned" and not trainable:
-        raise ValueError(
-            "--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
-            "PATH (written by calibrate/export), or use --rotation hadamard"
-        )
-    block = _flag(args, "rotation_block")
-    return apply_rotation(model, kind, seed=_flag(args, "rotation_seed"),
-                          placement=_flag(args, "rotation_placement"), block=block or None)

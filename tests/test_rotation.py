@@ -300,23 +300,28 @@ def test_embedded_smollm2_logits_unchanged(embedded_model):
 def test_command_line_flags(tmp_path):
     import argparse
 
-    from dmx.rotation import add_rotation_flags, rotate_from_flags
+    from dmx.commands import apply_rotation_choice, resolve_rotation
+    from dmx.rotation import add_rotation_flags
+
+    def rotate(model, argv, trainable=False):
+        return apply_rotation_choice(model, resolve_rotation(parser.parse_args(argv)), trainable=trainable)
 
     parser = argparse.ArgumentParser()
     add_rotation_flags(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--rotation", "random"])
-    assert rotate_from_flags(tiny_model("llama"), parser.parse_args([])) is None
-    args = parser.parse_args(["--rotation", "learned"])
+    assert rotate(tiny_model("llama"), []) is None
     with pytest.raises(ValueError, match="--rotation-file"):
-        rotate_from_flags(tiny_model("llama"), args)
+        rotate(tiny_model("llama"), ["--rotation", "learned"])
     trained = tiny_model("llama")
-    state = rotate_from_flags(trained, args, trainable=True)
+    state = rotate(trained, ["--rotation", "learned"], trainable=True)
     assert len(rotation_parameters(state)) == 3
     bake_rotation(trained)
     path = save_rotation(state, tmp_path / "rotation.safetensors")
+    with pytest.raises(ValueError, match="contradicts --rotation-file"):
+        rotate(tiny_model("llama"), ["--rotation", "none", "--rotation-file", str(path)])
     rebuilt = tiny_model("llama")
-    rotate_from_flags(rebuilt, parser.parse_args(["--rotation", "none", "--rotation-file", str(path)]))
+    rotate(rebuilt, ["--rotation-file", str(path)])
     torch.testing.assert_close(rebuilt.model.embed_tokens.weight, trained.model.embed_tokens.weight)
 
 
