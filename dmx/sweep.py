@@ -397,7 +397,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     _rotate(model, cfg)
     shared_rotation = rotation_provenance(rotation_state(model), None, out)
     provenance.update(shared_rotation)
-    test_ids = test_token_ids(tokenizer, cfg.data_dir, online=cfg.online, text_file=cfg.text_file)
+    # a rerun that only adds zero-shot accuracy scores no perplexity: no need to tokenise the test split
+    test_ids = test_token_ids(tokenizer, cfg.data_dir, online=cfg.online, text_file=cfg.text_file) if todo else None
 
     def evaluate(on=None) -> dict[str, Any]:
         return _evaluate(model if on is None else on, tokenizer, test_ids, cfg)

@@ -83,11 +83,12 @@ def default_tasks(online: bool) -> tuple[str, ...]:
 def resolve_task_names(tasks: str | Sequence[str] | None, *, online: bool) -> list[str]:
     """Normalise ``tasks`` to a validated list of task names.
 
-    ``None`` or ``"default"`` gives :func:`default_tasks`; a string is split on commas (the CLI
-    form ``arc_easy,piqa``). Raises ``ValueError`` for an unknown or unavailable name (listing the
-    valid ones for the mode), for duplicates, and for an empty list.
+    ``None``, ``"default"`` or ``["default"]`` (the CLI's ``--tasks default``) gives
+    :func:`default_tasks`; a string is split on commas (the CLI form ``arc_easy,piqa``). Raises
+    ``ValueError`` for an unknown or unavailable name (listing the valid ones for the mode), for
+    duplicates, and for an empty list.
     """
-    if tasks is None or tasks == "default":
+    if tasks is None or tasks == "default" or (not isinstance(tasks, str) and list(tasks) == ["default"]):
         return list(default_tasks(online))
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     if not names or any(not isinstance(n, str) or not n for n in names):

@@ -147,6 +147,7 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
 
     monkeypatch.setattr(sweep, "_evaluate", no_perplexity)
     monkeypatch.setattr("dmx.calibrate.calibrate", no_perplexity)
+    monkeypatch.setattr("dmx.data.test_token_ids", no_perplexity)  # accuracy only: the test split stays untouched
     scored = []
     real = sweep._zeroshot_metrics
 
@@ -192,3 +193,7 @@ def test_cli_flags_map_to_the_config():
     assert cfg.targets == (4.5, 6.0) and cfg.methods == ("kl", "dmx") and cfg.max_windows == 3
     assert cfg.calibration == {"steps": 7, "lam": 2.0, "weighting": "mean"}
     assert cfg.tasks == ("piqa",) and cfg.limit == 10 and cfg.out_dir == "x"
+    spelled = config_from_args(build_parser().parse_args(["sweep", "--tasks", "default"]))
+    assert spelled.tasks == ("arc_easy", "arc_challenge", "winogrande", "piqa")  # the stored settings name them
+    with pytest.raises(ValueError, match="unknown zero-shot task 'boolq'"):
+        config_from_args(build_parser().parse_args(["sweep", "--tasks", "boolq"]))

@@ -112,6 +112,7 @@ def test_default_task_sets_follow_the_issue():
         "arc_easy", "arc_challenge", "winogrande", "hellaswag"]
     assert resolve_task_names("default", online=False) == [
         "arc_easy", "arc_challenge", "winogrande", "piqa"]
+    assert resolve_task_names(["default"], online=False) == resolve_task_names("default", online=False)  # --tasks default
     assert resolve_task_names("piqa, arc_easy", online=False) == ["piqa", "arc_easy"]
     assert resolve_task_names(["hellaswag", "piqa"], online=True) == ["hellaswag", "piqa"]
 

@@ -63,8 +63,7 @@ def _zeroshot(args, model, tokenizer):
         from dmx.zeroshot import evaluate_zeroshot
     except ImportError as err:
         raise ValueError(f"--tasks needs dmx.zeroshot and lm-eval (pip install 'dmx-reference[eval]'): {err}") from err
-    tasks = None if args.tasks in (["default"], None) else args.tasks
-    return evaluate_zeroshot(model, tokenizer, tasks=tasks, limit=args.limit, batch_size=args.zeroshot_batch_size,
+    return evaluate_zeroshot(model, tokenizer, tasks=args.tasks, limit=args.limit, batch_size=args.zeroshot_batch_size,
                              data_dir=args.data_dir, online=args.online)
 
 

@@ -81,22 +81,16 @@ _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentu
                       "hold_fraction", "checkpoint_every")
 
 
-def _task_names(args: argparse.Namespace) -> tuple[str, ...]:
-    """``--tasks`` with ``default`` spelled out, so the stored settings name the tasks."""
-    if not args.tasks:
-        return ()
-    if list(args.tasks) == ["default"]:
-        from dmx.zeroshot import default_tasks
-
-        return tuple(default_tasks(args.online))
-    return tuple(args.tasks)
-
-
 def config_from_args(args: argparse.Namespace):
     """:class:`dmx.sweep.SweepConfig` from parsed flags (unset calibration flags keep dmx.calibrate's defaults)."""
     from dmx.sweep import SweepConfig
 
     calibration = {k: getattr(args, k) for k in _CALIBRATION_FLAGS if getattr(args, k) is not None}
+    tasks = ()
+    if args.tasks:  # validated, with 'default' spelled out so the stored settings name the tasks
+        from dmx.zeroshot import resolve_task_names
+
+        tasks = tuple(resolve_task_names(args.tasks, online=args.online))
     calibration["weighting"] = args.weighting
     from dmx.rotation import FLAG_DEFAULTS
 
@@ -114,7 +108,7 @@ def config_from_args(args: argparse.Namespace):
         data_dir=args.data_dir, online=args.online, text_file=args.text_file, calib_text_file=args.calib_text_file,
         seqlen=args.seqlen, max_windows=args.max_windows, calib_windows=args.calib_windows,
         calib_seqlen=args.calib_seqlen, seed=args.seed, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
-        kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=_task_names(args), limit=args.limit,
+        kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tasks, limit=args.limit,
         zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
         rotation=rotation,
         rotation_seed=FLAG_DEFAULTS["rotation_seed"] if args.rotation_seed is None else args.rotation_seed,
