@@ -85,6 +85,7 @@ __all__ = [
     "FLAG_DEFAULTS",
     "rotation_provenance",
     "rotation_file_sha256",
+    "rotated_model_id",
     "shared_rotated_weights",
 ]
 
@@ -782,6 +783,22 @@ def apply_rotation_description(
         online_sites=tuple(s for s in description["online_sites"] if s in ONLINE_SITES),
         matrices=matrices, placement=description.get("placement", "folded"), block=description.get("block"),
     )
+
+
+def rotated_model_id(model_id: str, model: nn.Module) -> str:
+    """``model_id`` as a cache key of results that depend on the model's rotation (the KL scores).
+
+    Unrotated: ``model_id`` unchanged. Rotated: ``"<model_id>|rotation=<sha256[:16]>"`` of the
+    rotation's description and, for a learned rotation, its matrices (two learned runs differ).
+    """
+    state = rotation_state(model)
+    if state is None:
+        return model_id
+    digest = hashlib.sha256(json.dumps(state.describe(), sort_keys=True).encode())
+    if state.kind == "learned":
+        for matrix in [state.r1, *state.r2]:
+            digest.update(matrix.detach().cpu().float().contiguous().numpy().tobytes())
+    return f"{model_id}|rotation={digest.hexdigest()[:16]}"
 
 
 def rotation_file_sha256(path: str | Path) -> str:

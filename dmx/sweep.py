@@ -230,12 +230,6 @@ class SweepConfig:
         return {"kind": "hadamard", "seed": self.rotation_seed, "placement": self.rotation_placement,
                 "block": self.rotation_block if online else None}
 
-    def model_id(self) -> str:
-        """The model as the KL score cache must know it: the rotation changes every score."""
-        if self.rotation == "none":
-            return self.model
-        return f"{self.model}|rotation=" + json.dumps(self.rotation_description(), sort_keys=True)
-
     def method_settings(self, method: str) -> dict[str, Any]:
         """Settings a point of ``method`` depends on beyond ``identity()``."""
         if method == "kl":
@@ -378,7 +372,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names, load_model
     from dmx.quantized import quantize_model, set_uniform_format
-    from dmx.rotation import rotation_provenance, rotation_state, save_rotation
+    from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state, save_rotation
 
     _validate(cfg)
     out = Path(cfg.out_dir)
@@ -395,6 +389,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     provenance = {"model": cfg.model, "dtype": cfg.dtype, "include_lm_head": cfg.include_lm_head}
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
     _rotate(model, cfg)
+    kl_model_id = rotated_model_id(cfg.model, model)  # the KL scores depend on the rotation
     shared_rotation = rotation_provenance(rotation_state(model), None, out)
     provenance.update(shared_rotation)
     # a rerun that only adds zero-shot accuracy scores no perplexity: no need to tokenise the test split
@@ -420,7 +415,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         kl_windows = calibration_windows(tokenizer, cfg.kl_windows, cfg.kl_seqlen, cfg.seed,
                                          data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file)
         reference = reference_if_needed(
-            model, kl_windows, model_id=cfg.model_id(), low_format=fam.low_format, high_format=fam.high_format,
+            model, kl_windows, model_id=kl_model_id, low_format=fam.low_format, high_format=fam.high_format,
             layer_names=decoder_linear_names(model, include_lm_head=cfg.include_lm_head),
             block_size=cfg.block_size, cache_dir=kl_cache,
         )
@@ -461,7 +456,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             return
         found, scoring = _timed(lambda: kl_assignments(
             model, layers, kl_windows, targets=kl_targets, low_format=fam.low_format, high_format=fam.high_format,
-            reference=reference, model_id=cfg.model_id(), cache_dir=kl_cache, weighting=weighting,
+            reference=reference, model_id=kl_model_id, cache_dir=kl_cache, weighting=weighting,
             progress=cfg.progress,
         ))
         reference = None  # free the reference logits

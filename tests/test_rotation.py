@@ -337,3 +337,28 @@ def test_deep_copied_learned_model_owns_its_rotations():
     assert not torch.equal(rotation_parameters(twin)[0], rotation_parameters(model)[0])
     torch.testing.assert_close(_logits(twin, ids), reference, **TOL)
     torch.testing.assert_close(_logits(model, ids), reference, **TOL)
+
+
+def test_rotated_model_id_keys_results_by_the_rotation_applied():
+    """KL score caches (dmx kl and dmx sweep alike) must never mix scores of differently rotated models."""
+    from dmx.rotation import apply_rotation, rotated_model_id
+
+    assert rotated_model_id("m", tiny_model("llama")) == "m"
+
+    def fixed(seed, **kw):
+        model = tiny_model("llama")
+        apply_rotation(model, "hadamard", seed=seed, **kw)
+        return rotated_model_id("m", model)
+
+    assert fixed(0) == fixed(0) != fixed(1)
+    assert fixed(0) != fixed(0, placement="folded") and fixed(0) != fixed(0, block=None)
+    assert fixed(0).startswith("m|rotation=")
+
+    def learned(scale):
+        model = tiny_model("llama")
+        state = apply_rotation(model, "learned", seed=0)
+        with torch.no_grad():  # a different (still orthogonal) R1: another learned run
+            state.r1.copy_(state.r1 @ torch.diag(torch.tensor([scale] + [1.0] * (state.r1.shape[0] - 1))))
+        return rotated_model_id("m", model)
+
+    assert learned(1.0) == learned(1.0) != learned(-1.0)

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from dmx.kl_baseline import check_target, kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names
     from dmx.quantized import quantize_model
-    from dmx.rotation import rotation_provenance, rotation_state
+    from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state
 
     fam = get_family(args.family)
     for t in args.target_bits:
@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     outs = [output_path(args.out, t, len(args.target_bits)) for t in args.target_bits]
     rotation = resolve_rotation(args)
     model, tokenizer = load_model_from_args(args, rotation=rotation)
-    # the per-layer KL scores depend on the rotation: keep each rotation's cache apart
-    model_id = args.model if rotation.kind == "none" else f"{args.model}|rotation={rotation.key()}"
+    model_id = rotated_model_id(args.model, model)  # the KL scores depend on the rotation
     windows = calibration_windows(tokenizer, args.n_windows, args.seqlen, args.seed, data_dir=args.data_dir,
                                   online=args.online, text_file=args.text_file)
     reference = reference_if_needed(
