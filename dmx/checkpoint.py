@@ -7,6 +7,7 @@ sees either the previous complete file or the new complete file, never a torn on
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "read_json",
+    "sha256_file",
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_path",
@@ -74,6 +76,16 @@ def read_json(path: str | os.PathLike, *, what: str, fix: str) -> Any:
         return json.loads(target.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{what} {target} is corrupt, not valid JSON ({err}); {fix}") from err
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB chunks (identifies exported tensors and
+    rotation files across copies)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def checkpoint_path(directory: str | os.PathLike) -> Path:

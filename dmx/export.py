@@ -62,7 +62,6 @@ same binade, see OCP MX v1.0 §6.3).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -74,7 +73,7 @@ import torch
 from torch import nn
 
 from dmx.assignment import Assignment
-from dmx.checkpoint import atomic_write_bytes, atomic_write_text, read_json
+from dmx.checkpoint import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 EXPORT_SCHEMA = "dmx.export/1"
 MANIFEST_NAME = "manifest.json"
@@ -92,14 +91,6 @@ def _elements_key(layer: str) -> str:
 
 def _scales_key(layer: str) -> str:
     return f"mx.{layer}.scales"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def quantize_weight(
@@ -239,7 +230,7 @@ def export_model(
     manifest = {
         "schema": EXPORT_SCHEMA,
         "tensors_file": TENSORS_NAME,
-        "tensors_sha256": _sha256_file(tensors_path),
+        "tensors_sha256": sha256_file(tensors_path),
         "model_class": type(model).__name__,
         "model_config": config.to_dict(),
         "dtype": str(dtype).removeprefix("torch."),
@@ -265,7 +256,7 @@ def export_model(
         "tied": tied,
         "rotation": None if rotation is None else rotation.describe(),
         "rotation_file": None if rotation_file is None else rotation_file.name,
-        "rotation_sha256": None if rotation_file is None else _sha256_file(rotation_file),
+        "rotation_sha256": None if rotation_file is None else sha256_file(rotation_file),
         "tokenizer": tokenizer is not None,
         "versions": _versions(),
     }
@@ -311,7 +302,7 @@ def _rebuild_rotation(model: nn.Module, manifest: Mapping[str, Any], folder: Pat
         rpath = folder / manifest["rotation_file"]
         if not rpath.is_file():
             raise FileNotFoundError(f"{rpath} is missing; the export in {folder} is incomplete, re-export it")
-        if verify and _sha256_file(rpath) != manifest.get("rotation_sha256"):
+        if verify and sha256_file(rpath) != manifest.get("rotation_sha256"):
             raise ValueError(f"{rpath} does not match the sha256 in its manifest (corrupt or replaced); re-export it")
         _, matrices = load_rotation(rpath)
     apply_rotation_description(model, description, matrices)
@@ -334,7 +325,7 @@ def load_exported(path: str | os.PathLike, *, device: str = "cpu", verify: bool 
     tpath = folder / manifest["tensors_file"]
     if not tpath.is_file():
         raise FileNotFoundError(f"{tpath} is missing; the export in {folder} is incomplete, re-export it")
-    if verify and _sha256_file(tpath) != manifest["tensors_sha256"]:
+    if verify and sha256_file(tpath) != manifest["tensors_sha256"]:
         raise ValueError(f"{tpath} does not match the sha256 in its manifest (corrupt or replaced); re-export it")
     tensors = load_file(str(tpath))
     q = manifest["quantization"]

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from dmx.checkpoint import sha256_file
 from dmx.hadamard import hadamard_transform, random_signs, supports_hadamard
 
 __all__ = [
@@ -84,7 +85,6 @@ __all__ = [
     "add_rotation_flags",
     "FLAG_DEFAULTS",
     "rotation_provenance",
-    "rotation_file_sha256",
     "rotated_model_id",
     "shared_rotated_weights",
 ]
@@ -801,11 +801,6 @@ def rotated_model_id(model_id: str, model: nn.Module) -> str:
     return f"{model_id}|rotation={digest.hexdigest()[:16]}"
 
 
-def rotation_file_sha256(path: str | Path) -> str:
-    """sha256 (hex) of a rotation file's bytes: identifies learned matrices across copies."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def rotation_provenance(state: RotationState | None, file: str | Path | None, relative_to: str | Path) -> dict[str, Any]:
     """Provenance keys recording the rotation an assignment was made under.
 
@@ -818,7 +813,7 @@ def rotation_provenance(state: RotationState | None, file: str | Path | None, re
     record: dict[str, Any] = {"rotation": None if state is None else state.describe()}
     if state is not None and file is not None:
         record["rotation_file"] = os.path.relpath(Path(file).resolve(), Path(relative_to).resolve())
-        record["rotation_sha256"] = rotation_file_sha256(file)
+        record["rotation_sha256"] = sha256_file(file)
     return record
 
 

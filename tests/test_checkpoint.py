@@ -37,3 +37,13 @@ def test_assignment_from_json_reports_corrupt_and_missing_files(tmp_path):
         Assignment.from_json(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Assignment.from_json(tmp_path / "absent.json")
+
+
+def test_sha256_file_reads_in_chunks_and_matches_hashlib(tmp_path):
+    import hashlib
+
+    from dmx.checkpoint import sha256_file
+
+    data = bytes(range(256)) * 9000  # > 2 chunks of 1 MiB
+    (tmp_path / "f.bin").write_bytes(data)
+    assert sha256_file(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()

@@ -113,7 +113,7 @@ class RotationChoice:
 
 
 def _choice_from_description(description: dict[str, Any] | None, *, file: str | None, source: str) -> RotationChoice:
-    from dmx.rotation import rotation_file_sha256
+    from dmx.checkpoint import sha256_file
 
     if not description or description.get("kind", "none") == "none":
         return RotationChoice(source=source)
@@ -123,7 +123,7 @@ def _choice_from_description(description: dict[str, Any] | None, *, file: str | 
     if kind == "learned" and description.get("baked", True) and file is None:
         raise ValueError(f"{source} records a learned rotation but no rotation file; pass --rotation-file PATH")
     return RotationChoice(kind=kind, seed=int(description.get("seed", 0)), placement=placement, block=block,
-                          file=file, sha256=rotation_file_sha256(file) if kind == "learned" and file else None, source=source)
+                          file=file, sha256=sha256_file(file) if kind == "learned" and file else None, source=source)
 
 
 def recorded_rotation(provenance: dict[str, Any], assignment_path: str | Path) -> RotationChoice:
