@@ -269,7 +269,7 @@ def calibrate(
     # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     from dmx.cayley import CayleySGD
-    from dmx.rotation import bake_rotation, rotation_parameters, rotation_state, shared_rotated_weights
+    from dmx.rotation import bake_rotation, rotation_parameters, shared_rotated_weights
 
     rotations = rotation_parameters(model)
     rotation_optimizer = CayleySGD(rotations, lr=cfg.rotation_lr) if rotations else None
@@ -322,7 +322,6 @@ def calibrate(
     set_calibration_mode(model, layers, training=False)
     if rotation_optimizer is not None:
         bake_rotation(model)  # fold the learned matrices into the weights before the hard formats are fixed
-    state = rotation_state(model)
     record = dict(provenance or {})
     record.update({
         "method": "dmx",
@@ -330,7 +329,7 @@ def calibrate(
         "settings": dataclasses.asdict(cfg),
         "calibration_windows": {"count": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "sha256": windows_hash},
         "final_metrics": metrics,
-        "rotation": None if state is None else state.describe(),
+        "rotation": _rotation_entry(model),
         "versions": software_versions(),
     })
     assignment = Assignment.from_layers(layers, weighting=cfg.weighting, provenance=record)

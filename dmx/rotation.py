@@ -86,6 +86,7 @@ __all__ = [
     "FLAG_DEFAULTS",
     "rotation_provenance",
     "rotated_model_id",
+    "save_rotation_beside",
     "shared_rotated_weights",
 ]
 
@@ -799,6 +800,23 @@ def rotated_model_id(model_id: str, model: nn.Module) -> str:
         for matrix in [state.r1, *state.r2]:
             digest.update(matrix.detach().cpu().float().contiguous().numpy().tobytes())
     return f"{model_id}|rotation={digest.hexdigest()[:16]}"
+
+
+def save_rotation_beside(model: nn.Module, assignment_path: str | Path, *, learned_only: bool = False) -> tuple[dict[str, Any], Path | None]:
+    """Save the model's rotation next to the assignment about to be written at ``assignment_path``.
+
+    The file is ``<assignment stem>.rotation.safetensors`` (:func:`save_rotation`), written before
+    the assignment so that an assignment always finds its rotation; ``learned_only``: fixed
+    rotations (rebuilt from their description) get no file. Returns ``(provenance keys of
+    :func:`rotation_provenance`, the file or None)``.
+    """
+    path = Path(assignment_path)
+    state = rotation_state(model)
+    saved = None
+    if state is not None and (state.kind == "learned" or not learned_only):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved = save_rotation(state, path.with_name(path.stem + ".rotation.safetensors"))
+    return rotation_provenance(state, saved, path.parent), saved
 
 
 def rotation_provenance(state: RotationState | None, file: str | Path | None, relative_to: str | Path) -> dict[str, Any]:

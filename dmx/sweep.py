@@ -372,7 +372,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names, load_model
     from dmx.quantized import quantize_model, set_uniform_format
-    from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state, save_rotation
+    from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state, save_rotation_beside
 
     _validate(cfg)
     out = Path(cfg.out_dir)
@@ -499,12 +499,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                 resume=checkpoint_path(ckpt).is_file(), provenance=record, progress=cfg.progress,
             ))
             path = _assignment_file(out, key)
-            state = rotation_state(dmx_model)
-            saved = None
-            if state is not None and state.kind == "learned":
-                path.parent.mkdir(parents=True, exist_ok=True)
-                saved = save_rotation(state, path.with_name(path.stem + ".rotation.safetensors"))
-            a.provenance.update(rotation_provenance(state, saved, path.parent))
+            # the sweep's fixed rotation is recorded in results; only a point's learned one needs a file
+            a.provenance.update(save_rotation_beside(dmx_model, path, learned_only=True)[0])
             a.to_json(path)
             metrics, secs = _timed(lambda: evaluate(dmx_model))
             if dmx_model is not model:

@@ -10,7 +10,7 @@ from pathlib import Path
 from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           resolve_rotation)
 
-__all__ = ["register", "run", "config_from_args", "rotation_path"]
+__all__ = ["register", "run", "config_from_args"]
 
 #: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
 DEFAULT_SEQLEN = 256
@@ -75,11 +75,6 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def rotation_path(out: Path) -> Path:
-    """Where the rotation of the assignment ``out`` is saved: ``<out stem>.rotation.safetensors`` beside it."""
-    return out.with_name(out.stem + ".rotation.safetensors")
-
-
 def run(args: argparse.Namespace) -> int:
     """Load, quantise, calibrate, write the JSON, print a summary table."""
     from dmx.calibrate import calibrate
@@ -119,14 +114,10 @@ def run(args: argparse.Namespace) -> int:
         assignment.provenance["quick_eval"] = {"wikitext2_test_ppl": ppl, "windows": args.eval_windows,
                                                "seqlen": args.eval_seqlen}
     assignment.provenance["wall_seconds"] = round(time.perf_counter() - started, 1)
-    from dmx.rotation import rotation_provenance, rotation_state, save_rotation
+    from dmx.rotation import save_rotation_beside
 
-    state = rotation_state(model)
-    saved_rotation = None
-    if state is not None:  # written before the assignment, so an assignment always finds its rotation
-        out.parent.mkdir(parents=True, exist_ok=True)
-        saved_rotation = save_rotation(state, rotation_path(out))
-    assignment.provenance.update(rotation_provenance(state, saved_rotation, relative_to=out.parent))
+    recorded, saved_rotation = save_rotation_beside(model, out)
+    assignment.provenance.update(recorded)
     assignment.to_json(out)
     # the assignment now holds the result; drop the finished run's state so a rerun starts fresh
     from dmx.checkpoint import checkpoint_path
@@ -145,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append([f"WikiText-2 test ppl ({args.eval_windows} x {args.eval_seqlen})",
                      assignment.provenance["quick_eval"]["wikitext2_test_ppl"]])
     if saved_rotation is not None:
-        rows.append([f"{state.kind} rotation written to", str(saved_rotation)])
+        rows.append([f"{recorded['rotation']['kind']} rotation written to", str(saved_rotation)])
     rows += [["wall time (s)", assignment.provenance["wall_seconds"]], ["assignment written to", str(out)]]
     print_table(rows, ["quantity", "value"])
     return 0
