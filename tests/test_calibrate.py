@@ -241,3 +241,57 @@ def test_gradient_accumulation_rotates_the_weights_once_per_step(monkeypatch):
     for x, y in zip([a.r1, *a.r2], [b.r1, *b.r2], strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(_offsets(shared_layers), _offsets(rebuilt_layers), rtol=1e-5, atol=1e-6)
+
+
+def test_budget_formats_fill_the_budget_in_order_of_abs_beta_hat():
+    """Hand-set offsets: the deployed high layers are exactly the k largest |beta_hat| (sign ignored),
+    k = floor(n * (target - 4) / 4) for the plain mean; the threshold rule would pick another set."""
+    from dmx.calibrate import budget_formats
+
+    _, layers = _fresh()
+    names = sorted(layers)
+    values = torch.linspace(-1.9, 1.7, len(names))[torch.randperm(len(names), generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        for n, v in zip(names, values):
+            layers[n].beta_hat.fill_(float(v))
+    for target in (4.0, 4.5, 5.0, 6.3, 8.0):
+        k = int((target - 4) / 4 * len(names))
+        expected_high = {names[i] for i in values.abs().argsort(descending=True)[:k].tolist()}
+        got = budget_formats(layers, target)
+        assert {n for n, f in got.items() if f == "mxfp8_e4m3"} == expected_high
+        assert set(got.values()) <= {"mxfp4_e2m1", "mxfp8_e4m3"}
+    assert sum(v.abs() > 1 for v in values) != int(len(names) / 4)  # the threshold rule is not at 5 bits here
+    # weighting by weight elements: at or under the budget, and no further demoted layer fits back in
+    sizes = {n: layers[n].linear.weight.numel() for n in names}
+    got = budget_formats(layers, 5.0, weighting="elements")
+    avg = Assignment.from_formats(got, weighting="elements", layer_sizes=sizes).element_bits
+    assert avg <= 5.0
+    order = sorted(names, key=lambda n: -abs(float(layers[n].beta_hat.detach())))
+    first_low = next(n for n in order if got[n] == "mxfp4_e2m1")
+    assert Assignment.from_formats({**got, first_low: "mxfp8_e4m3"}, weighting="elements",
+                                   layer_sizes=sizes).element_bits > 5.0
+
+
+def test_budget_rounding_never_exceeds_the_target_and_records_the_threshold_bits():
+    target = 5.0
+    model, layers = _fresh()
+    result = calibrate(model, layers, WINDOWS, CalibrationConfig(steps=5, batch_size=1, target_bits=target, lr=3.0,
+                                                                  seed=3, final_rounding="budget"), progress=False)
+    offsets = {n: float(layers[n].beta_hat.detach()) for n in layers}
+    threshold_bits = sum(8 if abs(v) > 1 else 4 for v in offsets.values()) / len(offsets)
+    assert result.provenance["threshold_element_bits"] == pytest.approx(threshold_bits)
+    assert result.provenance["settings"]["final_rounding"] == "budget"
+    assert target - 4 / len(offsets) < result.element_bits <= target
+    high = {n for n, f in result.formats.items() if f == "mxfp8_e4m3"}
+    assert min(abs(offsets[n]) for n in high) >= max(abs(offsets[n]) for n in set(offsets) - high)
+    assert {n: layers[n].format_name() for n in layers} == result.formats  # applied to the model
+
+
+def test_bad_final_rounding_is_rejected():
+    from dmx.calibrate import budget_formats
+
+    with pytest.raises(ValueError, match="unknown final_rounding 'exact'.*threshold"):
+        CalibrationConfig(final_rounding="exact").validate()
+    model = tiny_model("llama", seed=0)
+    with pytest.raises(ValueError, match="tie=False"):
+        budget_formats(quantize_model(model, tie=False), 5.0)

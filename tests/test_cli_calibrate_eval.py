@@ -59,6 +59,15 @@ def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_dir, data_dir, caps
     assert results[1]["element_bits"] == 4.0 and all(r["ppl"] > 1 for r in results)
 
 
+def test_calibrate_flags_map_to_the_config():
+    from dmx.commands.calibrate import config_from_args
+
+    args = build_parser().parse_args(["calibrate", "--final-rounding", "budget", "--momentum", "0.5"])
+    cfg = config_from_args(args)
+    assert cfg.final_rounding == "budget" and cfg.momentum == 0.5
+    assert config_from_args(build_parser().parse_args(["calibrate"])).final_rounding == "threshold"
+
+
 def test_resume_with_corrupt_checkpoint_fails_clearly(tmp_path, tiny_dir, data_dir, capsys):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

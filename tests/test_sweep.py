@@ -187,11 +187,13 @@ def test_cli_flags_map_to_the_config():
 
     args = build_parser().parse_args(
         ["sweep", "--targets", "4.5", "6", "--methods", "kl", "dmx", "--steps", "7", "--lam", "2",
-         "--tasks", "piqa", "--limit", "10", "--max-windows", "3", "--out", "x"]
+         "--tasks", "piqa", "--limit", "10", "--max-windows", "3", "--out", "x", "--final-rounding", "budget"]
     )
     cfg = config_from_args(args)
     assert cfg.targets == (4.5, 6.0) and cfg.methods == ("kl", "dmx") and cfg.max_windows == 3
-    assert cfg.calibration == {"steps": 7, "lam": 2.0, "weighting": "mean"}
+    assert cfg.calibration == {"steps": 7, "lam": 2.0, "weighting": "mean", "final_rounding": "budget"}
+    # unset, it stays out of the settings, so sweeps finished before the flag existed still resume
+    assert "final_rounding" not in config_from_args(build_parser().parse_args(["sweep"])).calibration
     assert cfg.tasks == ("piqa",) and cfg.limit == 10 and cfg.out_dir == "x"
     spelled = config_from_args(build_parser().parse_args(["sweep", "--tasks", "default"]))
     assert spelled.tasks == ("arc_easy", "arc_challenge", "winogrande", "piqa")  # the stored settings name them

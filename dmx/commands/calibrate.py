@@ -49,6 +49,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--hold-fraction", type=float, default=None, help="fraction of steps at t-start (default: schedule's, 0.6)")
     group.add_argument("--weighting", default="mean", choices=["mean", "elements"],
                        help="average bits over layers: plain mean or weighted by weight elements")
+    group.add_argument("--final-rounding", default="threshold", choices=["threshold", "budget"],
+                       help="deployed formats: threshold = the method's rule (|beta_hat| > 1 -> high; may end "
+                            "above the budget), budget = fill the budget exactly, highest |beta_hat| first "
+                            "(never above it)")
     group.add_argument("--seed", type=int, default=0, help="seed of window sampling and order")
     group.add_argument("--checkpoint-dir", default=None,
                        help="directory for atomic checkpoints (default: <out>.ckpt next to --out); removed after success")
@@ -71,7 +75,7 @@ def config_from_args(args: argparse.Namespace):
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, momentum=args.momentum,
         t_start=args.t_start, t_end=args.t_end, hold_fraction=args.hold_fraction,
         schedule_name=args.schedule, weighting=args.weighting, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, rotation_lr=args.rotation_lr,
+        seed=args.seed, rotation_lr=args.rotation_lr, final_rounding=args.final_rounding,
     )
 
 

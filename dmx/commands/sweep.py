@@ -66,6 +66,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="average bits over layers: each layer once (mean) or by weight count (elements); "
                         "used by dMX's budget and the KL selection alike")
     c.add_argument("--checkpoint-every", type=int, default=None, help="steps between calibration checkpoints")
+    c.add_argument("--final-rounding", default=None, choices=["threshold", "budget"],
+                   help="dMX's deployed formats: threshold (the method's rule, default) or budget (filled "
+                        "exactly, highest |beta_hat| first); see `dmx calibrate --help`")
     z = parser.add_argument_group("zero-shot accuracy (optional, needs lm-eval)")
     z.add_argument("--tasks", nargs="+", default=None,
                    help="zero-shot tasks through dmx.zeroshot (e.g. arc_easy piqa, or 'default' for the "
@@ -78,7 +81,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentum", "t_start", "t_end",
-                      "hold_fraction", "checkpoint_every")
+                      "hold_fraction", "checkpoint_every", "final_rounding")
 
 
 def config_from_args(args: argparse.Namespace):
