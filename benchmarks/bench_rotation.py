@@ -10,8 +10,8 @@ plus the unquantised model with and without rotation (equal up to float round-of
 Part 2 (cost): one dMX calibration step (soft formats, dMX objective, backward, SGD on the
 offsets; for ``learned`` also the Cayley SGD step on the rotations; ``--grad-accum`` micro-batches
 per step as in ``dmx.calibrate``) without rotation, with
-fixed Hadamard rotations (``hadamard``: block-diagonal 32x32 Hadamards before every linear, the
-default; ``hadamard-full``: one full-width Hadamard before every linear; ``hadamard-folded``:
+fixed Hadamard rotations (``hadamard``: block-diagonal 64x64 Hadamards before every linear, the
+default; ``hadamard-32``: 32x32 blocks, one MX block each; ``hadamard-full``: one full-width Hadamard before every linear; ``hadamard-folded``:
 QuaRot layout with online Hadamards before o_proj/down_proj) and with learned rotations,
 alternated step by step so machine noise hits all alike; medians are reported.
 
@@ -33,6 +33,8 @@ import time
 
 import torch
 
+from dmx.rotation import DEFAULT_ONLINE_BLOCK
+
 DEFAULT_FORMATS = ("mxfp4_e2m1", "mxfp6_e3m2", "mxfp8_e4m3")
 
 
@@ -43,8 +45,9 @@ def _save(result: dict, path: str | None) -> None:
         atomic_write_text(path, json.dumps(result, indent=2))
 
 
-#: Benchmark rows: label -> (kind, placement).
-ROTATIONS = {"none": ("none", "online", None), "hadamard": ("hadamard", "online", 32),
+#: Benchmark rows: label -> (kind, placement, block).
+ROTATIONS = {"none": ("none", "online", None), "hadamard": ("hadamard", "online", DEFAULT_ONLINE_BLOCK),
+             "hadamard-32": ("hadamard", "online", 32),
              "hadamard-full": ("hadamard", "online", None), "hadamard-folded": ("hadamard", "folded", None),
              "learned": ("learned", "folded", None),
              # learned, but the rotated weights rebuilt for every micro-batch (before shared_rotated_weights)
@@ -151,7 +154,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--step-seqlen", type=int, default=256)
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per calibration step")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rotations", nargs="+", default=["none", "hadamard", "hadamard-full", "hadamard-folded"],
+    parser.add_argument("--rotations", nargs="+", default=["none", "hadamard-32", "hadamard", "hadamard-full", "hadamard-folded"],
                         choices=list(ROTATIONS), help="rows of the perplexity table")
     parser.add_argument("--step-kinds", nargs="+", default=["none", "hadamard", "hadamard-folded", "learned"],
                         choices=list(ROTATIONS))

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from dmx.checkpoint import atomic_write_text, read_json
+from dmx.rotation import DEFAULT_ONLINE_BLOCK
 
 RESULTS_SCHEMA = "dmx.sweep/1"
 UNIFORM_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")
@@ -206,7 +207,7 @@ class SweepConfig:
     rotation: str = "none"
     rotation_seed: int = 0
     rotation_placement: str = "online"
-    rotation_block: int | None = 32
+    rotation_block: int | None = DEFAULT_ONLINE_BLOCK
 
     def identity(self) -> dict[str, Any]:
         """Settings every point depends on (what a resumed sweep must share).

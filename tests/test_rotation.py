@@ -254,6 +254,8 @@ def test_bad_requests_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="intermediate_size"):
         apply_rotation(odd, "hadamard", placement="folded")
     with pytest.raises(ValueError, match="input size 52"):
+        apply_rotation(copy.deepcopy(odd), "hadamard", block=None)
+    with pytest.raises(ValueError, match="block 64 does not divide the input size 32"):  # the default block
         apply_rotation(copy.deepcopy(odd), "hadamard")
     with pytest.raises(ValueError, match="block"):
         apply_rotation(tiny_model("llama"), "hadamard", block=7)

@@ -133,10 +133,10 @@ def test_kl_records_its_rotation_and_mixed_rotations_are_refused(tiny_dir, tmp_p
                  "--n-windows", "1", "--target-bits", "6", "--cache-dir", str(tmp_path / "cache"), "--out", str(kl),
                  "--rotation", "hadamard", "--rotation-seed", "3"]) == 0
     recorded = json.loads(kl.read_text())["provenance"]["rotation"]
-    assert (recorded["kind"], recorded["seed"], recorded["placement"], recorded["block"]) == ("hadamard", 3, "online", 32)
+    assert (recorded["kind"], recorded["seed"], recorded["placement"], recorded["block"]) == ("hadamard", 3, "online", 64)
     code, result = _eval(tiny_dir, tmp_path, "kl", "--assignment", str(kl))
     assert code == 0
-    assert result["rotation"] == "--rotation hadamard --rotation-seed 3 --rotation-placement online --rotation-block 32"
+    assert result["rotation"] == "--rotation hadamard --rotation-seed 3 --rotation-placement online --rotation-block 64"
     code, same = _eval(tiny_dir, tmp_path, "kl-flags", "--assignment", str(kl), "--rotation", "hadamard")
     assert code == 0 and same["results"] == result["results"]  # unset seed/block come from the assignment
     code, _ = _eval(tiny_dir, tmp_path, "kl-seed", "--assignment", str(kl), "--rotation-seed", "4")

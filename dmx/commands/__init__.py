@@ -89,7 +89,7 @@ class RotationChoice:
     kind: str = "none"
     seed: int = 0
     placement: str = "online"
-    block: int | None = 32
+    block: int | None = None  # full width; hadamard/online choices are built with the flag default
     file: str | None = None
     sha256: str | None = None
     source: str = "default"
