@@ -235,6 +235,10 @@ def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: s
     return state
 
 
+#: Settings that do not change the offsets' trajectory, so a checkpoint resumes across them.
+_RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding")
+
+
 def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, windows_hash: str,
              model: nn.Module, rotation_optimizer) -> int:
     from dmx.rotation import rotation_parameters
@@ -244,9 +248,11 @@ def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, w
     saved = dict(state["config"])
     current = dataclasses.asdict(cfg)
     defaults = {f.name: f.default for f in dataclasses.fields(CalibrationConfig)}
-    # checkpoint_every may change between runs; everything else defines the trajectory. A setting
-    # added after the checkpoint was written counts as its default.
-    differing = sorted(k for k in current if k != "checkpoint_every" and saved.get(k, defaults[k]) != current[k])
+    # checkpoint_every and final_rounding may change between runs (a finished checkpoint can be
+    # deployed with the other rounding); everything else defines the trajectory. A setting added
+    # after the checkpoint was written counts as its default.
+    differing = sorted(k for k in current if k not in _RESUMABLE_ACROSS
+                       and saved.get(k, defaults[k]) != current[k])
     if differing:
         detail = ", ".join(f"{k}: checkpoint {saved.get(k, defaults[k])!r} vs now {current[k]!r}" for k in differing)
         raise CheckpointError(f"cannot resume: settings differ from the checkpoint ({detail}); use the same settings or a new --checkpoint-dir")

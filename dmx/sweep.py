@@ -492,7 +492,10 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                     for n, layer in layers.items():
                         layer.beta_hat.copy_(initial_offsets[n])
             # One checkpoint directory per (target, settings): changed settings start afresh.
-            digest = hashlib.sha256(json.dumps(cfg.method_settings("dmx"), sort_keys=True).encode()).hexdigest()[:8]
+            # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
+            trajectory = cfg.method_settings("dmx")
+            trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
+            digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:8]
             ckpt = out / "checkpoints" / f"{key.replace('@', '_at_')}-{digest}"
             record = {k: v for k, v in provenance.items() if k not in shared_rotation}
             a, calib_secs = _timed(lambda: calibrate(

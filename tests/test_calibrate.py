@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -295,3 +296,22 @@ def test_bad_final_rounding_is_rejected():
     model = tiny_model("llama", seed=0)
     with pytest.raises(ValueError, match="tie=False"):
         budget_formats(quantize_model(model, tie=False), 5.0)
+
+
+def test_a_finished_checkpoint_is_redeployed_with_the_other_rounding(tmp_path):
+    from dmx.calibrate import budget_formats
+
+    cfg = CalibrationConfig(steps=3, batch_size=1, target_bits=5.0, lr=3.0, seed=1, checkpoint_every=3)
+    model, layers = _fresh()
+    threshold = calibrate(model, layers, WINDOWS, cfg, checkpoint_dir=tmp_path, progress=False)
+    learned = _offsets(layers)
+    model, layers = _fresh()
+    steps = []
+    budget = calibrate(model, layers, WINDOWS, dataclasses.replace(cfg, final_rounding="budget"),
+                       checkpoint_dir=tmp_path, resume=True, progress=False, on_step=lambda s, m: steps.append(s))
+    assert steps == [] and torch.equal(_offsets(layers), learned)  # nothing recomputed
+    assert budget.formats == budget_formats(layers, 5.0) and budget.element_bits <= 5.0
+    assert budget.provenance["threshold_element_bits"] == threshold.element_bits
+    with pytest.raises(CheckpointError, match="lam"):  # a setting of the trajectory still refuses
+        calibrate(*_fresh(), WINDOWS, dataclasses.replace(cfg, lam=1.0), checkpoint_dir=tmp_path, resume=True,
+                  progress=False)
