@@ -117,6 +117,19 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
     assert next(p for p in points if p["key"] == "kl@6")["seconds"] == by_key["kl@6"]["seconds"]  # kept
     assert len(list((out / "checkpoints").iterdir())) == 3
 
+    # The other final rounding: the dMX points are deployed again from their finished
+    # checkpoints (no calibration step, no new checkpoint folder) and meet the budget.
+    def no_step(*args, **kwargs):
+        raise AssertionError("a calibration step ran again")
+
+    monkeypatch.setattr("dmx.calibrate.objective", no_step)
+    budget = SweepConfig(**{**more.__dict__, "calibration": {**more.calibration, "final_rounding": "budget"}})
+    points = {p["key"]: p for p in run_sweep(budget)}
+    assert calls["eval"] == 9 + 2 and len(list((out / "checkpoints").iterdir())) == 3
+    for t in (5.0, 6.0):
+        assert t - 4 / 14 < points[f"dmx@{t:g}"]["avg_bits"] <= t
+        assert points[f"dmx@{t:g}"]["settings"]["calibration"]["final_rounding"] == "budget"
+
 
 def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatch, data_dir):
     """A finished sweep rerun with zero-shot tasks gets accuracy on every point (and the second
