@@ -68,6 +68,19 @@ def test_calibrate_flags_map_to_the_config():
     assert config_from_args(build_parser().parse_args(["calibrate"])).final_rounding == "threshold"
 
 
+def test_a_named_checkpoint_dir_is_kept_and_redeployed_with_budget_rounding(tmp_path, tiny_dir, data_dir):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "a.json"
+    common = ["calibrate", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--n-windows", "2",
+              "--steps", "2", "--batch-size", "1", "--lr", "3", "--target-bits", "5", "--checkpoint-dir", str(ckpt),
+              "--no-progress"]
+    assert main([*common, "--out", str(out)]) == 0
+    assert (ckpt / "calibration_state.pt").is_file()  # named by the user: kept
+    assert main([*common, "--out", str(tmp_path / "b.json"), "--resume", "--final-rounding", "budget"]) == 0
+    first, budget = json.loads(out.read_text()), json.loads((tmp_path / "b.json").read_text())
+    assert budget["provenance"]["threshold_element_bits"] == first["element_bits"]
+    assert 5 - 4 / 14 < budget["element_bits"] <= 5 and budget["provenance"]["settings"]["final_rounding"] == "budget"
+
+
 def test_resume_with_corrupt_checkpoint_fails_clearly(tmp_path, tiny_dir, data_dir, capsys):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

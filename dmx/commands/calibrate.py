@@ -55,7 +55,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                             "(never above it)")
     group.add_argument("--seed", type=int, default=0, help="seed of window sampling and order")
     group.add_argument("--checkpoint-dir", default=None,
-                       help="directory for atomic checkpoints (default: <out>.ckpt next to --out); removed after success")
+                       help="directory for atomic checkpoints, kept after success (then `--resume --final-rounding budget` "
+                            "re-deploys the finished offsets); default: <out>.ckpt next to --out, removed after success")
     group.add_argument("--checkpoint-every", type=int, default=5, help="steps between checkpoints")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     group.add_argument("--out", default="assignment.json", help="where to write the assignment JSON")
@@ -123,12 +124,14 @@ def run(args: argparse.Namespace) -> int:
     recorded, saved_rotation = save_rotation_beside(model, out)
     assignment.provenance.update(recorded)
     assignment.to_json(out)
-    # the assignment now holds the result; drop the finished run's state so a rerun starts fresh
-    from dmx.checkpoint import checkpoint_path
+    if args.checkpoint_dir is None:
+        # the assignment now holds the result; drop our default <out>.ckpt/ so a rerun starts fresh.
+        # A --checkpoint-dir the user named stays: `--resume --final-rounding ...` re-deploys it.
+        from dmx.checkpoint import checkpoint_path
 
-    checkpoint_path(checkpoint_dir).unlink(missing_ok=True)
-    if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
-        checkpoint_dir.rmdir()  # the default <out>.ckpt/ was ours; a user's non-empty directory stays
+        checkpoint_path(checkpoint_dir).unlink(missing_ok=True)
+        if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
+            checkpoint_dir.rmdir()
     for fmt, count in sorted(Counter(assignment.formats.values()).items()):
         rows.append(["layers at " + fmt, count])
     rows += [["average element bits", assignment.element_bits],
