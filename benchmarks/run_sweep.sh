@@ -11,6 +11,10 @@
 #   ROTATION=hadamard OUT=results/sweep_smollm2_hadamard benchmarks/run_sweep.sh
 #   TASKS=default LIMIT=100 benchmarks/run_sweep.sh            # adds zero-shot accuracy to stage 1
 #   OUT=/tmp/x TARGETS="5 6" benchmarks/run_sweep.sh
+#   cp -r results/sweep_smollm2 results/sweep_smollm2_budget   # keep the threshold points
+#   FINAL_ROUNDING=budget OUT=results/sweep_smollm2_budget benchmarks/run_sweep.sh
+#                               # re-deploys the finished dMX points filling the budget exactly
+#                               # (no calibration step; the other points are kept)
 #
 # Interruptible: rerun the same command and finished points are skipped (the KL scores and
 # the dMX calibration checkpoints resume too). Stage 1 runs what the quality target needs
@@ -30,6 +34,8 @@ common=(--model smollm2-135m --family fp8_fp4 --out "$OUT" --targets $TARGETS
         --calib-windows "${CALIB_WINDOWS:-64}" --calib-seqlen "${CALIB_SEQLEN:-256}"
         --steps "${STEPS:-40}" --batch-size 2 --checkpoint-every 5
         --rotation "${ROTATION:-none}")
+# Only passed when set, so the points of sweeps run before the flag existed still count as finished.
+if [ -n "${FINAL_ROUNDING:-}" ]; then common+=(--final-rounding "$FINAL_ROUNDING"); fi
 # TASKS set: a rerun on a finished directory only adds accuracy to its points (nothing recomputed).
 accuracy=()
 if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS --limit "${LIMIT:-100}"); fi
