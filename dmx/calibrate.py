@@ -215,7 +215,7 @@ def _rotation_entry(model: nn.Module) -> dict[str, Any] | None:
 
 
 def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: str, model: nn.Module,
-           rotation_optimizer) -> dict[str, Any]:
+           rotation_optimizer, metrics: Mapping[str, float]) -> dict[str, Any]:
     from dmx.rotation import rotation_parameters
 
     state = {
@@ -228,6 +228,7 @@ def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: s
         "layers": _ordered(layers),
         "windows_hash": windows_hash,
         "rotation": _rotation_entry(model),
+        "metrics": dict(metrics),  # the last step's, so a finished run re-deployed still reports them
     }
     if rotation_optimizer is not None:
         state["rotation_matrices"] = [p.detach().cpu().clone() for p in rotation_parameters(model)]
@@ -325,13 +326,15 @@ def calibrate(
     order = window_order(windows.shape[0], cfg.steps * cfg.grad_accum * cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     start = 0
+    metrics: dict[str, float] = {}
     if resume:
-        start = _restore(load_checkpoint(checkpoint_dir), layers, optimizer, cfg, windows_hash, model, rotation_optimizer)
+        state = load_checkpoint(checkpoint_dir)
+        start = _restore(state, layers, optimizer, cfg, windows_hash, model, rotation_optimizer)
+        metrics = dict(state.get("metrics", {}))
     from dmx.wrap import apply_schedule
 
     set_calibration_mode(model, layers, training=True)
     completed = start
-    metrics: dict[str, float] = {}
     bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not progress)
     try:
         for step in range(start, cfg.steps):
@@ -358,12 +361,12 @@ def calibrate(
             bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits.detach()):.2f}", T=f"{temperature:.2f}")
             bar.update(1)
             if checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
-                save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer))
+                save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
             if on_step is not None:
                 on_step(completed, metrics)
     except KeyboardInterrupt:
         if checkpoint_dir is not None and completed > start:
-            save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer))
+            save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
             bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume")
         raise
     finally:

@@ -312,6 +312,7 @@ def test_a_finished_checkpoint_is_redeployed_with_the_other_rounding(tmp_path):
     assert steps == [] and torch.equal(_offsets(layers), learned)  # nothing recomputed
     assert budget.formats == budget_formats(layers, 5.0) and budget.element_bits <= 5.0
     assert budget.provenance["threshold_element_bits"] == threshold.element_bits
+    assert budget.provenance["final_metrics"] == threshold.provenance["final_metrics"] != {}
     with pytest.raises(CheckpointError, match="lam"):  # a setting of the trajectory still refuses
         calibrate(*_fresh(), WINDOWS, dataclasses.replace(cfg, lam=1.0), checkpoint_dir=tmp_path, resume=True,
                   progress=False)
