@@ -18,10 +18,10 @@ Two layouts for the fixed kind (``placement``):
 
   Why 64: chosen on WikiText-2 *validation* text (not the test split the README reports), uniform
   MXFP4 perplexity of SmolLM2-135M over 4 x 2048 tokens, mean of rotation seeds 0-2: no rotation
-  65.8, block 32 38.8, block 64 33.5, block 96 36.8, block 192 35.4 (seed 0), full width worse
-  still. Rotating inside one MX block (32) only reshapes the block's own distribution; 64 also
-  spreads an outlier over two blocks' scales, and wider rotations raise the scale of more blocks
-  than they help. 64 divides the linear input widths of every model in ``dmx.models``.
+  65.8, block 32 38.8, block 64 33.5, block 96 36.8, block 192 35.4 (seed 0); full width was
+  worse than block 32 on test windows (README). Rotating inside one MX block (32) only reshapes
+  the block's own distribution; 64 also spreads an outlier over two blocks' scales, and wider
+  rotations raise the scale of more blocks than they help. 64 divides the linear input widths of every model in ``dmx.models``.
 * ``folded``: the QuaRot layout below; ``learned`` always uses it (SpinQuant).
 
 What is folded into the weights in the ``folded`` layout (exactly, in float64, then cast back):
