@@ -21,7 +21,8 @@ Two layouts for the fixed kind (``placement``):
   65.8, block 32 38.8, block 64 33.5, block 96 36.8, block 192 35.4 (seed 0); full width was
   worse than block 32 on test windows (README). Rotating inside one MX block (32) only reshapes
   the block's own distribution; 64 also spreads an outlier over two blocks' scales, and wider
-  rotations raise the scale of more blocks than they help. 64 divides the linear input widths of every model in ``dmx.models``.
+  rotations raise the scale of more blocks than they help. 64 divides the linear input widths of
+  every model in ``dmx.models``.
 * ``folded``: the QuaRot layout below; ``learned`` always uses it (SpinQuant).
 
 What is folded into the weights in the ``folded`` layout (exactly, in float64, then cast back):
@@ -97,6 +98,7 @@ __all__ = [
     "rotated_model_id",
     "save_rotation_beside",
     "shared_rotated_weights",
+    "check_learned_lm_head",
 ]
 
 ROTATION_KINDS = ("none", "hadamard", "learned")
@@ -459,10 +461,21 @@ def attach_online_rotations(model: nn.Module) -> None:
         if not _has_hook(module, hook):
             _remove_hooks(module, (OnlineHadamard,))
             module.register_forward_pre_hook(hook)
-    if not state.baked and not isinstance(_lm_head(model), nn.Linear):
+    check_learned_lm_head(learning=not state.baked, lm_head_quantised=not isinstance(_lm_head(model), nn.Linear))
+
+
+def check_learned_lm_head(*, learning: bool, lm_head_quantised: bool) -> None:
+    """``ValueError`` when a learned rotation would be trained with a quantised ``lm_head``.
+
+    The learned layout feeds ``lm_head`` through an ``R1^T`` input hook, which would sit after its
+    MX quantiser. The commands and the sweep call this before loading; :func:`attach_online_rotations`
+    checks the model itself at every forward.
+    """
+    if learning and lm_head_quantised:
         raise ValueError(
-            "learned rotations are not supported with a quantised lm_head while learning; drop "
-            "--include-lm-head or call dmx.rotation.bake_rotation(model) before wrapping lm_head"
+            "a learned rotation cannot be trained with a quantised lm_head (its R1^T input hook would sit "
+            "after the quantiser); drop --include-lm-head (include_lm_head), use --rotation hadamard, or "
+            "call dmx.rotation.bake_rotation(model) before wrapping lm_head"
         )
 
 
@@ -861,9 +874,9 @@ def add_rotation_flags(parser, *, recorded: bool = False) -> None:
     ``--rotation-file``, ``--rotation-block``, ``--rotation-lr``.
 
     Kind, seed, placement and block default to None ("not given"); :data:`FLAG_DEFAULTS` holds
-    what they mean when nothing else decides (``none``, 0, ``online``, 32). ``recorded``: the
-    command reads assignment files whose recorded rotation applies when the flags are not given
-    (``dmx eval``/``export``); the help text says so.
+    what they mean when nothing else decides (``none``, 0, ``online``, ``DEFAULT_ONLINE_BLOCK``).
+    ``recorded``: the command reads assignment files whose recorded rotation applies when the
+    flags are not given (``dmx eval``/``export``); the help text says so.
     """
     # "%(default).0s" renders as nothing: it keeps ArgumentDefaultsHelpFormatter from appending
     # "(default: None)", which would misstate what an unset flag means

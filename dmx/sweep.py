@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from dmx.checkpoint import atomic_write_text, read_json
-from dmx.rotation import DEFAULT_ONLINE_BLOCK
+from dmx.rotation import DEFAULT_ONLINE_BLOCK, check_learned_lm_head
 
 RESULTS_SCHEMA = "dmx.sweep/1"
 UNIFORM_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")
@@ -323,9 +323,8 @@ def _validate(cfg: SweepConfig) -> None:
         raise ValueError(f"unknown rotation {cfg.rotation!r}; valid choices: {', '.join(ROTATION_KINDS)}")
     if cfg.rotation_placement not in PLACEMENTS:
         raise ValueError(f"unknown rotation placement {cfg.rotation_placement!r}; valid choices: {', '.join(PLACEMENTS)}")
-    if cfg.rotation == "learned" and cfg.include_lm_head and "dmx" in cfg.methods:
-        raise ValueError("a learned rotation cannot be trained with a quantised lm_head; drop include_lm_head "
-                         "(--include-lm-head) or use rotation='hadamard'")
+    check_learned_lm_head(learning=cfg.rotation == "learned" and "dmx" in cfg.methods,
+                          lm_head_quantised=cfg.include_lm_head)
     if "rotation_lr" in cfg.calibration and cfg.rotation != "learned":
         raise ValueError("calibration setting rotation_lr only applies to rotation='learned'")
     bad = [m for m in cfg.methods if m not in METHODS]

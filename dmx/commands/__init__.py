@@ -227,9 +227,9 @@ def check_rotation_choice(choice: RotationChoice, *, trainable: bool = False, in
     if not trainable:
         raise ValueError("--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
                          "PATH (written next to the assignment by calibrate, or by export), or use --rotation hadamard")
-    if include_lm_head:
-        raise ValueError("a learned rotation cannot be trained with a quantised lm_head (its R1^T input hook would "
-                         "sit after the quantiser); drop --include-lm-head or use --rotation hadamard")
+    from dmx.rotation import check_learned_lm_head
+
+    check_learned_lm_head(learning=True, lm_head_quantised=include_lm_head)
 
 
 def apply_rotation_choice(model, choice: RotationChoice, *, trainable: bool = False):
