@@ -90,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
     from dmx.perplexity import perplexity
     from dmx.quantized import quantize_model
 
+    from dmx.models import check_seqlens
+    from dmx.data import check_data_source
+
     configs = _configurations(args)
+    if not args.no_ppl:  # before the (long) model load
+        check_data_source(args.data_dir, split="test", online=args.online, text_file=args.text_file)
+        check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
     rotation = resolve_rotation(args, [recorded_rotation(what.provenance, label) for label, what in configs
                                        if isinstance(what, Assignment)])
     model, tokenizer = load_model_from_args(args, rotation=rotation)
