@@ -393,7 +393,8 @@ def calibrate(
     except KeyboardInterrupt:
         if checkpoint_dir is not None and completed > start:
             save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
-            bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume")
+            bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume",
+                      file=sys.stderr)
         raise
     finally:
         bar.close()
