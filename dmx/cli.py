@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dmx.checkpoint import CheckpointError
+from dmx.commands import HelpFormatter
 
 __all__ = ["COMMANDS", "Terminated", "build_parser", "config_defaults", "main", "sigterm_as_interrupt",
            "progress_bars_hidden", "silence_dependency_noise"]
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmx",
         description="Differentiable per-layer MX mixed-precision assignment (dMX) for causal LMs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           resolve_rotation)
 
 __all__ = ["register", "run", "config_from_args"]
@@ -26,7 +26,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "--rotation hadamard|learned the model is rotated first (learned: the rotation is trained "
                     "jointly with the offsets by Cayley SGD) and the rotation is saved next to the assignment "
                     "as <out stem>.rotation.safetensors; `dmx eval/export` then re-apply it automatically.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser)
     add_quant_args(parser)

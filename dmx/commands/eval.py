@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           recorded_rotation, resolve_rotation)
 
 __all__ = ["register", "run", "FULL_PRECISION"]
@@ -33,7 +33,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "optionally zero-shot accuracy through lm-eval (--tasks). The model is rotated as the "
                     "rotation flags say, else as the --assignment files record (calibrated under a rotation), "
                     "else not at all.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser, recorded_rotation=True)
     add_quant_args(parser)

@@ -10,7 +10,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           resolve_rotation)
 
 __all__ = ["register", "run", "output_path"]
@@ -27,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "bits is at or below each target. Scores are cached (JSON, resumable) in --cache-dir. With a rotation "
                     "flag the model (and its full-precision reference) is rotated first, as for dMX, and the "
                     "assignments record the rotation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser)
     add_quant_args(parser)
