@@ -98,3 +98,13 @@ def test_threads_default_is_applied(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_install_metadata_uses_the_spdx_license_string():
+    """setuptools warns three times per install about the deprecated ``license = {text = ...}`` table."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)
+    assert any(req.startswith("setuptools>=") and int(req.split(">=")[1]) >= 77
+               for req in project["build-system"]["requires"])
