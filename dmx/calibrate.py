@@ -259,12 +259,15 @@ def _check_settings(state: dict[str, Any], cfg: CalibrationConfig) -> None:
         raise CheckpointError(f"cannot resume: settings differ from the checkpoint ({detail}); use the same settings or a new --checkpoint-dir")
 
 
-def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resume: bool) -> dict[str, Any] | None:
+def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resume: bool,
+                     announce: bool = True) -> dict[str, Any] | None:
     """What can be known about the checkpoint before any model is loaded; returns the state to resume.
 
     ``CheckpointError`` when ``resume`` finds no usable checkpoint (the latest and the previous
     one missing or corrupt) or one written with other settings, and when a run that does not
-    resume would overwrite an earlier run's checkpoint.
+    resume would overwrite an earlier run's checkpoint. ``announce``: say on stderr when the
+    previous checkpoint stands in for a corrupt latest one (off for an early check whose run
+    loads it again).
     """
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
@@ -278,7 +281,7 @@ def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resu
                 f"continue it, or delete it / choose another --checkpoint-dir to start over"
             )
         return None
-    state = load_checkpoint(checkpoint_dir)
+    state = load_checkpoint(checkpoint_dir, announce=announce)
     _check_settings(state, cfg)
     return state
 

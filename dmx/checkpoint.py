@@ -110,9 +110,10 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, keep_previous: bool
 
 
 def load_or_previous(path: str | os.PathLike, load: Callable[[Path], T], *, what: str,
-                     errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)) -> T:
+                     errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError),
+                     announce: bool = True) -> T:
     """``load(path)``, or ``load`` of its kept previous version when ``path`` is missing or ``load``
-    raises one of ``errors`` (a corrupt file); the fallback is announced on stderr.
+    raises one of ``errors`` (a corrupt file); the fallback is announced on stderr (``announce``).
 
     When both fail (or no previous version exists) the error about ``path`` itself is raised.
     """
@@ -127,7 +128,8 @@ def load_or_previous(path: str | os.PathLike, load: Callable[[Path], T], *, what
         except errors:
             raise err from None
         reason = "is missing" if not target.exists() else f"is unusable ({err})"
-        print(f"warning: {what} {target} {reason}; using the previous version {previous.name}", file=sys.stderr)
+        if announce:
+            print(f"warning: {what} {target} {reason}; using the previous version {previous.name}", file=sys.stderr)
         return value
 
 
@@ -213,7 +215,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(directory: str | os.PathLike, *, announce: bool = True) -> dict[str, Any]:
     """Load the checkpoint written by :func:`save_checkpoint`; when it is missing or corrupt, the
-    previous one (a warning on stderr says so). ``CheckpointError`` when neither is usable."""
-    return load_or_previous(checkpoint_path(directory), _read_checkpoint, what="checkpoint", errors=(CheckpointError,))
+    previous one (a warning on stderr says so, ``announce``). ``CheckpointError`` when neither is usable."""
+    return load_or_previous(checkpoint_path(directory), _read_checkpoint, what="checkpoint",
+                            errors=(CheckpointError,), announce=announce)

@@ -401,6 +401,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     if not todo and not accuracy_todo:
         draw_figures(store.points, out, title=_title(cfg))
         return store.points
+    _check_checkpoints(out, cfg, todo)
     finished = len(planned) - len(todo)
     if finished:
         print(f"resuming the sweep in {out}: {finished} of {len(planned)} points already measured, "
@@ -511,12 +512,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                 with torch.no_grad():
                     for n, layer in layers.items():
                         layer.beta_hat.copy_(initial_offsets[n])
-            # One checkpoint directory per (target, settings): changed settings start afresh.
-            # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
-            trajectory = cfg.method_settings("dmx")
-            trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
-            digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:8]
-            ckpt = out / "checkpoints" / f"{key.replace('@', '_at_')}-{digest}"
+            ckpt = _checkpoint_dir(out, cfg, key)
             record = {k: v for k, v in provenance.items() if k not in shared_rotation}
             a, calib_secs = _timed(lambda: calibrate(
                 dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
@@ -538,6 +534,29 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             runners[method]()
     draw_figures(store.points, out, title=_title(cfg))
     return store.points
+
+
+def _checkpoint_dir(out: Path, cfg: SweepConfig, key: str) -> Path:
+    """The calibration checkpoint folder of the dMX point ``key``."""
+    # One checkpoint directory per (target, settings): changed settings start afresh.
+    # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
+    trajectory = cfg.method_settings("dmx")
+    trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
+    digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:8]
+    return out / "checkpoints" / f"{key.replace('@', '_at_')}-{digest}"
+
+
+def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None:
+    """The checkpoints the dMX points to do will resume from are usable (before the model loads)."""
+    from dmx.calibrate import CalibrationConfig, check_checkpoint
+    from dmx.checkpoint import checkpoint_exists
+
+    for t in cfg.targets if "dmx" in cfg.methods else ():
+        key = point_label("dmx", target=t)
+        ckpt = _checkpoint_dir(out, cfg, key)
+        if key in todo and checkpoint_exists(ckpt):
+            ccfg = CalibrationConfig(**{"family": cfg.family, "seed": cfg.seed, **cfg.calibration, "target_bits": t})
+            check_checkpoint(str(ckpt), ccfg, resume=True, announce=False)
 
 
 def _title(cfg: SweepConfig) -> str:

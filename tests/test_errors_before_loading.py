@@ -118,3 +118,21 @@ def test_an_earlier_runs_checkpoint_is_not_overwritten(tiny_dir, data_dir, tmp_p
     err = _run(["calibrate", "--model", tiny_dir, "--data-dir", data_dir, "--seqlen", 32,
                 "--checkpoint-dir", ckpt, "--out", tmp_path / "a.json"], capsys)
     assert "exists from an earlier run" in err and "--resume" in err
+
+
+def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys):
+    from dmx.commands.sweep import config_from_args
+    from dmx.sweep import _checkpoint_dir
+
+    text = tmp_path / "text.txt"
+    text.write_text("some calibration text " * 50)
+    argv = ["sweep", "--model", tiny_dir, "--text-file", text, "--calib-text-file", text, "--seqlen", 32,
+            "--calib-seqlen", 32, "--methods", "dmx", "--targets", 6, "--out", tmp_path / "sweep"]
+    from dmx.cli import build_parser
+
+    ckpt = _checkpoint_dir(tmp_path / "sweep", config_from_args(build_parser().parse_args([str(a) for a in argv])),
+                           "dmx@6")
+    ckpt.mkdir(parents=True)
+    (ckpt / "calibration_state.pt").write_bytes(b"torn")
+    err = _run(argv, capsys)
+    assert "corrupt" in err and str(ckpt) in err

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         check_data_source(args.data_dir, split="test", online=args.online)
     check_seqlens(args.model, {"--seqlen": args.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval_windows > 0 else None},
                   trust_remote_code=args.trust_remote_code)
-    check_checkpoint(str(checkpoint_dir), cfg, resume=args.resume)
+    check_checkpoint(str(checkpoint_dir), cfg, resume=args.resume, announce=False)  # calibrate() announces
     rotation = resolve_rotation(args)
     model, tokenizer = load_model_from_args(args, trainable=True, rotation=rotation)
     limit = context_length(model)
