@@ -308,6 +308,42 @@ def table_demo(root: Path, folder: Path | None = None) -> str:
     return markdown_table(["quantity", "mean ± sd", "min – max", "runs"], body, "lrrr")
 
 
+def table_rotation_block_choice(root: Path) -> str:
+    """How the online Hadamard block was chosen: uniform MXFP4 perplexity per block and seed, the
+    validation mean (what chose it) and the test ratio to no rotation per seed."""
+    doc = load_json(root / "results" / "rotation_block_choice" / "results.json")
+    none_test = next(r for r in doc["rows"] if r["block"] is None)["test"][0]
+
+    def seeds(values, fmt="{:.2f}") -> str:
+        return " / ".join("–" if v is None else fmt.format(v) for v in values)
+
+    body = []
+    for row in doc["rows"]:
+        default = row["block"] == doc["default_block"]
+        validation = seeds(row["validation"])
+        complete = [v for v in row["validation"] if v is not None]
+        if len(complete) > 1 and len(complete) == len(row["validation"]):
+            mean = f"{statistics.fmean(complete):.2f}"
+            validation += f" (**{mean}**)" if default else f" ({mean})"
+        ratios = "1" if row["block"] is None else seeds([None if v is None else none_test / v for v in row["test"]],
+                                                         "{:.2f}x")
+        label = f"**{row['label']}**" if default else row["label"]
+        body.append([label, validation, seeds(row["test"]), ratios])
+    return markdown_table(["online block", "validation, seeds 0 / 1 / 2 (mean)", "test, seeds 0 / 1 / 2",
+                           "test ratio vs none, seeds 0 / 1 / 2"], body)
+
+
+def transcribed_table(name: str) -> Callable[[Path], str]:
+    """A table kept as rows in ``results/transcribed/<name>.json`` (measurements whose own output was
+    not kept; the file's provenance says where they come from). Rendered as stored."""
+    def table(root: Path) -> str:
+        doc = load_json(root / "results" / "transcribed" / f"{name}.json")
+        return markdown_table(doc["headers"], doc["rows"])
+
+    table.__doc__ = f"The rows of results/transcribed/{name}.json."
+    return table
+
+
 #: Generated README sections: marker name -> function of the repository root returning markdown.
 TABLES: dict[str, Callable[[Path], str]] = {
     "bench_mx_spec": table_bench_mx_spec,
@@ -316,6 +352,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "hadamard_block": table_hadamard_block,
     "fp6_fp4": table_fp6_fp4,
     "kl_dmx_overlap": table_kl_dmx_overlap,
+    "rotation_block_choice": table_rotation_block_choice,
+    "rotation_short_windows": transcribed_table("rotation_short_windows"),
+    "speed": transcribed_table("speed"),
     "zeroshot": table_zeroshot,
 }
 
