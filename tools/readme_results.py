@@ -249,6 +249,23 @@ def table_zeroshot(root: Path) -> str:
     return markdown_table(headers, body)
 
 
+def table_zeroshot_stderr(root: Path) -> str:
+    """Zero-shot accuracy (%) with lm-eval's standard errors, from one `dmx eval --tasks` run; the
+    average's error assumes independent tasks (root of the summed variances over the count)."""
+    doc = load_json(root / "results" / "zeroshot" / "smollm2_limit100.json")
+    labels = {"fp": "full precision", **{f: f"uniform {name}" for f, name in FORMAT_NAMES.items()}}
+    body = []
+    for row in doc["results"]:
+        tasks = row["zeroshot"]["tasks"]
+        cells = [f"{100 * tasks[t]['acc']:.0f} ± {100 * tasks[t]['acc_stderr']:.1f}" for t in ZEROSHOT_TASKS]
+        spread = sum(tasks[t]["acc_stderr"] ** 2 for t in ZEROSHOT_TASKS) ** 0.5 / len(ZEROSHOT_TASKS)
+        average = statistics.fmean(tasks[t]["acc"] for t in ZEROSHOT_TASKS)
+        label = labels.get(row["config"], f"`{Path(row['config']).name}`")
+        body.append([label, fmt_bits(row["element_bits"], uniform=row["config"] in FORMAT_NAMES), *cells,
+                     f"{100 * average:.2f} ± {100 * spread:.1f}"])
+    return markdown_table(["model", "avg element bits", *ZEROSHOT_TASKS.values(), "average"], body)
+
+
 # ----------------------------------------------------------------------------- benchmarks and the demo
 
 
@@ -356,6 +373,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "rotation_short_windows": transcribed_table("rotation_short_windows"),
     "speed": transcribed_table("speed"),
     "zeroshot": table_zeroshot,
+    "zeroshot_stderr": table_zeroshot_stderr,
 }
 
 
