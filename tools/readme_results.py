@@ -371,6 +371,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "kl_dmx_overlap": table_kl_dmx_overlap,
     "rotation_block_choice": table_rotation_block_choice,
     "rotation_short_windows": transcribed_table("rotation_short_windows"),
+    "rotation_step_cost": transcribed_table("rotation_step_cost"),
     "speed": transcribed_table("speed"),
     "zeroshot": table_zeroshot,
     "zeroshot_stderr": table_zeroshot_stderr,
