@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from dmx.checkpoint import atomic_write_text, exists_or_previous, read_json_or_previous
+from dmx.data import check_data_source
+from dmx.models import check_seqlens
 from dmx.rotation import DEFAULT_ONLINE_BLOCK, check_learned_lm_head
 
 RESULTS_SCHEMA = "dmx.sweep/1"
@@ -353,12 +355,8 @@ def _validate(cfg: SweepConfig) -> None:
 
 def _check_inputs(cfg: SweepConfig) -> None:
     """The data and window lengths the points will need, checked before the model is loaded."""
-    from dmx.models import check_seqlens
-    from dmx.data import check_data_source
-
     check_data_source(cfg.data_dir, split="test", online=cfg.online, text_file=cfg.text_file)
-    calibrating = {"kl", "dmx"} & set(cfg.methods)
-    if calibrating:
+    if {"kl", "dmx"} & set(cfg.methods):
         check_data_source(cfg.data_dir, split="calibration", online=cfg.online, text_file=cfg.calib_text_file)
     check_seqlens(cfg.model, {"--seqlen": cfg.seqlen, "--kl-seqlen": cfg.kl_seqlen if "kl" in cfg.methods else None,
                               "--calib-seqlen": cfg.calib_seqlen if "dmx" in cfg.methods else None})
