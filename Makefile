@@ -36,6 +36,8 @@ demo: demo-quick
 	$(VENV)/bin/dmx calibrate $(THREAD_FLAG) --out $(DEMO_OUT)/assignment.json
 	$(VENV)/bin/dmx eval $(THREAD_FLAG) --format fp mxfp8_e4m3 mxfp4_e2m1 --assignment $(DEMO_OUT)/assignment.json \
 		--max-windows 2 --out $(DEMO_OUT)/eval.json
+	# this run against the spread of the runs recorded for the README (results/demo/)
+	$(PY) tools/readme_results.py --compare-demo $(DEMO_OUT) || echo "demo: a figure lies outside the recorded spread (see above)"
 
 test: venv
 	$(PY) -m pytest -q

@@ -100,3 +100,19 @@ def test_make_demo_writes_the_files_the_demo_table_reads():
     assert "--out $(DEMO_OUT)/assignment.json" in demo and "--out $(DEMO_OUT)/eval.json" in demo
     assert "$(THREAD_FLAG)" in demo
     assert "readme-results:" in makefile and "tools/readme_results.py" in makefile
+
+
+def test_a_new_demo_run_is_compared_with_the_recorded_spread(tmp_path):
+    recorded = tmp_path / "results" / "demo"
+    for i, (dmx_ppl, mxfp4) in enumerate([(33.62, 92.33), (35.62, 91.48), (34.10, 92.00)]):
+        _demo_run(recorded / f"run-0{i}", bits=5.2 + 0.1 * i, high=3, ppl={
+            "fp": 18.84, "mxfp8_e4m3": 20.80, "mxfp4_e2m1": mxfp4, "a.json": dmx_ppl})
+    _demo_run(tmp_path / "close", bits=5.25, high=3, ppl={"fp": 18.84, "mxfp8_e4m3": 20.80, "mxfp4_e2m1": 92.1,
+                                                         "a.json": 34.0})
+    table, ok = gen.compare_demo(tmp_path / "close", recorded)
+    assert ok and "| ppl dMX | 34.00 | 34.45 ± 1.04 | 33.62 – 35.62 | 3 | yes |" in table
+    _demo_run(tmp_path / "far", bits=5.25, high=3, ppl={"fp": 18.84, "mxfp8_e4m3": 20.80, "mxfp4_e2m1": 92.1,
+                                                       "a.json": 60.0})
+    table, ok = gen.compare_demo(tmp_path / "far", recorded)
+    assert not ok and "| ppl dMX | 60.00 |" in table and "**no**" in table
+    assert gen.main(["--compare-demo", str(tmp_path / "far"), "--root", str(tmp_path)]) == 1

@@ -4,6 +4,7 @@ Usage::
 
     python tools/readme_results.py            # rewrite the generated sections of README.md
     python tools/readme_results.py --check    # exit 1 and show the difference if they are stale
+    python tools/readme_results.py --compare-demo runs/demo   # a new demo run vs the recorded spread
 
 Every generated table sits between two markers in README.md, and everything between them is
 replaced on each run (edit the results files or this script, never the table)::
@@ -361,6 +362,29 @@ def transcribed_table(name: str) -> Callable[[Path], str]:
     return table
 
 
+def compare_demo(run: Path, recorded: Path, *, k: float = 3.0) -> tuple[str, bool]:
+    """A new ``make demo`` run (folder with assignment.json and eval.json) against the runs recorded
+    in ``recorded``: per quantity its value, the recorded mean ± sd, min – max and whether it lies
+    within ``k`` standard deviations of the mean (or inside min – max). Returns (table, all within)."""
+    mine = _demo_quantities({"run": run.name, "assignment": load_json(run / "assignment.json"),
+                             "eval": load_json(run / "eval.json")})
+    runs = [_demo_quantities(r) for r in demo_runs(recorded)]
+    if not runs:
+        return f"no demo run recorded in {recorded} to compare with\n", True
+    body, ok = [], True
+    for name, value in mine.items():
+        values = [q[name] for q in runs]
+        mean = statistics.fmean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        within = min(values) <= value <= max(values) or abs(value - mean) <= k * spread
+        ok &= within
+        body.append([name, f"{value:.2f}", mean_spread(values), value_range(values), str(len(values)),
+                     "yes" if within else "**no**"])
+    table = markdown_table(["quantity", "this run", "recorded mean ± sd", "min – max", "runs",
+                            f"within (range or {k:g} sd)"], body, "lrrrrl")
+    return table, ok
+
+
 #: Generated README sections: marker name -> function of the repository root returning markdown.
 TABLES: dict[str, Callable[[Path], str]] = {
     "bench_mx_spec": table_bench_mx_spec,
@@ -400,7 +424,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is stale")
     parser.add_argument("--readme", type=Path, default=README, help="the README to rewrite")
     parser.add_argument("--root", type=Path, default=REPO, help="the folder holding results/")
+    parser.add_argument("--compare-demo", type=Path, default=None, metavar="RUN_DIR",
+                        help="instead: compare a `make demo` output folder with the recorded demo runs "
+                             "(exit 1 when a figure is outside their spread)")
     args = parser.parse_args(argv)
+    if args.compare_demo is not None:
+        table, ok = compare_demo(args.compare_demo, args.root / "results" / "demo")
+        print(table, end="")
+        return 0 if ok else 1
     text = args.readme.read_text(encoding="utf-8")
     missing = sorted(set(TABLES) - set(section_names(text)))
     if missing:
