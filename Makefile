@@ -7,7 +7,8 @@ DATA_DIR ?= $(abspath ../shared/data)
 export DMX_DATA_DIR ?= $(DATA_DIR)
 
 # Where `make demo` writes its assignment.json and eval.json (record a run for the README's demo
-# table with DEMO_OUT=results/demo/run-NN, then `make readme-results`).
+# table with DEMO_OUT=results/demo/run-NN, then `make readme-results`); the demo ends by comparing
+# its figures with the spread of the runs recorded in results/demo/.
 DEMO_OUT ?= runs/demo
 # CPU threads of the demo's dmx commands; empty: dmx's default, the CPUs idle right now, so a busy
 # machine is not oversubscribed (a step took 50-134 s instead of 7 s with too many threads).
@@ -36,8 +37,7 @@ demo: demo-quick
 	$(VENV)/bin/dmx calibrate $(THREAD_FLAG) --out $(DEMO_OUT)/assignment.json
 	$(VENV)/bin/dmx eval $(THREAD_FLAG) --format fp mxfp8_e4m3 mxfp4_e2m1 --assignment $(DEMO_OUT)/assignment.json \
 		--max-windows 2 --out $(DEMO_OUT)/eval.json
-	# this run against the spread of the runs recorded for the README (results/demo/)
-	$(PY) tools/readme_results.py --compare-demo $(DEMO_OUT) || echo "demo: a figure lies outside the recorded spread (see above)"
+	@$(PY) tools/readme_results.py --compare-demo $(DEMO_OUT) || echo "demo: a figure lies outside the recorded spread (see above)"
 
 test: venv
 	$(PY) -m pytest -q

@@ -135,7 +135,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from dmx.checkpoint import atomic_write_text
 
+        import torch
+
+        # the thread count is recorded: float round-off, hence run-to-run spread, depends on it
         atomic_write_text(args.out, json.dumps({"model": args.model, "seqlen": args.seqlen,
                                                 "max_windows": args.max_windows, "rotation": rotation.flags(),
-                                                "results": results}, indent=2) + "\n")
+                                                "threads": torch.get_num_threads(), "results": results},
+                                               indent=2) + "\n")
     return 0
