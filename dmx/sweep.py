@@ -360,6 +360,10 @@ def _check_inputs(cfg: SweepConfig) -> None:
         check_data_source(cfg.data_dir, split="calibration", online=cfg.online, text_file=cfg.calib_text_file)
     check_seqlens(cfg.model, {"--seqlen": cfg.seqlen, "--kl-seqlen": cfg.kl_seqlen if "kl" in cfg.methods else None,
                               "--calib-seqlen": cfg.calib_seqlen if "dmx" in cfg.methods else None})
+    if cfg.tasks:
+        from dmx.zeroshot import check_zeroshot_data  # lm-eval's side of the project is optional
+
+        check_zeroshot_data(list(cfg.tasks), cfg.data_dir, online=cfg.online)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:

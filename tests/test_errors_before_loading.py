@@ -136,3 +136,15 @@ def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys)
     (ckpt / "calibration_state.pt").write_bytes(b"torn")
     err = _run(argv, capsys)
     assert "corrupt" in err and str(ckpt) in err
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+def test_zero_shot_data_missing(command, tiny_dir, data_dir, tmp_path, capsys):
+    """The offline zero-shot tasks' files are looked for before loading (the test split is there)."""
+    partial = tmp_path / "data"
+    (partial / "wikitext-2-raw-v1").mkdir(parents=True)
+    (partial / "wikitext-2-raw-v1" / "test.jsonl").write_text((data_dir / "wikitext-2-raw-v1" / "test.jsonl").read_text())
+    argv = {"eval": ["eval", "--format", "fp"], "sweep": ["sweep", "--methods", "fp", "--out", tmp_path / "out"]}
+    err = _run([*argv[command], "--model", tiny_dir, "--data-dir", partial, "--seqlen", 32, "--tasks", "arc_easy"],
+               capsys)
+    assert "offline task 'arc_easy' not found" in err and "zeroshot" in err

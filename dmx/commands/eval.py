@@ -90,13 +90,16 @@ def run(args: argparse.Namespace) -> int:
     from dmx.perplexity import perplexity
     from dmx.quantized import quantize_model
 
-    from dmx.models import check_seqlens
     from dmx.data import check_data_source
+    from dmx.models import check_seqlens
+    from dmx.zeroshot import check_zeroshot_data
 
     configs = _configurations(args)
     if not args.no_ppl:  # before the (long) model load
         check_data_source(args.data_dir, split="test", online=args.online, text_file=args.text_file)
         check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
+    if args.tasks:
+        check_zeroshot_data(args.tasks, args.data_dir, online=args.online)
     rotation = resolve_rotation(args, [recorded_rotation(what.provenance, label) for label, what in configs
                                        if isinstance(what, Assignment)])
     model, tokenizer = load_model_from_args(args, rotation=rotation)
