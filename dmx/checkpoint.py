@@ -59,7 +59,14 @@ T = TypeVar("T")
 
 
 def _umask() -> int:
-    """The process umask (os.umask can only be read by setting it, so it is set straight back)."""
+    """The process umask: from /proc on Linux, else by setting it and straight back (os.umask can
+    only be read that way, which a thread creating a file at that instant could notice)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
