@@ -116,3 +116,18 @@ def test_a_new_demo_run_is_compared_with_the_recorded_spread(tmp_path):
     table, ok = gen.compare_demo(tmp_path / "far", recorded)
     assert not ok and "| ppl dMX | 60.00 |" in table and "**no**" in table
     assert gen.main(["--compare-demo", str(tmp_path / "far"), "--root", str(tmp_path)]) == 1
+
+
+def test_seeds_table_aggregates_sweeps_point_by_point(tmp_path):
+    from dmx.sweep import ResultStore
+
+    for seed, (bits, ppl) in enumerate([(5.07, 45.0), (5.27, 47.0)]):
+        store = ResultStore.open(tmp_path / f"seed{seed}", {"model": "m"})
+        store.add({"key": "fp", "method": "fp", "label": "fp", "avg_bits": None, "perplexity": 24.15})
+        store.add({"key": "dmx@5", "method": "dmx", "label": "dmx@5", "target": 5.0, "avg_bits": bits,
+                   "perplexity": ppl})
+    table = gen.seeds_table(sorted(tmp_path.glob("seed*")))
+    assert "| full precision |  | 24.15 ± 0.00 | 24.15 – 24.15 | 2 |" in table
+    assert "| dMX @ 5, thr | 5.17 ± 0.14 | 46.00 ± 1.41 | 45.00 – 47.00 | 2 |" in table
+    with pytest.raises(FileNotFoundError, match="no sweep folders"):
+        gen.seeds_table([])

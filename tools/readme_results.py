@@ -24,7 +24,8 @@ two empty markers where it belongs in README.md, run ``make readme-results``, co
 A figure that varies from run to run is shown with its spread: record each run in its own
 folder (e.g. ``make demo DEMO_OUT=results/demo/run-03``, or one sweep ``--out`` per seed), then
 let the table aggregate them with :func:`mean_spread` (mean ± sample standard deviation, the
-min-max range and the number of runs); :func:`table_demo` is the example.
+min-max range and the number of runs): :func:`table_demo` for demo runs, :func:`seeds_table` for
+sweeps repeated over seeds (one ``--out`` folder per seed).
 """
 
 from __future__ import annotations
@@ -176,6 +177,32 @@ def sweep_table(columns: dict[str, dict[str, dict]], rows=SWEEP_ROWS, *, first: 
             line += _cells(point, column, bold=(source, key) in bolds[title], gap_format=gap_format)
         body.append(line)
     return markdown_table(headers, body)
+
+
+def seeds_table(folders: Sequence[Path], rows=SWEEP_ROWS) -> str:
+    """Several sweeps of the same settings but another seed (or a rerun), one ``--out`` folder
+    each, aggregated per point: bits and perplexity as mean ± sd, the perplexity range, and how
+    many of the sweeps hold the point. ``rows`` as in :data:`SWEEP_ROWS` (only the "thr" source
+    is read: budget-rounded sweeps are separate folders, pass them as their own table).
+
+    Example for :data:`TABLES`: ``"seeds_5bit": lambda root: seeds_table(sorted((root /
+    "results").glob("sweep_smollm2_seed*")))``.
+    """
+    sweeps = [load_sweep(folder) for folder in folders]
+    if not sweeps:
+        raise FileNotFoundError("seeds_table got no sweep folders (check the glob)")
+    body = []
+    for label, source, key in rows:
+        points = [s[key] for s in sweeps if source == "thr" and key in s]
+        if not points:
+            continue
+        uniform = points[0]["method"] in ("uniform", "fp")
+        bits = [p["avg_bits"] for p in points if p.get("avg_bits") is not None]
+        ppl = [p["perplexity"] for p in points]
+        body.append([label, fmt_bits(bits[0], uniform=True) if uniform and bits else mean_spread(bits),
+                     mean_spread(ppl), value_range(ppl), str(len(points))])
+    return markdown_table(["method @ target", "bits (mean ± sd)", "ppl (mean ± sd)", "ppl min – max", "runs"],
+                          body, "lrrrr")
 
 
 def table_sweep_rotations(root: Path) -> str:
