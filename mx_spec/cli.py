@@ -1,6 +1,8 @@
 """``mx-spec`` console script: ``demo``, ``golden`` and ``verify`` subcommands.
 
-Exit status: 0 success, 1 verification mismatch, 2 bad usage or unreadable input.
+Exit status: 0 success (PASS, or PARTIAL: nothing failed but some cases or fields were not
+compared), 1 verification mismatch, nothing compared or an unmet ``--require``/``--strict``,
+2 bad usage or unreadable input.
 """
 from __future__ import annotations
 
@@ -75,7 +77,8 @@ def cmd_golden(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from mx_spec.verify import verify_results
 
-    report = verify_results(args.results, golden_dir=args.golden)
+    report = verify_results(args.results, golden_dir=args.golden, policies=args.policy, require=args.require,
+                            strict=args.strict)
     print(report.summary(max_mismatches=args.max_mismatches))
     return 0 if report.ok else 1
 
@@ -103,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("results", help="results file (.json or .npz) or a directory of them")
     ver.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
     ver.add_argument("--max-mismatches", type=int, default=50, help="how many mismatching items to print")
+    ver.add_argument("--policy", default=None, metavar="NAME=CHOICE,...",
+                     help="declared policies where implementations legitimately differ: inf=nan|saturate, "
+                          "int8=symmetric|full-range, rceil=exact|float32, ftz=off|inputs (golden/README.md)")
+    ver.add_argument("--require", default=None, metavar="TOKENS",
+                     help="coverage that must be complete, else FAIL: comma-separated MX formats, scale modes, "
+                          "roundings, scale/rounding pairs and field names, e.g. mxfp4_e2m1,floor/rne,packed")
+    ver.add_argument("--strict", action="store_true",
+                     help="require every case of all six formats and 8 modes with scales and elements checked")
     ver.set_defaults(func=cmd_verify)
     return parser
 

@@ -19,12 +19,13 @@ byte-identical files.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,14 @@ import numpy as np
 
 import mx_spec
 from mx_spec.formats import MX_FORMATS, get_element, get_format
+from mx_spec.policies import POLICY_CHOICES, outputs_of, policy_variants
 
 SCHEMA_NAME = "mx-spec-golden"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Bumped whenever an expected output or input of an existing case changes (see golden/CHANGELOG.md).
+CONTENT_VERSION = 2
+#: Version of this generator (changes when the files' bytes change for any reason).
+GENERATOR_VERSION = "mx_spec.golden 2"
 SCALE_MODES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
 ROUNDINGS: tuple[str, ...] = ("rne", "away")
 SPEC_MODE: tuple[str, str] = ("floor", "rne")
@@ -126,7 +132,9 @@ class GoldenCase:
     elements: np.ndarray
     packed: bytes
     decoded_f32: np.ndarray
-    decoded_f64: np.ndarray | None
+    decoded_f64: np.ndarray
+    policies: tuple[str, ...] = ()
+    policy_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def input_dtype(self) -> str:
@@ -393,24 +401,41 @@ def random_inputs(fmt_name: str, scale_mode: str, rounding: str) -> list[CaseInp
 
 
 # --------------------------------------------------------------------------- expected outputs
+def encode_output_fields(out: dict[str, np.ndarray], float64_input: bool) -> dict[str, str]:
+    """Schema fields (hex strings) of a case's outputs (any subset of the output fields).
+
+    ``decoded_f64`` is written only where it adds information: float64 inputs, or a float32
+    decode that is inexact (overflow to Inf, rounding in the float32 subnormal range); elsewhere
+    it is the float32 decode widened, and readers derive it so.
+    """
+    fields: dict[str, str] = {}
+    for name in ("scales", "elements", "packed"):
+        if name in out:
+            fields[name] = array_to_hex(np.asarray(out[name]).reshape(-1))
+    if "decoded_f32" in out:
+        fields["decoded_f32"] = array_to_hex(out["decoded_f32"], "float32")
+    if "decoded_f64" in out:
+        dec64 = np.asarray(out["decoded_f64"])
+        widened = out.get("decoded_f32")
+        same = widened is not None and np.array_equal(np.asarray(widened).astype(np.float64), dec64, equal_nan=True)
+        if float64_input or not same:
+            fields["decoded_f64"] = array_to_hex(dec64, "float64")
+    return fields
+
+
 def expected_fields(case: CaseInput, fmt_name: str, scale_mode: str, rounding: str) -> dict[str, Any]:
-    """The expected outputs of one case, as schema fields (hex strings)."""
+    """The expected outputs of one case, as schema fields (hex strings), with its policy variants."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs are deliberate
         mx = mx_spec.quantize(case.x, fmt_name, block_size=case.block_size, axis=case.axis,
                               scale_mode=scale_mode, rounding=rounding)
-        dec32 = np.asarray(mx_spec.dequantize(mx, dtype=np.float32))
-        dec64 = np.asarray(mx_spec.dequantize(mx, dtype=np.float64))
-    fields: dict[str, Any] = {
-        "scales": array_to_hex(mx.scales),
-        "elements": array_to_hex(mx.elements),
-        "packed": bytes(mx_spec.pack(mx)).hex(),
-        "decoded_f32": array_to_hex(dec32, "float32"),
-    }
-    # float64 decoded values only where they add information: float64 inputs, or a float32
-    # decode that is inexact (overflow to Inf, rounding in the float32 subnormal range).
-    same = np.array_equal(dec32.astype(np.float64), dec64, equal_nan=True)
-    if case.x.dtype == np.float64 or not same:
-        fields["decoded_f64"] = array_to_hex(dec64, "float64")
+        depends, variants = policy_variants(case.x, fmt_name, block_size=case.block_size, axis=case.axis,
+                                            scale_mode=scale_mode, rounding=rounding)
+    float64_input = case.x.dtype == np.float64
+    fields: dict[str, Any] = encode_output_fields(outputs_of(mx), float64_input)
+    if depends:
+        fields["policies"] = list(depends)
+    if variants:
+        fields["policy_outputs"] = {key: encode_output_fields(out, float64_input) for key, out in variants.items()}
     return fields
 
 
@@ -441,6 +466,15 @@ def decode_table(elem_name: str) -> list[dict[str, str]]:
              "f64": array_to_hex(np.float64(v), "float64")} for c, v in zip(codes, values)]
 
 
+def element_params(elem_name: str) -> dict[str, Any]:
+    """The element facts an implementer needs, from the one format table (``mx_spec.formats``)."""
+    elem = get_element(elem_name)
+    return {"kind": elem.kind, "ebits": int(elem.ebits), "mbits": int(elem.mbits), "bias": int(elem.bias),
+            "emax": int(elem.emax), "emin": int(elem.emin), "max_normal": float(elem.max_normal),
+            "min_normal": float(elem.min_normal), "min_subnormal": float(elem.min_subnormal),
+            "has_inf": bool(elem.has_inf), "has_nan": bool(elem.has_nan)}
+
+
 def iter_cases(fmt_name: str, modes: Iterable[tuple[str, str]] = ALL_MODES) -> Iterator[dict[str, Any]]:
     """All case records of one format, mode by mode, numbered per (mode, group)."""
     edges = edge_inputs(fmt_name)
@@ -458,14 +492,18 @@ def render_file(fmt_name: str, modes: Iterable[tuple[str, str]] = ALL_MODES) -> 
     header: dict[str, Any] = {
         "schema": SCHEMA_NAME,
         "version": SCHEMA_VERSION,
+        "content_version": CONTENT_VERSION,
+        "generator_version": GENERATOR_VERSION,
         "format": fmt_name,
         "element": fmt.element.name,
         "element_bits": int(fmt.element.bits),
+        "element_params": element_params(fmt.element.name),
         "scale": "e8m0",
         "array_encoding": "concatenated big-endian hex bit patterns, C order "
                           "(2 digits per uint8 code, 4 float16/bfloat16, 8 float32, 16 float64)",
         "generator": "mx-spec golden --out DIR",
         "modes": [list(m) for m in modes],
+        "policies": {k: list(v) for k, v in POLICY_CHOICES.items()},
         "decode_table": decode_table(fmt.element.name),
     }
     lines = ["{"]
@@ -523,48 +561,104 @@ def default_golden_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "golden"
 
 
+def read_json_document(path: str | os.PathLike, *, what: str, fix: str) -> Any:
+    """Parse a ``.json`` or ``.json.gz`` file; any unreadable content -> ValueError naming the file.
+
+    ``what`` says what the file should be ("golden file", "results file"), ``fix`` how to get a
+    good one; both go into the message so a truncated or empty file is never a bare parser error.
+    """
+    p = Path(path)
+    try:
+        if p.name.endswith(".gz"):
+            with gzip.open(p, "rt", encoding="utf-8") as fh:
+                return json.load(fh)
+        with open(p, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        detail = "it is empty" if p.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{p}: not a readable {what} ({detail}); {fix}") from None
+
+
+def _hex_field(rec: dict[str, Any], name: str, where: str) -> str:
+    value = rec.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {name!r} must be a hex string, got {type(value).__name__}")
+    return value
+
+
+def _parse_outputs(rec: dict[str, Any], shape: Sequence[int], base_f64: np.ndarray | None) -> dict[str, Any]:
+    """Decoded output fields of a case record or of one of its policy variants."""
+    out: dict[str, Any] = {}
+    if "scales" in rec:
+        out["scales"] = hex_to_array(rec["scales"])
+    if "elements" in rec:
+        out["elements"] = hex_to_array(rec["elements"]).reshape(shape)
+    if "packed" in rec:
+        out["packed"] = bytes.fromhex(rec["packed"])
+    if "decoded_f32" in rec:
+        out["decoded_f32"] = hex_to_array(rec["decoded_f32"], "float32", shape)
+    if "decoded_f64" in rec:
+        out["decoded_f64"] = hex_to_array(rec["decoded_f64"], "float64", shape)
+    elif "decoded_f32" in out:  # absent = the float32 decode widened (exact; see encode_output_fields)
+        out["decoded_f64"] = out["decoded_f32"].astype(np.float64)
+    elif base_f64 is not None:
+        out["decoded_f64"] = base_f64
+    return out
+
+
 def _parse_case(fmt_name: str, rec: dict[str, Any]) -> GoldenCase:
     shape = rec["shape"]
     x = hex_to_array(rec["input"], rec["input_dtype"], shape)
-    dec64 = rec.get("decoded_f64")
+    base = _parse_outputs(rec, shape, None)
+    variants = {key: _parse_outputs(v, shape, base["decoded_f64"]) for key, v in rec.get("policy_outputs", {}).items()}
     return GoldenCase(
         id=rec["id"], fmt=fmt_name, group=rec["group"], note=rec.get("note", ""),
         scale_mode=rec["scale_mode"], rounding=rec["rounding"], block_size=int(rec["block_size"]),
-        axis=int(rec["axis"]), x=x, scales=hex_to_array(rec["scales"]),
-        elements=hex_to_array(rec["elements"]).reshape(shape), packed=bytes.fromhex(rec["packed"]),
-        decoded_f32=hex_to_array(rec["decoded_f32"], "float32", shape),
-        decoded_f64=None if dec64 is None else hex_to_array(dec64, "float64", shape),
+        axis=int(rec["axis"]), x=x, scales=base["scales"], elements=base["elements"], packed=base["packed"],
+        decoded_f32=base["decoded_f32"], decoded_f64=base["decoded_f64"],
+        policies=tuple(rec.get("policies", ())), policy_outputs=variants,
     )
 
 
 def load_golden_file(path: str | os.PathLike) -> GoldenFile:
-    """Parse one golden file; raises ValueError on a wrong schema name or version."""
-    with open(path, encoding="utf-8") as fh:
-        doc = json.load(fh)
-    if doc.get("schema") != SCHEMA_NAME or doc.get("version") != SCHEMA_VERSION:
+    """Parse one golden file (``.json`` or ``.json.gz``); a wrong schema or content -> ValueError."""
+    fix = "regenerate it with `mx-spec golden --out DIR` or restore it from the repository"
+    doc = read_json_document(path, what=f"{SCHEMA_NAME} golden file", fix=fix)
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME or doc.get("version") != SCHEMA_VERSION:
+        got = (doc.get("schema"), doc.get("version")) if isinstance(doc, dict) else (type(doc).__name__, None)
         raise ValueError(f"{path}: not a {SCHEMA_NAME} v{SCHEMA_VERSION} file "
-                         f"(schema={doc.get('schema')!r}, version={doc.get('version')!r}); "
-                         "regenerate it with `mx-spec golden --out DIR`")
+                         f"(schema={got[0]!r}, version={got[1]!r}); {fix}")
     fmt_name = doc["format"]
     table = doc["decode_table"]
+    try:
+        cases = tuple(_parse_case(fmt_name, rec) for rec in doc["cases"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: malformed case ({type(exc).__name__}: {exc}); {fix}") from None
     return GoldenFile(
         fmt=fmt_name, element=doc["element"],
         decode_codes=np.array([int(r["code"], 16) for r in table], dtype=np.uint8),
         decode_f32=hex_to_array("".join(r["f32"] for r in table), "float32"),
         decode_f64=hex_to_array("".join(r["f64"] for r in table), "float64"),
-        cases=tuple(_parse_case(fmt_name, rec) for rec in doc["cases"]),
+        cases=cases,
     )
+
+
+def golden_path(root: str | os.PathLike, fmt_name: str) -> Path:
+    """``<root>/<format>.json``, or its compressed copy ``<format>.json.gz`` when only that exists."""
+    plain = Path(root) / f"{fmt_name}.json"
+    packed = plain.with_name(plain.name + ".gz")
+    return packed if not plain.is_file() and packed.is_file() else plain
 
 
 def load_golden(golden_dir: str | os.PathLike | None = None,
                 formats: Iterable[str] | None = None) -> dict[str, GoldenFile]:
-    """Load ``<golden_dir>/<format>.json`` for the given formats (default: all six)."""
+    """Load ``<golden_dir>/<format>.json`` (or ``.json.gz``) for the given formats (default: all six)."""
     root = Path(golden_dir) if golden_dir is not None else default_golden_dir()
     names = list(formats) if formats is not None else list(MX_FORMATS)
     out = {}
     for name in names:
         get_format(name)
-        path = root / f"{name}.json"
+        path = golden_path(root, name)
         if not path.is_file():
             raise FileNotFoundError(f"golden file {path} not found; pass --golden DIR / golden_dir=, "
                                     "set $MX_SPEC_GOLDEN_DIR, or generate it with `mx-spec golden --out DIR`")

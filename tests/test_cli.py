@@ -41,7 +41,15 @@ def test_verify_exit_codes_and_report(tmp_path, capsys):
     path = tmp_path / "res.json"
     path.write_text(json.dumps({"cases": cases}))
     assert main(["verify", str(path)]) == 0
-    assert "PASS" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PARTIAL: 8 cases passed, 0 failed" in out  # only the ties cases: never a plain PASS
+    assert "scales in 8, elements in 8, packed in 0" in out
+    assert main(["verify", str(path), "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "mxint8 floor/rne:" in out and "not compared" in out
+    assert main(["verify", str(path), "--require", "mxint8,floor/rne"]) == 1
+    assert main(["verify", str(path), "--require", "mxint8,floor/rne,bogus"]) == 2
+    assert "unknown token 'bogus'" in capsys.readouterr().err
 
     el = bytearray.fromhex(cases[0]["elements"])
     el[3] ^= 0x80
