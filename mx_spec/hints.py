@@ -56,8 +56,9 @@ def hint_ties(report) -> str | None:
 
 def hint_scale_offset(report) -> str | None:
     items = _items(report, "scales")
-    offsets = {m.actual_code - m.expected_code for m in items if m.expected_code != 0xFF and m.actual_code != 0xFF}
-    if not items or len(offsets) != 1 or 0 in offsets:
+    offsets = {m.actual_code - m.expected_code if 0xFF not in (m.expected_code, m.actual_code) else None
+               for m in items}
+    if not items or len(offsets) != 1 or None in offsets:
         return None
     (k,) = offsets
     if k == 1:

@@ -233,6 +233,11 @@ def _code_text(code: int, bits: int) -> str:
     return f"0x{code:0{(bits + 3) // 4}x} (0b{code:0{bits}b})"
 
 
+def _exponent_text(code: int) -> str:
+    """The shared exponent X of an E8M0 code, 'NaN' for 0xFF."""
+    return "NaN" if int(code) == E8M0_NAN_CODE else str(int(code) - 127)
+
+
 def _element_bits(fmt_name: str) -> int:
     return int(get_format(fmt_name).element.bits)
 
@@ -343,7 +348,7 @@ def _compare_codes(case: GoldenCase, name: str, expected: np.ndarray, actual: np
             held = _held_elements(case, idx[0])
             detail = "holds element(s) " + ", ".join(str(list(h)) for h in held)
         elif name == "scales":
-            detail = f"block {list(idx)}: X expected {int(expected[idx]) - 127}, got {int(actual[idx]) - 127}"
+            detail = f"block {list(idx)}: X expected {_exponent_text(expected[idx])}, got {_exponent_text(actual[idx])}"
         out.append(Mismatch(case.id, name, idx, _code_text(int(expected[idx]), bits),
                             _code_text(int(actual[idx]), bits), detail, case.group,
                             int(expected[idx]), int(actual[idx]), value, scaled, held))
