@@ -89,6 +89,8 @@ def subnormal_flush(x, fmt, **kw):
 def zero_block_scale(x, fmt, **kw):
     """All-zero blocks get X = 0 (code 0x7F) instead of the clamped -127 (code 0x00)."""
     mx = _mx(x, fmt, **kw)
+    if x.size == 0:
+        return mx
     moved = np.moveaxis(np.asarray(x, dtype=np.float64), mx.axis, -1)
     n = moved.shape[-1]
     pad = np.concatenate([moved, np.zeros(moved.shape[:-1] + (-n % mx.block_size,))], axis=-1)
@@ -148,6 +150,7 @@ PLANTED = [
 def test_planted_bug_is_caught_and_named(name, fn, formats, hint):
     report = verify_quantizer(fn, formats=formats, modes=SPEC)
     assert not report.ok and report.n_failed > 0, f"{name} was not caught"
+    assert not any(m.field == "exception" for m in report.mismatches), "the planted quantizer itself crashed"
     hints = report.hints()
     assert any(hint in h for h in hints), f"{name}: hints {hints}"
     assert hint in report.summary()
