@@ -90,11 +90,11 @@ def _to_blocks(x: np.ndarray, axis: int, block_size: int) -> np.ndarray:
     pad = -n % block_size
     if pad:
         moved = np.concatenate([moved, np.zeros(moved.shape[:-1] + (pad,))], axis=-1)
-    return moved.reshape(moved.shape[:-1] + (-1, block_size))
+    return moved.reshape(moved.shape[:-1] + ((n + pad) // block_size, block_size))
 
 
 def _from_blocks(blocks: np.ndarray, axis: int, n: int) -> np.ndarray:
-    flat = blocks.reshape(blocks.shape[:-2] + (-1,))[..., :n]
+    flat = blocks.reshape(blocks.shape[:-2] + (blocks.shape[-2] * blocks.shape[-1],))[..., :n]
     return np.ascontiguousarray(np.moveaxis(flat, -1, axis))
 
 
@@ -278,4 +278,27 @@ def policy_variants(x: np.ndarray, fmt_name: str, *, block_size: int, axis: int,
             variants[policy_key(combo)] = diff
         # a policy matters when adding it to some combination changes the outputs
         depends.update(p for p in combo if any(not _same(out, outs[combo - {p}], k) for k in out))
-    return tuple(sorted(depends)), dict(sorted(variants.items()))
+    if INF_SATURATE in depends:
+        depends.update(_matters_under_inf_saturate(x, fmt_name, fixed, kw))
+    # a combination holding a policy that never matters repeats a smaller one: readers never ask for it
+    kept = {k: v for k, v in variants.items() if set(k.split("+")) <= depends}
+    return tuple(sorted(depends)), dict(sorted(kept.items()))
+
+
+def _matters_under_inf_saturate(x: np.ndarray, fmt_name: str, fixed: list[str], kw: dict) -> set[str]:
+    """Fixed-output policies that change the outputs once ±Inf blocks saturate (e.g. -Inf -> -2.0
+    under int8=full-range), evaluated at the lowest scale ``inf=saturate`` accepts."""
+    out: set[str] = set()
+    for r in range(1, len(fixed) + 1):
+        for combo in combinations(fixed, r):
+            with_inf = frozenset(combo) | {INF_SATURATE}
+            lowest = min_inf_block_exponent(x, fmt_name, policies=with_inf, block_size=kw["block_size"],
+                                            axis=kw["axis"], scale_mode=kw["scale_mode"]) + 127
+            codes = lowest.astype(np.uint8)
+            full = outputs_of(quantize_under_policies(x, fmt_name, policies=with_inf, inf_scales=codes, **kw))
+            for p in combo:
+                less = outputs_of(quantize_under_policies(x, fmt_name, policies=with_inf - {p}, inf_scales=codes,
+                                                          **kw))
+                if any(not _same(full, less, k) for k in full):
+                    out.add(p)
+    return out

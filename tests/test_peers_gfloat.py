@@ -17,6 +17,7 @@ from gfloat import formats as gf  # noqa: E402
 
 import mx_spec  # noqa: E402
 from mx_spec.golden import GoldenCase, load_golden, random_blocks  # noqa: E402
+from mx_spec.verify import verify_quantizer  # noqa: E402
 
 GFLOAT_BLOCK_FORMATS = {
     "mxfp8_e4m3": gf.format_info_mxfp8_e4m3,
@@ -170,3 +171,24 @@ def test_gfloat_agrees_on_fresh_random_blocks(fmt, rounding):
     if fmt == "mxint8":  # pinned deviation: gfloat's -2.0 saturation
         expected = np.where((codes == 0x80) & (expected == 0x81), np.uint8(0x80), expected)
     np.testing.assert_array_equal(expected, codes)
+
+
+def test_gfloat_verifies_cleanly_under_its_declared_policies(golden):
+    """Declared `inf=saturate,int8=full-range`, gfloat passes every floor case except its pinned
+    float64 log2 bug; the report counts the cases each policy was applied to."""
+    report = verify_quantizer(gfloat_quantize, modes=[("floor", "rne"), ("floor", "away")],
+                              policies="inf=saturate,int8=full-range")
+    log2_bug = {c.id for g in golden.values() for c in g.cases
+                if c.scale_mode == "floor" and _known_deviation(c) == "log2"}
+    assert set(report.failed_cases) == log2_bug
+    assert report.n_passed > 1000 and report.n_skipped == 0
+    assert report.policy_cases["inf=saturate"] > 0 and report.policy_cases["int8=full-range"] > 0
+    assert "declared policies: inf=saturate (applied to" in report.summary()
+
+
+def test_gfloat_fails_naming_the_policies_when_undeclared():
+    report = verify_quantizer(gfloat_quantize, modes=[("floor", "rne")])
+    assert not report.ok
+    hints = " ".join(report.hints())
+    assert "pass under --policy inf=saturate" in hints and "pass under --policy int8=full-range" in hints
+    assert any("[passes under --policy inf=saturate]" in m for m in report.failed_cases.values())

@@ -233,3 +233,21 @@ def test_verify_quantizer_on_torchao(golden):
     deviating = {c.id for g in golden.values() for c in g.cases
                  if c.rounding == "rne" and _supported(c) and case_deviations(c)[1]}
     assert set(report.failed_cases) == deviating
+
+
+def test_torchao_verifies_under_its_declared_policies(golden):
+    """Declared `inf=saturate,rceil=float32`, the Inf blocks and the float32 rceil cases pass;
+    what still fails is exactly torchao's scale-code-0 bug, which no policy excuses."""
+    report = verify_quantizer(adapter.torchao_quantize, policies="inf=saturate,rceil=float32")
+    assert report.n_passed > 500 and report.policy_cases["inf=saturate"] > 0
+    assert report.policy_cases["rceil=float32"] > 0
+    by_id = {c.id: c for g in golden.values() for c in g.cases}
+    for cid in report.failed_cases:
+        kinds = set(case_deviations(by_id[cid])[1])
+        assert kinds == {"scale_code_0"}, (cid, kinds)
+    undeclared = verify_quantizer(adapter.torchao_quantize)
+    assert set(report.failed_cases) < set(undeclared.failed_cases)
+    fixed = set(undeclared.failed_cases) - set(report.failed_cases)
+    assert {"inf_block", "rceil_float_log2"} <= {k for cid in fixed for k in case_deviations(by_id[cid])[1]}
+    hints = " ".join(undeclared.hints())
+    assert "pass under --policy inf=saturate" in hints and "pass under --policy rceil=float32" in hints
