@@ -68,7 +68,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
     from mx_spec.golden import write_golden
 
     modes = _parse_modes(args.scale_modes, args.roundings)
-    paths = write_golden(args.out, formats=args.formats, modes=modes, progress=not args.quiet)
+    paths = write_golden(args.out, formats=args.formats, modes=modes, progress=not args.quiet, compress=args.gzip)
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size:,} bytes)")
     return 0
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     gold.add_argument("--formats", nargs="+", default=None, choices=fmts)
     gold.add_argument("--scale-modes", nargs="+", default=None, choices=list(SCALE_MODES))
     gold.add_argument("--roundings", nargs="+", default=None, choices=list(ROUNDINGS))
+    gold.add_argument("--gzip", action="store_true", help="write <format>.json.gz (deterministic gzip) instead")
     gold.add_argument("--quiet", action="store_true")
     gold.set_defaults(func=cmd_golden)
 

@@ -20,6 +20,7 @@ byte-identical files.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import tempfile
@@ -519,13 +520,16 @@ def render_file(fmt_name: str, modes: Iterable[tuple[str, str]] = ALL_MODES) -> 
     return "\n".join(lines) + "\n"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
+MANIFEST_NAME = "MANIFEST.sha256"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; golden files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
@@ -534,9 +538,32 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8, ``\n`` line ends, written atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """Deterministic gzip (no file name, mtime 0): the same input gives the same bytes."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def manifest_text(out_dir: str | os.PathLike) -> str:
+    """``sha256sum`` lines of every golden file in ``out_dir`` (``sha256sum -c`` checks them)."""
+    root = Path(out_dir)
+    lines = []
+    for name in MX_FORMATS:
+        for path in (root / f"{name}.json", root / f"{name}.json.gz"):
+            if path.is_file():
+                lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}")
+    return "\n".join(lines) + "\n"
+
+
 def write_golden(out_dir: str | os.PathLike, formats: Iterable[str] | None = None,
-                 modes: Sequence[tuple[str, str]] = ALL_MODES, progress: bool = True) -> list[Path]:
-    """Generate ``<out_dir>/<format>.json`` for each format; returns the written paths.
+                 modes: Sequence[tuple[str, str]] = ALL_MODES, progress: bool = True,
+                 compress: bool = False) -> list[Path]:
+    """Generate ``<out_dir>/<format>.json`` (``.json.gz`` with ``compress``) for each format,
+    then ``MANIFEST.sha256`` over every golden file in ``out_dir``; returns the written paths.
 
     Each file is written atomically as soon as it is complete, so an interrupted run keeps the
     formats already done.
@@ -548,10 +575,13 @@ def write_golden(out_dir: str | os.PathLike, formats: Iterable[str] | None = Non
 
     written = []
     for name in tqdm(names, desc="golden", unit="format", disable=not progress):
-        path = Path(out_dir) / f"{name}.json"
-        atomic_write_text(path, render_file(name, modes))
+        data = render_file(name, modes).encode("utf-8")
+        path = Path(out_dir) / (f"{name}.json.gz" if compress else f"{name}.json")
+        atomic_write_bytes(path, gzip_bytes(data) if compress else data)
         written.append(path)
-    return written
+    manifest = Path(out_dir) / MANIFEST_NAME
+    atomic_write_text(manifest, manifest_text(out_dir))
+    return written + [manifest]
 
 
 # --------------------------------------------------------------------------- loading
