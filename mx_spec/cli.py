@@ -83,6 +83,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_export_flat(args: argparse.Namespace) -> int:
+    from mx_spec.golden_export import export_flat
+
+    paths = export_flat(args.out, formats=args.formats, golden_dir=args.golden, readmemh=args.readmemh)
+    print(f"wrote {len(paths)} files under {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mx-spec", description="Bit-exact OCP MX v1.0 reference: demo, golden vectors, verifier.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     gold.add_argument("--gzip", action="store_true", help="write <format>.json.gz (deterministic gzip) instead")
     gold.add_argument("--quiet", action="store_true")
     gold.set_defaults(func=cmd_golden)
+
+    flat = sub.add_parser("export-flat", help="flat line-oriented copy of the golden files (C readers; "
+                          "--readmemh adds one-item-per-line memories for RTL benches)")
+    flat.add_argument("--out", required=True, help="output directory")
+    flat.add_argument("--formats", nargs="+", default=None, choices=fmts)
+    flat.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
+    flat.add_argument("--readmemh", action="store_true", help="also write <format>/<mode>.{input,scales,elements}.memh")
+    flat.set_defaults(func=cmd_export_flat)
 
     ver = sub.add_parser("verify", help="check another implementation's outputs (.json golden schema or .npz)")
     ver.add_argument("results", help="results file (.json or .npz) or a directory of them")
