@@ -64,7 +64,7 @@ RANDOM_BLOCKS_PER_CASE = 16
 #: Groups every (format, mode) pair must cover; `tests/test_golden.py` checks the files do.
 REQUIRED_GROUPS: tuple[str, ...] = (
     "grid", "ties", "ties_scaled", "saturation", "signed_zero", "all_zero", "scale_clamp", "scale_boundary",
-    "fp32_subnormal", "nan_inf", "float64", "bfloat16", "float16", "layout", "random",
+    "fp32_subnormal", "nan_inf", "float64", "bfloat16", "float16", "layout", "block_sizes", "random",
 )
 
 
@@ -388,7 +388,24 @@ def edge_inputs(fmt_name: str) -> list[CaseInput]:
     cases.append(CaseInput("layout", "shape (29,), block_size 7: ragged last block of 1",
                            _cast(lay[:29], "float32"), block_size=7))
     cases.append(CaseInput("layout", "shape (0, 32): empty input", np.zeros((0, 32), dtype=np.float32)))
+    cases += block_size_inputs(fmt_name)
     return cases
+
+
+#: Block sizes besides the OCP 32 that implementations use (NVFP4-style 16, 64, 128).
+OTHER_BLOCK_SIZES: tuple[int, ...] = (16, 64, 128)
+
+
+def block_size_inputs(fmt_name: str) -> list[CaseInput]:
+    """Group ``block_sizes``: two random blocks per size, and a ragged row for the large sizes."""
+    out = []
+    for k in OTHER_BLOCK_SIZES:
+        rnd = random_blocks(_seed(fmt_name, "block_sizes", k), 2, block_size=k).astype(np.float32).reshape(1, 2 * k)
+        out.append(CaseInput("block_sizes", f"shape (1, {2 * k}), block_size {k}: random blocks", rnd, block_size=k))
+        if k > 32:
+            out.append(CaseInput("block_sizes", f"shape (1, {k + 5}), block_size {k}: ragged last block of 5",
+                                 rnd[:, : k + 5].copy(), block_size=k))
+    return out
 
 
 def random_inputs(fmt_name: str, scale_mode: str, rounding: str) -> list[CaseInput]:
