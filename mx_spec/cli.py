@@ -78,7 +78,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from mx_spec.verify import verify_results
 
     report = verify_results(args.results, golden_dir=args.golden, policies=args.policy, require=args.require,
-                            strict=args.strict)
+                            strict=args.strict, layouts=args.layout)
     print(report.summary(max_mismatches=args.max_mismatches))
     return 0 if report.ok else 1
 
@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--policy", default=None, metavar="NAME=CHOICE,...",
                      help="declared policies where implementations legitimately differ: inf=nan|saturate, "
                           "int8=symmetric|full-range, rceil=exact|float32, ftz=off|inputs (golden/README.md)")
+    ver.add_argument("--layout", default=None, metavar="NAME=CHOICE,...",
+                     help="declared packed layouts: fp4=low-first|high-first, fp6=stream|pad32 (golden/README.md)")
     ver.add_argument("--require", default=None, metavar="TOKENS",
                      help="coverage that must be complete, else FAIL: comma-separated MX formats, scale modes, "
                           "roundings, scale/rounding pairs and field names, e.g. mxfp4_e2m1,floor/rne,packed")

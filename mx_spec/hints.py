@@ -138,7 +138,8 @@ def hint_float64(report) -> str | None:
 def hint_nibble_swap(report) -> str | None:
     items = _items(report, "packed")
     if items and all(((m.expected_code << 4) | (m.expected_code >> 4)) & 0xFF == m.actual_code for m in items):
-        return "all packed mismatches are nibble swaps: FP4 puts the even-index element in the LOW nibble of each byte"
+        return ("all packed mismatches are nibble swaps: FP4 puts the even-index element in the LOW nibble of each "
+                "byte (declare --layout fp4=high-first if that is your layout)")
     return None
 
 

@@ -37,13 +37,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-import mx_spec
 from mx_spec.formats import MX_FORMATS, get_format
 from mx_spec.golden import (ALL_MODES, ROUNDINGS, SCALE_MODES, GoldenCase, GoldenFile, array_to_hex, hex_to_array,
                             load_golden, read_json_document)
+from mx_spec.layouts import pack_stream, parse_layouts
 from mx_spec.policies import (INF_SATURATE, min_inf_block_exponent, outputs_of, parse_policies, policy_key,
                               quantize_under_policies)
-from mx_spec.quantize import MXArray
 
 E8M0_NAN_CODE = 0xFF
 CODE_FIELDS: tuple[str, ...] = ("scales", "elements")
@@ -104,6 +103,7 @@ class VerifyReport:
     skip_reasons: dict[str, str] = field(default_factory=dict)
     failed_cases: dict[str, str] = field(default_factory=dict)
     policies: frozenset[str] = frozenset()
+    layouts: frozenset[str] = frozenset()
     field_cases: Counter = field(default_factory=Counter)
     group_field_failures: Counter = field(default_factory=Counter)
     policy_cases: Counter = field(default_factory=Counter)
@@ -198,6 +198,8 @@ class VerifyReport:
             lines.append(f"declared policies: {applied}")
         else:
             lines.append("declared policies: none (mx_spec defaults: inf=nan, int8=symmetric, rceil=exact, ftz=off)")
+        if self.layouts:
+            lines.append("declared packed layouts: " + ", ".join(sorted(self.layouts)))
         if self.group_field_failures:
             lines += ["", "failing cases by group and field:", self.failure_table()]
         shown = self.mismatches[:max_mismatches]
@@ -273,14 +275,17 @@ def _held_elements(case: GoldenCase, byte: int) -> tuple[tuple[int, ...], ...]:
                  for k in range(first, min(last, order.size - 1) + 1))
 
 
-def _with_elements(case: GoldenCase, elements: np.ndarray, scales: np.ndarray) -> MXArray:
-    """An MXArray holding the given scales and element codes in the case's layout."""
-    return MXArray(fmt=get_format(case.fmt), scales=scales.reshape(_scales_shape(case)),
-                   elements=elements.astype(np.uint8), axis=case.axis % case.x.ndim, block_size=case.block_size,
-                   scale_mode=case.scale_mode, rounding=case.rounding)
+def _stream(case: GoldenCase, elements: np.ndarray) -> np.ndarray:
+    """Element codes in packing order: the block axis moved last, C order."""
+    return np.moveaxis(elements, case.axis % case.x.ndim, -1).reshape(-1)
 
 
-def _packed_care(case: GoldenCase, scales: np.ndarray) -> np.ndarray | None:
+def _packed_bytes(case: GoldenCase, elements: np.ndarray, layouts: frozenset[str]) -> np.ndarray:
+    """The packed bytes of ``elements`` in the case's stream order under the declared layouts."""
+    return pack_stream(_stream(case, elements), get_format(case.fmt).element, layouts)
+
+
+def _packed_care(case: GoldenCase, scales: np.ndarray, layouts: frozenset[str]) -> np.ndarray | None:
     """Mask of packed bytes that must match, or None when no block has a NaN scale."""
     nan_elems = _scale_per_element(case, scales) == E8M0_NAN_CODE
     if not nan_elems.any():
@@ -288,7 +293,7 @@ def _packed_care(case: GoldenCase, scales: np.ndarray) -> np.ndarray | None:
     # Bytes that hold any don't-care element bit are don't-care: find them by packing a
     # marker array that sets only the bits of NaN-scale elements.
     marker = np.where(nan_elems, np.uint8((1 << _element_bits(case.fmt)) - 1), np.uint8(0))
-    return np.asarray(mx_spec.pack(_with_elements(case, marker, scales))) == 0
+    return _packed_bytes(case, marker, layouts) == 0
 
 
 # --------------------------------------------------------------------------- expected outputs
@@ -369,7 +374,8 @@ def _compare_floats(case: GoldenCase, name: str, expected: np.ndarray, actual: n
             for idx in list(zip(*np.nonzero(differ)))[:MAX_ITEMS_PER_CASE]]
 
 
-def compare_case(case: GoldenCase, actual: dict[str, Any], policies: frozenset[str] = frozenset()) -> list[Mismatch]:
+def compare_case(case: GoldenCase, actual: dict[str, Any], policies: frozenset[str] = frozenset(),
+                 layouts: frozenset[str] = frozenset()) -> list[Mismatch]:
     """Mismatches between a golden case (under the declared ``policies``) and an implementation's outputs.
 
     ``actual`` maps field names (any of ``ALL_FIELDS``) to arrays: uint8 codes for
@@ -396,11 +402,12 @@ def compare_case(case: GoldenCase, actual: dict[str, Any], policies: frozenset[s
         out += _compare_codes(case, "elements", exp["elements"], got, _element_bits(case.fmt), care, exp["scales"])
     if "packed" in actual:
         got = np.frombuffer(np.asarray(actual["packed"], dtype=np.uint8).tobytes(), dtype=np.uint8)
-        want = exp["packed"]
+        want = _packed_bytes(case, exp["elements"], layouts) if layouts else exp["packed"]
         if got.shape != want.shape:
             out.append(Mismatch(case.id, "packed", (), f"{want.size} bytes", f"{got.size} bytes", group=case.group))
         else:
-            out += _compare_codes(case, "packed", want, got, 8, _packed_care(case, exp["scales"]), exp["scales"])
+            out += _compare_codes(case, "packed", want, got, 8, _packed_care(case, exp["scales"], layouts),
+                                  exp["scales"])
     for name in FLOAT_FIELDS:
         if name in actual:
             ref = exp[name]
@@ -431,12 +438,13 @@ def _select(golden: dict[str, GoldenFile], modes: Iterable[tuple[str, str]] | No
             if wanted is None or (c.scale_mode, c.rounding) in wanted]
 
 
-def _undeclared_policy_match(case: GoldenCase, actual: dict[str, Any], policies: frozenset[str]) -> str | None:
+def _undeclared_policy_match(case: GoldenCase, actual: dict[str, Any], policies: frozenset[str],
+                             layouts: frozenset[str]) -> str | None:
     """The smallest set of undeclared policies under which a failing case would pass, if any."""
     candidates = [p for p in case.policies if p not in policies]
     for r in range(1, len(candidates) + 1):
         for combo in combinations(candidates, r):
-            if not compare_case(case, actual, policies | set(combo)):
+            if not compare_case(case, actual, policies | set(combo), layouts):
                 return ",".join(sorted(combo))
     return None
 
@@ -450,7 +458,7 @@ def _record(report: VerifyReport, case: GoldenCase, actual: dict[str, Any]) -> N
         tally.skipped += 1
         report.skip_reasons[case.id] = "no output field given (nothing to compare)"
         return
-    mismatches = compare_case(case, actual, report.policies)
+    mismatches = compare_case(case, actual, report.policies, report.layouts)
     report.field_cases.update(fields)
     report._checked[case.id] = fields
     report.policy_cases.update(report.policies & set(case.policies))
@@ -463,7 +471,7 @@ def _record(report: VerifyReport, case: GoldenCase, actual: dict[str, Any]) -> N
     report.mismatches.extend(mismatches)
     report.group_field_failures.update((case.group, f) for f in sorted({m.field for m in mismatches}))
     message = mismatches[0].describe()
-    match = _undeclared_policy_match(case, actual, report.policies) if case.policies else None
+    match = _undeclared_policy_match(case, actual, report.policies, report.layouts) if case.policies else None
     if match:
         report.policy_matches[match] += 1
         message += f"  [passes under --policy {match}]"
@@ -561,7 +569,8 @@ def verify_quantizer(fn: QuantizerFn, formats: Sequence[str] | None = None,
                      modes: Iterable[tuple[str, str]] | None = None,
                      golden_dir: str | os.PathLike | None = None, progress: bool = False,
                      policies: str | Iterable[str] | None = None,
-                     require: str | Iterable[str] | None = None, strict: bool = False) -> VerifyReport:
+                     require: str | Iterable[str] | None = None, strict: bool = False,
+                     layouts: str | Iterable[str] | None = None) -> VerifyReport:
     """Run ``fn`` over the golden inputs and compare its outputs with the golden ones.
 
     ``fn(x, fmt, *, block_size, axis, scale_mode, rounding)`` receives the input as a numpy
@@ -570,12 +579,12 @@ def verify_quantizer(fn: QuantizerFn, formats: Sequence[str] | None = None,
     a ``(scales, elements)`` tuple, or a dict of any of the fields in ``ALL_FIELDS``.  It raises
     ``NotImplementedError`` for inputs it does not support (those cases are skipped); any other
     exception is that case's failure.  ``formats`` defaults to all six MX formats, ``modes`` to
-    every (scale_mode, rounding) pair; ``policies`` (e.g. ``"inf=saturate"``) and
-    ``require``/``strict`` as for ``mx-spec verify``.
+    every (scale_mode, rounding) pair; ``policies`` (e.g. ``"inf=saturate"``), ``layouts`` (e.g.
+    ``"fp4=high-first"``) and ``require``/``strict`` as for ``mx-spec verify``.
     """
     req = parse_requirement(require, strict)
     cases = _select(_golden_for(formats, req, golden_dir), modes)
-    report = VerifyReport(policies=parse_policies(policies))
+    report = VerifyReport(policies=parse_policies(policies), layouts=parse_layouts(layouts))
     for case in tqdm(cases, desc="verify", unit="case", disable=not progress):
         try:
             # the golden inputs hold NaN/Inf on purpose: keep numpy's warnings about them quiet
@@ -692,7 +701,8 @@ def load_results(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 def verify_results(results: str | os.PathLike | dict[str, dict[str, Any]],
                    golden_dir: str | os.PathLike | None = None,
                    policies: str | Iterable[str] | None = None,
-                   require: str | Iterable[str] | None = None, strict: bool = False) -> VerifyReport:
+                   require: str | Iterable[str] | None = None, strict: bool = False,
+                   layouts: str | Iterable[str] | None = None) -> VerifyReport:
     """Compare already-computed outputs (path or {case id: fields}) with the golden vectors.
 
     The formats that the results mention (and those a requirement names) are loaded; golden
@@ -712,7 +722,7 @@ def verify_results(results: str | os.PathLike | dict[str, dict[str, Any]],
     if stray:
         raise ValueError(f"{len(stray)} result id(s) are not golden case ids, e.g. {stray[0]!r}; "
                          "ids look like 'mxfp4_e2m1/floor/rne/ties/0000'")
-    report = VerifyReport(policies=parse_policies(policies))
+    report = VerifyReport(policies=parse_policies(policies), layouts=parse_layouts(layouts))
     for case in cases:
         if case.id not in res:
             _skip(report, case, "no results for this case")

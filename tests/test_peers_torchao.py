@@ -61,7 +61,6 @@ def _blocks(a: np.ndarray, case: GoldenCase) -> np.ndarray:
 def classify_block(case: GoldenCase, x_blk: np.ndarray, exp_scale: int, got_scale: int) -> str:
     """Name the pinned torchao deviation that explains a differing block ('' if none does)."""
     x64 = x_blk.astype(np.float64)
-    amax = np.max(np.abs(x64))
     if np.isinf(x64).any() and not np.isnan(x64).any():
         # Inf amax: FLOOR/CEIL/EVEN read exponent field 255 as 2^128 and saturate Inf; RCEIL
         # maps it to code 0xFE.  mx_spec marks the block NaN (0xFF).
