@@ -65,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
-    from mx_spec.golden import write_golden
+    from mx_spec.golden_gen import write_golden
 
     modes = _parse_modes(args.scale_modes, args.roundings)
     paths = write_golden(args.out, formats=args.formats, modes=modes, progress=not args.quiet, compress=args.gzip)

@@ -11,10 +11,10 @@ import pytest
 
 from mx_spec.cli import main as cli_main
 from mx_spec.formats import MX_FORMATS
-from mx_spec.golden import (ALL_MODES, CONTENT_VERSION, GENERATOR_VERSION, INPUT_DTYPES, MANIFEST_NAME,
-                            REQUIRED_GROUPS, RANDOM_BLOCKS_SPEC_MODE, SCHEMA_NAME, SCHEMA_VERSION, SPEC_MODE,
-                            array_to_hex, default_golden_dir, hex_to_array, load_golden, random_blocks,
-                            write_golden)
+from mx_spec.golden import (ALL_MODES, INPUT_DTYPES, MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, SPEC_MODE,
+                            array_to_hex, default_golden_dir, hex_to_array, load_golden)
+from mx_spec.golden_gen import (CONTENT_VERSION, GENERATOR_VERSION, RANDOM_BLOCKS_SPEC_MODE, REQUIRED_GROUPS,
+                                random_blocks, write_golden)
 
 GOLDEN_DIR = default_golden_dir()
 ML_DTYPES = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e3m2": ml_dtypes.float6_e3m2fn,
@@ -86,7 +86,7 @@ def test_gzip_copies_are_deterministic_and_read_directly(tmp_path):
 
 def test_ids_never_renumber_when_a_case_is_added(monkeypatch):
     """New cases are appended to their group: every existing id keeps its record."""
-    import mx_spec.golden as golden_mod
+    import mx_spec.golden_gen as golden_mod
 
     before = {r["id"]: r for r in golden_mod.iter_cases("mxfp4_e2m1", [("floor", "rne")])}
     original = golden_mod.edge_inputs

@@ -16,7 +16,8 @@ from gfloat import RoundMode, compute_scale_amax, encode_ndarray, round_ndarray 
 from gfloat import formats as gf  # noqa: E402
 
 import mx_spec  # noqa: E402
-from mx_spec.golden import GoldenCase, load_golden, random_blocks  # noqa: E402
+from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
+from mx_spec.golden_gen import random_blocks  # noqa: E402
 from mx_spec.verify import verify_quantizer  # noqa: E402
 
 GFLOAT_BLOCK_FORMATS = {

@@ -20,7 +20,8 @@ pytest.importorskip("torchao")
 import torch  # noqa: E402
 
 import mx_spec  # noqa: E402
-from mx_spec.golden import GoldenCase, load_golden, random_blocks  # noqa: E402
+from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
+from mx_spec.golden_gen import random_blocks  # noqa: E402
 from mx_spec.verify import _scale_per_element, verify_quantizer  # noqa: E402
 
 _ADAPTER_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "torchao_mx_adapter.py"
