@@ -620,10 +620,10 @@ def _npz_fields(p: Path) -> dict[str, dict[str, Any]]:
         npz = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{p}: not a readable .npz archive ({type(exc).__name__}); {fix}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{p}: holds a single array, not an .npz archive of named arrays; {fix}")
     out: dict[str, dict[str, Any]] = {}
     with npz:
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError(f"{p}: holds a single array, not an .npz archive of named arrays; {fix}")
         for key in npz.files:
             cid, _, name = key.rpartition("/")
             if name not in ALL_FIELDS:  # a bare case id holds that case's element codes

@@ -50,6 +50,14 @@ def test_npz_with_wrong_keys_shows_the_key_form(tmp_path):
         load_results(path)
 
 
+def test_single_array_npy_named_npz_is_rejected(tmp_path):
+    path = tmp_path / "res.npz"
+    with open(path, "wb") as fh:
+        np.save(fh, np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="holds a single array, not an .npz archive"):
+        load_results(path)
+
+
 def test_bad_hex_in_results_names_case_and_field(tmp_path):
     path = tmp_path / "res.json"
     path.write_text(json.dumps({"cases": [{"id": CASE_ID, "scales": "7"}]}))
