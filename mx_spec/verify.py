@@ -204,7 +204,7 @@ class VerifyReport:
             lines += ["", "failing cases by group and field:", self.failure_table()]
         shown = self.mismatches[:max_mismatches]
         if shown:
-            lines += ["", f"first {len(shown)} mismatching items:"]
+            lines += ["", f"first {len(shown)} of {len(self.mismatches)} mismatching items:"]
             last_case = None
             for m in shown:
                 if m.case_id != last_case:
