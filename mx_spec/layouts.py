@@ -53,6 +53,17 @@ def pack_fp6_pad32(codes: np.ndarray) -> np.ndarray:
     return words.astype("<u4").view(np.uint8)
 
 
+def element_bit_offsets(count: int, elem: str | ElementFormat, layouts: frozenset[str]) -> np.ndarray:
+    """First bit (byte * 8 + bit, LSB = 0) of each stream element in the packed bytes of a layout."""
+    e = get_element(elem)
+    k = np.arange(count, dtype=np.int64)
+    if e.bits == 4 and "fp4=high-first" in layouts:
+        return 8 * (k // 2) + 4 * (1 - k % 2)
+    if e.bits == 6 and "fp6=pad32" in layouts:
+        return 32 * (k // 5) + 6 * (k % 5)
+    return e.bits * k
+
+
 def pack_stream(codes: np.ndarray, elem: str | ElementFormat, layouts: frozenset[str]) -> np.ndarray:
     """Packed bytes of an element stream (C order of ``codes``) under the declared layouts."""
     e = get_element(elem)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from mx_spec.formats import MX_FORMATS, get_format
 from mx_spec.golden import (ALL_MODES, ROUNDINGS, SCALE_MODES, GoldenCase, GoldenFile, array_to_hex, hex_to_array,
                             load_golden, read_json_document)
-from mx_spec.layouts import pack_stream, parse_layouts
+from mx_spec.layouts import element_bit_offsets, pack_stream, parse_layouts
 from mx_spec.policies import (INF_SATURATE, min_inf_block_exponent, outputs_of, parse_policies, policy_key,
                               quantize_under_policies)
 
@@ -266,13 +266,13 @@ def _packed_order_index(case: GoldenCase) -> np.ndarray:
     return np.moveaxis(flat, axis, -1).reshape(-1)
 
 
-def _held_elements(case: GoldenCase, byte: int) -> tuple[tuple[int, ...], ...]:
+def _held_elements(case: GoldenCase, byte: int, layouts: frozenset[str]) -> tuple[tuple[int, ...], ...]:
     """Indices (in the input's shape) of the elements whose bits byte ``byte`` of ``packed`` holds."""
     bits = _element_bits(case.fmt)
     order = _packed_order_index(case)
-    first, last = (8 * byte) // bits, (8 * byte + 7) // bits
-    return tuple(tuple(int(i) for i in np.unravel_index(order[k], case.x.shape))
-                 for k in range(first, min(last, order.size - 1) + 1))
+    start = element_bit_offsets(order.size, get_format(case.fmt).element, layouts)
+    inside = (start <= 8 * byte + 7) & (start + bits - 1 >= 8 * byte)
+    return tuple(tuple(int(i) for i in np.unravel_index(order[k], case.x.shape)) for k in np.flatnonzero(inside))
 
 
 def _stream(case: GoldenCase, elements: np.ndarray) -> np.ndarray:
@@ -331,7 +331,8 @@ def expected_outputs(case: GoldenCase, policies: frozenset[str] = frozenset(),
 
 # --------------------------------------------------------------------------- comparisons
 def _compare_codes(case: GoldenCase, name: str, expected: np.ndarray, actual: np.ndarray, bits: int,
-                   care: np.ndarray | None, exp_scales: np.ndarray) -> list[Mismatch]:
+                   care: np.ndarray | None, exp_scales: np.ndarray,
+                   layouts: frozenset[str] = frozenset()) -> list[Mismatch]:
     if actual.shape != expected.shape:
         return [Mismatch(case.id, name, (), f"shape {expected.shape}", f"shape {actual.shape}", group=case.group)]
     differ = expected != actual
@@ -350,7 +351,7 @@ def _compare_codes(case: GoldenCase, name: str, expected: np.ndarray, actual: np
             detail = (f"block {idx[axis] // case.block_size} along axis {case.axis}, scale 0x{sc:02x}, input "
                       f"{array_to_hex(case.x[idx], case.input_dtype)} = {value!r}, x/2^X = {scaled!r}")
         elif name == "packed":
-            held = _held_elements(case, idx[0])
+            held = _held_elements(case, idx[0], layouts)
             detail = "holds element(s) " + ", ".join(str(list(h)) for h in held)
         elif name == "scales":
             detail = f"block {list(idx)}: X expected {_exponent_text(expected[idx])}, got {_exponent_text(actual[idx])}"
@@ -407,7 +408,7 @@ def compare_case(case: GoldenCase, actual: dict[str, Any], policies: frozenset[s
             out.append(Mismatch(case.id, "packed", (), f"{want.size} bytes", f"{got.size} bytes", group=case.group))
         else:
             out += _compare_codes(case, "packed", want, got, 8, _packed_care(case, exp["scales"], layouts),
-                                  exp["scales"])
+                                  exp["scales"], layouts)
     for name in FLOAT_FIELDS:
         if name in actual:
             ref = exp[name]

@@ -69,3 +69,19 @@ def test_layouts_leave_other_widths_alone():
 
     report = verify_quantizer(full, formats=["mxfp8_e4m3", "mxint8"], modes=SPEC, layouts="fp4=high-first,fp6=pad32")
     assert report.verdict == "PASS"
+
+
+def test_packed_mismatch_names_the_elements_the_byte_holds_in_the_declared_layout():
+    from mx_spec.golden import load_golden
+    from mx_spec.verify import compare_case
+
+    case = next(c for c in load_golden(formats=["mxfp6_e3m2"])["mxfp6_e3m2"].cases if c.group == "grid")
+    out = fp6_pad32(case.x, case.fmt, block_size=case.block_size, axis=case.axis)
+    packed = out["packed"].copy()
+    packed[7] ^= 0x80  # word 1, bits 24..31: element 5 + 4 = 9 (bits 24..29) and the 2 padding bits
+    (m,) = compare_case(case, {"packed": packed}, layouts=frozenset({"fp6=pad32"}))
+    assert m.index == (7,) and m.held == ((0, 9),)
+    stream = np.asarray(mx_spec.pack(mx_spec.quantize(case.x, case.fmt))).copy()
+    stream[7] ^= 0x01  # stream bits 56..63: elements 9 (bits 54..59) and 10 (bits 60..65)
+    (m,) = compare_case(case, {"packed": stream})
+    assert m.held == ((0, 9), (0, 10))
