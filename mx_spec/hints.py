@@ -8,13 +8,15 @@ mismatches keep the input value, x/2^X, the codes and the packed byte's elements
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 import mx_spec
 from mx_spec.formats import get_format
 
-Rule = Callable[["VerifyReport"], "str | None"]  # noqa: F821 - VerifyReport lives in mx_spec.verify
+#: A rule takes a VerifyReport (mx_spec.verify imports this module lazily, so no import here).
+Rule = Callable[[Any], "str | None"]
 
 
 def _items(report, field: str) -> list:
@@ -67,21 +69,17 @@ def hint_scale_offset(report) -> str | None:
     return f"scale off by {k:+d} in every mismatching block: check the shared-exponent rule and emax"
 
 
+def _elem(m):
+    return get_format(_fmt(m.case_id)).element
+
+
 def hint_saturation(report) -> str | None:
     items = [m for m in _items(report, "elements") if m.scaled_value is not None]
-    if not items:
+    if not items or not all(abs(m.scaled_value) > _elem(m).max_normal for m in items):
         return None
-    elem = get_format(_fmt(items[0].case_id)).element
-    for m in items:
-        e = get_format(_fmt(m.case_id)).element
-        if not abs(m.scaled_value) > e.max_normal:
-            return None
     text = ("every element mismatch has |x/2^X| above the max normal: such values must saturate to ±max normal "
             "(never Inf/NaN codes, never a wrapped code)")
-    nan_codes = [m for m in items if get_format(_fmt(m.case_id)).element.nan_code is not None
-                 and (m.actual_code & ~get_format(_fmt(m.case_id)).element.sign_bit)
-                 == get_format(_fmt(m.case_id)).element.nan_code]
-    if nan_codes and elem.name == "e4m3":
+    if any(_elem(m).name == "e4m3" and m.actual_code & 0x7F == _elem(m).nan_code for m in items):
         text += "; the NaN code S.1111.111 was produced: E4M3's max normal is 448, not 480"
     return text
 
@@ -91,7 +89,7 @@ def hint_subnormal_flush(report) -> str | None:
     if not items:
         return None
     for m in items:
-        e = get_format(_fmt(m.case_id)).element
+        e = _elem(m)
         if e.kind != "fp":
             return None
         mag_exp, mag_act = m.expected_code & ~e.sign_bit, m.actual_code & ~e.sign_bit
