@@ -152,11 +152,14 @@ def hint_fp6_msb_first(report) -> str | None:
     items = _items(report, "packed")
     if not items:
         return None
+    msb_first: dict[str, np.ndarray] = {}  # one re-packing per case, not per byte
     for m in items:
         case = report._cases.get(m.case_id)
         if case is None or get_format(case.fmt).element.bits != 6:
             return None
-        if _msb_first_fp6(case)[m.index[0]] != m.actual_code:
+        if m.case_id not in msb_first:
+            msb_first[m.case_id] = _msb_first_fp6(case)
+        if msb_first[m.case_id][m.index[0]] != m.actual_code:
             return None
     return ("every packed FP6 mismatch matches an MSB-first bit stream: the stream is LSB-first (element i in "
             "stream bits 6i..6i+5, stream bit j = bit j mod 8 of byte j // 8)")
