@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from mx_spec.formats import get_format
-from mx_spec.minifloat import E4M3_MAX_NORMAL, minifloat_params, quantize_dequantize_minifloat
+from mx_spec.minifloat import E4M3_MAX_NORMAL, FRACTIONAL_SCALES, minifloat_params, quantize_dequantize_minifloat
 from mx_spec.quantize import dequantize, quantize
 from mx_spec.scale import decode_e8m0
 
@@ -124,15 +124,16 @@ class _MinifloatQDQ(torch.autograd.Function):
     """x̂ = MX-minifloat(x; E, M); backward as in the module docstring."""
 
     @staticmethod
-    def forward(ctx, x, ebits, mbits, block_size, scale_mode, rounding, max_normal_cap):
+    def forward(ctx, x, ebits, mbits, block_size, scale_mode, rounding, max_normal_cap, fractional_scale):
         e, m = float(ebits), float(mbits)
         out, X = quantize_dequantize_minifloat(
             _to_numpy(x), e, m, block_size=block_size, axis=-1, scale_mode=scale_mode,
-            rounding=rounding, max_normal_cap=max_normal_cap, return_scale_exponent=True,
+            rounding=rounding, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale,
+            return_scale_exponent=True,
         )
         xq = _from_numpy(out, x)
         ctx.save_for_backward(x, xq, torch.from_numpy(np.asarray(X, dtype=np.float32)).to(x.device))
-        ctx.params = (e, m, block_size, max_normal_cap)
+        ctx.params = (e, m, block_size, max_normal_cap, fractional_scale)
         # autograd wants each gradient on its input's device (beta may live apart from x)
         ctx.width_devices = (ebits.device, mbits.device)
         return xq
@@ -140,8 +141,8 @@ class _MinifloatQDQ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, xq, X = ctx.saved_tensors
-        e, m, block_size, cap = ctx.params
-        p = minifloat_params(e, m, max_normal_cap=cap)
+        e, m, block_size, cap, rule = ctx.params
+        p = minifloat_params(e, m, max_normal_cap=cap, fractional_scale=rule)
         n = x.shape[-1]
         # blocked views (..., n_blocks, block_size): the scale broadcasts without a copy
         xb, g = _blocked(x.float(), block_size), _blocked(grad_out.float(), block_size)
@@ -164,23 +165,39 @@ class _MinifloatQDQ(torch.autograd.Function):
                 ge_clip = ge.reshape(-1)[idx].sum()
             else:
                 gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype, device=ge.device)
-            capped = p.uncapped_max_normal > p.max_normal_cap
-            c = _LN2 * _LN2 * 2.0 ** (e - 1.0)
-            if ctx.needs_input_grad[2]:
-                grad_m = _LN2 * (ge.sum() - ge_clip)
-                if not capped:
-                    grad_m = grad_m + (_LN2 * 2.0 ** (p.emax - m)) * gs_clip
-            if ctx.needs_input_grad[1]:
-                # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
-                subnormal = ax < s * 2.0 ** math.ceil(p.emin)
-                grad_e = (2.0 * c) * (ge * subnormal).sum()
-                if capped:
-                    grad_e = grad_e - (c * p.max_normal) * gs_clip
-        if grad_e is not None:
-            grad_e = grad_e.to(ctx.width_devices[0])
-        if grad_m is not None:
-            grad_m = grad_m.to(ctx.width_devices[1])
-        return grad_x, grad_e, grad_m, None, None, None, None
+            # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
+            ge_sub = (ge * (ax < s * 2.0 ** math.ceil(p.emin))).sum()
+            dlog_max, dx = _log2_max_normal_slopes(p), _scale_exponent_slopes(p)
+            demin_de = -_LN2 * 2.0 ** (e - 1.0)
+            # normal in range: ln2 (x - x̂); subnormal: ln2 (x - x̂) (1 - dX/dM);
+            # saturated: sign s max_normal ln2 (dlog2 max_normal/dM + dX/dM)
+            grad_m = (_LN2 * (ge.sum() - ge_clip) - _LN2 * dx[1] * ge_sub
+                      + _LN2 * p.max_normal * (dlog_max[1] + dx[1]) * gs_clip)
+            # subnormal: -ln2 (x - x̂) (dX/dE + demin/dE); saturated as for M
+            grad_e = (-_LN2 * (dx[0] + demin_de) * ge_sub
+                      + _LN2 * p.max_normal * (dlog_max[0] + dx[0]) * gs_clip)
+            grad_e = grad_e.to(ctx.width_devices[0]) if ctx.needs_input_grad[1] else None
+            grad_m = grad_m.to(ctx.width_devices[1]) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_e, grad_m, None, None, None, None, None
+
+
+def _log2_max_normal_slopes(p) -> tuple[float, float]:
+    """``(∂log2 max_normal/∂E, ∂log2 max_normal/∂M)``; 0 while the 448 cap is active."""
+    if p.capped:
+        return 0.0, 0.0
+    return _LN2 * 2.0 ** (p.ebits - 1.0), 2.0 ** (p.emax - p.mbits) / p.uncapped_max_normal
+
+
+def _scale_exponent_slopes(p) -> tuple[float, float]:
+    """``(∂X/∂E, ∂X/∂M)`` with the scale's floors passed straight through (module docstring).
+
+    ``emax`` rule: ``X ≈ log2 amax - emax``; ``maxfloat`` rule (the authors'):
+    ``X ≈ log2 amax - log2 max_normal``, which also moves with M and stops at the 448 cap.
+    """
+    if p.fractional_scale == "maxfloat":
+        de, dm = _log2_max_normal_slopes(p)
+        return -de, -dm
+    return -_LN2 * 2.0 ** (p.ebits - 1.0), 0.0
 
 
 def _blocked(t: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -236,17 +253,20 @@ def mx_qdq_minifloat(
     scale_mode: str = "floor",
     rounding: str = "rne",
     max_normal_cap: float = E4M3_MAX_NORMAL,
+    fractional_scale: str = FRACTIONAL_SCALES[0],
 ) -> torch.Tensor:
     """MX quantize-dequantize ``x`` with real widths ``(E, M)``; differentiable in x, E and M.
 
-    ``ebits``/``mbits`` may be 0-d tensors requiring grad (e.g. ``family.ebits(beta)``).
+    ``ebits``/``mbits`` may be 0-d tensors requiring grad (e.g. ``family.ebits(beta)``);
+    ``fractional_scale``: the scale rule at fractional widths (``mx_spec.minifloat``).
     """
     _check_common(x, block_size)
     e = ebits if torch.is_tensor(ebits) else torch.tensor(float(ebits))
     m = mbits if torch.is_tensor(mbits) else torch.tensor(float(mbits))
     if e.numel() != 1 or m.numel() != 1:
         raise ValueError("ebits and mbits must be scalars (one format per tensor)")
-    return _MinifloatQDQ.apply(x, e, m, block_size, scale_mode, rounding, max_normal_cap)
+    minifloat_params(float(e.detach()), float(m.detach()), max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
+    return _MinifloatQDQ.apply(x, e, m, block_size, scale_mode, rounding, max_normal_cap, fractional_scale)
 
 
 def mx_qdq_standard(

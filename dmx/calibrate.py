@@ -5,7 +5,11 @@ Objective per step (dMX): ``CE(next-token) + bit_budget_penalty(average_bits(lay
 (model weights frozen) with SGD (lr 1, momentum 0.99, Nesterov), while the temperature follows
 dmx core's annealing schedule (``HoldThenExponential`` by default). Gradients of
 ``grad_accum`` micro-batches of ``batch_size`` windows are summed (each scaled by
-``1/grad_accum``) before one optimiser step.
+``1/grad_accum``), their joint norm (offsets and any rotation matrices) is clipped to
+``clip_grad_norm`` (1.0, the Hugging Face trainer's default the authors train with; 0 turns it
+off), then one optimiser step is taken. A fresh run starts every offset at ``beta_init`` (0, the
+authors' start: every layer near the low format). ``docs/FIDELITY.md`` compares each setting
+with the authors' code.
 
 Learned rotations (SpinQuant-style, :mod:`dmx.rotation` with ``kind="learned"``): when the model
 carries trainable rotation matrices (:func:`dmx.rotation.rotation_parameters`), they are
@@ -37,6 +41,7 @@ rule's bits are kept in the provenance (``threshold_element_bits``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import sys
 from contextlib import nullcontext
@@ -55,6 +60,7 @@ from dmx.checkpoint import (CHECKPOINT_VERSION, CheckpointError, checkpoint_exis
 from dmx.data import token_hash
 from dmx.models import input_device
 from dmx.quantized import set_calibration_mode
+from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["CalibrationConfig", "FINAL_ROUNDINGS", "window_order", "objective", "calibrate", "budget_formats",
            "software_versions", "check_checkpoint"]
@@ -74,6 +80,9 @@ class CalibrationConfig:
     ``rotation_lr``: Cayley SGD learning rate of learned rotation matrices (SpinQuant's 1.5);
     unused when the model has none. ``final_rounding``: one of ``FINAL_ROUNDINGS`` (module
     docstring): the method's threshold, or the budget filled exactly in the order of ``|β̂|``.
+    ``beta_init``: the offset every layer starts from (0: the authors'; 1.0: this project's first
+    default). ``clip_grad_norm``: max joint gradient norm per step (0: no clipping).
+    ``fractional_scale``: the block-scale rule at fractional widths (``mx_spec.minifloat``).
     """
 
     family: str = "fp8_fp4"
@@ -94,6 +103,9 @@ class CalibrationConfig:
     seed: int = 0
     rotation_lr: float = 1.5
     final_rounding: str = "threshold"
+    beta_init: float = 0.0
+    clip_grad_norm: float = 1.0
+    fractional_scale: str = FRACTIONAL_SCALES[0]
 
     def validate(self) -> None:
         """``ValueError`` naming the bad setting and the valid range."""
@@ -110,6 +122,11 @@ class CalibrationConfig:
             raise ValueError(f"unknown final_rounding {self.final_rounding!r}; choose one of {list(FINAL_ROUNDINGS)}")
         if not self.rotation_lr > 0:
             raise ValueError(f"rotation_lr must be > 0, got {self.rotation_lr}")
+        if not (math.isfinite(self.beta_init) and math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0):
+            raise ValueError(f"need a finite beta_init and clip_grad_norm >= 0 (0: no clipping), got "
+                             f"beta_init={self.beta_init}, clip_grad_norm={self.clip_grad_norm}")
+        if self.fractional_scale not in FRACTIONAL_SCALES:
+            raise ValueError(f"unknown fractional_scale {self.fractional_scale!r}; choose one of {list(FRACTIONAL_SCALES)}")
         from dmx.family import get_family
 
         get_family(self.family).validate_target(self.target_bits)
@@ -242,16 +259,19 @@ def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: s
 
 #: Settings that do not change the offsets' trajectory, so a checkpoint resumes across them.
 _RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding")
+#: Values of settings added later, as the runs before them had them (a checkpoint that lacks the
+#: key was written with this value, not with today's default).
+_BEFORE_ADDED = {"beta_init": 1.0, "clip_grad_norm": 0.0, "fractional_scale": "emax"}
 
 
 def _check_settings(state: dict[str, Any], cfg: CalibrationConfig) -> None:
     """``CheckpointError`` when ``cfg`` would not continue the checkpoint's trajectory."""
     saved = dict(state["config"])
     current = dataclasses.asdict(cfg)
-    defaults = {f.name: f.default for f in dataclasses.fields(CalibrationConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(CalibrationConfig)} | _BEFORE_ADDED
     # checkpoint_every and final_rounding may change between runs (a finished checkpoint can be
     # deployed with the other rounding); everything else defines the trajectory. A setting added
-    # after the checkpoint was written counts as its default.
+    # after the checkpoint was written counts as the value runs had before it existed.
     differing = sorted(k for k in current if k not in _RESUMABLE_ACROSS
                        and saved.get(k, defaults[k]) != current[k])
     if differing:
@@ -356,10 +376,16 @@ def calibrate(
     torch.manual_seed(cfg.seed)
     start = 0
     metrics: dict[str, float] = {}
+    for layer in layers.values():
+        layer.fractional_scale = cfg.fractional_scale
     if state is not None:
         start = _restore(state, layers, optimizer, cfg, windows_hash, model, rotation_optimizer)
         metrics = dict(state.get("metrics", {}))
         print(f"resuming from step {start} of {cfg.steps} (checkpoint in {checkpoint_dir})", file=sys.stderr)
+    else:
+        with torch.no_grad():
+            for p in params:
+                p.fill_(cfg.beta_init)
     from dmx.wrap import apply_schedule
 
     set_calibration_mode(model, layers, training=True)
@@ -382,6 +408,9 @@ def calibrate(
                     (loss / cfg.grad_accum).backward()
                     loss_sum += float(loss.detach()) / cfg.grad_accum
                     ce_sum += float(ce.detach()) / cfg.grad_accum
+            if cfg.clip_grad_norm > 0:
+                # one norm over everything trained, as the Hugging Face trainer clips
+                torch.nn.utils.clip_grad_norm_(params + rotations, cfg.clip_grad_norm)
             optimizer.step()
             if rotation_optimizer is not None:
                 rotation_optimizer.step()

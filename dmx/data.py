@@ -10,10 +10,17 @@ Local layout (read-only, see the data directory's README.md):
   equivalent is HF ``wikitext`` / ``wikitext-2-v1`` / ``validation``.
 
 Both are joined with ``"\\n\\n"`` (the GPTQ convention) and tokenised once.
+
+Other calibration text (the authors calibrate on FineWeb): ``text_file`` takes a plain UTF-8 file
+or documents in FineWeb's layout, one ``{"text": ...}`` per row, as ``.jsonl`` / ``.jsonl.gz`` or
+``.parquet`` (the hub's shards); the documents are joined with ``"\\n\\n"``. Online,
+``calibration_source="fineweb"`` streams the first documents of HF ``HuggingFaceFW/fineweb``
+(``sample-10BT``) until ``FINEWEB_ONLINE_CHARS`` characters are read.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -29,9 +36,12 @@ __all__ = [
     "resolve_data_dir",
     "wikitext2_test_text",
     "wikitext2_calibration_text",
+    "CALIBRATION_SOURCES",
     "read_text_file",
     "tokenize_text",
     "test_token_ids",
+    "check_calibration_source",
+    "fineweb_calibration_text",
     "calibration_token_ids",
     "calibration_windows",
     "sample_windows",
@@ -42,6 +52,11 @@ __all__ = [
 DATA_DIR_ENV = "DMX_DATA_DIR"
 WIKITEXT2_TEST = Path("wikitext-2-raw-v1") / "test.jsonl"
 WIKITEXT2_CALIB = Path("wikitext-2-tokenized") / "valid.txt"
+#: Where calibration text comes from when no text file is given.
+CALIBRATION_SOURCES = ("wikitext2", "fineweb")
+#: Characters streamed from FineWeb online (~5 M tokens with a Llama-style tokenizer, what 400
+#: steps of 8 x 2048 tokens draw their windows from).
+FINEWEB_ONLINE_CHARS = 25_000_000
 _ONLINE_HINT = "or pass online=True / --online to download it from the Hugging Face hub (dataset 'wikitext')"
 
 
@@ -124,14 +139,67 @@ def wikitext2_calibration_text(data_dir: str | os.PathLike | None = None, *, onl
 
 
 def read_text_file(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file for calibration or evaluation; clear error if it does not exist."""
+    """Read calibration or evaluation text: plain UTF-8, or FineWeb-style ``.jsonl[.gz]``/``.parquet``.
+
+    Rows of the document formats need a ``"text"`` field; they are joined with ``"\\n\\n"``.
+    Clear errors for a missing or empty file and for rows without ``"text"``.
+    """
     target = Path(path).expanduser()
     if not target.is_file():
-        raise FileNotFoundError(f"text file {str(target)!r} does not exist; pass an existing UTF-8 text file")
-    text = target.read_text(encoding="utf-8")
+        raise FileNotFoundError(f"text file {str(target)!r} does not exist; pass an existing UTF-8 text file, "
+                                "or FineWeb-style .jsonl / .jsonl.gz / .parquet documents with a 'text' field")
+    name = target.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        text = "\n\n".join(_jsonl_texts(target))
+    elif name.endswith(".parquet"):
+        text = "\n\n".join(_parquet_texts(target))
+    else:
+        text = target.read_text(encoding="utf-8")
     if not text.strip():
         raise ValueError(f"text file {str(target)!r} is empty")
     return text
+
+
+def _jsonl_texts(target: Path) -> list[str]:
+    opener = gzip.open if target.name.lower().endswith(".gz") else open
+    texts = []
+    with opener(target, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{target}: line {number} is not valid JSON ({err.msg}); each line must be one "
+                                 "document {\"text\": ...}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f"{target}: line {number} has no string field 'text'; each line must be one "
+                                 "document {\"text\": ...} (the FineWeb layout)")
+            texts.append(row["text"])
+    return texts
+
+
+def _parquet_texts(target: Path) -> list[str]:
+    import pyarrow.parquet as pq  # comes with the datasets library; only needed for .parquet
+
+    schema = pq.read_schema(target)
+    if "text" not in schema.names:
+        raise ValueError(f"{target}: parquet file has no 'text' column (columns: {schema.names}); "
+                         "FineWeb shards keep each document in 'text'")
+    return [t for t in pq.read_table(target, columns=["text"]).column("text").to_pylist() if t]
+
+
+def fineweb_calibration_text(max_chars: int = FINEWEB_ONLINE_CHARS) -> str:
+    """The first documents of HF ``HuggingFaceFW/fineweb`` (``sample-10BT``), streamed, up to ``max_chars``."""
+    from datasets import load_dataset  # optional, only for the online path
+
+    texts, total = [], 0
+    for row in load_dataset("HuggingFaceFW/fineweb", name="sample-10BT", split="train", streaming=True):
+        texts.append(row["text"])
+        total += len(row["text"])
+        if total >= max_chars:
+            break
+    return "\n\n".join(texts)
 
 
 def tokenize_text(tokenizer, text: str) -> torch.Tensor:
@@ -154,16 +222,30 @@ def test_token_ids(
     return tokenize_text(tokenizer, text)
 
 
+def check_calibration_source(source: str, *, online: bool, text_file: str | os.PathLike | None) -> None:
+    """``ValueError`` for an unknown source, or FineWeb without ``online`` (before any slow work)."""
+    if source not in CALIBRATION_SOURCES:
+        raise ValueError(f"unknown calibration source {source!r}; choose one of {list(CALIBRATION_SOURCES)}")
+    if source == "fineweb" and text_file is None and not online:
+        raise ValueError("calibration source 'fineweb' streams HuggingFaceFW/fineweb from the hub: add --online, "
+                         "or pass local FineWeb shards with --text-file FILE.parquet|.jsonl[.gz]")
+
+
 def calibration_token_ids(
     tokenizer,
     data_dir: str | os.PathLike | None = None,
     *,
     online: bool = False,
     text_file: str | os.PathLike | None = None,
+    source: str = "wikitext2",
 ) -> torch.Tensor:
-    """Calibration token ids ``LongTensor[1, N]``: WikiText-2 validation (or ``text_file``)."""
+    """Calibration token ids ``LongTensor[1, N]``: ``text_file`` if given, else ``source``
+    (WikiText-2 validation, or FineWeb streamed online)."""
+    check_calibration_source(source, online=online, text_file=text_file)
     if text_file is not None:
         text = read_text_file(text_file)
+    elif source == "fineweb":
+        text = fineweb_calibration_text()
     else:
         text = wikitext2_calibration_text(data_dir, online=online)
     return tokenize_text(tokenizer, text)
@@ -196,9 +278,10 @@ def calibration_windows(
     data_dir: str | os.PathLike | None = None,
     online: bool = False,
     text_file: str | os.PathLike | None = None,
+    source: str = "wikitext2",
 ) -> torch.Tensor:
-    """``n`` seeded calibration windows ``LongTensor[n, seqlen]`` from the validation split (or a text file)."""
-    ids = calibration_token_ids(tokenizer, data_dir, online=online, text_file=text_file)
+    """``n`` seeded calibration windows ``LongTensor[n, seqlen]`` from the calibration text (see above)."""
+    ids = calibration_token_ids(tokenizer, data_dir, online=online, text_file=text_file, source=source)
     return sample_windows(ids, n, seqlen, seed)
 
 

@@ -19,14 +19,18 @@ scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blo
 the last dimension, the reduction dimension ``in_features`` of both operands. A frozen weight in
 a hard format is quantised once and cached until the weight or the format changes.
 
-β̂ initialisation: ``beta_hat_init = 1.0`` by default, the midpoint where β = 1 for every
-temperature (E3M2, 6 bits, in ``fp8_fp4``): no end of the family is favoured before the data and
-the budget have spoken, and the hard format flips at exactly this point. Starting at the high
-end (``beta_hat_init=2.0``) puts every layer far above a budget, so the penalty drives all β̂
-down together; with momentum 0.99 they overshoot through 0, and ``|β̂|`` reflects them into the
-saturated high region where the sigmoid has no gradient left. On the toy test network
-(``tests/test_toy_demo.py``) init 1.0 finds the right assignment for every seed tried (0-3),
-init 2.0 ends with the wrong layers high. Configurable per layer.
+β̂ initialisation: ``beta_hat_init = 0.0`` by default, as in the authors' code (Brevitas
+``BitWidthParameter`` starts the offset at bit width minus base width = 0): every layer starts
+near the low format (β ≈ 0.04 at T = 0.4), the budget hinge is silent while the average bits are
+under the target, and cross-entropy alone decides which layers climb. ``|β̂|`` has gradient
+``sign(β̂)`` with ``sign(0) = +1`` (``dmx.offset.abs_sign_grad``), so an offset at exactly 0
+moves. ``dmx.calibrate`` sets the start of every offset from its config
+(``CalibrationConfig.beta_init``); the project's first default, 1.0 (the sigmoid's midpoint,
+6 bits), is kept reproducible there (``docs/FIDELITY.md``).
+
+Fractional widths take their block scale by ``fractional_scale`` (``mx_spec.minifloat``:
+``"maxfloat"``, the authors' rule, by default; ``"emax"``): only the soft (training) path sees it,
+the deployed standard formats are the same under both.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from dmx.family import FormatFamily, get_family
 from dmx.offset import OFFSET_MODES, SIGMOID_SCALE, check_temperature, hard_beta, offset_to_beta
 from dmx.regularizer import storage_bits
 from mx_spec.formats import MX_FORMATS, get_format
+from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["DMXLinear", "DEFAULT_BETA_HAT_INIT"]
 
-DEFAULT_BETA_HAT_INIT = 1.0
+DEFAULT_BETA_HAT_INIT = 0.0
 
 
 class DMXLinear(nn.Module):
@@ -64,6 +69,7 @@ class DMXLinear(nn.Module):
         sigmoid_scale: float = SIGMOID_SCALE,
         scale_mode: str = "floor",
         rounding: str = "rne",
+        fractional_scale: str = FRACTIONAL_SCALES[0],
     ) -> None:
         super().__init__()
         if not isinstance(linear, nn.Linear):
@@ -79,6 +85,7 @@ class DMXLinear(nn.Module):
         self.sigmoid_scale = float(sigmoid_scale)
         self.scale_mode = scale_mode
         self.rounding = rounding
+        self.fractional_scale = fractional_scale
         init = float(beta_hat_init)
         if not torch.isfinite(torch.tensor(init)):
             raise ValueError(f"beta_hat_init must be finite; got {beta_hat_init!r}")
@@ -119,6 +126,16 @@ class DMXLinear(nn.Module):
     @temperature.setter
     def temperature(self, value: float) -> None:
         self._temperature = check_temperature(value)
+
+    @property
+    def fractional_scale(self) -> str:
+        return self._fractional_scale
+
+    @fractional_scale.setter
+    def fractional_scale(self, rule: str) -> None:
+        if rule not in FRACTIONAL_SCALES:
+            raise ValueError(f"unknown fractional_scale {rule!r}; valid rules: {list(FRACTIONAL_SCALES)}")
+        self._fractional_scale = rule
 
     @property
     def offset_mode(self) -> str:
@@ -225,7 +242,7 @@ class DMXLinear(nn.Module):
         return mx_qdq_minifloat(
             t, self.family.ebits(beta), self.family.mbits(beta), block_size=self.block_size,
             scale_mode=self.scale_mode, rounding=self.rounding,
-            max_normal_cap=self.family.max_normal_cap,
+            max_normal_cap=self.family.max_normal_cap, fractional_scale=self.fractional_scale,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,10 @@ Evaluation (hard, the deployed format is always a real MX format, one end of the
     β = β_max if |β̂| > β_max / 2 else 0
 
 ``|β̂|`` makes the map even in β̂ (a sign flip of β̂ changes nothing), and the hard rule is the
-``T → ∞`` limit of the soft one. ``mode="round_ste"`` replaces the soft map by the hard rule with
+``T → ∞`` limit of the soft one. Its gradient is ``sign(β̂)`` with ``sign(0) = +1``
+(:func:`abs_sign_grad`, the authors' ``abs_binary_sign_grad``): every offset starts at β̂ = 0
+(``dmx.calibrate.CalibrationConfig.beta_init``), where ``torch.abs`` has gradient 0 and would
+freeze it for ever. ``mode="round_ste"`` replaces the soft map by the hard rule with
 a straight-through gradient (``dβ/dβ̂ = sign(β̂)``): the plain round-with-STE baseline, kept to
 show the oscillation it causes.
 
@@ -26,11 +29,30 @@ import math
 
 import torch
 
-__all__ = ["OFFSET_MODES", "SIGMOID_SCALE", "offset_to_beta", "hard_beta", "check_temperature"]
+__all__ = ["OFFSET_MODES", "SIGMOID_SCALE", "abs_sign_grad", "offset_to_beta", "hard_beta", "check_temperature"]
 
 #: The factor 20 of the authors' code in front of T (see the module docstring).
 SIGMOID_SCALE = 20.0
 OFFSET_MODES = ("sigmoid", "round_ste")
+
+
+class _AbsSignGrad(torch.autograd.Function):
+    """``|x|`` whose gradient is ``sign(x)`` with ``sign(0) = +1`` (``torch.abs`` gives 0 at 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.abs()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return grad_out * torch.where(x < 0, -1.0, 1.0).to(grad_out.dtype)
+
+
+def abs_sign_grad(x: torch.Tensor) -> torch.Tensor:
+    """``|x|`` with gradient ``sign(x)``, ``sign(0) = +1``, so an offset at exactly 0 can move."""
+    return _AbsSignGrad.apply(x)
 
 
 def check_temperature(temperature: float) -> float:
@@ -83,8 +105,8 @@ def offset_to_beta(
     _check_beta_hat(beta_hat)
     if not training:
         return hard_beta(beta_hat, beta_max)
+    a = abs_sign_grad(beta_hat)
     if mode == "round_ste":
-        a = beta_hat.abs()
         return hard_beta(beta_hat, beta_max) + (a - a.detach())
     t = check_temperature(temperature)
-    return beta_max * torch.sigmoid(sigmoid_scale * t * (beta_hat.abs() / beta_max - 0.5))
+    return beta_max * torch.sigmoid(sigmoid_scale * t * (a / beta_max - 0.5))

@@ -30,6 +30,7 @@ METHOD_STYLE: dict[str, dict[str, Any]] = {
     "uniform": {"marker": "s", "color": "tab:gray", "label": "uniform MX"},
     "kl": {"marker": "^", "color": "tab:orange", "label": "KL heuristic"},
     "dmx": {"marker": "o", "color": "tab:blue", "label": "dMX"},
+    "random": {"marker": "x", "color": "tab:red", "label": "random control"},
 }
 _FALLBACK_STYLE = {"marker": "D", "color": "tab:purple"}
 
@@ -42,21 +43,37 @@ def _finite(x: Any) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _seed_groups(points: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Points of one method grouped by target (the seeds of one budget), else one group each; by bits."""
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for i, p in enumerate(points):
+        key = ("target", p["target"]) if p.get("target") is not None else ("point", i)
+        groups.setdefault(key, []).append(p)
+    return sorted(groups.values(), key=lambda g: float(np.mean([p["avg_bits"] for p in g])))
+
+
 def _panel(ax: Axes, points: Sequence[Mapping[str, Any]], metric: str, ylabel: str) -> None:
     full = [p for p in points if p.get("method") == "fp" and _finite(p.get(metric))]
     quant = [p for p in points if p.get("method") != "fp" and _finite(p.get(metric)) and _finite(p.get("avg_bits"))]
     for method in dict.fromkeys(p["method"] for p in quant):
-        pts = sorted((p for p in quant if p["method"] == method), key=lambda p: p["avg_bits"])
+        pts = [p for p in quant if p["method"] == method]
         st = _style(method)
-        ax.plot(
-            [p["avg_bits"] for p in pts],
-            [p[metric] for p in pts],
-            linestyle="-" if method != "uniform" else "none",
-            marker=st["marker"],
-            color=st["color"],
-            label=st["label"],
-            markersize=7,
-        )
+        groups = _seed_groups(pts)
+        x = [float(np.mean([p["avg_bits"] for p in g])) for g in groups]
+        y = [float(np.mean([p[metric] for p in g])) for g in groups]
+        several = any(len(g) > 1 for g in groups)
+        label = st["label"] + (" (mean, min-max over seeds)" if several else "")
+        if several:
+            for g in groups:  # each seed faintly, the mean with its range on top
+                ax.scatter([p["avg_bits"] for p in g], [p[metric] for p in g], marker=st["marker"], color=st["color"],
+                           alpha=0.3, s=14)
+            lo = [yi - min(p[metric] for p in g) for yi, g in zip(y, groups)]
+            hi = [max(p[metric] for p in g) - yi for yi, g in zip(y, groups)]
+            ax.errorbar(x, y, yerr=[lo, hi], linestyle="-", marker=st["marker"], color=st["color"], label=label,
+                        markersize=7, capsize=3)
+        else:
+            ax.plot(x, y, linestyle="-" if method != "uniform" else "none", marker=st["marker"], color=st["color"],
+                    label=label, markersize=7)
         if method == "uniform":
             for p in pts:
                 ax.annotate(

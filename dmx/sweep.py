@@ -6,6 +6,14 @@
 - ``uniform``: every quantised layer at one standard MX format (``SweepConfig.uniform``);
 - ``kl``: the KL layer-selection heuristic (``dmx.kl_baseline``) at every target;
 - ``dmx``: the differentiable assignment (``dmx.calibrate``) at every target;
+- ``random``: the control, seeded random assignments filling each target exactly
+  (``dmx.random_baseline``);
+
+``seeds`` > 1 repeats the seeded methods (``dmx``: calibration windows and their order;
+``random``: the draw) for seeds ``seed, seed+1, ...``; the first seed keeps the plain label
+(``dmx@5``), the i-th extra one gets ``:s<i>`` (``dmx@5:s1`` is seed ``seed+1``). ``summarize_points`` reduces the seeds of
+one (method, target) to mean, standard deviation, min and max (``summary.csv``; the Pareto plot
+draws the mean with the min-max range).
 
 and measures WikiText-2 perplexity (``dmx.perplexity``, GPTQ protocol; ``max_windows`` limits it
 to the first windows) and, when ``tasks`` is given, zero-shot accuracy (``dmx.zeroshot``).
@@ -18,6 +26,7 @@ keeps its version before the last point as ``results.json.prev``, used when it i
   a point is ``{"key", "method", "label", "target", "format", "avg_bits", "storage_bits",
   "perplexity", "accuracy": {task: acc}, "avg_accuracy", "seconds", "formats": {layer: fmt}}``;
 - ``results.csv``: the same points, one row each, without the per-layer formats;
+- ``summary.csv``: one row per (method, target or format) over its seeds (``summarize_points``);
 - ``assignments/<label>.json``: the ``dmx.assignment.Assignment`` of every KL / dMX point;
 - ``pareto.png`` and ``assignment_heatmap.png`` (``dmx.plots``);
 - ``kl_cache/``: the KL per-layer score cache; ``checkpoints/<label>-<settings hash>/``: dMX calibration
@@ -44,6 +53,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,11 +67,14 @@ from dmx.rotation import DEFAULT_ONLINE_BLOCK, check_learned_lm_head
 
 RESULTS_SCHEMA = "dmx.sweep/1"
 UNIFORM_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")
-METHODS = ("fp", "uniform", "kl", "dmx")
+METHODS = ("fp", "uniform", "kl", "dmx", "random")
+#: Methods whose points depend on a seed (repeated ``SweepConfig.seeds`` times).
+SEEDED_METHODS = ("dmx", "random")
 CSV_COLUMNS = (
     "method",
     "label",
     "target",
+    "seed",
     "format",
     "avg_bits",
     "storage_bits",
@@ -71,19 +84,20 @@ CSV_COLUMNS = (
 )
 
 
-def point_label(method: str, *, target: float | None = None, fmt: str | None = None) -> str:
+def point_label(method: str, *, target: float | None = None, fmt: str | None = None, seed_index: int = 0) -> str:
     """Stable identifier of a sweep point: ``fp``, ``uniform:<format>``, ``kl@<target>``,
-    ``dmx@<target>`` (target printed with ``%g``). Used as the skip-on-rerun key."""
+    ``dmx@<target>``, ``random@<target>`` (target printed with ``%g``), with ``:s<i>`` for the
+    i-th extra seed of a seeded method. Used as the skip-on-rerun key."""
     if method == "fp":
         return "fp"
     if method == "uniform":
         if not fmt:
             raise ValueError("a uniform point needs its MX format name")
         return f"uniform:{fmt}"
-    if method in ("kl", "dmx"):
+    if method in ("kl", "dmx", "random"):
         if target is None:
             raise ValueError(f"a {method} point needs its target bits")
-        return f"{method}@{target:g}"
+        return f"{method}@{target:g}" + (f":s{seed_index}" if seed_index else "")
     raise ValueError(f"unknown method {method!r}; valid choices: {', '.join(METHODS)}")
 
 
@@ -101,6 +115,46 @@ def points_to_csv(points: Sequence[Mapping[str, Any]]) -> str:
         w.writerow(
             [_csv_cell(p.get(c)) for c in CSV_COLUMNS] + [_csv_cell(acc.get(t)) for t in tasks]
         )
+    return buf.getvalue()
+
+
+SUMMARY_COLUMNS = ("method", "target", "format", "n", "seeds", "avg_bits", "perplexity_mean", "perplexity_std",
+                   "perplexity_min", "perplexity_max")
+
+
+def summarize_points(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, target, format): the points' seeds reduced to mean/std/min/max of perplexity.
+
+    ``std`` is the sample standard deviation (``n - 1``; 0 for one point); ``avg_bits`` is the
+    mean of the points' bits. Rows keep the order in which their first point appears.
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for p in points:
+        if p.get("perplexity") is None:
+            continue
+        groups.setdefault((p["method"], p.get("target"), p.get("format")), []).append(p)
+    rows = []
+    for (method, target, fmt), pts in groups.items():
+        ppl = np.array([float(p["perplexity"]) for p in pts])
+        bits = [p["avg_bits"] for p in pts if p.get("avg_bits") is not None]
+        rows.append({
+            "method": method, "target": target, "format": fmt, "n": len(pts),
+            "seeds": [p.get("seed") for p in pts],
+            "avg_bits": float(np.mean(bits)) if bits else None,
+            "perplexity_mean": float(ppl.mean()),
+            "perplexity_std": float(ppl.std(ddof=1)) if len(pts) > 1 else 0.0,
+            "perplexity_min": float(ppl.min()), "perplexity_max": float(ppl.max()),
+        })
+    return rows
+
+
+def summary_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of :func:`summarize_points` rows (seeds joined by spaces)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for r in rows:
+        w.writerow([" ".join(str(s) for s in r["seeds"]) if c == "seeds" else _csv_cell(r[c]) for c in SUMMARY_COLUMNS])
     return buf.getvalue()
 
 
@@ -163,6 +217,7 @@ class ResultStore:
         doc = {"schema": RESULTS_SCHEMA, "config": self.config, "points": self.points}
         atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True), keep_previous=True)
         atomic_write_text(self.out_dir / "results.csv", points_to_csv(self.points))
+        atomic_write_text(self.out_dir / "summary.csv", summary_to_csv(summarize_points(self.points)))
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -196,11 +251,13 @@ class SweepConfig:
     online: bool = False
     text_file: str | None = None
     calib_text_file: str | None = None
+    calib_source: str = "wikitext2"
     seqlen: int = 2048
     max_windows: int | None = None
     calib_windows: int = 32
     calib_seqlen: int = 512
     seed: int = 0
+    seeds: int = 1
     kl_windows: int = 4
     kl_seqlen: int = 512
     kl_cache_dir: str | None = None
@@ -236,17 +293,38 @@ class SweepConfig:
         return {"kind": "hadamard", "seed": self.rotation_seed, "placement": self.rotation_placement,
                 "block": self.rotation_block if online else None}
 
-    def method_settings(self, method: str) -> dict[str, Any]:
-        """Settings a point of ``method`` depends on beyond ``identity()``."""
+    def seed_values(self) -> list[int]:
+        """The seeds of the seeded methods: ``seed, seed+1, ..., seed+seeds-1``."""
+        return [self.seed + i for i in range(self.seeds)]
+
+    def method_settings(self, method: str, seed: int | None = None) -> dict[str, Any]:
+        """Settings a point of ``method`` (with ``seed``, default ``self.seed``) depends on beyond ``identity()``."""
+        seed = self.seed if seed is None else seed
+        weighting = self.calibration.get("weighting", "mean")
+        # recorded only when not WikiText-2, so points computed before the option stay finished
+        source = {} if self.calib_source == "wikitext2" else {"calib_source": self.calib_source}
         if method == "kl":
             return {"family": self.family, "kl_windows": self.kl_windows, "kl_seqlen": self.kl_seqlen,
-                    "seed": self.seed, "calib_text_file": self.calib_text_file,
-                    "weighting": self.calibration.get("weighting", "mean")}
+                    "seed": self.seed, "calib_text_file": self.calib_text_file, "weighting": weighting, **source}
         if method == "dmx":
             return {"family": self.family, "calib_windows": self.calib_windows, "calib_seqlen": self.calib_seqlen,
-                    "seed": self.seed, "calib_text_file": self.calib_text_file,
-                    "calibration": dict(sorted(self.calibration.items()))}
+                    "seed": seed, "calib_text_file": self.calib_text_file, **source,
+                    "calibration": dict(sorted({**_recipe_defaults(), **self.calibration}.items()))}
+        if method == "random":
+            return {"family": self.family, "seed": seed, "weighting": weighting}
         return {}
+
+
+def _recipe_defaults() -> dict[str, Any]:
+    """The calibration settings a dMX point records even when left at their defaults.
+
+    They changed when the defaults moved to the authors' recipe (``docs/FIDELITY.md``), so a
+    point calibrated before (which lacks them) is recomputed, never mistaken for the new recipe.
+    """
+    from dmx.calibrate import CalibrationConfig
+
+    d = CalibrationConfig()
+    return {"beta_init": d.beta_init, "clip_grad_norm": d.clip_grad_norm, "fractional_scale": d.fractional_scale}
 
 
 def _rotate(model, cfg: SweepConfig, *, learn: bool = False):
@@ -305,6 +383,7 @@ def _point(key: str, method: str, *, assignment, settings: Mapping[str, Any], ta
         "method": method,
         "label": key,
         "target": target,
+        "seed": settings.get("seed") if method in SEEDED_METHODS else None,
         "format": fmt,
         "avg_bits": None if assignment is None else assignment.element_bits,
         "storage_bits": None if assignment is None else assignment.storage_bits,
@@ -335,12 +414,17 @@ def _validate(cfg: SweepConfig) -> None:
     bad = [m for m in cfg.methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; valid choices: {', '.join(METHODS)}")
+    from dmx.data import check_calibration_source
+
+    check_calibration_source(cfg.calib_source, online=cfg.online, text_file=cfg.calib_text_file)
+    if not (isinstance(cfg.seeds, int) and cfg.seeds >= 1):
+        raise ValueError(f"seeds must be a whole number >= 1 (calibration/random seeds per target), got {cfg.seeds!r}")
     for f in cfg.uniform:
         get_format(f)  # ValueError listing the valid MX format names
     fam = get_family(cfg.family)
-    if {"kl", "dmx"} & set(cfg.methods):
+    if {"kl", "dmx", "random"} & set(cfg.methods):
         if not cfg.targets:
-            raise ValueError("the kl and dmx methods need at least one target (--targets 5 6)")
+            raise ValueError("the kl, dmx and random methods need at least one target (--targets 5 6)")
         for t in cfg.targets:
             fam.validate_target(t)
     if "dmx" in cfg.methods:
@@ -391,6 +475,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names, load_model
     from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.random_baseline import random_formats
     from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state, save_rotation_beside
 
     _validate(cfg)
@@ -437,7 +522,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     kl_windows = reference = None
     if kl_targets:
         kl_windows = calibration_windows(tokenizer, cfg.kl_windows, cfg.kl_seqlen, cfg.seed,
-                                         data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file)
+                                         data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file,
+                                         source=cfg.calib_source)
         reference = reference_if_needed(
             model, kl_windows, model_id=kl_model_id, low_format=fam.low_format, high_format=fam.high_format,
             layer_names=decoder_linear_names(model, include_lm_head=cfg.include_lm_head),
@@ -445,7 +531,6 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         )
 
     layers = quantize_model(model, family=cfg.family, include_lm_head=cfg.include_lm_head, block_size=cfg.block_size)
-    initial_offsets = {n: layer.beta_hat.detach().clone() for n, layer in layers.items()}
     sizes = {n: int(layer.linear.weight.numel()) for n, layer in layers.items()}
 
     def accuracy_of_finished_points() -> None:
@@ -494,43 +579,68 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             scoring = 0.0  # the one-off scoring time is charged to the first KL point only
 
     def run_dmx() -> None:
-        targets = [t for t in cfg.targets if point_label("dmx", target=t) in todo] if "dmx" in cfg.methods else []
-        if not targets:
+        if "dmx" not in cfg.methods:
             return
-        windows = calibration_windows(tokenizer, cfg.calib_windows, cfg.calib_seqlen, cfg.seed,
-                                      data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file)
-        for t in targets:
-            key = point_label("dmx", target=t)
-            ccfg = CalibrationConfig(**{"family": cfg.family, "seed": cfg.seed, **cfg.calibration, "target_bits": t})
-            if cfg.rotation == "learned":
-                # each point learns its own rotation, from the same start, on a fresh copy of the model
-                dmx_model, _ = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
-                _rotate(dmx_model, cfg, learn=True)
-                dmx_layers = quantize_model(dmx_model, family=cfg.family, include_lm_head=cfg.include_lm_head,
-                                            block_size=cfg.block_size)
-            else:
-                dmx_model, dmx_layers = model, layers
-                set_uniform_format(layers, None)
-                with torch.no_grad():
-                    for n, layer in layers.items():
-                        layer.beta_hat.copy_(initial_offsets[n])
-            ckpt = _checkpoint_dir(out, cfg, key)
-            record = {k: v for k, v in provenance.items() if k not in shared_rotation}
-            a, calib_secs = _timed(lambda: calibrate(
-                dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
-                resume=checkpoint_exists(ckpt), provenance=record, progress=cfg.progress,
-            ))
-            path = _assignment_file(out, key)
-            # the sweep's fixed rotation is recorded in results; only a point's learned one needs a file
-            a.provenance.update(save_rotation_beside(dmx_model, path, learned_only=True)[0])
-            a.to_json(path)
-            metrics, secs = _timed(lambda: evaluate(dmx_model))
-            if dmx_model is not model:
-                del dmx_model, dmx_layers
-            store.add(_point(key, "dmx", assignment=a, settings=cfg.method_settings("dmx"), target=t, seconds=secs + calib_secs, metrics=metrics))
+        for i, seed in enumerate(cfg.seed_values()):
+            targets = [t for t in cfg.targets if point_label("dmx", target=t, seed_index=i) in todo]
+            if not targets:
+                continue
+            windows = calibration_windows(tokenizer, cfg.calib_windows, cfg.calib_seqlen, seed,
+                                          data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file,
+                                         source=cfg.calib_source)
+            for t in targets:
+                run_dmx_point(t, i, seed, windows)
+
+    def run_dmx_point(t: float, i: int, seed: int, windows) -> None:
+        key = point_label("dmx", target=t, seed_index=i)
+        settings = cfg.method_settings("dmx", seed)
+        ccfg = CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "seed": seed, "target_bits": t})
+        if cfg.rotation == "learned":
+            # each point learns its own rotation, from the same start, on a fresh copy of the model
+            dmx_model, _ = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+            _rotate(dmx_model, cfg, learn=True)
+            dmx_layers = quantize_model(dmx_model, family=cfg.family, include_lm_head=cfg.include_lm_head,
+                                        block_size=cfg.block_size)
+        else:
+            dmx_model, dmx_layers = model, layers
+            set_uniform_format(layers, None)  # calibrate() sets every offset to the config's beta_init
+        ckpt = _checkpoint_dir(out, key, settings)
+        record = {k: v for k, v in provenance.items() if k not in shared_rotation}
+        a, calib_secs = _timed(lambda: calibrate(
+            dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
+            resume=checkpoint_exists(ckpt), provenance=record, progress=cfg.progress,
+        ))
+        path = _assignment_file(out, key)
+        # the sweep's fixed rotation is recorded in results; only a point's learned one needs a file
+        a.provenance.update(save_rotation_beside(dmx_model, path, learned_only=True)[0])
+        a.to_json(path)
+        metrics, secs = _timed(lambda: evaluate(dmx_model))
+        if dmx_model is not model:
+            del dmx_model, dmx_layers
+        store.add(_point(key, "dmx", assignment=a, settings=settings, target=t, seconds=secs + calib_secs,
+                         metrics=metrics))
+
+    def run_random() -> None:
+        if "random" not in cfg.methods:
+            return
+        order = list(layers)
+        for i, seed in enumerate(cfg.seed_values()):
+            for t in cfg.targets:
+                key = point_label("random", target=t, seed_index=i)
+                if key not in todo:
+                    continue
+                formats = random_formats(order, seed=seed, low_format=fam.low_format, high_format=fam.high_format,
+                                         target_bits=t, sizes=sizes, weighting=weighting)
+                a = Assignment.from_formats(formats, block_size=cfg.block_size, weighting=weighting, layer_sizes=sizes,
+                                            provenance={**provenance, "method": "random", "seed": seed})
+                apply_assignment(layers, a)
+                a.to_json(_assignment_file(out, key))
+                metrics, secs = _timed(evaluate)
+                store.add(_point(key, "random", assignment=a, settings=cfg.method_settings("random", seed), target=t,
+                                 seconds=secs, metrics=metrics))
 
     accuracy_of_finished_points()
-    runners = {"uniform": run_uniform, "kl": run_kl, "dmx": run_dmx}
+    runners = {"uniform": run_uniform, "kl": run_kl, "dmx": run_dmx, "random": run_random}
     for method in cfg.methods:
         if method in runners:
             runners[method]()
@@ -538,14 +648,14 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     return store.points
 
 
-def _checkpoint_dir(out: Path, cfg: SweepConfig, key: str) -> Path:
-    """The calibration checkpoint folder of the dMX point ``key``."""
-    # One checkpoint directory per (target, settings): changed settings start afresh.
+def _checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:
+    """The calibration checkpoint folder of the dMX point ``key`` with method ``settings``."""
+    # One checkpoint directory per (target, seed, settings): changed settings start afresh.
     # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
-    trajectory = cfg.method_settings("dmx")
+    trajectory = dict(settings)
     trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
     digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:8]
-    return out / "checkpoints" / f"{key.replace('@', '_at_')}-{digest}"
+    return out / "checkpoints" / f"{key.replace('@', '_at_').replace(':', '_')}-{digest}"
 
 
 def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None:
@@ -553,12 +663,15 @@ def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None
     from dmx.calibrate import CalibrationConfig, check_checkpoint
     from dmx.checkpoint import checkpoint_exists
 
-    for t in cfg.targets if "dmx" in cfg.methods else ():
-        key = point_label("dmx", target=t)
-        ckpt = _checkpoint_dir(out, cfg, key)
-        if key in todo and checkpoint_exists(ckpt):
-            ccfg = CalibrationConfig(**{"family": cfg.family, "seed": cfg.seed, **cfg.calibration, "target_bits": t})
-            check_checkpoint(str(ckpt), ccfg, resume=True, announce=False)
+    if "dmx" not in cfg.methods:
+        return
+    for i, seed in enumerate(cfg.seed_values()):
+        for t in cfg.targets:
+            key = point_label("dmx", target=t, seed_index=i)
+            ckpt = _checkpoint_dir(out, key, cfg.method_settings("dmx", seed))
+            if key in todo and checkpoint_exists(ckpt):
+                ccfg = CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "seed": seed, "target_bits": t})
+                check_checkpoint(str(ckpt), ccfg, resume=True, announce=False)
 
 
 def _title(cfg: SweepConfig) -> str:
@@ -569,9 +682,12 @@ def _title(cfg: SweepConfig) -> str:
 
 def _is_done(point: Mapping[str, Any] | None, cfg: SweepConfig) -> bool:
     """A stored point counts as finished when its method settings equal the current ones."""
-    return point is not None and point.get("settings", {}) == json.loads(
-        json.dumps(cfg.method_settings(point["method"]))
-    )
+    if point is None:
+        return False
+    seed = point.get("settings", {}).get("seed") if point["method"] in SEEDED_METHODS else None
+    if seed is not None and seed not in cfg.seed_values():
+        return False
+    return point.get("settings", {}) == json.loads(json.dumps(cfg.method_settings(point["method"], seed)))
 
 
 def _planned_keys(cfg: SweepConfig) -> list[str]:
@@ -580,9 +696,11 @@ def _planned_keys(cfg: SweepConfig) -> list[str]:
         keys.append("fp")
     if "uniform" in cfg.methods:
         keys += [point_label("uniform", fmt=f) for f in cfg.uniform]
-    for m in ("kl", "dmx"):
+    if "kl" in cfg.methods:
+        keys += [point_label("kl", target=t) for t in cfg.targets]
+    for m in SEEDED_METHODS:
         if m in cfg.methods:
-            keys += [point_label(m, target=t) for t in cfg.targets]
+            keys += [point_label(m, target=t, seed_index=i) for i in range(cfg.seeds) for t in cfg.targets]
     return keys
 
 

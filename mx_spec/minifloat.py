@@ -66,6 +66,18 @@ The shared exponent at a fractional ``emax = n + f`` (``n`` integer, ``0 <= f < 
 with the standard primitive as ``shared_exponent(amax * 2**-f, n)``:
 ``floor(log2(amax) - n - f) = floor(log2(amax * 2**-f)) - n``. At integer ``emax`` (``f = 0``)
 the call is exactly the standard one, so the integer points stay bit-exact.
+
+Two rules for the scale at fractional widths (``fractional_scale``)
+------------------------------------------------------------------
+* ``"maxfloat"`` (default, the authors' Brevitas ``FloatScaling``/``FloatQuant``):
+  ``X = floor(log2 amax) - floor(log2 max_normal)``, ``max_normal`` capped at 448 as above. The
+  scale exponent of the format is the integer ``floor(log2 max_normal)``, so the scale moves
+  only when ``max_normal`` crosses a power of two and clips more in between.
+* ``"emax"`` (this project's first rule): ``X = floor(log2(amax) - emax)`` with the real emax.
+
+For every standard format ``floor(log2 max_normal) = emax`` (``max_normal = (2 - 2**-M)·2**emax``
+lies in ``[2**emax, 2**(emax+1))``; E4M3: ``floor(log2 448) = 8``), so the two rules give the
+same bits at every deployable point and differ only while learning (tested).
 """
 
 from __future__ import annotations
@@ -79,6 +91,7 @@ from mx_spec.scale import shared_exponent
 
 __all__ = [
     "E4M3_MAX_NORMAL",
+    "FRACTIONAL_SCALES",
     "MinifloatParams",
     "minifloat_params",
     "block_scale_exponent",
@@ -87,6 +100,9 @@ __all__ = [
 
 #: Largest finite OCP E4M3 value: S.1111.111 is NaN, so the top code is S.1111.110 = 1.75 * 2**8.
 E4M3_MAX_NORMAL = 448.0
+
+#: How the block scale is taken at fractional widths (module docstring); the first is the default.
+FRACTIONAL_SCALES = ("maxfloat", "emax")
 
 _EBITS_RANGE = (1.0, 8.0)
 _MBITS_RANGE = (0.0, 23.0)
@@ -99,6 +115,7 @@ class MinifloatParams:
     ebits: float
     mbits: float
     max_normal_cap: float = E4M3_MAX_NORMAL
+    fractional_scale: str = FRACTIONAL_SCALES[0]
 
     @property
     def bias(self) -> float:
@@ -126,19 +143,40 @@ class MinifloatParams:
         return min(self.uncapped_max_normal, self.max_normal_cap)
 
     @property
+    def capped(self) -> bool:
+        """Whether the 448 cap sets ``max_normal`` (only near the E4M3 end)."""
+        return self.uncapped_max_normal > self.max_normal_cap
+
+    @property
+    def scale_emax(self) -> float:
+        """The exponent the block scale is taken against: ``X = floor(log2(amax) - scale_emax)``.
+
+        ``floor(log2 max_normal)`` under ``"maxfloat"``, the real ``emax`` under ``"emax"``;
+        equal at integer widths.
+        """
+        if self.fractional_scale == "maxfloat":
+            return float(np.floor(np.log2(self.max_normal)))
+        return self.emax
+
+    @property
     def element_bits(self) -> float:
         """Sign + exponent + mantissa bits ``1 + E + M``."""
         return 1.0 + self.ebits + self.mbits
 
 
 def minifloat_params(
-    ebits: float, mbits: float, *, max_normal_cap: float = E4M3_MAX_NORMAL
+    ebits: float, mbits: float, *, max_normal_cap: float = E4M3_MAX_NORMAL,
+    fractional_scale: str = FRACTIONAL_SCALES[0],
 ) -> MinifloatParams:
     """Validate real widths and return their :class:`MinifloatParams`.
 
     Raises ``ValueError`` for non-finite widths, ``E`` outside ``[1, 8]`` or ``M`` outside
-    ``[0, 23]`` (the widths a float32 intermediate can represent exactly).
+    ``[0, 23]`` (the widths a float32 intermediate can represent exactly), or an unknown
+    ``fractional_scale`` (valid: ``FRACTIONAL_SCALES``).
     """
+    if fractional_scale not in FRACTIONAL_SCALES:
+        raise ValueError(f"unknown fractional_scale {fractional_scale!r}; choose one of {list(FRACTIONAL_SCALES)} "
+                         "(maxfloat: the authors' floor(log2 amax) - floor(log2 max_normal); emax: floor(log2 amax - emax))")
     e, m = float(ebits), float(mbits)
     if not (np.isfinite(e) and _EBITS_RANGE[0] <= e <= _EBITS_RANGE[1]):
         raise ValueError(
@@ -153,7 +191,7 @@ def minifloat_params(
     cap = float(max_normal_cap)
     if not cap > 0.0:
         raise ValueError(f"max_normal_cap must be > 0 (448 is the E4M3 cap); got {max_normal_cap!r}")
-    return MinifloatParams(e, m, cap)
+    return MinifloatParams(e, m, cap, fractional_scale)
 
 
 def block_scale_exponent(amax: np.ndarray, emax: float, scale_mode: str = "floor") -> np.ndarray:
@@ -212,11 +250,13 @@ def quantize_dequantize_minifloat(
     scale_mode: str = "floor",
     rounding: str = "rne",
     max_normal_cap: float = E4M3_MAX_NORMAL,
+    fractional_scale: str = FRACTIONAL_SCALES[0],
     return_scale_exponent: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """MX quantize-dequantize ``x`` with the real-width minifloat ``(E, M)`` (module docstring).
 
-    ``x`` is blocked along ``axis`` in blocks of ``block_size`` (a short last block is allowed).
+    ``x`` is blocked along ``axis`` in blocks of ``block_size`` (a short last block is allowed);
+    ``fractional_scale`` picks the scale rule at fractional widths (module docstring).
     Returns an array of ``x``'s shape, float64 for float64 input and float32 for float16,
     bfloat16 and float32 input (``TypeError`` for other dtypes, from ``mx_spec``); with
     ``return_scale_exponent`` also the per-block shared exponents ``X`` with the blocked axis
@@ -224,7 +264,7 @@ def quantize_dequantize_minifloat(
     """
     if not (isinstance(block_size, (int, np.integer)) and block_size >= 1):
         raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
-    p = minifloat_params(ebits, mbits, max_normal_cap=max_normal_cap)
+    p = minifloat_params(ebits, mbits, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension to block along")
@@ -236,7 +276,7 @@ def quantize_dequantize_minifloat(
     # np.max propagates NaN; shared_exponent turns a NaN/Inf amax into a NaN exponent, which
     # (as in mx_spec.quantize, OCP MX v1.0 §6.3) makes the whole block NaN.
     amax = np.max(np.abs(blocks), axis=-1)
-    X = block_scale_exponent(amax, p.emax, scale_mode)
+    X = block_scale_exponent(amax, p.scale_emax, scale_mode)
     nan_scale = np.isnan(X)
     Xi = np.where(nan_scale, 0.0, X).astype(np.int32)[..., None]
     # Power-of-two scaling is exact (ldexp): no rounding enters before the element grid.

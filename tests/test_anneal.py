@@ -90,3 +90,21 @@ def test_bad_offset_inputs():
             offset_to_beta(torch.tensor(1.0), t, True)
     with pytest.raises(ValueError, match="valid modes"):
         offset_to_beta(torch.tensor(1.0), 0.4, True, mode="gumbel")
+
+
+def test_abs_has_sign_gradient_so_an_offset_moves_from_exactly_zero():
+    from dmx.offset import abs_sign_grad
+
+    x = torch.tensor([-0.5, 0.0, 0.5], requires_grad=True)
+    abs_sign_grad(x).sum().backward()
+    assert x.grad.tolist() == [-1.0, 1.0, 1.0]  # sign(0) = +1, where torch.abs gives 0
+    # through the offset map: an offset at exactly 0 gets a gradient and a step moves it
+    beta_hat = torch.tensor(0.0, requires_grad=True)
+    opt = torch.optim.SGD([beta_hat], lr=1.0)
+    (-offset_to_beta(beta_hat, 0.4, True)).backward()  # a loss that wants more bits
+    assert beta_hat.grad.item() < 0
+    opt.step()
+    assert beta_hat.item() > 0
+    plain = torch.tensor(0.0, requires_grad=True)
+    (-2 * torch.sigmoid(8 * (plain.abs() / 2 - 0.5))).backward()
+    assert plain.grad.item() == 0.0  # what torch.abs would have done: frozen for ever

@@ -68,7 +68,8 @@ def test_offsets_learn_and_weights_stay_frozen(uninterrupted):
     model, layers = _fresh()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.endswith("beta_hat")}
     start = _offsets(layers)
-    calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1), progress=False)
+    # t_end=0.4: a 1-step run is all annealing, and at T=20 the offset at beta_hat=0 has no gradient left
+    calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, t_end=0.4), progress=False)
     assert not torch.equal(_offsets(layers), start)
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in before.items())
@@ -88,7 +89,8 @@ def test_zero_momentum_is_plain_sgd():
     model, layers = _fresh()
     start = _offsets(layers)
     grads = []
-    calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, batch_size=1, momentum=0.0, lr=0.5),
+    calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, batch_size=1, momentum=0.0, lr=0.5, t_end=0.4,
+                                                        clip_grad_norm=0.0),
               progress=False, on_step=lambda *_: grads.append(
                   torch.stack([l.beta_hat.grad.clone() for _, l in sorted(layers.items())])))
     assert torch.allclose(_offsets(layers), start - 0.5 * grads[0], atol=1e-7)
@@ -316,3 +318,53 @@ def test_a_finished_checkpoint_is_redeployed_with_the_other_rounding(tmp_path):
     with pytest.raises(CheckpointError, match="lam"):  # a setting of the trajectory still refuses
         calibrate(*_fresh(), WINDOWS, dataclasses.replace(cfg, lam=1.0), checkpoint_dir=tmp_path, resume=True,
                   progress=False)
+
+
+def test_gradient_norm_is_clipped_to_the_configured_value():
+    steps = {}
+    for clip in (0.0, 1e-3):
+        model, layers = _fresh()
+        grads = []
+        # plain SGD, lr 1: the step equals the (clipped) gradient; T stays 0.4 for the one step
+        calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, batch_size=1, momentum=0.0, lr=1.0, t_end=0.4,
+                                                            clip_grad_norm=clip, target_bits=4.5),
+                  progress=False, on_step=lambda *_: grads.append(torch.stack(
+                      [l.beta_hat.grad.clone() for _, l in sorted(layers.items())])))
+        steps[clip] = _offsets(layers)  # started at beta_init = 0
+        assert torch.allclose(steps[clip], -grads[0], atol=1e-9)
+    assert steps[0.0].norm() > 1e-3  # unclipped, the step is larger than the cap ...
+    # ... and clipping caps it (torch divides by norm + 1e-6, so a hair under the cap)
+    assert steps[1e-3].norm() == pytest.approx(1e-3, rel=2e-3) and steps[1e-3].norm() <= 1e-3
+    assert torch.allclose(steps[1e-3] / steps[1e-3].norm(), steps[0.0] / steps[0.0].norm(), atol=1e-5)
+
+
+def test_a_fresh_run_starts_every_offset_at_beta_init():
+    for init in (0.0, 1.0):
+        model, layers = _fresh()
+        with torch.no_grad():
+            for layer in layers.values():
+                layer.beta_hat.fill_(0.7)  # overwritten by the config's start
+        calibrate(model, layers, WINDOWS, CalibrationConfig(steps=1, batch_size=1, lr=1e-9, beta_init=init),
+                  progress=False)
+        assert torch.allclose(_offsets(layers), torch.full((len(layers),), init), atol=1e-6)
+
+
+def test_the_recipe_settings_are_validated():
+    for bad in ({"clip_grad_norm": -1.0}, {"beta_init": float("nan")}, {"fractional_scale": "max"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CalibrationConfig(**bad).validate()
+
+
+def test_a_checkpoint_from_before_the_recipe_change_does_not_resume_under_the_new_defaults(tmp_path):
+    model, layers = _fresh()
+    calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, progress=False)
+    state = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    for key in ("beta_init", "clip_grad_norm", "fractional_scale"):
+        del state["config"][key]  # what a checkpoint written before these settings holds
+    torch.save(state, checkpoint_path(tmp_path))
+    model, layers = _fresh()
+    with pytest.raises(CheckpointError, match="beta_init: checkpoint 1.0 vs now 0.0"):
+        calibrate(model, layers, WINDOWS, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)
+    model, layers = _fresh()  # the old recipe, spelled out, still resumes
+    old = dataclasses.replace(CFG, beta_init=1.0, clip_grad_norm=0.0, fractional_scale="emax")
+    calibrate(model, layers, WINDOWS, old, checkpoint_dir=tmp_path, resume=True, progress=False)

@@ -70,6 +70,51 @@ def test_calibrate_flags_map_to_the_config():
     assert config_from_args(build_parser().parse_args(["calibrate"])).final_rounding == "threshold"
 
 
+@pytest.mark.parametrize("command", ["calibrate", "sweep"])
+def test_recipe_flags_round_trip_through_the_yaml_config(command, tmp_path):
+    from dmx.cli import config_defaults
+
+    config = tmp_path / "recipe.yaml"
+    config.write_text("beta-init: 1.0\nclip-grad-norm: 0\nfractional-scale: emax\ncalib-source: fineweb\n")
+    sub = _subparser(command)
+    sub.set_defaults(**config_defaults(config, sub))
+    args = sub.parse_args([])
+    if command == "calibrate":
+        from dmx.commands.calibrate import config_from_args
+
+        cfg = config_from_args(args)
+        assert (cfg.beta_init, cfg.clip_grad_norm, cfg.fractional_scale) == (1.0, 0.0, "emax")
+    else:
+        from dmx.commands.sweep import config_from_args
+
+        cfg = config_from_args(args)
+        assert cfg.calibration["beta_init"] == 1.0 and cfg.calibration["clip_grad_norm"] == 0.0
+        assert cfg.calibration["fractional_scale"] == "emax"
+    assert args.calib_source == "fineweb"
+    # and the command line still wins over the file
+    assert sub.parse_args(["--beta-init", "0.25"]).beta_init == 0.25
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fractional-scale: mid\n")
+    with pytest.raises(SystemExit, match="choose one of"):
+        config_defaults(bad, sub)
+
+
+def test_calibrate_defaults_are_the_authors_recipe():
+    from dmx.calibrate import CalibrationConfig
+    from dmx.commands.calibrate import config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["calibrate"]))
+    assert (cfg.beta_init, cfg.clip_grad_norm, cfg.fractional_scale) == (0.0, 1.0, "maxfloat")
+    assert (cfg.beta_init, cfg.clip_grad_norm, cfg.fractional_scale) == (
+        CalibrationConfig.beta_init, CalibrationConfig.clip_grad_norm, CalibrationConfig.fractional_scale)
+
+
+def test_fineweb_without_online_is_refused_before_loading(capsys):
+    # a model path that does not exist: the data check must come first
+    assert main(["calibrate", "--calib-source", "fineweb", "--model", "/nonexistent/model"]) == 2
+    assert "add --online" in capsys.readouterr().err
+
+
 def test_a_named_checkpoint_dir_is_kept_and_redeployed_with_budget_rounding(tmp_path, tiny_dir, data_dir):
     ckpt, out = tmp_path / "ckpt", tmp_path / "a.json"
     common = ["calibrate", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--n-windows", "2",
@@ -116,3 +161,18 @@ def test_unknown_config_key_lists_valid_keys(tmp_path):
     config.write_text("stepz: 3\n")
     with pytest.raises(SystemExit, match="valid keys.*target-bits"):
         main(["calibrate", "--config", str(config)])
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_parses_for_its_command(path):
+    from dmx.cli import config_defaults
+
+    command = path.name.split("_")[0]  # calibrate_*.yaml, eval_*.yaml
+    sub = _subparser(command)
+    sub.set_defaults(**config_defaults(path, sub))
+    args = sub.parse_args([])
+    if command == "calibrate":
+        from dmx.commands.calibrate import config_from_args
+
+        config_from_args(args).validate()

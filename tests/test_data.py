@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import json
+
 import pytest
 import torch
 
@@ -80,6 +82,32 @@ def test_text_file_calibration_and_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
     with pytest.raises(ValueError, match="empty"):
         D.read_text_file(tmp_path / "empty.txt")
+
+
+def test_fineweb_style_documents_are_read_from_jsonl_gzip_and_parquet(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = ["First document.", "Second one,\nwith two lines.", "Third."]
+    rows = "\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs)) + "\n"
+    (tmp_path / "a.jsonl").write_text(rows, encoding="utf-8")
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(rows)
+    pq.write_table(pa.table({"text": docs, "url": ["u"] * 3}), tmp_path / "a.parquet")
+    for name in ("a.jsonl", "a.jsonl.gz", "a.parquet"):
+        assert D.read_text_file(tmp_path / name) == "\n\n".join(docs), name
+    (tmp_path / "bad.jsonl").write_text('{"content": "x"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1 has no string field 'text'"):
+        D.read_text_file(tmp_path / "bad.jsonl")
+    pq.write_table(pa.table({"body": docs}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="no 'text' column"):
+        D.read_text_file(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="--online"):
+        D.calibration_token_ids(_CharTokenizer(), source="fineweb")
+    with pytest.raises(ValueError, match="unknown calibration source"):
+        D.calibration_token_ids(_CharTokenizer(), source="c4")
 
 
 def test_token_hash_identifies_data():

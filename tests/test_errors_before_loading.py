@@ -130,8 +130,8 @@ def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys)
             "--calib-seqlen", 32, "--methods", "dmx", "--targets", 6, "--out", tmp_path / "sweep"]
     from dmx.cli import build_parser
 
-    ckpt = _checkpoint_dir(tmp_path / "sweep", config_from_args(build_parser().parse_args([str(a) for a in argv])),
-                           "dmx@6")
+    cfg = config_from_args(build_parser().parse_args([str(a) for a in argv]))
+    ckpt = _checkpoint_dir(tmp_path / "sweep", "dmx@6", cfg.method_settings("dmx", cfg.seed_values()[0]))
     ckpt.mkdir(parents=True)
     (ckpt / "calibration_state.pt").write_bytes(b"torn")
     err = _run(argv, capsys)

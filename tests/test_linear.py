@@ -95,7 +95,7 @@ def test_fixed_formats_for_uniform_baselines(fmt):
     assert m.element_bits().item() == {"mxfp8_e4m3": 8, "mxfp8_e5m2": 8, "mxfp6_e3m2": 6,
                                        "mxfp6_e2m3": 6, "mxfp4_e2m1": 4, "mxint8": 8}[fmt]
     m.set_fixed_format(None)
-    assert m.fixed_format is None and m.format_name() == "mxfp4_e2m1"  # beta_hat_init = 1.0
+    assert m.fixed_format is None and m.format_name() == "mxfp4_e2m1"  # beta_hat_init = 0.0
 
 
 def test_cached_hard_weight_follows_weight_updates():

@@ -104,15 +104,26 @@ def test_fractional_scale_is_power_of_two_floor_of_log2_amax_minus_emax():
         assert np.array_equal(X, want)
 
 
+def _scale_exponent_by_rule(amax, e, m, rule):
+    """Independent statement of the two rules (module docstring of mx_spec.minifloat)."""
+    bias = 2.0 ** (e - 1) - 1
+    emax = 2.0**e - 1 - bias
+    if rule == "emax":
+        return np.floor(np.log2(amax) - emax)
+    max_normal = min((2 - 2.0**-m) * 2.0**emax, 448.0)
+    return np.floor(np.log2(amax)) - math.floor(math.log2(max_normal))
+
+
+@pytest.mark.parametrize("rule", ["maxfloat", "emax"])
 @pytest.mark.parametrize("e,m", [(2.5, 1.5), (3.3, 2.3), (2.0, 2.4), (3.9, 2.9)])
-def test_fractional_widths_round_to_the_documented_grid(e, m):
+def test_fractional_widths_round_to_the_documented_grid(e, m, rule):
     rng = np.random.default_rng(5)
     x = (rng.standard_t(3, size=(64, 32)) * np.exp2(rng.integers(-6, 6, size=(64, 1)))).astype(np.float64)
-    q, X = quantize_dequantize_minifloat(x, e, m, return_scale_exponent=True)
-    p = minifloat_params(e, m)
+    q, X = quantize_dequantize_minifloat(x, e, m, fractional_scale=rule, return_scale_exponent=True)
+    p = minifloat_params(e, m, fractional_scale=rule)
     amax = np.abs(x).max(axis=1)
     assert X.shape == (64, 1)
-    assert np.array_equal(X[:, 0], np.floor(np.log2(amax) - p.emax))
+    assert np.array_equal(X[:, 0], _scale_exponent_by_rule(amax, e, m, rule))
     s = np.exp2(X)
     y = x / s
     saturated = np.abs(y) >= p.max_normal
@@ -129,6 +140,37 @@ def test_fractional_widths_round_to_the_documented_grid(e, m):
     assert np.all(np.abs(q) <= s * p.max_normal)
 
 
+@pytest.mark.parametrize("widths", INTEGER_POINTS)
+@pytest.mark.parametrize("scale_mode", ["floor", "ceil"])  # the modes the minifloat takes
+def test_both_scale_rules_agree_bit_for_bit_at_integer_widths(widths, scale_mode):
+    rng = np.random.default_rng(17)
+    x = (rng.standard_t(2, size=(256, 32)) * np.exp2(rng.integers(-30, 30, size=(256, 1)))).astype(np.float32)
+    a, xa = quantize_dequantize_minifloat(x, *widths, scale_mode=scale_mode, fractional_scale="maxfloat",
+                                          return_scale_exponent=True)
+    b, xb = quantize_dequantize_minifloat(x, *widths, scale_mode=scale_mode, fractional_scale="emax",
+                                          return_scale_exponent=True)
+    assert np.array_equal(xa, xb)
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_the_scale_rules_differ_between_integer_points():
+    rng = np.random.default_rng(3)
+    amax = np.abs(rng.standard_t(3, size=4096)) + 1e-3
+    x = np.concatenate([amax[:, None], np.zeros((4096, 31))], axis=1)
+    differ = 0
+    for beta in np.linspace(0.05, 1.95, 12):
+        _, xm = quantize_dequantize_minifloat(x, 2 + beta, 1 + beta, return_scale_exponent=True)
+        _, xe = quantize_dequantize_minifloat(x, 2 + beta, 1 + beta, fractional_scale="emax",
+                                              return_scale_exponent=True)
+        differ += int(np.any(xm != xe))
+    assert differ >= 6
+
+
+def test_unknown_scale_rule_is_a_clear_error():
+    with pytest.raises(ValueError, match="maxfloat"):
+        quantize_dequantize_minifloat(np.ones((2, 32), np.float32), 2.5, 1.5, fractional_scale="max")
+
+
 def test_error_decreases_with_more_bits():
     rng = np.random.default_rng(2)
     x = rng.standard_t(5, size=(2048, 32))
@@ -139,7 +181,8 @@ def test_error_decreases_with_more_bits():
     # E and M together (fp8_fp4 path): better from each integer point to the next and on every
     # half-unit step, but not on every small step: the floor scale's clipping of the block
     # maximum is a sawtooth in emax (module docstring), so the error is not monotone in beta.
-    mse = {b: np.mean((quantize_dequantize_minifloat(x, 2 + b, 1 + b) - x) ** 2) for b in betas}
+    mse = {b: np.mean((quantize_dequantize_minifloat(x, 2 + b, 1 + b, fractional_scale="emax") - x) ** 2)
+           for b in betas}
     assert mse[0.0] > mse[1.0] > mse[2.0]
     assert all(mse[b] > mse[b + 0.5] for b in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5))
 

@@ -207,7 +207,7 @@ def test_sweep_with_learned_rotation(tiny_dir, tmp_path, capsys):
     assert SweepConfig().identity() == {k: v for k, v in cfg.identity().items() if k != "rotation"} | {
         "model": "smollm2-135m", "text_file": None, "seqlen": 2048, "max_windows": None}
     points = {p["key"]: p for p in run_sweep(cfg)}
-    assert list(points) == ["fp", "uniform:mxfp4_e2m1", "kl@6", "dmx@6"]
+    assert list(points) == ["fp", "uniform:mxfp4_e2m1", "kl@6", "dmx@6", "random@6"]
     assignments = tmp_path / "sweep" / "assignments"
     kl = json.loads((assignments / "kl_at_6.json").read_text())["provenance"]["rotation"]
     assert (kl["kind"], kl["placement"], kl["seed"]) == ("hadamard", "folded", 1)

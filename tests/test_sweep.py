@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dmx.sweep as sweep
-from dmx.sweep import ResultStore, SweepConfig, point_label, points_to_csv, run_sweep
+from dmx.sweep import ResultStore, SweepConfig, point_label, points_to_csv, run_sweep, summarize_points
 from tiny_checkpoint import save_tiny_byte_llama
 
 def test_point_labels():
@@ -65,6 +65,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
         uniform=("mxfp4_e2m1", "mxfp8_e4m3"), seqlen=64, max_windows=1,
         calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32,
         calibration={"steps": 2, "batch_size": 1, "checkpoint_every": 1}, progress=False,
+        methods=("fp", "uniform", "kl", "dmx"),
     )
     calls = {"eval": 0, "reference": 0}
     real_eval, real_ref = sweep._evaluate, __import__("dmx.kl_baseline").kl_baseline.reference_logits
@@ -129,6 +130,36 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
     for t in (5.0, 6.0):
         assert t - 4 / 14 < points[f"dmx@{t:g}"]["avg_bits"] <= t
         assert points[f"dmx@{t:g}"]["settings"]["calibration"]["final_rounding"] == "budget"
+
+
+def test_seeds_repeat_dmx_and_the_random_control_and_are_summarised(tiny_dir, tmp_path):
+    text = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["value", "sum", "mean"] * 40))
+    (tmp_path / "eval.txt").write_text(text)
+    cfg = SweepConfig(
+        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(5.0,), methods=("dmx", "random"),
+        text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=1,
+        calib_windows=2, calib_seqlen=32, seed=3, seeds=3,
+        calibration={"steps": 2, "batch_size": 1, "final_rounding": "budget"}, progress=False,
+    )
+    points = {p["key"]: p for p in run_sweep(cfg)}
+    assert list(points) == ["dmx@5", "dmx@5:s1", "dmx@5:s2", "random@5", "random@5:s1", "random@5:s2"]
+    assert [points[k]["seed"] for k in points] == [3, 4, 5, 3, 4, 5]
+    for p in points.values():  # every point fills the budget exactly (14 layers: 4/14-bit steps)
+        assert 5.0 - 4 / 14 < p["avg_bits"] <= 5.0
+    randoms = [frozenset(n for n, f in points[k]["formats"].items() if f == "mxfp8_e4m3")
+               for k in ("random@5", "random@5:s1", "random@5:s2")]
+    assert len(set(randoms)) > 1  # the seeds draw different layers
+    summary = {(r["method"], r["target"]): r for r in summarize_points(list(points.values()))}
+    for method in ("dmx", "random"):
+        row = summary[(method, 5.0)]
+        ppl = [p["perplexity"] for p in points.values() if p["method"] == method]
+        assert row["n"] == 3 and row["seeds"] == [3, 4, 5]
+        assert row["perplexity_mean"] == pytest.approx(sum(ppl) / 3)
+        assert row["perplexity_min"] == min(ppl) and row["perplexity_max"] == max(ppl)
+    assert (tmp_path / "sweep" / "summary.csv").read_text().splitlines()[0].startswith("method,target,format,n,seeds")
+    # a rerun with fewer seeds keeps the finished points and computes nothing
+    again = run_sweep(SweepConfig(**{**cfg.__dict__, "seeds": 2}))
+    assert [p["perplexity"] for p in again] == [p["perplexity"] for p in points.values()]
 
 
 def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatch, data_dir):

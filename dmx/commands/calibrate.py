@@ -7,10 +7,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from dmx.calibrate import CalibrationConfig
 from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           resolve_rotation)
+from dmx.data import CALIBRATION_SOURCES, check_calibration_source
+from mx_spec.minifloat import FRACTIONAL_SCALES
 
-__all__ = ["register", "run", "config_from_args"]
+__all__ = ["register", "run", "config_from_args", "add_recipe_args"]
 
 #: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
 DEFAULT_SEQLEN = 256
@@ -33,7 +36,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_data_args(parser)
     parser.set_defaults(seqlen=DEFAULT_SEQLEN, func=run)
     group = parser.add_argument_group("calibration")
-    group.add_argument("--text-file", default=None, help="calibrate on this UTF-8 text file instead of WikiText-2 validation")
+    group.add_argument("--text-file", default=None,
+                       help="calibrate on this file instead: UTF-8 text, or FineWeb-style documents "
+                            "(.jsonl, .jsonl.gz, .parquet with a 'text' field)")
+    group.add_argument("--calib-source", default="wikitext2", choices=list(CALIBRATION_SOURCES),
+                       help="calibration text without --text-file: WikiText-2 validation (local or --online), or "
+                            "fineweb (the authors' data; streamed with --online)")
     group.add_argument("--n-windows", type=int, default=64, help="number of seeded random calibration windows")
     group.add_argument("--target-bits", type=float, default=5.0, help="average element-bit budget (within the family's range)")
     group.add_argument("--lam", type=float, default=5.0, help="weight of the bit-budget hinge penalty")
@@ -53,6 +61,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="deployed formats: threshold = the method's rule (|beta_hat| > 1 -> high; may end "
                             "above the budget), budget = fill the budget exactly, highest |beta_hat| first "
                             "(never above it)")
+    add_recipe_args(group, defaults=CalibrationConfig())
     group.add_argument("--seed", type=int, default=0, help="seed of window sampling and order")
     group.add_argument("--checkpoint-dir", default=None,
                        help="directory for atomic checkpoints, kept after success (then `--resume --final-rounding budget` "
@@ -67,16 +76,34 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def add_recipe_args(group, *, defaults: CalibrationConfig | None) -> None:
+    """``--beta-init --clip-grad-norm --fractional-scale``: where the recipe follows the authors' code.
+
+    ``defaults``: the config whose values the flags default to (``None``: unset flags stay
+    ``None``, so ``dmx sweep`` keeps dmx.calibrate's defaults and its stored settings).
+    """
+    group.add_argument("--beta-init", type=float, default=None if defaults is None else defaults.beta_init,
+                       help="offset every layer starts from; 0 = the authors' (all layers near the low format), "
+                            "1 = this project's first default (docs/FIDELITY.md)")
+    group.add_argument("--clip-grad-norm", type=float, default=None if defaults is None else defaults.clip_grad_norm,
+                       help="clip the joint gradient norm of offsets (and rotations) per step; 1.0 = the Hugging Face "
+                            "trainer default the authors train with, 0 = no clipping")
+    group.add_argument("--fractional-scale", choices=list(FRACTIONAL_SCALES),
+                       default=None if defaults is None else defaults.fractional_scale,
+                       help="block scale at fractional widths while learning: maxfloat = the authors' "
+                            "floor(log2 amax) - floor(log2 max_normal), emax = floor(log2 amax - emax); "
+                            "identical at every deployable format")
+
+
 def config_from_args(args: argparse.Namespace):
     """:class:`dmx.calibrate.CalibrationConfig` from parsed flags."""
-    from dmx.calibrate import CalibrationConfig
-
     return CalibrationConfig(
         family=args.family, target_bits=args.target_bits, lam=args.lam, steps=args.steps,
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, momentum=args.momentum,
         t_start=args.t_start, t_end=args.t_end, hold_fraction=args.hold_fraction,
         schedule_name=args.schedule, weighting=args.weighting, checkpoint_every=args.checkpoint_every,
         seed=args.seed, rotation_lr=args.rotation_lr, final_rounding=args.final_rounding,
+        beta_init=args.beta_init, clip_grad_norm=args.clip_grad_norm, fractional_scale=args.fractional_scale,
     )
 
 
@@ -91,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.validate()  # fail on a bad budget before loading anything
+    check_calibration_source(args.calib_source, online=args.online, text_file=args.text_file)
     out = Path(args.out)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
     started = time.perf_counter()
@@ -106,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     limit = context_length(model)
     if limit is not None and args.seqlen > limit:
         raise ValueError(f"--seqlen {args.seqlen} exceeds the model's context length {limit}; use --seqlen {limit} or less")
-    ids = calibration_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file)
+    ids = calibration_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file,
+                                source=args.calib_source)
     windows = sample_windows(ids, args.n_windows, args.seqlen, args.seed)
     layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
     provenance = {
@@ -114,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         "model_note": EMBEDDED_MODEL.description if SHORT_NAMES.get(args.model) is EMBEDDED_MODEL else None,
         "dtype": args.dtype,
         "include_lm_head": args.include_lm_head,
-        "data": args.text_file or ("wikitext-2-v1/validation (hub)" if args.online else "wikitext-2-tokenized/valid.txt"),
+        "data": args.text_file or ("HuggingFaceFW/fineweb sample-10BT (hub, streamed)" if args.calib_source == "fineweb"
+                                   else "wikitext-2-v1/validation (hub)" if args.online
+                                   else "wikitext-2-tokenized/valid.txt"),
         "data_sha256": token_hash(ids),
     }
     assignment = calibrate(model, layers, windows, cfg, checkpoint_dir=str(checkpoint_dir), resume=args.resume,

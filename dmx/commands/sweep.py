@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table, set_threads
+from dmx.commands.calibrate import add_recipe_args
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -43,7 +44,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-windows", type=int, default=None,
                    help="score only the first N perplexity windows (quick runs; not comparable with papers)")
     g.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead of WikiText-2 test")
-    g.add_argument("--seed", type=int, default=0, help="seed of calibration-window sampling (KL and dMX)")
+    g.add_argument("--seed", type=int, default=0, help="seed of calibration-window sampling (KL and dMX) and of the random control")
+    g.add_argument("--seeds", type=int, default=1,
+                   help="seeds per target for dMX and random (seed, seed+1, ...): summary.csv and the Pareto plot "
+                        "show their mean and range")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     k = parser.add_argument_group("KL heuristic")
     k.add_argument("--kl-windows", type=int, default=4, help="calibration windows the per-layer KL is measured on")
@@ -52,7 +56,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     c = parser.add_argument_group("dMX calibration (see `dmx calibrate --help`)")
     c.add_argument("--calib-windows", type=int, default=32, help="seeded calibration windows")
     c.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
-    c.add_argument("--calib-text-file", default=None, help="calibrate on this UTF-8 text file instead of WikiText-2 validation")
+    c.add_argument("--calib-text-file", default=None,
+                   help="calibrate on this file instead: UTF-8 text or FineWeb-style .jsonl/.jsonl.gz/.parquet")
+    c.add_argument("--calib-source", default="wikitext2", choices=["wikitext2", "fineweb"],
+                   help="calibration text without --calib-text-file (fineweb: streamed with --online)")
     c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: dmx.calibrate's)")
     c.add_argument("--batch-size", type=int, default=None, help="windows per micro-batch")
     c.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
@@ -69,6 +76,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--final-rounding", default=None, choices=["threshold", "budget"],
                    help="dMX's deployed formats: threshold (the method's rule, default) or budget (filled "
                         "exactly, highest |beta_hat| first); see `dmx calibrate --help`")
+    add_recipe_args(c, defaults=None)
     z = parser.add_argument_group("zero-shot accuracy (optional, needs lm-eval)")
     z.add_argument("--tasks", nargs="+", default=None,
                    help="zero-shot tasks through dmx.zeroshot (e.g. arc_easy piqa, or 'default' for the "
@@ -81,7 +89,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentum", "t_start", "t_end",
-                      "hold_fraction", "checkpoint_every", "final_rounding")
+                      "hold_fraction", "checkpoint_every", "final_rounding", "beta_init", "clip_grad_norm",
+                      "fractional_scale")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -108,9 +117,9 @@ def config_from_args(args: argparse.Namespace):
         model=args.model, out_dir=args.out, targets=tuple(args.targets), methods=tuple(args.methods),
         uniform=tuple(args.uniform_formats), family=args.family, block_size=args.block_size,
         include_lm_head=args.include_lm_head, dtype=args.dtype, device=args.device, device_map=args.device_map,
-        data_dir=args.data_dir, online=args.online, text_file=args.text_file, calib_text_file=args.calib_text_file,
+        data_dir=args.data_dir, online=args.online, text_file=args.text_file, calib_text_file=args.calib_text_file, calib_source=args.calib_source,
         seqlen=args.seqlen, max_windows=args.max_windows, calib_windows=args.calib_windows,
-        calib_seqlen=args.calib_seqlen, seed=args.seed, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
+        calib_seqlen=args.calib_seqlen, seed=args.seed, seeds=args.seeds, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
         kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tasks, limit=args.limit,
         zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
         rotation=rotation,

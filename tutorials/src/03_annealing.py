@@ -91,6 +91,11 @@ plt.show()
 # use lr = 0.05 to keep the same dynamics. `dmx.wrap.apply_schedule` sets each layer's
 # temperature (and offset mode) at every step — this loop is what `dmx.calibrate.calibrate`
 # runs on a language model.
+#
+# This toy starts every offset at $\hat\beta = 1$ (6 bits everywhere) and takes fractional
+# scales by the `emax` rule: the project's first recipe. The library's defaults follow the
+# authors' code instead (start at $\hat\beta = 0$, `maxfloat` scale, gradient clipping in
+# `dmx.calibrate`; `docs/FIDELITY.md`), which is made for the ~200 layers of an LLM.
 
 # %%
 WIDTH, DEPTH, STEPS = 64, 8, 100
@@ -118,7 +123,7 @@ with torch.no_grad():
 def calibrate_toy(schedule, target_bits=6.0, lam=5.0, lr=0.05, steps=STEPS):
     """Learn one fp8_fp4 format per layer of a copy of the teacher; returns the history."""
     student = copy.deepcopy(teacher)
-    layers = wrap_linears(student, family="fp8_fp4")
+    layers = wrap_linears(student, family="fp8_fp4", beta_hat_init=1.0, fractional_scale="emax")
     optimizer = torch.optim.SGD([l.beta_hat for l in layers.values()], lr=lr, momentum=0.99, nesterov=True)
     history = {"T": [], "beta_hat": [], "beta": [], "bits": [], "task": []}
     student.train()
