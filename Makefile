@@ -14,6 +14,8 @@ DEMO_OUT ?= runs/demo
 # machine is not oversubscribed (a step took 50-134 s instead of 7 s with too many threads).
 THREADS ?=
 THREAD_FLAG := $(if $(THREADS),--threads $(THREADS),)
+# Extra flags of the demo's calibration, e.g. DEMO_FLAGS=--resume after an interrupted demo.
+DEMO_FLAGS ?=
 
 .PHONY: venv demo demo-quick test bench golden readme-results clean
 
@@ -34,7 +36,7 @@ demo-quick: venv
 
 demo: demo-quick
 	mkdir -p $(DEMO_OUT)
-	$(VENV)/bin/dmx calibrate $(THREAD_FLAG) --out $(DEMO_OUT)/assignment.json
+	$(VENV)/bin/dmx calibrate $(THREAD_FLAG) $(DEMO_FLAGS) --out $(DEMO_OUT)/assignment.json
 	$(VENV)/bin/dmx eval $(THREAD_FLAG) --format fp mxfp8_e4m3 mxfp4_e2m1 --assignment $(DEMO_OUT)/assignment.json \
 		--max-windows 2 --out $(DEMO_OUT)/eval.json
 	@$(PY) tools/readme_results.py --compare-demo $(DEMO_OUT) || echo "demo: a figure lies outside the recorded spread (see above)"
