@@ -50,7 +50,8 @@ def test_a_calibration_step_on_the_real_model(embedded_test_ids, quantised):
         layer.set_fixed_format(None)
     windows = sample_windows(embedded_test_ids[:, :4096], 1, 32, seed=0)  # smoke test: one short window
     before = torch.stack([layer.beta_hat.detach().clone() for layer in layers.values()])
-    result = calibrate(model, layers, windows, CalibrationConfig(steps=1, batch_size=1), progress=False)
+    # t_end=0.4: a 1-step run is all annealing, and at T=20 an offset at beta_hat=0 has no gradient left
+    result = calibrate(model, layers, windows, CalibrationConfig(steps=1, batch_size=1, t_end=0.4), progress=False)
     after = torch.stack([layer.beta_hat.detach() for layer in layers.values()])
     assert not torch.equal(before, after)
     assert len(result.formats) == 210 and 4.0 <= result.element_bits <= 8.0
