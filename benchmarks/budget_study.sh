@@ -6,19 +6,15 @@
 # tokens per step, measured on the same test windows, and draws results/budget_study/budget.png
 # with benchmarks/budget_study.py. Each budget is its own sweep folder (resumable: rerun the
 # same command). One torch thread per run; 120 steps take ~15 min on one idle core, 400 steps
-# ~50 min, each evaluation of 32 x 2048 test windows ~7 min.
+# ~50 min, each evaluation of 8 x 2048 test windows ~5 min.
 #
 #   benchmarks/budget_study.sh                       # BUDGETS="120x2 40x8"
 #   BUDGETS="400x2" benchmarks/budget_study.sh       # the authors' step count
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export DMX_DATA_DIR=${DMX_DATA_DIR:-$(cd .. && pwd)/shared/data}
-export HF_HUB_OFFLINE=1
-export OMP_NUM_THREADS=${THREADS:-1}
+source "$(dirname "$0")/env.sh"
 HEADLINE=${HEADLINE:-results/headline_5bit}
 OUT=${OUT:-results/budget_study}
-MAX_WINDOWS=${MAX_WINDOWS:-32}
+MAX_WINDOWS=${MAX_WINDOWS:-8}
 SEEDS=${SEEDS:-1}
 for budget in ${BUDGETS:-120x2 40x8}; do
   steps=${budget%x*}; batch=${budget#*x}

@@ -20,11 +20,7 @@
 # the dMX calibration checkpoints resume too). Stage 1 runs what the quality target needs
 # (fp, MXFP4, MXFP8 E4M3, dMX and KL at the targets); stage 2 adds the other uniform formats.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export DMX_DATA_DIR=${DMX_DATA_DIR:-$(cd .. && pwd)/shared/data}
-export HF_HUB_OFFLINE=1
-export OMP_NUM_THREADS=${THREADS:-1}
+source "$(dirname "$0")/env.sh"
 OUT=${OUT:-results/sweep_smollm2}
 TARGETS=${TARGETS:-4.5 5 6}
 MAX_WINDOWS=${MAX_WINDOWS:-4}
