@@ -32,7 +32,7 @@ import functools
 import numpy as np
 import torch
 
-from mx_spec.elements import _check_grid, check_rounding, decode_table, working_layout
+from mx_spec.elements import _check_grid, check_rounding, decode_table, round_to_element_grid, working_layout
 from mx_spec.formats import MXFormat, get_format
 from mx_spec.minifloat import E4M3_MAX_NORMAL, FRACTIONAL_SCALES, minifloat_params
 from mx_spec.scale import E8M0_BIAS, E8M0_NAN, check_scale_mode, e8m0_table
@@ -138,32 +138,19 @@ def _round_abs_exact(a: torch.Tensor, emin: int, mbits: int, rounding: str) -> t
     return rounded, codes
 
 
-def _round_real(y: torch.Tensor, emin: float, mbits: float, max_normal: float, rounding: str) -> torch.Tensor:
-    """``mx_spec.elements._round_real``: real-valued grid, rint(a / step) * step in float64."""
-    a = y.double().abs().clamp_max_(max_normal)
+def _round_real_abs(a: torch.Tensor, emin: float, mbits: float, max_normal: float, rounding: str) -> torch.Tensor:
+    """``mx_spec.elements._round_real`` on magnitudes ``a``: rint(a / step) * step in float64, back in a's dtype."""
+    dtype = a.dtype
+    a = a.double().clamp_max(max_normal)
     step = (a.view(torch.int64) & 0x7FF0000000000000).view(torch.float64)  # 2^floor(log2 a)
-    step = step * float(np.exp2(-mbits))
-    step = torch.clamp_min(step, float(np.exp2(emin - mbits)))
+    step.mul_(float(np.exp2(-mbits))).clamp_min_(float(np.exp2(emin - mbits)))
     q = a / step
     if rounding == "rne":
-        q = torch.round(q)  # half to even
+        q.round_()  # half to even
     else:
         t = torch.floor(q)
         q = t + (q - t >= 0.5).to(q.dtype)
-    q = (q * step).clamp_max_(max_normal)
-    return torch.copysign(q, y.double()).to(y.dtype)
-
-
-def _round_to_grid(y: torch.Tensor, emin: float, mbits: float, max_normal: float, rounding: str) -> torch.Tensor:
-    """``mx_spec.elements.round_to_element_grid`` for finite or NaN ``y`` (float32/float64)."""
-    if not (float(emin).is_integer() and float(mbits).is_integer()):
-        return _round_real(y, float(emin), float(mbits), float(max_normal), rounding)
-    _check_grid(int(emin), int(mbits), float(max_normal), working_layout(np.float64 if y.dtype == torch.float64 else np.float32))
-    mx = torch.tensor(max_normal, dtype=y.dtype).item()  # max_normal in the working precision
-    a = y.abs().clamp_max_(mx)
-    a = torch.nan_to_num(a, nan=0.0)  # NaN only occurs in NaN blocks, which are overwritten
-    rounded, _ = _round_abs_exact(a, int(emin), int(mbits), rounding)
-    return torch.copysign(rounded.clamp_max_(mx), y)
+    return q.mul_(step).clamp_max_(max_normal).to(dtype)
 
 
 # ------------------------------------------------------------------------------ blocking helpers
@@ -246,6 +233,26 @@ def dequantize(
     return out.movedim(-1, axis).to(dtype).contiguous()
 
 
+def _round_in_place(a: torch.Tensor, emin: int, mbits: int, rounding: str) -> torch.Tensor:
+    """``a`` (finite magnitudes clipped to max_normal, working precision) rounded in place.
+
+    The magic sum of :func:`_round_abs_exact` without the codes: S = a + M, rounded = S - M.
+    """
+    int_dtype, p, bias = _LAYOUT[a.dtype]
+    orig = a.clone() if rounding == "away" else None
+    e = a.view(int_dtype) >> p  # biased exponent field
+    e.clamp_min_(emin + bias)
+    e.add_(p - mbits)
+    e.bitwise_left_shift_(p)
+    magic = e.view(a.dtype)
+    a.add_(magic).sub_(magic)
+    if orig is not None:
+        e.sub_(p << p)  # the step 2^(E - mbits): exponent field E - mbits + bias
+        step = e.view(a.dtype)
+        a.add_(torch.where((orig - a) * 2 == step, step, torch.zeros((), dtype=a.dtype, device=a.device)))
+    return a
+
+
 def quantize_dequantize(
     x: torch.Tensor, fmt: str | MXFormat, *, block_size: int | None = None, scale_mode: str = "floor",
     rounding: str = "rne", return_scale_exponent: bool = False,
@@ -263,13 +270,19 @@ def quantize_dequantize(
     elem = f.element
     xw = _working(x)
     n = xw.shape[-1]
-    blocks, X, nan, a = _scaled_blocks(xw, elem, bs, scale_mode)
-    rounded, _ = _round_abs_exact(a, elem.emin, elem.mbits, rounding)
-    vals = torch.copysign(rounded, blocks)
+    blocks = _blocks(xw, bs)
+    a = blocks.abs()
+    X, nan = shared_exponent(_block_amax(a), elem.emax, scale_mode, mbits=elem.mbits, max_normal=elem.max_normal)
+    any_nan = bool(nan.any())
+    a.mul_(_pow2(-X, xw.dtype).unsqueeze(-1)).clamp_max_(torch.tensor(elem.max_normal, dtype=xw.dtype).item())
+    if any_nan:
+        a.masked_fill_(nan.unsqueeze(-1), 0.0)
+    vals = _round_in_place(a, elem.emin, elem.mbits, rounding).copysign_(blocks)
     if elem.kind == "int":
-        vals = vals + 0.0  # MXINT8 has no -0
-    vals = vals * _pow2(X, xw.dtype).unsqueeze(-1)
-    vals = vals.masked_fill(nan.unsqueeze(-1), float("nan"))
+        vals.add_(0.0)  # MXINT8 has no -0
+    vals.mul_(_pow2(X, xw.dtype).unsqueeze(-1))
+    if any_nan:
+        vals.masked_fill_(nan.unsqueeze(-1), float("nan"))
     out = _unblocks(vals, n).to(x.dtype)
     if return_scale_exponent:
         return out, X.float().masked_fill(nan, float("nan"))
@@ -296,7 +309,9 @@ def quantize_dequantize_minifloat(
     """``mx_spec.minifloat.quantize_dequantize_minifloat`` along the last axis, bit for bit.
 
     Returns float64 for float64 input and float32 otherwise (as numpy); with
-    ``return_scale_exponent`` also X per block (float32, NaN for NaN/Inf blocks).
+    ``return_scale_exponent`` also X per block (float32, NaN for NaN/Inf blocks). Works on
+    magnitudes and applies the input's sign at the end (the rounding is symmetric, and y = x/2^X
+    has x's sign, zeros included).
     """
     bs = _check(block_size, scale_mode, rounding)
     p = minifloat_params(ebits, mbits, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
@@ -305,17 +320,32 @@ def quantize_dequantize_minifloat(
     xw = _working(x)
     n = xw.shape[-1]
     blocks = _blocks(xw, bs)
-    X, nan = _minifloat_exponent(_block_amax(blocks), p.scale_emax, scale_mode)
-    y = blocks * _pow2(-X, xw.dtype).unsqueeze(-1)
-    y = torch.where(nan.unsqueeze(-1), torch.zeros((), dtype=y.dtype, device=y.device), y)
-    q = _round_to_grid(y, p.emin, p.mbits, p.max_normal, rounding)
-    # mx_spec.minifloat._with_max_normal_representable (comparisons in y's precision)
-    mx = torch.tensor(p.max_normal, dtype=y.dtype).item()
-    ay, aq = y.abs(), q.abs()
-    to_max = (ay >= mx) | ((ay - mx).abs() < (ay - aq).abs())
-    q = torch.where(to_max, torch.copysign(torch.full_like(q, mx), y), q)
-    out = q * _pow2(X, xw.dtype).unsqueeze(-1)
-    out = _unblocks(out.masked_fill(nan.unsqueeze(-1), float("nan")), n)
+    a = blocks.abs()
+    X, nan = _minifloat_exponent(_block_amax(a), p.scale_emax, scale_mode)
+    any_nan = bool(nan.any())
+    a.mul_(_pow2(-X, xw.dtype).unsqueeze(-1))  # |y|, exact power-of-two scaling (= np.ldexp)
+    if any_nan:
+        a.masked_fill_(nan.unsqueeze(-1), 0.0)
+    mx = torch.tensor(p.max_normal, dtype=xw.dtype).item()  # max_normal in y's precision
+    exact = float(p.emin).is_integer() and float(p.mbits).is_integer()
+    if exact:
+        emin, mb = int(p.emin), int(p.mbits)
+        _check_grid(emin, mb, p.max_normal, working_layout(np.float64 if xw.dtype == torch.float64 else np.float32))
+        # max_normal on the grid: mx_spec.minifloat._with_max_normal_representable changes nothing
+        on_grid = float(round_to_element_grid(np.array([mx], dtype=np.float64), emin=emin, mbits=mb,
+                                              max_normal=p.max_normal)[0]) == mx
+        ay = None if on_grid else a.clone()
+        aq = _round_in_place(a.clamp_max_(mx), emin, mb, rounding).clamp_max_(mx)
+    else:
+        ay = a
+        aq = _round_real_abs(a, float(p.emin), float(p.mbits), float(p.max_normal), rounding)
+    if ay is not None:  # mx_spec.minifloat._with_max_normal_representable, in y's precision
+        to_max = (ay >= mx) | ((ay - mx).abs() < (ay - aq).abs())
+        aq.masked_fill_(to_max, mx)
+    out = aq.copysign_(blocks).mul_(_pow2(X, xw.dtype).unsqueeze(-1))
+    if any_nan:
+        out.masked_fill_(nan.unsqueeze(-1), float("nan"))
+    out = _unblocks(out, n)
     if return_scale_exponent:
         return out, X.float().masked_fill(nan, float("nan"))
     return out
