@@ -79,6 +79,8 @@ class CalibrationConfig:
     ``beta_init``: the offset every layer starts from (0: the authors'; 1.0: this project's first
     default). ``clip_grad_norm``: max joint gradient norm per step (0: no clipping).
     ``fractional_scale``: the block-scale rule at fractional widths (``mx_spec.minifloat``).
+    ``backend``: the MX forward of every layer (``dmx.autograd.BACKENDS``, ``None``: keep the layers'
+    own, ``torch`` by default); the bits are the same, so a checkpoint resumes across backends.
     """
 
     family: str = "fp8_fp4"
@@ -102,6 +104,7 @@ class CalibrationConfig:
     beta_init: float = 0.0
     clip_grad_norm: float = 1.0
     fractional_scale: str = FRACTIONAL_SCALES[0]
+    backend: str | None = None
 
     def validate(self) -> None:
         """``ValueError`` naming the bad setting and the valid range."""
@@ -121,6 +124,10 @@ class CalibrationConfig:
         if not (math.isfinite(self.beta_init) and math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0):
             raise ValueError(f"need a finite beta_init and clip_grad_norm >= 0 (0: no clipping), got "
                              f"beta_init={self.beta_init}, clip_grad_norm={self.clip_grad_norm}")
+        if self.backend is not None:
+            from dmx.autograd import check_backend
+
+            check_backend(self.backend)
         if self.fractional_scale not in FRACTIONAL_SCALES:
             raise ValueError(f"unknown fractional_scale {self.fractional_scale!r}; choose one of {list(FRACTIONAL_SCALES)}")
         from dmx.family import get_family
@@ -254,7 +261,7 @@ def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: s
 
 
 #: Settings that do not change the offsets' trajectory, so a checkpoint resumes across them.
-_RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding")
+_RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding", "backend")
 #: Values of settings added later, as the runs before them had them (a checkpoint that lacks the
 #: key was written with this value, not with today's default).
 _BEFORE_ADDED = {"beta_init": 1.0, "clip_grad_norm": 0.0, "fractional_scale": "emax"}
@@ -349,6 +356,8 @@ def calibrate(
     metrics: dict[str, float] = {}
     for layer in layers.values():
         layer.fractional_scale = cfg.fractional_scale
+        if cfg.backend is not None:
+            layer.backend = cfg.backend
     if resume:
         state = load_checkpoint(checkpoint_dir)
         start = _restore(state, layers, optimizer, cfg, windows_hash, model, rotation_optimizer)

@@ -233,6 +233,21 @@ def dequantize(
     return out.movedim(-1, axis).to(dtype).contiguous()
 
 
+def _chunks(n_rows: int, block_size: int, device: torch.device):
+    """Row slices of a ``(n_rows, block_size)`` array: cache-sized on CPU, everything at once elsewhere.
+
+    On CPU a dozen elementwise passes over a chunk that stays in cache beat the same passes
+    streaming the whole tensor (as ``mx_spec``'s chunked kernel); a GPU wants one launch per pass.
+    """
+    rows = max(1, _CPU_CHUNK_ELEMENTS // block_size) if device.type == "cpu" else max(n_rows, 1)
+    for r0 in range(0, n_rows, rows):
+        yield slice(r0, min(r0 + rows, n_rows))
+
+
+#: Elements per chunk of the CPU kernels (float64 temporaries of 256 KiB).
+_CPU_CHUNK_ELEMENTS = 1 << 15
+
+
 def _round_in_place(a: torch.Tensor, emin: int, mbits: int, rounding: str) -> torch.Tensor:
     """``a`` (finite magnitudes clipped to max_normal, working precision) rounded in place.
 
@@ -271,18 +286,23 @@ def quantize_dequantize(
     xw = _working(x)
     n = xw.shape[-1]
     blocks = _blocks(xw, bs)
-    a = blocks.abs()
-    X, nan = shared_exponent(_block_amax(a), elem.emax, scale_mode, mbits=elem.mbits, max_normal=elem.max_normal)
+    vals = blocks.abs()  # |x|, becomes the output in place
+    X, nan = shared_exponent(_block_amax(vals), elem.emax, scale_mode, mbits=elem.mbits, max_normal=elem.max_normal)
     any_nan = bool(nan.any())
-    a.mul_(_pow2(-X, xw.dtype).unsqueeze(-1)).clamp_max_(torch.tensor(elem.max_normal, dtype=xw.dtype).item())
-    if any_nan:
-        a.masked_fill_(nan.unsqueeze(-1), 0.0)
-    vals = _round_in_place(a, elem.emin, elem.mbits, rounding).copysign_(blocks)
-    if elem.kind == "int":
-        vals.add_(0.0)  # MXINT8 has no -0
-    vals.mul_(_pow2(X, xw.dtype).unsqueeze(-1))
-    if any_nan:
-        vals.masked_fill_(nan.unsqueeze(-1), float("nan"))
+    mx = torch.tensor(elem.max_normal, dtype=xw.dtype).item()
+    a2, b2 = vals.reshape(-1, bs), blocks.reshape(-1, bs)
+    inv, scale = _pow2(-X, xw.dtype).reshape(-1, 1), _pow2(X, xw.dtype).reshape(-1, 1)
+    nan2 = nan.reshape(-1, 1)
+    for rows in _chunks(a2.shape[0], bs, a2.device):
+        a = a2[rows].mul_(inv[rows]).clamp_max_(mx)
+        if any_nan:
+            a.masked_fill_(nan2[rows], 0.0)
+        _round_in_place(a, elem.emin, elem.mbits, rounding).copysign_(b2[rows])
+        if elem.kind == "int":
+            a.add_(0.0)  # MXINT8 has no -0
+        a.mul_(scale[rows])
+        if any_nan:
+            a.masked_fill_(nan2[rows], float("nan"))
     out = _unblocks(vals, n).to(x.dtype)
     if return_scale_exponent:
         return out, X.float().masked_fill(nan, float("nan"))
@@ -320,31 +340,46 @@ def quantize_dequantize_minifloat(
     xw = _working(x)
     n = xw.shape[-1]
     blocks = _blocks(xw, bs)
-    a = blocks.abs()
-    X, nan = _minifloat_exponent(_block_amax(a), p.scale_emax, scale_mode)
+    out = blocks.abs()  # |x|, becomes the output in place
+    X, nan = _minifloat_exponent(_block_amax(out), p.scale_emax, scale_mode)
     any_nan = bool(nan.any())
-    a.mul_(_pow2(-X, xw.dtype).unsqueeze(-1))  # |y|, exact power-of-two scaling (= np.ldexp)
-    if any_nan:
-        a.masked_fill_(nan.unsqueeze(-1), 0.0)
     mx = torch.tensor(p.max_normal, dtype=xw.dtype).item()  # max_normal in y's precision
     exact = float(p.emin).is_integer() and float(p.mbits).is_integer()
     if exact:
         emin, mb = int(p.emin), int(p.mbits)
         _check_grid(emin, mb, p.max_normal, working_layout(np.float64 if xw.dtype == torch.float64 else np.float32))
         # max_normal on the grid: mx_spec.minifloat._with_max_normal_representable changes nothing
-        on_grid = float(round_to_element_grid(np.array([mx], dtype=np.float64), emin=emin, mbits=mb,
-                                              max_normal=p.max_normal)[0]) == mx
-        ay = None if on_grid else a.clone()
-        aq = _round_in_place(a.clamp_max_(mx), emin, mb, rounding).clamp_max_(mx)
+        fix_max = float(round_to_element_grid(np.array([mx], dtype=np.float64), emin=emin, mbits=mb,
+                                              max_normal=p.max_normal)[0]) != mx
     else:
-        ay = a
-        aq = _round_real_abs(a, float(p.emin), float(p.mbits), float(p.max_normal), rounding)
-    if ay is not None:  # mx_spec.minifloat._with_max_normal_representable, in y's precision
-        to_max = (ay >= mx) | ((ay - mx).abs() < (ay - aq).abs())
-        aq.masked_fill_(to_max, mx)
-    out = aq.copysign_(blocks).mul_(_pow2(X, xw.dtype).unsqueeze(-1))
-    if any_nan:
-        out.masked_fill_(nan.unsqueeze(-1), float("nan"))
+        fix_max = True
+    # only |y| within two top-binade steps of max_normal can be closer to it than to their grid point
+    top_step = max(2.0 ** (np.floor(np.log2(p.max_normal)) - p.mbits), 2.0 ** (p.emin - p.mbits))
+    near_max = p.max_normal - 2.0 * top_step
+    a2, b2 = out.reshape(-1, bs), blocks.reshape(-1, bs)
+    inv, scale = _pow2(-X, xw.dtype).reshape(-1, 1), _pow2(X, xw.dtype).reshape(-1, 1)
+    nan2 = nan.reshape(-1, 1)
+    for rows in _chunks(a2.shape[0], bs, a2.device):
+        a = a2[rows].mul_(inv[rows])  # |y|, exact power-of-two scaling (= np.ldexp)
+        if any_nan:
+            a.masked_fill_(nan2[rows], 0.0)
+        if exact:
+            ay = a.clone() if fix_max else None
+            aq = _round_in_place(a.clamp_max_(mx), emin, mb, rounding).clamp_max_(mx)
+        else:
+            ay = a
+            aq = _round_real_abs(a, float(p.emin), float(p.mbits), float(p.max_normal), rounding)
+        if fix_max:  # mx_spec.minifloat._with_max_normal_representable, in y's precision
+            cand = (ay > near_max).nonzero(as_tuple=True)
+            if cand[0].numel():
+                ayc, aqc = ay[cand], aq[cand]
+                to_max = (ayc >= mx) | ((ayc - mx).abs() < (ayc - aqc).abs())
+                aq[cand] = aqc.masked_fill(to_max, mx)
+        if aq is not a:
+            a.copy_(aq)
+        a.copysign_(b2[rows]).mul_(scale[rows])
+        if any_nan:
+            a.masked_fill_(nan2[rows], float("nan"))
     out = _unblocks(out, n)
     if return_scale_exponent:
         return out, X.float().masked_fill(nan, float("nan"))

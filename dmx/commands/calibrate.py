@@ -104,6 +104,7 @@ def config_from_args(args: argparse.Namespace):
         schedule_name=args.schedule, weighting=args.weighting, checkpoint_every=args.checkpoint_every,
         seed=args.seed, rotation_lr=args.rotation_lr, final_rounding=args.final_rounding,
         beta_init=args.beta_init, clip_grad_norm=args.clip_grad_norm, fractional_scale=args.fractional_scale,
+        backend=args.backend,
     )
 
 
@@ -129,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     ids = calibration_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file,
                                 source=args.calib_source)
     windows = sample_windows(ids, args.n_windows, args.seqlen, args.seed)
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
+                            backend=args.backend)
     provenance = {
         "model": args.model,
         "model_note": EMBEDDED_MODEL.description if SHORT_NAMES.get(args.model) is EMBEDDED_MODEL else None,
