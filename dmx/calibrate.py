@@ -342,6 +342,9 @@ def calibrate(
         )
     windows_hash = token_hash(windows)
     schedule = cfg.schedule()
+    from dmx.distributed import all_reduce_gradients, all_reduce_sum, is_main, shard, world
+
+    main, n_procs = is_main(), world()[1]
     params = list(_offsets(layers).values())
     # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -370,7 +373,7 @@ def calibrate(
 
     set_calibration_mode(model, layers, training=True)
     completed = start
-    bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not (progress and main))
     try:
         for step in range(start, cfg.steps):
             temperature = apply_schedule(model, schedule, step, cfg.steps)
@@ -382,12 +385,19 @@ def calibrate(
             with shared_rotated_weights(model) if cfg.grad_accum > 1 else nullcontext():
                 for micro in range(cfg.grad_accum):
                     first = (step * cfg.grad_accum + micro) * cfg.batch_size
-                    batch = windows[order[first : first + cfg.batch_size]]
+                    # data parallel: this process's share of the global batch, its loss weighted by
+                    # that share, so the summed gradient is the one of the whole batch (dmx.distributed)
+                    batch, share = shard(windows[order[first : first + cfg.batch_size]])
                     loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
                                                weighting=cfg.weighting)
-                    (loss / cfg.grad_accum).backward()
-                    loss_sum += float(loss.detach()) / cfg.grad_accum
-                    ce_sum += float(ce.detach()) / cfg.grad_accum
+                    (loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum).backward()
+                    loss_sum += float(loss.detach()) * share / cfg.grad_accum
+                    ce_sum += float(ce.detach()) * share / cfg.grad_accum
+            if n_procs > 1:
+                all_reduce_gradients(params + rotations)  # before clipping: one norm of the global gradient
+                sums = torch.tensor([loss_sum, ce_sum], dtype=torch.float64)
+                all_reduce_sum([sums])
+                loss_sum, ce_sum = float(sums[0]), float(sums[1])
             if cfg.clip_grad_norm > 0:
                 # one norm over everything trained, as the Hugging Face trainer clips
                 torch.nn.utils.clip_grad_norm_(params + rotations, cfg.clip_grad_norm)
@@ -398,12 +408,12 @@ def calibrate(
             metrics = {"loss": loss_sum, "ce": ce_sum, "bits": float(bits.detach()), "T": temperature}
             bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits.detach()):.2f}", T=f"{temperature:.2f}")
             bar.update(1)
-            if checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
+            if main and checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
                 save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
             if on_step is not None:
                 on_step(completed, metrics)
     except KeyboardInterrupt:
-        if checkpoint_dir is not None and completed > start:
+        if main and checkpoint_dir is not None and completed > start:
             save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
             bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume")
         raise
@@ -422,6 +432,8 @@ def calibrate(
         "rotation": _rotation_entry(model),
         "versions": software_versions(),
     })
+    if n_procs > 1:
+        record["data_parallel_processes"] = n_procs
     assignment = Assignment.from_layers(layers, weighting=cfg.weighting, provenance=record)
     if cfg.final_rounding == "budget":
         record["threshold_element_bits"] = assignment.element_bits

@@ -118,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.validate()  # fail on a bad budget before loading anything
+    from dmx.distributed import init_from_env
+
+    # under `accelerate launch` / torchrun: one process per device, the global batch split across them
+    rank, n_procs = init_from_env(args.device)
+    if n_procs > 1 and args.device.startswith("cuda") and args.device_map is None:
+        args.device = f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', rank))}"
     check_calibration_source(args.calib_source, online=args.online, text_file=args.text_file)
     out = Path(args.out)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
@@ -144,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     }
     assignment = calibrate(model, layers, windows, cfg, checkpoint_dir=str(checkpoint_dir), resume=args.resume,
                            provenance=provenance, progress=not args.no_progress)
+    if rank != 0:
+        return 0  # rank 0 evaluates and writes the results
     rows = []
     if args.eval_windows > 0:
         test_ids = test_token_ids(tokenizer, args.data_dir, online=args.online)
