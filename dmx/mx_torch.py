@@ -353,9 +353,6 @@ def quantize_dequantize_minifloat(
                                               max_normal=p.max_normal)[0]) != mx
     else:
         fix_max = True
-    # only |y| within two top-binade steps of max_normal can be closer to it than to their grid point
-    top_step = max(2.0 ** (np.floor(np.log2(p.max_normal)) - p.mbits), 2.0 ** (p.emin - p.mbits))
-    near_max = p.max_normal - 2.0 * top_step
     a2, b2 = out.reshape(-1, bs), blocks.reshape(-1, bs)
     inv, scale = _pow2(-X, xw.dtype).reshape(-1, 1), _pow2(X, xw.dtype).reshape(-1, 1)
     nan2 = nan.reshape(-1, 1)
@@ -370,11 +367,9 @@ def quantize_dequantize_minifloat(
             ay = a
             aq = _round_real_abs(a, float(p.emin), float(p.mbits), float(p.max_normal), rounding)
         if fix_max:  # mx_spec.minifloat._with_max_normal_representable, in y's precision
-            cand = (ay > near_max).nonzero(as_tuple=True)
-            if cand[0].numel():
-                ayc, aqc = ay[cand], aq[cand]
-                to_max = (ayc >= mx) | ((ayc - mx).abs() < (ayc - aqc).abs())
-                aq[cand] = aqc.masked_fill(to_max, mx)
+            # (ay >= mx) | (|ay - mx| < |ay - aq|) sets the same values as |ay - aq| > mx - ay: for
+            # ay > mx the right side is negative, and at ay == mx with aq == mx both leave mx
+            aq.masked_fill_((ay - aq).abs_() > (mx - ay), mx)
         if aq is not a:
             a.copy_(aq)
         a.copysign_(b2[rows]).mul_(scale[rows])
