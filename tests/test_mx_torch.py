@@ -115,3 +115,16 @@ def test_bridge_backends_give_equal_outputs_and_gradients(widths, rule):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="valid backends"):
         mx_qdq_standard(torch.ones(32), "mxfp4_e2m1", backend="jax")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backend_passes_the_golden_vectors_and_matches_numpy():
+    report = verify_quantizer(mx_torch.golden_quantizer("cuda"))
+    assert report.ok and report.n_failed == 0 and report.n_skipped == 0, report.summary()
+    for a in _tensors(11):
+        x = torch.from_numpy(a.astype(np.float32))
+        for e, m in WIDTHS:
+            for rule in FRACTIONAL_SCALES:
+                got = mx_torch.quantize_dequantize_minifloat(x.cuda(), e, m, fractional_scale=rule).cpu().numpy()
+                want = quantize_dequantize_minifloat(x.numpy(), e, m, fractional_scale=rule)
+                assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (e, m, rule)
