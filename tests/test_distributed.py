@@ -78,3 +78,10 @@ def test_two_processes_match_one_and_resume_across_process_counts(tmp_path):
     for name in single:
         for got in (double, resumed_1_to_2, resumed_2_to_1):
             assert got[name] == pytest.approx(single[name], rel=1e-5, abs=1e-6), name
+
+
+def test_checkpoint_resumes_across_backends_with_the_same_offsets(tmp_path):
+    """The backends give the same bits, so a numpy-backend checkpoint continues exactly under torch."""
+    straight = _run(str(tmp_path / "straight"), backend="torch")
+    _run(str(tmp_path / "mixed"), stop_after=2, backend="numpy")
+    assert _run(str(tmp_path / "mixed"), resume=True, backend="torch") == straight

@@ -128,3 +128,23 @@ def test_cuda_backend_passes_the_golden_vectors_and_matches_numpy():
                 got = mx_torch.quantize_dequantize_minifloat(x.cuda(), e, m, fractional_scale=rule).cpu().numpy()
                 want = quantize_dequantize_minifloat(x.numpy(), e, m, fractional_scale=rule)
                 assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (e, m, rule)
+
+
+def test_backend_setting_on_layers_and_config():
+    from dmx.calibrate import CalibrationConfig
+    from dmx.cli import build_parser
+    from dmx.linear import DMXLinear
+
+    layer = DMXLinear(torch.nn.Linear(64, 8))
+    assert layer.backend == "torch"
+    x = torch.randn(3, 64)
+    layer.train()
+    y_torch = layer(x)
+    layer.backend = "numpy"
+    assert torch.equal(layer(x), y_torch)
+    with pytest.raises(ValueError, match="valid backends"):
+        layer.backend = "jax"
+    with pytest.raises(ValueError, match="valid backends"):
+        CalibrationConfig(backend="jax").validate()
+    args = build_parser().parse_args(["calibrate", "--backend", "numpy"])
+    assert args.backend == "numpy"
