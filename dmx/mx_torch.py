@@ -141,10 +141,10 @@ def _round_abs_exact(a: torch.Tensor, emin: int, mbits: int, rounding: str) -> t
 def _round_real_abs(a: torch.Tensor, emin: float, mbits: float, max_normal: float, rounding: str) -> torch.Tensor:
     """``mx_spec.elements._round_real`` on magnitudes ``a``: rint(a / step) * step in float64, back in a's dtype."""
     dtype = a.dtype
-    a = a.double().clamp_max(max_normal)
-    step = (a.view(torch.int64) & 0x7FF0000000000000).view(torch.float64)  # 2^floor(log2 a)
+    q = a.to(torch.float64, copy=True).clamp_max_(max_normal)  # a (|y|) is still needed
+    step = q.view(torch.int64).bitwise_and(0x7FF0000000000000).view(torch.float64)  # 2^floor(log2 a)
     step.mul_(float(np.exp2(-mbits))).clamp_min_(float(np.exp2(emin - mbits)))
-    q = a / step
+    q.div_(step)
     if rounding == "rne":
         q.round_()  # half to even
     else:
@@ -369,7 +369,8 @@ def quantize_dequantize_minifloat(
         if fix_max:  # mx_spec.minifloat._with_max_normal_representable, in y's precision
             # (ay >= mx) | (|ay - mx| < |ay - aq|) sets the same values as |ay - aq| > mx - ay: for
             # ay > mx the right side is negative, and at ay == mx with aq == mx both leave mx
-            aq.masked_fill_((ay - aq).abs_() > (mx - ay), mx)
+            d = torch.sub(ay, aq).abs_()
+            aq.masked_fill_(d.gt_(torch.rsub(ay, mx)).bool(), mx)
         if aq is not a:
             a.copy_(aq)
         a.copysign_(b2[rows]).mul_(scale[rows])
