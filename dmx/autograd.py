@@ -99,6 +99,8 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown MX backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     return backend
+
+
 _LN2 = math.log(2.0)
 
 
