@@ -79,7 +79,9 @@ def paper_budget(args) -> dict:
 
     model, _ = load_model(args.model, dtype="bfloat16", device="cuda")
     if args.checkpointing:
-        model.gradient_checkpointing_enable()
+        # non-reentrant: the weights are frozen, so the checkpointed blocks' inputs carry no grad flag
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # Hugging Face checkpoints only in training mode (the models have no dropout)
     vocab = model.config.vocab_size
     micro = [torch.randint(0, vocab, (args.batch_size, args.seqlen), device="cuda") for _ in range(args.grad_accum)]
 
@@ -106,6 +108,8 @@ def paper_budget(args) -> dict:
     base_mem = torch.cuda.max_memory_allocated() / 2**30
     layers = quantize_model(model, "fp8_fp4", backend="torch")  # freezes the weights
     set_calibration_mode(model, layers, training=True)
+    if args.checkpointing:
+        model.train()  # set_calibration_mode keeps the base model in eval mode, where HF skips checkpointing
     params = [p for layer in layers.values() for p in layer.parameters(recurse=False)]
     cfg = CalibrationConfig()
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
