@@ -395,7 +395,7 @@ def calibrate(
                     ce_sum += float(ce.detach()) * share / cfg.grad_accum
             if n_procs > 1:
                 all_reduce_gradients(params + rotations)  # before clipping: one norm of the global gradient
-                sums = torch.tensor([loss_sum, ce_sum], dtype=torch.float64)
+                sums = torch.tensor([loss_sum, ce_sum], dtype=torch.float64, device=params[0].device)  # nccl: on the GPU
                 all_reduce_sum([sums])
                 loss_sum, ce_sum = float(sums[0]), float(sums[1])
             if cfg.clip_grad_norm > 0:

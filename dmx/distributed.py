@@ -28,8 +28,10 @@ def init_from_env(device: str | torch.device = "cpu") -> tuple[int, int]:
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        cuda = torch.device(device).type == "cuda"
+        if cuda:  # nccl wants each process on its own GPU before the first collective
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     return world()
 
 
