@@ -1,8 +1,9 @@
 """Cost of one dMX calibration step versus an unquantised fp32 forward+backward, side by side.
 
-Both are measured in the same process on the same batch of WikiText-2 validation windows,
-alternating (baseline, dMX, baseline, dMX, ...) so that machine noise hits both alike; the
-reported ratio is median(dMX step) / median(baseline). Baseline = the unquantised model's
+All are measured in the same process on the same batch of WikiText-2 validation windows,
+alternating (baseline, dMX with each MX backend, baseline, ...) so that machine noise hits them
+alike; the reported ratio is median(dMX step) / median(baseline), one per backend
+(``--backends numpy torch``: ``mx_spec`` on the host vs ``dmx.mx_torch``; same bits). Baseline = the unquantised model's
 forward + backward of the next-token cross-entropy with gradients for all weights (an ordinary
 training step without the optimiser update). dMX step = forward of the fake-quantised model
 (soft formats, weight + input MX quantisation of every decoder linear), the dMX objective,
@@ -10,6 +11,7 @@ backward to the offsets only, and the SGD update. Peak resident memory of the pr
 reported too (it includes both models).
 
     python benchmarks/bench_calibration_step.py --batch-size 4 --seqlen 256 --repeats 5
+    python benchmarks/bench_calibration_step.py --device cuda --dtype bfloat16   # on a GPU
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model dtype (the baseline runs in it too)")
+    parser.add_argument("--backends", nargs="+", default=["numpy", "torch"], choices=["numpy", "torch"],
+                        help="MX backends timed side by side")
     parser.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -50,7 +56,7 @@ def main(argv=None) -> dict:
     from dmx.models import load_model
     from dmx.quantized import quantize_model, set_calibration_mode
 
-    base, tokenizer = load_model(args.model, device=args.device)
+    base, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     batch = calibration_windows(tokenizer, args.batch_size, args.seqlen, 0, data_dir=args.data_dir).to(args.device)
     quant = copy.deepcopy(base)
     layers = quantize_model(quant)
@@ -73,7 +79,9 @@ def main(argv=None) -> dict:
         sync()
         return time.perf_counter() - start
 
-    def dmx_step() -> float:
+    def dmx_step(backend: str) -> float:
+        for layer in layers.values():
+            layer.backend = backend
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss, _, _ = objective(quant, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam)
@@ -82,23 +90,29 @@ def main(argv=None) -> dict:
         sync()
         return time.perf_counter() - start
 
-    baseline_step(), dmx_step()  # warm-up
-    base_times, dmx_times = [], []
+    baseline_step()  # warm-up
+    for backend in args.backends:
+        dmx_step(backend)
+    base_times: list[float] = []
+    dmx_times: dict[str, list[float]] = {b: [] for b in args.backends}
     for _ in range(args.repeats):
         base_times.append(baseline_step())
-        dmx_times.append(dmx_step())
+        for backend in args.backends:
+            dmx_times[backend].append(dmx_step(backend))
+    base_s = statistics.median(base_times)
     result = {
-        "model": args.model, "device": args.device, "batch_size": args.batch_size, "seqlen": args.seqlen,
-        "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "baseline_fwd_bwd_s": statistics.median(base_times), "dmx_step_s": statistics.median(dmx_times),
-        "baseline_all_s": base_times, "dmx_all_s": dmx_times, "peak_rss_gib": _peak_rss_gib(),
+        "model": args.model, "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
+        "seqlen": args.seqlen, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "baseline_fwd_bwd_s": base_s, "baseline_all_s": base_times,
+        "backends": {b: {"dmx_step_s": statistics.median(t), "ratio": statistics.median(t) / base_s, "all_s": t}
+                     for b, t in dmx_times.items()},
+        "peak_rss_gib": _peak_rss_gib(),
     }
-    result["ratio"] = result["dmx_step_s"] / result["baseline_fwd_bwd_s"]
-    print(f"{args.model} batch {args.batch_size}x{args.seqlen} on {args.device} ({result['threads']} threads)")
-    print(f"  unquantised fp32 fwd+bwd : {result['baseline_fwd_bwd_s']:.3f} s (median of {args.repeats})")
-    print(f"  dMX calibration step     : {result['dmx_step_s']:.3f} s")
-    print(f"  ratio                    : {result['ratio']:.2f}x (target <= 3x)")
-    print(f"  peak RSS (both models)   : {result['peak_rss_gib']:.2f} GiB")
+    print(f"{args.model} batch {args.batch_size}x{args.seqlen} {args.dtype} on {args.device} ({result['threads']} threads)")
+    print(f"  unquantised fwd+bwd          : {base_s:.3f} s (median of {args.repeats})")
+    for b, r in result["backends"].items():
+        print(f"  dMX step, {b:5s} backend     : {r['dmx_step_s']:.3f} s  = {r['ratio']:.2f}x")
+    print(f"  peak RSS (both models)       : {result['peak_rss_gib']:.2f} GiB")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

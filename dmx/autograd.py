@@ -1,8 +1,12 @@
 r"""Torch autograd bridge over ``mx_spec``: MX quantize-dequantize with gradients to x, E and M.
 
-The forward of every function here calls the numpy ``mx_spec`` (``quantize_dequantize`` for the
-standard formats, ``mx_spec.minifloat.quantize_dequantize_minifloat`` for real widths): there is
-no second implementation of MX rounding. Inputs are ``float32`` or ``bfloat16`` tensors of any
+The forward has two backends with the same bits (``backend=``, ``BACKENDS``): ``"numpy"`` calls
+the numpy ``mx_spec`` (``quantize_dequantize`` for the standard formats,
+``mx_spec.minifloat.quantize_dequantize_minifloat`` for real widths), the definition of the
+numbers; ``"torch"`` (the default, chosen by measurement: README "MX backends") runs
+``dmx.mx_torch``, a second implementation of the same rules on the tensor's own device, which the
+golden vectors and bit-equality tests hold to ``mx_spec``. The backward below is one closed form
+shared by both. The rest of this paragraph describes the numpy backend. Inputs are ``float32`` or ``bfloat16`` tensors of any
 shape on any device, blocked along the last dimension (the reduction dimension of a linear layer, so that a
 matmul of two MX operands reads one scale per block of both). float32 crosses to numpy without a
 copy; bfloat16 is widened exactly to float32 and the result rounded back (MX values with at most
@@ -73,14 +77,30 @@ import math
 import numpy as np
 import torch
 
+from dmx import mx_torch
 from mx_spec.formats import get_format
 from mx_spec.minifloat import E4M3_MAX_NORMAL, FRACTIONAL_SCALES, minifloat_params, quantize_dequantize_minifloat
 from mx_spec.quantize import dequantize, quantize
 from mx_spec.scale import decode_e8m0
 
-__all__ = ["SUPPORTED_DTYPES", "check_tensor", "mx_qdq_minifloat", "mx_qdq_standard"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "SUPPORTED_DTYPES", "check_backend", "check_tensor", "mx_qdq_minifloat",
+           "mx_qdq_standard"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+#: Forward implementations: ``numpy`` (``mx_spec`` on a host copy) and ``torch`` (``dmx.mx_torch`` on
+#: the tensor's device, bit-identical, checked by the golden vectors). The backward is shared.
+BACKENDS = ("numpy", "torch")
+#: ``torch``: same bits, no host round trip, and faster on CPU too (README "MX backends").
+DEFAULT_BACKEND = "torch"
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it names a bridge backend, else ``ValueError`` listing the valid ones."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown MX backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    return backend
+
+
 _LN2 = math.log(2.0)
 
 
@@ -124,15 +144,24 @@ class _MinifloatQDQ(torch.autograd.Function):
     """x̂ = MX-minifloat(x; E, M); backward as in the module docstring."""
 
     @staticmethod
-    def forward(ctx, x, ebits, mbits, block_size, scale_mode, rounding, max_normal_cap, fractional_scale):
+    def forward(ctx, x, ebits, mbits, block_size, scale_mode, rounding, max_normal_cap, fractional_scale,
+                backend="numpy"):
         e, m = float(ebits), float(mbits)
-        out, X = quantize_dequantize_minifloat(
-            _to_numpy(x), e, m, block_size=block_size, axis=-1, scale_mode=scale_mode,
-            rounding=rounding, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale,
-            return_scale_exponent=True,
-        )
-        xq = _from_numpy(out, x)
-        ctx.save_for_backward(x, xq, torch.from_numpy(np.asarray(X, dtype=np.float32)).to(x.device))
+        if backend == "torch":  # same bits on the tensor's device (dmx.mx_torch)
+            xq, X = mx_torch.quantize_dequantize_minifloat(
+                x.detach(), e, m, block_size=block_size, scale_mode=scale_mode, rounding=rounding,
+                max_normal_cap=max_normal_cap, fractional_scale=fractional_scale, return_scale_exponent=True,
+            )
+            xq = xq.to(x.dtype)
+        else:
+            out, X = quantize_dequantize_minifloat(
+                _to_numpy(x), e, m, block_size=block_size, axis=-1, scale_mode=scale_mode,
+                rounding=rounding, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale,
+                return_scale_exponent=True,
+            )
+            xq = _from_numpy(out, x)
+            X = torch.from_numpy(np.asarray(X, dtype=np.float32)).to(x.device)
+        ctx.save_for_backward(x, xq, X)
         ctx.params = (e, m, block_size, max_normal_cap, fractional_scale)
         # autograd wants each gradient on its input's device (beta may live apart from x)
         ctx.width_devices = (ebits.device, mbits.device)
@@ -178,7 +207,7 @@ class _MinifloatQDQ(torch.autograd.Function):
                       + _LN2 * p.max_normal * (dlog_max[0] + dx[0]) * gs_clip)
             grad_e = grad_e.to(ctx.width_devices[0]) if ctx.needs_input_grad[1] else None
             grad_m = grad_m.to(ctx.width_devices[1]) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_e, grad_m, None, None, None, None, None
+        return grad_x, grad_e, grad_m, None, None, None, None, None, None
 
 
 def _log2_max_normal_slopes(p) -> tuple[float, float]:
@@ -217,16 +246,25 @@ class _StandardQDQ(torch.autograd.Function):
     """x̂ = MX-quantize-dequantize(x) in a standard format; clipped straight-through to x."""
 
     @staticmethod
-    def forward(ctx, x, fmt, block_size, scale_mode, rounding):
-        mx = quantize(
-            _to_numpy(x), fmt, block_size=block_size, axis=-1, scale_mode=scale_mode,
-            rounding=rounding,
-        )
-        xq = _from_numpy(dequantize(mx, np.float32), x)
+    def forward(ctx, x, fmt, block_size, scale_mode, rounding, backend="numpy"):
+        if backend == "torch":  # same bits on the tensor's device (dmx.mx_torch)
+            xq, X = mx_torch.quantize_dequantize(
+                x.detach(), fmt, block_size=block_size, scale_mode=scale_mode, rounding=rounding,
+                return_scale_exponent=True,
+            )
+            scales = mx_torch.scale_values(X)  # NaN blocks NaN, as decode_e8m0(0xFF)
+        else:
+            mx = quantize(
+                _to_numpy(x), fmt, block_size=block_size, axis=-1, scale_mode=scale_mode,
+                rounding=rounding,
+            )
+            xq = _from_numpy(dequantize(mx, np.float32), x)
+            scales = None
         if ctx.needs_input_grad[0]:
-            scales = torch.from_numpy(decode_e8m0(mx.scales, np.float32)).to(x.device)
+            if scales is None:
+                scales = torch.from_numpy(decode_e8m0(mx.scales, np.float32)).to(x.device)
             ctx.save_for_backward(x, scales)
-            ctx.limit = (mx.fmt.element.max_normal, block_size)
+            ctx.limit = (get_format(fmt).element.max_normal, block_size)
         return xq
 
     @staticmethod
@@ -235,7 +273,7 @@ class _StandardQDQ(torch.autograd.Function):
         max_normal, block_size = ctx.limit
         s = _per_element(scales, x.shape[-1], block_size)
         inside = x.float().abs() <= s * max_normal
-        return (grad_out * inside).to(x.dtype), None, None, None, None
+        return (grad_out * inside).to(x.dtype), None, None, None, None, None
 
 
 def _check_common(x: torch.Tensor, block_size: int) -> None:
@@ -254,19 +292,22 @@ def mx_qdq_minifloat(
     rounding: str = "rne",
     max_normal_cap: float = E4M3_MAX_NORMAL,
     fractional_scale: str = FRACTIONAL_SCALES[0],
+    backend: str = DEFAULT_BACKEND,
 ) -> torch.Tensor:
     """MX quantize-dequantize ``x`` with real widths ``(E, M)``; differentiable in x, E and M.
 
     ``ebits``/``mbits`` may be 0-d tensors requiring grad (e.g. ``family.ebits(beta)``);
-    ``fractional_scale``: the scale rule at fractional widths (``mx_spec.minifloat``).
+    ``fractional_scale``: the scale rule at fractional widths (``mx_spec.minifloat``);
+    ``backend``: ``"numpy"`` or ``"torch"`` forward (same bits; ``BACKENDS``).
     """
     _check_common(x, block_size)
+    check_backend(backend)
     e = ebits if torch.is_tensor(ebits) else torch.tensor(float(ebits))
     m = mbits if torch.is_tensor(mbits) else torch.tensor(float(mbits))
     if e.numel() != 1 or m.numel() != 1:
         raise ValueError("ebits and mbits must be scalars (one format per tensor)")
     minifloat_params(float(e.detach()), float(m.detach()), max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
-    return _MinifloatQDQ.apply(x, e, m, block_size, scale_mode, rounding, max_normal_cap, fractional_scale)
+    return _MinifloatQDQ.apply(x, e, m, block_size, scale_mode, rounding, max_normal_cap, fractional_scale, backend)
 
 
 def mx_qdq_standard(
@@ -276,11 +317,14 @@ def mx_qdq_standard(
     block_size: int = 32,
     scale_mode: str = "floor",
     rounding: str = "rne",
+    backend: str = DEFAULT_BACKEND,
 ) -> torch.Tensor:
     """MX quantize-dequantize ``x`` in a standard format (``mx_spec.quantize_dequantize``).
 
     Backward: clipped straight-through to ``x`` (1 inside the block's range, 0 where saturated).
+    ``backend``: ``"numpy"`` or ``"torch"`` forward (same bits; ``BACKENDS``).
     """
     _check_common(x, block_size)
+    check_backend(backend)
     get_format(fmt)  # ValueError listing the valid names
-    return _StandardQDQ.apply(x, fmt, block_size, scale_mode, rounding)
+    return _StandardQDQ.apply(x, fmt, block_size, scale_mode, rounding, backend)

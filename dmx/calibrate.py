@@ -83,6 +83,8 @@ class CalibrationConfig:
     ``beta_init``: the offset every layer starts from (0: the authors'; 1.0: this project's first
     default). ``clip_grad_norm``: max joint gradient norm per step (0: no clipping).
     ``fractional_scale``: the block-scale rule at fractional widths (``mx_spec.minifloat``).
+    ``backend``: the MX forward of every layer (``dmx.autograd.BACKENDS``, ``None``: keep the layers'
+    own, ``torch`` by default); the bits are the same, so a checkpoint resumes across backends.
     """
 
     family: str = "fp8_fp4"
@@ -106,6 +108,7 @@ class CalibrationConfig:
     beta_init: float = 0.0
     clip_grad_norm: float = 1.0
     fractional_scale: str = FRACTIONAL_SCALES[0]
+    backend: str | None = None
 
     def validate(self) -> None:
         """``ValueError`` naming the bad setting and the valid range."""
@@ -125,6 +128,10 @@ class CalibrationConfig:
         if not (math.isfinite(self.beta_init) and math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0):
             raise ValueError(f"need a finite beta_init and clip_grad_norm >= 0 (0: no clipping), got "
                              f"beta_init={self.beta_init}, clip_grad_norm={self.clip_grad_norm}")
+        if self.backend is not None:
+            from dmx.autograd import check_backend
+
+            check_backend(self.backend)
         if self.fractional_scale not in FRACTIONAL_SCALES:
             raise ValueError(f"unknown fractional_scale {self.fractional_scale!r}; choose one of {list(FRACTIONAL_SCALES)}")
         from dmx.family import get_family
@@ -258,7 +265,7 @@ def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: s
 
 
 #: Settings that do not change the offsets' trajectory, so a checkpoint resumes across them.
-_RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding")
+_RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding", "backend")
 #: Values of settings added later, as the runs before them had them (a checkpoint that lacks the
 #: key was written with this value, not with today's default).
 _BEFORE_ADDED = {"beta_init": 1.0, "clip_grad_norm": 0.0, "fractional_scale": "emax"}
@@ -364,6 +371,9 @@ def calibrate(
     state = check_checkpoint(checkpoint_dir, cfg, resume=resume)
     windows_hash = token_hash(windows)
     schedule = cfg.schedule()
+    from dmx.distributed import all_reduce_gradients, all_reduce_sum, is_main, shard, world
+
+    main, n_procs = is_main(), world()[1]
     params = list(_offsets(layers).values())
     # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -378,6 +388,8 @@ def calibrate(
     metrics: dict[str, float] = {}
     for layer in layers.values():
         layer.fractional_scale = cfg.fractional_scale
+        if cfg.backend is not None:
+            layer.backend = cfg.backend
     if state is not None:
         start = _restore(state, layers, optimizer, cfg, windows_hash, model, rotation_optimizer)
         metrics = dict(state.get("metrics", {}))
@@ -390,7 +402,7 @@ def calibrate(
 
     set_calibration_mode(model, layers, training=True)
     completed = start
-    bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not (progress and main))
     try:
         for step in range(start, cfg.steps):
             temperature = apply_schedule(model, schedule, step, cfg.steps)
@@ -402,12 +414,19 @@ def calibrate(
             with shared_rotated_weights(model) if cfg.grad_accum > 1 else nullcontext():
                 for micro in range(cfg.grad_accum):
                     first = (step * cfg.grad_accum + micro) * cfg.batch_size
-                    batch = windows[order[first : first + cfg.batch_size]]
+                    # data parallel: this process's share of the global batch, its loss weighted by
+                    # that share, so the summed gradient is the one of the whole batch (dmx.distributed)
+                    batch, share = shard(windows[order[first : first + cfg.batch_size]])
                     loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
                                                weighting=cfg.weighting)
-                    (loss / cfg.grad_accum).backward()
-                    loss_sum += float(loss.detach()) / cfg.grad_accum
-                    ce_sum += float(ce.detach()) / cfg.grad_accum
+                    (loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum).backward()
+                    loss_sum += float(loss.detach()) * share / cfg.grad_accum
+                    ce_sum += float(ce.detach()) * share / cfg.grad_accum
+            if n_procs > 1:
+                all_reduce_gradients(params + rotations)  # before clipping: one norm of the global gradient
+                sums = torch.tensor([loss_sum, ce_sum], dtype=torch.float64, device=params[0].device)  # nccl: on the GPU
+                all_reduce_sum([sums])
+                loss_sum, ce_sum = float(sums[0]), float(sums[1])
             if cfg.clip_grad_norm > 0:
                 # one norm over everything trained, as the Hugging Face trainer clips
                 torch.nn.utils.clip_grad_norm_(params + rotations, cfg.clip_grad_norm)
@@ -418,12 +437,12 @@ def calibrate(
             metrics = {"loss": loss_sum, "ce": ce_sum, "bits": float(bits.detach()), "T": temperature}
             bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits.detach()):.2f}", T=f"{temperature:.2f}")
             bar.update(1)
-            if checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
+            if main and checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
                 save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
             if on_step is not None:
                 on_step(completed, metrics)
     except KeyboardInterrupt:
-        if checkpoint_dir is not None and completed > start:
+        if main and checkpoint_dir is not None and completed > start:
             save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
             bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume",
                       file=sys.stderr)
@@ -443,6 +462,8 @@ def calibrate(
         "rotation": _rotation_entry(model),
         "versions": software_versions(),
     })
+    if n_procs > 1:
+        record["data_parallel_processes"] = n_procs
     assignment = Assignment.from_layers(layers, weighting=cfg.weighting, provenance=record)
     if cfg.final_rounding == "budget":
         record["threshold_element_bits"] = assignment.element_bits

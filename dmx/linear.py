@@ -11,8 +11,9 @@ input-activation quantiser (``tie=True``, the method's default) or split in two
 * ``set_fixed_format(name)``: any of the six standard MX formats for both operands, no learning
   (uniform baselines, applied assignments); ``None`` returns to learning.
 
-Any device: the offsets are created on the wrapped weight's device and the MX bridge
-(``dmx.autograd``) runs the numpy ``mx_spec`` on a host copy of accelerator tensors.
+Any device: the offsets are created on the wrapped weight's device. ``backend`` picks the MX
+bridge's forward (``dmx.autograd``): ``"torch"`` (default) runs ``dmx.mx_torch`` on the tensor's
+device, ``"numpy"`` runs ``mx_spec`` on a host copy; the bits are the same.
 
 Weights are frozen (``requires_grad=False``) by default; activations get dynamic per-block
 scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blocks run along
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmx.autograd import check_tensor, mx_qdq_minifloat, mx_qdq_standard
+from dmx.autograd import DEFAULT_BACKEND, check_backend, check_tensor, mx_qdq_minifloat, mx_qdq_standard
 from dmx.family import FormatFamily, get_family
 from dmx.offset import OFFSET_MODES, SIGMOID_SCALE, check_temperature, hard_beta, offset_to_beta
 from dmx.regularizer import storage_bits
@@ -70,6 +71,7 @@ class DMXLinear(nn.Module):
         scale_mode: str = "floor",
         rounding: str = "rne",
         fractional_scale: str = FRACTIONAL_SCALES[0],
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(linear, nn.Linear):
@@ -86,6 +88,7 @@ class DMXLinear(nn.Module):
         self.scale_mode = scale_mode
         self.rounding = rounding
         self.fractional_scale = fractional_scale
+        self.backend = DEFAULT_BACKEND if backend is None else backend
         init = float(beta_hat_init)
         if not torch.isfinite(torch.tensor(init)):
             raise ValueError(f"beta_hat_init must be finite; got {beta_hat_init!r}")
@@ -136,6 +139,15 @@ class DMXLinear(nn.Module):
         if rule not in FRACTIONAL_SCALES:
             raise ValueError(f"unknown fractional_scale {rule!r}; valid rules: {list(FRACTIONAL_SCALES)}")
         self._fractional_scale = rule
+
+    @property
+    def backend(self) -> str:
+        """MX forward implementation, ``"numpy"`` or ``"torch"`` (``dmx.autograd.BACKENDS``; same bits)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        self._backend = check_backend(backend)
 
     @property
     def offset_mode(self) -> str:
@@ -223,7 +235,8 @@ class DMXLinear(nn.Module):
     # -- forward ---------------------------------------------------------------------------------
     def _standard(self, t: torch.Tensor, fmt: str) -> torch.Tensor:
         return mx_qdq_standard(
-            t, fmt, block_size=self.block_size, scale_mode=self.scale_mode, rounding=self.rounding
+            t, fmt, block_size=self.block_size, scale_mode=self.scale_mode, rounding=self.rounding,
+            backend=self.backend,
         )
 
     def _hard_weight(self, fmt: str) -> torch.Tensor:
@@ -243,6 +256,7 @@ class DMXLinear(nn.Module):
             t, self.family.ebits(beta), self.family.mbits(beta), block_size=self.block_size,
             scale_mode=self.scale_mode, rounding=self.rounding,
             max_normal_cap=self.family.max_normal_cap, fractional_scale=self.fractional_scale,
+            backend=self.backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

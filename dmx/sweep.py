@@ -309,7 +309,9 @@ class SweepConfig:
         if method == "dmx":
             return {"family": self.family, "calib_windows": self.calib_windows, "calib_seqlen": self.calib_seqlen,
                     "seed": seed, "calib_text_file": self.calib_text_file, **source,
-                    "calibration": dict(sorted({**_recipe_defaults(), **self.calibration}.items()))}
+                    # the MX backend changes no bits: points and checkpoints are shared across backends
+                    "calibration": dict(sorted((k, v) for k, v in {**_recipe_defaults(), **self.calibration}.items()
+                                               if k != "backend"))}
         if method == "random":
             return {"family": self.family, "seed": seed, "weighting": weighting}
         return {}

@@ -186,7 +186,7 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_give_the_cpu_bits_and_gradients():
-    """On an accelerator the bridge runs the same numpy model: outputs and gradients equal the CPU ones."""
+    """On an accelerator the bridge (torch backend by default) gives the CPU outputs and gradients."""
     torch.manual_seed(0)
     x = torch.randn(4, 96) * 3
     outs = {}

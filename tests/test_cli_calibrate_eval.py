@@ -176,3 +176,18 @@ def test_every_shipped_config_parses_for_its_command(path):
         from dmx.commands.calibrate import config_from_args
 
         config_from_args(args).validate()
+
+
+def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assignment(tmp_path, tiny_dir, data_dir):
+    """Model parallel (--device-map auto; all on the CPU here) with the torch and the numpy MX backend."""
+    saved = {}
+    for backend in ("torch", "numpy"):
+        out = tmp_path / f"{backend}.json"
+        code = main(["calibrate", "--model", str(tiny_dir), "--device-map", "auto", "--backend", backend,
+                     "--data-dir", str(data_dir), "--steps", "2", "--seqlen", "32", "--n-windows", "4",
+                     "--batch-size", "2", "--no-progress", "--out", str(out)])
+        assert code == 0
+        saved[backend] = json.loads(out.read_text())
+        assert saved[backend]["provenance"]["settings"]["backend"] == backend
+    assert saved["torch"]["formats"] == saved["numpy"]["formats"]
+    assert saved["torch"]["provenance"]["final_metrics"] == saved["numpy"]["provenance"]["final_metrics"]

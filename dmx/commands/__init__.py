@@ -57,12 +57,15 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
-    """``--family --include-lm-head --block-size``."""
+    """``--family --include-lm-head --block-size --backend``."""
     group = parser.add_argument_group("quantisation")
     group.add_argument("--family", default="fp8_fp4", help="dMX format family: fp8_fp4 or fp6_fp4")
     group.add_argument("--include-lm-head", action="store_true",
                        help="also quantise the output head (default: embeddings and lm_head stay full precision)")
     group.add_argument("--block-size", type=int, default=32, help="MX block size (OCP MX v1.0: 32)")
+    group.add_argument("--backend", choices=["numpy", "torch"], default=None,
+                       help="MX quantiser implementation: torch (default; on the tensors' device) or numpy "
+                            "(mx_spec on the host); the same bits, checked by the golden vectors")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

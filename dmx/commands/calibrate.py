@@ -104,6 +104,7 @@ def config_from_args(args: argparse.Namespace):
         schedule_name=args.schedule, weighting=args.weighting, checkpoint_every=args.checkpoint_every,
         seed=args.seed, rotation_lr=args.rotation_lr, final_rounding=args.final_rounding,
         beta_init=args.beta_init, clip_grad_norm=args.clip_grad_norm, fractional_scale=args.fractional_scale,
+        backend=args.backend,
     )
 
 
@@ -118,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.validate()  # fail on a bad budget before loading anything
+    from dmx.distributed import init_from_env
+
+    # under `accelerate launch` / torchrun: one process per device, the global batch split across them
+    rank, n_procs = init_from_env(args.device)
+    if n_procs > 1 and args.device.startswith("cuda") and args.device_map is None:
+        args.device = f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', rank))}"
     check_calibration_source(args.calib_source, online=args.online, text_file=args.text_file)
     out = Path(args.out)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
@@ -137,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     ids = calibration_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file,
                                 source=args.calib_source)
     windows = sample_windows(ids, args.n_windows, args.seqlen, args.seed)
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
+                            backend=args.backend)
     provenance = {
         "model": args.model,
         "model_note": EMBEDDED_MODEL.description if SHORT_NAMES.get(args.model) is EMBEDDED_MODEL else None,
@@ -150,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     }
     assignment = calibrate(model, layers, windows, cfg, checkpoint_dir=str(checkpoint_dir), resume=args.resume,
                            provenance=provenance, progress=not args.no_progress)
+    if rank != 0:
+        return 0  # rank 0 evaluates and writes the results
     rows = []
     if args.eval_windows > 0:
         test_ids = test_token_ids(tokenizer, args.data_dir, online=args.online)

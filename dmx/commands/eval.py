@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     for label, what in configs:
         if what != FULL_PRECISION:
             if layers is None:
-                layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+                layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
+                            backend=getattr(args, "backend", None))
                 for layer in layers.values():
                     layer.eval()
             assignment = what if isinstance(what, Assignment) else Assignment.from_formats(

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     recorded = [recorded_rotation(assignment.provenance, args.assignment)] if assignment is not None else []
     rotation = resolve_rotation(args, recorded)
     model, tokenizer = load_model_from_args(args, rotation=rotation)
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
+                            backend=getattr(args, "backend", None))
     if assignment is None:
         assignment = Assignment.from_formats({n: args.format for n in layers}, block_size=args.block_size,
                                              provenance={"method": "uniform", "model": args.model})

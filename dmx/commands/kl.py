@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         layer_names=decoder_linear_names(model, include_lm_head=args.include_lm_head), block_size=args.block_size,
         cache_dir=args.cache_dir,
     )
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size)
+    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
+                            backend=getattr(args, "backend", None))
     found = kl_assignments(model, layers, windows, targets=args.target_bits, low_format=fam.low_format,
                            high_format=fam.high_format, reference=reference, model_id=model_id,
                            cache_dir=args.cache_dir, weighting=args.weighting, progress=not args.no_progress)

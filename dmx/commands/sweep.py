@@ -90,7 +90,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentum", "t_start", "t_end",
                       "hold_fraction", "checkpoint_every", "final_rounding", "beta_init", "clip_grad_norm",
-                      "fractional_scale")
+                      "fractional_scale", "backend")
 
 
 def config_from_args(args: argparse.Namespace):
