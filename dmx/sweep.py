@@ -458,7 +458,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return res, time.perf_counter() - t0
 
 
-def _assignment_file(out: Path, label: str) -> Path:
+def assignment_file(out: Path, label: str) -> Path:
+    """Where the sweep in ``out`` writes the assignment of its point ``label``."""
     return out / "assignments" / f"{label.replace('@', '_at_').replace(':', '_')}.json"
 
 
@@ -544,10 +545,10 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                 set_uniform_format(layers, point["format"])
             elif cfg.rotation == "learned" and point["method"] == "dmx":
                 print(f"sweep: no accuracy added to {key}: it has its own learned rotation; use "
-                      f"`dmx eval --assignment {_assignment_file(out, key)} --tasks ...`")
+                      f"`dmx eval --assignment {assignment_file(out, key)} --tasks ...`")
                 continue
             else:
-                apply_assignment(layers, Assignment.from_json(_assignment_file(out, key)))
+                apply_assignment(layers, Assignment.from_json(assignment_file(out, key)))
             add_accuracy(key)
 
     def run_uniform() -> None:
@@ -575,7 +576,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             key = point_label("kl", target=t)
             a.provenance.update(provenance)
             apply_assignment(layers, a)
-            a.to_json(_assignment_file(out, key))
+            a.to_json(assignment_file(out, key))
             metrics, secs = _timed(evaluate)
             store.add(_point(key, "kl", assignment=a, settings=cfg.method_settings("kl"), target=t, seconds=secs + scoring, metrics=metrics))
             scoring = 0.0  # the one-off scoring time is charged to the first KL point only
@@ -612,7 +613,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
             resume=checkpoint_exists(ckpt), provenance=record, progress=cfg.progress,
         ))
-        path = _assignment_file(out, key)
+        path = assignment_file(out, key)
         # the sweep's fixed rotation is recorded in results; only a point's learned one needs a file
         a.provenance.update(save_rotation_beside(dmx_model, path, learned_only=True)[0])
         a.to_json(path)
@@ -636,7 +637,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                 a = Assignment.from_formats(formats, block_size=cfg.block_size, weighting=weighting, layer_sizes=sizes,
                                             provenance={**provenance, "method": "random", "seed": seed})
                 apply_assignment(layers, a)
-                a.to_json(_assignment_file(out, key))
+                a.to_json(assignment_file(out, key))
                 metrics, secs = _timed(evaluate)
                 store.add(_point(key, "random", assignment=a, settings=cfg.method_settings("random", seed), target=t,
                                  seconds=secs, metrics=metrics))

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx package beside it
+from dmx.sweep import assignment_file, summarize_points  # noqa: E402  (one definition of each)
+
 README = REPO / "README.md"
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 
@@ -413,7 +416,79 @@ def compare_demo(run: Path, recorded: Path, *, k: float = 3.0) -> tuple[str, boo
 
 
 #: Generated README sections: marker name -> function of the repository root returning markdown.
+# ----------------------------------------------------------------------------- the headline (issue #12)
+
+#: The headline sweeps (benchmarks/headline.sh): rotation label -> folder under results/.
+HEADLINE_FOLDERS = {"none": "headline_5bit", "Hadamard-64": "headline_5bit_hadamard"}
+HEADLINE_ROWS = [("full precision", "fp", None), ("uniform MXFP4 E2M1", "uniform", "mxfp4_e2m1"),
+                 ("uniform MXFP8 E4M3", "uniform", "mxfp8_e4m3"), ("KL heuristic @ 5", "kl", None),
+                 ("dMX @ 5 (budget rounding)", "dmx", None), ("random control @ 5", "random", None)]
+
+
+def _headline_summary(root: Path, folder: str) -> tuple[dict[tuple[str, Any], dict[str, Any]], int]:
+    """``{(method, format): summary row}`` (``dmx.sweep.summarize_points``) and the test windows of one sweep."""
+    doc = load_json(root / "results" / folder / "results.json")
+    rows = {(r["method"], r["format"]): r for r in summarize_points(doc["points"])}
+    return rows, doc["config"]["max_windows"]
+
+
+def table_headline(root: Path) -> str:
+    """fp, uniform, KL, dMX (seeds) and the random control (draws) at 5 bits, per rotation, with the spread."""
+    body = []
+    for rotation, folder in HEADLINE_FOLDERS.items():
+        rows, windows = _headline_summary(root, folder)
+        for label, method, fmt in HEADLINE_ROWS:
+            r = rows.get((method, fmt))
+            if r is None:
+                continue
+            several = r["n"] > 1
+            body.append([rotation, str(windows), label, fmt_bits(r["avg_bits"], uniform=method == "uniform"),
+                         f"{r['perplexity_mean']:.2f} ± {r['perplexity_std']:.2f}" if several else f"{r['perplexity_mean']:.2f}",
+                         f"{r['perplexity_min']:.2f} – {r['perplexity_max']:.2f}" if several else "",
+                         str(r["n"])])
+    return markdown_table(["rotation", "test windows", "method", "bits", "ppl (mean ± sd)", "ppl min – max", "runs"],
+                          body, "lrlrrrr")
+
+
+def table_headline_verdict(root: Path) -> str:
+    """dMX's mean against KL and against the random control's mean, per rotation (from the same files)."""
+    body = []
+    for rotation, folder in HEADLINE_FOLDERS.items():
+        rows, windows = _headline_summary(root, folder)
+        dmx, kl, rnd = rows.get(("dmx", None)), rows.get(("kl", None)), rows.get(("random", None))
+        if dmx is None or kl is None:
+            continue
+        vs_kl = dmx["perplexity_mean"] - kl["perplexity_mean"]
+        below = sum(p < kl["perplexity_mean"] for p in _seed_perplexities(root, folder, "dmx"))
+        vs_random = "" if rnd is None else f"{dmx['perplexity_mean'] - rnd['perplexity_mean']:+.2f}"
+        body.append([rotation, f"{vs_kl:+.2f}", f"{below} of {dmx['n']}",
+                     "yes" if vs_kl < 0 else "no", vs_random])
+    return markdown_table(["rotation", "dMX mean − KL (ppl)", "dMX seeds below KL", "dMX mean below KL",
+                           "dMX mean − random mean (ppl)"], body, "lrrlr")
+
+
+def table_headline_threshold_bits(root: Path) -> str:
+    """The bits dMX's own threshold rule (|β̂| > 1 -> MXFP8) would have deployed, per seed (provenance)."""
+    body = []
+    for rotation, folder in HEADLINE_FOLDERS.items():
+        points = sorted((p for p in load_sweep(root / "results" / folder).values() if p["method"] == "dmx"),
+                        key=lambda p: p["seed"])
+        for p in points:
+            assignment = load_json(assignment_file(root / "results" / folder, p["key"]))
+            bits = assignment["provenance"]["threshold_element_bits"]
+            body.append([rotation, str(p["seed"]), f"{p['target']:g}", f"{bits:.2f}", f"{bits - p['target']:+.2f}"])
+    return markdown_table(["rotation", "seed", "target", "threshold-rule bits", "over the target"], body, "lrrrr")
+
+
+def _seed_perplexities(root: Path, folder: str, method: str) -> list[float]:
+    return [p["perplexity"] for p in load_sweep(root / "results" / folder).values()
+            if p["method"] == method and p.get("perplexity") is not None]
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "headline": table_headline,
+    "headline_verdict": table_headline_verdict,
+    "headline_threshold_bits": table_headline_threshold_bits,
     "bench_mx_spec": table_bench_mx_spec,
     "demo": table_demo,
     "sweep_rotations": table_sweep_rotations,
