@@ -22,6 +22,7 @@ import numpy as np
 
 from mx_spec.formats import ElementFormat, get_element
 from mx_spec.packing import pack_elements
+from mx_spec.policies import parse_choices
 
 #: layout name -> its choices, the default (``mx_spec.pack``'s) first.
 LAYOUT_CHOICES: dict[str, tuple[str, ...]] = {"fp4": ("low-first", "high-first"), "fp6": ("stream", "pad32")}
@@ -29,20 +30,7 @@ LAYOUT_CHOICES: dict[str, tuple[str, ...]] = {"fp4": ("low-first", "high-first")
 
 def parse_layouts(text: str | Iterable[str] | None) -> frozenset[str]:
     """The non-default layouts of ``"fp4=high-first,fp6=pad32"``; unknown ones -> ValueError."""
-    if text is None:
-        return frozenset()
-    items = text.split(",") if isinstance(text, str) else list(text)
-    valid = ", ".join(f"{k}={'|'.join(c)}" for k, c in LAYOUT_CHOICES.items())
-    out = set()
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        key, _, value = item.partition("=")
-        if key not in LAYOUT_CHOICES or value not in LAYOUT_CHOICES[key]:
-            raise ValueError(f"unknown layout {item!r}; valid: {valid}")
-        if value != LAYOUT_CHOICES[key][0]:
-            out.add(f"{key}={value}")
-    return frozenset(out)
+    return parse_choices(text, LAYOUT_CHOICES, "layout")
 
 
 def pack_fp6_pad32(codes: np.ndarray) -> np.ndarray:

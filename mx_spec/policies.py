@@ -31,7 +31,7 @@ the verifier checks it by rule (:func:`expected_under_policies` with the impleme
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
@@ -55,26 +55,36 @@ INF_SATURATE = "inf=saturate"
 NON_DEFAULT_POLICIES: tuple[str, ...] = tuple(f"{k}={v}" for k, c in POLICY_CHOICES.items() for v in c[1:])
 
 
+def parse_choices(text: str | Iterable[str] | None, choices: Mapping[str, Sequence[str]], what: str) -> frozenset[str]:
+    """The non-default ``key=value`` items of ``"k1=v1,k2=v2"`` (or a list of them) against ``choices``
+    (``{key: (default, other, ...)}``); defaults are dropped. Shared by policies and layouts.
+
+    Raises:
+        ValueError: an unknown key or value; the message names ``what`` and lists the valid ones.
+    """
+    if text is None:
+        return frozenset()
+    items = text.split(",") if isinstance(text, str) else list(text)
+    valid = ", ".join(f"{k}={'|'.join(c)}" for k, c in choices.items())
+    out: set[str] = set()
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        if key not in choices or value not in choices[key]:
+            raise ValueError(f"unknown {what} {item!r}; valid: {valid}")
+        if value != choices[key][0]:
+            out.add(f"{key}={value}")
+    return frozenset(out)
+
+
 def parse_policies(text: str | Iterable[str] | None) -> frozenset[str]:
     """The non-default policies of ``"inf=saturate,int8=full-range"`` (defaults are dropped).
 
     Raises:
         ValueError: an unknown policy or choice; the message lists the valid ones.
     """
-    if text is None:
-        return frozenset()
-    items = text.split(",") if isinstance(text, str) else list(text)
-    out: set[str] = set()
-    valid = ", ".join(f"{k}={'|'.join(c)}" for k, c in POLICY_CHOICES.items())
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        key, _, value = item.partition("=")
-        if key not in POLICY_CHOICES or value not in POLICY_CHOICES[key]:
-            raise ValueError(f"unknown policy {item!r}; valid: {valid}")
-        if value != POLICY_CHOICES[key][0]:
-            out.add(f"{key}={value}")
-    return frozenset(out)
+    return parse_choices(text, POLICY_CHOICES, "policy")
 
 
 def policy_key(policies: Iterable[str]) -> str:
