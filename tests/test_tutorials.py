@@ -3,7 +3,12 @@
 * ``tutorials/<name>.ipynb`` must hold exactly the cells generated from
   ``tutorials/src/<name>.py`` (rebuild with ``.venv/bin/python tutorials/build.py``), so a
   source edit without a rebuild — i.e. stale committed outputs — fails here;
-* the committed notebook must carry outputs and no error output;
+* the committed notebook must carry outputs and no error output, and no output a reader should
+  not see: a traceback, stderr output or a warning line, a progress-bar frame
+  (``build.output_problems``); a fresh execution is held to the same rule;
+* every figure is checked on its matplotlib objects while the notebook executes (axis labels, a
+  legend where lines share an axes: ``tutorials/figure_check.py``, installed in the kernel by
+  ``build.execute``), so a notebook with an unlabelled plot fails to execute;
 * each notebook is executed from scratch with nbclient (kernel ``python3``, which
   jupyter_client starts with the interpreter running pytest) and must finish without error
   within its time budget. Budgets are for 2 shared CPU cores; ``DMX_TUTORIAL_BUDGET_SCALE``
@@ -83,7 +88,83 @@ def test_committed_notebook_matches_source_and_has_outputs(name):
     assert all(c.execution_count is not None for c in code), f"{name}.ipynb was not executed"
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{name}.ipynb holds an error output: {errors[0].get('ename')}"
+    problems = build.output_problems(committed)
+    assert not problems, f"{name}.ipynb stores outputs a reader should not see:\n" + "\n".join(problems)
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), f"{name}: no plot"
+
+
+def _notebook_with_outputs(*outputs) -> "nbformat.NotebookNode":
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", outputs=list(outputs))]
+    return nb
+
+
+def test_output_problems_catches_tracebacks_warnings_and_progress_bars():
+    clean = _notebook_with_outputs(nbformat.v4.new_output("stream", name="stdout", text="perplexity 21.8 (100%)\n"),
+                                   nbformat.v4.new_output("execute_result", data={"text/plain": "42"}))
+    assert build.output_problems(clean) == []
+    bad = {
+        "traceback": nbformat.v4.new_output("stream", name="stdout",
+                                            text="Traceback (most recent call last):\n  File ...\n"),
+        "error output": nbformat.v4.new_output("error", ename="ValueError", evalue="x", traceback=["..."]),
+        "stderr output": nbformat.v4.new_output("stream", name="stderr", text="Failed to load lib.so\n"),
+        "warning line": nbformat.v4.new_output("stream", name="stdout",
+                                               text="ok\n/x.py:3: FutureWarning: will change\n"),
+        "progress-bar frame": nbformat.v4.new_output(
+            "stream", name="stdout", text="Loading weights:  40%|████      | 109/272 [00:01<00:01, 90.1it/s]"),
+    }
+    for kind, output in bad.items():
+        problems = build.output_problems(_notebook_with_outputs(output))
+        assert any(kind in p for p in problems), (kind, problems)
+    glog = nbformat.v4.new_output("execute_result", data={"text/plain": "W1128 08:07:28.852000 17281 x.py:630] no"})
+    assert any("warning line" in p for p in build.output_problems(_notebook_with_outputs(glog)))
+
+
+def test_figure_check_on_matplotlib_objects():
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    spec = importlib.util.spec_from_file_location("tutorials_figure_check", TUTORIALS / "figure_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.plot([1, 2, 3])
+    assert check.figure_problems(fig) == ["axes 0: no x-axis label", "axes 0: no y-axis label"]
+    ax.set(xlabel="step", ylabel="bits")
+    assert check.figure_problems(fig) == []
+    ax.plot([3, 2, 1])
+    ax.axhline(2)  # a reference line does not call for a legend by itself
+    assert check.figure_problems(fig) == ["axes 0: 2 lines/series but no legend"]
+    ax.legend(["a", "b"])
+    assert check.figure_problems(fig) == []
+    shared = Figure()
+    left, right = shared.subplots(1, 2, sharey=True)
+    left.set(xlabel="x", ylabel="shared y")
+    right.set(xlabel="x")  # its y axis is the left one's
+    assert check.figure_problems(shared) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_build_fails_on_an_unlabelled_figure_or_a_warning(tmp_path):
+    """The checks run in the real kernel: an unlabelled plot, shown or saved, or a warning fails."""
+    from nbclient.exceptions import CellExecutionError
+
+    plot = "%matplotlib inline\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2, 3])\n"
+    cases = {"shown": plot + "plt.show()", "saved": plot + "fig.savefig('plot.png')",
+             "warning": "import warnings\nwarnings.warn('deprecated')",
+             "labelled": plot + "ax.set(xlabel='step', ylabel='loss')\nplt.show()"}
+    for case, code in cases.items():
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": build.KERNEL_NAME, "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell(code)]
+        if case == "labelled":
+            build.execute(nb, cwd=tmp_path, timeout=60)
+            assert any("image/png" in o.get("data", {}) for o in nb.cells[0].outputs)
+        else:
+            with pytest.raises((build.OutputProblem, CellExecutionError), match="label|UserWarning"):
+                build.execute(nb, cwd=tmp_path, timeout=60)
 
 
 def _needs_data(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,6 +204,7 @@ def test_notebook_executes_within_budget(name, tmp_path, monkeypatch):
     seconds = time.perf_counter() - start
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    assert not build.output_problems(nb)  # build.execute raises on these; kept explicit here
     if name in EXACT_OUTPUTS:
         committed = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
         assert _text_outputs(nb) == _text_outputs(committed), (
