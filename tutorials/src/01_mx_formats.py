@@ -20,6 +20,28 @@
 # 6. verifying an implementation (torchao) against the golden vectors.
 #
 # Everything runs on a laptop CPU in a few seconds.
+#
+# **After this notebook you can** decode any MX element code and E8M0 scale by hand; explain how
+# the shared exponent is chosen and when the block maximum saturates; tell the scale rules and
+# tie rules of different libraries apart; count the bits an MX tensor stores; and check an MX
+# implementation against the golden vectors.
+#
+# References: the [OCP MX v1.0 specification](https://www.opencompute.org/documents/ocp-microscaling-formats-mx-v1-0-spec-final-pdf)
+# (section numbers below are its), the dMX paper ([arXiv 2606.04115](https://arxiv.org/abs/2606.04115)),
+# [torchao's MX formats](https://github.com/pytorch/ao/tree/main/torchao/prototype/mx_formats)
+# and the project's [README](../README.md).
+#
+# One MX block, as stored:
+#
+# ```
+#  shared scale X          32 elements P_1 ... P_32 (one element format for the whole tensor)
+# +---------------+ +------+------+------+-- ... --+------+
+# | E8M0, 8 bits  | | P_1  | P_2  | P_3  |         | P_32 |      v_i = 2^(X - 127) * P_i
+# +---------------+ +------+------+------+-- ... --+------+      (X = 0xFF: the block is NaN)
+# ```
+#
+# and the bit layout of each element format (S sign, E exponent, M mantissa, I integer bits),
+# printed from the project's format table right after the imports.
 
 # %%
 %matplotlib inline
@@ -32,6 +54,11 @@ from IPython.display import Markdown, display
 import mx_spec
 
 plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "figure.figsize": (7, 3)})
+
+for name, e in mx_spec.ELEMENT_FORMATS.items():
+    fields = "S " + ("E" * e.ebits + " " + "M" * e.mbits if e.kind == "fp" else "I" * (e.bits - 1))
+    print(f"{name:>5}: {fields:<12} ({e.bits} bits{', two' + chr(39) + 's complement' if e.kind == 'int' else ''})")
+print(f"{'E8M0':>5}: {'E' * 8:<12} (8 bits, the shared scale: no sign, no mantissa)")
 
 # %% [markdown]
 # ## 1. Element formats
@@ -325,3 +352,35 @@ print("mx_spec.quantize itself:", "PASS" if correct.ok else "FAIL",
 # **To verify your own MX implementation**, wrap it like `torchao_quantizer` above and call
 # `verify_quantizer`, or write its outputs to a JSON/NPZ file and run `mx-spec verify FILE`
 # (see `golden/README.md` for the schema).
+#
+# ## Recap
+#
+# | concept | rule | in `mx_spec` |
+# |---|---|---|
+# | MX block | 32 elements share one E8M0 scale: $v_i = 2^X P_i$ | `quantize`, `dequantize` |
+# | element ExMy | $(-1)^s 2^{e-b}(1 + m/2^M)$, subnormal at $e = 0$; FP4/FP6 have no Inf/NaN | `ELEMENT_FORMATS`, `decode_table` |
+# | E8M0 | $2^{c-127}$, `0xFF` = NaN | `decode_e8m0` |
+# | shared exponent | $X = \lfloor\log_2 a_{\max}\rfloor - e_{\max}$ (`floor`); maxima above the grid saturate | `scale_mode` |
+# | ties | round half to even (spec) vs away | `rounding` |
+# | storage | element bits + 8/32 for the scale (FP4: 4.25) | `pack`, `MX_FORMATS` |
+# | checking an implementation | bit-exact against the golden vectors | `verify.verify_quantizer`, `mx-spec verify` |
+#
+# ## Exercises
+#
+# 1. Decode the FP6 E2M3 code `0b001010` by hand, then check with `mx_spec.decode_elements`.
+# 2. A block's largest magnitude is 13.0 and the other elements are small. Which shared
+#    exponent $X$ does the `floor` rule pick for MXFP4, and what does 13.0 become? Does any rule
+#    of section 3 keep it exactly?
+# 3. How many bits per element does MXFP6 store with blocks of 32, and with blocks of 16?
+#
+# <details><summary>Solutions (click)</summary>
+#
+# 1. `0 01 010`: sign +, exponent field 1, bias 1, so $2^0$; mantissa $2/8$: value $1.25$.
+#    `mx_spec.decode_elements(np.array([0b001010], dtype=np.uint8), "e2m3")` gives `[1.25]`.
+# 2. $\lfloor\log_2 13\rfloor = 3$, $e_{\max} = 2$, so $X = 1$; $13/2 = 6.5$ saturates to 6,
+#    and 13.0 becomes 12.0 (check: `mx_spec.quantize` then `dequantize`). `rceil` picks $X = 2$
+#    ($13 \le 6 \cdot 4$) and $13/4 = 3.25$ rounds to 3, i.e. 12.0 as well: neither keeps 13
+#    exactly — FP4 has no 6.5 or 3.25; `ceil`/`rceil` avoid the clamp, not the rounding.
+# 3. $6 + 8/32 = 6.25$ bits and $6 + 8/16 = 6.5$ bits.
+#
+# </details>

@@ -20,6 +20,16 @@
 # straight-through estimator (STE) oscillates while the annealed sigmoid settles, and how the
 # penalty sets the average bits. The "model" is a toy 8-layer MLP so that everything runs in
 # seconds; notebook 04 does the same on a real LLM.
+#
+# **After this notebook you can** explain what the temperature does to the map
+# $\hat\beta\to\beta$ and to its gradient; read $\hat\beta$/$\beta$ trajectories of a
+# calibration; say why round + STE keeps flipping formats and the annealed sigmoid settles; and
+# predict what the hinge penalty does to the average bits — and what it does not do.
+#
+# References: the [OCP MX v1.0 specification](https://www.opencompute.org/documents/ocp-microscaling-formats-mx-v1-0-spec-final-pdf),
+# the dMX paper ([arXiv 2606.04115](https://arxiv.org/abs/2606.04115)),
+# [torchao's MX formats](https://github.com/pytorch/ao/tree/main/torchao/prototype/mx_formats)
+# and the project's [README](../README.md).
 
 # %%
 %matplotlib inline
@@ -320,3 +330,39 @@ for low_t, high_t in zip(targets, targets[1:]):
     missing = sorted(high[low_t] - high[high_t])
     print(f"FP8 layers at {low_t:g} bits all FP8 at {high_t:g} bits: {not missing}"
           + (f" (layers {missing} are not)" if missing else ""))
+
+# %% [markdown]
+# ## Recap
+#
+# | concept | rule | in code |
+# |---|---|---|
+# | soft offset | $\beta = 2\sigma(20T(|\hat\beta|/2 - 1/2))$; only $|\hat\beta|$ counts | `dmx.offset.offset_to_beta` |
+# | hard (deployed) offset | $\beta = 2$ if $|\hat\beta| > 1$ else 0 | `training=False` |
+# | schedule | hold $T = 0.4$ for 60 % of the steps, then exponential to 20 | `dmx.anneal.HoldThenExponential` |
+# | round + STE | hard format forward, identity backward: keeps flipping | `dmx.anneal.RoundSTE` |
+# | budget penalty | $\max(0, \lambda(\bar b - b_t))$: pushes down only above the target | `dmx.regularizer.bit_budget_penalty` |
+# | granularity | one layer switching moves $\bar b$ by $4/L$ bits | |
+#
+# ## Exercises
+#
+# 1. Rerun `calibrate_toy(HoldThenExponential(), lam=20.0)`. Does a stronger penalty bring the
+#    final bits closer to the 6-bit target? Why can it not make them equal to 6.00 here?
+# 2. Count flips after step 60 for round + STE and the sigmoid on seeds 3-5 (`seed=` of
+#    `calibrate_toy`). Does the table's conclusion hold?
+# 3. Make the hold phase shorter: `HoldThenExponential(hold_fraction=0.3)`. What happens to the
+#    number of flips after the annealing starts, and to the final error?
+#
+# <details><summary>Solutions (click)</summary>
+#
+# 1. Do not expect 6.00. The hard average can only be 4.0, 4.5, ..., 8.0 (one switch moves
+#    $\bar b$ by $4/8$ bits), and the penalty acts on the *soft* bits: a larger $\lambda$ holds
+#    the soft average nearer the target, but which layers near $|\hat\beta| = 1$ snap up or down
+#    during the annealing is decided by the task gradient. Run seeds 0-2 at both $\lambda$ and
+#    compare `final_bits` and `final_task`: the stronger penalty may change little.
+# 2. Use the loop of the flip table with `SEEDS = (3, 4, 5)`; judge the totals and the
+#    last-20-step columns, not a single seed.
+# 3. With a shorter hold the offsets have less time to separate at the soft temperature; the
+#    annealing then has to sort them while the sigmoid sharpens. Compare the flip counts with
+#    `flips_after(run, int(0.3 * STEPS))` and the `final_task` of both runs.
+#
+# </details>
