@@ -381,9 +381,9 @@ print(f"best uniform 6-bit format ({best6}) vs dMX @ {TARGET:g}: "
 #
 # The project's headline comparison quantizes all 210 decoder linears of this model at a 5-bit
 # budget: full precision, uniform MXFP4 and MXFP8, the KL heuristic, dMX (the default recipe,
-# 40 steps of 2 × 256 calibration tokens, budget rounding) with several calibration seeds, and a
-# *random control* (random assignments at the same budget, several seeds) that tells whether a
-# method's ranking beats chance. `benchmarks/headline.sh` produces it; the README's section
+# budget rounding; its calibration settings are printed with the table) with several
+# calibration seeds, and a *random control* (random assignments at the same budget, several
+# seeds) that tells whether a method's ranking beats chance. `benchmarks/headline.sh` produces it; the README's section
 # *Results* discusses it. The cell below reads the committed summary files (paths relative to
 # the repository root), so what it prints is what those files hold.
 
@@ -394,18 +394,19 @@ HEADLINE = {"no rotation": REPO / "results" / "headline_5bit",
 
 
 def read_summary(folder: Path):
-    """(rows of summary.csv, evaluation config from results.json) or None if the summary is missing."""
+    """(rows of summary.csv, results.json's config, the first dMX point's settings) or None if no summary."""
     summary = folder / "summary.csv"
     if not summary.is_file():
         return None
     with summary.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     results = folder / "results.json"
-    config = json.loads(results.read_text())["config"] if results.is_file() else {}
-    return rows, config
+    stored = json.loads(results.read_text()) if results.is_file() else {}
+    dmx_settings = next((p.get("settings") or {} for p in stored.get("points", []) if p.get("method") == "dmx"), {})
+    return rows, stored.get("config", {}), dmx_settings
 
 
-def full_scale_text(name: str, rows, config) -> str:
+def full_scale_text(name: str, rows, config, dmx_settings) -> str:
     """A Markdown table and the comparisons the rows support (none where a method is missing)."""
     windows, seqlen = config.get("max_windows"), config.get("seqlen")
     scope = (f"{windows} test windows of {seqlen} tokens ({windows * seqlen:,} tokens)" if windows and seqlen
@@ -413,6 +414,11 @@ def full_scale_text(name: str, rows, config) -> str:
     rotation = config.get("rotation")
     if isinstance(rotation, dict):
         scope += f"; rotation: {rotation.get('kind')}, {rotation.get('block')}-wide blocks"
+    calibration = dmx_settings.get("calibration", {})
+    if calibration:
+        scope += (f". dMX calibration: {calibration.get('steps')} steps of {calibration.get('batch_size')} windows of "
+                  f"{dmx_settings.get('calib_seqlen')} tokens (from {dmx_settings.get('calib_windows')}), "
+                  f"{calibration.get('final_rounding')} rounding")
     lines = [f"**{name}** — WikiText-2 perplexity on the first {scope}; mean ± sd (min–max) over the seeds.", "",
              "| method | target | format | seeds | bits | perplexity |", "|---|---|---|---|---|---|"]
     by_method = {}
@@ -457,11 +463,12 @@ print(f"notebook ran in {time.perf_counter() - start:.0f} s")
 
 # %% [markdown]
 # What these numbers rest on: one model (the embedded Q4_1-derived SmolLM2-135M), one
-# calibration setup (40 steps, 2 × 256 tokens per step), a 5-bit budget, and the first test
+# calibration setup (printed above), a 5-bit budget, a few seeds, and the first test
 # windows printed above — not the full test set, so the absolute perplexities are not
 # comparable with papers. The seeds vary the calibration (dMX) or the draw (random); the test
-# windows are the same for every row, so the seed range is the spread *between* methods'
-# runs, not the evaluation noise of section 3. The README's section *Results* has the
+# windows are the same for every row, so a method's seed range shows how much its result
+# depends on the calibration data (or the draw); it is not the evaluation noise of section 3,
+# which the fixed windows add on top for every row alike. The README's section *Results* has the
 # discussion and the commands.
 #
 # ## Recap
