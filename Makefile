@@ -6,7 +6,18 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 export DMX_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: venv demo demo-quick test bench golden clean
+# Where `make demo` writes its assignment.json and eval.json (record a run for the README's demo
+# table with DEMO_OUT=results/demo/run-NN, then `make readme-results`); the demo ends by comparing
+# its figures with the spread of the runs recorded in results/demo/.
+DEMO_OUT ?= runs/demo
+# CPU threads of the demo's dmx commands; empty: dmx's default, the CPUs idle right now, so a busy
+# machine is not oversubscribed (a step took 50-134 s instead of 7 s with too many threads).
+THREADS ?=
+THREAD_FLAG := $(if $(THREADS),--threads $(THREADS),)
+# Extra flags of the demo's calibration, e.g. DEMO_FLAGS=--resume after an interrupted demo.
+DEMO_FLAGS ?=
+
+.PHONY: venv demo demo-quick test bench golden readme-results clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +35,11 @@ demo-quick: venv
 	$(VENV)/bin/mx-spec demo
 
 demo: demo-quick
-	mkdir -p results
-	$(VENV)/bin/dmx calibrate --out results/assignment_smollm2_5bit.json
-	$(VENV)/bin/dmx eval --format fp mxfp8_e4m3 mxfp4_e2m1 --assignment results/assignment_smollm2_5bit.json --max-windows 2
+	mkdir -p $(DEMO_OUT)
+	$(VENV)/bin/dmx calibrate $(THREAD_FLAG) $(DEMO_FLAGS) --out $(DEMO_OUT)/assignment.json
+	$(VENV)/bin/dmx eval $(THREAD_FLAG) --format fp mxfp8_e4m3 mxfp4_e2m1 --assignment $(DEMO_OUT)/assignment.json \
+		--max-windows 2 --out $(DEMO_OUT)/eval.json
+	@$(PY) tools/readme_results.py --compare-demo $(DEMO_OUT) || echo "demo: a figure lies outside the recorded spread (see above)"
 
 test: venv
 	$(PY) -m pytest -q
@@ -35,7 +48,12 @@ golden: venv
 	$(VENV)/bin/mx-spec golden --out golden
 
 bench: venv
-	$(PY) benchmarks/bench_mx_spec.py
+	$(PY) benchmarks/bench_mx_spec.py --out results/bench_mx_spec/results.json
+
+# The README's results tables, rewritten from the committed files under results/
+# (tools/readme_results.py; tests/test_readme_results.py checks they agree).
+readme-results: venv
+	$(PY) tools/readme_results.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

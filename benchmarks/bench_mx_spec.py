@@ -23,6 +23,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -32,6 +34,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import mx_spec  # noqa: E402
+from dmx.checkpoint import atomic_write_text  # noqa: E402
 from mx_spec.formats import MX_FORMATS  # noqa: E402
 
 torch.set_num_threads(1)
@@ -116,6 +119,9 @@ def main(argv=None) -> int:
     parser.add_argument("--log2-n", type=int, default=24, help="number of values = 2^N (default 24)")
     parser.add_argument("--repeats", type=int, default=5, help="timings per implementation; the best is kept")
     parser.add_argument("--formats", nargs="+", default=list(MX_FORMATS), choices=list(MX_FORMATS))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the rows as JSON here (the README's table is made from "
+                             "results/bench_mx_spec/results.json by tools/readme_results.py)")
     args = parser.parse_args(argv)
     if not 5 <= args.log2_n <= 28:
         parser.error("--log2-n must be in 5..28")
@@ -130,7 +136,30 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; partial results:", file=sys.stderr)
     print(render(rows))
+    if args.out is not None:
+        write_results(args.out, rows, args)
     return 0
+
+
+def write_results(path: Path, rows: list[dict], args) -> None:
+    """The rows in the schema tools/readme_results.py reads (``dmx.bench_mx_spec/1``)."""
+    records = []
+    for r in rows:
+        ours = r["n"] / r["ours_s"][0] / 1e6
+        theirs = None if r["theirs_s"] is None else r["n"] / r["theirs_s"][0] / 1e6
+        records.append({"format": r["format"], "n": r["n"], "mx_spec_melem_s": round(ours, 1),
+                        "torchao_melem_s": None if theirs is None else round(theirs, 1),
+                        "ratio_wall": None if theirs is None else round(ours / theirs, 2),
+                        "ratio_cpu": None if theirs is None else round(r["theirs_s"][1] / r["ours_s"][1], 2),
+                        "bit_exact": "torchao has no MXINT8" if theirs is None else r["exact"]})
+    doc = {"schema": "dmx.bench_mx_spec/1",
+           "provenance": {"command": "python benchmarks/bench_mx_spec.py " + " ".join(sys.argv[1:]),
+                          "log2_n": args.log2_n, "repeats": args.repeats, "numpy": np.__version__,
+                          "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+                          "note": "1 thread, best of the repeats; absolute numbers depend on the machine's "
+                                  "load, the ratios are measured side by side"},
+           "rows": records}
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ hard assignment is applied, and the provenance records the rotation's descriptio
 Checkpoints (atomic, see :mod:`dmx.checkpoint`) hold the offsets, optimiser state, completed
 step count, torch RNG state, the settings and, with a learned rotation, the rotation matrices and
 the Cayley optimiser's state; they are written every ``checkpoint_every`` steps,
-at the end, and when the run is interrupted with Ctrl-C. ``resume=True`` continues from the
-checkpoint and reproduces the uninterrupted run exactly (the window order is a pure function of
-the seed and the step). A crash loses at most ``checkpoint_every`` steps.
+at the end, and when the run is interrupted with Ctrl-C (or SIGTERM, which the ``dmx`` CLI turns
+into the same interrupt). The checkpoint before the latest is kept, and a corrupt latest one
+resumes from it. ``resume=True`` continues from the checkpoint ("resuming from step N" on
+stderr) and reproduces the uninterrupted run exactly (the window order is a pure function of the
+seed and the step). A crash loses at most ``checkpoint_every`` steps.
 
 Final rounding (``final_rounding``): ``"threshold"`` (the method's rule) deploys each layer's hard
 format, ``|β̂| > β_max/2`` -> high. The hinge is one-sided, so the soft bits settle where the CE
@@ -41,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import sys
 from contextlib import nullcontext
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,14 +55,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dmx.assignment import WEIGHTINGS, Assignment, apply_assignment
-from dmx.checkpoint import CHECKPOINT_VERSION, CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from dmx.checkpoint import (CHECKPOINT_VERSION, CheckpointError, checkpoint_exists, checkpoint_path, load_checkpoint,
+                            save_checkpoint)
 from dmx.data import token_hash
 from dmx.models import input_device
 from dmx.quantized import set_calibration_mode
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["CalibrationConfig", "FINAL_ROUNDINGS", "window_order", "objective", "calibrate", "budget_formats",
-           "software_versions"]
+           "software_versions", "check_checkpoint"]
 
 #: How the learned offsets become the deployed formats (module docstring).
 FINAL_ROUNDINGS = ("threshold", "budget")
@@ -260,12 +264,8 @@ _RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding")
 _BEFORE_ADDED = {"beta_init": 1.0, "clip_grad_norm": 0.0, "fractional_scale": "emax"}
 
 
-def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, windows_hash: str,
-             model: nn.Module, rotation_optimizer) -> int:
-    from dmx.rotation import rotation_parameters
-
-    if state["layers"] != _ordered(layers):
-        raise CheckpointError("checkpoint was written for different layers (another model or --include-lm-head setting)")
+def _check_settings(state: dict[str, Any], cfg: CalibrationConfig) -> None:
+    """``CheckpointError`` when ``cfg`` would not continue the checkpoint's trajectory."""
     saved = dict(state["config"])
     current = dataclasses.asdict(cfg)
     defaults = {f.name: f.default for f in dataclasses.fields(CalibrationConfig)} | _BEFORE_ADDED
@@ -277,6 +277,42 @@ def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, w
     if differing:
         detail = ", ".join(f"{k}: checkpoint {saved.get(k, defaults[k])!r} vs now {current[k]!r}" for k in differing)
         raise CheckpointError(f"cannot resume: settings differ from the checkpoint ({detail}); use the same settings or a new --checkpoint-dir")
+
+
+def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resume: bool,
+                     announce: bool = True) -> dict[str, Any] | None:
+    """What can be known about the checkpoint before any model is loaded; returns the state to resume.
+
+    ``CheckpointError`` when ``resume`` finds no usable checkpoint (the latest and the previous
+    one missing or corrupt) or one written with other settings, and when a run that does not
+    resume would overwrite an earlier run's checkpoint. ``announce``: say on stderr when the
+    previous checkpoint stands in for a corrupt latest one (off for an early check whose run
+    loads it again).
+    """
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs a checkpoint_dir")
+    if checkpoint_dir is None:
+        return None
+    if not resume:
+        if checkpoint_exists(checkpoint_dir):
+            # never overwrite the work of an interrupted run by accident
+            raise CheckpointError(
+                f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass --resume (resume=True) to "
+                f"continue it, or delete it / choose another --checkpoint-dir to start over"
+            )
+        return None
+    state = load_checkpoint(checkpoint_dir, announce=announce)
+    _check_settings(state, cfg)
+    return state
+
+
+def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, windows_hash: str,
+             model: nn.Module, rotation_optimizer) -> int:
+    from dmx.rotation import rotation_parameters
+
+    if state["layers"] != _ordered(layers):
+        raise CheckpointError("checkpoint was written for different layers (another model or --include-lm-head setting)")
+    _check_settings(state, cfg)
     if state.get("windows_hash") != windows_hash:
         raise CheckpointError("cannot resume: calibration windows differ from the checkpoint (other data, seqlen, seed or model tokenizer)")
     if state.get("rotation") != _rotation_entry(model):
@@ -325,14 +361,7 @@ def calibrate(
         raise ValueError("no dMX layers to calibrate; call dmx.quantized.quantize_model first")
     if windows.ndim != 2 or windows.shape[0] < 1:
         raise ValueError(f"windows must be a LongTensor[n, seqlen] with n >= 1, got shape {tuple(windows.shape)}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs a checkpoint_dir")
-    if checkpoint_dir is not None and not resume and checkpoint_path(checkpoint_dir).exists():
-        # never overwrite the work of an interrupted run by accident
-        raise CheckpointError(
-            f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass --resume (resume=True) to "
-            f"continue it, or delete it / choose another --checkpoint-dir to start over"
-        )
+    state = check_checkpoint(checkpoint_dir, cfg, resume=resume)
     windows_hash = token_hash(windows)
     schedule = cfg.schedule()
     params = list(_offsets(layers).values())
@@ -349,10 +378,10 @@ def calibrate(
     metrics: dict[str, float] = {}
     for layer in layers.values():
         layer.fractional_scale = cfg.fractional_scale
-    if resume:
-        state = load_checkpoint(checkpoint_dir)
+    if state is not None:
         start = _restore(state, layers, optimizer, cfg, windows_hash, model, rotation_optimizer)
         metrics = dict(state.get("metrics", {}))
+        print(f"resuming from step {start} of {cfg.steps} (checkpoint in {checkpoint_dir})", file=sys.stderr)
     else:
         with torch.no_grad():
             for p in params:
@@ -396,7 +425,8 @@ def calibrate(
     except KeyboardInterrupt:
         if checkpoint_dir is not None and completed > start:
             save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
-            bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume")
+            bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume",
+                      file=sys.stderr)
         raise
     finally:
         bar.close()

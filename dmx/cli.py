@@ -10,14 +10,80 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dmx.checkpoint import CheckpointError
+from dmx.commands import HelpFormatter
 
-__all__ = ["COMMANDS", "build_parser", "config_defaults", "main"]
+__all__ = ["COMMANDS", "Terminated", "build_parser", "config_defaults", "main", "sigterm_as_interrupt",
+           "progress_bars_hidden", "silence_dependency_noise"]
+
+#: Exit status of a command stopped by SIGTERM (128 + signal number, the shell convention).
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+#: Loggers of dependencies whose import-time warnings look like errors but concern code dMX never
+#: runs: transformers imports torchao (its quantizer registry) when it is installed, and torchao
+#: then reports its optional CUDA kernels missing and torch's deprecated enum registration.
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a cluster scheduler) raised as an interrupt, so it takes the same
+    save-a-checkpoint-and-stop paths as Ctrl-C."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn the first SIGTERM into :class:`Terminated` in the main thread; later ones are ignored
+    so that the checkpoint being written on the way out is finished. Restored on exit."""
+
+    def raise_terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def progress_bars_hidden(hidden: bool = True) -> Iterator[None]:
+    """While active, every tqdm bar is created disabled: dMX's own and those of transformers (GGUF
+    conversion, weight loading) and lm-eval, which take no flag of ours (``--no-progress``)."""
+    if not hidden:
+        yield
+        return
+    import tqdm.std
+
+    original = tqdm.std.tqdm.__init__
+
+    def disabled_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = disabled_init
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = original
+
+
+def silence_dependency_noise() -> None:
+    """Quiet the import-time warnings of :data:`_NOISY_LOGGERS` (errors still show)."""
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 COMMANDS = ("calibrate", "eval", "kl", "sweep", "export")
 
@@ -27,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmx",
         description="Differentiable per-layer MX mixed-precision assignment (dMX) for causal LMs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
@@ -83,8 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = parser._subparsers._group_actions[0].choices[args.command]
         sub.set_defaults(**config_defaults(args.config, sub))
         args = parser.parse_args(argv)
+    silence_dependency_noise()
     try:
-        result = args.func(args)
+        with sigterm_as_interrupt(), progress_bars_hidden(getattr(args, "no_progress", False)):
+            result = args.func(args)
+    except Terminated:
+        print("dmx: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("dmx: interrupted", file=sys.stderr)
         return 130

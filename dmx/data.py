@@ -46,6 +46,7 @@ __all__ = [
     "calibration_windows",
     "sample_windows",
     "token_hash",
+    "check_data_source",
 ]
 
 DATA_DIR_ENV = "DMX_DATA_DIR"
@@ -85,8 +86,32 @@ resolve_data_dir = data_dir
 def _require_file(folder: Path, relative: Path) -> Path:
     target = folder / relative
     if not target.is_file():
-        raise FileNotFoundError(f"expected {target} (data directory {folder}) but it is missing; {_ONLINE_HINT}")
+        raise FileNotFoundError(f"expected {target} (data directory {folder}) but it is missing; point --data-dir "
+                                f"or ${DATA_DIR_ENV} at the data folder (see its README.md), {_ONLINE_HINT}")
     return target
+
+
+def check_data_source(data_dir: str | os.PathLike | None = None, *, split: str, online: bool = False,
+                      text_file: str | os.PathLike | None = None) -> None:
+    """Fail now, before any model is loaded, if the text of ``split`` cannot be read later.
+
+    ``split``: ``"test"`` (perplexity) or ``"calibration"`` (WikiText-2 validation). A
+    ``text_file`` must exist and hold text; otherwise, unless ``online``, the data directory
+    (``--data-dir`` / ``$DMX_DATA_DIR``) must hold the split's file (``FileNotFoundError``
+    saying which file is missing and how to point at the data).
+    """
+    files = {"test": WIKITEXT2_TEST, "calibration": WIKITEXT2_CALIB}
+    if split not in files:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(files)}")
+    if text_file is not None:
+        target = Path(text_file).expanduser()
+        if not target.is_file():
+            raise FileNotFoundError(f"text file {str(target)!r} does not exist; pass an existing UTF-8 text file")
+        if target.stat().st_size == 0:
+            raise ValueError(f"text file {str(target)!r} is empty")
+        return
+    if not online:
+        _require_file(resolve_data_dir(data_dir), files[split])
 
 
 def _hub_rows(config: str, split: str) -> list[str]:

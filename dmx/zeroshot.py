@@ -115,6 +115,18 @@ def resolve_task_names(tasks: str | Sequence[str] | None, *, online: bool) -> li
     return names
 
 
+def check_zeroshot_data(tasks: str | Sequence[str] | None, data_dir: str | os.PathLike | None = None, *,
+                        online: bool = False) -> list[str]:
+    """Validate the task names and, offline, that every task's JSONL file exists, before any model
+    is loaded (``ValueError`` / ``FileNotFoundError`` as :func:`resolve_task_names` and
+    :func:`offline_task_config` raise them). Returns the task names."""
+    names = resolve_task_names(tasks, online=online)
+    if not online:
+        for name in names:
+            offline_task_config(name, data_dir)
+    return names
+
+
 # ----------------------------------------------------------------------------- task objects
 
 

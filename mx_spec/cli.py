@@ -1,6 +1,8 @@
 """``mx-spec`` console script: ``demo``, ``golden`` and ``verify`` subcommands.
 
-Exit status: 0 success, 1 verification mismatch, 2 bad usage or unreadable input.
+Exit status: 0 success (PASS, or PARTIAL: nothing failed but some cases or fields were not
+compared), 1 verification mismatch, nothing compared or an unmet ``--require``/``--strict``,
+2 bad usage or unreadable input.
 """
 from __future__ import annotations
 
@@ -63,10 +65,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
-    from mx_spec.golden import write_golden
+    from mx_spec.golden_gen import write_golden
 
     modes = _parse_modes(args.scale_modes, args.roundings)
-    paths = write_golden(args.out, formats=args.formats, modes=modes, progress=not args.quiet)
+    paths = write_golden(args.out, formats=args.formats, modes=modes, progress=not args.quiet, compress=args.gzip)
     for p in paths:
         print(f"wrote {p} ({p.stat().st_size:,} bytes)")
     return 0
@@ -75,9 +77,18 @@ def cmd_golden(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from mx_spec.verify import verify_results
 
-    report = verify_results(args.results, golden_dir=args.golden)
+    report = verify_results(args.results, golden_dir=args.golden, policies=args.policy, require=args.require,
+                            strict=args.strict, layouts=args.layout)
     print(report.summary(max_mismatches=args.max_mismatches))
     return 0 if report.ok else 1
+
+
+def cmd_export_flat(args: argparse.Namespace) -> int:
+    from mx_spec.golden_export import export_flat
+
+    paths = export_flat(args.out, formats=args.formats, golden_dir=args.golden, readmemh=args.readmemh)
+    print(f"wrote {len(paths)} files under {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,13 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     gold.add_argument("--formats", nargs="+", default=None, choices=fmts)
     gold.add_argument("--scale-modes", nargs="+", default=None, choices=list(SCALE_MODES))
     gold.add_argument("--roundings", nargs="+", default=None, choices=list(ROUNDINGS))
+    gold.add_argument("--gzip", action="store_true", help="write <format>.json.gz (deterministic gzip) instead")
     gold.add_argument("--quiet", action="store_true")
     gold.set_defaults(func=cmd_golden)
+
+    flat = sub.add_parser("export-flat", help="flat line-oriented copy of the golden files (C readers; "
+                          "--readmemh adds one-item-per-line memories for RTL benches)")
+    flat.add_argument("--out", required=True, help="output directory")
+    flat.add_argument("--formats", nargs="+", default=None, choices=fmts)
+    flat.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
+    flat.add_argument("--readmemh", action="store_true", help="also write <format>/<mode>.{input,scales,elements}.memh")
+    flat.set_defaults(func=cmd_export_flat)
 
     ver = sub.add_parser("verify", help="check another implementation's outputs (.json golden schema or .npz)")
     ver.add_argument("results", help="results file (.json or .npz) or a directory of them")
     ver.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
     ver.add_argument("--max-mismatches", type=int, default=50, help="how many mismatching items to print")
+    ver.add_argument("--policy", default=None, metavar="NAME=CHOICE,...",
+                     help="declared policies where implementations legitimately differ: inf=nan|saturate, "
+                          "int8=symmetric|full-range, rceil=exact|float32, ftz=off|inputs (golden/README.md)")
+    ver.add_argument("--layout", default=None, metavar="NAME=CHOICE,...",
+                     help="declared packed layouts: fp4=low-first|high-first, fp6=stream|pad32 (golden/README.md)")
+    ver.add_argument("--require", default=None, metavar="TOKENS",
+                     help="coverage that must be complete, else FAIL: comma-separated MX formats, scale modes, "
+                          "roundings, scale/rounding pairs and field names, e.g. mxfp4_e2m1,floor/rne,packed")
+    ver.add_argument("--strict", action="store_true",
+                     help="require every case of all six formats and 8 modes with scales and elements checked")
     ver.set_defaults(func=cmd_verify)
     return parser
 

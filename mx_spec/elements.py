@@ -92,9 +92,17 @@ def working_layout(dtype: np.dtype) -> _Work:
     if dt.name in ("float16", "bfloat16", "float32"):
         return _F32
     raise TypeError(
-        f"unsupported input dtype {dt}; supported: {', '.join(SUPPORTED_INPUT_DTYPES)} "
-        "(convert integers with .astype(np.float32))"
+        f"unsupported input dtype {dt}; supported: {', '.join(SUPPORTED_INPUT_DTYPES)} ({_conversion_hint(dt)})"
     )
+
+
+def _conversion_hint(dt: np.dtype) -> str:
+    """How to turn an array of the unsupported dtype ``dt`` into a supported one."""
+    if dt.kind == "c":
+        return "MX encodes real numbers: quantise x.real and x.imag as two arrays"
+    if dt.kind in "iub":
+        return "convert integers with .astype(np.float32)"
+    return "convert it to a float array, e.g. np.asarray(x, dtype=np.float32)"
 
 
 def as_working(values: npt.ArrayLike) -> tuple[np.ndarray, _Work]:

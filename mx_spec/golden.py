@@ -1,41 +1,38 @@
-"""Golden vectors for OCP MX v1.0 conversion: schema, deterministic generator and loader.
+"""Golden vectors for OCP MX v1.0 conversion: schema, hex codec and loader.
 
-A golden file (``golden/<mx format>.json``, schema ``mx-spec-golden`` version 1, documented in
-``golden/README.md``) holds, for one MX format, the exhaustive element decode table and a list of
-*cases*.  A case is one call ``quantize(x, fmt, block_size=, axis=, scale_mode=, rounding=)``:
-its input ``x`` as exact bit patterns and the expected E8M0 scale codes, element codes, packed
-bytes (``mx_spec.pack``) and decoded values.
+A golden file (``golden/<mx format>.json``, schema ``mx-spec-golden`` version 2, documented in
+``golden/README.md``, JSON Schema ``golden/schema/golden.schema.json``) holds, for one MX format,
+its element parameters, the exhaustive element decode table and a list of *cases*.  A case is one
+call ``quantize(x, fmt, block_size=, axis=, scale_mode=, rounding=)``: its input ``x`` as exact
+bit patterns and the expected E8M0 scale codes, element codes, packed bytes (``mx_spec.pack``)
+and decoded values, plus the outputs under the declared policies it depends on.
 
 Every array is stored as ONE lowercase hex string: the concatenation of the big-endian bit
 patterns of its items in C order, each item a fixed number of hex digits (2 for uint8 codes,
 4 for float16/bfloat16, 8 for float32, 16 for float64).  Fixed-width hex keeps the files small
 and is trivially parsed from any language (split every N digits, read as an unsigned integer).
 
-The generator is deterministic and platform independent: random inputs are built from raw
-PCG64 words (``numpy.random.PCG64.random_raw``, whose stream is fixed by its seed) with integer
-operations, ``np.ldexp`` (exact) and IEEE round-to-nearest-even casts; no libm function is used.
-JSON is written with a fixed key order and separators, so ``mx-spec golden --out DIR`` rebuilds
-byte-identical files.
+The generator is :mod:`mx_spec.golden_gen`.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-import mx_spec
-from mx_spec.formats import MX_FORMATS, get_element, get_format
+from mx_spec.formats import MX_FORMATS, get_format
 
 SCHEMA_NAME = "mx-spec-golden"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCALE_MODES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
 ROUNDINGS: tuple[str, ...] = ("rne", "away")
 SPEC_MODE: tuple[str, str] = ("floor", "rne")
@@ -49,16 +46,7 @@ INPUT_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "bfloat16": (np.dtype(ml_dtypes.bfloat16), np.dtype(">u2")),
 }
 
-#: Random blocks per format: the spec-default mode gets many, every other mode a few.
-RANDOM_BLOCKS_SPEC_MODE = 1024
-RANDOM_BLOCKS_OTHER_MODE = 64
-RANDOM_BLOCKS_PER_CASE = 16
-
-#: Groups every (format, mode) pair must cover; `tests/test_golden.py` checks the files do.
-REQUIRED_GROUPS: tuple[str, ...] = (
-    "grid", "ties", "ties_scaled", "saturation", "signed_zero", "all_zero", "scale_clamp", "scale_boundary",
-    "fp32_subnormal", "nan_inf", "float64", "bfloat16", "float16", "layout", "random",
-)
+MANIFEST_NAME = "MANIFEST.sha256"
 
 
 # --------------------------------------------------------------------------- hex codec
@@ -99,17 +87,6 @@ def dtype_name(x: np.ndarray) -> str:
 
 # --------------------------------------------------------------------------- case model
 @dataclass(frozen=True)
-class CaseInput:
-    """One quantize call's input, before the expected outputs are attached."""
-
-    group: str
-    note: str
-    x: np.ndarray
-    block_size: int = 32
-    axis: int = -1
-
-
-@dataclass(frozen=True)
 class GoldenCase:
     """One case read back from a golden file (all arrays decoded)."""
 
@@ -126,7 +103,9 @@ class GoldenCase:
     elements: np.ndarray
     packed: bytes
     decoded_f32: np.ndarray
-    decoded_f64: np.ndarray | None
+    decoded_f64: np.ndarray
+    policies: tuple[str, ...] = ()
+    policy_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def input_dtype(self) -> str:
@@ -145,349 +124,14 @@ class GoldenFile:
     cases: tuple[GoldenCase, ...]
 
 
-# --------------------------------------------------------------------------- deterministic inputs
-def _seed(*parts: object) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode("utf-8"))
-
-
-def _raw_words(seed: int, n: int) -> np.ndarray:
-    """``n`` raw uint64 words of PCG64(seed): a stream fixed by the seed on every platform."""
-    return np.random.PCG64(seed).random_raw(n).astype(np.uint64)
-
-
-def _trailing_zeros(w: np.ndarray) -> np.ndarray:
-    """Trailing zero count of uint64 words: a geometric(1/2) variate for random words."""
-    lowest = w & (~w + np.uint64(1))
-    return np.bitwise_count(lowest - np.uint64(1)).astype(np.int64)
-
-
-def _compose(sign: np.ndarray, exponent: np.ndarray, mantissa52: np.ndarray) -> np.ndarray:
-    """float64 values (-1)^sign * (1 + mantissa52 / 2^52) * 2^exponent, computed exactly."""
-    significand = 1.0 + mantissa52.astype(np.float64) * np.float64(2.0**-52)
-    value = np.ldexp(significand, exponent.astype(np.int32))
-    return np.where(sign.astype(bool), -value, value)
-
-
-def random_blocks(seed: int, n_blocks: int, block_size: int = 32) -> np.ndarray:
-    """float64 array (n_blocks, block_size) mixing four distributions, one per block.
-
-    Block kinds (block index mod 4): 'uniform' (exponent = block exponent - geometric(1/2), the
-    exponent law of a uniform variate), 'heavy' (uniform plus 1-in-8 outliers up to 2^21 times
-    larger), 'mixed' (exponent uniform over 48 binades), 'sparse' (uniform with about a quarter
-    exact zeros of either sign).  Block exponents are mostly in [-24, 24]; one block in eight is
-    drawn from [-150, 100] to reach FP32 subnormals and the top of the scale range.
-    """
-    n = n_blocks * block_size
-    w = _raw_words(seed, 5 * n + 2 * n_blocks)
-    w_sign, w_mant, w_geo, w_aux, w_aux2 = (w[i * n:(i + 1) * n] for i in range(5))
-    w_block = w[5 * n:5 * n + n_blocks]
-    w_block2 = w[5 * n + n_blocks:]
-
-    shape = (n_blocks, block_size)
-    sign = (w_sign >> np.uint64(63)).reshape(shape)
-    mant = (w_mant & np.uint64((1 << 52) - 1)).reshape(shape)
-    geo = np.minimum(_trailing_zeros(w_geo), 40).reshape(shape)
-    aux = (w_aux % np.uint64(1 << 16)).astype(np.int64).reshape(shape)
-    aux2 = (w_aux2 % np.uint64(1 << 16)).astype(np.int64).reshape(shape)
-
-    wide = (w_block2 % np.uint64(8)) == 0
-    base = np.where(
-        wide,
-        (w_block % np.uint64(251)).astype(np.int64) - 150,
-        (w_block % np.uint64(49)).astype(np.int64) - 24,
-    )[:, None]
-    kind = (np.arange(n_blocks) % 4)[:, None]
-
-    exp_uniform = base - 1 - geo
-    exp_heavy = np.where(aux % 8 == 0, base + aux2 % 22, exp_uniform)
-    exp_mixed = base - 24 + aux % 49
-    exponent = np.select([kind == 0, kind == 1, kind == 2], [exp_uniform, exp_heavy, exp_mixed], exp_uniform)
-    values = _compose(sign, exponent, mant)
-    sparse_zero = (kind == 3) & (aux2 % 4 == 0)
-    return np.where(sparse_zero, np.where(sign.astype(bool), -0.0, 0.0), values)
-
-
-def _element_grid(elem_name: str) -> np.ndarray:
-    """Sorted distinct non-negative finite element values (float64), +0 first."""
-    elem = get_element(elem_name)
-    codes = np.arange(1 << elem.bits, dtype=np.uint8)
-    values = np.asarray(mx_spec.decode_elements(codes, elem_name, dtype=np.float64), dtype=np.float64)
-    keep = np.isfinite(values) & (values >= 0) & ~np.signbit(values)
-    return np.unique(values[keep])
-
-
-def _blocks_with_anchor(values: np.ndarray, anchor: float, block_size: int = 32) -> np.ndarray:
-    """Rows of ``block_size``: ``anchor`` first (it fixes amax), then ``values`` (padding 0)."""
-    per = block_size - 1
-    n_blocks = max(1, -(-len(values) // per))
-    padded = np.zeros(n_blocks * per, dtype=np.float64)
-    padded[: len(values)] = values
-    body = padded.reshape(n_blocks, per)
-    return np.concatenate([np.full((n_blocks, 1), anchor), body], axis=1)
-
-
-def _tie_values(grid: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Each midpoint of adjacent grid values, and its neighbours in ``dtype``, both signs."""
-    mids = (grid[:-1] + grid[1:]) / 2.0
-    m = mids.astype(dtype)
-    below = np.nextafter(m, np.array(-np.inf, dtype=dtype))
-    above = np.nextafter(m, np.array(np.inf, dtype=dtype))
-    trio = np.stack([m, below, above], axis=1).astype(np.float64).ravel()
-    return np.stack([trio, -trio], axis=1).ravel()
-
-
-def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
-    return np.asarray(values, dtype=np.float64).astype(INPUT_DTYPES[dtype][0])
-
-
-def edge_inputs(fmt_name: str) -> list[CaseInput]:
-    """All non-random case inputs for one MX format (the same for every mode)."""
-    fmt = get_format(fmt_name)
-    elem = fmt.element
-    grid = _element_grid(elem.name)
-    max_normal = float(grid[-1])
-    top_step = float(grid[-1] - grid[-2])
-    emax = int(elem.emax)
-    f32 = np.float32
-    cases: list[CaseInput] = []
-
-    # grid: every finite element value of both signs, anchored so the floor scale is 2^0.
-    grid_values = np.stack([grid, -grid], axis=1).ravel()
-    cases.append(CaseInput("grid", "every element value, both signs, block amax = max normal",
-                           _cast(_blocks_with_anchor(grid_values, max_normal), "float32")))
-
-    # ties: every midpoint of adjacent values (subnormals and 0/min-subnormal included).
-    ties = _tie_values(grid, np.dtype(f32))
-    cases.append(CaseInput("ties", "midpoints of adjacent element values and their float32 neighbours",
-                           _cast(_blocks_with_anchor(ties, max_normal), "float32")))
-    for k in (-118, 100):
-        scaled = np.ldexp(_tie_values(grid, np.dtype(np.float64)), k)
-        cases.append(CaseInput("ties_scaled", f"ties times 2^{k} (scale away from 2^0)",
-                               _cast(_blocks_with_anchor(scaled, np.ldexp(max_normal, k)), "float32")))
-
-    # saturation: values between max normal and the next power of two round or clamp to max.
-    above = max_normal + np.array([0.25, 0.5, 0.75, 1.0, 1.5, 2.0]) * top_step
-    top_pow2 = np.ldexp(1.0, emax + 1)
-    sat = np.concatenate([above, [np.nextafter(f32(top_pow2), f32(0)), max_normal]])
-    tie = f32(max_normal + top_step / 2)
-    sat = np.concatenate([sat, -sat, [np.nextafter(tie, f32(0)), np.nextafter(tie, f32(np.inf))]])
-    sat = sat[np.abs(sat) < top_pow2]
-    block = np.zeros(32)
-    block[: len(sat)] = sat
-    cases.append(CaseInput("saturation", f"|x| in [max normal, 2^{emax + 1}): round/clamp to +-{max_normal:g}",
-                           _cast(block[None, :], "float32")))
-    cases.append(CaseInput("saturation", "a lone value just below 2^(emax+1) with tiny neighbours",
-                           _cast(np.array([[np.nextafter(f32(top_pow2), f32(0)), 1e-3, -1e-3] + [0.0] * 29]), "float32")))
-
-    # signed zeros and all-zero blocks.
-    cases.append(CaseInput("signed_zero", "mixed +0/-0 beside a 1.0 and values that underflow",
-                           _cast(np.array([[1.0, -0.0, 0.0, -1e-30, 1e-30, -0.0] + [0.0, -0.0] * 13]), "float32")))
-    for dtype in ("float32", "float64", "bfloat16", "float16"):
-        cases.append(CaseInput("all_zero", f"all +0 ({dtype})", _cast(np.zeros((1, 32)), dtype)))
-        cases.append(CaseInput("all_zero", f"all -0 ({dtype})", _cast(np.full((1, 32), -0.0), dtype)))
-    cases.append(CaseInput("all_zero", "all-zero block between two non-zero blocks",
-                           _cast(np.concatenate([np.full(32, 3.0), np.zeros(32), np.full(32, -0.5)])[None, :], "float32")))
-
-    # scale_clamp: block maxima at and beyond both ends of the E8M0 range.
-    shape_of_block = np.array([1.0, -0.75, 0.5, 0.3, -2.0**-3, 2.0**-8, -2.0**-12, 2.0**-20] * 4)
-    amaxes_f32 = [np.ldexp(1.0, emax - 127), np.ldexp(1.0, emax - 128), np.ldexp(1.0, emax - 130),
-                  2.0**-126, 2.0**-149, float(np.finfo(np.float32).max), np.ldexp(1.0, 127)]
-    for a in amaxes_f32:
-        cases.append(CaseInput("scale_clamp", f"amax {a!r} (float32)", _cast(a * shape_of_block[None, :], "float32")))
-    amaxes_f64 = [np.ldexp(1.0, emax + 127), np.ldexp(1.0, emax + 128), 1e300, np.ldexp(1.0, emax - 128), 5e-324]
-    for a in amaxes_f64:
-        cases.append(CaseInput("scale_clamp", f"amax {a!r} (float64)", _cast(a * shape_of_block[None, :], "float64")))
-
-    # scale_boundary: amax at and one float32 ulp around the points where a scale rule steps
-    # (max normal * 2^k for rceil, powers of two for floor/ceil, the rounding point for even).
-    rows = []
-    for k in (0, 100, -100):
-        pts = [max_normal, np.ldexp(1.0, emax + 1), np.ldexp(1.0, emax), np.ldexp(2.0 - 2.0**-(elem.mbits + 1), emax)]
-        for p in np.ldexp(np.array(pts), k).astype(f32):
-            for a in (np.nextafter(p, f32(0)), p, np.nextafter(p, f32(np.inf))):
-                rows.append(float(a) * shape_of_block)
-    cases.append(CaseInput("scale_boundary", "amax = max normal, 2^(emax+1), 2^emax, (2-2^-(mbits+1))*2^emax "
-                           "times 2^0, 2^100, 2^-100, each -1 ulp / exact / +1 ulp (one per block)",
-                           _cast(np.array(rows), "float32")))
-
-    # fp32_subnormal: inputs with a zero exponent field.
-    w = _raw_words(_seed(fmt_name, "fp32_subnormal"), 96)
-    bits = (w % np.uint64(1 << 23)).astype(np.uint32) | np.uint32(1)
-    bits[::2] &= np.uint32(0xFF)  # some tiny subnormals too
-    bits |= ((w >> np.uint64(40)) & np.uint64(1)).astype(np.uint32) << np.uint32(31)
-    sub = bits.view(np.float32).reshape(3, 32).copy()
-    sub[2, 0] = np.float32(2.0**-126)  # one block whose amax is the smallest normal
-    cases.append(CaseInput("fp32_subnormal", "float32 subnormal inputs (third block: amax = 2^-126)", sub))
-    small_ints = np.arange(-15, 17, dtype=np.float64) * 2.0**-149
-    cases.append(CaseInput("fp32_subnormal", "integers times 2^-149 (exact multiples of the smallest subnormal)",
-                           _cast(small_ints[None, :], "float32")))
-
-    # nan_inf: special values in a block, each dtype.
-    specials = {
-        "nan": [np.nan, 1.0, -2.0, 0.5],
-        "+inf": [np.inf, 1.0, -2.0, 0.5],
-        "-inf": [-np.inf, 1.0, -2.0, 0.5],
-        "nan+inf": [np.inf, np.nan, 1.0, -1.0],
-        "only nan": [np.nan] * 4,
-    }
-    for label, head in specials.items():
-        row = np.concatenate([head, np.linspace(-3.0, 3.0, 28)])
-        cases.append(CaseInput("nan_inf", f"{label} in the block (float32)", _cast(row[None, :], "float32")))
-    payloads = np.array([0x7F800001, 0xFFC00000, 0x7FC00001, 0x3F800000] + [0x40000000] * 28, dtype=np.uint32)
-    cases.append(CaseInput("nan_inf", "signalling NaN, negative NaN and NaN payloads (float32)",
-                           payloads.view(np.float32)[None, :].copy()))
-    two = np.concatenate([[np.nan], np.ones(31), [np.inf], np.full(31, 0.25), np.linspace(-1, 1, 32)])
-    cases.append(CaseInput("nan_inf", "three blocks: NaN only in block 0, Inf only in block 1", _cast(two[None, :], "float32")))
-    for dtype in ("float64", "bfloat16", "float16"):
-        row = np.concatenate([[np.nan, np.inf, -np.inf], np.linspace(-3.0, 3.0, 29)])
-        cases.append(CaseInput("nan_inf", f"NaN and +-Inf ({dtype})", np.stack([_cast(row, dtype), _cast(np.linspace(-4, 4, 32), dtype)])))
-
-    # float64: values that a float32 detour would round (no double rounding allowed).
-    mids = _tie_values(grid, np.dtype(np.float64))[0::6]  # the exact positive midpoints
-    nudged = np.stack([mids + np.ldexp(mids, -30), mids - np.ldexp(mids, -30)], axis=1).ravel()
-    nudged = np.stack([nudged, -nudged], axis=1).ravel()
-    cases.append(CaseInput("float64", "midpoints nudged by 2^-30 relative (a float32 detour would make them ties)",
-                           _cast(_blocks_with_anchor(nudged, max_normal), "float64")))
-    below_pow2 = np.array([np.nextafter(np.ldexp(1.0, emax + 21), 0.0)] + list(np.ldexp([1.0, -0.5] + [0.25] * 29, 20)))
-    cases.append(CaseInput("float64", "amax one float64 ulp below 2^(emax+21): floor(log2(amax)) = emax+20",
-                           _cast(below_pow2[None, :], "float64")))
-    cases.append(CaseInput("float64", "random float64 blocks (full 52-bit mantissas)",
-                           random_blocks(_seed(fmt_name, "float64"), 4)))
-
-    # bfloat16 / float16 inputs.
-    for dtype in ("bfloat16", "float16"):
-        if dtype == "float16" and max_normal > 65504.0:
-            tie_src = _tie_values(grid[grid <= 2048.0], np.dtype(np.float16))
-            anchor = 2048.0
-        else:
-            tie_src = _tie_values(grid, INPUT_DTYPES[dtype][0])
-            anchor = max_normal
-        cases.append(CaseInput(dtype, f"ties rounded to {dtype}", _cast(_blocks_with_anchor(tie_src, anchor), dtype)))
-        rnd = random_blocks(_seed(fmt_name, dtype), 4)
-        if dtype == "float16":
-            rnd = np.clip(rnd, -60000.0, 60000.0)
-        cases.append(CaseInput(dtype, f"random {dtype} blocks", _cast(rnd, dtype)))
-
-    # layout: other axes, block sizes and ragged last blocks.
-    lay = random_blocks(_seed(fmt_name, "layout"), 8).ravel()
-    cases.append(CaseInput("layout", "shape (3, 45), axis -1: ragged last block of 13",
-                           _cast(lay[:135].reshape(3, 45), "float32")))
-    cases.append(CaseInput("layout", "shape (50, 3), axis 0: blocks run down the columns, last of 18",
-                           _cast(lay[:150].reshape(50, 3), "float32"), axis=0))
-    cases.append(CaseInput("layout", "shape (2, 40, 3), axis 1", _cast(lay[:240].reshape(2, 40, 3), "float32"), axis=1))
-    cases.append(CaseInput("layout", "shape (4, 48), block_size 16", _cast(lay[:192].reshape(4, 48), "float32"), block_size=16))
-    cases.append(CaseInput("layout", "shape (29,), block_size 7: ragged last block of 1",
-                           _cast(lay[:29], "float32"), block_size=7))
-    cases.append(CaseInput("layout", "shape (0, 32): empty input", np.zeros((0, 32), dtype=np.float32)))
-    return cases
-
-
-def random_inputs(fmt_name: str, scale_mode: str, rounding: str) -> list[CaseInput]:
-    """Random float32 blocks for one (format, mode); many for the spec-default mode."""
-    n_blocks = RANDOM_BLOCKS_SPEC_MODE if (scale_mode, rounding) == SPEC_MODE else RANDOM_BLOCKS_OTHER_MODE
-    blocks = random_blocks(_seed(fmt_name, scale_mode, rounding, "random"), n_blocks).astype(np.float32)
-    per = RANDOM_BLOCKS_PER_CASE
-    return [CaseInput("random", f"random float32 blocks {i}..{min(i + per, n_blocks) - 1} "
-                      "(uniform / heavy-tailed / mixed-magnitude / sparse)", blocks[i:i + per])
-            for i in range(0, n_blocks, per)]
-
-
-# --------------------------------------------------------------------------- expected outputs
-def expected_fields(case: CaseInput, fmt_name: str, scale_mode: str, rounding: str) -> dict[str, Any]:
-    """The expected outputs of one case, as schema fields (hex strings)."""
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs are deliberate
-        mx = mx_spec.quantize(case.x, fmt_name, block_size=case.block_size, axis=case.axis,
-                              scale_mode=scale_mode, rounding=rounding)
-        dec32 = np.asarray(mx_spec.dequantize(mx, dtype=np.float32))
-        dec64 = np.asarray(mx_spec.dequantize(mx, dtype=np.float64))
-    fields: dict[str, Any] = {
-        "scales": array_to_hex(mx.scales),
-        "elements": array_to_hex(mx.elements),
-        "packed": bytes(mx_spec.pack(mx)).hex(),
-        "decoded_f32": array_to_hex(dec32, "float32"),
-    }
-    # float64 decoded values only where they add information: float64 inputs, or a float32
-    # decode that is inexact (overflow to Inf, rounding in the float32 subnormal range).
-    same = np.array_equal(dec32.astype(np.float64), dec64, equal_nan=True)
-    if case.x.dtype == np.float64 or not same:
-        fields["decoded_f64"] = array_to_hex(dec64, "float64")
-    return fields
-
-
-def build_case(case: CaseInput, fmt_name: str, scale_mode: str, rounding: str, index: int) -> dict[str, Any]:
-    """A golden case record (ordered dict) for one input under one mode."""
-    record: dict[str, Any] = {
-        "id": f"{fmt_name}/{scale_mode}/{rounding}/{case.group}/{index:04d}",
-        "group": case.group,
-        "note": case.note,
-        "scale_mode": scale_mode,
-        "rounding": rounding,
-        "block_size": int(case.block_size),
-        "axis": int(case.axis),
-        "shape": [int(s) for s in case.x.shape],
-        "input_dtype": dtype_name(case.x),
-        "input": array_to_hex(case.x, dtype_name(case.x)),
-    }
-    record.update(expected_fields(case, fmt_name, scale_mode, rounding))
-    return record
-
-
-def decode_table(elem_name: str) -> list[dict[str, str]]:
-    """Every element code with its value as float32 and float64 bit patterns."""
-    elem = get_element(elem_name)
-    codes = np.arange(1 << elem.bits, dtype=np.uint8)
-    values = np.asarray(mx_spec.decode_elements(codes, elem_name, dtype=np.float64), dtype=np.float64)
-    return [{"code": f"{int(c):02x}", "f32": array_to_hex(np.float32(v), "float32"),
-             "f64": array_to_hex(np.float64(v), "float64")} for c, v in zip(codes, values)]
-
-
-def iter_cases(fmt_name: str, modes: Iterable[tuple[str, str]] = ALL_MODES) -> Iterator[dict[str, Any]]:
-    """All case records of one format, mode by mode, numbered per (mode, group)."""
-    edges = edge_inputs(fmt_name)
-    for scale_mode, rounding in modes:
-        counters: dict[str, int] = {}
-        for case in edges + random_inputs(fmt_name, scale_mode, rounding):
-            index = counters.get(case.group, 0)
-            counters[case.group] = index + 1
-            yield build_case(case, fmt_name, scale_mode, rounding, index)
-
-
-def render_file(fmt_name: str, modes: Iterable[tuple[str, str]] = ALL_MODES) -> str:
-    """The golden file text of one format: fixed key order, one case per line."""
-    fmt = get_format(fmt_name)
-    header: dict[str, Any] = {
-        "schema": SCHEMA_NAME,
-        "version": SCHEMA_VERSION,
-        "format": fmt_name,
-        "element": fmt.element.name,
-        "element_bits": int(fmt.element.bits),
-        "scale": "e8m0",
-        "array_encoding": "concatenated big-endian hex bit patterns, C order "
-                          "(2 digits per uint8 code, 4 float16/bfloat16, 8 float32, 16 float64)",
-        "generator": "mx-spec golden --out DIR",
-        "modes": [list(m) for m in modes],
-        "decode_table": decode_table(fmt.element.name),
-    }
-    lines = ["{"]
-    for key, value in header.items():
-        if key == "decode_table":
-            rows = ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in value)
-            lines.append(f' "decode_table": [\n{rows}\n ],')
-        else:
-            lines.append(f" {json.dumps(key)}: {json.dumps(value, separators=(',', ':'))},")
-    case_lines = ",\n".join("  " + json.dumps(c, separators=(",", ":")) for c in iter_cases(fmt_name, header["modes"]))
-    lines.append(f' "cases": [\n{case_lines}\n ]')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
+# --------------------------------------------------------------------------- file IO
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; golden files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
@@ -496,24 +140,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_golden(out_dir: str | os.PathLike, formats: Iterable[str] | None = None,
-                 modes: Sequence[tuple[str, str]] = ALL_MODES, progress: bool = True) -> list[Path]:
-    """Generate ``<out_dir>/<format>.json`` for each format; returns the written paths.
-
-    Each file is written atomically as soon as it is complete, so an interrupted run keeps the
-    formats already done.
-    """
-    names = list(formats) if formats is not None else list(MX_FORMATS)
-    for name in names:
-        get_format(name)  # raises with the valid names
-    from tqdm import tqdm
-
-    written = []
-    for name in tqdm(names, desc="golden", unit="format", disable=not progress):
-        path = Path(out_dir) / f"{name}.json"
-        atomic_write_text(path, render_file(name, modes))
-        written.append(path)
-    return written
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8, ``\n`` line ends, written atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- loading
@@ -523,48 +152,97 @@ def default_golden_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "golden"
 
 
+def read_json_document(path: str | os.PathLike, *, what: str, fix: str) -> Any:
+    """Parse a ``.json`` or ``.json.gz`` file; any unreadable content -> ValueError naming the file.
+
+    ``what`` says what the file should be ("golden file", "results file"), ``fix`` how to get a
+    good one; both go into the message so a truncated or empty file is never a bare parser error.
+    """
+    p = Path(path)
+    try:
+        if p.name.endswith(".gz"):
+            with gzip.open(p, "rt", encoding="utf-8") as fh:
+                return json.load(fh)
+        with open(p, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        detail = "it is empty" if p.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{p}: not a readable {what} ({detail}); {fix}") from None
+
+
+def _parse_outputs(rec: dict[str, Any], shape: Sequence[int], base_f64: np.ndarray | None) -> dict[str, Any]:
+    """Decoded output fields of a case record or of one of its policy variants."""
+    out: dict[str, Any] = {}
+    if "scales" in rec:
+        out["scales"] = hex_to_array(rec["scales"])
+    if "elements" in rec:
+        out["elements"] = hex_to_array(rec["elements"]).reshape(shape)
+    if "packed" in rec:
+        out["packed"] = bytes.fromhex(rec["packed"])
+    if "decoded_f32" in rec:
+        out["decoded_f32"] = hex_to_array(rec["decoded_f32"], "float32", shape)
+    if "decoded_f64" in rec:
+        out["decoded_f64"] = hex_to_array(rec["decoded_f64"], "float64", shape)
+    elif "decoded_f32" in out:  # absent = the float32 decode widened (exact; see encode_output_fields)
+        out["decoded_f64"] = out["decoded_f32"].astype(np.float64)
+    elif base_f64 is not None:
+        out["decoded_f64"] = base_f64
+    return out
+
+
 def _parse_case(fmt_name: str, rec: dict[str, Any]) -> GoldenCase:
     shape = rec["shape"]
     x = hex_to_array(rec["input"], rec["input_dtype"], shape)
-    dec64 = rec.get("decoded_f64")
+    base = _parse_outputs(rec, shape, None)
+    variants = {key: _parse_outputs(v, shape, base["decoded_f64"]) for key, v in rec.get("policy_outputs", {}).items()}
     return GoldenCase(
         id=rec["id"], fmt=fmt_name, group=rec["group"], note=rec.get("note", ""),
         scale_mode=rec["scale_mode"], rounding=rec["rounding"], block_size=int(rec["block_size"]),
-        axis=int(rec["axis"]), x=x, scales=hex_to_array(rec["scales"]),
-        elements=hex_to_array(rec["elements"]).reshape(shape), packed=bytes.fromhex(rec["packed"]),
-        decoded_f32=hex_to_array(rec["decoded_f32"], "float32", shape),
-        decoded_f64=None if dec64 is None else hex_to_array(dec64, "float64", shape),
+        axis=int(rec["axis"]), x=x, scales=base["scales"], elements=base["elements"], packed=base["packed"],
+        decoded_f32=base["decoded_f32"], decoded_f64=base["decoded_f64"],
+        policies=tuple(rec.get("policies", ())), policy_outputs=variants,
     )
 
 
 def load_golden_file(path: str | os.PathLike) -> GoldenFile:
-    """Parse one golden file; raises ValueError on a wrong schema name or version."""
-    with open(path, encoding="utf-8") as fh:
-        doc = json.load(fh)
-    if doc.get("schema") != SCHEMA_NAME or doc.get("version") != SCHEMA_VERSION:
+    """Parse one golden file (``.json`` or ``.json.gz``); a wrong schema or content -> ValueError."""
+    fix = "regenerate it with `mx-spec golden --out DIR` or restore it from the repository"
+    doc = read_json_document(path, what=f"{SCHEMA_NAME} golden file", fix=fix)
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME or doc.get("version") != SCHEMA_VERSION:
+        got = (doc.get("schema"), doc.get("version")) if isinstance(doc, dict) else (type(doc).__name__, None)
         raise ValueError(f"{path}: not a {SCHEMA_NAME} v{SCHEMA_VERSION} file "
-                         f"(schema={doc.get('schema')!r}, version={doc.get('version')!r}); "
-                         "regenerate it with `mx-spec golden --out DIR`")
+                         f"(schema={got[0]!r}, version={got[1]!r}); {fix}")
     fmt_name = doc["format"]
     table = doc["decode_table"]
+    try:
+        cases = tuple(_parse_case(fmt_name, rec) for rec in doc["cases"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: malformed case ({type(exc).__name__}: {exc}); {fix}") from None
     return GoldenFile(
         fmt=fmt_name, element=doc["element"],
         decode_codes=np.array([int(r["code"], 16) for r in table], dtype=np.uint8),
         decode_f32=hex_to_array("".join(r["f32"] for r in table), "float32"),
         decode_f64=hex_to_array("".join(r["f64"] for r in table), "float64"),
-        cases=tuple(_parse_case(fmt_name, rec) for rec in doc["cases"]),
+        cases=cases,
     )
+
+
+def golden_path(root: str | os.PathLike, fmt_name: str) -> Path:
+    """``<root>/<format>.json``, or its compressed copy ``<format>.json.gz`` when only that exists."""
+    plain = Path(root) / f"{fmt_name}.json"
+    packed = plain.with_name(plain.name + ".gz")
+    return packed if not plain.is_file() and packed.is_file() else plain
 
 
 def load_golden(golden_dir: str | os.PathLike | None = None,
                 formats: Iterable[str] | None = None) -> dict[str, GoldenFile]:
-    """Load ``<golden_dir>/<format>.json`` for the given formats (default: all six)."""
+    """Load ``<golden_dir>/<format>.json`` (or ``.json.gz``) for the given formats (default: all six)."""
     root = Path(golden_dir) if golden_dir is not None else default_golden_dir()
     names = list(formats) if formats is not None else list(MX_FORMATS)
     out = {}
     for name in names:
         get_format(name)
-        path = root / f"{name}.json"
+        path = golden_path(root, name)
         if not path.is_file():
             raise FileNotFoundError(f"golden file {path} not found; pass --golden DIR / golden_dir=, "
                                     "set $MX_SPEC_GOLDEN_DIR, or generate it with `mx-spec golden --out DIR`")

@@ -27,6 +27,17 @@ def test_unsupported_dtypes(arr):
         round_to_element_grid(arr, emin=-6, mbits=3, max_normal=448.0)
 
 
+@pytest.mark.parametrize("arr,hint,wrong", [
+    (np.ones(32, np.complex64), "x.real and x.imag", "integers"),
+    (np.ones(32, np.int32), "convert integers with .astype(np.float32)", "real"),
+    (np.array([1.0] * 32, object), "np.asarray(x, dtype=np.float32)", "integers"),
+], ids=["complex", "int", "object"])
+def test_unsupported_dtype_hint_fits_the_dtype(arr, hint, wrong):
+    with pytest.raises(TypeError) as info:
+        quantize(arr, "mxfp8_e4m3")
+    assert hint in str(info.value) and wrong not in str(info.value)
+
+
 @pytest.mark.parametrize("bs,exc,msg", [
     (0, ValueError, ">= 1"), (-32, ValueError, ">= 1"), (float("nan"), ValueError, "finite"),
     (float("inf"), ValueError, "finite"), (2.5, ValueError, "integer"), ("32", TypeError, "integer"),

@@ -54,3 +54,10 @@ def test_a_calibration_step_on_the_real_model(embedded_test_ids, quantised):
     after = torch.stack([layer.beta_hat.detach() for layer in layers.values()])
     assert not torch.equal(before, after)
     assert len(result.formats) == 210 and 4.0 <= result.element_bits <= 8.0
+
+
+def test_recorded_context_length_is_the_loaded_models(embedded_model):
+    from dmx.models import EMBEDDED_MODEL, context_length
+
+    # the value `--seqlen` is checked against before loading (dmx.models.context_length_before_loading)
+    assert EMBEDDED_MODEL.context_length == context_length(embedded_model[0])

@@ -1,8 +1,9 @@
 """The committed golden vectors: reproducible, complete, and right on hand-derived spec facts."""
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 
 from mx_spec.cli import main as cli_main
 from mx_spec.formats import MX_FORMATS
-from mx_spec.golden import (ALL_MODES, INPUT_DTYPES, REQUIRED_GROUPS, RANDOM_BLOCKS_SPEC_MODE, SCHEMA_NAME,
-                            SCHEMA_VERSION, SPEC_MODE, array_to_hex, default_golden_dir, hex_to_array,
-                            load_golden, random_blocks)
+from mx_spec.golden import (ALL_MODES, INPUT_DTYPES, MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, SPEC_MODE,
+                            array_to_hex, default_golden_dir, hex_to_array, load_golden)
+from mx_spec.golden_gen import (CONTENT_VERSION, GENERATOR_VERSION, RANDOM_BLOCKS_SPEC_MODE, REQUIRED_GROUPS,
+                                random_blocks, write_golden)
 
 GOLDEN_DIR = default_golden_dir()
 ML_DTYPES = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e3m2": ml_dtypes.float6_e3m2fn,
@@ -40,10 +42,64 @@ def test_files_present_versioned_and_small():
 def test_regenerate_byte_identical(tmp_path):
     """`mx-spec golden --out DIR` rebuilds every committed file byte for byte."""
     assert cli_main(["golden", "--out", str(tmp_path), "--quiet"]) == 0
+    for name in [f"{n}.json" for n in MX_FORMATS] + [MANIFEST_NAME]:
+        fresh = (tmp_path / name).read_bytes()
+        committed = (GOLDEN_DIR / name).read_bytes()
+        assert fresh == committed, f"{name} differs from a fresh `mx-spec golden` run; regenerate it"
+
+
+def test_manifest_lists_every_file_with_its_sha256():
+    lines = (GOLDEN_DIR / MANIFEST_NAME).read_text().splitlines()
+    names = []
+    for line in lines:
+        digest, name = line.split("  ")
+        assert hashlib.sha256((GOLDEN_DIR / name).read_bytes()).hexdigest() == digest, name
+        names.append(name)
+    assert names == [f"{n}.json" for n in MX_FORMATS]
+
+
+def test_headers_carry_versions_and_the_format_table(golden):
     for name in MX_FORMATS:
-        fresh = (tmp_path / f"{name}.json").read_bytes()
-        committed = (GOLDEN_DIR / f"{name}.json").read_bytes()
-        assert fresh == committed, f"{name}.json differs from a fresh `mx-spec golden` run; regenerate it"
+        with open(GOLDEN_DIR / f"{name}.json", encoding="utf-8") as fh:
+            head = json.load(fh)
+        assert head["content_version"] == CONTENT_VERSION and head["generator_version"] == GENERATOR_VERSION
+        elem = MX_FORMATS[name].element
+        params = head["element_params"]
+        for key in ("ebits", "mbits", "bias", "emax", "emin", "max_normal", "min_normal", "min_subnormal"):
+            assert params[key] == getattr(elem, key), (name, key)
+    assert json.load(open(GOLDEN_DIR / "mxfp8_e4m3.json"))["element_params"]["max_normal"] == 448.0
+
+
+def test_gzip_copies_are_deterministic_and_read_directly(tmp_path):
+    import mx_spec
+    from mx_spec.verify import verify_quantizer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_golden(a, formats=["mxfp4_e2m1"], compress=True, progress=False)
+    write_golden(b, formats=["mxfp4_e2m1"], compress=True, progress=False)
+    data = (a / "mxfp4_e2m1.json.gz").read_bytes()
+    assert data == (b / "mxfp4_e2m1.json.gz").read_bytes()
+    assert gzip.decompress(data) == (GOLDEN_DIR / "mxfp4_e2m1.json").read_bytes()
+    assert not (a / "mxfp4_e2m1.json").exists()
+    assert verify_quantizer(mx_spec.quantize, formats=["mxfp4_e2m1"], golden_dir=a).verdict == "PASS"
+
+
+def test_ids_never_renumber_when_a_case_is_added(monkeypatch):
+    """New cases are appended to their group: every existing id keeps its record."""
+    import mx_spec.golden_gen as golden_mod
+
+    before = {r["id"]: r for r in golden_mod.iter_cases("mxfp4_e2m1", [("floor", "rne")])}
+    original = golden_mod.edge_inputs
+
+    def with_new_cases(fmt_name):
+        extra = [golden_mod.CaseInput("ties", "a new tie case", np.full((1, 32), 0.75, np.float32)),
+                 golden_mod.CaseInput("grid", "a new grid case", np.ones((1, 32), np.float32))]
+        return original(fmt_name) + extra
+
+    monkeypatch.setattr(golden_mod, "edge_inputs", with_new_cases)
+    after = {r["id"]: r for r in golden_mod.iter_cases("mxfp4_e2m1", [("floor", "rne")])}
+    assert set(after) - set(before) == {"mxfp4_e2m1/floor/rne/ties/0001", "mxfp4_e2m1/floor/rne/grid/0001"}
+    assert all(after[i] == r for i, r in before.items())
 
 
 def test_every_format_and_mode_covers_every_group(golden):

@@ -16,7 +16,9 @@ from gfloat import RoundMode, compute_scale_amax, encode_ndarray, round_ndarray 
 from gfloat import formats as gf  # noqa: E402
 
 import mx_spec  # noqa: E402
-from mx_spec.golden import GoldenCase, load_golden, random_blocks  # noqa: E402
+from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
+from mx_spec.golden_gen import random_blocks  # noqa: E402
+from mx_spec.verify import verify_quantizer  # noqa: E402
 
 GFLOAT_BLOCK_FORMATS = {
     "mxfp8_e4m3": gf.format_info_mxfp8_e4m3,
@@ -170,3 +172,47 @@ def test_gfloat_agrees_on_fresh_random_blocks(fmt, rounding):
     if fmt == "mxint8":  # pinned deviation: gfloat's -2.0 saturation
         expected = np.where((codes == 0x80) & (expected == 0x81), np.uint8(0x80), expected)
     np.testing.assert_array_equal(expected, codes)
+
+
+def test_gfloat_verifies_cleanly_under_its_declared_policies(golden):
+    """Declared `inf=saturate,int8=full-range`, gfloat passes every floor case except its pinned
+    float64 log2 bug; the report counts the cases each policy was applied to."""
+    report = verify_quantizer(gfloat_quantize, modes=[("floor", "rne"), ("floor", "away")],
+                              policies="inf=saturate,int8=full-range")
+    log2_bug = {c.id for g in golden.values() for c in g.cases
+                if c.scale_mode == "floor" and _known_deviation(c) == "log2"}
+    assert set(report.failed_cases) == log2_bug
+    assert report.n_passed > 1000 and report.n_skipped == 0
+    assert report.policy_cases["inf=saturate"] > 0 and report.policy_cases["int8=full-range"] > 0
+    assert "declared policies: inf=saturate (applied to" in report.summary()
+
+
+def test_gfloat_fails_naming_the_policies_when_undeclared():
+    report = verify_quantizer(gfloat_quantize, modes=[("floor", "rne")])
+    assert not report.ok
+    hints = " ".join(report.hints())
+    assert "pass under --policy inf=saturate" in hints and "pass under --policy int8=full-range" in hints
+    assert any("[passes under --policy inf=saturate]" in m for m in report.failed_cases.values())
+
+
+def test_gfloat_raising_on_nan_fails_those_cases_and_the_run_goes_on():
+    """gfloat cannot encode NaN in FP4 (it raises): without the adapter's NaN guard the verifier
+    records each such case as failed with the exception and compares every other case."""
+    def unguarded(x, fmt, *, block_size=32, axis=-1, scale_mode="floor", rounding="rne"):
+        if scale_mode != "floor" or axis % x.ndim != x.ndim - 1 or x.shape[-1] % block_size or not x.size:
+            raise NotImplementedError("floor, whole blocks along the last axis only")
+        bfi = GFLOAT_BLOCK_FORMATS[fmt]
+        rows = np.asarray(x, dtype=np.float64).reshape(-1, block_size)
+        with np.errstate(invalid="ignore", over="ignore"):
+            scales = np.array([compute_scale_amax(bfi.etype.emax, r) for r in rows])
+            rounded = round_ndarray(bfi.etype, rows / scales[:, None], GFLOAT_ROUNDING[rounding], sat=True)
+        codes = np.asarray(encode_ndarray(bfi.etype, rounded), dtype=np.int64) & ((1 << bfi.etype.k) - 1)
+        return np.asarray(encode_ndarray(bfi.stype, scales), np.uint8).reshape(-1, 1), codes.astype(np.uint8)
+
+    report = verify_quantizer(unguarded, formats=["mxfp4_e2m1"], modes=[("floor", "rne")])
+    crashed = [m for m in report.mismatches if m.field == "exception"]
+    assert crashed and all("/nan_inf/" in m.case_id and m.actual.startswith("AssertionError") for m in crashed)
+    assert report.n_passed > 90
+    others = {cid: msg for cid, msg in report.failed_cases.items() if cid not in {m.case_id for m in crashed}}
+    # besides the crashes only the pinned deviations: the Inf policy and the float64 log2 case
+    assert all("passes under --policy inf=saturate" in msg or "/float64/" in cid for cid, msg in others.items())

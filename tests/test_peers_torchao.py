@@ -20,7 +20,8 @@ pytest.importorskip("torchao")
 import torch  # noqa: E402
 
 import mx_spec  # noqa: E402
-from mx_spec.golden import GoldenCase, load_golden, random_blocks  # noqa: E402
+from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
+from mx_spec.golden_gen import random_blocks  # noqa: E402
 from mx_spec.verify import _scale_per_element, verify_quantizer  # noqa: E402
 
 _ADAPTER_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "torchao_mx_adapter.py"
@@ -61,7 +62,6 @@ def _blocks(a: np.ndarray, case: GoldenCase) -> np.ndarray:
 def classify_block(case: GoldenCase, x_blk: np.ndarray, exp_scale: int, got_scale: int) -> str:
     """Name the pinned torchao deviation that explains a differing block ('' if none does)."""
     x64 = x_blk.astype(np.float64)
-    amax = np.max(np.abs(x64))
     if np.isinf(x64).any() and not np.isnan(x64).any():
         # Inf amax: FLOOR/CEIL/EVEN read exponent field 255 as 2^128 and saturate Inf; RCEIL
         # maps it to code 0xFE.  mx_spec marks the block NaN (0xFF).
@@ -233,3 +233,21 @@ def test_verify_quantizer_on_torchao(golden):
     deviating = {c.id for g in golden.values() for c in g.cases
                  if c.rounding == "rne" and _supported(c) and case_deviations(c)[1]}
     assert set(report.failed_cases) == deviating
+
+
+def test_torchao_verifies_under_its_declared_policies(golden):
+    """Declared `inf=saturate,rceil=float32`, the Inf blocks and the float32 rceil cases pass;
+    what still fails is exactly torchao's scale-code-0 bug, which no policy excuses."""
+    report = verify_quantizer(adapter.torchao_quantize, policies="inf=saturate,rceil=float32")
+    assert report.n_passed > 500 and report.policy_cases["inf=saturate"] > 0
+    assert report.policy_cases["rceil=float32"] > 0
+    by_id = {c.id: c for g in golden.values() for c in g.cases}
+    for cid in report.failed_cases:
+        kinds = set(case_deviations(by_id[cid])[1])
+        assert kinds == {"scale_code_0"}, (cid, kinds)
+    undeclared = verify_quantizer(adapter.torchao_quantize)
+    assert set(report.failed_cases) < set(undeclared.failed_cases)
+    fixed = set(undeclared.failed_cases) - set(report.failed_cases)
+    assert {"inf_block", "rceil_float_log2"} <= {k for cid in fixed for k in case_deviations(by_id[cid])[1]}
+    hints = " ".join(undeclared.hints())
+    assert "pass under --policy inf=saturate" in hints and "pass under --policy rceil=float32" in hints

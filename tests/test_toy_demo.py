@@ -88,3 +88,15 @@ def test_dmx_run_is_deterministic():
     _, _, second = run_dmx(steps=25, total_steps=120)
     assert first == second
     assert first != run_dmx(steps=25, total_steps=120, seed=1)[2]
+
+
+def test_readme_toy_example_prints_what_the_readme_says(capsys):
+    """The README's dmx core example states its output in a `# prints:` comment; run the block."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = next(b.split("```", 1)[0] for b in readme.split("```python\n")[1:]
+                 if "dmx.wrap_linears(model" in b.split("```", 1)[0])
+    expected = next(line.split("# prints:", 1)[1].strip() for line in block.splitlines() if "# prints:" in line)
+    exec(compile(block, "README.md (dmx core example)", "exec"), {})
+    assert capsys.readouterr().out.strip() == expected

@@ -14,9 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_model_args", "add_data_args", "add_quant_args", "load_model_from_args", "set_threads",
+__all__ = ["HelpFormatter", "add_model_args", "add_data_args", "add_quant_args", "load_model_from_args", "set_threads", "idle_cpus",
            "RotationChoice", "recorded_rotation", "resolve_rotation", "apply_rotation_choice", "check_rotation_choice",
            "format_table", "print_table"]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """States a flag's default once: appends ``(default: X)`` unless the help already speaks of its
+    default or there is none to state (``None``, a switch that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        silent = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if silent or "default" in text or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool = False) -> None:
@@ -30,14 +42,15 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
                        help="short name (%s), a local checkpoint directory, or a Hugging Face hub id "
                             "org/name (default: the embedded smollm2-135m, no network)" % ", ".join(sorted(SHORT_NAMES)))
     group.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                       help="dtype the weights are loaded in (default float32)")
+                       help="dtype the weights are loaded in")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (ignored with --device-map)")
     group.add_argument("--device-map", default=None,
                        help="accelerate device map, e.g. 'auto' to spread a large model over all GPUs")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="allow model code from the hub repository to run (off by default)")
     group.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (default: torch's choice; 1 is fastest on an oversubscribed machine)")
+                       help="torch CPU threads (default: the CPUs idle at start, i.e. available CPUs minus the "
+                            "1-minute load average, at least 1, so a busy machine is not oversubscribed)")
     from dmx.rotation import add_rotation_flags
 
     add_rotation_flags(parser, recorded=recorded_rotation)
@@ -46,7 +59,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
     """``--family --include-lm-head --block-size``."""
     group = parser.add_argument_group("quantisation")
-    group.add_argument("--family", default="fp8_fp4", help="dMX format family (fp8_fp4 or fp6_fp4; default fp8_fp4)")
+    group.add_argument("--family", default="fp8_fp4", help="dMX format family: fp8_fp4 or fp6_fp4")
     group.add_argument("--include-lm-head", action="store_true",
                        help="also quantise the output head (default: embeddings and lm_head stay full precision)")
     group.add_argument("--block-size", type=int, default=32, help="MX block size (OCP MX v1.0: 32)")
@@ -60,18 +73,29 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                             "(default: $DMX_DATA_DIR)")
     group.add_argument("--online", action="store_true",
                        help="download WikiText-2 from the Hugging Face hub instead of the data directory")
-    group.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default 2048)")
+    group.add_argument("--seqlen", type=int, default=2048, help="tokens per window")
+
+
+def idle_cpus() -> int:
+    """CPUs this process may use minus the 1-minute load average, at least 1: a thread count that
+    does not oversubscribe a machine other jobs keep busy (torch's default, every core, made a
+    calibration step 7-20x slower on a loaded 2-core machine)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        busy = 0.0
+    return max(1, min(available, round(available - busy)))
 
 
 def set_threads(args: argparse.Namespace) -> None:
-    """``torch.set_num_threads(--threads)`` when the flag is given (``ValueError`` below 1)."""
-    if getattr(args, "threads", None) is None:
-        return
+    """``torch.set_num_threads``: ``--threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
     import torch
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(idle_cpus() if threads is None else threads)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from dmx.calibrate import CalibrationConfig
-from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           resolve_rotation)
 from dmx.data import CALIBRATION_SOURCES, check_calibration_source
 from mx_spec.minifloat import FRACTIONAL_SCALES
@@ -29,7 +29,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "--rotation hadamard|learned the model is rotated first (learned: the rotation is trained "
                     "jointly with the offsets by Cayley SGD) and the rotation is saved next to the assignment "
                     "as <out stem>.rotation.safetensors; `dmx eval/export` then re-apply it automatically.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser)
     add_quant_args(parser)
@@ -109,8 +109,9 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Load, quantise, calibrate, write the JSON, print a summary table."""
-    from dmx.calibrate import calibrate
-    from dmx.data import calibration_token_ids, sample_windows, test_token_ids, token_hash
+    from dmx.calibrate import calibrate, check_checkpoint
+    from dmx.models import check_seqlens
+    from dmx.data import calibration_token_ids, check_data_source, sample_windows, test_token_ids, token_hash
     from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, context_length
     from dmx.perplexity import perplexity
     from dmx.quantized import quantize_model
@@ -121,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
     started = time.perf_counter()
+    # everything that can be checked without the model, before the (long) load
+    check_data_source(args.data_dir, split="calibration", online=args.online, text_file=args.text_file)
+    if args.eval_windows > 0:
+        check_data_source(args.data_dir, split="test", online=args.online)
+    check_seqlens(args.model, {"--seqlen": args.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval_windows > 0 else None},
+                  trust_remote_code=args.trust_remote_code)
+    check_checkpoint(str(checkpoint_dir), cfg, resume=args.resume, announce=False)  # calibrate() announces
     rotation = resolve_rotation(args)
     model, tokenizer = load_model_from_args(args, trainable=True, rotation=rotation)
     limit = context_length(model)
@@ -158,11 +166,9 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_dir is None:
         # the assignment now holds the result; drop our default <out>.ckpt/ so a rerun starts fresh.
         # A --checkpoint-dir the user named stays: `--resume --final-rounding ...` re-deploys it.
-        from dmx.checkpoint import checkpoint_path
+        from dmx.checkpoint import remove_checkpoint
 
-        checkpoint_path(checkpoint_dir).unlink(missing_ok=True)
-        if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
-            checkpoint_dir.rmdir()
+        remove_checkpoint(checkpoint_dir)
     for fmt, count in sorted(Counter(assignment.formats.values()).items()):
         rows.append(["layers at " + fmt, count])
     rows += [["average element bits", assignment.element_bits],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           recorded_rotation, resolve_rotation)
 
 __all__ = ["register", "run", "FULL_PRECISION"]
@@ -33,7 +33,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "optionally zero-shot accuracy through lm-eval (--tasks). The model is rotated as the "
                     "rotation flags say, else as the --assignment files record (calibrated under a rotation), "
                     "else not at all.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser, recorded_rotation=True)
     add_quant_args(parser)
@@ -90,7 +90,16 @@ def run(args: argparse.Namespace) -> int:
     from dmx.perplexity import perplexity
     from dmx.quantized import quantize_model
 
+    from dmx.data import check_data_source
+    from dmx.models import check_seqlens
+    from dmx.zeroshot import check_zeroshot_data
+
     configs = _configurations(args)
+    if not args.no_ppl:  # before the (long) model load
+        check_data_source(args.data_dir, split="test", online=args.online, text_file=args.text_file)
+        check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
+    if args.tasks:
+        check_zeroshot_data(args.tasks, args.data_dir, online=args.online)
     rotation = resolve_rotation(args, [recorded_rotation(what.provenance, label) for label, what in configs
                                        if isinstance(what, Assignment)])
     model, tokenizer = load_model_from_args(args, rotation=rotation)
@@ -129,7 +138,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from dmx.checkpoint import atomic_write_text
 
+        import torch
+
+        # the thread count is recorded: float round-off, hence run-to-run spread, depends on it
         atomic_write_text(args.out, json.dumps({"model": args.model, "seqlen": args.seqlen,
                                                 "max_windows": args.max_windows, "rotation": rotation.flags(),
-                                                "results": results}, indent=2) + "\n")
+                                                "threads": torch.get_num_threads(), "results": results},
+                                               indent=2) + "\n")
     return 0

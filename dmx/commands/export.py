@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from dmx.commands import (add_model_args, add_quant_args, load_model_from_args, print_table, recorded_rotation,
+from dmx.commands import (HelpFormatter, add_model_args, add_quant_args, load_model_from_args, print_table, recorded_rotation,
                           resolve_rotation)
 
 __all__ = ["register", "run"]
@@ -22,7 +22,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "model with identical logits. The model is rotated as the rotation flags say, else as "
                     "the --assignment records, else not at all; the manifest records the rotation (a learned "
                     "one is stored in rotation.safetensors) and the loader rebuilds it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser, recorded_rotation=True)
     add_quant_args(parser)

@@ -10,7 +10,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import (add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
+from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
                           resolve_rotation)
 
 __all__ = ["register", "run", "output_path"]
@@ -27,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "bits is at or below each target. Scores are cached (JSON, resumable) in --cache-dir. With a rotation "
                     "flag the model (and its full-precision reference) is rotated first, as for dMX, and the "
                     "assignments record the rotation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser)
     add_quant_args(parser)
@@ -60,7 +60,8 @@ def output_path(pattern: str, target: float, n_targets: int) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Score (or reuse cached scores), select, write the assignments, print a table."""
-    from dmx.data import calibration_windows
+    from dmx.models import check_seqlens
+    from dmx.data import calibration_windows, check_data_source
     from dmx.family import get_family
     from dmx.kl_baseline import check_target, kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names
@@ -71,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     for t in args.target_bits:
         check_target(t, low_format=fam.low_format, high_format=fam.high_format)
     outs = [output_path(args.out, t, len(args.target_bits)) for t in args.target_bits]
+    # before the (long) model load
+    check_data_source(args.data_dir, split="calibration", online=args.online, text_file=args.text_file)
+    check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
     rotation = resolve_rotation(args)
     model, tokenizer = load_model_from_args(args, rotation=rotation)
     model_id = rotated_model_id(args.model, model)  # the KL scores depend on the rotation

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from dmx.commands import add_data_args, add_model_args, add_quant_args, print_table, set_threads
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table, set_threads
 from dmx.commands.calibrate import add_recipe_args
 
 __all__ = ["register", "run", "config_from_args"]
@@ -28,7 +28,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "is rotated right after loading, so every method is measured on the same rotated model; "
                     "with --rotation learned, fp/uniform/KL use the learned kind's fixed start (folded "
                     "Hadamard) and each dMX point learns its own rotation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_args(parser)
     add_quant_args(parser)

@@ -1,0 +1,193 @@
+"""Cause hints for a failed verification: patterns in the mismatches that point at a known bug.
+
+Each rule looks at every mismatch of one kind and speaks only when all of them (at least one)
+fit its pattern, so a hint is evidence, not a guess: "every element mismatch is a tie" means the
+implementation rounds correctly everywhere except on ties.  Rules work on the report alone (the
+mismatches keep the input value, x/2^X, the codes and the packed byte's elements).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import mx_spec
+from mx_spec.formats import get_format
+
+#: A rule takes a VerifyReport (mx_spec.verify imports this module lazily, so no import here).
+Rule = Callable[[Any], "str | None"]
+
+
+def _items(report, field: str) -> list:
+    return [m for m in report.mismatches
+            if m.field == field and (m.expected_code is not None or field.startswith("decoded"))]
+
+
+def _grid(fmt_name: str) -> np.ndarray:
+    """Sorted non-negative finite element values of a format (float64)."""
+    elem = get_format(fmt_name).element
+    values = np.asarray(mx_spec.decode_table(elem, np.dtype(np.float64)))
+    return np.unique(np.abs(values[np.isfinite(values)]))
+
+
+def _fmt(case_id: str) -> str:
+    return case_id.split("/", 1)[0]
+
+
+def hint_policies(report) -> str | None:
+    """Failing cases that pass under an undeclared policy."""
+    if not report.policy_matches:
+        return None
+    parts = [f"{n} failing case(s) pass under --policy {p}" for p, n in sorted(report.policy_matches.items())]
+    return "; ".join(parts) + ": declare the policy if your implementation follows it (golden/README.md, Policies)"
+
+
+def hint_ties(report) -> str | None:
+    items = [m for m in _items(report, "elements") if m.scaled_value is not None]
+    if not items:
+        return None
+    for m in items:
+        grid = _grid(_fmt(m.case_id))
+        mids = (grid[:-1] + grid[1:]) / 2
+        if not np.isin(abs(m.scaled_value), mids):
+            return None
+    return ("every element mismatch is a tie (x/2^X exactly halfway between two element values): check the tie "
+            "rule: rne rounds ties to the even code, away rounds them away from zero")
+
+
+def hint_scale_offset(report) -> str | None:
+    items = _items(report, "scales")
+    offsets = {m.actual_code - m.expected_code if 0xFF not in (m.expected_code, m.actual_code) else None
+               for m in items}
+    if not items or len(offsets) != 1 or None in offsets:
+        return None
+    (k,) = offsets
+    if k == 1:
+        return ("scale one high in every mismatching block (X = ceil instead of floor of log2(amax)? a float log2 "
+                "that rounds up just below a power of two?)")
+    return f"scale off by {k:+d} in every mismatching block: check the shared-exponent rule and emax"
+
+
+def _elem(m):
+    return get_format(_fmt(m.case_id)).element
+
+
+def hint_saturation(report) -> str | None:
+    items = [m for m in _items(report, "elements") if m.scaled_value is not None]
+    if not items or not all(abs(m.scaled_value) > _elem(m).max_normal for m in items):
+        return None
+    text = ("every element mismatch has |x/2^X| above the max normal: such values must saturate to ±max normal "
+            "(never Inf/NaN codes, never a wrapped code)")
+    if any(_elem(m).name == "e4m3" and m.actual_code & 0x7F == _elem(m).nan_code for m in items):
+        text += "; the NaN code S.1111.111 was produced: E4M3's max normal is 448, not 480"
+    return text
+
+
+def hint_subnormal_flush(report) -> str | None:
+    items = _items(report, "elements")
+    if not items:
+        return None
+    for m in items:
+        e = _elem(m)
+        if e.kind != "fp":
+            return None
+        mag_exp, mag_act = m.expected_code & ~e.sign_bit, m.actual_code & ~e.sign_bit
+        if not (0 < mag_exp < (1 << e.mbits) and mag_act == 0):
+            return None
+    return "every element mismatch expects a subnormal element code and got ±0: element subnormals are flushed"
+
+
+def hint_int8_minus_128(report) -> str | None:
+    items = _items(report, "elements")
+    if items and all(m.expected_code == 0x81 and m.actual_code == 0x80 for m in items):
+        return ("MXINT8 elements saturate to -128 (0x80) where mx_spec saturates symmetrically to -127 (0x81): "
+                "declare --policy int8=full-range if that is your implementation's rule")
+    return None
+
+
+def hint_zero_blocks(report) -> str | None:
+    items = _items(report, "scales")
+    if not items:
+        return None
+    for m in items:
+        case = report._cases.get(m.case_id)
+        if case is None or not _block_is_zero(case, m.index):
+            return None
+    return "every scale mismatch is an all-zero block: its scale must be 0x00 (floor(log2 0) = -inf clamps to X = -127)"
+
+
+def _block_is_zero(case, block_index: tuple[int, ...]) -> bool:
+    axis = case.axis % case.x.ndim
+    sl = [slice(i, i + 1) for i in block_index]
+    b = block_index[axis]
+    sl[axis] = slice(b * case.block_size, (b + 1) * case.block_size)
+    return bool(np.all(np.asarray(case.x[tuple(sl)], dtype=np.float64) == 0))
+
+
+def hint_float64(report) -> str | None:
+    cases = [report._cases[c] for c in report.failed_cases if c in report._cases]
+    if cases and all(c.input_dtype == "float64" for c in cases) and len(cases) == len(report.failed_cases):
+        return ("every failing case has a float64 input: quantize float64 in float64 (rounding through float32 "
+                "first double-rounds near ties and overflows beyond 3.4e38)")
+    return None
+
+
+def hint_nibble_swap(report) -> str | None:
+    items = _items(report, "packed")
+    if items and all(((m.expected_code << 4) | (m.expected_code >> 4)) & 0xFF == m.actual_code for m in items):
+        return ("all packed mismatches are nibble swaps: FP4 puts the even-index element in the LOW nibble of each "
+                "byte (declare --layout fp4=high-first if that is your layout)")
+    return None
+
+
+def _msb_first_fp6(case) -> np.ndarray:
+    """The FP6 element stream of a case packed MSB-first (the usual wrong bit order)."""
+    codes = np.moveaxis(case.elements, case.axis % case.x.ndim, -1).reshape(-1)
+    bits = ((codes[:, None] >> np.arange(5, -1, -1)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(bits, bitorder="big")
+
+
+def hint_fp6_msb_first(report) -> str | None:
+    items = _items(report, "packed")
+    if not items:
+        return None
+    msb_first: dict[str, np.ndarray] = {}  # one re-packing per case, not per byte
+    for m in items:
+        case = report._cases.get(m.case_id)
+        if case is None or get_format(case.fmt).element.bits != 6:
+            return None
+        if m.case_id not in msb_first:
+            msb_first[m.case_id] = _msb_first_fp6(case)
+        if msb_first[m.case_id][m.index[0]] != m.actual_code:
+            return None
+    return ("every packed FP6 mismatch matches an MSB-first bit stream: the stream is LSB-first (element i in "
+            "stream bits 6i..6i+5, stream bit j = bit j mod 8 of byte j // 8)")
+
+
+def hint_nan_decode(report) -> str | None:
+    items = [m for m in report.mismatches if m.field.startswith("decoded") and "nan" in m.expected
+             and "nan" not in m.actual]
+    if items:
+        return (f"{len(items)} decoded value(s) of NaN-scale blocks (scale 0xFF) are not NaN: such blocks decode "
+                "to NaN whatever their element codes")
+    return None
+
+
+def hint_exceptions(report) -> str | None:
+    items = [m for m in report.mismatches if m.field == "exception"]
+    if items:
+        return f"{len(items)} case(s) raised an exception, e.g. {items[0].case_id}: {items[0].actual}"
+    return None
+
+
+RULES: tuple[Rule, ...] = (hint_policies, hint_ties, hint_scale_offset, hint_saturation, hint_subnormal_flush,
+                           hint_int8_minus_128, hint_zero_blocks, hint_float64, hint_nibble_swap,
+                           hint_fp6_msb_first, hint_nan_decode, hint_exceptions)
+
+
+def cause_hints(report) -> list[str]:
+    """Every rule's hint that applies to the report's mismatches (empty when nothing failed)."""
+    if not report.mismatches:
+        return []
+    return [h for h in (rule(report) for rule in RULES) if h]

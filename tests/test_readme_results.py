@@ -1,0 +1,133 @@
+"""The README's results tables are the committed results files (issue #16, point 1).
+
+``tools/readme_results.py`` (``make readme-results``) rewrites every ``<!-- results:NAME -->``
+section of README.md from the files under ``results/``; these tests fail when a section was
+edited by hand, when a results file changed without the README, and check the aggregation of
+repeated runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("readme_results", REPO / "tools" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = _load_generator()
+README_TEXT = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_sections_equal_what_the_results_files_make():
+    fresh = gen.render(README_TEXT, REPO)
+    stale = [name for name, old, new in zip(gen.section_names(README_TEXT),
+                                            gen.SECTION.finditer(README_TEXT), gen.SECTION.finditer(fresh))
+             if old.group("body") != new.group("body")]
+    assert not stale, f"README sections {stale} differ from results/: run `make readme-results` and commit"
+    assert fresh == README_TEXT
+
+
+def test_every_table_has_its_section_once():
+    names = gen.section_names(README_TEXT)
+    assert sorted(names) == sorted(gen.TABLES), "each table of TABLES needs exactly one section in README.md"
+
+
+def test_a_hand_edited_number_is_caught(tmp_path):
+    edited = README_TEXT.replace("| uniform MXFP4 E2M1 | 4 | 130.39 |", "| uniform MXFP4 E2M1 | 4 | 92.33 |", 1)
+    assert edited != README_TEXT
+    assert gen.render(edited, REPO) == README_TEXT  # the generator puts the file's number back
+    readme = tmp_path / "README.md"
+    readme.write_text(edited, encoding="utf-8")
+    assert gen.main(["--check", "--readme", str(readme)]) == 1
+
+
+def test_a_changed_results_file_is_caught(tmp_path):
+    import shutil
+
+    shutil.copytree(REPO / "results", tmp_path / "results")
+    path = tmp_path / "results" / "sweep_smollm2" / "results.json"
+    doc = json.loads(path.read_text())
+    next(p for p in doc["points"] if p["key"] == "kl@5")["perplexity"] = 41.0
+    path.write_text(json.dumps(doc))
+    assert "| KL @ 5 | 4.99 | **41.00** |" in gen.render(README_TEXT, tmp_path)
+
+
+def test_an_unknown_section_is_an_error():
+    with pytest.raises(ValueError, match="no_such_table"):
+        gen.render("<!-- results:no_such_table -->\n<!-- /results:no_such_table -->\n", REPO)
+
+
+def test_mean_spread_of_runs():
+    assert gen.mean_spread([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    assert gen.mean_spread([33.62]) == "33.62"  # one run has no spread
+    assert gen.value_range([20.81, 20.78, 20.80]) == "20.78 – 20.81"
+    assert gen.mean_spread([63.0, 81.0], digits=0) == "72 ± 13"
+
+
+def _demo_run(folder: Path, *, bits: float, high: int, ppl: dict[str, float]) -> None:
+    folder.mkdir(parents=True)
+    formats = {f"l{i}": "mxfp8_e4m3" if i < high else "mxfp4_e2m1" for i in range(10)}
+    (folder / "assignment.json").write_text(json.dumps({"formats": formats, "element_bits": bits}))
+    results = [{"config": name, "ppl": value} for name, value in ppl.items()]
+    (folder / "eval.json").write_text(json.dumps({"results": results}))
+
+
+def test_demo_table_aggregates_every_recorded_run(tmp_path):
+    assert "no demo run recorded yet" in gen.table_demo(REPO, tmp_path)
+    _demo_run(tmp_path / "run-01", bits=5.2, high=3, ppl={"fp": 18.84, "mxfp8_e4m3": 20.78, "mxfp4_e2m1": 92.33,
+                                                          "runs/demo/assignment.json": 33.62})
+    _demo_run(tmp_path / "run-02", bits=5.6, high=4, ppl={"fp": 18.84, "mxfp8_e4m3": 20.82, "mxfp4_e2m1": 91.48,
+                                                          "runs/demo/assignment.json": 35.62})
+    table = gen.table_demo(REPO, tmp_path)
+    assert "| dMX average element bits | 5.40 ± 0.28 | 5.20 – 5.60 | 2 |" in table
+    assert "| ppl dMX | 34.62 ± 1.41 | 33.62 – 35.62 | 2 |" in table
+    assert "| dMX layers at MXFP8 E4M3 | 4 ± 1 | 3 – 4 | 2 |" in table
+
+
+def test_make_demo_writes_the_files_the_demo_table_reads():
+    makefile = (REPO / "Makefile").read_text()
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "--out $(DEMO_OUT)/assignment.json" in demo and "--out $(DEMO_OUT)/eval.json" in demo
+    assert "$(THREAD_FLAG)" in demo
+    assert "readme-results:" in makefile and "tools/readme_results.py" in makefile
+
+
+def test_a_new_demo_run_is_compared_with_the_recorded_spread(tmp_path):
+    recorded = tmp_path / "results" / "demo"
+    for i, (dmx_ppl, mxfp4) in enumerate([(33.62, 92.33), (35.62, 91.48), (34.10, 92.00)]):
+        _demo_run(recorded / f"run-0{i}", bits=5.2 + 0.1 * i, high=3, ppl={
+            "fp": 18.84, "mxfp8_e4m3": 20.80, "mxfp4_e2m1": mxfp4, "a.json": dmx_ppl})
+    _demo_run(tmp_path / "close", bits=5.25, high=3, ppl={"fp": 18.84, "mxfp8_e4m3": 20.80, "mxfp4_e2m1": 92.1,
+                                                         "a.json": 34.0})
+    table, ok = gen.compare_demo(tmp_path / "close", recorded)
+    assert ok and "| ppl dMX | 34.00 | 34.45 ± 1.04 | 33.62 – 35.62 | 3 | yes |" in table
+    _demo_run(tmp_path / "far", bits=5.25, high=3, ppl={"fp": 18.84, "mxfp8_e4m3": 20.80, "mxfp4_e2m1": 92.1,
+                                                       "a.json": 60.0})
+    table, ok = gen.compare_demo(tmp_path / "far", recorded)
+    assert not ok and "| ppl dMX | 60.00 |" in table and "**no**" in table
+    assert gen.main(["--compare-demo", str(tmp_path / "far"), "--root", str(tmp_path)]) == 1
+
+
+def test_seeds_table_aggregates_sweeps_point_by_point(tmp_path):
+    from dmx.sweep import ResultStore
+
+    for seed, (bits, ppl) in enumerate([(5.07, 45.0), (5.27, 47.0)]):
+        store = ResultStore.open(tmp_path / f"seed{seed}", {"model": "m"})
+        store.add({"key": "fp", "method": "fp", "label": "fp", "avg_bits": None, "perplexity": 24.15})
+        store.add({"key": "dmx@5", "method": "dmx", "label": "dmx@5", "target": 5.0, "avg_bits": bits,
+                   "perplexity": ppl})
+    table = gen.seeds_table(sorted(tmp_path.glob("seed*")))
+    assert "| full precision |  | 24.15 ± 0.00 | 24.15 – 24.15 | 2 |" in table
+    assert "| dMX @ 5, thr | 5.17 ± 0.14 | 46.00 ± 1.41 | 45.00 – 47.00 | 2 |" in table
+    with pytest.raises(FileNotFoundError, match="no sweep folders"):
+        gen.seeds_table([])

@@ -1,0 +1,480 @@
+"""Rewrite the README's results tables from the committed results files (``make readme-results``).
+
+Usage::
+
+    python tools/readme_results.py            # rewrite the generated sections of README.md
+    python tools/readme_results.py --check    # exit 1 and show the difference if they are stale
+    python tools/readme_results.py --compare-demo runs/demo   # a new demo run vs the recorded spread
+
+Every generated table sits between two markers in README.md, and everything between them is
+replaced on each run (edit the results files or this script, never the table)::
+
+    <!-- results:NAME -->
+    | ... the table TABLES[NAME] makes ... |
+    <!-- /results:NAME -->
+
+``tests/test_readme_results.py`` fails when a section differs from what this script makes from
+the files under ``results/``, so a number in the README is always one in a committed file.
+
+Adding a table: write ``def table_<name>(root: Path) -> str`` returning the markdown (read
+files with :func:`load_sweep` / :func:`load_json`, format with :func:`markdown_table`,
+:func:`fmt_bits`, :func:`fmt_ppl`, :func:`gap_closed`), register it in :data:`TABLES`, put the
+two empty markers where it belongs in README.md, run ``make readme-results``, commit the result.
+
+A figure that varies from run to run is shown with its spread: record each run in its own
+folder (e.g. ``make demo DEMO_OUT=results/demo/run-03``, or one sweep ``--out`` per seed), then
+let the table aggregate them with :func:`mean_spread` (mean ± sample standard deviation, the
+min-max range and the number of runs): :func:`table_demo` for demo runs, :func:`seeds_table` for
+sweeps repeated over seeds (one ``--out`` folder per seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
+
+FORMAT_NAMES = {"mxfp4_e2m1": "MXFP4 E2M1", "mxfp6_e2m3": "MXFP6 E2M3", "mxfp6_e3m2": "MXFP6 E3M2",
+                "mxfp8_e4m3": "MXFP8 E4M3", "mxfp8_e5m2": "MXFP8 E5M2", "mxint8": "MXINT8"}
+
+
+# ----------------------------------------------------------------------------- reading and formatting
+
+
+def load_json(path: Path) -> Any:
+    """A committed results file (JSON); a missing one is an error naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} is missing; the README's tables are made from it")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_sweep(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{point key: point}`` of a ``dmx sweep`` folder's ``results.json``."""
+    return {p["key"]: p for p in load_json(folder / "results.json")["points"]}
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
+    """A markdown table; ``align``: one character per column, ``l`` or ``r`` (default left)."""
+    rule = ["---:" if a == "r" else "---" for a in align.ljust(len(headers), "l")]
+    lines = [headers, rule, *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+
+
+def fmt_bits(bits: float | None, *, uniform: bool = False) -> str:
+    """Average element bits: ``4`` for a uniform format, ``4.99`` for a mix, blank if unknown."""
+    if bits is None:
+        return ""
+    return f"{bits:g}" if uniform else f"{bits:.2f}"
+
+
+def fmt_ppl(ppl: float | None, *, bold: bool = False) -> str:
+    """Perplexity with two decimals (bold when it is the best of its group)."""
+    if ppl is None:
+        return ""
+    return f"**{ppl:.2f}**" if bold else f"{ppl:.2f}"
+
+
+def gap_closed(ppl: float, low: float, high: float) -> str:
+    """Share of the perplexity gap between the ``low`` and ``high`` uniform formats closed by ``ppl``."""
+    return f"{round(100 * (low - ppl) / (low - high))} %"
+
+
+def mean_spread(values: Sequence[float], digits: int = 2) -> str:
+    """``mean ± sd`` (sample standard deviation) of several runs; a single run has no spread."""
+    if not values:
+        return ""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def value_range(values: Sequence[float], digits: int = 2) -> str:
+    """``min – max`` of several runs (blank for fewer than two)."""
+    return f"{min(values):.{digits}f} – {max(values):.{digits}f}" if len(values) > 1 else ""
+
+
+# ----------------------------------------------------------------------------- the sweep tables
+
+#: Rows of the sweep tables: (label, which source of the column, point key). The sources of a
+#: column: "thr" its sweep, "budget" the same calibrations with --final-rounding budget, "long"
+#: the 120-step dMX run, "kl_on_learned" KL's assignment on the rotation dMX learned.
+SWEEP_ROWS = [
+    ("full precision", "thr", "fp"),
+    *[(f"uniform {FORMAT_NAMES[f]}", "thr", f"uniform:{f}")
+      for f in ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")],
+    ("KL @ 4.5", "thr", "kl@4.5"), ("dMX @ 4.5, thr", "thr", "dmx@4.5"), ("dMX @ 4.5, budget", "budget", "dmx@4.5"),
+    ("KL @ 5", "thr", "kl@5"), ("dMX @ 5, thr", "thr", "dmx@5"), ("dMX @ 5, budget", "budget", "dmx@5"),
+    ("KL @ 5 on dMX's learned rotation", "kl_on_learned", "kl@5"),
+    ("dMX @ 5, thr, 120 steps", "long", "dmx@5"),
+    ("KL @ 6", "thr", "kl@6"), ("dMX @ 6, thr", "thr", "dmx@6"), ("dMX @ 6, budget", "budget", "dmx@6"),
+]
+
+
+def _eval_points(path: Path, keys: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Points ``{key: {"avg_bits", "perplexity"}}`` from a ``dmx eval --out`` file, ``keys``:
+    ``{point key: file name of the evaluated assignment}``."""
+    by_file = {Path(r["config"]).name: r for r in load_json(path)["results"]}
+    return {key: {"avg_bits": by_file[name]["element_bits"], "perplexity": by_file[name]["ppl"], "method": "kl",
+                  "target": float(key.split("@")[1])} for key, name in keys.items()}
+
+
+def _cells(point: dict[str, Any] | None, column: dict[str, dict], *, bold: bool, gap_format: tuple[str, str]):
+    """``[bits, ppl, gap]`` of one point in one column (blank when the column lacks it)."""
+    if point is None:
+        return ["", "", ""]
+    low, high = (column["thr"][f"uniform:{f}"]["perplexity"] for f in gap_format)
+    uniform = point["method"] == "uniform"
+    shows_gap = not uniform and point["method"] != "fp" or point.get("format") in gap_format
+    gap = gap_closed(point["perplexity"], low, high) if shows_gap else ""
+    bits = fmt_bits(point.get("avg_bits"), uniform=uniform)
+    return [bits, fmt_ppl(point["perplexity"], bold=bold), gap]
+
+
+def _best_within_budget(column: dict[str, dict], rows) -> set[tuple[str, str]]:
+    """(source, key) of the bold cells of a column: at each target the lowest perplexity among
+    the mixed assignments within the budget (bits <= target), and the better uniform 6-bit format."""
+    bold: set[tuple[str, str]] = set()
+    groups: dict[float, list[tuple[float, tuple[str, str]]]] = {}
+    for _, source, key in rows:
+        point = column.get(source, {}).get(key)
+        if point is None:
+            continue
+        if point["method"] in ("kl", "dmx") and point["avg_bits"] <= point["target"] + 1e-9:
+            groups.setdefault(point["target"], []).append((point["perplexity"], (source, key)))
+        elif point["method"] == "uniform" and point["avg_bits"] == 6:
+            groups.setdefault("uniform6", []).append((point["perplexity"], (source, key)))
+    for name, members in groups.items():
+        if name != "uniform6" or len(members) > 1:  # one uniform 6-bit format is not a choice
+            bold.add(min(members)[1])
+    return bold
+
+
+def sweep_table(columns: dict[str, dict[str, dict]], rows=SWEEP_ROWS, *, first: str = "method @ target",
+                gap_format: tuple[str, str] = ("mxfp4_e2m1", "mxfp8_e4m3")) -> str:
+    """One row per ``rows`` entry present in some column; per column bits | ppl | gap."""
+    headers = [first]
+    for title in columns:
+        headers += [f"{title}: bits", "ppl", "gap"]
+    bolds = {title: _best_within_budget(column, rows) for title, column in columns.items()}
+    body = []
+    for label, source, key in rows:
+        points = [column.get(source, {}).get(key) for column in columns.values()]
+        if all(p is None for p in points):
+            continue
+        line = [label]
+        for (title, column), point in zip(columns.items(), points):
+            line += _cells(point, column, bold=(source, key) in bolds[title], gap_format=gap_format)
+        body.append(line)
+    return markdown_table(headers, body)
+
+
+def seeds_table(folders: Sequence[Path], rows=SWEEP_ROWS) -> str:
+    """Several sweeps of the same settings but another seed (or a rerun), one ``--out`` folder
+    each, aggregated per point: bits and perplexity as mean ± sd, the perplexity range, and how
+    many of the sweeps hold the point. ``rows`` as in :data:`SWEEP_ROWS` (only the "thr" source
+    is read: budget-rounded sweeps are separate folders, pass them as their own table).
+
+    Example for :data:`TABLES`: ``"seeds_5bit": lambda root: seeds_table(sorted((root /
+    "results").glob("sweep_smollm2_seed*")))``.
+    """
+    sweeps = [load_sweep(folder) for folder in folders]
+    if not sweeps:
+        raise FileNotFoundError("seeds_table got no sweep folders (check the glob)")
+    body = []
+    for label, source, key in rows:
+        points = [s[key] for s in sweeps if source == "thr" and key in s]
+        if not points:
+            continue
+        uniform = points[0]["method"] in ("uniform", "fp")
+        bits = [p["avg_bits"] for p in points if p.get("avg_bits") is not None]
+        ppl = [p["perplexity"] for p in points]
+        body.append([label, fmt_bits(bits[0], uniform=True) if uniform and bits else mean_spread(bits),
+                     mean_spread(ppl), value_range(ppl), str(len(points))])
+    return markdown_table(["method @ target", "bits (mean ± sd)", "ppl (mean ± sd)", "ppl min – max", "runs"],
+                          body, "lrrrr")
+
+
+def table_sweep_rotations(root: Path) -> str:
+    """The main results table: every method under no rotation, the Hadamard-64 and the learned one."""
+    results = root / "results"
+    return sweep_table({
+        "none": {"thr": load_sweep(results / "sweep_smollm2"), "budget": load_sweep(results / "sweep_smollm2_budget"),
+                 "long": load_sweep(results / "sweep_smollm2_long")},
+        "Hadamard-64": {"thr": load_sweep(results / "sweep_smollm2_hadamard"),
+                        "budget": load_sweep(results / "sweep_smollm2_hadamard_budget")},
+        "learned": {"thr": load_sweep(results / "sweep_smollm2_learned"),
+                    "budget": load_sweep(results / "sweep_smollm2_learned_budget"),
+                    "kl_on_learned": _eval_points(results / "kl_on_learned_rotation" / "eval.json",
+                                                  {"kl@5": "kl_at_5.json"})},
+    })
+
+
+def table_hadamard_block(root: Path) -> str:
+    """The Hadamard rotation with 32-wide (one MX block) and 64-wide (two) blocks, threshold rounding."""
+    results = root / "results"
+    rows = [r for r in SWEEP_ROWS if r[1] == "thr"]
+    return sweep_table({"Hadamard-32": {"thr": load_sweep(results / "sweep_smollm2_hadamard32")},
+                        "Hadamard-64": {"thr": load_sweep(results / "sweep_smollm2_hadamard")}}, rows)
+
+
+def table_fp6_fp4(root: Path) -> str:
+    """The fp6_fp4 family (MXFP4 <-> MXFP6 E2M3) at a 5-bit budget, no rotation; gap to MXFP6 E2M3."""
+    results = root / "results"
+    rows = [("full precision", "thr", "fp"), ("uniform MXFP4 E2M1", "thr", "uniform:mxfp4_e2m1"),
+            ("uniform MXFP6 E2M3", "thr", "uniform:mxfp6_e2m3"), ("KL @ 5", "thr", "kl@5"),
+            ("dMX @ 5, thr", "thr", "dmx@5"), ("dMX @ 5, budget", "budget", "dmx@5")]
+    return sweep_table({"fp6_fp4": {"thr": load_sweep(results / "sweep_smollm2_fp6_fp4"),
+                                    "budget": load_sweep(results / "sweep_smollm2_fp6_fp4_budget")}},
+                       rows, gap_format=("mxfp4_e2m1", "mxfp6_e2m3"))
+
+
+def _high_layers(path: Path, high: str = "mxfp8_e4m3") -> set[str]:
+    return {layer for layer, fmt in load_json(path)["formats"].items() if fmt == high}
+
+
+def table_kl_dmx_overlap(root: Path) -> str:
+    """How many of the layers KL keeps at MXFP8 dMX keeps there too, at equal bits (dMX's budget
+    rounding keeps its highest |beta_hat|, so this compares the two rankings' tops)."""
+    results = root / "results"
+    body = []
+    for title, thr, budget in (("none", "sweep_smollm2", "sweep_smollm2_budget"),
+                               ("Hadamard-64", "sweep_smollm2_hadamard", "sweep_smollm2_hadamard_budget")):
+        for target in ("4.5", "5", "6"):
+            kl = _high_layers(results / thr / "assignments" / f"kl_at_{target}.json")
+            dmx = _high_layers(results / budget / "assignments" / f"dmx_at_{target}.json")
+            body.append([title, target, str(len(kl)), str(len(dmx)), str(len(kl & dmx))])
+    return markdown_table(["rotation", "target", "KL: layers at MXFP8", "dMX, budget: layers at MXFP8", "in both"],
+                          body, "llrrr")
+
+
+ZEROSHOT_TASKS = {"arc_easy": "ARC-E", "arc_challenge": "ARC-C", "winogrande": "WinoGrande", "piqa": "PIQA"}
+
+
+def table_zeroshot(root: Path) -> str:
+    """Zero-shot accuracy (%) of the no-rotation sweep's points, as stored with them."""
+    points = load_sweep(root / "results" / "sweep_smollm2")
+    rows = [r for r in SWEEP_ROWS if r[1] == "thr"]
+    headers = ["model", "avg element bits", *ZEROSHOT_TASKS.values(), f"average ({', '.join(ZEROSHOT_TASKS.values())})"]
+    body = []
+    for label, _, key in rows:
+        point = points.get(key)
+        if point is None or not point.get("accuracy"):
+            continue
+        accuracy = [f"{100 * point['accuracy'][task]:.0f}" for task in ZEROSHOT_TASKS]
+        body.append([label.removesuffix(", thr"), fmt_bits(point.get("avg_bits"), uniform=point["method"] == "uniform"),
+                     *accuracy, f"{100 * point['avg_accuracy']:.2f}"])
+    return markdown_table(headers, body)
+
+
+def table_zeroshot_stderr(root: Path) -> str:
+    """Zero-shot accuracy (%) with lm-eval's standard errors, from one `dmx eval --tasks` run; the
+    average's error assumes independent tasks (root of the summed variances over the count)."""
+    doc = load_json(root / "results" / "zeroshot" / "smollm2_limit100.json")
+    labels = {"fp": "full precision", **{f: f"uniform {name}" for f, name in FORMAT_NAMES.items()}}
+    body = []
+    for row in doc["results"]:
+        tasks = row["zeroshot"]["tasks"]
+        cells = [f"{100 * tasks[t]['acc']:.0f} ± {100 * tasks[t]['acc_stderr']:.1f}" for t in ZEROSHOT_TASKS]
+        spread = sum(tasks[t]["acc_stderr"] ** 2 for t in ZEROSHOT_TASKS) ** 0.5 / len(ZEROSHOT_TASKS)
+        average = statistics.fmean(tasks[t]["acc"] for t in ZEROSHOT_TASKS)
+        label = labels.get(row["config"], f"`{Path(row['config']).name}`")
+        body.append([label, fmt_bits(row["element_bits"], uniform=row["config"] in FORMAT_NAMES), *cells,
+                     f"{100 * average:.2f} ± {100 * spread:.1f}"])
+    return markdown_table(["model", "avg element bits", *ZEROSHOT_TASKS.values(), "average"], body)
+
+
+# ----------------------------------------------------------------------------- benchmarks and the demo
+
+
+def table_bench_mx_spec(root: Path) -> str:
+    """``make bench``'s throughput table (results/bench_mx_spec/results.json, its provenance below it)."""
+    doc = load_json(root / "results" / "bench_mx_spec" / "results.json")
+    body = []
+    for row in doc["rows"]:
+        theirs = row["torchao_melem_s"]
+        body.append([row["format"], f"{row['mx_spec_melem_s']:.1f}", "n/a" if theirs is None else f"{theirs:.1f}",
+                     "n/a" if row["ratio_wall"] is None else f"{row['ratio_wall']:.2f}x", row["bit_exact"]])
+    table = markdown_table(["format", "mx_spec (Melem/s)", "torchao (Melem/s)", "ratio", "bit-exact"], body, "lrrrl")
+    return table + f"\n({doc['provenance']['note']})\n"
+
+
+def demo_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every recorded ``make demo`` run under ``folder``: ``{"run", "assignment", "eval"}`` per
+    subfolder holding ``assignment.json`` (dmx calibrate --out) and ``eval.json`` (dmx eval --out)."""
+    runs = []
+    for run in sorted(p for p in folder.glob("*") if (p / "eval.json").is_file()):
+        runs.append({"run": run.name, "assignment": load_json(run / "assignment.json"),
+                     "eval": load_json(run / "eval.json")})
+    return runs
+
+
+def _demo_quantities(run: dict[str, Any]) -> dict[str, float]:
+    """The figures of one demo run, by README row label."""
+    formats = [f for f in run["assignment"]["formats"].values()]
+    by_config = {}
+    for row in run["eval"]["results"]:
+        config = row["config"]
+        by_config[config if config in ("fp", *FORMAT_NAMES) else "dmx"] = row["ppl"]
+    low, high = by_config["mxfp4_e2m1"], by_config["mxfp8_e4m3"]
+    return {
+        "dMX average element bits": run["assignment"]["element_bits"],
+        "dMX layers at MXFP8 E4M3": float(sum(f == "mxfp8_e4m3" for f in formats)),
+        "ppl full precision": by_config["fp"],
+        "ppl uniform MXFP8 E4M3": high,
+        "ppl uniform MXFP4 E2M1": low,
+        "ppl dMX": by_config["dmx"],
+        "dMX: share of the MXFP4 → MXFP8 gap closed (%)": 100 * (low - by_config["dmx"]) / (low - high),
+    }
+
+
+def table_demo(root: Path, folder: Path | None = None) -> str:
+    """``make demo``'s figures over every run recorded in results/demo/<run>/: mean ± sd, range, runs."""
+    runs = demo_runs(folder or root / "results" / "demo")
+    if not runs:
+        return ("(no demo run recorded yet: `make demo DEMO_OUT=results/demo/run-01`, one folder per run, "
+                "then `make readme-results`)\n")
+    quantities = [_demo_quantities(run) for run in runs]
+    body = []
+    for name in quantities[0]:
+        values = [q[name] for q in quantities]
+        digits = 0 if "layers" in name or "%" in name else 2
+        body.append([name, mean_spread(values, digits), value_range(values, digits), str(len(values))])
+    return markdown_table(["quantity", "mean ± sd", "min – max", "runs"], body, "lrrr")
+
+
+def table_rotation_block_choice(root: Path) -> str:
+    """How the online Hadamard block was chosen: uniform MXFP4 perplexity per block and seed, the
+    validation mean (what chose it) and the test ratio to no rotation per seed."""
+    doc = load_json(root / "results" / "rotation_block_choice" / "results.json")
+    none_test = next(r for r in doc["rows"] if r["block"] is None)["test"][0]
+
+    def seeds(values, fmt="{:.2f}") -> str:
+        return " / ".join("–" if v is None else fmt.format(v) for v in values)
+
+    body = []
+    for row in doc["rows"]:
+        default = row["block"] == doc["default_block"]
+        validation = seeds(row["validation"])
+        complete = [v for v in row["validation"] if v is not None]
+        if len(complete) > 1 and len(complete) == len(row["validation"]):
+            mean = f"{statistics.fmean(complete):.2f}"
+            validation += f" (**{mean}**)" if default else f" ({mean})"
+        ratios = "1" if row["block"] is None else seeds([None if v is None else none_test / v for v in row["test"]],
+                                                         "{:.2f}x")
+        label = f"**{row['label']}**" if default else row["label"]
+        body.append([label, validation, seeds(row["test"]), ratios])
+    return markdown_table(["online block", "validation, seeds 0 / 1 / 2 (mean)", "test, seeds 0 / 1 / 2",
+                           "test ratio vs none, seeds 0 / 1 / 2"], body)
+
+
+def transcribed_table(name: str) -> Callable[[Path], str]:
+    """A table kept as rows in ``results/transcribed/<name>.json`` (measurements whose own output was
+    not kept; the file's provenance says where they come from). Rendered as stored."""
+    def table(root: Path) -> str:
+        doc = load_json(root / "results" / "transcribed" / f"{name}.json")
+        return markdown_table(doc["headers"], doc["rows"])
+
+    table.__doc__ = f"The rows of results/transcribed/{name}.json."
+    return table
+
+
+def compare_demo(run: Path, recorded: Path, *, k: float = 3.0) -> tuple[str, bool]:
+    """A new ``make demo`` run (folder with assignment.json and eval.json) against the runs recorded
+    in ``recorded``: per quantity its value, the recorded mean ± sd, min – max and whether it lies
+    within ``k`` standard deviations of the mean (or inside min – max). Returns (table, all within)."""
+    mine = _demo_quantities({"run": run.name, "assignment": load_json(run / "assignment.json"),
+                             "eval": load_json(run / "eval.json")})
+    runs = [_demo_quantities(r) for r in demo_runs(recorded)]
+    if not runs:
+        return f"no demo run recorded in {recorded} to compare with\n", True
+    body, ok = [], True
+    for name, value in mine.items():
+        values = [q[name] for q in runs]
+        mean = statistics.fmean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        within = min(values) <= value <= max(values) or abs(value - mean) <= k * spread
+        ok &= within
+        body.append([name, f"{value:.2f}", mean_spread(values), value_range(values), str(len(values)),
+                     "yes" if within else "**no**"])
+    table = markdown_table(["quantity", "this run", "recorded mean ± sd", "min – max", "runs",
+                            f"within (range or {k:g} sd)"], body, "lrrrrl")
+    return table, ok
+
+
+#: Generated README sections: marker name -> function of the repository root returning markdown.
+TABLES: dict[str, Callable[[Path], str]] = {
+    "bench_mx_spec": table_bench_mx_spec,
+    "demo": table_demo,
+    "sweep_rotations": table_sweep_rotations,
+    "hadamard_block": table_hadamard_block,
+    "fp6_fp4": table_fp6_fp4,
+    "kl_dmx_overlap": table_kl_dmx_overlap,
+    "rotation_block_choice": table_rotation_block_choice,
+    "rotation_short_windows": transcribed_table("rotation_short_windows"),
+    "rotation_step_cost": transcribed_table("rotation_step_cost"),
+    "speed": transcribed_table("speed"),
+    "zeroshot": table_zeroshot,
+    "zeroshot_stderr": table_zeroshot_stderr,
+}
+
+
+# ----------------------------------------------------------------------------- the README
+
+
+def section_names(text: str) -> list[str]:
+    """Names of the generated sections in ``text``, in order."""
+    return [m.group("name") for m in SECTION.finditer(text)]
+
+
+def render(text: str, root: Path = REPO, tables: dict[str, Callable[[Path], str]] = TABLES) -> str:
+    """``text`` with the body of every ``results:NAME`` section replaced by ``tables[NAME](root)``."""
+    unknown = [name for name in section_names(text) if name not in tables]
+    if unknown:
+        raise ValueError(f"README sections {unknown} have no table in tools/readme_results.py TABLES "
+                         f"(known: {sorted(tables)})")
+    return SECTION.sub(lambda m: m.group(1) + tables[m.group("name")](root) + m.group(4), text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is stale")
+    parser.add_argument("--readme", type=Path, default=README, help="the README to rewrite")
+    parser.add_argument("--root", type=Path, default=REPO, help="the folder holding results/")
+    parser.add_argument("--compare-demo", type=Path, default=None, metavar="RUN_DIR",
+                        help="instead: compare a `make demo` output folder with the recorded demo runs "
+                             "(exit 1 when a figure is outside their spread)")
+    args = parser.parse_args(argv)
+    if args.compare_demo is not None:
+        table, ok = compare_demo(args.compare_demo, args.root / "results" / "demo")
+        print(table, end="")
+        return 0 if ok else 1
+    text = args.readme.read_text(encoding="utf-8")
+    missing = sorted(set(TABLES) - set(section_names(text)))
+    if missing:
+        print(f"warning: no section in {args.readme} for {missing}", file=sys.stderr)
+    fresh = render(text, args.root)
+    if args.check:
+        if fresh != text:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True),
+                                                       "README.md (committed)", "README.md (from results/)"))
+            return 1
+        return 0
+    if fresh != text:
+        args.readme.write_text(fresh, encoding="utf-8")
+        print(f"rewrote {len(section_names(text))} results sections of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
