@@ -156,8 +156,9 @@ for fmt in UNIFORM:
 # difference of their NLLs, averaged over the windows, with its standard error
 # $\mathrm{SE} = \mathrm{sd}(d_w)/\sqrt{n}$. A perplexity ratio is $\exp(\bar d)$. With only
 # 4 windows the standard error itself is rough; treat differences within about two standard
-# errors as ties. (Windows differ far more from each other than methods do, which is why the
-# paired comparison is needed at all.)
+# errors as ties. (The windows' own NLLs, printed first, differ from each other by more than
+# close assignments differ on any one window: comparing unpaired means would drown the
+# differences in that spread.)
 
 # %%
 def paired(nll_a: torch.Tensor, nll_b: torch.Tensor) -> tuple[float, float]:
