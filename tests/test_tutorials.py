@@ -14,6 +14,10 @@
   within its time budget. Budgets are for 2 shared CPU cores; ``DMX_TUTORIAL_BUDGET_SCALE``
   scales them (e.g. 2 on a slower machine).
 
+Notebook 04's closing cell reads ``results/headline_5bit*/summary.csv``; it is also run on its own
+against fixture files (missing, partial, complete) so that what it concludes, and that it says
+so when a file is missing, is tested without loading the model.
+
 Notebook 04 needs the local data directory (``$DMX_DATA_DIR`` or ``../shared/data``) and the
 embedded SmolLM2 model; it is skipped with the reason when either is missing.
 """
@@ -21,6 +25,7 @@ embedded SmolLM2 model; it is skipped with the reason when either is missing.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -213,3 +218,53 @@ def test_notebook_executes_within_budget(name, tmp_path, monkeypatch):
             f"{name}.ipynb outputs are stale: rebuild it with `.venv/bin/python tutorials/build.py {name}`"
         )
     assert seconds < budget, f"{name} took {seconds:.0f} s, over its budget of {budget:.0f} s"
+
+
+def _full_scale_cell() -> str:
+    """Source of notebook 04's code cell that reads the full-scale results files."""
+    cells = build.parse_percent((TUTORIALS / "src" / "04_kl_baseline_vs_dmx.py").read_text(encoding="utf-8"))
+    found = [source for kind, source in cells if kind == "code" and "def read_summary" in source]
+    assert len(found) == 1, "notebook 04 has no (or several) cells reading results/headline_5bit*/summary.csv"
+    return found[0]
+
+
+def _run_full_scale_cell(repo: Path) -> list[str]:
+    """Run that cell as if the repository were ``repo``; returns the Markdown it displays."""
+    import csv
+    import types
+
+    shown = []
+    namespace = {
+        "dmx": types.SimpleNamespace(__file__=str(repo / "dmx" / "__init__.py")),
+        "Path": Path, "csv": csv, "json": json, "time": time, "start": time.perf_counter(),
+        "Markdown": lambda text: text, "display": shown.append,
+    }
+    exec(_full_scale_cell(), namespace)  # noqa: S102 - the notebook's own cell, run on fixture files
+    return shown
+
+
+SUMMARY_HEADER = "method,target,format,n,seeds,avg_bits,perplexity_mean,perplexity_std,perplexity_min,perplexity_max\n"
+
+
+def test_notebook_04_reads_the_full_scale_results_or_says_they_are_missing(tmp_path):
+    missing = _run_full_scale_cell(tmp_path)
+    assert len(missing) == 2 and all("is not in this checkout" in text for text in missing)
+
+    folder = tmp_path / "results" / "headline_5bit"
+    folder.mkdir(parents=True)
+    (folder / "summary.csv").write_text(SUMMARY_HEADER + "fp,,,1,None,,21.8,0,21.8,21.8\n"
+                                        "uniform,,mxfp4_e2m1,1,None,4,102.5,0,102.5,102.5\n")
+    (folder / "results.json").write_text(json.dumps({"config": {"max_windows": 32, "seqlen": 2048}, "points": []}))
+    partial = _run_full_scale_cell(tmp_path)[0]
+    assert "32 test windows of 2048 tokens" in partial and "102.50" in partial
+    assert "Not in this file yet: kl, dmx, random" in partial and "KL lies" not in partial
+
+    (folder / "summary.csv").write_text(SUMMARY_HEADER + "fp,,,1,None,,21.8,0,21.8,21.8\n"
+                                        "kl,5,,1,None,4.99,40.0,0,40.0,40.0\n"
+                                        "dmx,5,,3,0 1 2,4.99,38.0,1.0,37.0,39.0\n"
+                                        "random,5,,3,0 1 2,4.99,60.0,5.0,55.0,65.0\n")
+    complete = _run_full_scale_cell(tmp_path)[0]
+    assert "38.00 ± 1.00 (37.00–39.00)" in complete
+    assert "KL lies above every dMX seed (dMX better)" in complete
+    assert "every dMX seed beats every random draw: yes" in complete
+    assert "Not in this file yet: uniform" in complete
