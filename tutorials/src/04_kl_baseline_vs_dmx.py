@@ -407,6 +407,11 @@ def read_summary(folder: Path):
     return rows, stored.get("config", {}), dmx_settings
 
 
+def seeds_text(row) -> str:
+    n = int(row["n"])
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def full_scale_text(name: str, rows, config, dmx_settings) -> str:
     """A Markdown table and the comparisons the rows support (none where a method is missing)."""
     windows, seqlen = config.get("max_windows"), config.get("seqlen")
@@ -438,12 +443,12 @@ def full_scale_text(name: str, rows, config, dmx_settings) -> str:
         kl_ppl = float(kl["perplexity_mean"])
         where = ("below every dMX seed (KL better)" if kl_ppl < lo else
                  "above every dMX seed (dMX better)" if kl_ppl > hi else "inside the dMX seeds' range (no clear winner)")
-        lines.append(f"* KL: {kl_ppl:.2f}; dMX over {dmx_row['n']} seeds: {float(dmx_row['perplexity_mean']):.2f} "
+        lines.append(f"* KL: {kl_ppl:.2f}; dMX over {seeds_text(dmx_row)}: {float(dmx_row['perplexity_mean']):.2f} "
                      f"(range {lo:.2f}–{hi:.2f}). KL lies {where}.")
     if dmx_row and rand:
         rand_lo = float(rand["perplexity_min"])
         beats = float(dmx_row["perplexity_max"]) < rand_lo
-        lines.append(f"* Random control over {rand['n']} seeds: {float(rand['perplexity_mean']):.2f} "
+        lines.append(f"* Random control over {seeds_text(rand)}: {float(rand['perplexity_mean']):.2f} "
                      f"(best {rand_lo:.2f}); every dMX seed beats every random draw: {'yes' if beats else 'no'}.")
     missing = [m for m in ("fp", "uniform", "kl", "dmx", "random") if m not in by_method]
     if missing:
