@@ -169,7 +169,10 @@ def paired(nll_a: torch.Tensor, nll_b: torch.Tensor) -> tuple[float, float]:
 
 def ratio_text(nll_a, nll_b) -> str:
     mean, se = paired(nll_a, nll_b)
-    verdict = "within noise" if abs(mean) < 2 * se else ("worse" if mean > 0 else "better")
+    if mean == 0 and se == 0:
+        verdict = "identical on every window"  # e.g. two methods that chose the same layers
+    else:
+        verdict = "within noise" if abs(mean) <= 2 * se else ("worse" if mean > 0 else "better")
     return f"ppl x{math.exp(mean):.3f} (d = {mean:+.4f} ± {se:.4f} nats/token: {verdict})"
 
 
