@@ -18,12 +18,22 @@ Execution uses the ``python3`` kernel; jupyter_client starts it with the interpr
 this script, so the notebooks see the same environment. Each notebook is written atomically
 (temporary file + rename) after it has executed without error, so an interrupted build never
 leaves a half-written notebook.
+
+Two checks make a build fail instead of storing an unreadable notebook:
+
+* every figure is checked on its matplotlib objects when it is rendered (axis labels, a legend
+  where several lines share an axes; ``tutorials/figure_check.py``, installed in the kernel at
+  start-up, outside the notebook's cells);
+* the stored outputs must not hold a traceback, a warning or log line (any stderr output) or a
+  progress-bar frame (``output_problems``). Notebooks silence library warnings and progress bars
+  at their source, in their first cell, rather than having outputs deleted afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -36,6 +46,17 @@ TUTORIALS = Path(__file__).resolve().parent
 SOURCES = TUTORIALS / "src"
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 600
+FIGURE_CHECK = TUTORIALS / "figure_check.py"
+#: Run by the kernel at start-up (IPython's ``exec_lines``): outside every cell, so the cells stay
+#: those of the source; ``runpy`` keeps the helper's names out of the notebook's namespace.
+_KERNEL_STARTUP = f"__import__('runpy').run_path({str(FIGURE_CHECK)!r})['install']()"
+
+#: What a stored text output must not contain (besides any stderr output at all).
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+_WARNING_LINE = re.compile(
+    r"^(.*\b[A-Z]\w*Warning\b[:(]|WARNING\b|[WE]\d{4} \d\d:\d\d:\d\d)", re.MULTILINE
+)  # "...UserWarning: ...", a logging "WARNING ..." line, a glog-style "W1128 08:07:28" torch log line
+_PROGRESS_FRAME = re.compile(r"\r|\d+%\|| \d+/\d+ \[\d\d:\d\d")  # tqdm: carriage returns, " 42%|", " 3/14 [00:02"
 
 _CODE_MARK = "# %%"
 _MARKDOWN_MARK = "# %% [markdown]"
@@ -92,18 +113,65 @@ def notebook_from_source(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
+class OutputProblem(RuntimeError):
+    """An executed notebook holds an output a reader should not see (``output_problems``)."""
+
+
+def _output_texts(output) -> list[str]:
+    if output.output_type == "stream":
+        return [output.text]
+    if output.output_type == "error":
+        return ["\n".join(output.get("traceback", []))]
+    return [output.get("data", {}).get("text/plain", "")]
+
+
+def output_problems(nb: nbformat.NotebookNode) -> list[str]:
+    """What is wrong with the stored outputs of ``nb``: one line per problem, empty if none.
+
+    A problem is an error output or a traceback in any text, any stderr output (library warnings
+    and log lines go there), a warning line in any text, or a progress-bar frame.
+    """
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for output in cell.get("outputs", []):
+            where = f"cell {index}"
+            if output.output_type == "error":
+                problems.append(f"{where}: error output {output.get('ename')}: {output.get('evalue')}")
+                continue
+            if output.output_type == "stream" and output.name == "stderr":
+                first = output.text.strip().splitlines()[:1] or [repr(output.text)]
+                problems.append(f"{where}: stderr output: {first[0][:160]}")
+            for text in _output_texts(output):
+                for kind, pattern in (("traceback", _TRACEBACK), ("warning line", _WARNING_LINE),
+                                      ("progress-bar frame", _PROGRESS_FRAME)):
+                    match = pattern.search(text)
+                    if match:
+                        line = text[text.rfind("\n", 0, match.start()) + 1:].split("\n", 1)[0]
+                        problems.append(f"{where}: {kind}: {line.strip()[:160]!r}")
+    return problems
+
+
 def execute(nb: nbformat.NotebookNode, *, cwd: Path = TUTORIALS, timeout: int = CELL_TIMEOUT_S) -> float:
     """Run every cell of ``nb`` in place (outputs stored in it); returns the wall time in seconds.
 
-    Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell.
+    The kernel checks every figure it renders (``figure_check.install``). Raises
+    ``nbclient.exceptions.CellExecutionError`` on the first failing cell and ``OutputProblem`` if
+    the outputs hold an error (e.g. a figure that failed its check while displayed), stderr
+    output, a warning line or a progress-bar frame.
     """
     client = NotebookClient(
         nb, timeout=timeout, kernel_name=KERNEL_NAME, resources={"metadata": {"path": str(cwd)}},
-        record_timing=False,
+        record_timing=False, extra_arguments=[f"--IPKernelApp.exec_lines={_KERNEL_STARTUP}"],
     )
     start = time.perf_counter()
     client.execute()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    problems = output_problems(nb)
+    if problems:
+        raise OutputProblem("the executed notebook holds outputs a reader should not see:\n  " + "\n  ".join(problems))
+    return seconds
 
 
 def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:

@@ -15,6 +15,15 @@
 # block scale. This notebook shows how the grid, the largest value and the bits move with
 # $\beta$, derives the gradient $\partial \mathcal{L}/\partial\beta$, and introduces the second
 # family, `fp6_fp4`.
+#
+# **After this notebook you can** compute $E$, $M$ and the bits of the family at any $\beta$;
+# say how range and precision change with $\beta$; derive $\partial\mathcal{L}/\partial\beta$
+# through the quantizer; and tell which formats a family can deploy.
+#
+# References: the [OCP MX v1.0 specification](https://www.opencompute.org/documents/ocp-microscaling-formats-mx-v1-0-spec-final-pdf),
+# the dMX paper ([arXiv 2606.04115](https://arxiv.org/abs/2606.04115)),
+# [torchao's MX formats](https://github.com/pytorch/ao/tree/main/torchao/prototype/mx_formats)
+# and the project's [README](../README.md).
 
 # %%
 %matplotlib inline
@@ -58,14 +67,16 @@ print("fp8_fp4 at beta = 0, 1, 2:", [fp8_fp4.format_at(b) for b in (0, 1, 2)])
 # %%
 betas = np.linspace(0.0, 2.0, 201)
 fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-for name, fam in FAMILIES.items():
+# Dashed for the second family: in the right panel both families have M = 1 + beta, so their
+# curves lie exactly on top of each other.
+for (name, fam), style in zip(FAMILIES.items(), ("-", "--")):
     params = [minifloat_params(fam.ebits(b), fam.mbits(b)) for b in betas]
-    axes[0].plot(betas, [float(fam.element_bits(b)) for b in betas], label=name)
-    axes[1].plot(betas, [p.max_normal for p in params], label=name)
-    axes[2].plot(betas, [2.0 ** -p.mbits for p in params], label=name)
+    axes[0].plot(betas, [float(fam.element_bits(b)) for b in betas], style, label=name)
+    axes[1].plot(betas, [p.max_normal for p in params], style, label=name)
+    axes[2].plot(betas, [2.0 ** -p.mbits for p in params], style, label=name)
 axes[0].set(xlabel=r"$\beta$", ylabel="element bits $1+E+M$", title="bits")
 axes[1].set(xlabel=r"$\beta$", ylabel="largest value", yscale="log", title="max normal (range)")
-axes[2].set(xlabel=r"$\beta$", ylabel=r"$2^{-M}$", yscale="log", title="relative step (precision)")
+axes[2].set(xlabel=r"$\beta$", ylabel=r"$2^{-M}$", yscale="log", title="relative step (both: M = 1 + β)")
 for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -216,8 +227,10 @@ display(Markdown("**fp8_fp4** ($E$ and $M$ move together):\n\n" + "\n".join(rows
 #
 # The optimiser does not update $\beta$ directly but an unconstrained $\hat\beta$; notebook 03
 # shows the temperature sigmoid $\beta = 2\,\sigma\bigl(20\,T\,(|\hat\beta|/2 - 1/2)\bigr)$ that
-# maps it into $[0, 2]$ and is annealed so that every layer ends at an integer point (a real MX
-# format). Its derivative, the last link of the chain,
+# maps it into $[0, 2]$ and is annealed so that every layer ends at one of the family's two
+# **ends**, $\beta = 0$ or $\beta = 2$ (MXFP4 or MXFP8 for `fp8_fp4`): the middle integer point
+# $\beta = 1$ (MXFP6 E3M2) is a real MX format too, but the hard rule never deploys it (section
+# 5). Its derivative, the last link of the chain,
 #
 # $$ \frac{\partial\beta}{\partial\hat\beta} = 20\,T\,\sigma(1-\sigma)\,\operatorname{sign}(\hat\beta), $$
 #
@@ -244,3 +257,37 @@ try:
     fp6.format_at(1.0)
 except ValueError as err:
     print("format_at(1.0) ->", err)
+
+# %% [markdown]
+# ## Recap
+#
+# | concept | formula | in code |
+# |---|---|---|
+# | `fp8_fp4` family | $E = 2+\beta$, $M = 1+\beta$, $b = 4 + 2\beta$, $\beta\in[0,2]$ | `get_family("fp8_fp4")` |
+# | `fp6_fp4` family | $E = 2$, $M = 1+\beta$ | `get_family("fp6_fp4")` |
+# | fractional format | generalised minifloat, still an E8M0 block scale | `mx_spec.minifloat` |
+# | gradient through the quantizer | STE for the rounding, exact in $E$ and $M$ | `dmx.autograd.mx_qdq_minifloat` |
+# | learnable $\hat\beta \to \beta$ | $2\sigma(20T(|\hat\beta|/2 - 1/2))$ | `dmx.offset.offset_to_beta` |
+# | deployable formats | the family's two ends only | `family.format_at` |
+#
+# ## Exercises
+#
+# 1. At $\beta = 0.5$ in `fp8_fp4`, what are $E$, $M$ and the element bits? Check with
+#    `minifloat_params(fam.ebits(0.5), fam.mbits(0.5))`.
+# 2. Compute $\partial\beta/\partial\hat\beta$ at $\hat\beta = 1$ for $T = 0.4$ and $T = 20$, and at
+#    $\hat\beta = 0$ for $T = 0.4$. What do the three numbers say about where and when the
+#    offsets can move?
+# 3. Why does `fp6.format_at(1.0)` raise?
+#
+# <details><summary>Solutions (click)</summary>
+#
+# 1. $E = 2.5$, $M = 1.5$, $b = 1 + 2.5 + 1.5 = 5$ bits.
+# 2. With $\sigma(1-\sigma) = 1/4$ at $|\hat\beta| = 1$: $20 \cdot 0.4/4 = 2$ and $20\cdot 20/4 = 100$
+#    — at the threshold the map gets steeper as $T$ rises. At $\hat\beta = 0$, $T = 0.4$:
+#    $\sigma(-4) \approx 0.018$, so $8\,\sigma(1-\sigma) \approx 0.14$: a layer that starts at
+#    $\hat\beta = 0$ (the default) moves slowly at first (notebook 04 shows the consequence).
+#    Away from the threshold at $T = 20$ the slope is essentially 0: the assignment is frozen.
+# 3. At $\beta = 1$ the `fp6_fp4` family is E2M2, a 5-bit format that the OCP MX specification
+#    does not define, so there is no standard MX format to return.
+#
+# </details>

@@ -20,6 +20,16 @@
 # straight-through estimator (STE) oscillates while the annealed sigmoid settles, and how the
 # penalty sets the average bits. The "model" is a toy 8-layer MLP so that everything runs in
 # seconds; notebook 04 does the same on a real LLM.
+#
+# **After this notebook you can** explain what the temperature does to the map
+# $\hat\beta\to\beta$ and to its gradient; read $\hat\beta$/$\beta$ trajectories of a
+# calibration; say why round + STE keeps flipping formats and the annealed sigmoid settles; and
+# predict what the hinge penalty does to the average bits — and what it does not do.
+#
+# References: the [OCP MX v1.0 specification](https://www.opencompute.org/documents/ocp-microscaling-formats-mx-v1-0-spec-final-pdf),
+# the dMX paper ([arXiv 2606.04115](https://arxiv.org/abs/2606.04115)),
+# [torchao's MX formats](https://github.com/pytorch/ao/tree/main/torchao/prototype/mx_formats)
+# and the project's [README](../README.md).
 
 # %%
 %matplotlib inline
@@ -27,6 +37,7 @@ import copy
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 import torch
 from torch import nn
 
@@ -101,6 +112,12 @@ plt.show()
 WIDTH, DEPTH, STEPS = 64, 8, 100
 
 
+HEAVY = [i % 2 == 1 for i in range(DEPTH)]  # which layers get heavy-tailed weights
+LAYER_COLOR = ["tab:red" if heavy else "tab:blue" for heavy in HEAVY]
+LAYER_LEGEND = [Line2D([], [], color="tab:red", label="heavy-tailed layers (odd)"),
+                Line2D([], [], color="tab:blue", label="Gaussian layers (even)")]
+
+
 def toy_teacher(seed: int = 0) -> nn.Sequential:
     gen = torch.Generator().manual_seed(seed)
     blocks = []
@@ -114,14 +131,17 @@ def toy_teacher(seed: int = 0) -> nn.Sequential:
     return nn.Sequential(*blocks).requires_grad_(False)
 
 
-teacher = toy_teacher()
-inputs = torch.randn(128, WIDTH, generator=torch.Generator().manual_seed(1))
-with torch.no_grad():
-    reference = teacher(inputs)
+def toy_problem(seed: int = 0):
+    """(teacher, inputs, reference outputs) of one toy; seed 0 is the one studied below."""
+    teacher = toy_teacher(seed)
+    inputs = torch.randn(128, WIDTH, generator=torch.Generator().manual_seed(1 + 1000 * seed))
+    with torch.no_grad():
+        return teacher, inputs, teacher(inputs)
 
 
-def calibrate_toy(schedule, target_bits=6.0, lam=5.0, lr=0.05, steps=STEPS):
-    """Learn one fp8_fp4 format per layer of a copy of the teacher; returns the history."""
+def calibrate_toy(schedule, target_bits=6.0, lam=5.0, lr=0.05, steps=STEPS, seed=0):
+    """Learn one fp8_fp4 format per layer of a copy of toy ``seed``'s teacher; returns the history."""
+    teacher, inputs, reference = toy_problem(seed)
     student = copy.deepcopy(teacher)
     layers = wrap_linears(student, family="fp8_fp4", beta_hat_init=1.0, fractional_scale="emax")
     optimizer = torch.optim.SGD([l.beta_hat for l in layers.values()], lr=lr, momentum=0.99, nesterov=True)
@@ -151,20 +171,25 @@ def calibrate_toy(schedule, target_bits=6.0, lam=5.0, lr=0.05, steps=STEPS):
 
 sigmoid_run = calibrate_toy(HoldThenExponential())
 print("deployed formats:", [f.replace("mxfp", "fp") for f in sigmoid_run["formats"]])
+print("kept in FP8:", [f"layer {i} ({'heavy' if HEAVY[i] else 'Gaussian'})"
+                       for i, f in enumerate(sigmoid_run["formats"]) if f.endswith("e4m3")])
 print(f"average element bits {sigmoid_run['final_bits']:.2f} (target 6), "
       f"relative output error {sigmoid_run['final_task']:.4f}")
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharex=True)
-axes[0].plot(sigmoid_run["beta_hat"])
-axes[0].axhline(1, color="k", ls=":", lw=1)
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+for layer in range(DEPTH):
+    axes[0].plot(sigmoid_run["beta_hat"][:, layer], color=LAYER_COLOR[layer], lw=1)
+    axes[1].plot(sigmoid_run["beta"][:, layer], color=LAYER_COLOR[layer], lw=1)
+axes[0].axhline(1, color="k", ls=":", lw=1)  # |beta_hat| = 1: the FP4/FP8 threshold
 axes[0].axhline(-1, color="k", ls=":", lw=1)
-axes[0].set(title=r"$\hat\beta$ per layer", xlabel="step")
-axes[1].plot(sigmoid_run["beta"])
-axes[1].set(title=r"soft $\beta$ per layer", xlabel="step")
+axes[0].set(title=r"$\hat\beta$ per layer", xlabel="step", ylabel=r"$\hat\beta$ (learned parameter)")
+axes[1].set(title=r"soft $\beta$ per layer", xlabel="step", ylabel=r"$\beta$ (0 = FP4, 2 = FP8)")
+for ax in axes[:2]:
+    ax.legend(handles=LAYER_LEGEND, fontsize=7)
 axes[2].plot(sigmoid_run["bits"], label=r"average bits $\bar b$")
 axes[2].axhline(6, color="k", ls=":", lw=1, label="target")
-axes[2].set(title="average element bits", xlabel="step")
+axes[2].set(title="average element bits", xlabel="step", ylabel=r"$\bar b$ (bits)")
 axes[2].legend(fontsize=8)
 for ax in axes:
     ax.axvline(0.6 * STEPS, color="gray", lw=0.8)  # end of the hold phase
@@ -181,14 +206,30 @@ plt.show()
 # ~200 linears of an LLM that granularity is ~0.02 bits. A $\hat\beta$ may cross zero: only
 # $|\hat\beta|$ counts, so a negative $\hat\beta$ far from zero also means the high format.
 #
+# **What the toy does not show.** Two things in this run go against the intuition that motivated
+# it (red lines: the heavy-tailed layers):
+#
+# * *The offsets move together in the hold phase.* Above the target, the hinge pushes every
+#   offset by the same amount, $\lambda\,b'(\hat\beta_l)/L$, which here is much larger than the
+#   task gradient of any single layer; momentum 0.99 accumulates that common push and carries all
+#   offsets through $\hat\beta = 0$ together. The layers separate only where the task gradient
+#   differs — late in the hold phase and during the annealing.
+# * *The heavy-tailed layers are not simply the ones kept in FP8* (printed above). Which layers
+#   matter is decided by the task gradient: an error in an early layer is propagated (and
+#   partly squashed by tanh) through all later layers, so a layer's position counts as much as
+#   its weight statistics. Per-layer weight error alone is the wrong proxy — which is the case
+#   for learning the assignment from the task loss in the first place.
+#
 # ## 4. Plain round + STE oscillates; the annealed sigmoid settles
 #
 # The obvious alternative is to round right away: use the hard format in the forward pass and
 # pretend the rounding is the identity in the backward pass (`RoundSTE`, offset mode
 # `round_ste`: $\partial\beta/\partial|\hat\beta| = 1$). Then $\bar b$ is always an integer
 # combination of 4 and 8 bits, the penalty switches on and off as layers cross the threshold,
-# and layers keep flipping between formats until the last step. We count, per run, how often a
-# layer's hard format changes.
+# and layers keep flipping between formats until the last step. We count how often a layer's
+# hard format ($|\hat\beta| > 1$) changes **after the annealing starts** (step 60): before that
+# the sigmoid run's formats are fractional, and $|\hat\beta|$ crossing 1 changes nothing in its
+# forward pass, so flips there are not comparable.
 
 # %%
 ste_run = calibrate_toy(RoundSTE())
@@ -198,13 +239,21 @@ def hard_formats(run):
     return (np.abs(run["beta_hat"]) > 1.0).astype(int)  # 1 = high format (the deployed rule)
 
 
+ANNEAL_START = int(0.6 * STEPS)  # HoldThenExponential's default hold fraction
+
+
+def flips_after(run, start):
+    """Hard-format changes summed over layers from step ``start`` on."""
+    return int(np.abs(np.diff(hard_formats(run)[start:], axis=0)).sum())
+
+
 fig, axes = plt.subplots(1, 2, figsize=(11, 3), sharey=True)
 for ax, (name, run) in zip(axes, (("round + STE", ste_run), ("annealed sigmoid", sigmoid_run))):
-    ax.imshow(hard_formats(run).T, aspect="auto", cmap="viridis", interpolation="nearest")
-    flips = np.abs(np.diff(hard_formats(run), axis=0)).sum()
-    late = np.abs(np.diff(hard_formats(run)[-20:], axis=0)).sum()
-    ax.set(title=f"{name}: {flips} format flips ({late} in the last 20 steps)", xlabel="step")
-axes[0].set_ylabel("layer (bright = FP8)")
+    ax.imshow(hard_formats(run).T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+    ax.axvline(ANNEAL_START, color="w", lw=1)
+    ax.set(title=f"{name}: {flips_after(run, ANNEAL_START)} flips after step {ANNEAL_START}",
+           xlabel="step")
+axes[0].set_ylabel("layer (bright = FP8, dark = FP4)")
 fig.tight_layout()
 plt.show()
 for name, run in (("round + STE", ste_run), ("annealed sigmoid", sigmoid_run)):
@@ -212,13 +261,35 @@ for name, run in (("round + STE", ste_run), ("annealed sigmoid", sigmoid_run)):
           f"relative output error {run['final_task']:.4f}")
 
 # %% [markdown]
-# Read the titles: the counts include the soft phase of the sigmoid run, where $|\hat\beta|$
-# crossing 1 changes nothing in the forward pass (the formats are fractional there), whereas
-# every round + STE flip is a real format switch. What matters is the end: round + STE keeps
-# switching formats until the last steps, so its final assignment depends on the step at which
-# training stopped; once the sigmoid run's temperature is high,
-# $\partial\beta/\partial\hat\beta$ vanishes away from $|\hat\beta| = 1$ and its
-# assignment freezes.
+# One toy is one sample. The same comparison on three toys (teachers and inputs drawn from
+# seeds 0-2), counting flips after the annealing starts and in the last 20 steps:
+
+# %%
+SEEDS = (0, 1, 2)
+runs = {0: (ste_run, sigmoid_run)}
+runs.update({seed: (calibrate_toy(RoundSTE(), seed=seed), calibrate_toy(HoldThenExponential(), seed=seed))
+             for seed in SEEDS if seed != 0})
+print("seed | round+STE flips: after step 60, last 20 | sigmoid flips: after step 60, last 20")
+totals = np.zeros(4, dtype=int)
+for seed in SEEDS:
+    ste, sig = runs[seed]
+    counts = [flips_after(ste, ANNEAL_START), flips_after(ste, STEPS - 20),
+              flips_after(sig, ANNEAL_START), flips_after(sig, STEPS - 20)]
+    totals += counts
+    print(f"{seed:4d} | {counts[0]:17d} {counts[1]:9d}     | {counts[2]:15d} {counts[3]:9d}")
+print(f" all | {totals[0]:17d} {totals[1]:9d}     | {totals[2]:15d} {totals[3]:9d}")
+print("final bits (STE, sigmoid):", [(runs[s][0]["final_bits"], runs[s][1]["final_bits"]) for s in SEEDS])
+
+# %% [markdown]
+# How to read the table: every round + STE flip is a real format switch in the forward pass,
+# so its final assignment depends on the step at which training stopped. The annealed sigmoid
+# flips less after step 60 and markedly less in the last 20 steps, because as $T$ grows
+# $\partial\beta/\partial\hat\beta$ vanishes away from $|\hat\beta| = 1$. It does not
+# freeze completely in so short a run: $T$ reaches its final value only at the last step, and a
+# layer sitting near $|\hat\beta| = 1$ can still cross. Look at the per-seed rows too: the
+# difference is large on some toys and small on others — one run's picture above is an
+# illustration, the table over seeds is the evidence. Note the final bits as well: with 8 layers
+# the hard snap moves $\bar b$ in steps of 0.5, and neither rule lands on 6.00 exactly.
 #
 # ## 5. The target-aware penalty sets the average bits
 #
@@ -230,6 +301,11 @@ for name, run in (("round + STE", ste_run), ("annealed sigmoid", sigmoid_run)):
 # it does not pull the average up to it, so a run may end below its budget (here the 5-bit
 # target ends with every layer in FP4, 4 bits), or above it by the granularity of the
 # hard snap discussed above.
+#
+# Note also (printed below) that the assignments need **not nest**: a layer kept in FP8 at one
+# target can be in FP4 at a higher one. Each target is a separate non-convex run whose momentum
+# phase ends in a different place; a greedy ranking such as the KL heuristic of notebook 04
+# nests by construction, dMX does not promise it.
 
 # %%
 targets = (5.0, 6.0, 7.0)
@@ -249,3 +325,44 @@ for t in targets:
     print(f"target {t:g}: bits {results[t]['final_bits']:.2f}, relative error {results[t]['final_task']:.4f}, "
           f"formats {[f[-4:] for f in results[t]['formats']]}")
 print(f"no penalty: bits {no_penalty['final_bits']:.2f}, relative error {no_penalty['final_task']:.4f}")
+high = {t: {i for i, f in enumerate(results[t]["formats"]) if f.endswith("e4m3")} for t in targets}
+for low_t, high_t in zip(targets, targets[1:]):
+    missing = sorted(high[low_t] - high[high_t])
+    print(f"FP8 layers at {low_t:g} bits all FP8 at {high_t:g} bits: {not missing}"
+          + (f" (layers {missing} are not)" if missing else ""))
+
+# %% [markdown]
+# ## Recap
+#
+# | concept | rule | in code |
+# |---|---|---|
+# | soft offset | $\beta = 2\sigma(20T(|\hat\beta|/2 - 1/2))$; only $|\hat\beta|$ counts | `dmx.offset.offset_to_beta` |
+# | hard (deployed) offset | $\beta = 2$ if $|\hat\beta| > 1$ else 0 | `training=False` |
+# | schedule | hold $T = 0.4$ for 60 % of the steps, then exponential to 20 | `dmx.anneal.HoldThenExponential` |
+# | round + STE | hard format forward, identity backward: keeps flipping | `dmx.anneal.RoundSTE` |
+# | budget penalty | $\max(0, \lambda(\bar b - b_t))$: pushes down only above the target | `dmx.regularizer.bit_budget_penalty` |
+# | granularity | one layer switching moves $\bar b$ by $4/L$ bits | |
+#
+# ## Exercises
+#
+# 1. Rerun `calibrate_toy(HoldThenExponential(), lam=20.0)`. Does a stronger penalty bring the
+#    final bits closer to the 6-bit target? Why can it not make them equal to 6.00 here?
+# 2. Count flips after step 60 for round + STE and the sigmoid on seeds 3-5 (`seed=` of
+#    `calibrate_toy`). Does the table's conclusion hold?
+# 3. Make the hold phase shorter: `HoldThenExponential(hold_fraction=0.3)`. What happens to the
+#    number of flips after the annealing starts, and to the final error?
+#
+# <details><summary>Solutions (click)</summary>
+#
+# 1. Do not expect 6.00. The hard average can only be 4.0, 4.5, ..., 8.0 (one switch moves
+#    $\bar b$ by $4/8$ bits), and the penalty acts on the *soft* bits: a larger $\lambda$ holds
+#    the soft average nearer the target, but which layers near $|\hat\beta| = 1$ snap up or down
+#    during the annealing is decided by the task gradient. Run seeds 0-2 at both $\lambda$ and
+#    compare `final_bits` and `final_task`: the stronger penalty may change little.
+# 2. Use the loop of the flip table with `SEEDS = (3, 4, 5)`; judge the totals and the
+#    last-20-step columns, not a single seed.
+# 3. With a shorter hold the offsets have less time to separate at the soft temperature; the
+#    annealing then has to sort them while the sigmoid sharpens. Compare the flip counts with
+#    `flips_after(run, int(0.3 * STEPS))` and the `final_task` of both runs.
+#
+# </details>
