@@ -11,11 +11,13 @@ min, max, seeds). Run by ``benchmarks/budget_study.sh``; needs no model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from dmx.calibrate import CalibrationConfig
 from dmx.checkpoint import atomic_write_text, read_json
 from dmx.sweep import summarize_points
 
@@ -31,9 +33,11 @@ def budget_rows(folders: list[Path]) -> list[dict]:
         if not dmx:
             continue
         s = dmx[0]["settings"]
-        steps = s["calibration"].get("steps", 60)
-        per_step = s["calibration"].get("batch_size", 1) * s["calibration"].get("grad_accum", 1)
-        (summary,) = [r for r in summarize_points(dmx)]
+        # a setting left at its default is not stored with the point: take it from the config
+        calibration = {**dataclasses.asdict(CalibrationConfig()), **s["calibration"]}
+        steps = calibration["steps"]
+        per_step = calibration["batch_size"] * calibration["grad_accum"]
+        (summary,) = summarize_points(dmx)
         rows.append({"folder": str(folder), "steps": steps, "windows_per_step": per_step,
                      "tokens": steps * per_step * s["calib_seqlen"], "avg_bits": summary["avg_bits"],
                      "perplexity_mean": summary["perplexity_mean"], "perplexity_min": summary["perplexity_min"],
