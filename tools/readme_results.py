@@ -480,6 +480,56 @@ def table_headline_threshold_bits(root: Path) -> str:
     return markdown_table(["rotation", "seed", "target", "threshold-rule bits", "over the target"], body, "lrrrr")
 
 
+#: How many of KL's most sensitive layers (highest one-at-a-time KL score) a seed must keep at MXFP8
+#: to count as "caught" in ``table_headline_overlap``.
+KL_TOP = 10
+
+
+def table_headline_overlap(root: Path) -> str:
+    """Per rotation and seed: how much of KL's MXFP8 set dMX (and the random control) also keeps
+    high at the same bits, how many of KL's ``KL_TOP`` most sensitive layers it keeps, and its
+    perplexity: where dMX's ranking and KL's differ, and whether missing KL's top layers goes with
+    a worse perplexity. KL's scores come from the KL assignment's provenance."""
+    body = []
+    for rotation, folder in HEADLINE_FOLDERS.items():
+        sweep = load_sweep(root / "results" / folder)
+        kl_point = next(p for p in sweep.values() if p["method"] == "kl")
+        kl_doc = load_json(assignment_file(root / "results" / folder, kl_point["key"]))
+        scores = kl_doc["provenance"]["kl_scores"]
+        kl_high = {layer for layer, fmt in kl_doc["formats"].items() if fmt != "mxfp4_e2m1"}
+        top = set(sorted(scores, key=scores.get, reverse=True)[:KL_TOP])
+        for method in ("dmx", "random"):
+            for p in sorted((p for p in sweep.values() if p["method"] == method), key=lambda p: p["seed"]):
+                high = {layer for layer, fmt in p["formats"].items() if fmt != "mxfp4_e2m1"}
+                body.append([rotation, method, str(p["seed"]), f"{len(high & kl_high)} of {len(kl_high)}",
+                             f"{len(high & top)} of {KL_TOP}", f"{p['perplexity']:.2f}"])
+        body.append([rotation, "kl", "", f"{len(kl_high)} of {len(kl_high)}", f"{KL_TOP} of {KL_TOP}",
+                     f"{kl_point['perplexity']:.2f}"])
+    return markdown_table(["rotation", "method", "seed", "MXFP8 layers shared with KL", f"KL's top {KL_TOP} kept at MXFP8",
+                           "ppl"], body, "llrrrr")
+
+
+#: The scale-rule comparison (benchmarks/scale_rule.sh): the same dMX calibration under the
+#: project's first rule (emax) beside the headline's dMX under the authors' rule (maxfloat).
+SCALE_RULE_FOLDERS = {"Hadamard-64": ("headline_5bit_hadamard", "scale_rule_emax_hadamard")}
+
+
+def table_scale_rule(root: Path) -> str:
+    """dMX at 5 bits (budget rounding) per fractional-scale rule and seed, on the same test windows."""
+    body = []
+    for rotation, (maxfloat, emax) in SCALE_RULE_FOLDERS.items():
+        runs = {"maxfloat (authors', default)": maxfloat, "emax (project's first)": emax}
+        seeds = sorted({p["seed"] for p in load_sweep(root / "results" / emax).values() if p["method"] == "dmx"})
+        for rule, folder in runs.items():
+            doc = load_json(root / "results" / folder / "results.json")
+            points = {p["seed"]: p for p in doc["points"] if p["method"] == "dmx" and p["seed"] in seeds}
+            ppl = [points[s]["perplexity"] for s in seeds]
+            body.append([rotation, str(doc["config"]["max_windows"]), rule, " ".join(map(str, seeds)),
+                         " / ".join(f"{v:.2f}" for v in ppl), mean_spread(ppl)])
+    return markdown_table(["rotation", "test windows", "fractional scale", "seeds", "ppl per seed", "mean ± sd"],
+                          body, "lrllrr")
+
+
 def _seed_perplexities(root: Path, folder: str, method: str) -> list[float]:
     return [p["perplexity"] for p in load_sweep(root / "results" / folder).values()
             if p["method"] == method and p.get("perplexity") is not None]
@@ -489,6 +539,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "headline": table_headline,
     "headline_verdict": table_headline_verdict,
     "headline_threshold_bits": table_headline_threshold_bits,
+    "headline_overlap": table_headline_overlap,
     "bench_mx_spec": table_bench_mx_spec,
     "demo": table_demo,
     "sweep_rotations": table_sweep_rotations,
