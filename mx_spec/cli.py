@@ -20,7 +20,7 @@ from mx_spec.golden_export import export_flat
 from mx_spec.golden_gen import write_golden
 from mx_spec.layouts import LAYOUT_CHOICES
 from mx_spec.policies import POLICY_CHOICES, choices_text
-from mx_spec.scale import SCALE_MODES
+from mx_spec.scale import E8M0_BIAS, SCALE_MODES
 from mx_spec.verify import verify_quantizer, verify_results
 
 
@@ -49,7 +49,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         err = float(np.max(np.abs(back - x) / np.max(np.abs(x), axis=-1, keepdims=True)))
         print(f"\n== {fmt}: block_size {mx.block_size}, axis {mx.axis}, scale_mode floor, rounding rne")
         print("  scales (E8M0 codes):", " ".join(f"0x{int(s):02x}" for s in mx.scales.reshape(-1)),
-              "= 2^" + str([int(s) - 127 for s in mx.scales.reshape(-1)]))
+              "= 2^" + str([int(s) - E8M0_BIAS for s in mx.scales.reshape(-1)]))
         print("  element codes (hex):\n" + _hex_grid(mx.elements))
         print(f"  packed: {len(packed)} bytes: {packed[:24].hex(' ')}{' ...' if len(packed) > 24 else ''}")
         print("  dequantized row 0[:8]:", np.array2string(back[0, :8], precision=4))

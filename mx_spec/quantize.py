@@ -122,12 +122,7 @@ def quantize(
     Returns:
         :class:`MXArray` (see the module docstring for every corner case).
     """
-    f = get_format(fmt)
-    bs = check_block_size(f.block_size if block_size is None else block_size)
-    check_scale_mode(scale_mode)
-    check_rounding(rounding)
-    arr, work = as_working(x)
-    ax = check_axis(axis, arr.ndim)
+    f, bs, arr, work, ax = _checked_call(x, fmt, block_size, axis, scale_mode, rounding)
     if rounding == "rne" and arr.size:
         # the chunked kernel works on (..., n_blocks, k) with the block axis last, zero-padded
         blocks = to_blocks(arr, ax, bs)
@@ -137,6 +132,17 @@ def quantize(
     else:
         scales, elements = _quantize_general(arr, f, bs, ax, scale_mode, rounding, work)
     return MXArray(f, scales, elements, ax, bs, scale_mode, rounding)
+
+
+def _checked_call(x: npt.ArrayLike, fmt: str | MXFormat, block_size: int | None, axis: int, scale_mode: str,
+                  rounding: str) -> tuple[MXFormat, int, np.ndarray, _Work, int]:
+    """The settings of a quantize call, validated: (format, block size, working array, its layout, axis)."""
+    f = get_format(fmt)
+    bs = check_block_size(f.block_size if block_size is None else block_size)
+    check_scale_mode(scale_mode)
+    check_rounding(rounding)
+    arr, work = as_working(x)
+    return f, bs, arr, work, check_axis(axis, arr.ndim)
 
 
 def _quantize_general(
@@ -234,13 +240,8 @@ def quantize_dequantize(
     With ``return_scales`` also the E8M0 scale codes (uint8, laid out as ``MXArray.scales``), so a
     caller that needs the values and the scales does not encode and decode the element codes.
     """
-    f = get_format(fmt)
-    bs = check_block_size(f.block_size if block_size is None else block_size)
-    check_scale_mode(scale_mode)
-    check_rounding(rounding)
-    arr, work = as_working(x)
+    f, bs, arr, work, ax = _checked_call(x, fmt, block_size, axis, scale_mode, rounding)
     out_dtype = np.asarray(x).dtype
-    ax = check_axis(axis, arr.ndim)
     if rounding == "rne" and arr.size:
         values, exps = quantize_dequantize_blocks(to_blocks(arr, ax, bs), f, bs, scale_mode, work)
         out = from_blocks(values, ax, arr.shape[ax]).astype(out_dtype, copy=False)
