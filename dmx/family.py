@@ -21,7 +21,7 @@ from typing import TypeVar
 from mx_spec.formats import MX_FORMATS
 from mx_spec.minifloat import E4M3_MAX_NORMAL
 
-__all__ = ["FormatFamily", "FAMILIES", "get_family", "STANDARD_ELEMENT_WIDTHS"]
+__all__ = ["FormatFamily", "FAMILIES", "DEFAULT_FAMILY", "get_family", "STANDARD_ELEMENT_WIDTHS"]
 
 Num = TypeVar("Num")
 
@@ -108,6 +108,10 @@ FAMILIES: dict[str, FormatFamily] = {
     "fp8_fp4": FormatFamily("fp8_fp4", 2.0, 1.0, 1.0, 1.0, "mxfp4_e2m1", "mxfp8_e4m3"),
     "fp6_fp4": FormatFamily("fp6_fp4", 2.0, 0.0, 1.0, 1.0, "mxfp4_e2m1", "mxfp6_e2m3"),
 }
+
+
+#: The family a layer, a calibration or a sweep uses unless told otherwise.
+DEFAULT_FAMILY = "fp8_fp4"
 
 
 def get_family(family: str | FormatFamily) -> FormatFamily:

@@ -29,7 +29,7 @@ from dmx.mx_torch_primitives import (as_working, block_amax, from_blocks, pow2, 
                                      round_in_place, round_real_abs, row_chunks, shared_exponent, to_blocks)
 from mx_spec.blocks import check_axis, check_block_size
 from mx_spec.elements import _check_grid, check_rounding, decode_table, round_to_element_grid, working_layout
-from mx_spec.formats import ElementFormat, MXFormat, get_format
+from mx_spec.formats import DEFAULT_BLOCK_SIZE, ElementFormat, MXFormat, get_format
 from mx_spec.minifloat import E4M3_MAX_NORMAL, FRACTIONAL_SCALES, check_minifloat_scale_mode, minifloat_params
 from mx_spec.scale import E8M0_BIAS, E8M0_NAN, check_scale_mode
 
@@ -173,7 +173,7 @@ def _minifloat_exponent(amax: torch.Tensor, emax: float, scale_mode: str) -> tup
 
 
 def quantize_dequantize_minifloat(
-    x: torch.Tensor, ebits: float, mbits: float, *, block_size: int = 32, scale_mode: str = "floor",
+    x: torch.Tensor, ebits: float, mbits: float, *, block_size: int = DEFAULT_BLOCK_SIZE, scale_mode: str = "floor",
     rounding: str = "rne", max_normal_cap: float = E4M3_MAX_NORMAL,
     fractional_scale: str = FRACTIONAL_SCALES[0], return_scale_exponent: bool = False,
 ):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import mx_spec
-from mx_spec.formats import get_element, get_format
+from mx_spec.formats import DEFAULT_BLOCK_SIZE, get_element, get_format
 from mx_spec.golden import INPUT_DTYPES, SPEC_MODE
 from mx_spec.scale import E8M0_MAX_EXP, E8M0_MIN_EXP
 
@@ -41,7 +41,7 @@ class CaseInput:
     group: str
     note: str
     x: np.ndarray
-    block_size: int = 32
+    block_size: int = DEFAULT_BLOCK_SIZE
     axis: int = -1
 
 
@@ -68,7 +68,7 @@ def _compose(sign: np.ndarray, exponent: np.ndarray, mantissa52: np.ndarray) -> 
     return np.where(sign.astype(bool), -value, value)
 
 
-def random_blocks(seed: int, n_blocks: int, block_size: int = 32) -> np.ndarray:
+def random_blocks(seed: int, n_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
     """float64 array (n_blocks, block_size) mixing four distributions, one per block.
 
     Block kinds (block index mod 4): 'uniform' (exponent = block exponent - geometric(1/2), the
@@ -116,7 +116,7 @@ def _element_grid(elem_name: str) -> np.ndarray:
     return np.unique(values[keep])
 
 
-def _blocks_with_anchor(values: np.ndarray, anchor: float, block_size: int = 32) -> np.ndarray:
+def _blocks_with_anchor(values: np.ndarray, anchor: float, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
     """Rows of ``block_size``: ``anchor`` first (it fixes amax), then ``values`` (padding 0)."""
     per = block_size - 1
     n_blocks = max(1, -(-len(values) // per))

@@ -88,7 +88,7 @@ import numpy as np
 
 from mx_spec.blocks import block_amax, check_axis, check_block_size, from_blocks, to_blocks
 from mx_spec.elements import as_working, round_to_element_grid
-from mx_spec.formats import ELEMENT_FORMATS
+from mx_spec.formats import DEFAULT_BLOCK_SIZE, ELEMENT_FORMATS
 from mx_spec.scale import check_scale_mode, shared_exponent
 
 __all__ = [
@@ -251,7 +251,7 @@ def quantize_dequantize_minifloat(
     ebits: float,
     mbits: float,
     *,
-    block_size: int = 32,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     axis: int = -1,
     scale_mode: str = "floor",
     rounding: str = "rne",
