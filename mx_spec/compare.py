@@ -25,14 +25,11 @@ import numpy as np
 
 from mx_spec.blocks import scales_shape
 from mx_spec.formats import get_format
-from mx_spec.golden import GoldenCase, array_to_hex
+from mx_spec.golden import FLOAT_FIELDS, OUTPUT_FIELDS, GoldenCase, array_to_hex
 from mx_spec.layouts import element_bit_offsets, pack_stream
 from mx_spec.policies import INF_SATURATE, min_inf_block_exponent, outputs_of, policy_key, quantize_under_policies
 from mx_spec.scale import E8M0_BIAS, E8M0_NAN
 
-CODE_FIELDS: tuple[str, ...] = ("scales", "elements")
-ALL_FIELDS: tuple[str, ...] = ("scales", "elements", "packed", "decoded_f32", "decoded_f64")
-FLOAT_FIELDS = {"decoded_f32": "float32", "decoded_f64": "float64"}
 #: Mismatching items kept per case (enough for the hints; the count is exact regardless).
 MAX_ITEMS_PER_CASE = 256
 
@@ -60,14 +57,12 @@ class Mismatch:
         return f"{self.case_id}: {where}: expected {self.expected}, got {self.actual}{extra}"
 
 
-
 # --------------------------------------------------------------------------- field names
 def check_field_names(names: Iterable[str], where: str) -> None:
     """Unknown output field names are an error (a misspelt field would otherwise check nothing)."""
-    unknown = sorted(set(names) - set(ALL_FIELDS))
+    unknown = sorted(set(names) - set(OUTPUT_FIELDS))
     if unknown:
-        raise ValueError(f"{where}: unknown output field(s) {unknown}; valid field names: {list(ALL_FIELDS)}")
-
+        raise ValueError(f"{where}: unknown output field(s) {unknown}; valid field names: {list(OUTPUT_FIELDS)}")
 
 
 # --------------------------------------------------------------------------- layout helpers
@@ -133,7 +128,6 @@ def _packed_care(case: GoldenCase, scales: np.ndarray, layouts: frozenset[str]) 
     return _packed_bytes(case, marker, layouts) == 0
 
 
-
 # --------------------------------------------------------------------------- expected outputs
 def expected_outputs(case: GoldenCase, policies: frozenset[str] = frozenset(),
                      actual: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -165,7 +159,6 @@ def expected_outputs(case: GoldenCase, policies: frozenset[str] = frozenset(),
         mx = quantize_under_policies(case.x, case.fmt, rounding=case.rounding, policies=applied,
                                      inf_scales=chosen.astype(np.uint8), **kw)
         return outputs_of(mx)
-
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -218,7 +211,7 @@ def compare_case(case: GoldenCase, actual: dict[str, Any], policies: frozenset[s
                  layouts: frozenset[str] = frozenset()) -> list[Mismatch]:
     """Mismatches between a golden case (under the declared ``policies``) and an implementation's outputs.
 
-    ``actual`` maps field names (any of ``ALL_FIELDS``) to arrays: uint8 codes for
+    ``actual`` maps field names (any of ``OUTPUT_FIELDS``) to arrays: uint8 codes for
     ``scales``/``elements``/``packed``, floats for ``decoded_*``.  Missing fields are not checked
     (:func:`checked_fields` says which were); unknown names raise ValueError.
     """
@@ -260,8 +253,7 @@ def compare_case(case: GoldenCase, actual: dict[str, Any], policies: frozenset[s
 
 def checked_fields(actual: dict[str, Any]) -> frozenset[str]:
     """The fields of ``actual`` that :func:`compare_case` compares."""
-    return frozenset(f for f in ALL_FIELDS if f in actual)
-
+    return frozenset(f for f in OUTPUT_FIELDS if f in actual)
 
 
 def undeclared_policy_match(case: GoldenCase, actual: dict[str, Any], policies: frozenset[str],

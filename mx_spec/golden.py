@@ -48,6 +48,14 @@ INPUT_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "bfloat16": (np.dtype(ml_dtypes.bfloat16), np.dtype(">u2")),
 }
 
+#: The output fields of a case (golden/README.md, "Semantics"): E8M0 scale codes, element codes,
+#: packed bytes and the float32 / float64 decodes.
+OUTPUT_FIELDS: tuple[str, ...] = ("scales", "elements", "packed", "decoded_f32", "decoded_f64")
+#: The code fields: a verification is complete only when every compared case checked them.
+CODE_FIELDS: tuple[str, ...] = ("scales", "elements")
+#: The decode fields, with the float dtype of their items.
+FLOAT_FIELDS: dict[str, str] = {"decoded_f32": "float32", "decoded_f64": "float64"}
+
 MANIFEST_NAME = "MANIFEST.sha256"
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mx_spec.compare import ALL_FIELDS, CODE_FIELDS, Mismatch
-from mx_spec.golden import GoldenCase
+from mx_spec.compare import Mismatch
+from mx_spec.golden import CODE_FIELDS, OUTPUT_FIELDS, GoldenCase
 from mx_spec.hints import cause_hints
 from mx_spec.policies import POLICY_CHOICES
 
@@ -20,7 +20,6 @@ class ModeTally:
     passed: int = 0
     failed: int = 0
     skipped: int = 0
-
 
 
 @dataclass
@@ -101,7 +100,7 @@ class VerifyReport:
 
     def coverage_line(self) -> str:
         """Per-field coverage, e.g. 'fields checked: scales in 50 cases, ..., packed in 0'."""
-        parts = [f"{f} in {self.field_cases[f]}" for f in ALL_FIELDS]
+        parts = [f"{f} in {self.field_cases[f]}" for f in OUTPUT_FIELDS]
         return f"fields checked (of {self.n_compared} compared cases): " + ", ".join(parts)
 
     def failure_table(self) -> str:
@@ -109,9 +108,9 @@ class VerifyReport:
         if not self.group_field_failures:
             return ""
         groups = sorted({g for g, _ in self.group_field_failures})
-        rows = ["| group | " + " | ".join(ALL_FIELDS) + " |", "| --- |" + " ---: |" * len(ALL_FIELDS)]
+        rows = ["| group | " + " | ".join(OUTPUT_FIELDS) + " |", "| --- |" + " ---: |" * len(OUTPUT_FIELDS)]
         for g in groups:
-            rows.append(f"| {g} | " + " | ".join(str(self.group_field_failures[(g, f)]) for f in ALL_FIELDS) + " |")
+            rows.append(f"| {g} | " + " | ".join(str(self.group_field_failures[(g, f)]) for f in OUTPUT_FIELDS) + " |")
         return "\n".join(rows)
 
     def hints(self) -> list[str]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from mx_spec.compare import ALL_FIELDS, FLOAT_FIELDS, check_field_names
-from mx_spec.golden import hex_to_array, read_json_document
+from mx_spec.compare import check_field_names
+from mx_spec.golden import FLOAT_FIELDS, OUTPUT_FIELDS, hex_to_array, read_json_document
 
 RESULTS_FIX = ('write {"cases": [{"id": "<case id>", "scales": "<hex>", "elements": "<hex>", ...}]} '
                "as described in golden/README.md")
@@ -39,11 +39,11 @@ def _npz_fields(p: Path) -> dict[str, dict[str, Any]]:
     with npz:
         for key in npz.files:
             cid, _, name = key.rpartition("/")
-            if name not in ALL_FIELDS:  # a bare case id holds that case's element codes
+            if name not in OUTPUT_FIELDS:  # a bare case id holds that case's element codes
                 cid, name = key, "elements"
             if cid.count("/") != 4:
                 raise ValueError(f"{p}: key {key!r} is not of the form {NPZ_KEY_FORM} "
-                                 f"(fields: {list(ALL_FIELDS)}; a bare '<case id>' key holds element codes)")
+                                 f"(fields: {list(OUTPUT_FIELDS)}; a bare '<case id>' key holds element codes)")
             try:
                 out.setdefault(cid, {})[name] = npz[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -66,7 +66,7 @@ def _json_fields(p: Path) -> dict[str, dict[str, Any]]:
             raise ValueError(f"{p}: duplicate result id {cid!r} (cases[{n}]); each case may appear once")
         check_field_names(set(rec) - {"id"} - _IGNORED_RECORD_KEYS, f"{p}: case {cid!r}")
         fields: dict[str, Any] = {}
-        for name in ALL_FIELDS:
+        for name in OUTPUT_FIELDS:
             if name in rec:
                 try:
                     fields[name] = hex_to_array(rec[name], FLOAT_FIELDS.get(name))

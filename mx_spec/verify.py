@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mx_spec.compare import (ALL_FIELDS, CODE_FIELDS, Mismatch, check_field_names, checked_fields, compare_case,
-                             undeclared_policy_match)
+from mx_spec.compare import Mismatch, check_field_names, checked_fields, compare_case, undeclared_policy_match
 from mx_spec.elements import ROUNDINGS
 from mx_spec.formats import MX_FORMATS
-from mx_spec.golden import ALL_MODES, GoldenCase, GoldenFile, load_golden
+from mx_spec.golden import ALL_MODES, CODE_FIELDS, OUTPUT_FIELDS, GoldenCase, GoldenFile, load_golden
 from mx_spec.layouts import parse_layouts
 from mx_spec.policies import parse_policies
 from mx_spec.report import VerifyReport
@@ -45,7 +44,6 @@ class Requirement:
     fields: frozenset[str]
 
 
-
 # --------------------------------------------------------------------------- selection
 def _check_modes(modes: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     wanted = {tuple(m) for m in modes}
@@ -59,7 +57,6 @@ def _select(golden: dict[str, GoldenFile], modes: Iterable[tuple[str, str]] | No
     wanted = None if modes is None else _check_modes(modes)
     return [c for g in golden.values() for c in g.cases
             if wanted is None or (c.scale_mode, c.rounding) in wanted]
-
 
 
 def _record(report: VerifyReport, case: GoldenCase, actual: dict[str, Any]) -> None:
@@ -96,7 +93,6 @@ def _skip(report: VerifyReport, case: GoldenCase, reason: str) -> None:
     report.skip_reasons[case.id] = reason
 
 
-
 # --------------------------------------------------------------------------- requirements
 def parse_requirement(text: str | Iterable[str] | None, strict: bool = False) -> Requirement | None:
     """A :class:`Requirement` from ``--require`` tokens (formats, modes, fields), or None.
@@ -119,14 +115,14 @@ def parse_requirement(text: str | Iterable[str] | None, strict: bool = False) ->
             scale_modes.add(t)
         elif t in ROUNDINGS:
             roundings.add(t)
-        elif t in ALL_FIELDS:
+        elif t in OUTPUT_FIELDS:
             fields.add(t)
         elif "/" in t and tuple(t.split("/", 1)) in ALL_MODES:
             pairs.add(tuple(t.split("/", 1)))
         else:
             raise ValueError(f"--require: unknown token {t!r}; valid: MX formats {list(MX_FORMATS)}, scale modes "
                              f"{list(SCALE_MODES)}, roundings {list(ROUNDINGS)}, pairs like 'floor/rne', "
-                             f"fields {list(ALL_FIELDS)}")
+                             f"fields {list(OUTPUT_FIELDS)}")
     if strict:
         formats |= set(MX_FORMATS)
     if scale_modes or roundings:
@@ -154,7 +150,6 @@ def check_requirement(report: VerifyReport, cases: Sequence[GoldenCase], req: Re
     return unmet
 
 
-
 # --------------------------------------------------------------------------- entry points
 QuantizerFn = Callable[..., Any]
 
@@ -169,7 +164,7 @@ def _outputs_of(result: Any) -> dict[str, Any]:
     if hasattr(result, "scales") and hasattr(result, "elements"):
         return {"scales": result.scales, "elements": result.elements}
     raise TypeError("a quantizer must return an object with .scales and .elements, a (scales, elements) "
-                    f"tuple or a dict of fields {ALL_FIELDS}; got {type(result).__name__}")
+                    f"tuple or a dict of fields {OUTPUT_FIELDS}; got {type(result).__name__}")
 
 
 def _golden_for(formats: Iterable[str] | None, req: Requirement | None,
@@ -191,7 +186,7 @@ def verify_quantizer(fn: QuantizerFn, formats: Sequence[str] | None = None,
     ``fn(x, fmt, *, block_size, axis, scale_mode, rounding)`` receives the input as a numpy
     array of its golden dtype (float32, float64, float16 or ml_dtypes.bfloat16) and returns an
     object with ``.scales`` and ``.elements`` (uint8 codes as ``mx_spec.quantize`` lays them out),
-    a ``(scales, elements)`` tuple, or a dict of any of the fields in ``ALL_FIELDS``.  It raises
+    a ``(scales, elements)`` tuple, or a dict of any of the fields in ``OUTPUT_FIELDS``.  It raises
     ``NotImplementedError`` for inputs it does not support (those cases are skipped); any other
     exception is that case's failure.  ``formats`` defaults to all six MX formats, ``modes`` to
     every (scale_mode, rounding) pair; ``policies`` (e.g. ``"inf=saturate"``), ``layouts`` (e.g.
@@ -218,7 +213,6 @@ def verify_quantizer(fn: QuantizerFn, formats: Sequence[str] | None = None,
     return report
 
 
-
 def _record_crash(report: VerifyReport, case: GoldenCase, exc: Exception) -> None:
     """Book a case whose quantizer call raised: a failure naming the exception."""
     report._tally(case).failed += 1
@@ -227,7 +221,6 @@ def _record_crash(report: VerifyReport, case: GoldenCase, exc: Exception) -> Non
     report.mismatches.append(Mismatch(case.id, "exception", (), "outputs", text, group=case.group))
     report.group_field_failures[(case.group, "exception")] += 1
     report.failed_cases[case.id] = f"{case.id}: raised {text}"
-
 
 
 def verify_results(results: str | os.PathLike | dict[str, dict[str, Any]],
