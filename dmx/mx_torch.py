@@ -25,8 +25,8 @@ import functools
 import numpy as np
 import torch
 
-from dmx.mx_torch_primitives import (as_working, block_amax, from_blocks, pow2, pow2_table, round_abs_exact,
-                                     round_in_place, round_real_abs, row_chunks, shared_exponent, to_blocks)
+from dmx.mx_torch_primitives import (block_amax, from_blocks, pow2, pow2_table, round_abs_exact, round_in_place,
+                                     round_real_abs, row_chunks, shared_exponent, to_blocks, working_tensor)
 from mx_spec.blocks import check_axis, check_block_size
 from mx_spec.elements import _check_grid, check_rounding, decode_table, round_to_element_grid, working_layout
 from mx_spec.formats import DEFAULT_BLOCK_SIZE, ElementFormat, MXFormat, get_format
@@ -89,7 +89,7 @@ def quantize(
         raise ValueError("cannot quantize a 0-d tensor: MX blocks need at least one axis")
     axis = check_axis(axis, x.dim())
     elem = f.element
-    xw = as_working(x).movedim(axis, -1)
+    xw = working_tensor(x).movedim(axis, -1)
     n = xw.shape[-1]
     blocks, X, nan, a = _scaled_blocks(xw, elem, bs, scale_mode)
     _, mag = round_abs_exact(a, elem.emin, elem.mbits, rounding)
@@ -135,7 +135,7 @@ def quantize_dequantize(
     if x.dim() == 0:
         raise ValueError("cannot quantize a 0-d tensor: MX blocks need at least one axis")
     elem = f.element
-    xw = as_working(x)
+    xw = working_tensor(x)
     n = xw.shape[-1]
     blocks = to_blocks(xw, bs)
     vals = blocks.abs()  # |x|, becomes the output in place
@@ -188,7 +188,7 @@ def quantize_dequantize_minifloat(
     p = minifloat_params(ebits, mbits, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension to block along")
-    xw = as_working(x)
+    xw = working_tensor(x)
     n = xw.shape[-1]
     blocks = to_blocks(xw, bs)
     out = blocks.abs()  # |x|, becomes the output in place

@@ -21,17 +21,20 @@ import functools
 import numpy as np
 import torch
 
+from mx_spec.elements import SUPPORTED_INPUT_DTYPES, working_layout
 from mx_spec.scale import E8M0_BIAS, E8M0_MAX_EXP, E8M0_MIN_EXP, E8M0_NAN, check_scale_mode, e8m0_table
 
-#: working float dtype -> (int view dtype, stored mantissa bits, exponent bias)
-LAYOUT = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}
-INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_F32, _F64 = working_layout(np.float32), working_layout(np.float64)
+#: working float dtype -> (int view dtype, stored mantissa bits, exponent bias), mx_spec's layouts
+LAYOUT = {torch.float32: (torch.int32, _F32.p, _F32.bias), torch.float64: (torch.int64, _F64.p, _F64.bias)}
+#: the input dtypes mx_spec accepts, as torch dtypes
+INPUT_DTYPES = tuple(getattr(torch, name) for name in SUPPORTED_INPUT_DTYPES)
 
 
-def as_working(x: torch.Tensor) -> torch.Tensor:
+def working_tensor(x: torch.Tensor) -> torch.Tensor:
     """``x`` in its working precision: float64 stays, float16/bfloat16/float32 -> float32 (exact)."""
     if x.dtype not in INPUT_DTYPES:
-        raise TypeError(f"unsupported input dtype {x.dtype}; supported: float16, bfloat16, float32, float64")
+        raise TypeError(f"unsupported input dtype {x.dtype}; supported: {', '.join(SUPPORTED_INPUT_DTYPES)}")
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 

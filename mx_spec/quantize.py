@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from mx_spec.blocks import block_amax, check_axis, check_block_size, from_blocks, scales_shape, to_blocks
 from mx_spec.elements import (
+    SUPPORTED_INPUT_DTYPES,
     Rounding,
     _round_abs_exact,
     _signed_codes,
@@ -55,7 +56,8 @@ from mx_spec.scale import ScaleMode, check_scale_mode, e8m0_table, encode_e8m0, 
 
 __all__ = ["MXArray", "quantize", "dequantize", "quantize_dequantize"]
 
-OUTPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+#: dequantize writes every dtype quantize reads (so quantize_dequantize returns x's dtype).
+OUTPUT_DTYPES = SUPPORTED_INPUT_DTYPES
 
 
 @dataclass(frozen=True, eq=False)  # array fields: identity equality, no ambiguous ==
