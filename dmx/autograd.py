@@ -80,7 +80,7 @@ import torch
 from dmx import mx_torch
 from mx_spec.formats import get_format
 from mx_spec.minifloat import E4M3_MAX_NORMAL, FRACTIONAL_SCALES, minifloat_params, quantize_dequantize_minifloat
-from mx_spec.quantize import dequantize, quantize
+from mx_spec.quantize import quantize_dequantize
 from mx_spec.scale import decode_e8m0
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "SUPPORTED_DTYPES", "check_backend", "check_tensor", "mx_qdq_minifloat",
@@ -254,15 +254,15 @@ class _StandardQDQ(torch.autograd.Function):
             )
             scales = mx_torch.scale_values(X)  # NaN blocks NaN, as decode_e8m0(0xFF)
         else:
-            mx = quantize(
+            values, codes = quantize_dequantize(
                 _to_numpy(x), fmt, block_size=block_size, axis=-1, scale_mode=scale_mode,
-                rounding=rounding,
+                rounding=rounding, return_scales=True,
             )
-            xq = _from_numpy(dequantize(mx, np.float32), x)
+            xq = _from_numpy(values, x)
             scales = None
         if ctx.needs_input_grad[0]:
             if scales is None:
-                scales = torch.from_numpy(decode_e8m0(mx.scales, np.float32)).to(x.device)
+                scales = torch.from_numpy(decode_e8m0(codes, np.float32)).to(x.device)
             ctx.save_for_backward(x, scales)
             ctx.limit = (get_format(fmt).element.max_normal, block_size)
         return xq

@@ -18,20 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from mx_spec.formats import MX_FORMATS
 from mx_spec.minifloat import E4M3_MAX_NORMAL
 
-__all__ = ["FormatFamily", "FAMILIES", "get_family", "STANDARD_ELEMENT_WIDTHS"]
+__all__ = ["FormatFamily", "FAMILIES", "DEFAULT_FAMILY", "get_family", "STANDARD_ELEMENT_WIDTHS"]
 
 Num = TypeVar("Num")
 
-#: (ebits, mbits) of the standard MX formats reachable as integer points of a minifloat family.
-#: MXFP8 E5M2 is absent on purpose: it reserves its top exponent for Inf/NaN, so it is not the
-#: point (5, 2) of the generalised minifloat (see ``mx_spec.minifloat``).
+#: (ebits, mbits) of the standard MX formats reachable as integer points of a minifloat family:
+#: the float formats without Inf (MXFP4 E2M1, MXFP6 E3M2/E2M3, MXFP8 E4M3).  MXFP8 E5M2 is not
+#: one: it reserves its top exponent for Inf/NaN, so it is not the point (5, 2) of the
+#: generalised minifloat (see ``mx_spec.minifloat``).
 STANDARD_ELEMENT_WIDTHS: dict[tuple[int, int], str] = {
-    (2, 1): "mxfp4_e2m1",
-    (3, 2): "mxfp6_e3m2",
-    (2, 3): "mxfp6_e2m3",
-    (4, 3): "mxfp8_e4m3",
+    (f.element.ebits, f.element.mbits): name
+    for name, f in MX_FORMATS.items()
+    if f.element.kind == "fp" and not f.element.has_inf
 }
 
 
@@ -107,6 +108,10 @@ FAMILIES: dict[str, FormatFamily] = {
     "fp8_fp4": FormatFamily("fp8_fp4", 2.0, 1.0, 1.0, 1.0, "mxfp4_e2m1", "mxfp8_e4m3"),
     "fp6_fp4": FormatFamily("fp6_fp4", 2.0, 0.0, 1.0, 1.0, "mxfp4_e2m1", "mxfp6_e2m3"),
 }
+
+
+#: The family a layer, a calibration or a sweep uses unless told otherwise.
+DEFAULT_FAMILY = "fp8_fp4"
 
 
 def get_family(family: str | FormatFamily) -> FormatFamily:

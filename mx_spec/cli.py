@@ -12,13 +12,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mx_spec.golden import ALL_MODES, ROUNDINGS, SCALE_MODES
-
-
-def _format_names() -> list[str]:
-    from mx_spec.formats import MX_FORMATS
-
-    return list(MX_FORMATS)
+import mx_spec
+from mx_spec.elements import ROUNDINGS
+from mx_spec.formats import MX_FORMATS
+from mx_spec.golden import ALL_MODES
+from mx_spec.golden_export import export_flat
+from mx_spec.golden_gen import write_golden
+from mx_spec.layouts import LAYOUT_CHOICES
+from mx_spec.policies import POLICY_CHOICES, choices_text
+from mx_spec.scale import E8M0_BIAS, SCALE_MODES
+from mx_spec.verify import verify_quantizer, verify_results
 
 
 def _parse_modes(scale_modes: Sequence[str] | None, roundings: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -35,9 +38,6 @@ def _hex_grid(codes: np.ndarray, per_line: int = 32) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Quantize a small tensor, print its codes, then verify mx_spec against the golden vectors."""
-    import mx_spec
-    from mx_spec.verify import verify_quantizer
-
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((2, 32)) * np.array([[1.0], [40.0]])).astype(np.float32)
     x[0, 0] = 1.8125  # at row 0's scale 2^-7 this is 232, an E4M3 tie (224|240): RNE gives 224
@@ -49,7 +49,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         err = float(np.max(np.abs(back - x) / np.max(np.abs(x), axis=-1, keepdims=True)))
         print(f"\n== {fmt}: block_size {mx.block_size}, axis {mx.axis}, scale_mode floor, rounding rne")
         print("  scales (E8M0 codes):", " ".join(f"0x{int(s):02x}" for s in mx.scales.reshape(-1)),
-              "= 2^" + str([int(s) - 127 for s in mx.scales.reshape(-1)]))
+              "= 2^" + str([int(s) - E8M0_BIAS for s in mx.scales.reshape(-1)]))
         print("  element codes (hex):\n" + _hex_grid(mx.elements))
         print(f"  packed: {len(packed)} bytes: {packed[:24].hex(' ')}{' ...' if len(packed) > 24 else ''}")
         print("  dequantized row 0[:8]:", np.array2string(back[0, :8], precision=4))
@@ -59,14 +59,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f" ({args.golden or 'default golden/ directory'})")
     report = verify_quantizer(mx_spec.quantize, golden_dir=args.golden, progress=not args.quiet)
     print(report.summary(per_format=True))
-    print("(all 8 modes per format: scale floor/ceil/even/rceil x rounding rne/away; "
+    print(f"(all {len(ALL_MODES)} modes per format: scale {'/'.join(SCALE_MODES)} x rounding {'/'.join(ROUNDINGS)}; "
           "`mx-spec verify RESULTS` checks another implementation)")
     return 0 if report.ok else 1
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
-    from mx_spec.golden_gen import write_golden
-
     modes = _parse_modes(args.scale_modes, args.roundings)
     paths = write_golden(args.out, formats=args.formats, modes=modes, progress=not args.quiet, compress=args.gzip)
     for p in paths:
@@ -75,8 +73,6 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from mx_spec.verify import verify_results
-
     report = verify_results(args.results, golden_dir=args.golden, policies=args.policy, require=args.require,
                             strict=args.strict, layouts=args.layout)
     print(report.summary(max_mismatches=args.max_mismatches))
@@ -84,8 +80,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_export_flat(args: argparse.Namespace) -> int:
-    from mx_spec.golden_export import export_flat
-
     paths = export_flat(args.out, formats=args.formats, golden_dir=args.golden, readmemh=args.readmemh)
     print(f"wrote {len(paths)} files under {args.out}")
     return 0
@@ -94,7 +88,7 @@ def cmd_export_flat(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mx-spec", description="Bit-exact OCP MX v1.0 reference: demo, golden vectors, verifier.")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmts = _format_names()
+    fmts = list(MX_FORMATS)
 
     demo = sub.add_parser("demo", help="quantize a tensor, print codes/scales/packed bytes, verify against golden")
     demo.add_argument("--formats", nargs="+", default=["mxfp4_e2m1", "mxfp8_e4m3"], choices=fmts)
@@ -124,15 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
     ver.add_argument("--max-mismatches", type=int, default=50, help="how many mismatching items to print")
     ver.add_argument("--policy", default=None, metavar="NAME=CHOICE,...",
-                     help="declared policies where implementations legitimately differ: inf=nan|saturate, "
-                          "int8=symmetric|full-range, rceil=exact|float32, ftz=off|inputs (golden/README.md)")
+                     help="declared policies where implementations legitimately differ: "
+                          f"{choices_text(POLICY_CHOICES)} (golden/README.md)")
     ver.add_argument("--layout", default=None, metavar="NAME=CHOICE,...",
-                     help="declared packed layouts: fp4=low-first|high-first, fp6=stream|pad32 (golden/README.md)")
+                     help=f"declared packed layouts: {choices_text(LAYOUT_CHOICES)} (golden/README.md)")
     ver.add_argument("--require", default=None, metavar="TOKENS",
                      help="coverage that must be complete, else FAIL: comma-separated MX formats, scale modes, "
                           "roundings, scale/rounding pairs and field names, e.g. mxfp4_e2m1,floor/rne,packed")
     ver.add_argument("--strict", action="store_true",
-                     help="require every case of all six formats and 8 modes with scales and elements checked")
+                     help=f"require every case of all {len(MX_FORMATS)} formats and {len(ALL_MODES)} modes with scales "
+                          "and elements checked")
     ver.set_defaults(func=cmd_verify)
     return parser
 

@@ -39,6 +39,7 @@ __all__ = [
     "MXFormat",
     "ELEMENT_FORMATS",
     "MX_FORMATS",
+    "FLOAT_FORMATS",
     "get_element",
     "get_format",
     "DEFAULT_BLOCK_SIZE",
@@ -184,6 +185,14 @@ MX_FORMATS: dict[str, MXFormat] = {
         MXFormat("mxint8", ELEMENT_FORMATS["int8"]),
     )
 }
+
+
+#: The MX float formats (every format but MXINT8), narrowest element first; equal widths with the
+#: fewer exponent bits first: mxfp4_e2m1, mxfp6_e2m3, mxfp6_e3m2, mxfp8_e4m3, mxfp8_e5m2.
+FLOAT_FORMATS: tuple[str, ...] = tuple(
+    sorted((n for n, f in MX_FORMATS.items() if f.element.kind == "fp"),
+           key=lambda n: (MX_FORMATS[n].element.bits, MX_FORMATS[n].element.ebits))
+)
 
 
 def _lookup(table: Mapping[str, _Entry], key: str | _Entry, cls: type[_Entry], kind: str) -> _Entry:

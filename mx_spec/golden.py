@@ -29,13 +29,15 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from mx_spec.elements import ROUNDINGS
 from mx_spec.formats import MX_FORMATS, get_format
+from mx_spec.scale import SCALE_MODES
 
 SCHEMA_NAME = "mx-spec-golden"
 SCHEMA_VERSION = 2
-SCALE_MODES: tuple[str, ...] = ("floor", "ceil", "even", "rceil")
-ROUNDINGS: tuple[str, ...] = ("rne", "away")
-SPEC_MODE: tuple[str, str] = ("floor", "rne")
+#: The OCP rules (floor scale, ties to even): the first entry of each list.
+SPEC_MODE: tuple[str, str] = (SCALE_MODES[0], ROUNDINGS[0])
+#: Every (scale mode, rounding) pair; a golden file holds its cases mode by mode in this order.
 ALL_MODES: tuple[tuple[str, str], ...] = tuple((s, r) for s in SCALE_MODES for r in ROUNDINGS)
 
 #: Input dtypes a case may use, with the unsigned type that holds their bit pattern.
@@ -45,6 +47,14 @@ INPUT_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     "float16": (np.dtype(np.float16), np.dtype(">u2")),
     "bfloat16": (np.dtype(ml_dtypes.bfloat16), np.dtype(">u2")),
 }
+
+#: The output fields of a case (golden/README.md, "Semantics"): E8M0 scale codes, element codes,
+#: packed bytes and the float32 / float64 decodes.
+OUTPUT_FIELDS: tuple[str, ...] = ("scales", "elements", "packed", "decoded_f32", "decoded_f64")
+#: The code fields: a verification is complete only when every compared case checked them.
+CODE_FIELDS: tuple[str, ...] = ("scales", "elements")
+#: The decode fields, with the float dtype of their items.
+FLOAT_FIELDS: dict[str, str] = {"decoded_f32": "float32", "decoded_f64": "float64"}
 
 MANIFEST_NAME = "MANIFEST.sha256"
 

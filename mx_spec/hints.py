@@ -14,8 +14,9 @@ import numpy as np
 
 import mx_spec
 from mx_spec.formats import get_format
+from mx_spec.scale import E8M0_NAN
 
-#: A rule takes a VerifyReport (mx_spec.verify imports this module lazily, so no import here).
+#: A rule takes a VerifyReport (mx_spec.report imports this module, so no import back).
 Rule = Callable[[Any], "str | None"]
 
 
@@ -58,7 +59,7 @@ def hint_ties(report) -> str | None:
 
 def hint_scale_offset(report) -> str | None:
     items = _items(report, "scales")
-    offsets = {m.actual_code - m.expected_code if 0xFF not in (m.expected_code, m.actual_code) else None
+    offsets = {m.actual_code - m.expected_code if E8M0_NAN not in (m.expected_code, m.actual_code) else None
                for m in items}
     if not items or len(offsets) != 1 or None in offsets:
         return None

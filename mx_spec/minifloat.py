@@ -86,23 +86,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mx_spec.blocks import block_amax, check_axis, check_block_size, from_blocks, to_blocks
 from mx_spec.elements import as_working, round_to_element_grid
-from mx_spec.scale import shared_exponent
+from mx_spec.formats import DEFAULT_BLOCK_SIZE, ELEMENT_FORMATS
+from mx_spec.scale import check_scale_mode, shared_exponent
 
 __all__ = [
     "E4M3_MAX_NORMAL",
     "FRACTIONAL_SCALES",
+    "MINIFLOAT_SCALE_MODES",
     "MinifloatParams",
     "minifloat_params",
     "block_scale_exponent",
     "quantize_dequantize_minifloat",
 ]
 
-#: Largest finite OCP E4M3 value: S.1111.111 is NaN, so the top code is S.1111.110 = 1.75 * 2**8.
-E4M3_MAX_NORMAL = 448.0
+#: Largest finite OCP E4M3 value (448: S.1111.111 is NaN, so the top code is S.1111.110 = 1.75 * 2**8),
+#: the default cap of the minifloat's max normal.
+E4M3_MAX_NORMAL = ELEMENT_FORMATS["e4m3"].max_normal
 
 #: How the block scale is taken at fractional widths (module docstring); the first is the default.
 FRACTIONAL_SCALES = ("maxfloat", "emax")
+
+#: The shared-exponent rules defined at a real emax: "even" needs an integer mantissa width and
+#: "rceil" the standard element's max normal, so only these two of ``SCALE_MODES`` apply.
+MINIFLOAT_SCALE_MODES: tuple[str, ...] = ("floor", "ceil")
 
 _EBITS_RANGE = (1.0, 8.0)
 _MBITS_RANGE = (0.0, 23.0)
@@ -194,6 +202,15 @@ def minifloat_params(
     return MinifloatParams(e, m, cap, fractional_scale)
 
 
+def check_minifloat_scale_mode(scale_mode: str) -> str:
+    """``scale_mode`` if the real-width minifloat takes it, else ValueError naming the valid ones."""
+    check_scale_mode(scale_mode)
+    if scale_mode not in MINIFLOAT_SCALE_MODES:
+        raise ValueError(f"the real-width minifloat supports scale_mode {' and '.join(map(repr, MINIFLOAT_SCALE_MODES))} "
+                         f"(as mx_spec); got {scale_mode!r}")
+    return scale_mode
+
+
 def block_scale_exponent(amax: np.ndarray, emax: float, scale_mode: str = "floor") -> np.ndarray:
     """Shared exponent ``X = floor(log2(amax) - emax)`` of each block for a real ``emax``.
 
@@ -201,6 +218,7 @@ def block_scale_exponent(amax: np.ndarray, emax: float, scale_mode: str = "floor
     where ``emax = n + f``; at integer ``emax`` this is the unmodified standard call (OCP MX
     v1.0 §6.3), so E8M0 clamping and the zero/NaN/Inf conventions are those of ``mx_spec``.
     """
+    check_minifloat_scale_mode(scale_mode)
     n = float(np.floor(emax))
     f = float(emax) - n
     amax = np.asarray(amax)
@@ -209,18 +227,6 @@ def block_scale_exponent(amax: np.ndarray, emax: float, scale_mode: str = "floor
         # float64 so that only amax within ~1e-16 relative of a binade edge could be affected.
         amax = amax.astype(np.float64) * np.float64(2.0**-f)
     return shared_exponent(amax, int(n), scale_mode)
-
-
-def _blocks(x: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
-    """View ``x`` (blocks along the last axis) as ``(..., n_blocks, block_size)``, zero-padded.
-
-    Zero padding does not change a block's ``amax`` (OCP MX v1.0 §6.3 allows a short last block).
-    """
-    k = x.shape[-1]
-    pad = (-k) % block_size
-    if pad:
-        x = np.concatenate([x, np.zeros(x.shape[:-1] + (pad,), dtype=x.dtype)], axis=-1)
-    return x.reshape(x.shape[:-1] + ((k + pad) // block_size, block_size)), k
 
 
 def _with_max_normal_representable(y: np.ndarray, q: np.ndarray, max_normal: float) -> np.ndarray:
@@ -245,7 +251,7 @@ def quantize_dequantize_minifloat(
     ebits: float,
     mbits: float,
     *,
-    block_size: int = 32,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     axis: int = -1,
     scale_mode: str = "floor",
     rounding: str = "rne",
@@ -262,20 +268,19 @@ def quantize_dequantize_minifloat(
     ``return_scale_exponent`` also the per-block shared exponents ``X`` with the blocked axis
     moved last (shape ``x.shape`` with that axis replaced by the number of blocks).
     """
-    if not (isinstance(block_size, (int, np.integer)) and block_size >= 1):
-        raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
+    bs = check_block_size(block_size)
     p = minifloat_params(ebits, mbits, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension to block along")
     # float64 stays float64 (no double rounding); float16/bfloat16/float32 widen exactly to float32.
-    work = np.dtype(np.float64) if x.dtype == np.float64 else np.dtype(np.float32)
-    moved = np.moveaxis(as_working(x)[0], axis, -1)
-    blocks, k = _blocks(moved, int(block_size))
+    xw, work = as_working(x)
+    ax = check_axis(axis, x.ndim)
+    blocks = to_blocks(xw, ax, bs)
 
-    # np.max propagates NaN; shared_exponent turns a NaN/Inf amax into a NaN exponent, which
+    # block_amax propagates NaN; shared_exponent turns a NaN/Inf amax into a NaN exponent, which
     # (as in mx_spec.quantize, OCP MX v1.0 §6.3) makes the whole block NaN.
-    amax = np.max(np.abs(blocks), axis=-1)
+    amax = block_amax(blocks)
     X = block_scale_exponent(amax, p.scale_emax, scale_mode)
     nan_scale = np.isnan(X)
     Xi = np.where(nan_scale, 0.0, X).astype(np.int32)[..., None]
@@ -286,11 +291,10 @@ def quantize_dequantize_minifloat(
         y, emin=p.emin, mbits=p.mbits, max_normal=p.max_normal, rounding=rounding
     )
     q = _with_max_normal_representable(y, q, p.max_normal)
-    out = np.ldexp(q.astype(work, copy=False), Xi)
+    out = np.ldexp(q.astype(work.float_dtype, copy=False), Xi)
     if nan_scale.any():
         out[np.broadcast_to(nan_scale[..., None], out.shape)] = np.nan
-    out = out.reshape(out.shape[:-2] + (out.shape[-2] * out.shape[-1],))[..., :k]
-    out = np.moveaxis(out, -1, axis)
+    out = from_blocks(out, ax, x.shape[ax])
     if return_scale_exponent:
         return out, X
     return out

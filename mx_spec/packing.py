@@ -28,7 +28,8 @@ import numpy.typing as npt
 
 from mx_spec.elements import check_codes
 from mx_spec.formats import ElementFormat, MXFormat, get_element, get_format
-from mx_spec.quantize import MXArray, check_axis, check_block_size
+from mx_spec.blocks import check_axis, check_block_size
+from mx_spec.quantize import MXArray
 
 __all__ = ["pack", "unpack", "pack_elements", "unpack_elements", "packed_size"]
 

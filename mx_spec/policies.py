@@ -38,8 +38,9 @@ import numpy as np
 
 import mx_spec
 from mx_spec.formats import get_format
+from mx_spec.blocks import block_amax, from_blocks, scales_shape, to_blocks
 from mx_spec.quantize import MXArray
-from mx_spec.scale import E8M0_NAN, encode_e8m0, shared_exponent
+from mx_spec.scale import E8M0_BIAS, E8M0_MAX_EXP, E8M0_MIN_EXP, E8M0_NAN, encode_e8m0, shared_exponent
 
 #: policy name -> its choices, the default (mx_spec's) first.
 POLICY_CHOICES: dict[str, tuple[str, ...]] = {
@@ -55,6 +56,11 @@ INF_SATURATE = "inf=saturate"
 NON_DEFAULT_POLICIES: tuple[str, ...] = tuple(f"{k}={v}" for k, c in POLICY_CHOICES.items() for v in c[1:])
 
 
+def choices_text(choices: Mapping[str, Sequence[str]]) -> str:
+    """``"inf=nan|saturate, int8=symmetric|full-range"``: every key with its choices, default first."""
+    return ", ".join(f"{key}={'|'.join(values)}" for key, values in choices.items())
+
+
 def parse_choices(text: str | Iterable[str] | None, choices: Mapping[str, Sequence[str]], what: str) -> frozenset[str]:
     """The non-default ``key=value`` items of ``"k1=v1,k2=v2"`` (or a list of them) against ``choices``
     (``{key: (default, other, ...)}``); defaults are dropped. Shared by policies and layouts.
@@ -65,7 +71,7 @@ def parse_choices(text: str | Iterable[str] | None, choices: Mapping[str, Sequen
     if text is None:
         return frozenset()
     items = text.split(",") if isinstance(text, str) else list(text)
-    valid = ", ".join(f"{k}={'|'.join(c)}" for k, c in choices.items())
+    valid = choices_text(choices)
     out: set[str] = set()
     for item in (i.strip() for i in items):
         if not item:
@@ -93,21 +99,6 @@ def policy_key(policies: Iterable[str]) -> str:
 
 
 # --------------------------------------------------------------------------- blocks
-def _to_blocks(x: np.ndarray, axis: int, block_size: int) -> np.ndarray:
-    """(..., n_blocks, block_size) float64 view of ``x`` with the block axis last, zero-padded."""
-    moved = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
-    n = moved.shape[-1]
-    pad = -n % block_size
-    if pad:
-        moved = np.concatenate([moved, np.zeros(moved.shape[:-1] + (pad,))], axis=-1)
-    return moved.reshape(moved.shape[:-1] + ((n + pad) // block_size, block_size))
-
-
-def _from_blocks(blocks: np.ndarray, axis: int, n: int) -> np.ndarray:
-    flat = blocks.reshape(blocks.shape[:-2] + (blocks.shape[-2] * blocks.shape[-1],))[..., :n]
-    return np.ascontiguousarray(np.moveaxis(flat, -1, axis))
-
-
 def flush_subnormal_inputs(x: np.ndarray) -> np.ndarray:
     """``ftz=inputs``: float32/bfloat16 values below 2^-126 in magnitude become zeros of their sign.
 
@@ -136,8 +127,8 @@ def rceil_float32_exponent(amax: np.ndarray, max_normal: float) -> np.ndarray:
         q = a32 / np.float32(max_normal)
         lg = np.log2(q.astype(np.float64)).astype(np.float32)
     x = np.ceil(lg.astype(np.float64))
-    x = np.where(q == 0, -127.0, x)
-    x = np.clip(x, -127, 127)
+    x = np.where(q == 0, float(E8M0_MIN_EXP), x)
+    x = np.clip(x, E8M0_MIN_EXP, E8M0_MAX_EXP)
     return np.where(np.isfinite(a32), x, np.nan)
 
 
@@ -146,7 +137,7 @@ def _block_exponents(blocks: np.ndarray, fmt_name: str, scale_mode: str, policie
     """Shared exponent per block (NaN for blocks holding NaN or Inf) under the policies."""
     elem = get_format(fmt_name).element
     finite = np.where(np.isfinite(blocks), blocks, 0.0)
-    amax = np.max(np.abs(finite), axis=-1) if blocks.shape[-1] else np.zeros(blocks.shape[:-1])
+    amax = block_amax(finite)
     if scale_mode == "rceil" and "rceil=float32" in policies and float32_input:
         x = rceil_float32_exponent(amax, elem.max_normal)
     else:
@@ -188,29 +179,23 @@ def quantize_under_policies(x: np.ndarray, fmt_name: str, *, block_size: int, ax
     """
     axis = axis % x.ndim
     src = flush_subnormal_inputs(x) if "ftz=inputs" in policies else x
-    blocks = _to_blocks(src, axis, block_size)
+    blocks = to_blocks(np.asarray(src, dtype=np.float64), axis, block_size)
     float32_input = x.dtype.name in ("float32", "bfloat16", "float16")
     exps = _block_exponents(blocks, fmt_name, scale_mode, policies, float32_input)
     if INF_SATURATE in policies and inf_scales is not None:
         inf_only = np.isinf(blocks).any(axis=-1) & ~np.isnan(blocks).any(axis=-1)
-        given = np.moveaxis(np.asarray(inf_scales).reshape(_scales_shape(x.shape, axis, block_size)), axis, -1)
-        given_exp = np.where(given == E8M0_NAN, np.nan, given.astype(np.float64) - 127.0)
+        given = np.moveaxis(np.asarray(inf_scales).reshape(scales_shape(x.shape, axis, block_size)), axis, -1)
+        given_exp = np.where(given == E8M0_NAN, np.nan, given.astype(np.float64) - E8M0_BIAS)
         exps = np.where(inf_only, given_exp, exps)
     codes = _encode_at(blocks, exps, fmt_name, rounding, policies)
-    elements = _from_blocks(codes, axis, x.shape[axis])
+    elements = from_blocks(codes, axis, x.shape[axis])
     scales = np.ascontiguousarray(np.moveaxis(encode_e8m0(exps), -1, axis))
     return MXArray(get_format(fmt_name), scales, elements, axis, block_size, scale_mode, rounding)
 
 
-def _scales_shape(shape: tuple[int, ...], axis: int, block_size: int) -> tuple[int, ...]:
-    out = list(shape)
-    out[axis] = -(-out[axis] // block_size)
-    return tuple(out)
-
-
 def inf_block_mask(x: np.ndarray, axis: int, block_size: int) -> np.ndarray:
     """Per block (golden scales layout): the block holds ±Inf and no NaN (``inf`` policy blocks)."""
-    blocks = _to_blocks(x, axis % x.ndim, block_size)
+    blocks = to_blocks(np.asarray(x, dtype=np.float64), axis % x.ndim, block_size)
     mask = np.isinf(blocks).any(axis=-1) & ~np.isnan(blocks).any(axis=-1)
     return np.ascontiguousarray(np.moveaxis(mask, -1, axis % x.ndim))
 
@@ -220,7 +205,7 @@ def min_inf_block_exponent(x: np.ndarray, fmt_name: str, *, block_size: int, axi
     """Per block: the smallest exponent ``inf=saturate`` accepts (the finite values' own X)."""
     ax = axis % x.ndim
     src = flush_subnormal_inputs(x) if "ftz=inputs" in policies else x
-    blocks = _to_blocks(src, ax, block_size)
+    blocks = to_blocks(np.asarray(src, dtype=np.float64), ax, block_size)
     finite = np.where(np.isfinite(blocks), blocks, 0.0)
     exps = _block_exponents(finite, fmt_name, scale_mode, policies, x.dtype.name != "float64")
     return np.ascontiguousarray(np.moveaxis(exps, -1, ax))
@@ -303,7 +288,7 @@ def _matters_under_inf_saturate(x: np.ndarray, fmt_name: str, fixed: list[str], 
         for combo in combinations(fixed, r):
             with_inf = frozenset(combo) | {INF_SATURATE}
             lowest = min_inf_block_exponent(x, fmt_name, policies=with_inf, block_size=kw["block_size"],
-                                            axis=kw["axis"], scale_mode=kw["scale_mode"]) + 127
+                                            axis=kw["axis"], scale_mode=kw["scale_mode"]) + E8M0_BIAS
             codes = lowest.astype(np.uint8)
             full = outputs_of(quantize_under_policies(x, fmt_name, policies=with_inf, inf_scales=codes, **kw))
             for p in combo:

@@ -62,3 +62,10 @@ def test_targets_and_names_are_validated():
             f.validate_target(bad)
     with pytest.raises(ValueError, match="valid families: \\['fp6_fp4', 'fp8_fp4'\\]"):
         get_family("fp16_fp4")
+
+
+def test_standard_element_widths_come_from_the_format_table():
+    from dmx.family import STANDARD_ELEMENT_WIDTHS
+
+    assert STANDARD_ELEMENT_WIDTHS == {(2, 1): "mxfp4_e2m1", (3, 2): "mxfp6_e3m2", (2, 3): "mxfp6_e2m3",
+                                       (4, 3): "mxfp8_e4m3"}

@@ -71,3 +71,9 @@ def test_table_is_frozen():
     with pytest.raises(Exception):
         get_element("e4m3").max_normal = 1.0  # type: ignore[misc]
     assert np.isfinite(get_element("e5m2").max_normal)
+
+
+def test_float_formats_are_the_fp_formats_narrowest_first():
+    from mx_spec.formats import FLOAT_FORMATS
+
+    assert FLOAT_FORMATS == ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")

@@ -13,8 +13,8 @@ from mx_spec.cli import main as cli_main
 from mx_spec.formats import MX_FORMATS
 from mx_spec.golden import (ALL_MODES, INPUT_DTYPES, MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, SPEC_MODE,
                             array_to_hex, default_golden_dir, hex_to_array, load_golden)
-from mx_spec.golden_gen import (CONTENT_VERSION, GENERATOR_VERSION, RANDOM_BLOCKS_SPEC_MODE, REQUIRED_GROUPS,
-                                random_blocks, write_golden)
+from mx_spec.golden_gen import CONTENT_VERSION, GENERATOR_VERSION, write_golden
+from mx_spec.golden_inputs import RANDOM_BLOCKS_SPEC_MODE, REQUIRED_GROUPS, random_blocks
 
 GOLDEN_DIR = default_golden_dir()
 ML_DTYPES = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2, "e3m2": ml_dtypes.float6_e3m2fn,
@@ -87,16 +87,17 @@ def test_gzip_copies_are_deterministic_and_read_directly(tmp_path):
 def test_ids_never_renumber_when_a_case_is_added(monkeypatch):
     """New cases are appended to their group: every existing id keeps its record."""
     import mx_spec.golden_gen as golden_mod
+    import mx_spec.golden_inputs as inputs_mod
 
     before = {r["id"]: r for r in golden_mod.iter_cases("mxfp4_e2m1", [("floor", "rne")])}
-    original = golden_mod.edge_inputs
+    original = inputs_mod.edge_inputs
 
     def with_new_cases(fmt_name):
-        extra = [golden_mod.CaseInput("ties", "a new tie case", np.full((1, 32), 0.75, np.float32)),
-                 golden_mod.CaseInput("grid", "a new grid case", np.ones((1, 32), np.float32))]
+        extra = [inputs_mod.CaseInput("ties", "a new tie case", np.full((1, 32), 0.75, np.float32)),
+                 inputs_mod.CaseInput("grid", "a new grid case", np.ones((1, 32), np.float32))]
         return original(fmt_name) + extra
 
-    monkeypatch.setattr(golden_mod, "edge_inputs", with_new_cases)
+    monkeypatch.setattr(inputs_mod, "edge_inputs", with_new_cases)
     after = {r["id"]: r for r in golden_mod.iter_cases("mxfp4_e2m1", [("floor", "rne")])}
     assert set(after) - set(before) == {"mxfp4_e2m1/floor/rne/ties/0001", "mxfp4_e2m1/floor/rne/grid/0001"}
     assert all(after[i] == r for i, r in before.items())
@@ -149,10 +150,10 @@ def _find(golden, fmt, mode, group, value, dtype=np.float32):
             continue
         hit = np.flatnonzero(np.asarray(case.x, dtype=np.float64).reshape(-1) == value)
         if hit.size:
-            from mx_spec.verify import _scale_per_element
+            from mx_spec.compare import scale_per_element
 
             i = hit[0]
-            return int(_scale_per_element(case).reshape(-1)[i]), int(case.elements.reshape(-1)[i])
+            return int(scale_per_element(case).reshape(-1)[i]), int(case.elements.reshape(-1)[i])
     raise AssertionError(f"{value!r} not found in {fmt} {mode} {group}")
 
 

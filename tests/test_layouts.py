@@ -73,7 +73,7 @@ def test_layouts_leave_other_widths_alone():
 
 def test_packed_mismatch_names_the_elements_the_byte_holds_in_the_declared_layout():
     from mx_spec.golden import load_golden
-    from mx_spec.verify import compare_case
+    from mx_spec.compare import compare_case
 
     case = next(c for c in load_golden(formats=["mxfp6_e3m2"])["mxfp6_e3m2"].cases if c.group == "grid")
     out = fp6_pad32(case.x, case.fmt, block_size=case.block_size, axis=case.axis)

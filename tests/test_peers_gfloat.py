@@ -17,7 +17,7 @@ from gfloat import formats as gf  # noqa: E402
 
 import mx_spec  # noqa: E402
 from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
-from mx_spec.golden_gen import random_blocks  # noqa: E402
+from mx_spec.golden_inputs import random_blocks  # noqa: E402
 from mx_spec.verify import verify_quantizer  # noqa: E402
 
 GFLOAT_BLOCK_FORMATS = {
@@ -78,9 +78,9 @@ def _cases(golden, fmt, rounding):
 
 
 def _nan_scale_mask(case: GoldenCase) -> np.ndarray:
-    from mx_spec.verify import _scale_per_element
+    from mx_spec.compare import scale_per_element
 
-    return _scale_per_element(case) == 0xFF
+    return scale_per_element(case) == 0xFF
 
 
 def _known_deviation(case: GoldenCase) -> str | None:

@@ -21,8 +21,9 @@ import torch  # noqa: E402
 
 import mx_spec  # noqa: E402
 from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
-from mx_spec.golden_gen import random_blocks  # noqa: E402
-from mx_spec.verify import _scale_per_element, verify_quantizer  # noqa: E402
+from mx_spec.golden_inputs import random_blocks  # noqa: E402
+from mx_spec.compare import scale_per_element  # noqa: E402
+from mx_spec.verify import verify_quantizer  # noqa: E402
 
 _ADAPTER_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "torchao_mx_adapter.py"
 
@@ -83,7 +84,7 @@ def case_deviations(case: GoldenCase) -> tuple[int, list[str], list[str]]:
                                              scale_mode=case.scale_mode)
     got_s = np.moveaxis(scales, case.axis, -1).reshape(-1)
     exp_s = np.moveaxis(case.scales.reshape(scales.shape), case.axis, -1).reshape(-1)
-    care = _blocks(_scale_per_element(case) != 0xFF, case)
+    care = _blocks(scale_per_element(case) != 0xFF, case)
     e_blk, g_blk, x_blk = _blocks(case.elements, case), _blocks(codes, case), _blocks(case.x, case)
     kinds, unexplained = [], []
     for b in range(exp_s.size):
@@ -214,7 +215,7 @@ def test_torchao_dequantize_matches_golden_decoded(golden, fmt):
             data = codes
         scale = torch.from_numpy(case.scales.copy()).view(torch.float8_e8m0fnu)
         back = adapter.to_dtype(data, scale, elem, case.block_size, torch.float32).numpy()
-        care = _scale_per_element(case) != 0xFF
+        care = scale_per_element(case) != 0xFF
         np.testing.assert_array_equal(back[care].view(np.uint32), case.decoded_f32[care].view(np.uint32),
                                       err_msg=case.id)
         assert np.isnan(back[~care]).all()

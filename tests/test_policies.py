@@ -11,7 +11,8 @@ import pytest
 import mx_spec
 from mx_spec.golden import load_golden
 from mx_spec.policies import NON_DEFAULT_POLICIES, parse_policies, quantize_under_policies, rceil_float32_exponent
-from mx_spec.verify import compare_case, expected_outputs, verify_quantizer
+from mx_spec.compare import compare_case, expected_outputs
+from mx_spec.verify import verify_quantizer
 
 
 @pytest.fixture(scope="module")

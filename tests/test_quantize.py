@@ -284,3 +284,18 @@ def test_inputs_are_never_modified_and_may_be_read_only():
     round_to_element_grid(x, emin=-2.5, mbits=2.5, max_normal=28.0)
     encode_elements(x, "e4m3")
     np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("rounding", ["rne", "away"])
+@pytest.mark.parametrize("axis,block_size", [(-1, 32), (0, 7)])
+def test_quantize_dequantize_return_scales_are_quantize_scales(rounding, axis, block_size):
+    """``return_scales`` gives quantize's E8M0 codes beside the values, without building element codes."""
+    x = random_blocks(45, 70, seed=21)
+    x[0, :3] = [np.nan, np.inf, 0.0]
+    for fmt in FORMATS:
+        values, scales = quantize_dequantize(x, fmt, axis=axis, block_size=block_size, rounding=rounding,
+                                             return_scales=True)
+        mx = quantize(x, fmt, axis=axis, block_size=block_size, rounding=rounding)
+        assert scales.dtype == np.uint8 and scales.flags.c_contiguous
+        np.testing.assert_array_equal(scales, mx.scales)
+        np.testing.assert_array_equal(values, dequantize(mx, dtype=x.dtype))

@@ -8,7 +8,9 @@ import pytest
 
 import mx_spec
 from mx_spec.golden import array_to_hex, load_golden
-from mx_spec.verify import compare_case, load_results, verify_quantizer, verify_results
+from mx_spec.compare import compare_case
+from mx_spec.results_files import load_results
+from mx_spec.verify import verify_quantizer, verify_results
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from mx_spec.cli import main
 from mx_spec.golden import load_golden_file, default_golden_dir
-from mx_spec.verify import load_results
+from mx_spec.results_files import load_results
 
 CASE_ID = "mxint8/floor/rne/ties/0000"
 

@@ -9,7 +9,8 @@ import pytest
 import mx_spec
 from mx_spec.cli import main
 from mx_spec.golden import array_to_hex, load_golden
-from mx_spec.verify import compare_case, verify_quantizer, verify_results
+from mx_spec.compare import compare_case
+from mx_spec.verify import verify_quantizer, verify_results
 
 FMT = "mxfp8_e5m2"
 
