@@ -367,3 +367,45 @@ def test_rotated_model_id_keys_results_by_the_rotation_applied():
         return rotated_model_id("m", model)
 
     assert learned(1.0) == learned(1.0) != learned(-1.0)
+
+
+def test_rotation_spec_normalises_and_describes_as_recorded():
+    """One request, one record: learned is folded, folded has no online size, and the description
+    keeps the keys (``"block"``: the online size) that the files already written hold."""
+    assert RotationSpec("learned", seed=3, online_size=32) == RotationSpec("learned", seed=3, placement="folded")
+    assert RotationSpec("hadamard", placement="folded", online_size=32).online_size is None
+    assert RotationSpec("hadamard", source="a") == RotationSpec("hadamard", source="b")  # the source only names it
+    online = RotationSpec("hadamard", seed=2, online_size=32).description(576, 64)
+    assert online == {"version": 1, "kind": "hadamard", "seed": 2, "online_sites": ["all"], "hidden_size": 576,
+                      "head_dim": 64, "placement": "online", "block": 32, "matrices_needed": False}
+    assert RotationSpec.from_description(online) == RotationSpec("hadamard", seed=2, online_size=32)
+    learned = RotationSpec("learned").description(576, 64)
+    assert (learned["placement"], learned["block"], learned["online_sites"]) == ("folded", None, ["o_proj", "down_proj"])
+    assert RotationSpec("hadamard", online_size=None).settings() == {"kind": "hadamard", "seed": 0, "placement": "online",
+                                                                       "block": None}
+    assert RotationSpec("learned", seed=1).fixed_start() == RotationSpec("hadamard", seed=1, placement="folded")
+    with pytest.raises(ValueError, match="--rotation-block"):
+        RotationSpec("hadamard", online_size=0)
+
+
+def test_descriptions_recorded_in_results_read_back_unchanged():
+    """Every rotation description under results/ reads back to a spec that records it key for key."""
+    from pathlib import Path
+
+    def descriptions(node):
+        if isinstance(node, dict):
+            if "matrices_needed" in node and "version" in node:
+                yield node
+            for value in node.values():
+                yield from descriptions(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from descriptions(value)
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    found = [d for path in results.rglob("*.json") for d in descriptions(json.loads(path.read_text()))]
+    if not found:
+        pytest.skip("no recorded rotation under results/")
+    for recorded in found:
+        again = RotationSpec.from_description(recorded).description(recorded["hidden_size"], recorded["head_dim"])
+        assert list(again.items()) == list(recorded.items())

@@ -9,8 +9,9 @@ from torch import nn
 
 from dmx.models import decoder_linear_names
 from dmx.rotation.files import load_rotation
-from dmx.rotation.fold import (ModelShape, dense_matrix, fold_matrices, fold_online_hadamards, fold_rmsnorm_scales,
-                               lm_head, model_shape, o_proj_hadamards, untie_word_embeddings, weight_holder)
+from dmx.rotation.fold import (ModelShape, decoder_layers, dense_matrix, fold_matrices, fold_online_hadamards,
+                               fold_rmsnorm_scales, lm_head, model_shape, o_proj_hadamards, untie_word_embeddings,
+                               weight_holder)
 from dmx.rotation.hadamard import supports_hadamard
 from dmx.rotation.learned import register_learned_rotation
 from dmx.rotation.online import OnlineHadamard, has_pre_hook, remove_hooks
@@ -87,7 +88,7 @@ def _check_folded_sizes(shape: ModelShape, online_sites: tuple[str, ...]) -> Non
 def _folded_online_hadamards(model: nn.Module, shape: ModelShape, spec: RotationSpec) -> dict[str, OnlineHadamard]:
     widths = {"o_proj": shape.heads * shape.head_dim, "down_proj": shape.intermediate}
     parents = {"o_proj": "self_attn", "down_proj": "mlp"}
-    prefix = next(name for name, mod in model.named_modules() if mod is model.model.layers)
+    prefix = next(name for name, mod in model.named_modules() if mod is decoder_layers(model))
     return {f"{prefix}.{i}.{parents[site]}.{site}": OnlineHadamard.seeded(widths[site], spec.seed, f"{site}.{i}")
             for i in range(shape.n_layers) for site in spec.online_sites}
 

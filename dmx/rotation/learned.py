@@ -143,15 +143,15 @@ def rotation_parameters(state_or_model: RotationState | nn.Module | None) -> lis
 
 @contextmanager
 def shared_rotated_weights(model: nn.Module) -> Iterator[None]:
-    """Compute each learned-rotated weight once for all forward/backward passes inside the block.
+    """Compute each learned-rotated weight once for all forward/backward passes inside the ``with``.
 
     For gradient accumulation: ``R1``/``R2`` only change at the optimiser step, so the rotated
-    weights ``W R1`` etc. of every micro-batch are the same. Inside the block each is built once
+    weights ``W R1`` etc. of every micro-batch are the same. Inside the ``with`` each is built once
     (with its graph) and the micro-batches read a detached leaf copy whose ``.grad`` accumulates;
     on normal exit one backward pushes the summed gradients through the rotation into ``R1``/``R2``
     (``grad R = W^T sum_k G_k`` instead of ``sum_k W^T G_k``: equal up to float summation order).
-    Call the optimiser step after the block. No effect without a learned, unbaked rotation.
-    Costs one weight-sized gradient buffer per rotated linear while the block runs.
+    Call the optimiser step after the ``with``. No effect without a learned, unbaked rotation.
+    Costs one weight-sized gradient buffer per rotated linear while the ``with`` runs.
     """
     state = rotation_state(model)
     if state is None or not state.learning:

@@ -12,7 +12,7 @@ flag and the ``"block"`` key of recorded descriptions, kept for the files alread
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from dmx.checkpoint import sha256_file
@@ -40,7 +40,8 @@ class RotationSpec:
     ``kind`` none | hadamard | learned; ``seed`` picks the random Hadamard signs (and a learned
     rotation's start); ``placement`` online | folded (``learned`` is always folded, SpinQuant);
     ``online_size``: order of the block-diagonal Hadamard of the online layout (None: full input
-    width; always None when folded); ``online_sites``: the folded layout's online Hadamards;
+    width; always None when folded); ``online_sites``: the folded layout's online Hadamards (the
+    online layout rotates every linear input and keeps the default);
     ``file``: a rotation file that rebuilds it exactly (required for an already-learned rotation;
     ``sha256`` identifies its matrices); ``source``: where the request came from (error messages).
     Invalid values raise ``ValueError`` naming the valid choices.
@@ -65,11 +66,11 @@ class RotationSpec:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {self.placement!r}; choose one of {list(PLACEMENTS)}")
         # a frozen dataclass normalises through object.__setattr__: learned rotations are always
-        # folded, and only the online layout has an online Hadamard size
-        object.__setattr__(self, "online_sites", sites)
-        object.__setattr__(self, "seed", int(self.seed))
+        # folded, only the online layout has an online Hadamard size, only the folded one online sites
         if self.kind == "learned":
             object.__setattr__(self, "placement", "folded")
+        object.__setattr__(self, "online_sites", sites if self.placement == "folded" else ONLINE_SITES)
+        object.__setattr__(self, "seed", int(self.seed))
         if self.placement == "folded":
             object.__setattr__(self, "online_size", None)
         size = self.online_size
@@ -148,10 +149,6 @@ class RotationSpec:
                    online_size=description.get("block"),
                    online_sites=tuple(s for s in description.get("online_sites", ONLINE_SITES) if s in ONLINE_SITES),
                    file=file, sha256=sha256_file(file) if kind == "learned" and file else None, source=source)
-
-    def with_source(self, source: str) -> RotationSpec:
-        """The same request, attributed to ``source`` in messages."""
-        return replace(self, source=source)
 
     def check_buildable(self, *, trainable: bool = False, include_lm_head: bool = False) -> None:
         """``ValueError`` before any loading when a command cannot build this request.
