@@ -377,8 +377,7 @@ def calibrate(
     params = list(_offsets(layers).values())
     # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    from dmx.rotation import CayleySGD
-    from dmx.rotation import bake_rotation, rotation_parameters, shared_rotated_weights
+    from dmx.rotation import CayleySGD, bake_rotation, rotation_parameters, shared_rotated_weights
 
     rotations = rotation_parameters(model)
     rotation_optimizer = CayleySGD(rotations, lr=cfg.rotation_lr) if rotations else None

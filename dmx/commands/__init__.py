@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from dmx.rotation import DEFAULT_ONLINE_SIZE, PLACEMENTS, ROTATION_KINDS, RotationSpec, apply_rotation, resolve_rotation
+from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec, apply_rotation, resolve_rotation
 
 __all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args", "load_model_from_args",
            "set_threads", "idle_cpus", "format_table", "print_table"]
@@ -59,7 +59,7 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
 
     Kind, seed, placement and block default to None ("not given", :func:`dmx.rotation.resolve_rotation`
     turns them into a :class:`dmx.rotation.RotationSpec`; an unset flag then means the spec's
-    default: ``none``, 0, ``online``, ``DEFAULT_ONLINE_SIZE``). ``--rotation-block`` is the online
+    default: ``none``, 0, ``online``, 64). ``--rotation-block`` is the online
     Hadamard's size (``RotationSpec.online_size``). ``recorded``: the command reads assignment files
     whose recorded rotation applies when the flags are not given (``dmx eval``/``export``); the
     help text says so.
@@ -69,22 +69,23 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
     # speaks of its default) from adding "(default: None)", which would misstate it
     unset = "%(default).0s"
     recorded_or = "as the assignment records, else " if recorded else ""
+    defaults = RotationSpec()
     group = parser.add_argument_group("rotations")
     group.add_argument("--rotation", choices=ROTATION_KINDS, default=None,
                        help="none | hadamard (fixed QuaRot-style) | learned (SpinQuant-style: trained by "
                             "calibrate and sweep; eval/kl/export read it from --rotation-file or the assignment) "
-                            f"(default: {recorded_or}none){unset}")
+                            f"(default: {recorded_or}{defaults.kind}){unset}")
     group.add_argument("--rotation-seed", type=int, default=None,
-                       help=f"seed of the random Hadamard signs (default: {recorded_or}0){unset}")
+                       help=f"seed of the random Hadamard signs (default: {recorded_or}{defaults.seed}){unset}")
     group.add_argument("--rotation-placement", choices=PLACEMENTS, default=None,
                        help="hadamard only: online (a Hadamard on every linear input) or folded (QuaRot) "
-                            f"(default: {recorded_or}online){unset}")
+                            f"(default: {recorded_or}{defaults.placement}){unset}")
     group.add_argument("--rotation-file", default=None,
                        help="rotation saved by calibrate/export (.rotation.safetensors); rebuilds it exactly, "
                             f"kind and seed come from the file (default: {recorded_or}none){unset}")
     group.add_argument("--rotation-block", type=int, default=None,
                        help="hadamard/online only: block-diagonal Hadamard size (32 = one MX block, 64 = two; "
-                            f"0 = full width) (default: {recorded_or}{DEFAULT_ONLINE_SIZE}){unset}")
+                            f"0 = full width) (default: {recorded_or}{defaults.online_size}){unset}")
     group.add_argument("--rotation-lr", type=float, default=1.5,
                        help="Cayley SGD learning rate of a learned rotation (calibrate and sweep only)")
 
