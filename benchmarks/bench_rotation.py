@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -33,7 +34,7 @@ import time
 
 import torch
 
-from dmx.rotation import DEFAULT_ONLINE_BLOCK
+from dmx.rotation import RotationSpec
 
 DEFAULT_FORMATS = ("mxfp4_e2m1", "mxfp6_e3m2", "mxfp8_e4m3")
 
@@ -45,13 +46,14 @@ def _save(result: dict, path: str | None) -> None:
         atomic_write_text(path, json.dumps(result, indent=2))
 
 
-#: Benchmark rows: label -> (kind, placement, block).
-ROTATIONS = {"none": ("none", "online", None), "hadamard": ("hadamard", "online", DEFAULT_ONLINE_BLOCK),
-             "hadamard-32": ("hadamard", "online", 32),
-             "hadamard-full": ("hadamard", "online", None), "hadamard-folded": ("hadamard", "folded", None),
-             "learned": ("learned", "folded", None),
+#: Benchmark rows: label -> the rotation (its seed is the --seed flag's).
+ROTATIONS = {"none": RotationSpec("none"), "hadamard": RotationSpec("hadamard"),
+             "hadamard-32": RotationSpec("hadamard", online_size=32),
+             "hadamard-full": RotationSpec("hadamard", online_size=None),
+             "hadamard-folded": RotationSpec("hadamard", placement="folded"),
+             "learned": RotationSpec("learned"),
              # learned, but the rotated weights rebuilt for every micro-batch (before shared_rotated_weights)
-             "learned-rebuilt": ("learned", "folded", None)}
+             "learned-rebuilt": RotationSpec("learned")}
 
 
 def _rotated_copy(base, label: str, seed: int):
@@ -59,9 +61,8 @@ def _rotated_copy(base, label: str, seed: int):
 
     if label not in ROTATIONS:
         raise ValueError(f"unknown rotation {label!r}; choose from {list(ROTATIONS)}")
-    kind, placement, block = ROTATIONS[label]
     model = copy.deepcopy(base)
-    apply_rotation(model, kind, seed=seed, placement=placement, block=block)
+    apply_rotation(model, dataclasses.replace(ROTATIONS[label], seed=seed))
     return model
 
 
@@ -91,7 +92,7 @@ def quality(base, test_ids, args, result: dict) -> None:
 
 def cost(base, tokenizer, args, result: dict) -> None:
     from dmx.calibrate import CalibrationConfig, objective
-    from dmx.cayley import CayleySGD
+    from dmx.rotation import CayleySGD
     from dmx.data import calibration_windows
     from dmx.quantized import quantize_model, set_calibration_mode
     from dmx.rotation import rotation_parameters, shared_rotated_weights

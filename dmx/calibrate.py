@@ -14,7 +14,7 @@ with the authors' code.
 Learned rotations (SpinQuant-style, :mod:`dmx.rotation` with ``kind="learned"``): when the model
 carries trainable rotation matrices (:func:`dmx.rotation.rotation_parameters`), they are
 optimised jointly with the offsets in the same loop, from the same loss and backward pass, by
-:class:`dmx.cayley.CayleySGD` (``rotation_lr``, default 1.5); the weights stay frozen. At the end
+:class:`dmx.rotation.CayleySGD` (``rotation_lr``, default 1.5); the weights stay frozen. At the end
 the learned matrices are folded into the weights (:func:`dmx.rotation.bake_rotation`) before the
 hard assignment is applied, and the provenance records the rotation's description.
 
@@ -360,7 +360,7 @@ def calibrate(
     (model name, data hash, ...) is merged with seed, versions and settings into the result.
     An existing checkpoint in ``checkpoint_dir`` is never overwritten unless ``resume=True``
     (``CheckpointError`` otherwise). A model rotated with ``dmx.rotation.apply_rotation(model,
-    "learned")`` has its rotation learned too (Cayley SGD, ``cfg.rotation_lr``) and baked into the
+    RotationSpec("learned"))`` has its rotation learned too (Cayley SGD, ``cfg.rotation_lr``) and baked into the
     weights on return; the rotation's description goes into ``provenance["rotation"]``.
     """
     cfg.validate()
@@ -377,8 +377,7 @@ def calibrate(
     params = list(_offsets(layers).values())
     # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    from dmx.cayley import CayleySGD
-    from dmx.rotation import bake_rotation, rotation_parameters, shared_rotated_weights
+    from dmx.rotation import CayleySGD, bake_rotation, rotation_parameters, shared_rotated_weights
 
     rotations = rotation_parameters(model)
     rotation_optimizer = CayleySGD(rotations, lr=cfg.rotation_lr) if rotations else None

@@ -41,7 +41,7 @@ tensors that share storage (tied embeddings) are stored once and listed in ``tie
                             "packed_bytes": n}},
      "full_precision": {"<state key>": {"shape": [...], "dtype": "float32"}},
      "tied": {"<alias key>": "<stored key>"},
-     "rotation": {... dmx.rotation.RotationState.describe() ...} | null,
+     "rotation": {... dmx.rotation.RotationSpec.description(hidden_size, head_dim) ...} | null,
      "rotation_file": "rotation.safetensors" | null, "rotation_sha256": "<hex>" | null,
      "tokenizer": true | false, "versions": {...}}
 
@@ -223,7 +223,7 @@ def export_model(
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     rotation_file = None
-    if rotation is not None and rotation.kind == "learned":
+    if rotation is not None and rotation.spec.kind == "learned":
         rotation_file = save_rotation(rotation, out / ROTATION_NAME)
     bits = assignment if assignment is not None else Assignment.from_layers(layers)
     dtype = next(iter(layers.values())).linear.weight.dtype

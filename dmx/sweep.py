@@ -32,9 +32,10 @@ keeps its version before the last point as ``results.json.prev``, used when it i
 - ``kl_cache/``: the KL per-layer score cache; ``checkpoints/<label>-<settings hash>/``: dMX calibration
   checkpoints (a rerun resumes an interrupted calibration).
 
-Rotations (``SweepConfig.rotation``, :mod:`dmx.rotation`): the model is rotated right after
+Rotations (``SweepConfig.rotation_spec``, :mod:`dmx.rotation`): the model is rotated right after
 loading, so full precision, uniform, KL and dMX are all measured on the same rotated model and
-compare fairly. ``hadamard`` uses ``rotation_seed`` / ``rotation_placement`` / ``rotation_block``.
+compare fairly. ``hadamard`` uses ``rotation_seed`` / ``rotation_placement`` / ``rotation_block``
+(the online Hadamard size).
 ``learned``: the fp, uniform and KL points use the fixed starting point of the learned kind (the
 folded randomized Hadamard, QuaRot layout, same seed), and each dMX point learns its own rotation
 jointly with its offsets on a freshly loaded copy of the model (Cayley SGD, lr
@@ -63,7 +64,7 @@ from typing import Any
 from dmx.checkpoint import atomic_write_text, exists_or_previous, read_json_or_previous
 from dmx.data import check_data_source
 from dmx.models import check_seqlens
-from dmx.rotation import DEFAULT_ONLINE_BLOCK, check_learned_lm_head
+from dmx.rotation import DEFAULT_ONLINE_SIZE, RotationSpec, check_learned_lm_head
 
 RESULTS_SCHEMA = "dmx.sweep/1"
 UNIFORM_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")
@@ -269,7 +270,7 @@ class SweepConfig:
     rotation: str = "none"
     rotation_seed: int = 0
     rotation_placement: str = "online"
-    rotation_block: int | None = DEFAULT_ONLINE_BLOCK
+    rotation_block: int | None = DEFAULT_ONLINE_SIZE
 
     def identity(self) -> dict[str, Any]:
         """Settings every point depends on (what a resumed sweep must share).
@@ -280,18 +281,14 @@ class SweepConfig:
         d = asdict(self)
         identity = {k: d[k] for k in keys}
         if self.rotation != "none":
-            identity["rotation"] = self.rotation_description()
+            identity["rotation"] = self.rotation_spec.settings()
         return identity
 
-    def rotation_description(self) -> dict[str, Any]:
-        """The rotation as the settings that build it (``kind``, ``seed``, and for ``hadamard`` placement/block)."""
-        if self.rotation == "none":
-            return {"kind": "none"}
-        if self.rotation == "learned":
-            return {"kind": "learned", "seed": self.rotation_seed}
-        online = self.rotation_placement == "online"
-        return {"kind": "hadamard", "seed": self.rotation_seed, "placement": self.rotation_placement,
-                "block": self.rotation_block if online else None}
+    @property
+    def rotation_spec(self) -> RotationSpec:
+        """The rotation the ``rotation*`` settings ask for (``ValueError`` naming the valid choices)."""
+        return RotationSpec(self.rotation, self.rotation_seed, placement=self.rotation_placement,
+                            online_size=self.rotation_block, source="the sweep's rotation settings")
 
     def seed_values(self) -> list[int]:
         """The seeds of the seeded methods: ``seed, seed+1, ..., seed+seeds-1``."""
@@ -333,13 +330,9 @@ def _rotate(model, cfg: SweepConfig, *, learn: bool = False):
     """Rotate a freshly loaded model as ``cfg`` says; ``learn``: trainable (a dMX point of a learned sweep)."""
     from dmx.rotation import apply_rotation
 
-    if cfg.rotation == "learned":
-        if learn:
-            return apply_rotation(model, "learned", seed=cfg.rotation_seed)
-        # the learned kind's starting point, fixed: the same R1/R2/online Hadamards, folded
-        return apply_rotation(model, "hadamard", seed=cfg.rotation_seed, placement="folded")
-    return apply_rotation(model, cfg.rotation, seed=cfg.rotation_seed, placement=cfg.rotation_placement,
-                          block=cfg.rotation_block)
+    spec = cfg.rotation_spec
+    # without learn, a learned sweep's starting point, fixed: the same R1/R2/online Hadamards, folded
+    return apply_rotation(model, spec if learn else spec.fixed_start())
 
 
 def _accuracy_settings(cfg: SweepConfig) -> dict[str, Any]:
@@ -402,14 +395,10 @@ def _validate(cfg: SweepConfig) -> None:
 
     from dmx.calibrate import CalibrationConfig
     from dmx.family import get_family
-    from dmx.rotation import PLACEMENTS, ROTATION_KINDS
     from mx_spec import get_format
 
-    if cfg.rotation not in ROTATION_KINDS:
-        raise ValueError(f"unknown rotation {cfg.rotation!r}; valid choices: {', '.join(ROTATION_KINDS)}")
-    if cfg.rotation_placement not in PLACEMENTS:
-        raise ValueError(f"unknown rotation placement {cfg.rotation_placement!r}; valid choices: {', '.join(PLACEMENTS)}")
-    check_learned_lm_head(learning=cfg.rotation == "learned" and "dmx" in cfg.methods,
+    rotation = cfg.rotation_spec  # ValueError naming the valid kinds and placements
+    check_learned_lm_head(learning=rotation.kind == "learned" and "dmx" in cfg.methods,
                           lm_head_quantised=cfg.include_lm_head)
     if "rotation_lr" in cfg.calibration and cfg.rotation != "learned":
         raise ValueError("calibration setting rotation_lr only applies to rotation='learned'")

@@ -173,15 +173,15 @@ def test_bfloat16_model_calibrates_with_float32_offsets():
 
 
 def _fresh_learned():
-    from dmx.rotation import apply_rotation
+    from dmx.rotation import RotationSpec, apply_rotation
 
     model = tiny_model("llama", seed=0)
-    apply_rotation(model, "learned", seed=1)
+    apply_rotation(model, RotationSpec("learned", seed=1))
     return model, quantize_model(model)
 
 
 def test_learned_rotation_is_trained_jointly_and_resumes_exactly(tmp_path):
-    from dmx.cayley import stiefel_error
+    from dmx.rotation.cayley import stiefel_error
     from dmx.rotation import rotation_parameters, rotation_state
 
     cfg = CalibrationConfig(steps=3, batch_size=1, checkpoint_every=1, seed=3, rotation_lr=1.5)
@@ -218,7 +218,8 @@ def test_gradient_accumulation_rotates_the_weights_once_per_step(monkeypatch):
     rotation follows the same trajectory as when they are rebuilt for every micro-batch."""
     import contextlib
 
-    from dmx.rotation import _RotatedWeight, rotation_state
+    from dmx.rotation import rotation_state
+    from dmx.rotation.learned import _RotatedWeight
 
     cfg = CalibrationConfig(steps=2, batch_size=1, grad_accum=2, seed=1)
     calls = {"n": 0}

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from dmx.cayley import CayleySGD, cayley_retraction, stiefel_error
+from dmx.rotation.cayley import CayleySGD, cayley_retraction, stiefel_error
 
 
 def _orthogonal(n: int, p: int | None = None, seed: int = 0, det: float | None = None) -> torch.Tensor:

@@ -152,12 +152,11 @@ def test_cli_export_uniform_format_round_trip(tmp_path):
 
 def _rotated_mixed(kind):
     """A tiny Llama rotated as ``kind`` (learned: trained one Cayley step, then baked), mixed formats."""
-    from dmx.cayley import CayleySGD
-    from dmx.rotation import apply_rotation, bake_rotation, rotation_parameters
+    from dmx.rotation import CayleySGD, RotationSpec, apply_rotation, bake_rotation, rotation_parameters
 
     model = tiny_model("llama", seed=1)
     kwargs = {"placement": "folded"} if kind == "hadamard-folded" else {}
-    apply_rotation(model, kind.split("-")[0], seed=2, **kwargs)
+    apply_rotation(model, RotationSpec(kind.split("-")[0], seed=2, **kwargs))
     layers = _mixed(model)
     if kind == "learned":  # move R1/R2 off their Hadamard start so the file really matters
         opt = CayleySGD(rotation_parameters(model), lr=1.5)
@@ -194,9 +193,9 @@ def test_rotated_model_round_trip_is_exact(tmp_path, kind):
 
 
 def test_unbaked_learned_rotation_is_not_exported(tmp_path):
-    from dmx.rotation import apply_rotation
+    from dmx.rotation import RotationSpec, apply_rotation
 
     model = tiny_model("llama", seed=1)
-    apply_rotation(model, "learned")
+    apply_rotation(model, RotationSpec("learned"))
     with pytest.raises(ValueError, match="bake_rotation"):
         export_model(model, _mixed(model), tmp_path / "x")

@@ -12,7 +12,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from dmx.hadamard import (
+from dmx.rotation.hadamard import (
     fwht,
     hadamard_factorization,
     hadamard_matrix,

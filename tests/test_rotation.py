@@ -15,10 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmx.cayley import CayleySGD, stiefel_error
-from dmx.hadamard import hadamard_transform
 from dmx.models import tiny_model
 from dmx.rotation import (
+    RotationSpec,
     apply_rotation,
     apply_rotation_description,
     attach_online_rotations,
@@ -27,6 +26,8 @@ from dmx.rotation import (
     rotation_parameters,
     save_rotation,
 )
+from dmx.rotation.cayley import CayleySGD, stiefel_error
+from dmx.rotation.hadamard import hadamard_transform
 from mx_spec.quantize import quantize_dequantize
 
 TOL = dict(rtol=0, atol=1e-5)
@@ -51,7 +52,7 @@ def test_hadamard_rotation_preserves_logits(arch):
     ids = _ids()
     reference = _logits(model, ids)
     rotated = copy.deepcopy(model)
-    state = apply_rotation(rotated, "hadamard", seed=5, placement="folded")
+    state = apply_rotation(rotated, RotationSpec("hadamard", seed=5, placement="folded"))
     torch.testing.assert_close(_logits(rotated, ids), reference, **TOL)
     # the weights really changed, the norms lost their scales, the online hooks exist
     assert not torch.allclose(rotated.model.embed_tokens.weight, model.model.embed_tokens.weight)
@@ -65,22 +66,22 @@ def test_hadamard_rotation_preserves_logits(arch):
     assert (_logits(rotated, ids) - reference).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("arch, block", [("llama", 32), ("qwen3", 32), ("llama", None)])
-def test_online_placement_preserves_logits_and_rotates_every_linear_input(arch, block):
+@pytest.mark.parametrize("arch, online_size", [("llama", 32), ("qwen3", 32), ("llama", None)])
+def test_online_placement_preserves_logits_and_rotates_every_linear_input(arch, online_size):
     from dmx.models import decoder_linear_names
 
     model = _tiny64(arch)
     ids = _ids()
     reference = _logits(model, ids)
     norms = model.model.layers[0].input_layernorm.weight.detach().clone()
-    state = apply_rotation(model, "hadamard", seed=5, block=block)  # placement="online" is the default
-    assert state.placement == "online" and set(state.online) == set(decoder_linear_names(model))
+    state = apply_rotation(model, RotationSpec("hadamard", seed=5, online_size=online_size))  # placement="online" is the default
+    assert state.spec.placement == "online" and set(state.online) == set(decoder_linear_names(model))
     q = state.online["model.layers.0.mlp.down_proj"].matrix()  # 128 x 128
     torch.testing.assert_close(q @ q.T, torch.eye(128, dtype=torch.float64), rtol=0, atol=1e-12)
-    off_block = q.clone()
-    for b in range(0, 128, block or 128):
-        off_block[b : b + (block or 128), b : b + (block or 128)] = 0
-    assert torch.all(off_block == 0) and torch.all(q.abs() > 0) == (block is None)
+    off_diagonal = q.clone()
+    for b in range(0, 128, online_size or 128):
+        off_diagonal[b : b + (online_size or 128), b : b + (online_size or 128)] = 0
+    assert torch.all(off_diagonal == 0) and torch.all(q.abs() > 0) == (online_size is None)
     torch.testing.assert_close(_logits(model, ids), reference, **TOL)
     assert torch.equal(model.model.layers[0].input_layernorm.weight, norms)  # norm scales stay put
     for path in state.online:
@@ -104,7 +105,7 @@ def test_tied_embeddings_gqa_and_biases():
     assert model.lm_head.weight is model.model.embed_tokens.weight
     ids = _ids(vocab=128)
     reference = _logits(model, ids)
-    apply_rotation(model, "hadamard", seed=1, placement="folded")
+    apply_rotation(model, RotationSpec("hadamard", seed=1, placement="folded"))
     torch.testing.assert_close(_logits(model, ids), reference, **TOL)
     assert model.lm_head.weight is not model.model.embed_tokens.weight
     assert model.config.tie_word_embeddings is False
@@ -115,7 +116,7 @@ def test_learned_rotation_is_exact_for_any_orthogonal_matrices(arch):
     model = _tiny64(arch)
     ids = _ids()
     reference = _logits(model, ids)
-    apply_rotation(model, "learned", seed=2)
+    apply_rotation(model, RotationSpec("learned", seed=2))
     params = rotation_parameters(model)
     assert len(params) == 1 + 2 and all(p.requires_grad for p in params)
     torch.testing.assert_close(_logits(model, ids), reference, **TOL)
@@ -135,7 +136,7 @@ def test_learned_rotation_trains_with_cayley_sgd_under_mxfp4():
     from dmx.quantized import quantize_model, set_calibration_mode, set_uniform_format
 
     model = tiny_model("llama", seed=1)
-    state = apply_rotation(model, "learned", seed=0)
+    state = apply_rotation(model, RotationSpec("learned", seed=0))
     layers = quantize_model(model)
     set_uniform_format(layers, "mxfp4_e2m1")
     set_calibration_mode(model, layers, training=True)
@@ -177,7 +178,7 @@ def test_online_rotation_runs_before_the_input_quantiser():
     from dmx.quantized import quantize_model, set_uniform_format
 
     model = tiny_model("llama", seed=1)
-    state = apply_rotation(model, "hadamard", seed=4, placement="folded")  # before quantize_model, as the CLI does
+    state = apply_rotation(model, RotationSpec("hadamard", seed=4, placement="folded"))  # before quantize_model, as the CLI does
     layers = quantize_model(model)
     set_uniform_format(layers, "mxfp4_e2m1")
     path = "model.layers.1.mlp.down_proj"
@@ -203,10 +204,10 @@ def test_rotate_before_or_after_quantize_model_is_the_same_model():
     for rotate_first in (True, False):
         model = tiny_model("qwen3", seed=2)
         if rotate_first:
-            apply_rotation(model, "hadamard", seed=6, placement="folded")
+            apply_rotation(model, RotationSpec("hadamard", seed=6, placement="folded"))
         layers = quantize_model(model)
         if not rotate_first:
-            apply_rotation(model, "hadamard", seed=6, placement="folded")
+            apply_rotation(model, RotationSpec("hadamard", seed=6, placement="folded"))
         set_uniform_format(layers, "mxfp4_e2m1")
         outputs.append(_logits(model, ids))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
@@ -216,7 +217,7 @@ def test_saved_rotation_rebuilds_an_identical_model(tmp_path):
     ids = _ids()
     for kind, placement in (("hadamard", "online"), ("hadamard", "folded"), ("learned", "folded")):
         model = tiny_model("llama", seed=3)
-        state = apply_rotation(model, kind, seed=9, placement=placement)
+        state = apply_rotation(model, RotationSpec(kind, seed=9, placement=placement))
         if kind == "learned":
             with torch.no_grad():
                 for p in rotation_parameters(state):
@@ -235,7 +236,7 @@ def test_saved_rotation_rebuilds_an_identical_model(tmp_path):
 def test_none_leaves_the_model_alone():
     model = tiny_model("llama")
     before = copy.deepcopy(model.state_dict())
-    assert apply_rotation(model, "none") is None
+    assert apply_rotation(model, RotationSpec("none")) is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -243,32 +244,32 @@ def test_bad_requests_raise_clear_errors(tmp_path):
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     with pytest.raises(ValueError, match="choose one of"):
-        apply_rotation(tiny_model("llama"), "random")
+        apply_rotation(tiny_model("llama"), RotationSpec("random"))
     with pytest.raises(ValueError, match="online sites"):
-        apply_rotation(tiny_model("llama"), "hadamard", online_sites=("q_proj",))
+        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", online_sites=("q_proj",)))
     gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))
     with pytest.raises(ValueError, match="model types"):
-        apply_rotation(gpt2, "hadamard")
+        apply_rotation(gpt2, RotationSpec("hadamard"))
     odd = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=52,
                                                        num_hidden_layers=1, num_attention_heads=2))
     with pytest.raises(ValueError, match="intermediate_size"):
-        apply_rotation(odd, "hadamard", placement="folded")
+        apply_rotation(odd, RotationSpec("hadamard", placement="folded"))
     with pytest.raises(ValueError, match="input size 52"):
-        apply_rotation(copy.deepcopy(odd), "hadamard", block=None)
+        apply_rotation(copy.deepcopy(odd), RotationSpec("hadamard", online_size=None))
     with pytest.raises(ValueError, match="block 64 does not divide the input size 32"):  # the default block
-        apply_rotation(copy.deepcopy(odd), "hadamard")
+        apply_rotation(copy.deepcopy(odd), RotationSpec("hadamard"))
     with pytest.raises(ValueError, match="block"):
-        apply_rotation(tiny_model("llama"), "hadamard", block=7)
+        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", online_size=7))
     with pytest.raises(ValueError, match="does not divide"):
-        apply_rotation(tiny_model("llama"), "hadamard", block=12)
+        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", online_size=12))
     with pytest.raises(ValueError, match="placement"):
-        apply_rotation(tiny_model("llama"), "hadamard", placement="everywhere")
+        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", placement="everywhere"))
     model = tiny_model("llama")
-    apply_rotation(model, "hadamard")
+    apply_rotation(model, RotationSpec("hadamard"))
     with pytest.raises(ValueError, match="already rotated"):
-        apply_rotation(model, "hadamard")
+        apply_rotation(model, RotationSpec("hadamard"))
     with pytest.raises(ValueError, match="do not fit"):
-        apply_rotation(tiny_model("llama"), "learned", matrices={"r1": torch.eye(8), "r2": []})
+        apply_rotation(tiny_model("llama"), RotationSpec("learned"), matrices={"r1": torch.eye(8), "r2": []})
     with pytest.raises(ValueError, match="needs its matrices"):
         apply_rotation_description(tiny_model("llama"), {"version": 1, "kind": "learned", "seed": 0, "online_sites": []})
     from safetensors.torch import save_file
@@ -282,7 +283,7 @@ def test_learned_rotation_refuses_a_wrapped_lm_head():
     from dmx.quantized import quantize_model
 
     model = tiny_model("llama")
-    apply_rotation(model, "learned")
+    apply_rotation(model, RotationSpec("learned"))
     quantize_model(model, include_lm_head=True)
     with pytest.raises(ValueError, match="lm_head"):
         attach_online_rotations(model)
@@ -292,7 +293,7 @@ def test_embedded_smollm2_logits_unchanged(embedded_model):
     model = copy.deepcopy(embedded_model[0])
     ids = _ids(batch=1, length=32, vocab=model.config.vocab_size, seed=1)
     reference = _logits(embedded_model[0], ids)
-    apply_rotation(model, "hadamard", seed=0, placement="folded")
+    apply_rotation(model, RotationSpec("hadamard", seed=0, placement="folded"))
     rotated = _logits(model, ids)
     scale = reference.abs().max()
     assert (rotated - reference).abs().max() < 2e-4 * scale
@@ -302,11 +303,13 @@ def test_embedded_smollm2_logits_unchanged(embedded_model):
 def test_command_line_flags(tmp_path):
     import argparse
 
-    from dmx.commands import apply_rotation_choice, resolve_rotation
-    from dmx.rotation import add_rotation_flags
+    from dmx.commands import add_rotation_flags
+    from dmx.rotation import resolve_rotation
 
     def rotate(model, argv, trainable=False):
-        return apply_rotation_choice(model, resolve_rotation(parser.parse_args(argv)), trainable=trainable)
+        spec = resolve_rotation(parser.parse_args(argv))
+        spec.check_buildable(trainable=trainable)
+        return apply_rotation(model, spec)
 
     parser = argparse.ArgumentParser()
     add_rotation_flags(parser)
@@ -331,7 +334,7 @@ def test_deep_copied_learned_model_owns_its_rotations():
     model = _tiny64("llama")
     ids = _ids()
     reference = _logits(model, ids)
-    apply_rotation(model, "learned", seed=1)
+    apply_rotation(model, RotationSpec("learned", seed=1))
     twin = copy.deepcopy(model)
     with torch.no_grad():
         for p in rotation_parameters(twin):
@@ -343,24 +346,66 @@ def test_deep_copied_learned_model_owns_its_rotations():
 
 def test_rotated_model_id_keys_results_by_the_rotation_applied():
     """KL score caches (dmx kl and dmx sweep alike) must never mix scores of differently rotated models."""
-    from dmx.rotation import apply_rotation, rotated_model_id
+    from dmx.rotation import rotated_model_id
 
     assert rotated_model_id("m", tiny_model("llama")) == "m"
 
     def fixed(seed, **kw):
         model = tiny_model("llama")
-        apply_rotation(model, "hadamard", seed=seed, **kw)
+        apply_rotation(model, RotationSpec("hadamard", seed=seed, **kw))
         return rotated_model_id("m", model)
 
     assert fixed(0) == fixed(0) != fixed(1)
-    assert fixed(0) != fixed(0, placement="folded") and fixed(0) != fixed(0, block=None)
+    assert fixed(0) != fixed(0, placement="folded") and fixed(0) != fixed(0, online_size=None)
     assert fixed(0).startswith("m|rotation=")
 
     def learned(scale):
         model = tiny_model("llama")
-        state = apply_rotation(model, "learned", seed=0)
+        state = apply_rotation(model, RotationSpec("learned", seed=0))
         with torch.no_grad():  # a different (still orthogonal) R1: another learned run
             state.r1.copy_(state.r1 @ torch.diag(torch.tensor([scale] + [1.0] * (state.r1.shape[0] - 1))))
         return rotated_model_id("m", model)
 
     assert learned(1.0) == learned(1.0) != learned(-1.0)
+
+
+def test_rotation_spec_normalises_and_describes_as_recorded():
+    """One request, one record: learned is folded, folded has no online size, and the description
+    keeps the keys (``"block"``: the online size) that the files already written hold."""
+    assert RotationSpec("learned", seed=3, online_size=32) == RotationSpec("learned", seed=3, placement="folded")
+    assert RotationSpec("hadamard", placement="folded", online_size=32).online_size is None
+    assert RotationSpec("hadamard", source="a") == RotationSpec("hadamard", source="b")  # the source only names it
+    online = RotationSpec("hadamard", seed=2, online_size=32).description(576, 64)
+    assert online == {"version": 1, "kind": "hadamard", "seed": 2, "online_sites": ["all"], "hidden_size": 576,
+                      "head_dim": 64, "placement": "online", "block": 32, "matrices_needed": False}
+    assert RotationSpec.from_description(online) == RotationSpec("hadamard", seed=2, online_size=32)
+    learned = RotationSpec("learned").description(576, 64)
+    assert (learned["placement"], learned["block"], learned["online_sites"]) == ("folded", None, ["o_proj", "down_proj"])
+    assert RotationSpec("hadamard", online_size=None).settings() == {"kind": "hadamard", "seed": 0, "placement": "online",
+                                                                       "block": None}
+    assert RotationSpec("learned", seed=1).fixed_start() == RotationSpec("hadamard", seed=1, placement="folded")
+    with pytest.raises(ValueError, match="--rotation-block"):
+        RotationSpec("hadamard", online_size=0)
+
+
+def test_descriptions_recorded_in_results_read_back_unchanged():
+    """Every rotation description under results/ reads back to a spec that records it key for key."""
+    from pathlib import Path
+
+    def descriptions(node):
+        if isinstance(node, dict):
+            if "matrices_needed" in node and "version" in node:
+                yield node
+            for value in node.values():
+                yield from descriptions(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from descriptions(value)
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    found = [d for path in results.rglob("*.json") for d in descriptions(json.loads(path.read_text()))]
+    if not found:
+        pytest.skip("no recorded rotation under results/")
+    for recorded in found:
+        again = RotationSpec.from_description(recorded).description(recorded["hidden_size"], recorded["head_dim"])
+        assert list(again.items()) == list(recorded.items())

@@ -155,12 +155,12 @@ def test_kl_records_its_rotation_and_mixed_rotations_are_refused(tiny_dir, tmp_p
 def _other_model_rotation(path):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from dmx.rotation import apply_rotation, bake_rotation, save_rotation
+    from dmx.rotation import RotationSpec, apply_rotation, bake_rotation, save_rotation
 
     config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
                          num_key_value_heads=4, vocab_size=256)
     other = AutoModelForCausalLM.from_config(config)
-    state = apply_rotation(other, "learned")
+    state = apply_rotation(other, RotationSpec("learned"))
     bake_rotation(other)
     return save_rotation(state, path)
 

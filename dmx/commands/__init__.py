@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-__all__ = ["HelpFormatter", "add_model_args", "add_data_args", "add_quant_args", "load_model_from_args", "set_threads", "idle_cpus",
-           "RotationChoice", "recorded_rotation", "resolve_rotation", "apply_rotation_choice", "check_rotation_choice",
-           "format_table", "print_table"]
+from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec, apply_rotation, resolve_rotation
+
+__all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args", "load_model_from_args",
+           "set_threads", "idle_cpus", "format_table", "print_table"]
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -33,8 +32,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool = False) -> None:
     """``--model --dtype --device --device-map --trust-remote-code --threads`` and the rotation flags
-    (:func:`dmx.rotation.add_rotation_flags`; ``recorded_rotation``: the command applies an
-    assignment's recorded rotation when no rotation flag is given)."""
+    (:func:`add_rotation_flags`; ``recorded_rotation``: the command applies an assignment's
+    recorded rotation when no rotation flag is given)."""
     from dmx.models import SHORT_NAMES
 
     group = parser.add_argument_group("model")
@@ -51,9 +50,44 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
     group.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: the CPUs idle at start, i.e. available CPUs minus the "
                             "1-minute load average, at least 1, so a busy machine is not oversubscribed)")
-    from dmx.rotation import add_rotation_flags
-
     add_rotation_flags(parser, recorded=recorded_rotation)
+
+
+def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = False) -> None:
+    """``--rotation {none,hadamard,learned}``, ``--rotation-seed``, ``--rotation-placement``,
+    ``--rotation-file``, ``--rotation-block``, ``--rotation-lr``.
+
+    Kind, seed, placement and block default to None ("not given", :func:`dmx.rotation.resolve_rotation`
+    turns them into a :class:`dmx.rotation.RotationSpec`; an unset flag then means the spec's
+    default: ``none``, 0, ``online``, 64). ``--rotation-block`` is the online
+    Hadamard's size (``RotationSpec.online_size``). ``recorded``: the command reads assignment files
+    whose recorded rotation applies when the flags are not given (``dmx eval``/``export``); the
+    help text says so.
+    """
+    # each help states what an unset flag means; "%(default).0s" renders as nothing and keeps a
+    # defaults-appending formatter (argparse's own; HelpFormatter appends nothing to a help that
+    # speaks of its default) from adding "(default: None)", which would misstate it
+    unset = "%(default).0s"
+    recorded_or = "as the assignment records, else " if recorded else ""
+    defaults = RotationSpec()
+    group = parser.add_argument_group("rotations")
+    group.add_argument("--rotation", choices=ROTATION_KINDS, default=None,
+                       help="none | hadamard (fixed QuaRot-style) | learned (SpinQuant-style: trained by "
+                            "calibrate and sweep; eval/kl/export read it from --rotation-file or the assignment) "
+                            f"(default: {recorded_or}{defaults.kind}){unset}")
+    group.add_argument("--rotation-seed", type=int, default=None,
+                       help=f"seed of the random Hadamard signs (default: {recorded_or}{defaults.seed}){unset}")
+    group.add_argument("--rotation-placement", choices=PLACEMENTS, default=None,
+                       help="hadamard only: online (a Hadamard on every linear input) or folded (QuaRot) "
+                            f"(default: {recorded_or}{defaults.placement}){unset}")
+    group.add_argument("--rotation-file", default=None,
+                       help="rotation saved by calibrate/export (.rotation.safetensors); rebuilds it exactly, "
+                            f"kind and seed come from the file (default: {recorded_or}none){unset}")
+    group.add_argument("--rotation-block", type=int, default=None,
+                       help="hadamard/online only: block-diagonal Hadamard size (32 = one MX block, 64 = two; "
+                            f"0 = full width) (default: {recorded_or}{defaults.online_size}){unset}")
+    group.add_argument("--rotation-lr", type=float, default=1.5,
+                       help="Cayley SGD learning rate of a learned rotation (calibrate and sweep only)")
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
@@ -101,197 +135,25 @@ def set_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(idle_cpus() if threads is None else threads)
 
 
-# ------------------------------------------------------------------------------------------------
-# which rotation a command applies: flags, else what the assignments recorded, else none
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RotationChoice:
-    """One rotation request, comparable across flags and assignment files.
-
-    ``kind`` none | hadamard | learned; ``seed``/``placement``/``block`` rebuild a fixed one;
-    ``file``: a rotation file (required for an already-learned rotation; its ``sha256``
-    identifies the matrices); ``source``: where the request came from (for error messages).
-    """
-
-    kind: str = "none"
-    seed: int = 0
-    placement: str = "online"
-    block: int | None = None  # full width; hadamard/online choices are built with the flag default
-    file: str | None = None
-    sha256: str | None = None
-    source: str = "default"
-
-    def key(self) -> tuple:
-        """What must agree for two requests to build the same model."""
-        if self.kind == "none":
-            return ("none",)
-        if self.kind == "learned":
-            return ("learned", self.sha256)
-        return ("hadamard", self.seed, self.placement, self.block if self.placement == "online" else None)
-
-    def flags(self) -> str:
-        """The command-line flags that ask for this rotation."""
-        if self.kind == "learned":
-            return f"--rotation-file {self.file}" if self.file else "--rotation learned"
-        if self.kind == "none":
-            return "--rotation none"
-        block = "" if self.placement != "online" else f" --rotation-block {self.block or 0}"
-        return f"--rotation hadamard --rotation-seed {self.seed} --rotation-placement {self.placement}{block}"
-
-
-def _choice_from_description(description: dict[str, Any] | None, *, file: str | None, source: str) -> RotationChoice:
-    from dmx.checkpoint import sha256_file
-
-    if not description or description.get("kind", "none") == "none":
-        return RotationChoice(source=source)
-    kind = description["kind"]
-    placement = description.get("placement", "folded")
-    block = description.get("block")
-    if kind == "learned" and description.get("baked", True) and file is None:
-        raise ValueError(f"{source} records a learned rotation but no rotation file; pass --rotation-file PATH")
-    return RotationChoice(kind=kind, seed=int(description.get("seed", 0)), placement=placement, block=block,
-                          file=file, sha256=sha256_file(file) if kind == "learned" and file else None, source=source)
-
-
-def recorded_rotation(provenance: dict[str, Any], assignment_path: str | Path) -> RotationChoice:
-    """The rotation an assignment was made under (``provenance["rotation"]``; none if absent).
-
-    A learned rotation's ``provenance["rotation_file"]`` is resolved relative to the assignment
-    file's directory; a missing file or one whose sha256 differs from the recorded
-    ``rotation_sha256`` raises ``ValueError``.
-    """
-    source = f"assignment {assignment_path}"
-    description = provenance.get("rotation")
-    if not description or description.get("kind", "none") == "none":
-        return RotationChoice(source=source)
-    file = None
-    if provenance.get("rotation_file"):
-        file = str(Path(assignment_path).parent / provenance["rotation_file"])
-        if description["kind"] == "learned" and not Path(file).is_file():
-            raise ValueError(f"{source} was calibrated with a learned rotation saved in {file}, which does not "
-                             "exist; put the .rotation.safetensors file back next to the assignment or pass "
-                             "--rotation-file PATH")
-    choice = _choice_from_description(description, file=file, source=source)
-    expected = provenance.get("rotation_sha256")
-    if choice.kind == "learned" and expected and choice.sha256 != expected:
-        raise ValueError(f"{file} is not the rotation {source} was calibrated with (sha256 differs); pass the "
-                         "right file with --rotation-file")
-    return choice
-
-
-def _flag_choice(args: argparse.Namespace, recorded: RotationChoice | None) -> RotationChoice | None:
-    """The request the rotation flags make (None: no rotation flag given); unset values come from
-    ``recorded`` when it is of the same kind, else from :data:`dmx.rotation.FLAG_DEFAULTS`."""
-    from dmx.rotation import FLAG_DEFAULTS, load_rotation
-
-    kind, path = getattr(args, "rotation", None), getattr(args, "rotation_file", None)
-    seed, placement = getattr(args, "rotation_seed", None), getattr(args, "rotation_placement", None)
-    block = getattr(args, "rotation_block", None)
-    details = {"--rotation-seed": seed, "--rotation-placement": placement, "--rotation-block": block}
-    given = [flag for flag, v in details.items() if v is not None]
-    if path:
-        if given:
-            raise ValueError(f"{', '.join(given)} cannot be combined with --rotation-file (the file decides); drop them")
-        description, _ = load_rotation(path)
-        choice = _choice_from_description(description, file=str(path), source=f"--rotation-file {path}")
-        if kind is not None and kind != choice.kind:
-            raise ValueError(f"--rotation {kind} contradicts --rotation-file {path}, which holds a "
-                             f"{choice.kind!r} rotation; drop --rotation (the file decides)")
-        return choice
-    if kind is None and all(v is None for v in details.values()):
-        return None
-    same = recorded if recorded is not None and recorded.kind == (kind or recorded.kind) else None
-    kind = kind or (recorded.kind if recorded is not None else FLAG_DEFAULTS["rotation"])
-    if kind == "none":
-        if given:
-            raise ValueError(f"{', '.join(given)} only apply to a rotation; add --rotation hadamard")
-        return RotationChoice(source="--rotation none")
-    if kind == "learned" and same is not None:
-        if given:
-            raise ValueError(f"{', '.join(given)} do not apply to the learned rotation {same.source} records "
-                             "(its file decides); drop them")
-        return same  # the learned matrices recorded by the assignment
-    base = same or RotationChoice(seed=FLAG_DEFAULTS["rotation_seed"], placement=FLAG_DEFAULTS["rotation_placement"],
-                                  block=FLAG_DEFAULTS["rotation_block"])
-    if block is not None and block < 0:
-        raise ValueError(f"--rotation-block must be a Hadamard order such as 32, or 0 (full width); got {block}")
-    if kind == "learned" and (placement is not None or block is not None):
-        raise ValueError("--rotation-placement/--rotation-block do not apply to --rotation learned (it always "
-                         "uses the folded SpinQuant layout); drop them")
-    placement = "folded" if kind == "learned" else placement or base.placement
-    if placement == "folded" and block is not None:
-        raise ValueError("--rotation-block only applies to --rotation-placement online; drop it")
-    return RotationChoice(kind=kind, seed=base.seed if seed is None else seed, placement=placement,
-                          block=(base.block if block is None else (block or None)) if placement == "online" else None,
-                          source="the rotation flags")
-
-
-def resolve_rotation(args: argparse.Namespace, recorded: Sequence[RotationChoice] = ()) -> RotationChoice:
-    """The one rotation a command applies: the flags, else the assignments' recorded rotation, else none.
-
-    ``ValueError`` (saying what to pass) when the assignments were made under different
-    rotations, or when the flags ask for another rotation than the one an assignment records.
-    """
-    distinct = {c.key(): c for c in recorded}
-    if len(distinct) > 1:
-        listing = "; ".join(f"{c.source}: {c.flags()}" for c in distinct.values())
-        raise ValueError(f"the assignments were calibrated under different rotations ({listing}); evaluate "
-                         "them in separate runs, one rotation each")
-    agreed = next(iter(distinct.values()), None)
-    flagged = _flag_choice(args, agreed)
-    if flagged is None:
-        return agreed or RotationChoice()
-    if agreed is not None and flagged.key() != agreed.key():
-        raise ValueError(f"the rotation flags ask for `{flagged.flags()}` but {agreed.source} was calibrated "
-                         f"under `{agreed.flags()}`; drop the rotation flags to use the recorded rotation")
-    return flagged
-
-
-def check_rotation_choice(choice: RotationChoice, *, trainable: bool = False, include_lm_head: bool = False) -> None:
-    """``ValueError`` before any loading when ``choice`` cannot be built by this command."""
-    if choice.kind != "learned" or choice.file:
-        return
-    if not trainable:
-        raise ValueError("--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
-                         "PATH (written next to the assignment by calibrate, or by export), or use --rotation hadamard")
-    from dmx.rotation import check_learned_lm_head
-
-    check_learned_lm_head(learning=True, lm_head_quantised=include_lm_head)
-
-
-def apply_rotation_choice(model, choice: RotationChoice, *, trainable: bool = False):
-    """Rotate a freshly loaded ``model`` as ``choice`` says; returns the ``RotationState`` (None for none).
-
-    ``trainable``: a learned rotation without a file starts from its Hadamard initialisation
-    and is trained (``dmx calibrate``); elsewhere it needs its file (``ValueError``).
-    """
-    from dmx.rotation import apply_rotation, apply_rotation_description, load_rotation
-
-    check_rotation_choice(choice, trainable=trainable)
-    if choice.file:
-        description, matrices = load_rotation(choice.file)
-        return apply_rotation_description(model, description, matrices)
-    return apply_rotation(model, choice.kind, seed=choice.seed, placement=choice.placement, block=choice.block)
-
-
 def load_model_from_args(args: argparse.Namespace, *, trainable: bool = False,
-                         rotation: RotationChoice | None = None):
+                         rotation: RotationSpec | None = None):
     """``(model, tokenizer)`` from the flags of :func:`add_model_args`, rotated right after loading.
 
-    The rotation is ``rotation`` if given (see :func:`resolve_rotation`), else what the
-    rotation flags ask for; ``trainable`` (``dmx calibrate``) lets ``--rotation learned`` start
-    from its initialisation. Sets HF offline mode for the embedded model.
+    The rotation is ``rotation`` if given (see :func:`dmx.rotation.resolve_rotation`), else what
+    the rotation flags ask for; ``trainable`` (``dmx calibrate``) lets ``--rotation learned`` start
+    from its initialisation (elsewhere it needs its file: ``ValueError`` before loading). Sets HF
+    offline mode for the embedded model.
     """
     from dmx.models import SHORT_NAMES, EmbeddedModel, load_model
 
-    choice = rotation if rotation is not None else resolve_rotation(args)
-    check_rotation_choice(choice, trainable=trainable, include_lm_head=getattr(args, "include_lm_head", False))
+    spec = rotation if rotation is not None else resolve_rotation(args)
+    spec.check_buildable(trainable=trainable, include_lm_head=getattr(args, "include_lm_head", False))
     set_threads(args)
     if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
                                   trust_remote_code=args.trust_remote_code)
-    apply_rotation_choice(model, choice, trainable=trainable)
+    apply_rotation(model, spec)
     return model, tokenizer
 
 

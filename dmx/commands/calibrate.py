@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 from dmx.calibrate import CalibrationConfig
-from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
-                          resolve_rotation)
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
 from dmx.data import CALIBRATION_SOURCES, check_calibration_source
+from dmx.rotation import resolve_rotation
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["register", "run", "config_from_args", "add_recipe_args"]

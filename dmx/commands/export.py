@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from dmx.commands import (HelpFormatter, add_model_args, add_quant_args, load_model_from_args, print_table, recorded_rotation,
-                          resolve_rotation)
+from dmx.commands import HelpFormatter, add_model_args, add_quant_args, load_model_from_args, print_table
+from dmx.rotation import recorded_rotation, resolve_rotation
 
 __all__ = ["register", "run"]
 

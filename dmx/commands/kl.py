@@ -10,8 +10,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
-                          resolve_rotation)
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
+from dmx.rotation import resolve_rotation
 
 __all__ = ["register", "run", "output_path"]
 

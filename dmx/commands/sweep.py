@@ -11,6 +11,7 @@ import argparse
 
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table, set_threads
 from dmx.commands.calibrate import add_recipe_args
+from dmx.rotation import RotationSpec
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -104,15 +105,14 @@ def config_from_args(args: argparse.Namespace):
 
         tasks = tuple(resolve_task_names(args.tasks, online=args.online))
     calibration["weighting"] = args.weighting
-    from dmx.rotation import FLAG_DEFAULTS
-
     if getattr(args, "rotation_file", None):
         raise ValueError("dmx sweep learns or builds its rotations itself and takes no --rotation-file; use "
                          "--rotation hadamard|learned (with --rotation-seed), or evaluate a saved rotation with dmx eval")
-    rotation = args.rotation or FLAG_DEFAULTS["rotation"]
+    defaults = RotationSpec()  # what an unset rotation flag stands for
+    rotation = args.rotation or defaults.kind
     if rotation == "learned":
         calibration["rotation_lr"] = args.rotation_lr
-    block = FLAG_DEFAULTS["rotation_block"] if args.rotation_block is None else args.rotation_block
+    block = defaults.online_size if args.rotation_block is None else args.rotation_block
     return SweepConfig(
         model=args.model, out_dir=args.out, targets=tuple(args.targets), methods=tuple(args.methods),
         uniform=tuple(args.uniform_formats), family=args.family, block_size=args.block_size,
@@ -123,8 +123,8 @@ def config_from_args(args: argparse.Namespace):
         kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tasks, limit=args.limit,
         zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
         rotation=rotation,
-        rotation_seed=FLAG_DEFAULTS["rotation_seed"] if args.rotation_seed is None else args.rotation_seed,
-        rotation_placement=args.rotation_placement or FLAG_DEFAULTS["rotation_placement"],
+        rotation_seed=defaults.seed if args.rotation_seed is None else args.rotation_seed,
+        rotation_placement=args.rotation_placement or defaults.placement,
         rotation_block=block or None,
     )
 

@@ -1,0 +1,179 @@
+"""Which rotation: the one frozen request the commands, the sweep, the export manifest and the files share.
+
+A :class:`RotationSpec` says how to build a rotation (kind, seed, layout, online Hadamard size,
+or the file holding learned matrices); :meth:`RotationSpec.description` is the versioned dict
+that assignments, exports and rotation files record (``DESCRIPTION_VERSION``), and
+:meth:`RotationSpec.from_description` reads it back. Tensors live in :mod:`dmx.rotation.state`.
+
+Words: ``online_size`` is the order of the block-diagonal online Hadamard (the ``--rotation-block``
+flag and the ``"block"`` key of recorded descriptions, kept for the files already written); an
+"MX block" is the 32 elements sharing one scale; a decoder layer is a transformer block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmx.checkpoint import sha256_file
+from dmx.rotation.hadamard import supports_hadamard
+
+__all__ = ["ROTATION_KINDS", "ONLINE_SITES", "PLACEMENTS", "DEFAULT_ONLINE_SIZE", "SUPPORTED_MODEL_TYPES",
+           "DESCRIPTION_VERSION", "RotationSpec", "check_learned_lm_head"]
+
+ROTATION_KINDS = ("none", "hadamard", "learned")
+#: Linear inputs that get an online Hadamard in the folded layout (module attribute names in a decoder layer).
+ONLINE_SITES = ("o_proj", "down_proj")
+#: Where fixed Hadamards go: on every linear input (``online``) or QuaRot's folded layout.
+PLACEMENTS = ("online", "folded")
+#: Order of the ``online`` layout's block-diagonal Hadamard (why 64: :mod:`dmx.rotation` docstring).
+DEFAULT_ONLINE_SIZE = 64
+SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "qwen2", "mistral")
+#: Version of :meth:`RotationSpec.description`; recorded descriptions of another version are refused.
+DESCRIPTION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RotationSpec:
+    """One rotation request, comparable across flags, sweep configs and recorded files.
+
+    ``kind`` none | hadamard | learned; ``seed`` picks the random Hadamard signs (and a learned
+    rotation's start); ``placement`` online | folded (``learned`` is always folded, SpinQuant);
+    ``online_size``: order of the block-diagonal Hadamard of the online layout (None: full input
+    width; always None when folded); ``online_sites``: the folded layout's online Hadamards (the
+    online layout rotates every linear input and keeps the default);
+    ``file``: a rotation file that rebuilds it exactly (required for an already-learned rotation;
+    ``sha256`` identifies its matrices); ``source``: where the request came from (error messages).
+    Invalid values raise ``ValueError`` naming the valid choices.
+    """
+
+    kind: str = "none"
+    seed: int = 0
+    placement: str = "online"
+    online_size: int | None = DEFAULT_ONLINE_SIZE
+    online_sites: tuple[str, ...] = ONLINE_SITES
+    file: str | None = None
+    sha256: str | None = None
+    source: str = field(default="default", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROTATION_KINDS:
+            raise ValueError(f"unknown rotation kind {self.kind!r}; choose one of {list(ROTATION_KINDS)}")
+        sites = tuple(self.online_sites)
+        unknown = [s for s in sites if s not in ONLINE_SITES]
+        if unknown:
+            raise ValueError(f"unknown online sites {unknown}; choose from {list(ONLINE_SITES)}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {self.placement!r}; choose one of {list(PLACEMENTS)}")
+        # a frozen dataclass normalises through object.__setattr__: learned rotations are always
+        # folded, only the online layout has an online Hadamard size, only the folded one online sites
+        if self.kind == "learned":
+            object.__setattr__(self, "placement", "folded")
+        object.__setattr__(self, "online_sites", sites if self.placement == "folded" else ONLINE_SITES)
+        object.__setattr__(self, "seed", int(self.seed))
+        if self.placement == "folded":
+            object.__setattr__(self, "online_size", None)
+        size = self.online_size
+        if self.kind == "hadamard" and size is not None and (
+                isinstance(size, bool) or not isinstance(size, int) or size < 1 or not supports_hadamard(size)):
+            raise ValueError(f"the online Hadamard size (--rotation-block) must be None or a Hadamard order such as "
+                             f"32 (the MX block), got {size!r}")
+
+    @property
+    def learns(self) -> bool:
+        """True for a learned rotation to be trained here (no file with its matrices)."""
+        return self.kind == "learned" and not self.file
+
+    def key(self) -> tuple:
+        """What must agree for two requests to build the same model."""
+        if self.kind == "none":
+            return ("none",)
+        if self.kind == "learned":
+            return ("learned", self.sha256)
+        return ("hadamard", self.seed, self.placement, self.online_size)
+
+    def flags(self) -> str:
+        """The command-line flags that ask for this rotation."""
+        if self.kind == "learned":
+            return f"--rotation-file {self.file}" if self.file else "--rotation learned"
+        if self.kind == "none":
+            return "--rotation none"
+        size = "" if self.placement != "online" else f" --rotation-block {self.online_size or 0}"
+        return f"--rotation hadamard --rotation-seed {self.seed} --rotation-placement {self.placement}{size}"
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that build it, as a sweep's identity records them (``kind``, ``seed``, and
+        for ``hadamard`` ``placement`` and ``block``, the online Hadamard size)."""
+        if self.kind == "none":
+            return {"kind": "none"}
+        if self.kind == "learned":
+            return {"kind": "learned", "seed": self.seed}
+        return {"kind": "hadamard", "seed": self.seed, "placement": self.placement, "block": self.online_size}
+
+    def fixed_start(self) -> RotationSpec:
+        """A learned rotation's starting point as a fixed rotation (the same folded randomized Hadamards)."""
+        if self.kind != "learned":
+            return self
+        return RotationSpec("hadamard", self.seed, placement="folded", online_sites=self.online_sites, source=self.source)
+
+    def description(self, hidden_size: int, head_dim: int) -> dict[str, Any]:
+        """The JSON-serialisable record of this rotation applied to a model of these sizes.
+
+        Assignments, export manifests and rotation files store it; :meth:`from_description` reads
+        it back. The keys are those of ``DESCRIPTION_VERSION`` 1 (``"block"``: the online size).
+        """
+        return {
+            "version": DESCRIPTION_VERSION,
+            "kind": self.kind,
+            "seed": int(self.seed),
+            "online_sites": ["all"] if self.placement == "online" else list(self.online_sites),
+            "hidden_size": int(hidden_size),
+            "head_dim": int(head_dim),
+            "placement": self.placement,
+            "block": self.online_size,
+            "matrices_needed": self.kind == "learned",
+        }
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any] | None, *, file: str | None = None,
+                         source: str = "default") -> RotationSpec:
+        """The request a recorded description (and its rotation ``file``, if any) stands for.
+
+        A description without ``placement`` is the folded layout (recorded before the online
+        layout existed); one without ``block`` rotates the full input width.
+        """
+        if not description or description.get("kind", "none") == "none":
+            return cls(source=source)
+        kind = description["kind"]
+        return cls(kind=kind, seed=int(description.get("seed", 0)), placement=description.get("placement", "folded"),
+                   online_size=description.get("block"),
+                   online_sites=tuple(s for s in description.get("online_sites", ONLINE_SITES) if s in ONLINE_SITES),
+                   file=file, sha256=sha256_file(file) if kind == "learned" and file else None, source=source)
+
+    def check_buildable(self, *, trainable: bool = False, include_lm_head: bool = False) -> None:
+        """``ValueError`` before any loading when a command cannot build this request.
+
+        ``trainable``: the command trains a learned rotation from its start (``dmx calibrate``);
+        elsewhere a learned rotation needs its file.
+        """
+        if not self.learns:
+            return
+        if not trainable:
+            raise ValueError("--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
+                             "PATH (written next to the assignment by calibrate, or by export), or use --rotation hadamard")
+        check_learned_lm_head(learning=True, lm_head_quantised=include_lm_head)
+
+
+def check_learned_lm_head(*, learning: bool, lm_head_quantised: bool) -> None:
+    """``ValueError`` when a learned rotation would be trained with a quantised ``lm_head``.
+
+    The learned layout feeds ``lm_head`` through an ``R1^T`` input hook, which would sit after its
+    MX quantiser. The commands and the sweep call this before loading;
+    :func:`dmx.rotation.attach_online_rotations` checks the model itself at every forward.
+    """
+    if learning and lm_head_quantised:
+        raise ValueError(
+            "a learned rotation cannot be trained with a quantised lm_head (its R1^T input hook would sit "
+            "after the quantiser); drop --include-lm-head (include_lm_head), use --rotation hadamard, or "
+            "call dmx.rotation.bake_rotation(model) before wrapping lm_head"
+        )
