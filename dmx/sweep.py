@@ -478,9 +478,10 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names, load_model
     from dmx.quantized import quantize_model
-    from dmx.wrap import set_fixed_format
     from dmx.random_baseline import random_formats
     from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state, save_rotation_beside
+    from dmx.rotation_training import rotation_setup, rotation_trainables
+    from dmx.wrap import set_fixed_format
 
     _validate(cfg)
     out = Path(cfg.out_dir)
@@ -611,7 +612,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         ckpt = _checkpoint_dir(out, key, settings)
         record = {k: v for k, v in provenance.items() if k not in shared_rotation}
         a, calib_secs = _timed(lambda: calibrate(
-            dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
+            dmx_model, dmx_layers, windows, ccfg, trainables=rotation_trainables(dmx_model, ccfg),
+            model_setup=rotation_setup(dmx_model), checkpoint_dir=str(ckpt),
             resume=checkpoint_exists(ckpt), provenance=record, progress=cfg.progress,
         ))
         path = assignment_file(out, key)

@@ -70,11 +70,10 @@ from tqdm import TqdmWarning
 warnings.filterwarnings("ignore", category=TqdmWarning)
 
 import dmx
-from dmx.assignment import Assignment, apply_assignment
+from dmx.assignment import Assignment, apply_assignment, demotion_order, select_by_sensitivity
 from dmx.calibrate import CalibrationConfig, calibrate
 from dmx.data import calibration_windows, data_dir, test_token_ids
-from dmx.kl_baseline import (demotion_order, kl_to_reference, reference_logits, score_layers,
-                              select_by_sensitivity)
+from dmx.kl_baseline import kl_to_reference, reference_logits, score_layers
 from dmx.models import decoder_linear_names, load_model
 from dmx.offset import offset_to_beta
 from dmx.perplexity import window_nlls
