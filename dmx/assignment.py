@@ -44,7 +44,7 @@ from dmx.checkpoint import atomic_write_text, read_json
 
 __all__ = ["ASSIGNMENT_SCHEMA", "WEIGHTINGS", "FINAL_ROUNDINGS", "Assignment", "apply_assignment",
            "format_element_bits", "demotion_order", "check_target", "select_by_sensitivity", "budget_formats",
-           "deploy_formats"]
+           "check_final_rounding", "deploy_formats"]
 
 ASSIGNMENT_SCHEMA = 1
 WEIGHTINGS = ("mean", "elements")
@@ -295,6 +295,13 @@ def budget_formats(layers: Mapping[str, Any], target_bits: float, *, weighting: 
                                  target_bits=target_bits, sizes=sizes, weighting=weighting)
 
 
+def check_final_rounding(final_rounding: str) -> str:
+    """``final_rounding`` if it is one of ``FINAL_ROUNDINGS``, else ``ValueError`` listing them."""
+    if final_rounding not in FINAL_ROUNDINGS:
+        raise ValueError(f"unknown final_rounding {final_rounding!r}; choose one of {list(FINAL_ROUNDINGS)}")
+    return final_rounding
+
+
 def deploy_formats(layers: Mapping[str, Any], final_rounding: str, target_bits: float, *, weighting: str = "mean",
                    provenance: Mapping[str, Any] | None = None) -> Assignment:
     """Fix every layer (in eval mode) to its deployed standard format by ``final_rounding``; return the assignment.
@@ -302,8 +309,7 @@ def deploy_formats(layers: Mapping[str, Any], final_rounding: str, target_bits: 
     ``"threshold"``: each layer's hard format; ``"budget"``: :func:`budget_formats`, with the
     threshold rule's average bits recorded as ``provenance["threshold_element_bits"]``.
     """
-    if final_rounding not in FINAL_ROUNDINGS:
-        raise ValueError(f"unknown final_rounding {final_rounding!r}; choose one of {list(FINAL_ROUNDINGS)}")
+    check_final_rounding(final_rounding)
     record = dict(provenance or {})
     assignment = Assignment.from_layers(layers, weighting=weighting, provenance=record)
     if final_rounding == "budget":

@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dmx.anneal import get_schedule
-from dmx.assignment import FINAL_ROUNDINGS, WEIGHTINGS, Assignment, deploy_formats
+from dmx.assignment import WEIGHTINGS, Assignment, check_final_rounding, deploy_formats
 from dmx.autograd import check_backend
 from dmx.checkpoint import CheckpointError, checkpoint_exists, checkpoint_path, load_checkpoint, save_checkpoint
 from dmx.data import token_hash
@@ -115,8 +115,7 @@ class CalibrationConfig:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {list(WEIGHTINGS)}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
-        if self.final_rounding not in FINAL_ROUNDINGS:
-            raise ValueError(f"unknown final_rounding {self.final_rounding!r}; choose one of {list(FINAL_ROUNDINGS)}")
+        check_final_rounding(self.final_rounding)
         if not self.rotation_lr > 0:
             raise ValueError(f"rotation_lr must be > 0, got {self.rotation_lr}")
         if not (math.isfinite(self.beta_init) and math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0):
@@ -349,7 +348,8 @@ def calibrate(
     saved = check_checkpoint(checkpoint_dir, cfg, resume=resume)
     main, n_procs = is_main(), world()[1]
     # what is trained: the offsets, then whatever the caller plugs in, each with its optimiser
-    trainables = (offset_trainable(layers, cfg), *trainables)
+    offsets = offset_trainable(layers, cfg)
+    trainables = (offsets, *trainables)
     optimizers = tuple(t.make_optimizer(list(t.parameters)) for t in trainables)
     run = CalibrationRun(trainables, optimizers, settings=dataclasses.asdict(cfg), layer_names=sorted(layers),
                          windows_hash=token_hash(windows), model_setup=dict(model_setup or {}))
@@ -359,7 +359,7 @@ def calibrate(
     _configure_layers(layers, cfg)
     if saved is None:
         start, metrics = 0, {}
-        _start_offsets(trainables[0], cfg.beta_init)
+        _start_offsets(offsets, cfg.beta_init)
     else:
         start, metrics = run.restore(saved)
         print(f"resuming from step {start} of {cfg.steps} (checkpoint in {checkpoint_dir})", file=sys.stderr)

@@ -28,6 +28,9 @@ from dmx.checkpoint import CHECKPOINT_VERSION, CheckpointError
 
 __all__ = ["Trainable", "CalibrationRun"]
 
+#: The checkpoint entries of the run itself (the rest belong to the model setup and the trainables).
+_RUN_KEYS = ("version", "step", "rng", "config", "layers", "windows_hash", "metrics")
+
 
 def _nothing() -> None:
     return None
@@ -82,6 +85,13 @@ class CalibrationRun:
     layer_names: list[str]
     windows_hash: str
     model_setup: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        keys = [*_RUN_KEYS, *self.model_setup, *(k for t in self.trainables for k in t.checkpoint_keys)]
+        clashing = sorted({k for k in keys if keys.count(k) > 1})
+        if clashing:
+            raise ValueError(f"checkpoint entries {clashing} are claimed twice (by the run, the model setup or two "
+                             "trainables); give each trainable its own checkpoint_keys")
 
     @property
     def parameters(self) -> list[nn.Parameter]:

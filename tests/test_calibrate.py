@@ -378,3 +378,51 @@ def test_a_checkpoint_from_before_the_recipe_change_does_not_resume_under_the_ne
     model, layers = _fresh()  # the old recipe, spelled out, still resumes
     old = dataclasses.replace(CFG, beta_init=1.0, clip_grad_norm=0.0, fractional_scale="emax")
     calibrate(model, layers, WINDOWS, old, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def _scaled(calls):
+    """A tiny model whose final norm output is multiplied by a trainable scalar, as a plugged-in Trainable."""
+    import contextlib
+
+    from dmx.trainable import Trainable
+
+    model, layers = _fresh()
+    scale = torch.nn.Parameter(torch.tensor(1.0))
+    model.model.norm.register_forward_hook(lambda module, args, out: out * scale)
+
+    @contextlib.contextmanager
+    def step_context():
+        calls.append("step")
+        yield
+
+    trainable = Trainable(parameters=(scale,), make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                          checkpoint_keys=("scale", "scale_optimizer"), step_context=step_context,
+                          finish=lambda: calls.append("finish"))
+    return model, layers, trainable, scale
+
+
+def test_a_plugged_in_trainable_is_stepped_checkpointed_resumed_and_finished(tmp_path):
+    cfg = CalibrationConfig(steps=3, batch_size=1, checkpoint_every=1, seed=2)
+    calls = []
+    model, layers, trainable, scale = _scaled(calls)
+    calibrate(model, layers, WINDOWS, cfg, trainables=[trainable], progress=False)
+    assert calls == ["step"] * 3 + ["finish"] and float(scale.detach()) != 1.0
+    expected_scale, expected_offsets = scale.detach().clone(), _offsets(layers)
+
+    calls = []
+    model, layers, trainable, scale = _scaled(calls)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(model, layers, WINDOWS, cfg, trainables=[trainable], checkpoint_dir=tmp_path, progress=False,
+                  on_step=_StopAt(1, KeyboardInterrupt()))
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    assert saved["scale"] == [scale.detach()] and "scale_optimizer" in saved and "beta_hat" in saved
+    model, layers, trainable, scale = _scaled(calls)
+    calibrate(model, layers, WINDOWS, cfg, trainables=[trainable], checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert torch.equal(scale.detach(), expected_scale) and torch.equal(_offsets(layers), expected_offsets)
+
+    from dmx.trainable import Trainable
+
+    clash = Trainable(parameters=(scale,), make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                      checkpoint_keys=("beta_hat", "step"))
+    with pytest.raises(ValueError, match=r"checkpoint entries \['beta_hat', 'step'\] are claimed twice"):
+        calibrate(*_fresh(), WINDOWS, cfg, trainables=[clash], progress=False)
