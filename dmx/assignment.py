@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from dmx.checkpoint import atomic_write_text, read_json
+from dmx.regularizer import storage_bits
+from mx_spec.formats import get_format
 
 __all__ = ["ASSIGNMENT_SCHEMA", "WEIGHTINGS", "FINAL_ROUNDINGS", "Assignment", "apply_assignment",
            "format_element_bits", "demotion_order", "check_target", "select_by_sensitivity", "budget_formats",
@@ -54,14 +56,10 @@ FINAL_ROUNDINGS = ("threshold", "budget")
 
 def format_element_bits(name: str) -> int:
     """Element width in bits of a standard MX format name (``ValueError`` listing valid names)."""
-    from mx_spec.formats import get_format
-
     return int(get_format(name).element.bits)
 
 
 def _storage_bits(element_bits: float, block_size: int) -> float:
-    from dmx.regularizer import storage_bits
-
     return float(storage_bits(element_bits, block_size))
 
 

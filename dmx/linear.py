@@ -54,14 +54,16 @@ from dmx.family import FormatFamily, get_family
 from dmx.offset import SIGMOID_SCALE, check_offset_mode, check_temperature, hard_beta, offset_to_beta
 from dmx.regularizer import storage_bits
 from mx_spec.formats import MX_FORMATS, get_format
+from mx_spec.elements import ROUNDINGS
 from mx_spec.minifloat import FRACTIONAL_SCALES
+from mx_spec.scale import SCALE_MODES
 
 __all__ = ["DMXLinear", "DMXLinearConfig"]
 
 
-def _check_fractional_scale(rule: str) -> str:
-    if rule not in FRACTIONAL_SCALES:
-        raise ValueError(f"unknown fractional_scale {rule!r}; valid rules: {list(FRACTIONAL_SCALES)}")
+def _check_rule(setting: str, rule: str, valid: tuple[str, ...]) -> str:
+    if rule not in valid:
+        raise ValueError(f"unknown {setting} {rule!r}; valid rules: {list(valid)}")
     return rule
 
 
@@ -103,7 +105,9 @@ class DMXLinearConfig:
             raise ValueError(f"beta_init must be finite; got {self.beta_init!r}")
         check_temperature(self.temperature)
         check_offset_mode(self.offset_mode)
-        _check_fractional_scale(self.fractional_scale)
+        _check_rule("fractional_scale", self.fractional_scale, FRACTIONAL_SCALES)
+        _check_rule("scale_mode", self.scale_mode, SCALE_MODES)
+        _check_rule("rounding", self.rounding, ROUNDINGS)
         if self.backend is not None:
             check_backend(self.backend)
 
@@ -183,7 +187,7 @@ class DMXLinear(nn.Module):
 
     @fractional_scale.setter
     def fractional_scale(self, rule: str) -> None:
-        self._fractional_scale = _check_fractional_scale(rule)
+        self._fractional_scale = _check_rule("fractional_scale", rule, FRACTIONAL_SCALES)
 
     @property
     def backend(self) -> str:
