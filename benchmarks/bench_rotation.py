@@ -68,7 +68,8 @@ def _rotated_copy(base, label: str, seed: int):
 
 def quality(base, test_ids, args, result: dict) -> None:
     from dmx.perplexity import perplexity
-    from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.quantized import quantize_model
+    from dmx.wrap import set_fixed_format
 
     table = result.setdefault("perplexity", {})
     for kind in args.rotations:
@@ -76,9 +77,9 @@ def quality(base, test_ids, args, result: dict) -> None:
         row = table.setdefault(kind, {})
         row["fp32"] = perplexity(model, test_ids, seqlen=args.seqlen, max_windows=args.windows)
         _save(result, args.out)
-        layers = quantize_model(model)
+        quantize_model(model)
         for fmt in args.formats:
-            set_uniform_format(layers, fmt)
+            set_fixed_format(model, fmt)
             row[fmt] = perplexity(model, test_ids, seqlen=args.seqlen, max_windows=args.windows)
             print(f"  rotation={kind:9s} {fmt:12s} ppl {row[fmt]:.3f}", flush=True)
             _save(result, args.out)

@@ -44,12 +44,13 @@ def _variant(model, kind: str, argument: str | None, family: str):
     """The model to evaluate: the original, or a fake-quantised deep copy."""
     if kind == "fp":
         return model
-    from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.quantized import quantize_model
+    from dmx.wrap import set_fixed_format
 
     quantised = copy.deepcopy(model)
     layers = quantize_model(quantised, family)
     if kind == "uniform":
-        set_uniform_format(layers, argument)
+        set_fixed_format(quantised, argument)
     else:
         from dmx.assignment import Assignment, apply_assignment
 

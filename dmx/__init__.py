@@ -11,7 +11,7 @@ from dmx.anneal import (
 )
 from dmx.autograd import mx_qdq_minifloat, mx_qdq_standard
 from dmx.family import FAMILIES, FormatFamily, get_family
-from dmx.linear import DEFAULT_BETA_HAT_INIT, DMXLinear
+from dmx.linear import DMXLinear, DMXLinearConfig
 from dmx.offset import hard_beta, offset_to_beta
 from dmx.regularizer import average_bits, bit_budget_penalty, dmx_objective, storage_bits
 from dmx.wrap import apply_schedule, dmx_layers, set_fixed_format, set_temperature, wrap_linears
@@ -29,8 +29,8 @@ __all__ = [
     "FAMILIES",
     "FormatFamily",
     "get_family",
-    "DEFAULT_BETA_HAT_INIT",
     "DMXLinear",
+    "DMXLinearConfig",
     "hard_beta",
     "offset_to_beta",
     "average_bits",

@@ -5,37 +5,27 @@ Objective per step (dMX): ``CE(next-token) + bit_budget_penalty(average_bits(lay
 (model weights frozen) with SGD (lr 1, momentum 0.99, Nesterov), while the temperature follows
 dmx core's annealing schedule (``HoldThenExponential`` by default). Gradients of
 ``grad_accum`` micro-batches of ``batch_size`` windows are summed (each scaled by
-``1/grad_accum``), their joint norm (offsets and any rotation matrices) is clipped to
-``clip_grad_norm`` (1.0, the Hugging Face trainer's default the authors train with; 0 turns it
-off), then one optimiser step is taken. A fresh run starts every offset at ``beta_init`` (0, the
-authors' start: every layer near the low format). ``docs/FIDELITY.md`` compares each setting
-with the authors' code.
+``1/grad_accum``), their joint norm (over everything trained) is clipped to ``clip_grad_norm``
+(1.0, the Hugging Face trainer's default the authors train with; 0 turns it off), then one
+optimiser step is taken. A fresh run starts every offset at ``beta_init`` (0, the authors' start:
+every layer near the low format). ``docs/FIDELITY.md`` compares each setting with the authors' code.
 
-Learned rotations (SpinQuant-style, :mod:`dmx.rotation` with ``kind="learned"``): when the model
-carries trainable rotation matrices (:func:`dmx.rotation.rotation_parameters`), they are
-optimised jointly with the offsets in the same loop, from the same loss and backward pass, by
-:class:`dmx.rotation.CayleySGD` (``rotation_lr``, default 1.5); the weights stay frozen. At the end
-the learned matrices are folded into the weights (:func:`dmx.rotation.bake_rotation`) before the
-hard assignment is applied, and the provenance records the rotation's description.
+:func:`calibrate` reads as a plain training loop: the trainables (:class:`dmx.trainable.Trainable`: the offsets,
+plus whatever the caller passes), their optimisers, the schedule, one step per iteration, a
+checkpoint every ``checkpoint_every`` steps, then each trainable's ``finish`` and the deployment
+(:func:`dmx.assignment.deploy_formats`, ``final_rounding`` ``"threshold"`` or ``"budget"``).
+A learned rotation (SpinQuant-style) is one more trainable: the caller builds it
+(:func:`dmx.rotation.training.rotation_trainables`: Cayley SGD at ``rotation_lr``, weights rotated
+once per step under gradient accumulation, folded into the weights by ``finish``) and passes the
+rotation's description as ``model_setup``; this module knows nothing about rotations.
 
-Checkpoints (atomic, see :mod:`dmx.checkpoint`) hold the offsets, optimiser state, completed
-step count, torch RNG state, the settings and, with a learned rotation, the rotation matrices and
-the Cayley optimiser's state; they are written every ``checkpoint_every`` steps,
-at the end, and when the run is interrupted with Ctrl-C (or SIGTERM, which the ``dmx`` CLI turns
-into the same interrupt). The checkpoint before the latest is kept, and a corrupt latest one
-resumes from it. ``resume=True`` continues from the checkpoint ("resuming from step N" on
-stderr) and reproduces the uninterrupted run exactly (the window order is a pure function of the
-seed and the step). A crash loses at most ``checkpoint_every`` steps.
-
-Final rounding (``final_rounding``): ``"threshold"`` (the method's rule) deploys each layer's hard
-format, ``|β̂| > β_max/2`` -> high. The hinge is one-sided, so the soft bits settle where the CE
-gradient balances it, a little above the target; longer runs can end well over it (5.35 bits at
-a 5-bit target after 120 steps on SmolLM2-135M). ``"budget"`` keeps what dMX learned, the
-ranking of the layers by ``|β̂|``, and fills the budget exactly: every layer starts at the high
-format and the smallest ``|β̂|`` are demoted until the average bits are ``<= target_bits``
-(the greedy of :func:`dmx.kl_baseline.select_by_sensitivity`, with ``|β̂|`` as the score), so the
-result never exceeds the budget and undershoots it by less than one layer's step. The threshold
-rule's bits are kept in the provenance (``threshold_element_bits``).
+Checkpoints (atomic, see :mod:`dmx.checkpoint`) are one dict built by
+:meth:`dmx.trainable.CalibrationRun.state` and restored by :meth:`~dmx.trainable.CalibrationRun.restore`
+(layout in :mod:`dmx.trainable`; checkpoints written before still resume). They are written every ``checkpoint_every`` steps, at the end, and when the run is interrupted with Ctrl-C
+(or SIGTERM, which the ``dmx`` CLI turns into the same interrupt). The checkpoint before the latest
+is kept, and a corrupt latest one resumes from it. ``resume=True`` continues from the checkpoint
+("resuming from step N" on stderr) and reproduces the uninterrupted run exactly (the window order
+is a pure function of the seed and the step). A crash loses at most ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
@@ -44,8 +34,8 @@ import dataclasses
 import math
 import platform
 import sys
-from contextlib import nullcontext
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,19 +44,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dmx.assignment import WEIGHTINGS, Assignment, apply_assignment
-from dmx.checkpoint import (CHECKPOINT_VERSION, CheckpointError, checkpoint_exists, checkpoint_path, load_checkpoint,
-                            save_checkpoint)
+from dmx.anneal import get_schedule
+from dmx.assignment import WEIGHTINGS, Assignment, check_final_rounding, deploy_formats
+from dmx.autograd import check_backend
+from dmx.checkpoint import CheckpointError, checkpoint_exists, checkpoint_path, load_checkpoint, save_checkpoint
 from dmx.data import token_hash
+from dmx.distributed import all_reduce_gradients, all_reduce_sum, is_main, shard, world
+from dmx.family import get_family
 from dmx.models import input_device
 from dmx.quantized import set_calibration_mode
+from dmx.regularizer import average_bits, dmx_objective
+from dmx.trainable import CalibrationRun, Trainable
+from dmx.wrap import apply_schedule
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
-__all__ = ["CalibrationConfig", "FINAL_ROUNDINGS", "window_order", "objective", "calibrate", "budget_formats",
-           "software_versions", "check_checkpoint"]
-
-#: How the learned offsets become the deployed formats (module docstring).
-FINAL_ROUNDINGS = ("threshold", "budget")
+__all__ = ["CalibrationConfig", "window_order", "objective", "offset_trainable", "step_batches", "train_step",
+           "calibrate", "software_versions", "check_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +70,10 @@ class CalibrationConfig:
     ``HoldThenExponential``); ``t_start``/``t_end``/``hold_fraction`` left as ``None`` take the
     schedule's defaults. ``weighting``: how the average bits of the budget are
     taken over layers, ``mean`` (each layer counts once) or ``elements`` (by weight count).
-    ``rotation_lr``: Cayley SGD learning rate of learned rotation matrices (SpinQuant's 1.5);
-    unused when the model has none. ``final_rounding``: one of ``FINAL_ROUNDINGS`` (module
-    docstring): the method's threshold, or the budget filled exactly in the order of ``|β̂|``.
+    ``rotation_lr``: Cayley SGD learning rate of learned rotation matrices (SpinQuant's 1.5), read
+    by the rotation's trainable; unused when the model has none. ``final_rounding``: one of
+    ``dmx.assignment.FINAL_ROUNDINGS``: the method's threshold, or the budget filled exactly in
+    the order of ``|β̂|``.
     ``beta_init``: the offset every layer starts from (0: the authors'; 1.0: this project's first
     default). ``clip_grad_norm``: max joint gradient norm per step (0: no clipping).
     ``fractional_scale``: the block-scale rule at fractional widths (``mx_spec.minifloat``).
@@ -121,28 +115,21 @@ class CalibrationConfig:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {list(WEIGHTINGS)}")
         if self.lr <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need lr > 0 and 0 <= momentum < 1, got lr={self.lr}, momentum={self.momentum}")
-        if self.final_rounding not in FINAL_ROUNDINGS:
-            raise ValueError(f"unknown final_rounding {self.final_rounding!r}; choose one of {list(FINAL_ROUNDINGS)}")
+        check_final_rounding(self.final_rounding)
         if not self.rotation_lr > 0:
             raise ValueError(f"rotation_lr must be > 0, got {self.rotation_lr}")
         if not (math.isfinite(self.beta_init) and math.isfinite(self.clip_grad_norm) and self.clip_grad_norm >= 0):
             raise ValueError(f"need a finite beta_init and clip_grad_norm >= 0 (0: no clipping), got "
                              f"beta_init={self.beta_init}, clip_grad_norm={self.clip_grad_norm}")
         if self.backend is not None:
-            from dmx.autograd import check_backend
-
             check_backend(self.backend)
         if self.fractional_scale not in FRACTIONAL_SCALES:
             raise ValueError(f"unknown fractional_scale {self.fractional_scale!r}; choose one of {list(FRACTIONAL_SCALES)}")
-        from dmx.family import get_family
-
         get_family(self.family).validate_target(self.target_bits)
         self.schedule()  # unknown schedule name / bad temperatures raise here, before any work
 
     def schedule(self):
         """The temperature schedule ``(step, total_steps) -> T`` (``dmx.anneal.get_schedule``)."""
-        from dmx.anneal import get_schedule
-
         overrides = {k: v for k, v in (("start", self.t_start), ("end", self.t_end),
                                        ("hold_fraction", self.hold_fraction)) if v is not None}
         return get_schedule(self.schedule_name, **overrides)
@@ -173,8 +160,6 @@ def objective(
     float32 even for a bf16 model); ``loss = dmx_objective(ce, average_bits, target, lam)`` =
     ``ce + max(0, lam * (average_bits - target))`` (``FloatingPointError`` on a non-finite CE).
     """
-    from dmx.regularizer import average_bits, dmx_objective
-
     batch = batch.to(input_device(model))
     logits = model(input_ids=batch, use_cache=False).logits
     ce = F.cross_entropy(
@@ -200,70 +185,22 @@ def software_versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def _ordered(layers: Mapping[str, Any]) -> list[str]:
-    return sorted(layers)
+def offset_trainable(layers: Mapping[str, Any], cfg: CalibrationConfig) -> Trainable:
+    """The offsets ``beta_hat`` (and ``beta_hat_input`` of untied layers) of ``layers``, name-sorted, under SGD."""
+    offsets = {f"{name}.{pname}": p for name in sorted(layers)
+               for pname, p in layers[name].named_parameters(recurse=False)}
+
+    def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+    return Trainable(parameters=tuple(offsets.values()), make_optimizer=make_optimizer,
+                     checkpoint_keys=("beta_hat", "optimizer"), names=tuple(offsets))
 
 
-def _offsets(layers: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """``{"<layer>.beta_hat": param, ...}`` (plus ``beta_hat_input`` of untied layers), name-sorted."""
-    return {f"{name}.{pname}": p for name in _ordered(layers)
-            for pname, p in layers[name].named_parameters(recurse=False)}
-
-
-def budget_formats(layers: Mapping[str, Any], target_bits: float, *, weighting: str = "mean") -> dict[str, str]:
-    """``{layer: format}`` filling ``target_bits`` in the order of the learned ``|β̂|`` (``final_rounding="budget"``).
-
-    Every layer starts at its family's high format; the layers with the smallest ``|β̂|`` are
-    demoted to the low format until the average element bits (``weighting`` as in
-    :class:`dmx.assignment.Assignment`) are ``<= target_bits``. Needs one offset per layer
-    (``tie=True``) and one family for all layers.
-    """
-    from dmx.kl_baseline import select_by_sensitivity
-
-    untied = [n for n in _ordered(layers) if not layers[n].tie]
-    if untied:
-        raise ValueError(f"final_rounding='budget' ranks layers by their one shared offset, but {untied[0]!r} "
-                         "has separate weight/input offsets (tie=False); use final_rounding='threshold'")
-    families = {layers[n].family.name for n in layers}
-    if len(families) != 1:
-        raise ValueError(f"final_rounding='budget' needs one format family for all layers, got {sorted(families)}")
-    family = next(iter(layers.values())).family
-    scores = {n: float(layers[n].beta_hat.detach().abs()) for n in layers}
-    sizes = {n: int(layers[n].linear.weight.numel()) for n in layers}
-    return select_by_sensitivity(scores, _ordered(layers), low_format=family.low_format,
-                                 high_format=family.high_format, target_bits=target_bits,
-                                 sizes=sizes, weighting=weighting)
-
-
-def _rotation_entry(model: nn.Module) -> dict[str, Any] | None:
-    from dmx.rotation import rotation_state
-
-    state = rotation_state(model)
-    return None if state is None else state.describe()
-
-
-def _state(step: int, layers, optimizer, cfg: CalibrationConfig, windows_hash: str, model: nn.Module,
-           rotation_optimizer, metrics: Mapping[str, float]) -> dict[str, Any]:
-    from dmx.rotation import rotation_parameters
-
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "step": step,
-        "beta_hat": {key: p.detach().cpu().clone() for key, p in _offsets(layers).items()},
-        "optimizer": optimizer.state_dict(),
-        "rng": {"torch": torch.get_rng_state()},
-        "config": dataclasses.asdict(cfg),
-        "layers": _ordered(layers),
-        "windows_hash": windows_hash,
-        "rotation": _rotation_entry(model),
-        "metrics": dict(metrics),  # the last step's, so a finished run re-deployed still reports them
-    }
-    if rotation_optimizer is not None:
-        state["rotation_matrices"] = [p.detach().cpu().clone() for p in rotation_parameters(model)]
-        state["rotation_optimizer"] = rotation_optimizer.state_dict()
-    return state
-
-
+# ------------------------------------------------------------------------------------------------
+# resuming: the settings a checkpoint must match (the rest: dmx.trainable.CalibrationRun.restore)
+# ------------------------------------------------------------------------------------------------
 #: Settings that do not change the offsets' trajectory, so a checkpoint resumes across them.
 _RESUMABLE_ACROSS = ("checkpoint_every", "final_rounding", "backend")
 #: Values of settings added later, as the runs before them had them (a checkpoint that lacks the
@@ -313,31 +250,70 @@ def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resu
     return state
 
 
-def _restore(state: dict[str, Any], layers, optimizer, cfg: CalibrationConfig, windows_hash: str,
-             model: nn.Module, rotation_optimizer) -> int:
-    from dmx.rotation import rotation_parameters
+# ------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------
+def _check_inputs(layers: Mapping[str, Any], windows: torch.Tensor) -> None:
+    if not layers:
+        raise ValueError("no dMX layers to calibrate; call dmx.quantized.quantize_model first")
+    if windows.ndim != 2 or windows.shape[0] < 1:
+        raise ValueError(f"windows must be a LongTensor[n, seqlen] with n >= 1, got shape {tuple(windows.shape)}")
 
-    if state["layers"] != _ordered(layers):
-        raise CheckpointError("checkpoint was written for different layers (another model or --include-lm-head setting)")
-    _check_settings(state, cfg)
-    if state.get("windows_hash") != windows_hash:
-        raise CheckpointError("cannot resume: calibration windows differ from the checkpoint (other data, seqlen, seed or model tokenizer)")
-    if state.get("rotation") != _rotation_entry(model):
-        raise CheckpointError(
-            f"cannot resume: the checkpoint was written under rotation {state.get('rotation')}, the model now has "
-            f"{_rotation_entry(model)}; pass the same --rotation flags or a new --checkpoint-dir"
-        )
-    with torch.no_grad():
-        for key, p in _offsets(layers).items():
-            p.copy_(state["beta_hat"][key].to(p.device))
-        if rotation_optimizer is not None:
-            for p, saved_matrix in zip(rotation_parameters(model), state["rotation_matrices"], strict=True):
-                p.copy_(saved_matrix.to(p.device))
-    optimizer.load_state_dict(state["optimizer"])
-    if rotation_optimizer is not None:
-        rotation_optimizer.load_state_dict(state["rotation_optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return int(state["step"])
+
+def _configure_layers(layers: Mapping[str, Any], cfg: CalibrationConfig) -> None:
+    """The layer settings a run's config decides: the fractional block-scale rule and the MX forward."""
+    for layer in layers.values():
+        layer.fractional_scale = cfg.fractional_scale
+        if cfg.backend is not None:
+            layer.backend = cfg.backend
+
+
+@torch.no_grad()
+def _start_offsets(offsets: Trainable, beta_init: float) -> None:
+    for p in offsets.parameters:
+        p.fill_(beta_init)
+
+
+def step_batches(windows: torch.Tensor, order: torch.Tensor, step: int, cfg: CalibrationConfig) -> list[torch.Tensor]:
+    """The ``grad_accum`` micro-batches of ``batch_size`` windows of optimiser step ``step`` (``order``: :func:`window_order`)."""
+    first = step * cfg.grad_accum * cfg.batch_size
+    return [windows[order[first + i * cfg.batch_size: first + (i + 1) * cfg.batch_size]] for i in range(cfg.grad_accum)]
+
+
+def train_step(model: nn.Module, layers: Mapping[str, Any], batches: Sequence[torch.Tensor], cfg: CalibrationConfig,
+               run: CalibrationRun) -> tuple[float, float, torch.Tensor]:
+    """One optimiser step on the micro-batches ``batches``; returns ``(loss, ce, average bits)``.
+
+    ``loss``/``ce`` are the means over the global batch (summed over processes under data
+    parallelism, :mod:`dmx.distributed`); the bits are those of the last forward pass.
+    """
+    for optimizer in run.optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    params = run.parameters
+    loss_sum = ce_sum = 0.0
+    with ExitStack() as stack:
+        for trainable in run.trainables:
+            stack.enter_context(trainable.step_context())
+        for micro in batches:
+            # data parallel: this process's share of the global batch, its loss weighted by
+            # that share, so the summed gradient is the one of the whole batch (dmx.distributed)
+            batch, share = shard(micro)
+            loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
+                                       weighting=cfg.weighting)
+            (loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum).backward()
+            loss_sum += float(loss.detach()) * share / cfg.grad_accum
+            ce_sum += float(ce.detach()) * share / cfg.grad_accum
+    if world()[1] > 1:
+        all_reduce_gradients(params)  # before clipping: one norm of the global gradient
+        sums = torch.tensor([loss_sum, ce_sum], dtype=torch.float64, device=params[0].device)  # nccl: on the GPU
+        all_reduce_sum([sums])
+        loss_sum, ce_sum = float(sums[0]), float(sums[1])
+    if cfg.clip_grad_norm > 0:
+        # one norm over everything trained, as the Hugging Face trainer clips
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+    for optimizer in run.optimizers:
+        optimizer.step()
+    return loss_sum, ce_sum, bits
 
 
 def calibrate(
@@ -346,6 +322,8 @@ def calibrate(
     windows: torch.Tensor,
     cfg: CalibrationConfig = CalibrationConfig(),
     *,
+    trainables: Sequence[Trainable] = (),
+    model_setup: Mapping[str, Any] | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
     provenance: Mapping[str, Any] | None = None,
@@ -355,118 +333,73 @@ def calibrate(
     """Run dMX calibration on ``windows`` (``LongTensor[n, seqlen]``) and return the hard assignment.
 
     ``layers``: the ``DMXLinear`` map from :func:`dmx.quantized.quantize_model`. On return the
-    layers are fixed to the assigned standard MX formats (ready for evaluation). ``on_step(step,
-    metrics)`` is called after each completed step (1-based) and its checkpoint. ``provenance``
-    (model name, data hash, ...) is merged with seed, versions and settings into the result.
-    An existing checkpoint in ``checkpoint_dir`` is never overwritten unless ``resume=True``
-    (``CheckpointError`` otherwise). A model rotated with ``dmx.rotation.apply_rotation(model,
-    RotationSpec("learned"))`` has its rotation learned too (Cayley SGD, ``cfg.rotation_lr``) and baked into the
-    weights on return; the rotation's description goes into ``provenance["rotation"]``.
+    layers are fixed to the assigned standard MX formats (ready for evaluation). ``trainables``:
+    trained jointly with the offsets (a learned rotation:
+    :func:`dmx.rotation.training.rotation_trainables`). ``model_setup``: what was done to the model
+    before it was wrapped that the trajectory depends on (``{"rotation": ...}``:
+    :func:`dmx.rotation.training.rotation_setup`), recorded in the checkpoint and the provenance; a
+    resume under another one is refused. ``on_step(step, metrics)`` is called after each completed
+    step (1-based) and its checkpoint. ``provenance`` (model name, data hash, ...) is merged with
+    seed, versions and settings into the result. An existing checkpoint in ``checkpoint_dir`` is
+    never overwritten unless ``resume=True`` (``CheckpointError`` otherwise).
     """
     cfg.validate()
-    if not layers:
-        raise ValueError("no dMX layers to calibrate; call dmx.quantized.quantize_model first")
-    if windows.ndim != 2 or windows.shape[0] < 1:
-        raise ValueError(f"windows must be a LongTensor[n, seqlen] with n >= 1, got shape {tuple(windows.shape)}")
-    state = check_checkpoint(checkpoint_dir, cfg, resume=resume)
-    windows_hash = token_hash(windows)
-    schedule = cfg.schedule()
-    from dmx.distributed import all_reduce_gradients, all_reduce_sum, is_main, shard, world
-
+    _check_inputs(layers, windows)
+    saved = check_checkpoint(checkpoint_dir, cfg, resume=resume)
     main, n_procs = is_main(), world()[1]
-    params = list(_offsets(layers).values())
-    # Nesterov with zero momentum is plain SGD; torch refuses the combination, so drop the flag
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    from dmx.rotation import CayleySGD, bake_rotation, rotation_parameters, shared_rotated_weights
-
-    rotations = rotation_parameters(model)
-    rotation_optimizer = CayleySGD(rotations, lr=cfg.rotation_lr) if rotations else None
+    # what is trained: the offsets, then whatever the caller plugs in, each with its optimiser
+    offsets = offset_trainable(layers, cfg)
+    trainables = (offsets, *trainables)
+    optimizers = tuple(t.make_optimizer(list(t.parameters)) for t in trainables)
+    run = CalibrationRun(trainables, optimizers, settings=dataclasses.asdict(cfg), layer_names=sorted(layers),
+                         windows_hash=token_hash(windows), model_setup=dict(model_setup or {}))
+    schedule = cfg.schedule()
     order = window_order(windows.shape[0], cfg.steps * cfg.grad_accum * cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
-    start = 0
-    metrics: dict[str, float] = {}
-    for layer in layers.values():
-        layer.fractional_scale = cfg.fractional_scale
-        if cfg.backend is not None:
-            layer.backend = cfg.backend
-    if state is not None:
-        start = _restore(state, layers, optimizer, cfg, windows_hash, model, rotation_optimizer)
-        metrics = dict(state.get("metrics", {}))
-        print(f"resuming from step {start} of {cfg.steps} (checkpoint in {checkpoint_dir})", file=sys.stderr)
+    _configure_layers(layers, cfg)
+    if saved is None:
+        start, metrics = 0, {}
+        _start_offsets(offsets, cfg.beta_init)
     else:
-        with torch.no_grad():
-            for p in params:
-                p.fill_(cfg.beta_init)
-    from dmx.wrap import apply_schedule
-
+        start, metrics = run.restore(saved)
+        print(f"resuming from step {start} of {cfg.steps} (checkpoint in {checkpoint_dir})", file=sys.stderr)
     set_calibration_mode(model, layers, training=True)
     completed = start
     bar = tqdm(total=cfg.steps, initial=start, desc="dMX calibration", disable=not (progress and main))
     try:
         for step in range(start, cfg.steps):
             temperature = apply_schedule(model, schedule, step, cfg.steps)
-            optimizer.zero_grad(set_to_none=True)
-            if rotation_optimizer is not None:
-                rotation_optimizer.zero_grad(set_to_none=True)
-            loss_sum = ce_sum = 0.0
-            # with several micro-batches, rotate the weights once per step (dmx.rotation.shared_rotated_weights)
-            with shared_rotated_weights(model) if cfg.grad_accum > 1 else nullcontext():
-                for micro in range(cfg.grad_accum):
-                    first = (step * cfg.grad_accum + micro) * cfg.batch_size
-                    # data parallel: this process's share of the global batch, its loss weighted by
-                    # that share, so the summed gradient is the one of the whole batch (dmx.distributed)
-                    batch, share = shard(windows[order[first : first + cfg.batch_size]])
-                    loss, ce, bits = objective(model, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam,
-                                               weighting=cfg.weighting)
-                    (loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum).backward()
-                    loss_sum += float(loss.detach()) * share / cfg.grad_accum
-                    ce_sum += float(ce.detach()) * share / cfg.grad_accum
-            if n_procs > 1:
-                all_reduce_gradients(params + rotations)  # before clipping: one norm of the global gradient
-                sums = torch.tensor([loss_sum, ce_sum], dtype=torch.float64, device=params[0].device)  # nccl: on the GPU
-                all_reduce_sum([sums])
-                loss_sum, ce_sum = float(sums[0]), float(sums[1])
-            if cfg.clip_grad_norm > 0:
-                # one norm over everything trained, as the Hugging Face trainer clips
-                torch.nn.utils.clip_grad_norm_(params + rotations, cfg.clip_grad_norm)
-            optimizer.step()
-            if rotation_optimizer is not None:
-                rotation_optimizer.step()
+            loss, ce, bits = train_step(model, layers, step_batches(windows, order, step, cfg), cfg, run)
             completed = step + 1
-            metrics = {"loss": loss_sum, "ce": ce_sum, "bits": float(bits.detach()), "T": temperature}
-            bar.set_postfix(loss=f"{loss_sum:.3f}", ce=f"{ce_sum:.3f}", bits=f"{float(bits.detach()):.2f}", T=f"{temperature:.2f}")
+            metrics = {"loss": loss, "ce": ce, "bits": float(bits.detach()), "T": temperature}
+            bar.set_postfix(loss=f"{loss:.3f}", ce=f"{ce:.3f}", bits=f"{metrics['bits']:.2f}", T=f"{temperature:.2f}")
             bar.update(1)
             if main and checkpoint_dir is not None and (completed % cfg.checkpoint_every == 0 or completed == cfg.steps):
-                save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
+                save_checkpoint(checkpoint_dir, run.state(completed, metrics))
             if on_step is not None:
                 on_step(completed, metrics)
     except KeyboardInterrupt:
         if main and checkpoint_dir is not None and completed > start:
-            save_checkpoint(checkpoint_dir, _state(completed, layers, optimizer, cfg, windows_hash, model, rotation_optimizer, metrics))
+            save_checkpoint(checkpoint_dir, run.state(completed, metrics))
             bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume",
                       file=sys.stderr)
         raise
     finally:
         bar.close()
     set_calibration_mode(model, layers, training=False)
-    if rotation_optimizer is not None:
-        bake_rotation(model)  # fold the learned matrices into the weights before the hard formats are fixed
+    for trainable in trainables:
+        trainable.finish()  # e.g. fold a learned rotation into the weights before the formats are fixed
     record = dict(provenance or {})
     record.update({
         "method": "dmx",
         "seed": cfg.seed,
         "settings": dataclasses.asdict(cfg),
-        "calibration_windows": {"count": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "sha256": windows_hash},
+        "calibration_windows": {"count": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
+                                "sha256": run.windows_hash},
         "final_metrics": metrics,
-        "rotation": _rotation_entry(model),
+        **run.model_setup,
         "versions": software_versions(),
     })
     if n_procs > 1:
         record["data_parallel_processes"] = n_procs
-    assignment = Assignment.from_layers(layers, weighting=cfg.weighting, provenance=record)
-    if cfg.final_rounding == "budget":
-        record["threshold_element_bits"] = assignment.element_bits
-        apply_assignment(layers, budget_formats(layers, cfg.target_bits, weighting=cfg.weighting))
-        assignment = Assignment.from_layers(layers, weighting=cfg.weighting, provenance=record)
-    apply_assignment(layers, assignment)
-    return assignment
+    return deploy_formats(layers, cfg.final_rounding, cfg.target_bits, weighting=cfg.weighting, provenance=record)

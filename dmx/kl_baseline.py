@@ -14,7 +14,8 @@ The variant implemented here (one-at-a-time sensitivity, score-ordered greedy de
    (same weighting as the dMX regulariser: ``"mean"`` = every layer counts once, ``"elements"``
    = weighted by weight-element count) is at or below the target. The achieved average is thus
    the largest average ``<= target`` reachable along that order, so the baseline never uses
-   more bits than dMX is allowed.
+   more bits than dMX is allowed (the greedy is :func:`dmx.assignment.select_by_sensitivity`,
+   shared with dMX's budget rounding and the random control).
 
 Scores are cached in one JSON file per (model, calibration data hash, low/high format, block
 size, layer list, weighting-independent settings) key; the file is rewritten atomically after
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dmx.assignment import Assignment, format_element_bits
+from dmx.assignment import Assignment, check_target, select_by_sensitivity
 from dmx.checkpoint import atomic_write_text, exists_or_previous, read_json_or_previous
 from dmx.data import token_hash
 from dmx.models import input_device
@@ -112,68 +112,6 @@ def kl_to_reference(
         total += float(mean_token_kl(r, logits)) * n_tok
         count += n_tok
     return total / count
-
-
-# ----------------------------------------------------------------------------- selection
-
-
-def demotion_order(scores: Mapping[str, float], layer_order: Sequence[str]) -> list[str]:
-    """Layers sorted by ascending sensitivity score; equal scores keep model order."""
-    missing = [n for n in layer_order if n not in scores]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} layer(s) have no KL score (first: {missing[0]!r}); score them first "
-            "with score_layers"
-        )
-    rank = {n: i for i, n in enumerate(layer_order)}
-    return sorted(layer_order, key=lambda n: (float(scores[n]), rank[n]))
-
-
-def check_target(target_bits: float, *, low_format: str, high_format: str) -> None:
-    """ValueError unless ``bits(low) < bits(high)`` and ``target_bits`` lies in that range."""
-    lo, hi = format_element_bits(low_format), format_element_bits(high_format)
-    if not lo < hi:
-        raise ValueError(
-            f"low format {low_format!r} ({lo} bits) must have fewer element bits than high "
-            f"format {high_format!r} ({hi} bits)"
-        )
-    if math.isnan(target_bits) or not lo <= target_bits <= hi:
-        raise ValueError(
-            f"target of {target_bits} average element bits is unreachable with {low_format} "
-            f"({lo} bits) and {high_format} ({hi} bits); choose a target in [{lo}, {hi}]"
-        )
-
-
-def select_by_sensitivity(
-    scores: Mapping[str, float],
-    layer_order: Sequence[str],
-    *,
-    low_format: str,
-    high_format: str,
-    target_bits: float,
-    sizes: Mapping[str, int] | None = None,
-    weighting: str = "mean",
-) -> dict[str, str]:
-    """Greedy KL assignment ``{layer: format}`` meeting ``average element bits <= target_bits``.
-
-    Starts with every layer at ``high_format`` and demotes layers to ``low_format`` in
-    ``demotion_order`` until the average element bits, computed exactly as
-    ``dmx.assignment.Assignment.from_formats`` does for ``weighting`` (``sizes`` = weight
-    element counts, needed for ``"elements"``), is ``<= target_bits``. A target outside
-    ``[bits(low), bits(high)]`` raises ValueError naming the reachable range.
-    """
-    check_target(target_bits, low_format=low_format, high_format=high_format)
-    assignment = {n: high_format for n in layer_order}
-
-    def avg() -> float:
-        return Assignment.from_formats(assignment, weighting=weighting, layer_sizes=sizes).element_bits
-
-    # A tiny tolerance keeps float round-off in the average from demoting one layer too many.
-    for name in demotion_order(scores, layer_order):
-        if avg() <= target_bits + 1e-9:
-            break
-        assignment[name] = low_format
-    return assignment
 
 
 # ----------------------------------------------------------------------------- score cache

@@ -11,6 +11,9 @@ input-activation quantiser (``tie=True``, the method's default) or split in two
 * ``set_fixed_format(name)``: any of the six standard MX formats for both operands, no learning
   (uniform baselines, applied assignments); ``None`` returns to learning.
 
+Settings come in one frozen :class:`DMXLinearConfig` (``DMXLinear(linear, config)``;
+``DMXLinearConfig.from_dict`` for settings read from YAML/JSON, naming unknown keys).
+
 Any device: the offsets are created on the wrapped weight's device. ``backend`` picks the MX
 bridge's forward (``dmx.autograd``): ``"torch"`` (default) runs ``dmx.mx_torch`` on the tensor's
 device, ``"numpy"`` runs ``mx_spec`` on a host copy; the bits are the same.
@@ -20,7 +23,7 @@ scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blo
 the last dimension, the reduction dimension ``in_features`` of both operands. A frozen weight in
 a hard format is quantised once and cached until the weight or the format changes.
 
-β̂ initialisation: ``beta_hat_init = 0.0`` by default, as in the authors' code (Brevitas
+β̂ initialisation: ``beta_init = 0.0`` by default, as in the authors' code (Brevitas
 ``BitWidthParameter`` starts the offset at bit width minus base width = 0): every layer starts
 near the low format (β ≈ 0.04 at T = 0.4), the budget hinge is silent while the average bits are
 under the target, and cross-entropy alone decides which layers climb. ``|β̂|`` has gradient
@@ -36,71 +39,119 @@ the deployed standard formats are the same under both.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dmx.autograd import DEFAULT_BACKEND, check_backend, check_tensor, mx_qdq_minifloat, mx_qdq_standard
 from dmx.family import FormatFamily, get_family
-from dmx.offset import OFFSET_MODES, SIGMOID_SCALE, check_temperature, hard_beta, offset_to_beta
+from dmx.offset import SIGMOID_SCALE, check_offset_mode, check_temperature, hard_beta, offset_to_beta
 from dmx.regularizer import storage_bits
 from mx_spec.formats import MX_FORMATS, get_format
+from mx_spec.elements import ROUNDINGS
 from mx_spec.minifloat import FRACTIONAL_SCALES
+from mx_spec.scale import SCALE_MODES
 
-__all__ = ["DMXLinear", "DEFAULT_BETA_HAT_INIT"]
+__all__ = ["DMXLinear", "DMXLinearConfig"]
 
-DEFAULT_BETA_HAT_INIT = 0.0
+
+def _check_rule(setting: str, rule: str, valid: tuple[str, ...]) -> str:
+    if rule not in valid:
+        raise ValueError(f"unknown {setting} {rule!r}; valid rules: {list(valid)}")
+    return rule
+
+
+@dataclass(frozen=True)
+class DMXLinearConfig:
+    """Settings of a :class:`DMXLinear` (and of every layer :func:`dmx.wrap.wrap_linears` makes).
+
+    ``family``: format family (``dmx.family.FAMILIES`` name or a ``FormatFamily``); ``block_size``:
+    MX block length along ``in_features`` (32 in OCP MX); ``beta_init``: the offset β̂ starts at;
+    ``tie``: one offset for weight and input (``False``: ``beta_hat_input`` too);
+    ``quantize_input``: also quantise the input activation; ``freeze_weight``: the wrapped
+    parameters get ``requires_grad=False``; ``temperature``/``offset_mode``/``sigmoid_scale``: the
+    offset map (``dmx.offset``); ``scale_mode``/``rounding``: the MX block-scale and element
+    rounding rules (``mx_spec``); ``fractional_scale``: the block scale at fractional widths
+    (``mx_spec.minifloat.FRACTIONAL_SCALES``); ``backend``: the MX forward
+    (``dmx.autograd.BACKENDS``, ``None``: ``torch``). Bad values raise ``ValueError`` here, before
+    any model is touched.
+    """
+
+    family: str | FormatFamily = "fp8_fp4"
+    block_size: int = 32
+    beta_init: float = 0.0
+    tie: bool = True
+    quantize_input: bool = True
+    freeze_weight: bool = True
+    temperature: float = 0.4
+    offset_mode: str = "sigmoid"
+    sigmoid_scale: float = SIGMOID_SCALE
+    scale_mode: str = "floor"
+    rounding: str = "rne"
+    fractional_scale: str = FRACTIONAL_SCALES[0]
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        get_family(self.family)
+        if not (isinstance(self.block_size, int) and self.block_size >= 1):
+            raise ValueError(f"block_size must be a positive integer (MX uses 32); got {self.block_size!r}")
+        if not math.isfinite(float(self.beta_init)):
+            raise ValueError(f"beta_init must be finite; got {self.beta_init!r}")
+        check_temperature(self.temperature)
+        check_offset_mode(self.offset_mode)
+        _check_rule("fractional_scale", self.fractional_scale, FRACTIONAL_SCALES)
+        _check_rule("scale_mode", self.scale_mode, SCALE_MODES)
+        _check_rule("rounding", self.rounding, ROUNDINGS)
+        if self.backend is not None:
+            check_backend(self.backend)
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> "DMXLinearConfig":
+        """The config of ``settings`` (e.g. read from YAML); ``ValueError`` naming unknown keys."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(settings) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown DMXLinear setting(s) {unknown}; valid settings: {valid}")
+        return cls(**settings)
 
 
 class DMXLinear(nn.Module):
     """MX-quantised wrapper of ``linear`` with a learnable per-layer format (module docstring)."""
 
-    def __init__(
-        self,
-        linear: nn.Linear,
-        family: str | FormatFamily = "fp8_fp4",
-        *,
-        block_size: int = 32,
-        beta_hat_init: float = DEFAULT_BETA_HAT_INIT,
-        tie: bool = True,
-        quantize_input: bool = True,
-        freeze_weight: bool = True,
-        temperature: float = 0.4,
-        offset_mode: str = "sigmoid",
-        sigmoid_scale: float = SIGMOID_SCALE,
-        scale_mode: str = "floor",
-        rounding: str = "rne",
-        fractional_scale: str = FRACTIONAL_SCALES[0],
-        backend: str | None = None,
-    ) -> None:
+    def __init__(self, linear: nn.Linear, config: DMXLinearConfig = DMXLinearConfig()) -> None:
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"DMXLinear wraps an nn.Linear; got {type(linear).__name__}")
-        if not (isinstance(block_size, int) and block_size >= 1):
-            raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
+        if not isinstance(config, DMXLinearConfig):
+            raise TypeError(f"DMXLinear takes a DMXLinearConfig; got {type(config).__name__} "
+                            "(build one with DMXLinearConfig(...) or DMXLinearConfig.from_dict(settings))")
         check_tensor(linear.weight, "the wrapped weight")
         self.linear = linear
-        self.family = get_family(family)
-        self.block_size = block_size
-        self.tie = bool(tie)
-        self.quantize_input = bool(quantize_input)
-        self.sigmoid_scale = float(sigmoid_scale)
-        self.scale_mode = scale_mode
-        self.rounding = rounding
-        self.fractional_scale = fractional_scale
-        self.backend = DEFAULT_BACKEND if backend is None else backend
-        init = float(beta_hat_init)
-        if not torch.isfinite(torch.tensor(init)):
-            raise ValueError(f"beta_hat_init must be finite; got {beta_hat_init!r}")
+        self.family = get_family(config.family)
+        self.block_size = config.block_size
+        self.tie = bool(config.tie)
+        self.quantize_input = bool(config.quantize_input)
+        self.sigmoid_scale = float(config.sigmoid_scale)
+        self.scale_mode = config.scale_mode
+        self.rounding = config.rounding
+        self.fractional_scale = config.fractional_scale
+        self.backend = DEFAULT_BACKEND if config.backend is None else config.backend
+        init = float(config.beta_init)
         # on the weight's device: a model loaded on a GPU is wrapped in place and not moved again
         device = linear.weight.device
         self.beta_hat = nn.Parameter(torch.tensor(init, dtype=torch.float32, device=device))
         self.beta_hat_input = None if self.tie else nn.Parameter(torch.tensor(init, dtype=torch.float32, device=device))
-        self.temperature = temperature
-        self.offset_mode = offset_mode
+        self.temperature = config.temperature
+        self.offset_mode = config.offset_mode
         self.fixed_format: str | None = None
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
-        if freeze_weight:
+        if config.freeze_weight:
             for p in linear.parameters():
                 p.requires_grad_(False)
 
@@ -136,9 +187,7 @@ class DMXLinear(nn.Module):
 
     @fractional_scale.setter
     def fractional_scale(self, rule: str) -> None:
-        if rule not in FRACTIONAL_SCALES:
-            raise ValueError(f"unknown fractional_scale {rule!r}; valid rules: {list(FRACTIONAL_SCALES)}")
-        self._fractional_scale = rule
+        self._fractional_scale = _check_rule("fractional_scale", rule, FRACTIONAL_SCALES)
 
     @property
     def backend(self) -> str:
@@ -155,9 +204,7 @@ class DMXLinear(nn.Module):
 
     @offset_mode.setter
     def offset_mode(self, mode: str) -> None:
-        if mode not in OFFSET_MODES:
-            raise ValueError(f"unknown offset mode {mode!r}; valid modes: {list(OFFSET_MODES)}")
-        self._offset_mode = mode
+        self._offset_mode = check_offset_mode(mode)
 
     def set_fixed_format(self, name: str | None) -> None:
         """Use the standard MX format ``name`` for weight and input (no learning); ``None`` learns.

@@ -29,7 +29,8 @@ import math
 
 import torch
 
-__all__ = ["OFFSET_MODES", "SIGMOID_SCALE", "abs_sign_grad", "offset_to_beta", "hard_beta", "check_temperature"]
+__all__ = ["OFFSET_MODES", "SIGMOID_SCALE", "abs_sign_grad", "offset_to_beta", "hard_beta", "check_temperature",
+           "check_offset_mode"]
 
 #: The factor 20 of the authors' code in front of T (see the module docstring).
 SIGMOID_SCALE = 20.0
@@ -100,8 +101,7 @@ def offset_to_beta(
     Raises ``FloatingPointError`` for a non-finite β̂, ``ValueError`` for a temperature that is
     not finite and > 0 or an unknown ``mode`` (valid: ``OFFSET_MODES``).
     """
-    if mode not in OFFSET_MODES:
-        raise ValueError(f"unknown offset mode {mode!r}; valid modes: {list(OFFSET_MODES)}")
+    check_offset_mode(mode)
     _check_beta_hat(beta_hat)
     if not training:
         return hard_beta(beta_hat, beta_max)
@@ -110,3 +110,10 @@ def offset_to_beta(
         return hard_beta(beta_hat, beta_max) + (a - a.detach())
     t = check_temperature(temperature)
     return beta_max * torch.sigmoid(sigmoid_scale * t * (a / beta_max - 0.5))
+
+
+def check_offset_mode(mode: str) -> str:
+    """``mode`` if it is one of ``OFFSET_MODES``, else ``ValueError`` listing them."""
+    if mode not in OFFSET_MODES:
+        raise ValueError(f"unknown offset mode {mode!r}; valid modes: {list(OFFSET_MODES)}")
+    return mode

@@ -17,7 +17,7 @@ from torch import nn
 
 from dmx.models import decoder_linear_names
 
-__all__ = ["quantize_model", "set_uniform_format", "set_calibration_mode"]
+__all__ = ["quantize_model", "set_calibration_mode"]
 
 
 def quantize_model(
@@ -33,15 +33,16 @@ def quantize_model(
     ``family``: a dmx core format family (``fp8_fp4`` | ``fp6_fp4``). ``names``: the subset of
     decoder linears to wrap (default: all of them, see ``dmx.models.decoder_linear_names``; the
     output head counts only with ``include_lm_head=True``); a name outside that set raises
-    ``ValueError`` listing valid ones. The remaining ``dmx_kwargs`` go to ``dmx.wrap_linears``
-    (``predicate``) and ``DMXLinear`` (``block_size``, ``beta_hat_init``, ``tie``). Model weights
+    ``ValueError`` listing valid ones. ``predicate`` goes to ``dmx.wrap_linears``, the remaining
+    ``dmx_kwargs`` are ``dmx.linear.DMXLinearConfig`` settings (``block_size``, ``tie``, ...). Model weights
     get ``requires_grad=False``. ``ValueError`` when the model has no decoder linears.
     """
     from dmx.wrap import wrap_linears
 
     selected = _select_decoder_linears(model, names, include_lm_head=include_lm_head)
     model.requires_grad_(False)
-    return wrap_linears(model, names=selected, family=family, **dmx_kwargs)
+    predicate = dmx_kwargs.pop("predicate", None)
+    return wrap_linears(model, {"family": family, **dmx_kwargs}, names=selected, predicate=predicate)
 
 
 def _select_decoder_linears(model: nn.Module, names: Iterable[str] | None, *, include_lm_head: bool) -> list[str]:
@@ -63,12 +64,6 @@ def _select_decoder_linears(model: nn.Module, names: Iterable[str] | None, *, in
     if not wanted:
         raise ValueError("names is empty; pass at least one decoder linear, or names=None for all of them")
     return [n for n in valid if n in wanted]
-
-
-def set_uniform_format(layers: Mapping[str, Any], fmt: str | None) -> None:
-    """Fix every layer to one standard MX format (``None`` restores the learnable offset)."""
-    for layer in layers.values():
-        layer.set_fixed_format(fmt)
 
 
 def set_calibration_mode(model: nn.Module, layers: Mapping[str, Any], training: bool) -> None:

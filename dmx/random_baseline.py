@@ -3,7 +3,7 @@
 A mixed-precision method is only worth its cost if it beats choosing the high-precision layers
 at random at the same budget. ``random_formats`` ranks the layers by seeded uniform random scores
 and fills the budget with the same greedy as the KL heuristic and dMX's budget rounding
-(:func:`dmx.kl_baseline.select_by_sensitivity`), so the three differ only in the ranking.
+(:func:`dmx.assignment.select_by_sensitivity`), so the three differ only in the ranking.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from dmx.kl_baseline import select_by_sensitivity
+from dmx.assignment import select_by_sensitivity
 
 __all__ = ["random_formats"]
 

@@ -466,9 +466,11 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     from dmx.family import get_family
     from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names, load_model
-    from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.quantized import quantize_model
     from dmx.random_baseline import random_formats
     from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state, save_rotation_beside
+    from dmx.rotation.training import rotation_setup, rotation_trainables
+    from dmx.wrap import set_fixed_format
 
     _validate(cfg)
     out = Path(cfg.out_dir)
@@ -531,7 +533,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             if point["method"] == "fp":
                 continue  # measured before the model was wrapped
             if point["method"] == "uniform":
-                set_uniform_format(layers, point["format"])
+                set_fixed_format(model, point["format"])
             elif cfg.rotation == "learned" and point["method"] == "dmx":
                 print(f"sweep: no accuracy added to {key}: it has its own learned rotation; use "
                       f"`dmx eval --assignment {assignment_file(out, key)} --tasks ...`")
@@ -545,7 +547,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             key = point_label("uniform", fmt=fmt)
             if key not in todo:
                 continue
-            set_uniform_format(layers, fmt)
+            set_fixed_format(model, fmt)
             a = Assignment.from_formats({n: fmt for n in layers}, block_size=cfg.block_size, weighting=weighting,
                                         layer_sizes=sizes, provenance={**provenance, "method": "uniform"})
             metrics, secs = _timed(evaluate)
@@ -595,11 +597,12 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                                         block_size=cfg.block_size)
         else:
             dmx_model, dmx_layers = model, layers
-            set_uniform_format(layers, None)  # calibrate() sets every offset to the config's beta_init
+            set_fixed_format(model, None)  # calibrate() sets every offset to the config's beta_init
         ckpt = _checkpoint_dir(out, key, settings)
         record = {k: v for k, v in provenance.items() if k not in shared_rotation}
         a, calib_secs = _timed(lambda: calibrate(
-            dmx_model, dmx_layers, windows, ccfg, checkpoint_dir=str(ckpt),
+            dmx_model, dmx_layers, windows, ccfg, trainables=rotation_trainables(dmx_model, ccfg),
+            model_setup=rotation_setup(dmx_model), checkpoint_dir=str(ckpt),
             resume=checkpoint_exists(ckpt), provenance=record, progress=cfg.progress,
         ))
         path = assignment_file(out, key)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
-from dmx.linear import DMXLinear
-from dmx.offset import OFFSET_MODES, check_temperature
+from dmx.linear import DMXLinear, DMXLinearConfig
+from dmx.offset import check_offset_mode, check_temperature
 
 __all__ = ["wrap_linears", "dmx_layers", "set_temperature", "apply_schedule", "set_fixed_format"]
 
@@ -34,19 +35,23 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def wrap_linears(
     model: nn.Module,
+    config: DMXLinearConfig | Mapping[str, Any] = DMXLinearConfig(),
     *,
     names: Iterable[str] | None = None,
     predicate: Callable[[str, nn.Linear], bool] | None = None,
-    **dmx_kwargs,
 ) -> dict[str, DMXLinear]:
-    """Replace ``nn.Linear`` modules of ``model`` in place by ``DMXLinear(linear, **dmx_kwargs)``.
+    """Replace ``nn.Linear`` modules of ``model`` in place by ``DMXLinear(linear, config)``.
 
-    ``names``: qualified module names to wrap (default: every ``nn.Linear``); ``predicate``:
-    optional ``(name, module) -> bool`` filter applied on top. Returns ``{name: DMXLinear}`` in
-    module order. Unknown names or names of non-Linear modules raise ``ValueError``.
+    ``config``: a :class:`~dmx.linear.DMXLinearConfig`, or its settings as a dict (e.g. from YAML;
+    unknown keys raise ``ValueError`` naming the valid ones). ``names``: qualified module names
+    to wrap (default: every ``nn.Linear``); ``predicate``: optional ``(name, module) -> bool``
+    filter applied on top. Returns ``{name: DMXLinear}`` in module order. Unknown names or names
+    of non-Linear modules raise ``ValueError``.
     """
     if model is None or not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module; got {type(model).__name__}")
+    if isinstance(config, Mapping):
+        config = DMXLinearConfig.from_dict(config)
     linears = _linear_modules(model)
     if names is None:
         selected = list(linears)
@@ -63,7 +68,7 @@ def wrap_linears(
         selected = [n for n in selected if predicate(n, linears[n])]
     wrapped: dict[str, DMXLinear] = {}
     for name in selected:
-        layer = DMXLinear(linears[name], **dmx_kwargs)
+        layer = DMXLinear(linears[name], config)
         _set_submodule(model, name, layer)
         wrapped[name] = layer
     return wrapped
@@ -91,9 +96,7 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
 def apply_schedule(model: nn.Module, schedule, step: int, total_steps: int) -> float:
     """Set every DMX layer's temperature and offset mode from ``schedule`` at ``step``; return T."""
     t = check_temperature(schedule(step, total_steps))
-    mode = getattr(schedule, "offset_mode", "sigmoid")
-    if mode not in OFFSET_MODES:
-        raise ValueError(f"schedule has unknown offset_mode {mode!r}; valid: {list(OFFSET_MODES)}")
+    mode = check_offset_mode(getattr(schedule, "offset_mode", "sigmoid"))
     for layer in _layers_or_error(model).values():
         layer.temperature = t
         layer.offset_mode = mode
@@ -101,6 +104,7 @@ def apply_schedule(model: nn.Module, schedule, step: int, total_steps: int) -> f
 
 
 def set_fixed_format(model: nn.Module, name: str | None) -> None:
-    """``layer.set_fixed_format(name)`` on every DMX layer (a uniform baseline, or None to learn)."""
+    """Fix every DMX layer of ``model`` to the standard MX format ``name`` (a uniform baseline);
+    ``None`` returns them to their learnable offsets (``DMXLinear.set_fixed_format``)."""
     for layer in _layers_or_error(model).values():
         layer.set_fixed_format(name)

@@ -180,6 +180,13 @@ def _fresh_learned():
     return model, quantize_model(model)
 
 
+def _with_rotation(model, cfg):
+    """The keywords that plug the model's (learned) rotation into calibrate(), as the CLI passes them."""
+    from dmx.rotation.training import rotation_setup, rotation_trainables
+
+    return {"trainables": rotation_trainables(model, cfg), "model_setup": rotation_setup(model)}
+
+
 def test_learned_rotation_is_trained_jointly_and_resumes_exactly(tmp_path):
     from dmx.rotation.cayley import stiefel_error
     from dmx.rotation import rotation_parameters, rotation_state
@@ -189,7 +196,8 @@ def test_learned_rotation_is_trained_jointly_and_resumes_exactly(tmp_path):
     start = [p.detach().clone() for p in rotation_parameters(model)]
     originals = [p for n, p in model.named_parameters() if n.endswith("original")]
     assert originals and not any(p.requires_grad for p in originals)  # weights frozen, only R1/R2 learn
-    expected = calibrate(model, layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "full", progress=False)
+    expected = calibrate(model, layers, WINDOWS, cfg, **_with_rotation(model, cfg), checkpoint_dir=tmp_path / "full",
+                         progress=False)
     state = rotation_state(model)
     assert state.baked and rotation_parameters(model) == []  # folded into the weights on return
     assert not torch.equal(state.r1, start[0])  # the rotation did learn
@@ -199,10 +207,11 @@ def test_learned_rotation_is_trained_jointly_and_resumes_exactly(tmp_path):
 
     model, layers = _fresh_learned()
     with pytest.raises(KeyboardInterrupt):
-        calibrate(model, layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "cut", progress=False,
-                  on_step=_StopAt(1, KeyboardInterrupt()))
+        calibrate(model, layers, WINDOWS, cfg, **_with_rotation(model, cfg), checkpoint_dir=tmp_path / "cut",
+                  progress=False, on_step=_StopAt(1, KeyboardInterrupt()))
     model, layers = _fresh_learned()  # a new process: the rotation comes from the checkpoint only
-    resumed = calibrate(model, layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "cut", resume=True, progress=False)
+    resumed = calibrate(model, layers, WINDOWS, cfg, **_with_rotation(model, cfg), checkpoint_dir=tmp_path / "cut",
+                        resume=True, progress=False)
     state = rotation_state(model)
     assert torch.equal(_offsets(layers), expected_offsets)
     assert all(torch.equal(a, b) for a, b in zip([state.r1, *state.r2], expected_r, strict=True))
@@ -210,7 +219,8 @@ def test_learned_rotation_is_trained_jointly_and_resumes_exactly(tmp_path):
 
     plain, plain_layers = _fresh()  # same checkpoint, no rotation: refused
     with pytest.raises(CheckpointError, match="rotation"):
-        calibrate(plain, plain_layers, WINDOWS, cfg, checkpoint_dir=tmp_path / "cut", resume=True, progress=False)
+        calibrate(plain, plain_layers, WINDOWS, cfg, **_with_rotation(plain, cfg), checkpoint_dir=tmp_path / "cut",
+                  resume=True, progress=False)
 
 
 def test_gradient_accumulation_rotates_the_weights_once_per_step(monkeypatch):
@@ -232,14 +242,14 @@ def test_gradient_accumulation_rotates_the_weights_once_per_step(monkeypatch):
     monkeypatch.setattr(_RotatedWeight, "_rotate", counting)
     shared, shared_layers = _fresh_learned()
     calls["n"] = 0
-    calibrate(shared, shared_layers, WINDOWS, cfg, progress=False)
+    calibrate(shared, shared_layers, WINDOWS, cfg, **_with_rotation(shared, cfg), progress=False)
     assert calls["n"] == 2 * 14  # 14 rotated linears, once per step
-    import dmx.rotation
+    import dmx.rotation.training
 
-    monkeypatch.setattr(dmx.rotation, "shared_rotated_weights", lambda model: contextlib.nullcontext())
+    monkeypatch.setattr(dmx.rotation.training, "shared_rotated_weights", lambda model: contextlib.nullcontext())
     rebuilt, rebuilt_layers = _fresh_learned()
     calls["n"] = 0
-    calibrate(rebuilt, rebuilt_layers, WINDOWS, cfg, progress=False)
+    calibrate(rebuilt, rebuilt_layers, WINDOWS, cfg, **_with_rotation(rebuilt, cfg), progress=False)
     assert calls["n"] == 2 * 2 * 14  # rebuilt for every micro-batch
     a, b = rotation_state(shared), rotation_state(rebuilt)
     for x, y in zip([a.r1, *a.r2], [b.r1, *b.r2], strict=True):
@@ -250,7 +260,7 @@ def test_gradient_accumulation_rotates_the_weights_once_per_step(monkeypatch):
 def test_budget_formats_fill_the_budget_in_order_of_abs_beta_hat():
     """Hand-set offsets: the deployed high layers are exactly the k largest |beta_hat| (sign ignored),
     k = floor(n * (target - 4) / 4) for the plain mean; the threshold rule would pick another set."""
-    from dmx.calibrate import budget_formats
+    from dmx.assignment import budget_formats
 
     _, layers = _fresh()
     names = sorted(layers)
@@ -292,7 +302,7 @@ def test_budget_rounding_never_exceeds_the_target_and_records_the_threshold_bits
 
 
 def test_bad_final_rounding_is_rejected():
-    from dmx.calibrate import budget_formats
+    from dmx.assignment import budget_formats
 
     with pytest.raises(ValueError, match="unknown final_rounding 'exact'.*threshold"):
         CalibrationConfig(final_rounding="exact").validate()
@@ -302,7 +312,7 @@ def test_bad_final_rounding_is_rejected():
 
 
 def test_a_finished_checkpoint_is_redeployed_with_the_other_rounding(tmp_path):
-    from dmx.calibrate import budget_formats
+    from dmx.assignment import budget_formats
 
     cfg = CalibrationConfig(steps=3, batch_size=1, target_bits=5.0, lr=3.0, seed=1, checkpoint_every=3)
     model, layers = _fresh()
@@ -369,3 +379,51 @@ def test_a_checkpoint_from_before_the_recipe_change_does_not_resume_under_the_ne
     model, layers = _fresh()  # the old recipe, spelled out, still resumes
     old = dataclasses.replace(CFG, beta_init=1.0, clip_grad_norm=0.0, fractional_scale="emax")
     calibrate(model, layers, WINDOWS, old, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def _scaled(calls):
+    """A tiny model whose final norm output is multiplied by a trainable scalar, as a plugged-in Trainable."""
+    import contextlib
+
+    from dmx.trainable import Trainable
+
+    model, layers = _fresh()
+    scale = torch.nn.Parameter(torch.tensor(1.0))
+    model.model.norm.register_forward_hook(lambda module, args, out: out * scale)
+
+    @contextlib.contextmanager
+    def step_context():
+        calls.append("step")
+        yield
+
+    trainable = Trainable(parameters=(scale,), make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                          checkpoint_keys=("scale", "scale_optimizer"), step_context=step_context,
+                          finish=lambda: calls.append("finish"))
+    return model, layers, trainable, scale
+
+
+def test_a_plugged_in_trainable_is_stepped_checkpointed_resumed_and_finished(tmp_path):
+    cfg = CalibrationConfig(steps=3, batch_size=1, checkpoint_every=1, seed=2)
+    calls = []
+    model, layers, trainable, scale = _scaled(calls)
+    calibrate(model, layers, WINDOWS, cfg, trainables=[trainable], progress=False)
+    assert calls == ["step"] * 3 + ["finish"] and float(scale.detach()) != 1.0
+    expected_scale, expected_offsets = scale.detach().clone(), _offsets(layers)
+
+    calls = []
+    model, layers, trainable, scale = _scaled(calls)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(model, layers, WINDOWS, cfg, trainables=[trainable], checkpoint_dir=tmp_path, progress=False,
+                  on_step=_StopAt(1, KeyboardInterrupt()))
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    assert saved["scale"] == [scale.detach()] and "scale_optimizer" in saved and "beta_hat" in saved
+    model, layers, trainable, scale = _scaled(calls)
+    calibrate(model, layers, WINDOWS, cfg, trainables=[trainable], checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert torch.equal(scale.detach(), expected_scale) and torch.equal(_offsets(layers), expected_offsets)
+
+    from dmx.trainable import Trainable
+
+    clash = Trainable(parameters=(scale,), make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+                      checkpoint_keys=("beta_hat", "step"))
+    with pytest.raises(ValueError, match=r"checkpoint entries \['beta_hat', 'step'\] are claimed twice"):
+        calibrate(*_fresh(), WINDOWS, cfg, trainables=[clash], progress=False)

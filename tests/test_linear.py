@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dmx
-from dmx.linear import DMXLinear
+from dmx.linear import DMXLinear, DMXLinearConfig
 from mx_spec.minifloat import quantize_dequantize_minifloat
 from mx_spec.quantize import quantize_dequantize
 
@@ -34,26 +34,26 @@ def test_wrapped_module_api_is_kept_and_weights_are_frozen():
     assert (m.in_features, m.out_features) == (64, 48)
     assert not lin.weight.requires_grad and not lin.bias.requires_grad
     assert [n for n, p in m.named_parameters() if p.requires_grad] == ["beta_hat"]
-    untied = DMXLinear(_linear(), tie=False)
+    untied = DMXLinear(_linear(), DMXLinearConfig(tie=False))
     assert sorted(n for n, p in untied.named_parameters() if p.requires_grad) == ["beta_hat", "beta_hat_input"]
 
 
 @pytest.mark.parametrize("beta_hat,fmt", [(1.5, "mxfp8_e4m3"), (-1.2, "mxfp8_e4m3"), (0.4, "mxfp4_e2m1")])
 def test_eval_mode_is_the_hard_standard_format(beta_hat, fmt):
     lin = _linear()
-    m = DMXLinear(lin, beta_hat_init=beta_hat).eval()
+    m = DMXLinear(lin, DMXLinearConfig(beta_init=beta_hat)).eval()
     x = torch.randn(3, 5, 64)
     assert m.format_name() == fmt
     assert torch.equal(m(x), _reference(x, lin, fmt))
     assert m.element_bits().item() == {"mxfp8_e4m3": 8.0, "mxfp4_e2m1": 4.0}[fmt]
     assert m.storage_bits().item() == m.element_bits().item() + 0.25
-    fam6 = DMXLinear(_linear(), "fp6_fp4", beta_hat_init=1.5).eval()
+    fam6 = DMXLinear(_linear(), DMXLinearConfig(family="fp6_fp4", beta_init=1.5)).eval()
     assert fam6.format_name() == "mxfp6_e2m3"
 
 
 def test_training_forward_uses_real_width_formats_and_reaches_beta_hat():
     lin = _linear()
-    m = DMXLinear(lin, beta_hat_init=1.3, temperature=0.4)
+    m = DMXLinear(lin, DMXLinearConfig(beta_init=1.3, temperature=0.4))
     x = torch.randn(8, 64, requires_grad=True)
     y = m(x)
     beta = m.beta().detach()
@@ -68,7 +68,7 @@ def test_training_forward_uses_real_width_formats_and_reaches_beta_hat():
 
 def test_round_ste_training_forward_equals_the_hard_format():
     lin = _linear()
-    m = DMXLinear(lin, beta_hat_init=1.7, offset_mode="round_ste")
+    m = DMXLinear(lin, DMXLinearConfig(beta_init=1.7, offset_mode="round_ste"))
     x = torch.randn(4, 64)
     assert torch.equal(m(x), _reference(x, lin, "mxfp8_e4m3"))
 
@@ -77,7 +77,7 @@ def test_tied_gradient_is_the_sum_of_weight_and_input_gradients():
     x = torch.randn(16, 64)
     grads = {}
     for tie in (True, False):
-        m = DMXLinear(_linear(), tie=tie, beta_hat_init=0.9)
+        m = DMXLinear(_linear(), DMXLinearConfig(tie=tie, beta_init=0.9))
         m(x).pow(2).mean().backward()
         grads[tie] = m.beta_hat.grad.item() + (0.0 if tie else m.beta_hat_input.grad.item())
     assert grads[True] == pytest.approx(grads[False], rel=1e-5)
@@ -95,12 +95,12 @@ def test_fixed_formats_for_uniform_baselines(fmt):
     assert m.element_bits().item() == {"mxfp8_e4m3": 8, "mxfp8_e5m2": 8, "mxfp6_e3m2": 6,
                                        "mxfp6_e2m3": 6, "mxfp4_e2m1": 4, "mxint8": 8}[fmt]
     m.set_fixed_format(None)
-    assert m.fixed_format is None and m.format_name() == "mxfp4_e2m1"  # beta_hat_init = 0.0
+    assert m.fixed_format is None and m.format_name() == "mxfp4_e2m1"  # beta_init = 0.0
 
 
 def test_cached_hard_weight_follows_weight_updates():
     lin = _linear()
-    m = DMXLinear(lin, beta_hat_init=2.0).eval()
+    m = DMXLinear(lin, DMXLinearConfig(beta_init=2.0)).eval()
     x = torch.randn(2, 64)
     m(x)
     with torch.no_grad():
@@ -130,7 +130,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match="wraps an nn.Linear"):
         DMXLinear(nn.Conv1d(2, 2, 1))
     with pytest.raises(ValueError, match="valid families"):
-        DMXLinear(_linear(), "fp4")
+        DMXLinear(_linear(), DMXLinearConfig(family="fp4"))
+    with pytest.raises(TypeError, match="DMXLinearConfig"):
+        DMXLinear(_linear(), "fp6_fp4")
     with torch.no_grad():
         m.beta_hat.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="beta_hat is not finite"):
@@ -139,7 +141,8 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_wrap_linears_names_predicate_and_helpers():
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8)))
-    layers = dmx.wrap_linears(model, predicate=lambda name, mod: mod.out_features != 8, family="fp6_fp4")
+    layers = dmx.wrap_linears(model, dmx.DMXLinearConfig(family="fp6_fp4"),
+                              predicate=lambda name, mod: mod.out_features != 8)
     assert list(layers) == ["0", "2.0"]
     assert isinstance(model[0], DMXLinear) and isinstance(model[2][1], nn.Linear)
     assert all(m.family.name == "fp6_fp4" for m in layers.values())
@@ -158,3 +161,18 @@ def test_wrap_linears_names_predicate_and_helpers():
         dmx.set_temperature(model, -1.0)
     with pytest.raises(ValueError, match="wrap_linears"):
         dmx.set_temperature(nn.Sequential(nn.Linear(4, 4)), 1.0)
+
+
+def test_config_settings_are_checked_before_any_layer_is_built():
+    for bad, match in (({"block_size": 0}, "block_size"), ({"beta_init": float("inf")}, "beta_init"),
+                       ({"temperature": 0.0}, "temperature"), ({"offset_mode": "soft"}, "valid modes"),
+                       ({"fractional_scale": "max"}, "valid rules"), ({"scale_mode": "round"}, "scale_mode"),
+                       ({"rounding": "rtz"}, "rounding"), ({"backend": "jax"}, "valid backends")):
+        with pytest.raises(ValueError, match=match):
+            DMXLinearConfig(**bad)
+    # settings read from YAML/JSON come as a dict: an unknown key is named with the valid ones
+    with pytest.raises(ValueError, match=r"unknown DMXLinear setting\(s\) \['blocksize'\].*'block_size'"):
+        dmx.wrap_linears(nn.Sequential(nn.Linear(32, 32)), {"blocksize": 16})
+    layers = dmx.wrap_linears(nn.Sequential(nn.Linear(32, 32)), {"family": "fp6_fp4", "tie": False, "beta_init": 1.5})
+    layer = layers["0"]
+    assert (layer.family.name, layer.tie, float(layer.beta_hat.detach()), float(layer.beta_hat_input.detach())) == ("fp6_fp4", False, 1.5, 1.5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmx.linear import DMXLinear
+from dmx.linear import DMXLinear, DMXLinearConfig
 from dmx.regularizer import average_bits, bit_budget_penalty, dmx_objective, storage_bits
 
 
@@ -37,8 +37,8 @@ def test_storage_bits_add_the_e8m0_scale():
 
 
 def _layers():
-    big = DMXLinear(nn.Linear(64, 96), beta_hat_init=2.0)   # 6144 weights, hard mxfp8 (8 bits)
-    small = DMXLinear(nn.Linear(32, 32), beta_hat_init=0.5)  # 1024 weights, hard mxfp4 (4 bits)
+    big = DMXLinear(nn.Linear(64, 96), DMXLinearConfig(beta_init=2.0))   # 6144 weights, hard mxfp8 (8 bits)
+    small = DMXLinear(nn.Linear(32, 32), DMXLinearConfig(beta_init=0.5))  # 1024 weights, hard mxfp4 (4 bits)
     return {"big": big, "small": small}
 
 

@@ -133,12 +133,13 @@ def test_learned_rotation_is_exact_for_any_orthogonal_matrices(arch):
 
 
 def test_learned_rotation_trains_with_cayley_sgd_under_mxfp4():
-    from dmx.quantized import quantize_model, set_calibration_mode, set_uniform_format
+    from dmx.quantized import quantize_model, set_calibration_mode
+    from dmx.wrap import set_fixed_format
 
     model = tiny_model("llama", seed=1)
     state = apply_rotation(model, RotationSpec("learned", seed=0))
     layers = quantize_model(model)
-    set_uniform_format(layers, "mxfp4_e2m1")
+    set_fixed_format(model, "mxfp4_e2m1")
     set_calibration_mode(model, layers, training=True)
     params = rotation_parameters(state)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "original" in n}
@@ -175,12 +176,13 @@ def _quantised_down_proj_io(model, path):
 
 
 def test_online_rotation_runs_before_the_input_quantiser():
-    from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.quantized import quantize_model
+    from dmx.wrap import set_fixed_format
 
     model = tiny_model("llama", seed=1)
     state = apply_rotation(model, RotationSpec("hadamard", seed=4, placement="folded"))  # before quantize_model, as the CLI does
     layers = quantize_model(model)
-    set_uniform_format(layers, "mxfp4_e2m1")
+    set_fixed_format(model, "mxfp4_e2m1")
     path = "model.layers.1.mlp.down_proj"
     _logits(model, _ids(batch=1, length=16))  # first forward re-attaches the hooks to the DMXLinear
     x, y = _quantised_down_proj_io(model, path)
@@ -197,7 +199,8 @@ def test_online_rotation_runs_before_the_input_quantiser():
 
 
 def test_rotate_before_or_after_quantize_model_is_the_same_model():
-    from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.quantized import quantize_model
+    from dmx.wrap import set_fixed_format
 
     ids = _ids()
     outputs = []
@@ -208,7 +211,7 @@ def test_rotate_before_or_after_quantize_model_is_the_same_model():
         layers = quantize_model(model)
         if not rotate_first:
             apply_rotation(model, RotationSpec("hadamard", seed=6, placement="folded"))
-        set_uniform_format(layers, "mxfp4_e2m1")
+        set_fixed_format(model, "mxfp4_e2m1")
         outputs.append(_logits(model, ids))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
 

@@ -9,7 +9,7 @@ Optimiser: the method's SGD with momentum 0.99 and Nesterov. The learning rate i
 of the LLM default 1.0: the penalty gradient per layer scales as lambda / n_layers, and this toy
 has 4 layers instead of ~200, so 0.02 keeps the per-layer step of the method's setting.
 
-Start and scale rule: this toy keeps the project's first settings, ``beta_hat_init = 1.0`` and the
+Start and scale rule: this toy keeps the project's first settings, ``beta_init = 1.0`` and the
 ``emax`` fractional scale, not the authors' (0 and ``maxfloat``, the LLM defaults). With four
 layers and no gradient clipping the authors' start leaves every offset near 0 in 120 steps at
 lr 0.02 (all MXFP4, 4.0 bits, seeds 0 and 1); the method's 200-layer LLM setting is what the
@@ -58,7 +58,7 @@ def run_dmx(steps: int, seed: int = 0, total_steps: int | None = None):
     with torch.no_grad():
         ref = model(x)
     # fp8_fp4, tied offsets, block 32; the toy's own start and scale rule (module docstring)
-    layers = dmx.wrap_linears(model, beta_hat_init=1.0, fractional_scale="emax")
+    layers = dmx.wrap_linears(model, dmx.DMXLinearConfig(beta_init=1.0, fractional_scale="emax"))
     opt = torch.optim.SGD([m.beta_hat for m in layers.values()], lr=0.02, momentum=0.99, nesterov=True)
     schedule = dmx.HoldThenExponential()
     total = total_steps or steps

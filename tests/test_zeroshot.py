@@ -265,11 +265,13 @@ def test_fake_quantised_model_is_evaluated_as_quantised(tiny, data_dir):
     import copy
 
     pytest.importorskip("dmx.wrap", reason="DMXLinear (dmx core) not available yet")
-    from dmx.quantized import quantize_model, set_uniform_format
+    from dmx.quantized import quantize_model
+    from dmx.wrap import set_fixed_format
 
     model, tokenizer = tiny
     quantised = copy.deepcopy(model)
-    set_uniform_format(quantize_model(quantised), "mxfp4_e2m1")
+    quantize_model(quantised)
+    set_fixed_format(quantised, "mxfp4_e2m1")
     full = evaluate_zeroshot(model, tokenizer, tasks=["piqa"], limit=3, data_dir=data_dir,
                              return_documents=True)["tasks"]["piqa"]["documents"]
     got = evaluate_zeroshot(quantised, tokenizer, tasks=["piqa"], limit=3, data_dir=data_dir,

@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, context_length
     from dmx.perplexity import perplexity
     from dmx.quantized import quantize_model
+    from dmx.rotation.training import rotation_setup, rotation_trainables
 
     cfg = config_from_args(args)
     cfg.validate()  # fail on a bad budget before loading anything
@@ -156,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
                                    else "wikitext-2-tokenized/valid.txt"),
         "data_sha256": token_hash(ids),
     }
-    assignment = calibrate(model, layers, windows, cfg, checkpoint_dir=str(checkpoint_dir), resume=args.resume,
+    assignment = calibrate(model, layers, windows, cfg, trainables=rotation_trainables(model, cfg),
+                           model_setup=rotation_setup(model), checkpoint_dir=str(checkpoint_dir), resume=args.resume,
                            provenance=provenance, progress=not args.no_progress)
     if rank != 0:
         return 0  # rank 0 evaluates and writes the results

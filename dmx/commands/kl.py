@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from dmx.models import check_seqlens
     from dmx.data import calibration_windows, check_data_source
     from dmx.family import get_family
-    from dmx.kl_baseline import check_target, kl_assignments, reference_if_needed
+    from dmx.assignment import check_target
+    from dmx.kl_baseline import kl_assignments, reference_if_needed
     from dmx.models import decoder_linear_names
     from dmx.quantized import quantize_model
     from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from dmx.anneal import HoldThenCosine, HoldThenExponential, HoldThenLinear, RoundSTE
+from dmx.linear import DMXLinearConfig
 from dmx.offset import offset_to_beta
 from dmx.regularizer import average_bits, bit_budget_penalty
 from dmx.wrap import apply_schedule, wrap_linears
@@ -143,7 +144,7 @@ def calibrate_toy(schedule, target_bits=6.0, lam=5.0, lr=0.05, steps=STEPS, seed
     """Learn one fp8_fp4 format per layer of a copy of toy ``seed``'s teacher; returns the history."""
     teacher, inputs, reference = toy_problem(seed)
     student = copy.deepcopy(teacher)
-    layers = wrap_linears(student, family="fp8_fp4", beta_hat_init=1.0, fractional_scale="emax")
+    layers = wrap_linears(student, DMXLinearConfig(family="fp8_fp4", beta_init=1.0, fractional_scale="emax"))
     optimizer = torch.optim.SGD([l.beta_hat for l in layers.values()], lr=lr, momentum=0.99, nesterov=True)
     history = {"T": [], "beta_hat": [], "beta": [], "bits": [], "task": []}
     student.train()

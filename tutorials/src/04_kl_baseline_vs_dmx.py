@@ -70,16 +70,15 @@ from tqdm import TqdmWarning
 warnings.filterwarnings("ignore", category=TqdmWarning)
 
 import dmx
-from dmx.assignment import Assignment, apply_assignment
+from dmx.assignment import Assignment, apply_assignment, demotion_order, select_by_sensitivity
 from dmx.calibrate import CalibrationConfig, calibrate
 from dmx.data import calibration_windows, data_dir, test_token_ids
-from dmx.kl_baseline import (demotion_order, kl_to_reference, reference_logits, score_layers,
-                              select_by_sensitivity)
+from dmx.kl_baseline import kl_to_reference, reference_logits, score_layers
 from dmx.models import decoder_linear_names, load_model
 from dmx.offset import offset_to_beta
 from dmx.perplexity import window_nlls
 from dmx.plots import pareto_figure
-from dmx.quantized import quantize_model, set_uniform_format
+from dmx.quantized import quantize_model
 
 # transformers imports torchao while loading the model; torchao logs that its optional CUDA
 # kernels cannot load on a CPU machine, and torch logs a deprecation note about torchao's enum
@@ -145,7 +144,7 @@ sizes = {n: layer.linear.weight.numel() for n, layer in layers.items()}
 UNIFORM = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3")
 uniform_nll = {}
 for fmt in UNIFORM:
-    set_uniform_format(layers, fmt)
+    dmx.set_fixed_format(model, fmt)
     uniform_nll[fmt] = evaluate(model)
     print(f"all {len(layers)} layers {fmt}: perplexity {ppl(uniform_nll[fmt]):.2f}")
 
@@ -260,7 +259,7 @@ print({k: getattr(config, k) for k in ("beta_init", "lr", "momentum", "nesterov"
 # (FP8 iff $|\hat\beta| > 1$, "threshold") is printed beside it.
 
 # %%
-set_uniform_format(layers, None)  # back to learnable offsets
+dmx.set_fixed_format(model, None)  # back to learnable offsets
 metrics, offsets = [], [[config.beta_init] * len(layers)]
 
 
