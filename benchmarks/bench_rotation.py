@@ -40,7 +40,7 @@ DEFAULT_FORMATS = ("mxfp4_e2m1", "mxfp6_e3m2", "mxfp8_e4m3")
 
 def _save(result: dict, path: str | None) -> None:
     if path:
-        from dmx.checkpoint import atomic_write_text
+        from dmx.files import atomic_write_text
 
         atomic_write_text(path, json.dumps(result, indent=2))
 

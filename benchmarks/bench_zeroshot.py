@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dmx.checkpoint import atomic_write_text
+from dmx.files import atomic_write_text
 from dmx.zeroshot import evaluate_zeroshot, resolve_task_names, results_table
 
 FULL_PRECISION = "full-precision"

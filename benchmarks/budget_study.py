@@ -18,7 +18,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from dmx.calibrate import CalibrationConfig
-from dmx.checkpoint import atomic_write_text, read_json
+from dmx.files import atomic_write_text, read_json
 from dmx.sweep import summarize_points
 
 TARGET = 5.0

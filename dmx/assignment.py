@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmx.checkpoint import atomic_write_text, read_json
+from dmx.files import atomic_write_text, read_json
 
 __all__ = ["ASSIGNMENT_SCHEMA", "WEIGHTINGS", "Assignment", "apply_assignment", "format_element_bits"]
 

@@ -73,7 +73,7 @@ import torch
 from torch import nn
 
 from dmx.assignment import Assignment
-from dmx.checkpoint import atomic_write_bytes, atomic_write_text, read_json, sha256_file
+from dmx.files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 
 EXPORT_SCHEMA = "dmx.export/1"
 MANIFEST_NAME = "manifest.json"

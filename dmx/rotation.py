@@ -70,7 +70,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from dmx.checkpoint import sha256_file
+from dmx.files import sha256_file
 from dmx.hadamard import hadamard_transform, random_signs, supports_hadamard
 
 __all__ = [

@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmx.checkpoint import atomic_write_text, exists_or_previous, read_json_or_previous
+from dmx.files import atomic_write_text, exists_or_previous, read_json_or_previous
 from dmx.data import check_data_source
 from dmx.models import check_seqlens
 from dmx.rotation import DEFAULT_ONLINE_BLOCK, check_learned_lm_head

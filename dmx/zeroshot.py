@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from dmx.checkpoint import atomic_write_text
+from dmx.files import atomic_write_text
 from dmx.data import DATA_DIR_ENV, resolve_data_dir
 from dmx.tasks import OFFLINE_TASK_YAMLS, offline_task_yaml
 

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 import mx_spec
 from mx_spec.formats import MX_FORMATS, get_element, get_format
+from mx_spec.atomic import atomic_write_bytes, atomic_write_text
 from mx_spec.golden import (ALL_MODES, INPUT_DTYPES, MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, SPEC_MODE,
-                            array_to_hex, atomic_write_bytes, atomic_write_text, dtype_name)
+                            array_to_hex, dtype_name)
 from mx_spec.policies import POLICY_CHOICES, outputs_of, policy_variants
 
 #: Bumped whenever an expected output or input of an existing case changes (see golden/CHANGELOG.md).

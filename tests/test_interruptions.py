@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from dmx.calibrate import CalibrationConfig, calibrate
-from dmx.checkpoint import atomic_write_text, checkpoint_path
+from dmx.checkpoint import checkpoint_path
+from dmx.files import atomic_write_text
 from dmx.cli import main
 from dmx.models import tiny_model
 from dmx.quantized import quantize_model

@@ -140,7 +140,7 @@ class RotationChoice:
 
 
 def _choice_from_description(description: dict[str, Any] | None, *, file: str | None, source: str) -> RotationChoice:
-    from dmx.checkpoint import sha256_file
+    from dmx.files import sha256_file
 
     if not description or description.get("kind", "none") == "none":
         return RotationChoice(source=source)

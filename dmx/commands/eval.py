@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"perplexity: {n} window(s) of {args.seqlen} tokens, GPTQ protocol")
     print(f"rotation: {rotation.flags()} ({rotation.source})")
     if args.out:
-        from dmx.checkpoint import atomic_write_text
+        from dmx.files import atomic_write_text
 
         import torch
 
