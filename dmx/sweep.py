@@ -293,6 +293,14 @@ class SweepConfig:
         return {"kind": "hadamard", "seed": self.rotation_seed, "placement": self.rotation_placement,
                 "block": self.rotation_block if online else None}
 
+    def calibration_config(self, target: float, seed: int | None = None):
+        """The :class:`dmx.calibrate.CalibrationConfig` of the dMX point at ``target`` with ``seed``
+        (default ``self.seed``): CalibrationConfig's defaults, overridden by ``calibration``."""
+        from dmx.calibrate import CalibrationConfig
+
+        return CalibrationConfig(**{"family": self.family, **self.calibration,
+                                    "seed": self.seed if seed is None else seed, "target_bits": target})
+
     def seed_values(self) -> list[int]:
         """The seeds of the seeded methods: ``seed, seed+1, ..., seed+seeds-1``."""
         return [self.seed + i for i in range(self.seeds)]
@@ -310,23 +318,27 @@ class SweepConfig:
             return {"family": self.family, "calib_windows": self.calib_windows, "calib_seqlen": self.calib_seqlen,
                     "seed": seed, "calib_text_file": self.calib_text_file, **source,
                     # the MX backend changes no bits: points and checkpoints are shared across backends
-                    "calibration": dict(sorted((k, v) for k, v in {**_recipe_defaults(), **self.calibration}.items()
+                    "calibration": dict(sorted((k, v) for k, v in {**_recorded_defaults(), **self.calibration}.items()
                                                if k != "backend"))}
         if method == "random":
             return {"family": self.family, "seed": seed, "weighting": weighting}
         return {}
 
 
-def _recipe_defaults() -> dict[str, Any]:
-    """The calibration settings a dMX point records even when left at their defaults.
+#: Calibration settings a dMX point records even when left at their defaults, because those
+#: defaults changed: the recipe fields when they moved to the authors' recipe (docs/FIDELITY.md),
+#: steps/batch size/checkpoint interval when CalibrationConfig took the CLI's 40/2/5 (issue #14,
+#: from 60/1/10). A point calibrated before (which lacks them) is recomputed, never mistaken for
+#: the new defaults; the committed sweeps passed --steps/--batch-size/--checkpoint-every, so they resume.
+RECORDED_DEFAULTS = ("beta_init", "clip_grad_norm", "fractional_scale", "steps", "batch_size", "checkpoint_every")
 
-    They changed when the defaults moved to the authors' recipe (``docs/FIDELITY.md``), so a
-    point calibrated before (which lacks them) is recomputed, never mistaken for the new recipe.
-    """
+
+def _recorded_defaults() -> dict[str, Any]:
+    """:data:`RECORDED_DEFAULTS` with CalibrationConfig's values."""
     from dmx.calibrate import CalibrationConfig
 
     d = CalibrationConfig()
-    return {"beta_init": d.beta_init, "clip_grad_norm": d.clip_grad_norm, "fractional_scale": d.fractional_scale}
+    return {name: getattr(d, name) for name in RECORDED_DEFAULTS}
 
 
 def _rotate(model, cfg: SweepConfig, *, learn: bool = False):
@@ -435,7 +447,7 @@ def _validate(cfg: SweepConfig) -> None:
         if unknown:
             raise ValueError(f"unknown calibration setting(s) {unknown}; valid: {sorted(fields)}")
         for t in cfg.targets:
-            CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "target_bits": t}).validate()
+            cfg.calibration_config(t).validate()
     _check_inputs(cfg)
 
 
@@ -597,7 +609,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     def run_dmx_point(t: float, i: int, seed: int, windows) -> None:
         key = point_label("dmx", target=t, seed_index=i)
         settings = cfg.method_settings("dmx", seed)
-        ccfg = CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "seed": seed, "target_bits": t})
+        ccfg = cfg.calibration_config(t, seed)
         if cfg.rotation == "learned":
             # each point learns its own rotation, from the same start, on a fresh copy of the model
             dmx_model, _ = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
@@ -673,7 +685,7 @@ def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None
             key = point_label("dmx", target=t, seed_index=i)
             ckpt = _checkpoint_dir(out, key, cfg.method_settings("dmx", seed))
             if key in todo and checkpoint_exists(ckpt):
-                ccfg = CalibrationConfig(**{"family": cfg.family, **cfg.calibration, "seed": seed, "target_bits": t})
+                ccfg = cfg.calibration_config(t, seed)
                 check_checkpoint(str(ckpt), ccfg, resume=True, announce=False)
 
 

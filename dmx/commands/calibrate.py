@@ -13,10 +13,12 @@ from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quan
 from dmx.data import CALIBRATION_SOURCES, check_calibration_source
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
-__all__ = ["register", "run", "config_from_args", "add_recipe_args"]
+__all__ = ["RECIPE", "register", "run", "config_from_args", "add_recipe_args"]
 
 #: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
 DEFAULT_SEQLEN = 256
+#: The calibration recipe both ``dmx calibrate`` and ``dmx sweep`` default to (one source of defaults).
+RECIPE = CalibrationConfig()
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -43,30 +45,17 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="calibration text without --text-file: WikiText-2 validation (local or --online), or "
                             "fineweb (the authors' data; streamed with --online)")
     group.add_argument("--n-windows", type=int, default=64, help="number of seeded random calibration windows")
-    group.add_argument("--target-bits", type=float, default=5.0, help="average element-bit budget (within the family's range)")
-    group.add_argument("--lam", type=float, default=5.0, help="weight of the bit-budget hinge penalty")
-    group.add_argument("--steps", type=int, default=40, help="optimiser steps")
-    group.add_argument("--batch-size", type=int, default=2, help="windows per micro-batch")
-    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimiser step")
-    group.add_argument("--lr", type=float, default=1.0, help="SGD learning rate on the offsets")
-    group.add_argument("--momentum", type=float, default=0.99, help="SGD (Nesterov) momentum")
-    group.add_argument("--schedule", default="exponential",
+    group.add_argument("--target-bits", type=float, default=RECIPE.target_bits,
+                       help="average element-bit budget (within the family's range)")
+    group.add_argument("--schedule", default=RECIPE.schedule_name,
                        help="temperature schedule (dmx.anneal.SCHEDULES: exponential, linear, cosine, constant, round_ste)")
-    group.add_argument("--t-start", type=float, default=None, help="start temperature (default: schedule's, 0.4)")
-    group.add_argument("--t-end", type=float, default=None, help="final temperature (default: schedule's, 20)")
-    group.add_argument("--hold-fraction", type=float, default=None, help="fraction of steps at t-start (default: schedule's, 0.6)")
-    group.add_argument("--weighting", default="mean", choices=["mean", "elements"],
+    group.add_argument("--weighting", default=RECIPE.weighting, choices=["mean", "elements"],
                        help="average bits over layers: plain mean or weighted by weight elements")
-    group.add_argument("--final-rounding", default="threshold", choices=["threshold", "budget"],
-                       help="deployed formats: threshold = the method's rule (|beta_hat| > 1 -> high; may end "
-                            "above the budget), budget = fill the budget exactly, highest |beta_hat| first "
-                            "(never above it)")
-    add_recipe_args(group, defaults=CalibrationConfig())
-    group.add_argument("--seed", type=int, default=0, help="seed of window sampling and order")
+    add_recipe_args(group, defaults=RECIPE)
+    group.add_argument("--seed", type=int, default=RECIPE.seed, help="seed of window sampling and order")
     group.add_argument("--checkpoint-dir", default=None,
                        help="directory for atomic checkpoints, kept after success (then `--resume --final-rounding budget` "
                             "re-deploys the finished offsets); default: <out>.ckpt next to --out, removed after success")
-    group.add_argument("--checkpoint-every", type=int, default=5, help="steps between checkpoints")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     group.add_argument("--out", default="assignment.json", help="where to write the assignment JSON")
     group.add_argument("--eval-windows", type=int, default=0,
@@ -77,22 +66,53 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def add_recipe_args(group, *, defaults: CalibrationConfig | None) -> None:
-    """``--beta-init --clip-grad-norm --fractional-scale``: where the recipe follows the authors' code.
+    """The calibration flags ``dmx calibrate`` and ``dmx sweep`` share, defaulting to :data:`RECIPE`.
 
-    ``defaults``: the config whose values the flags default to (``None``: unset flags stay
-    ``None``, so ``dmx sweep`` keeps dmx.calibrate's defaults and its stored settings).
+    ``defaults``: the config whose values the flags default to (``RECIPE``); ``None`` (``dmx
+    sweep``): unset flags stay ``None`` and keep ``RECIPE``'s values, which the help states, so
+    a sweep point stores only the settings given (its results from before a flag existed resume).
+    Either way both commands calibrate identically without flags.
     """
-    group.add_argument("--beta-init", type=float, default=None if defaults is None else defaults.beta_init,
-                       help="offset every layer starts from; 0 = the authors' (all layers near the low format), "
-                            "1 = this project's first default (docs/FIDELITY.md)")
-    group.add_argument("--clip-grad-norm", type=float, default=None if defaults is None else defaults.clip_grad_norm,
-                       help="clip the joint gradient norm of offsets (and rotations) per step; 1.0 = the Hugging Face "
-                            "trainer default the authors train with, 0 = no clipping")
-    group.add_argument("--fractional-scale", choices=list(FRACTIONAL_SCALES),
-                       default=None if defaults is None else defaults.fractional_scale,
-                       help="block scale at fractional widths while learning: maxfloat = the authors' "
-                            "floor(log2 amax) - floor(log2 max_normal), emax = floor(log2 amax - emax); "
-                            "identical at every deployable format")
+
+    def default(name: str):
+        return None if defaults is None else getattr(defaults, name)
+
+    def shown(text: str, name: str) -> str:
+        value = getattr(RECIPE, name)
+        return text if defaults is not None or value is None else f"{text} (default: {value})"
+
+    group.add_argument("--steps", type=int, default=default("steps"), help=shown("optimiser steps", "steps"))
+    group.add_argument("--batch-size", type=int, default=default("batch_size"),
+                       help=shown("windows per micro-batch", "batch_size"))
+    group.add_argument("--grad-accum", type=int, default=default("grad_accum"),
+                       help=shown("micro-batches accumulated per optimiser step", "grad_accum"))
+    group.add_argument("--lam", type=float, default=default("lam"),
+                       help=shown("weight of the bit-budget hinge penalty", "lam"))
+    group.add_argument("--lr", type=float, default=default("lr"), help=shown("SGD learning rate on the offsets", "lr"))
+    group.add_argument("--momentum", type=float, default=default("momentum"),
+                       help=shown("SGD (Nesterov) momentum", "momentum"))
+    group.add_argument("--t-start", type=float, default=default("t_start"),
+                       help="start temperature (default: schedule's, 0.4)")
+    group.add_argument("--t-end", type=float, default=default("t_end"), help="final temperature (default: schedule's, 20)")
+    group.add_argument("--hold-fraction", type=float, default=default("hold_fraction"),
+                       help="fraction of steps at --t-start (default: schedule's, 0.6)")
+    group.add_argument("--checkpoint-every", type=int, default=default("checkpoint_every"),
+                       help=shown("steps between checkpoints", "checkpoint_every"))
+    group.add_argument("--final-rounding", default=default("final_rounding"), choices=["threshold", "budget"],
+                       help=shown("deployed formats: threshold = the method's rule (|beta_hat| > 1 -> high; may end "
+                                  "above the budget), budget = fill the budget exactly, highest |beta_hat| first "
+                                  "(never above it)", "final_rounding"))
+    group.add_argument("--beta-init", type=float, default=default("beta_init"),
+                       help=shown("offset every layer starts from; 0 = the authors' (all layers near the low format), "
+                                  "1 = this project's first default (docs/FIDELITY.md)", "beta_init"))
+    group.add_argument("--clip-grad-norm", type=float, default=default("clip_grad_norm"),
+                       help=shown("clip the joint gradient norm of offsets (and rotations) per step; 1.0 = the "
+                                  "Hugging Face trainer default the authors train with, 0 = no clipping",
+                                  "clip_grad_norm"))
+    group.add_argument("--fractional-scale", choices=list(FRACTIONAL_SCALES), default=default("fractional_scale"),
+                       help=shown("block scale at fractional widths while learning: maxfloat = the authors' "
+                                  "floor(log2 amax) - floor(log2 max_normal), emax = floor(log2 amax - emax); "
+                                  "identical at every deployable format", "fractional_scale"))
 
 
 def config_from_args(args: argparse.Namespace):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table, set_threads
-from dmx.commands.calibrate import add_recipe_args
+from dmx.commands.calibrate import RECIPE, add_recipe_args
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -44,7 +44,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-windows", type=int, default=None,
                    help="score only the first N perplexity windows (quick runs; not comparable with papers)")
     g.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead of WikiText-2 test")
-    g.add_argument("--seed", type=int, default=0, help="seed of calibration-window sampling (KL and dMX) and of the random control")
+    g.add_argument("--seed", type=int, default=RECIPE.seed, help="seed of calibration-window sampling (KL and dMX) and of the random control")
     g.add_argument("--seeds", type=int, default=1,
                    help="seeds per target for dMX and random (seed, seed+1, ...): summary.csv and the Pareto plot "
                         "show their mean and range")
@@ -60,22 +60,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="calibrate on this file instead: UTF-8 text or FineWeb-style .jsonl/.jsonl.gz/.parquet")
     c.add_argument("--calib-source", default="wikitext2", choices=["wikitext2", "fineweb"],
                    help="calibration text without --calib-text-file (fineweb: streamed with --online)")
-    c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: dmx.calibrate's)")
-    c.add_argument("--batch-size", type=int, default=None, help="windows per micro-batch")
-    c.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
-    c.add_argument("--lam", type=float, default=None, help="weight of the bit-budget hinge penalty")
-    c.add_argument("--lr", type=float, default=None, help="SGD learning rate on the offsets")
-    c.add_argument("--momentum", type=float, default=None, help="SGD (Nesterov) momentum")
-    c.add_argument("--t-start", type=float, default=None, help="start temperature")
-    c.add_argument("--t-end", type=float, default=None, help="final temperature")
-    c.add_argument("--hold-fraction", type=float, default=None, help="fraction of steps at --t-start")
-    c.add_argument("--weighting", default="mean", choices=["mean", "elements"],
+    c.add_argument("--weighting", default=RECIPE.weighting, choices=["mean", "elements"],
                    help="average bits over layers: each layer once (mean) or by weight count (elements); "
                         "used by dMX's budget and the KL selection alike")
-    c.add_argument("--checkpoint-every", type=int, default=None, help="steps between calibration checkpoints")
-    c.add_argument("--final-rounding", default=None, choices=["threshold", "budget"],
-                   help="dMX's deployed formats: threshold (the method's rule, default) or budget (filled "
-                        "exactly, highest |beta_hat| first); see `dmx calibrate --help`")
     add_recipe_args(c, defaults=None)
     z = parser.add_argument_group("zero-shot accuracy (optional, needs lm-eval)")
     z.add_argument("--tasks", nargs="+", default=None,
