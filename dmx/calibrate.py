@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import platform
 import sys
 from contextlib import nullcontext
 from collections.abc import Callable, Mapping
@@ -59,11 +58,12 @@ from dmx.checkpoint import (CHECKPOINT_VERSION, CheckpointError, checkpoint_exis
                             save_checkpoint)
 from dmx.data import token_hash
 from dmx.models import input_device
+from dmx.provenance import software_versions
 from dmx.quantized import set_calibration_mode
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["CalibrationConfig", "FINAL_ROUNDINGS", "window_order", "objective", "calibrate", "budget_formats",
-           "software_versions", "check_checkpoint"]
+           "check_checkpoint"]
 
 #: How the learned offsets become the deployed formats (module docstring).
 FINAL_ROUNDINGS = ("threshold", "budget")
@@ -186,21 +186,6 @@ def objective(
     bits = average_bits(layers, weighting=weighting)
     loss = dmx_objective(ce, bits.reshape(1).to(ce.device), target_bits, lam)
     return loss, ce, bits
-
-
-def software_versions() -> dict[str, str]:
-    """Versions recorded in provenance."""
-    import numpy
-    import transformers
-
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        dmx_version = version("dmx-reference")
-    except PackageNotFoundError:
-        dmx_version = "unknown"
-    return {"dmx": dmx_version, "torch": torch.__version__, "transformers": transformers.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
 
 
 def _ordered(layers: Mapping[str, Any]) -> list[str]:
