@@ -2,19 +2,22 @@
 
 Each ``dmx/commands/<name>.py`` exposes ``register(subparsers)`` that adds one subparser whose
 ``func`` default runs the command with the parsed ``argparse.Namespace``. The helpers here give
-every command the same model / data flags and the same table output.
+every command the same model / data flags and the same table output; :mod:`dmx.pipeline` turns
+the model flags into a :class:`dmx.pipeline.ModelSpec` and loads it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HelpFormatter", "add_model_args", "add_data_args", "add_quant_args", "load_model_from_args", "set_threads", "idle_cpus",
+from dmx.models import SHORT_NAMES
+from dmx.rotation import add_rotation_flags
+
+__all__ = ["HelpFormatter", "add_model_args", "add_data_args", "add_quant_args",
            "RotationChoice", "recorded_rotation", "resolve_rotation", "apply_rotation_choice", "check_rotation_choice",
            "format_table", "print_table"]
 
@@ -35,8 +38,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
     """``--model --dtype --device --device-map --trust-remote-code --threads`` and the rotation flags
     (:func:`dmx.rotation.add_rotation_flags`; ``recorded_rotation``: the command applies an
     assignment's recorded rotation when no rotation flag is given)."""
-    from dmx.models import SHORT_NAMES
-
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="smollm2-135m",
                        help="short name (%s), a local checkpoint directory, or a Hugging Face hub id "
@@ -51,8 +52,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
     group.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: the CPUs idle at start, i.e. available CPUs minus the "
                             "1-minute load average, at least 1, so a busy machine is not oversubscribed)")
-    from dmx.rotation import add_rotation_flags
-
     add_rotation_flags(parser, recorded=recorded_rotation)
 
 
@@ -77,28 +76,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--online", action="store_true",
                        help="download WikiText-2 from the Hugging Face hub instead of the data directory")
     group.add_argument("--seqlen", type=int, default=2048, help="tokens per window")
-
-
-def idle_cpus() -> int:
-    """CPUs this process may use minus the 1-minute load average, at least 1: a thread count that
-    does not oversubscribe a machine other jobs keep busy (torch's default, every core, made a
-    calibration step 7-20x slower on a loaded 2-core machine)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        busy = 0.0
-    return max(1, min(available, round(available - busy)))
-
-
-def set_threads(args: argparse.Namespace) -> None:
-    """``torch.set_num_threads``: ``--threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
-    import torch
-
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(idle_cpus() if threads is None else threads)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,27 +249,6 @@ def apply_rotation_choice(model, choice: RotationChoice, *, trainable: bool = Fa
         description, matrices = load_rotation(choice.file)
         return apply_rotation_description(model, description, matrices)
     return apply_rotation(model, choice.kind, seed=choice.seed, placement=choice.placement, block=choice.block)
-
-
-def load_model_from_args(args: argparse.Namespace, *, trainable: bool = False,
-                         rotation: RotationChoice | None = None):
-    """``(model, tokenizer)`` from the flags of :func:`add_model_args`, rotated right after loading.
-
-    The rotation is ``rotation`` if given (see :func:`resolve_rotation`), else what the
-    rotation flags ask for; ``trainable`` (``dmx calibrate``) lets ``--rotation learned`` start
-    from its initialisation. Sets HF offline mode for the embedded model.
-    """
-    from dmx.models import SHORT_NAMES, EmbeddedModel, load_model
-
-    choice = rotation if rotation is not None else resolve_rotation(args)
-    check_rotation_choice(choice, trainable=trainable, include_lm_head=getattr(args, "include_lm_head", False))
-    set_threads(args)
-    if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                                  trust_remote_code=args.trust_remote_code)
-    apply_rotation_choice(model, choice, trainable=trainable)
-    return model, tokenizer
 
 
 def _cell(value: Any) -> str:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import Counter
 from pathlib import Path
 
-from dmx.calibrate import CalibrationConfig
-from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table,
-                          resolve_rotation)
-from dmx.data import CALIBRATION_SOURCES, check_calibration_source
+from dmx.calibrate import CalibrationConfig, calibrate, check_checkpoint
+from dmx.checkpoint import remove_checkpoint
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.data import (CALIBRATION_SOURCES, calibration_token_ids, check_calibration_source, check_data_source,
+                      sample_windows, test_token_ids, token_hash)
+from dmx.distributed import init_from_env
+from dmx.models import check_seqlens, context_length
+from dmx.perplexity import perplexity
+from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.provenance import model_provenance
+from dmx.rotation import save_rotation_beside
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
-__all__ = ["RECIPE", "register", "run", "config_from_args", "add_recipe_args"]
+__all__ = ["RECIPE", "register", "run", "config_from_args", "add_recipe_args", "data_description"]
 
 #: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
 DEFAULT_SEQLEN = 256
@@ -79,7 +87,8 @@ def add_recipe_args(group, *, defaults: CalibrationConfig | None) -> None:
 
     def shown(text: str, name: str) -> str:
         value = getattr(RECIPE, name)
-        return text if defaults is not None or value is None else f"{text} (default: {value})"
+        silent = defaults is not None or value is None or "default" in text  # as HelpFormatter does
+        return text if silent else f"{text} (default: {value})"
 
     group.add_argument("--steps", type=int, default=default("steps"), help=shown("optimiser steps", "steps"))
     group.add_argument("--batch-size", type=int, default=default("batch_size"),
@@ -128,23 +137,23 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def data_description(args: argparse.Namespace) -> str:
+    """What the calibration text was, as recorded in the assignment's provenance (``data``)."""
+    if args.text_file:
+        return args.text_file
+    if args.calib_source == "fineweb":
+        return "HuggingFaceFW/fineweb sample-10BT (hub, streamed)"
+    return "wikitext-2-v1/validation (hub)" if args.online else "wikitext-2-tokenized/valid.txt"
+
+
 def run(args: argparse.Namespace) -> int:
     """Load, quantise, calibrate, write the JSON, print a summary table."""
-    from dmx.calibrate import calibrate, check_checkpoint
-    from dmx.models import check_seqlens
-    from dmx.data import calibration_token_ids, check_data_source, sample_windows, test_token_ids, token_hash
-    from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, context_length
-    from dmx.perplexity import perplexity
-    from dmx.quantized import quantize_model
-
     cfg = config_from_args(args)
     cfg.validate()  # fail on a bad budget before loading anything
-    from dmx.distributed import init_from_env
-
     # under `accelerate launch` / torchrun: one process per device, the global batch split across them
     rank, n_procs = init_from_env(args.device)
     if n_procs > 1 and args.device.startswith("cuda") and args.device_map is None:
-        args.device = f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', rank))}"
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     check_calibration_source(args.calib_source, online=args.online, text_file=args.text_file)
     out = Path(args.out)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
@@ -156,26 +165,16 @@ def run(args: argparse.Namespace) -> int:
     check_seqlens(args.model, {"--seqlen": args.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval_windows > 0 else None},
                   trust_remote_code=args.trust_remote_code)
     check_checkpoint(str(checkpoint_dir), cfg, resume=args.resume, announce=False)  # calibrate() announces
-    rotation = resolve_rotation(args)
-    model, tokenizer = load_model_from_args(args, trainable=True, rotation=rotation)
+    spec = model_spec_from_args(args)
+    model, tokenizer = load_rotated_model(spec, trainable=True)
     limit = context_length(model)
     if limit is not None and args.seqlen > limit:
         raise ValueError(f"--seqlen {args.seqlen} exceeds the model's context length {limit}; use --seqlen {limit} or less")
     ids = calibration_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file,
                                 source=args.calib_source)
     windows = sample_windows(ids, args.n_windows, args.seqlen, args.seed)
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
-                            backend=args.backend)
-    provenance = {
-        "model": args.model,
-        "model_note": EMBEDDED_MODEL.description if SHORT_NAMES.get(args.model) is EMBEDDED_MODEL else None,
-        "dtype": args.dtype,
-        "include_lm_head": args.include_lm_head,
-        "data": args.text_file or ("HuggingFaceFW/fineweb sample-10BT (hub, streamed)" if args.calib_source == "fineweb"
-                                   else "wikitext-2-v1/validation (hub)" if args.online
-                                   else "wikitext-2-tokenized/valid.txt"),
-        "data_sha256": token_hash(ids),
-    }
+    layers = quantize(model, spec)
+    provenance = {**model_provenance(spec), "data": data_description(args), "data_sha256": token_hash(ids)}
     assignment = calibrate(model, layers, windows, cfg, checkpoint_dir=str(checkpoint_dir), resume=args.resume,
                            provenance=provenance, progress=not args.no_progress)
     if rank != 0:
@@ -188,16 +187,12 @@ def run(args: argparse.Namespace) -> int:
         assignment.provenance["quick_eval"] = {"wikitext2_test_ppl": ppl, "windows": args.eval_windows,
                                                "seqlen": args.eval_seqlen}
     assignment.provenance["wall_seconds"] = round(time.perf_counter() - started, 1)
-    from dmx.rotation import save_rotation_beside
-
     recorded, saved_rotation = save_rotation_beside(model, out)
     assignment.provenance.update(recorded)
     assignment.to_json(out)
     if args.checkpoint_dir is None:
         # the assignment now holds the result; drop our default <out>.ckpt/ so a rerun starts fresh.
         # A --checkpoint-dir the user named stays: `--resume --final-rounding ...` re-deploys it.
-        from dmx.checkpoint import remove_checkpoint
-
         remove_checkpoint(checkpoint_dir)
     for fmt, count in sorted(Counter(assignment.formats.values()).items()):
         rows.append(["layers at " + fmt, count])

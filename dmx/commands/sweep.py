@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import argparse
 
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table, set_threads
+import torch
+
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
 from dmx.commands.calibrate import RECIPE, add_recipe_args
+from dmx.pipeline import thread_count
+from dmx.rotation import FLAG_DEFAULTS
+from dmx.sweep.config import METHODS, UNIFORM_FORMATS, SweepConfig
+from dmx.sweep.run import run_sweep
+from dmx.zeroshot import resolve_task_names
 
 __all__ = ["register", "run", "config_from_args"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``sweep`` subparser."""
-    from dmx.sweep import METHODS, UNIFORM_FORMATS
-
     parser = subparsers.add_parser(
         "sweep",
         help="perplexity vs average bits: full precision, uniform MX, KL heuristic and dMX at several targets",
@@ -81,18 +86,12 @@ _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentu
 
 
 def config_from_args(args: argparse.Namespace):
-    """:class:`dmx.sweep.SweepConfig` from parsed flags (unset calibration flags keep dmx.calibrate's defaults)."""
-    from dmx.sweep import SweepConfig
-
+    """:class:`dmx.sweep.config.SweepConfig` from parsed flags (unset calibration flags keep :data:`RECIPE`'s values)."""
     calibration = {k: getattr(args, k) for k in _CALIBRATION_FLAGS if getattr(args, k) is not None}
     tasks = ()
     if args.tasks:  # validated, with 'default' spelled out so the stored settings name the tasks
-        from dmx.zeroshot import resolve_task_names
-
         tasks = tuple(resolve_task_names(args.tasks, online=args.online))
     calibration["weighting"] = args.weighting
-    from dmx.rotation import FLAG_DEFAULTS
-
     if getattr(args, "rotation_file", None):
         raise ValueError("dmx sweep learns or builds its rotations itself and takes no --rotation-file; use "
                          "--rotation hadamard|learned (with --rotation-seed), or evaluate a saved rotation with dmx eval")
@@ -118,15 +117,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep and print one row per point."""
-    import os
-
-    from dmx.models import SHORT_NAMES, EmbeddedModel
-    from dmx.sweep import run_sweep
-
-    if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = config_from_args(args)
-    set_threads(args)  # run_sweep loads the model itself
+    torch.set_num_threads(thread_count(args.threads))  # the sweep's ModelSpec leaves threads to its caller
     points = run_sweep(cfg)
     columns = ["label", "avg_bits", "storage_bits", "perplexity"] + (["avg_accuracy"] if cfg.tasks else []) + ["seconds"]
     print_table([[p.get(c) for c in columns] for p in points], columns)
