@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
-import dmx.sweep as sweep
-from dmx.sweep import ResultStore, SweepConfig, point_label, points_to_csv, run_sweep, summarize_points
+import dmx.sweep.run as sweep
+from dmx.sweep.config import SweepConfig, point_label
+from dmx.sweep.results import ResultStore, points_to_csv, summarize_points
+from dmx.sweep.run import run_sweep
 from tiny_checkpoint import save_tiny_byte_llama
 
 def test_point_labels():
@@ -190,8 +192,8 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
         raise AssertionError("a finished point's perplexity was recomputed")
 
     monkeypatch.setattr(sweep, "_evaluate", no_perplexity)
-    monkeypatch.setattr("dmx.calibrate.calibrate", no_perplexity)
-    monkeypatch.setattr("dmx.data.test_token_ids", no_perplexity)  # accuracy only: the test split stays untouched
+    monkeypatch.setattr(sweep, "calibrate", no_perplexity)
+    monkeypatch.setattr(sweep, "test_token_ids", no_perplexity)  # accuracy only: the test split stays untouched
     scored = []
     real = sweep._zeroshot_metrics
 

@@ -42,7 +42,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx package beside it
-from dmx.sweep import assignment_file, summarize_points  # noqa: E402  (one definition of each)
+from dmx.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
 
 README = REPO / "README.md"
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
@@ -426,7 +426,7 @@ HEADLINE_ROWS = [("full precision", "fp", None), ("uniform MXFP4 E2M1", "uniform
 
 
 def _headline_summary(root: Path, folder: str) -> tuple[dict[tuple[str, Any], dict[str, Any]], int]:
-    """``{(method, format): summary row}`` (``dmx.sweep.summarize_points``) and the test windows of one sweep."""
+    """``{(method, format): summary row}`` (``dmx.sweep.results.summarize_points``) and the test windows of one sweep."""
     doc = load_json(root / "results" / folder / "results.json")
     rows = {(r["method"], r["format"]): r for r in summarize_points(doc["points"])}
     return rows, doc["config"]["max_windows"]
