@@ -33,15 +33,20 @@ import time
 
 import torch
 
-from dmx.rotation import DEFAULT_ONLINE_BLOCK
+from dmx.calibrate import CalibrationConfig, objective
+from dmx.cayley import CayleySGD
+from dmx.data import calibration_windows, test_token_ids
+from dmx.files import atomic_write_text
+from dmx.models import load_model
+from dmx.perplexity import perplexity
+from dmx.quantized import quantize_model, set_calibration_mode, set_uniform_format
+from dmx.rotation import DEFAULT_ONLINE_BLOCK, apply_rotation, rotation_parameters, shared_rotated_weights
 
 DEFAULT_FORMATS = ("mxfp4_e2m1", "mxfp6_e3m2", "mxfp8_e4m3")
 
 
 def _save(result: dict, path: str | None) -> None:
     if path:
-        from dmx.files import atomic_write_text
-
         atomic_write_text(path, json.dumps(result, indent=2))
 
 
@@ -55,8 +60,6 @@ ROTATIONS = {"none": ("none", "online", None), "hadamard": ("hadamard", "online"
 
 
 def _rotated_copy(base, label: str, seed: int):
-    from dmx.rotation import apply_rotation
-
     if label not in ROTATIONS:
         raise ValueError(f"unknown rotation {label!r}; choose from {list(ROTATIONS)}")
     kind, placement, block = ROTATIONS[label]
@@ -66,9 +69,6 @@ def _rotated_copy(base, label: str, seed: int):
 
 
 def quality(base, test_ids, args, result: dict) -> None:
-    from dmx.perplexity import perplexity
-    from dmx.quantized import quantize_model, set_uniform_format
-
     table = result.setdefault("perplexity", {})
     for kind in args.rotations:
         model = _rotated_copy(base, kind, args.seed)
@@ -90,12 +90,6 @@ def quality(base, test_ids, args, result: dict) -> None:
 
 
 def cost(base, tokenizer, args, result: dict) -> None:
-    from dmx.calibrate import CalibrationConfig, objective
-    from dmx.cayley import CayleySGD
-    from dmx.data import calibration_windows
-    from dmx.quantized import quantize_model, set_calibration_mode
-    from dmx.rotation import rotation_parameters, shared_rotated_weights
-
     cfg = CalibrationConfig()
     batch = calibration_windows(tokenizer, args.batch_size, args.step_seqlen, 0, data_dir=args.data_dir)
     runs = {}
@@ -166,9 +160,6 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from dmx.data import test_token_ids
-    from dmx.models import load_model
-
     base, tokenizer = load_model(args.model)
     result: dict = {"model": args.model, "windows": args.windows, "seqlen": args.seqlen, "seed": args.seed,
                     "threads": torch.get_num_threads()}
