@@ -26,7 +26,8 @@ from dmx.assignment import Assignment, apply_assignment
 from dmx.files import atomic_write_text
 from dmx.pipeline import ModelSpec, load_rotated_model, quantize
 from dmx.quantized import set_uniform_format
-from dmx.zeroshot import evaluate_zeroshot, resolve_task_names, results_table
+from dmx.tasks import resolve_task_names
+from dmx.zeroshot import evaluate_zeroshot, results_table
 
 FULL_PRECISION = "full-precision"
 

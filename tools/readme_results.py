@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import re
 import statistics
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx package beside it
+from dmx.files import read_json  # noqa: E402
 from dmx.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
 
 README = REPO / "README.md"
@@ -58,7 +58,7 @@ def load_json(path: Path) -> Any:
     """A committed results file (JSON); a missing one is an error naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} is missing; the README's tables are made from it")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, what="results file", fix="restore it from git (`git checkout -- results/`)")
 
 
 def load_sweep(folder: Path) -> dict[str, dict[str, Any]]:

@@ -25,7 +25,8 @@ from dmx.files import atomic_write_text
 from dmx.models import check_seqlens
 from dmx.perplexity import perplexity, window_count
 from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
-from dmx.zeroshot import check_zeroshot_data, evaluate_zeroshot
+from dmx.tasks import check_zeroshot_data
+from dmx.zeroshot import evaluate_zeroshot
 
 __all__ = ["register", "run", "FULL_PRECISION"]
 

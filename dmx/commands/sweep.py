@@ -17,7 +17,7 @@ from dmx.pipeline import thread_count
 from dmx.rotation import FLAG_DEFAULTS
 from dmx.sweep.config import METHODS, UNIFORM_FORMATS, SweepConfig
 from dmx.sweep.run import run_sweep
-from dmx.zeroshot import resolve_task_names
+from dmx.tasks import resolve_task_names
 
 __all__ = ["register", "run", "config_from_args"]
 

@@ -14,7 +14,7 @@ from dmx.family import get_family
 from dmx.models import check_seqlens
 from dmx.pipeline import ModelSpec
 from dmx.rotation import DEFAULT_ONLINE_BLOCK, PLACEMENTS, ROTATION_KINDS, check_learned_lm_head
-from dmx.zeroshot import check_zeroshot_data
+from dmx.tasks import check_zeroshot_data
 from mx_spec import get_format
 
 __all__ = ["UNIFORM_FORMATS", "METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", "SweepConfig", "point_label",
