@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dmx.commands import RotationChoice, apply_rotation_choice, check_rotation_choice, resolve_rotation
-from dmx.models import SHORT_NAMES, EmbeddedModel, load_model
+from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, EmbeddedModel, load_model
 from dmx.quantized import quantize_model
 
 __all__ = ["ModelSpec", "model_spec_from_args", "load_rotated_model", "quantize", "idle_cpus", "thread_count"]
@@ -44,6 +44,11 @@ class ModelSpec:
     include_lm_head: bool = False
     backend: str | None = None
     rotation: RotationChoice = field(default_factory=RotationChoice)
+
+    @property
+    def model_note(self) -> str | None:
+        """What the embedded model is (recorded beside its short name); None for any other model."""
+        return EMBEDDED_MODEL.description if SHORT_NAMES.get(self.model) is EMBEDDED_MODEL else None
 
 
 def idle_cpus() -> int:

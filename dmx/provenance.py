@@ -3,6 +3,10 @@
 One home for the records that assignments (``dmx calibrate``, ``dmx kl``, the sweep), the
 sweep's points and exported models carry, so every file names its model and versions with the
 same keys. Files written before keep being read: these functions only ever add keys.
+
+The dMX core (``dmx.calibrate``) records :func:`software_versions`, so this module imports
+nothing of the LLM side (models, rotation, data); :class:`dmx.pipeline.ModelSpec` knows its
+model's note itself.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import numpy
 import torch
 
 import mx_spec
-from dmx.models import EMBEDDED_MODEL, SHORT_NAMES
 
 if TYPE_CHECKING:
     from dmx.pipeline import ModelSpec
@@ -45,6 +48,5 @@ def software_versions() -> dict[str, str]:
 def model_provenance(spec: ModelSpec) -> dict[str, Any]:
     """``model``, ``model_note`` (what the embedded model is; None otherwise), ``dtype``,
     ``include_lm_head`` of ``spec``: the model an assignment or a sweep point was made on."""
-    return {"model": spec.model,
-            "model_note": EMBEDDED_MODEL.description if SHORT_NAMES.get(spec.model) is EMBEDDED_MODEL else None,
-            "dtype": spec.dtype, "include_lm_head": spec.include_lm_head}
+    return {"model": spec.model, "model_note": spec.model_note, "dtype": spec.dtype,
+            "include_lm_head": spec.include_lm_head}
