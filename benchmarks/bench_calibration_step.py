@@ -27,6 +27,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dmx.calibrate import CalibrationConfig, objective
+from dmx.data import calibration_windows
+from dmx.pipeline import ModelSpec, load_rotated_model, quantize
+from dmx.quantized import set_calibration_mode
+
 
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
@@ -47,19 +52,13 @@ def main(argv=None) -> dict:
                         help="MX backends timed side by side")
     parser.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from dmx.calibrate import CalibrationConfig, objective
-    from dmx.data import calibration_windows
-    from dmx.models import load_model
-    from dmx.quantized import quantize_model, set_calibration_mode
-
-    base, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    spec = ModelSpec(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads or None)
+    base, tokenizer = load_rotated_model(spec)
     batch = calibration_windows(tokenizer, args.batch_size, args.seqlen, 0, data_dir=args.data_dir).to(args.device)
     quant = copy.deepcopy(base)
-    layers = quantize_model(quant)
+    layers = quantize(quant, spec)
     set_calibration_mode(quant, layers, training=True)
     cfg = CalibrationConfig()
     params = [p for layer in layers.values() for p in layer.parameters(recurse=False)]

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import mx_spec  # noqa: E402
-from dmx.checkpoint import atomic_write_text  # noqa: E402
+from mx_spec.atomic import atomic_write_text  # noqa: E402
 from mx_spec.formats import MX_FORMATS  # noqa: E402
 
 torch.set_num_threads(1)

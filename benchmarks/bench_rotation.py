@@ -34,15 +34,21 @@ import time
 
 import torch
 
-from dmx.rotation import RotationSpec
+from dmx.calibrate import CalibrationConfig, objective
+from dmx.data import calibration_windows, test_token_ids
+from dmx.files import atomic_write_text
+from dmx.models import load_model
+from dmx.perplexity import perplexity
+from dmx.quantized import quantize_model, set_calibration_mode
+from dmx.rotation import (CayleySGD, RotationSpec, apply_rotation, rotation_parameters,
+                          shared_rotated_weights)
+from dmx.wrap import set_fixed_format
 
 DEFAULT_FORMATS = ("mxfp4_e2m1", "mxfp6_e3m2", "mxfp8_e4m3")
 
 
 def _save(result: dict, path: str | None) -> None:
     if path:
-        from dmx.checkpoint import atomic_write_text
-
         atomic_write_text(path, json.dumps(result, indent=2))
 
 
@@ -57,8 +63,6 @@ ROTATIONS = {"none": RotationSpec("none"), "hadamard": RotationSpec("hadamard"),
 
 
 def _rotated_copy(base, label: str, seed: int):
-    from dmx.rotation import apply_rotation
-
     if label not in ROTATIONS:
         raise ValueError(f"unknown rotation {label!r}; choose from {list(ROTATIONS)}")
     model = copy.deepcopy(base)
@@ -67,10 +71,6 @@ def _rotated_copy(base, label: str, seed: int):
 
 
 def quality(base, test_ids, args, result: dict) -> None:
-    from dmx.perplexity import perplexity
-    from dmx.quantized import quantize_model
-    from dmx.wrap import set_fixed_format
-
     table = result.setdefault("perplexity", {})
     for kind in args.rotations:
         model = _rotated_copy(base, kind, args.seed)
@@ -83,7 +83,7 @@ def quality(base, test_ids, args, result: dict) -> None:
             row[fmt] = perplexity(model, test_ids, seqlen=args.seqlen, max_windows=args.windows)
             print(f"  rotation={kind:9s} {fmt:12s} ppl {row[fmt]:.3f}", flush=True)
             _save(result, args.out)
-        del model, layers
+        del model
     for kind in args.rotations:
         if kind != "none" and "none" in table:
             table.setdefault(f"ratio_none_over_{kind}", {}).update(
@@ -92,12 +92,6 @@ def quality(base, test_ids, args, result: dict) -> None:
 
 
 def cost(base, tokenizer, args, result: dict) -> None:
-    from dmx.calibrate import CalibrationConfig, objective
-    from dmx.rotation import CayleySGD
-    from dmx.data import calibration_windows
-    from dmx.quantized import quantize_model, set_calibration_mode
-    from dmx.rotation import rotation_parameters, shared_rotated_weights
-
     cfg = CalibrationConfig()
     batch = calibration_windows(tokenizer, args.batch_size, args.step_seqlen, 0, data_dir=args.data_dir)
     runs = {}
@@ -168,9 +162,6 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from dmx.data import test_token_ids
-    from dmx.models import load_model
-
     base, tokenizer = load_model(args.model)
     result: dict = {"model": args.model, "windows": args.windows, "seqlen": args.seqlen, "seed": args.seed,
                     "threads": torch.get_num_threads()}

@@ -22,8 +22,12 @@ from pathlib import Path
 
 import torch
 
-from dmx.checkpoint import atomic_write_text
-from dmx.zeroshot import evaluate_zeroshot, resolve_task_names, results_table
+from dmx.assignment import Assignment, apply_assignment
+from dmx.files import atomic_write_text
+from dmx.pipeline import ModelSpec, load_rotated_model, quantize
+from dmx.tasks import resolve_task_names
+from dmx.wrap import set_fixed_format
+from dmx.zeroshot import evaluate_zeroshot, results_table
 
 FULL_PRECISION = "full-precision"
 
@@ -40,20 +44,15 @@ def _configurations(args) -> list[tuple[str, str, str | None]]:
     return configs
 
 
-def _variant(model, kind: str, argument: str | None, family: str):
+def _variant(model, kind: str, argument: str | None, spec: ModelSpec):
     """The model to evaluate: the original, or a fake-quantised deep copy."""
     if kind == "fp":
         return model
-    from dmx.quantized import quantize_model
-    from dmx.wrap import set_fixed_format
-
     quantised = copy.deepcopy(model)
-    layers = quantize_model(quantised, family)
+    layers = quantize(quantised, spec)
     if kind == "uniform":
         set_fixed_format(quantised, argument)
     else:
-        from dmx.assignment import Assignment, apply_assignment
-
         apply_assignment(layers, Assignment.from_json(argument))
     quantised.eval()
     return quantised
@@ -78,19 +77,15 @@ def main(argv=None) -> dict:
     tasks = None if args.tasks == ["default"] else args.tasks
     resolve_task_names(tasks, online=args.online)  # bad names fail before the model loads
     configs = _configurations(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from dmx.models import load_model
-
+    spec = ModelSpec(model=args.model, family=args.family, threads=args.threads or None)
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_rotated_model(spec)
     load_s = time.perf_counter() - start
 
     report = {"model": args.model, "load_s": load_s, "threads": torch.get_num_threads(),
               "configurations": {}}
     for label, kind, argument in configs:
-        variant = _variant(model, kind, argument, args.family)
+        variant = _variant(model, kind, argument, spec)
         checkpoint = (Path(args.checkpoint_dir) / f"{label}.json") if args.checkpoint_dir else None
         start = time.perf_counter()
         result = evaluate_zeroshot(variant, tokenizer, tasks=tasks, limit=args.limit,

@@ -74,10 +74,11 @@ def paper_budget(args) -> dict:
     import torch.nn.functional as F
 
     from dmx.calibrate import CalibrationConfig, objective
-    from dmx.models import load_model
-    from dmx.quantized import quantize_model, set_calibration_mode
+    from dmx.pipeline import ModelSpec, load_rotated_model, quantize
+    from dmx.quantized import set_calibration_mode
 
-    model, _ = load_model(args.model, dtype="bfloat16", device="cuda")
+    spec = ModelSpec(model=args.model, dtype="bfloat16", device="cuda", family="fp8_fp4", backend="torch")
+    model, _ = load_rotated_model(spec)
     if args.checkpointing:
         # non-reentrant: the weights are frozen, so the checkpointed blocks' inputs carry no grad flag
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -106,7 +107,7 @@ def paper_budget(args) -> dict:
     torch.cuda.reset_peak_memory_stats()
     base = timed(base_step, 3)
     base_mem = torch.cuda.max_memory_allocated() / 2**30
-    layers = quantize_model(model, "fp8_fp4", backend="torch")  # freezes the weights
+    layers = quantize(model, spec)  # freezes the weights
     set_calibration_mode(model, layers, training=True)
     if args.checkpointing:
         model.train()  # set_calibration_mode keeps the base model in eval mode, where HF skips checkpointing

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmx.checkpoint import atomic_write_text, read_json
+from dmx.files import atomic_write_text, read_json
 from dmx.regularizer import storage_bits
 from mx_spec.formats import get_format
 

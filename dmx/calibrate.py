@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -52,6 +51,7 @@ from dmx.data import token_hash
 from dmx.distributed import all_reduce_gradients, all_reduce_sum, is_main, shard, world
 from dmx.family import get_family
 from dmx.models import input_device
+from dmx.provenance import software_versions
 from dmx.quantized import set_calibration_mode
 from dmx.regularizer import average_bits, dmx_objective
 from dmx.trainable import CalibrationRun, Trainable
@@ -59,7 +59,7 @@ from dmx.wrap import apply_schedule
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["CalibrationConfig", "window_order", "objective", "offset_trainable", "step_batches", "train_step",
-           "calibrate", "software_versions", "check_checkpoint"]
+           "calibrate", "check_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,16 @@ class CalibrationConfig:
     ``fractional_scale``: the block-scale rule at fractional widths (``mx_spec.minifloat``).
     ``backend``: the MX forward of every layer (``dmx.autograd.BACKENDS``, ``None``: keep the layers'
     own, ``torch`` by default); the bits are the same, so a checkpoint resumes across backends.
+    ``steps``/``batch_size``/``checkpoint_every`` default to the demo's 40 steps of 2 windows,
+    checkpointed every 5 (``dmx calibrate`` and ``dmx sweep`` take their defaults from here;
+    before issue #14 they were 60, 1, 10 here and 40, 2, 5 in the CLI).
     """
 
     family: str = "fp8_fp4"
     target_bits: float = 5.0
     lam: float = 5.0
-    steps: int = 60
-    batch_size: int = 1
+    steps: int = 40
+    batch_size: int = 2
     grad_accum: int = 1
     lr: float = 1.0
     momentum: float = 0.99
@@ -95,7 +98,7 @@ class CalibrationConfig:
     hold_fraction: float | None = None
     schedule_name: str = "exponential"
     weighting: str = "mean"
-    checkpoint_every: int = 10
+    checkpoint_every: int = 5
     seed: int = 0
     rotation_lr: float = 1.5
     final_rounding: str = "threshold"
@@ -168,21 +171,6 @@ def objective(
     bits = average_bits(layers, weighting=weighting)
     loss = dmx_objective(ce, bits.reshape(1).to(ce.device), target_bits, lam)
     return loss, ce, bits
-
-
-def software_versions() -> dict[str, str]:
-    """Versions recorded in provenance."""
-    import numpy
-    import transformers
-
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        dmx_version = version("dmx-reference")
-    except PackageNotFoundError:
-        dmx_version = "unknown"
-    return {"dmx": dmx_version, "torch": torch.__version__, "transformers": transformers.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
 
 
 def offset_trainable(layers: Mapping[str, Any], cfg: CalibrationConfig) -> Trainable:

@@ -1,7 +1,7 @@
 """``dmx`` command-line entry point: ``dmx calibrate | eval | kl | sweep | export``.
 
-Each subcommand lives in ``dmx/commands/<name>.py`` and exposes ``register(subparsers)``;
-modules that are not installed are skipped. Every subcommand accepts ``--config file.yaml``: a
+Each subcommand lives in ``dmx/commands/<name>.py`` and exposes ``register(subparsers)``
+(:data:`COMMANDS`, in the order of ``dmx --help``). Every subcommand accepts ``--config file.yaml``: a
 mapping whose keys are that subcommand's flag names (kebab-case, e.g. ``target-bits: 5``, or
 snake_case) and whose values become the defaults; flags given on the command line override them.
 """
@@ -9,17 +9,25 @@ snake_case) and whose values become the defaults; flags given on the command lin
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import tqdm.std
+import yaml
 
 from dmx.checkpoint import CheckpointError
 from dmx.commands import HelpFormatter
+from dmx.commands import calibrate as calibrate_command
+from dmx.commands import eval as eval_command
+from dmx.commands import export as export_command
+from dmx.commands import kl as kl_command
+from dmx.commands import sweep as sweep_command
 
 __all__ = ["COMMANDS", "Terminated", "build_parser", "config_defaults", "main", "sigterm_as_interrupt",
            "progress_bars_hidden", "silence_dependency_noise"]
@@ -65,8 +73,6 @@ def progress_bars_hidden(hidden: bool = True) -> Iterator[None]:
     if not hidden:
         yield
         return
-    import tqdm.std
-
     original = tqdm.std.tqdm.__init__
 
     def disabled_init(self, *args, **kwargs):
@@ -85,7 +91,9 @@ def silence_dependency_noise() -> None:
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
-COMMANDS = ("calibrate", "eval", "kl", "sweep", "export")
+#: The subcommands, by name, each module with its ``register(subparsers)``.
+COMMANDS: dict[str, ModuleType] = {"calibrate": calibrate_command, "eval": eval_command, "kl": kl_command,
+                                   "sweep": sweep_command, "export": export_command}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,13 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"dmx.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"dmx.commands.{name}":
-                continue  # that subcommand is not part of this installation
-            raise
+    for module in COMMANDS.values():
         module.register(subparsers)
     for sub in subparsers.choices.values():
         sub.add_argument("--config", default=None, metavar="FILE.yaml",
@@ -113,8 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_defaults(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a YAML config into ``{dest: value}`` for ``parser``; unknown keys -> error listing valid ones."""
-    import yaml
-
     target = Path(path)
     if not target.is_file():
         raise SystemExit(f"dmx: config file {str(target)!r} does not exist")

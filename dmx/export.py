@@ -73,7 +73,11 @@ import torch
 from torch import nn
 
 from dmx.assignment import Assignment
-from dmx.checkpoint import atomic_write_bytes, atomic_write_text, read_json, sha256_file
+from dmx.files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
+from dmx.models import resolve_dtype
+from dmx.provenance import software_versions
+from dmx.quantized import quantize_model
+from mx_spec import dequantize, get_format, pack, quantize, unpack
 
 EXPORT_SCHEMA = "dmx.export/1"
 MANIFEST_NAME = "manifest.json"
@@ -98,8 +102,6 @@ def quantize_weight(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(packed element bytes, E8M0 scales)`` of a Linear weight ``[out, in]``, blocks along
     ``in`` (axis 1), via ``mx_spec.quantize`` + ``mx_spec.pack``."""
-    from mx_spec import pack, quantize
-
     w = weight.detach().to("cpu", torch.float32).numpy()
     mx = quantize(w, fmt, block_size=block_size, axis=1, scale_mode=scale_mode, rounding=rounding)
     return pack(mx), np.ascontiguousarray(mx.scales, dtype=np.uint8)
@@ -110,8 +112,6 @@ def dequantize_weight(
 ) -> np.ndarray:
     """float32 ``[out, in]`` weight from packed bytes and scales (inverse of ``quantize_weight``
     up to MX rounding), via ``mx_spec.unpack`` + ``mx_spec.dequantize``."""
-    from mx_spec import dequantize, unpack
-
     mx = unpack(elements, fmt, shape, axis=1, scales=scales, block_size=block_size)
     return dequantize(mx, dtype=np.float32)
 
@@ -119,19 +119,6 @@ def dequantize_weight(
 def _family_name(layer: nn.Module) -> str:
     fam = getattr(layer, "family")
     return fam if isinstance(fam, str) else fam.name
-
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    import mx_spec
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-        "mx_spec": getattr(mx_spec, "__version__", "unversioned"),
-    }
 
 
 def export_model(
@@ -152,8 +139,6 @@ def export_model(
     a manifest is always complete. Returns ``out_dir``.
     """
     from safetensors.torch import save
-
-    from mx_spec import get_format
 
     if not layers:
         raise ValueError("no quantised layers to export; quantise the model (dmx.quantized.quantize_model) first")
@@ -258,7 +243,7 @@ def export_model(
         "rotation_file": None if rotation_file is None else rotation_file.name,
         "rotation_sha256": None if rotation_file is None else sha256_file(rotation_file),
         "tokenizer": tokenizer is not None,
-        "versions": _versions(),
+        "versions": software_versions(),
     }
     atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1, default=str) + "\n")
     return out
@@ -278,8 +263,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 def _build_model(manifest: Mapping[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from dmx.models import resolve_dtype
 
     cfg = dict(manifest["model_config"])
     model_type = cfg.pop("model_type")
@@ -317,8 +300,6 @@ def load_exported(path: str | os.PathLike, *, device: str = "cpu", verify: bool 
     ``AutoTokenizer.from_pretrained(path)``.
     """
     from safetensors.torch import load_file
-
-    from dmx.quantized import quantize_model
 
     folder = Path(path)
     manifest = read_manifest(folder)

@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dmx.assignment import Assignment, check_target, select_by_sensitivity
-from dmx.checkpoint import atomic_write_text, exists_or_previous, read_json_or_previous
+from dmx.files import atomic_write_text, exists_or_previous, read_json_or_previous
 from dmx.data import token_hash
 from dmx.models import input_device
 

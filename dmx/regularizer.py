@@ -15,7 +15,7 @@ each block: ``storage_bits = element_bits + 8 / block_size`` (OCP MX v1.0 §5.2)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

@@ -15,8 +15,9 @@ Two task sources
   directory is the ``data_dir`` argument, else ``$DMX_DATA_DIR``. HellaSwag has no local copy.
 
 Default four-task average (the paper's set): ARC-Easy, ARC-Challenge, WinoGrande and HellaSwag
-online; PIQA replaces HellaSwag offline. The result always lists the tasks that made up the
-average, and :func:`results_table` prints them under the table.
+online; PIQA replaces HellaSwag offline (task names and offline definitions: :mod:`dmx.tasks`).
+The result always lists the tasks that made up the average, and :func:`results_table` prints
+them under the table.
 
 Averages: ``acc`` is the mean of the tasks' ``acc``; ``acc_norm`` is the mean of the tasks'
 ``acc_norm`` where WinoGrande, which has no ``acc_norm`` (lm-eval would divide by the length of
@@ -33,134 +34,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dmx.checkpoint import atomic_write_text
-from dmx.data import DATA_DIR_ENV, resolve_data_dir
-from dmx.tasks import OFFLINE_TASK_YAMLS, offline_task_yaml
+from dmx.data import DATA_DIR_ENV
+from dmx.files import atomic_write_text, read_json
+from dmx.tasks import OFFLINE_TASKS, offline_task_config, resolve_task_names, zeroshot_data_dir
 
 __all__ = [
-    "STOCK_TASKS",
-    "OFFLINE_TASKS",
-    "DEFAULT_TASKS_ONLINE",
-    "DEFAULT_TASKS_OFFLINE",
-    "available_tasks",
-    "default_tasks",
-    "resolve_task_names",
-    "offline_task_config",
     "build_tasks",
     "evaluate_zeroshot",
     "average_accuracy",
     "results_table",
 ]
 
-#: Stock lm-eval-harness task names supported online.
-STOCK_TASKS: tuple[str, ...] = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "piqa")
-#: Tasks with an offline twin in dmx/tasks (same names as the stock tasks they mirror).
-OFFLINE_TASKS: tuple[str, ...] = tuple(OFFLINE_TASK_YAMLS)
-#: The paper's four-task average.
-DEFAULT_TASKS_ONLINE: tuple[str, ...] = ("arc_easy", "arc_challenge", "winogrande", "hellaswag")
-#: Offline there is no HellaSwag; PIQA takes its place.
-DEFAULT_TASKS_OFFLINE: tuple[str, ...] = ("arc_easy", "arc_challenge", "winogrande", "piqa")
-
 CHECKPOINT_FORMAT = "dmx-zeroshot-checkpoint/1"
 _METRICS = ("acc", "acc_norm")
 
 
-# ----------------------------------------------------------------------------- task names
-
-
-def available_tasks(online: bool) -> tuple[str, ...]:
-    """Task names accepted in the given mode (stock names online, offline twins otherwise)."""
-    return STOCK_TASKS if online else OFFLINE_TASKS
-
-
-def default_tasks(online: bool) -> tuple[str, ...]:
-    """The default four-task set: HellaSwag online, PIQA in its place offline."""
-    return DEFAULT_TASKS_ONLINE if online else DEFAULT_TASKS_OFFLINE
-
-
-def resolve_task_names(tasks: str | Sequence[str] | None, *, online: bool) -> list[str]:
-    """Normalise ``tasks`` to a validated list of task names.
-
-    ``None``, ``"default"`` or ``["default"]`` (the CLI's ``--tasks default``) gives
-    :func:`default_tasks`; a string is split on commas (the CLI form ``arc_easy,piqa``). Raises
-    ``ValueError`` for an unknown or unavailable name (listing the valid ones for the mode), for
-    duplicates, and for an empty list.
-    """
-    if tasks is None or tasks == "default" or (not isinstance(tasks, str) and list(tasks) == ["default"]):
-        return list(default_tasks(online))
-    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    if not names or any(not isinstance(n, str) or not n for n in names):
-        raise ValueError(
-            f"tasks must be a non-empty list of task names (or 'default'); got {tasks!r}. "
-            f"Available {'online' if online else 'offline'}: {list(available_tasks(online))}"
-        )
-    valid = available_tasks(online)
-    for name in names:
-        if name in valid:
-            continue
-        if not online and name in STOCK_TASKS:
-            raise ValueError(
-                f"task {name!r} has no local data, so it is only available online (online=True / "
-                f"--online, which downloads it from the Hugging Face hub). Offline tasks: {list(valid)}"
-            )
-        raise ValueError(
-            f"unknown zero-shot task {name!r}. Available {'online' if online else 'offline'}: "
-            f"{list(valid)} (or 'default' = {list(default_tasks(online))})"
-        )
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"task(s) {duplicates} listed more than once in {names}")
-    return names
-
-
-def check_zeroshot_data(tasks: str | Sequence[str] | None, data_dir: str | os.PathLike | None = None, *,
-                        online: bool = False) -> list[str]:
-    """Validate the task names and, offline, that every task's JSONL file exists, before any model
-    is loaded (``ValueError`` / ``FileNotFoundError`` as :func:`resolve_task_names` and
-    :func:`offline_task_config` raise them). Returns the task names."""
-    names = resolve_task_names(tasks, online=online)
-    if not online:
-        for name in names:
-            offline_task_config(name, data_dir)
-    return names
-
-
 # ----------------------------------------------------------------------------- task objects
-
-
-def _resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The data directory through :func:`dmx.data.data_dir` (argument > ``$DMX_DATA_DIR``), with
-    the zero-shot context added to its error."""
-    try:
-        return resolve_data_dir(data_dir).resolve()
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"offline zero-shot tasks read zeroshot/*.jsonl from the data directory: {err}; or "
-            f"evaluate the stock tasks online (online=True / --online)"
-        ) from err
-
-
-def offline_task_config(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The lm-eval task config (a dict) of the offline twin of ``name``, bound to ``data_dir``.
-
-    Reads ``dmx/tasks/<name>.yaml`` and makes its ``data_files`` absolute under the data
-    directory. Raises ``FileNotFoundError`` naming the missing JSONL path.
-    """
-    config = yaml.safe_load(offline_task_yaml(name).read_text(encoding="utf-8"))
-    root = _resolve_data_dir(data_dir)
-    data_files = config["dataset_kwargs"]["data_files"]
-    for split, relative in data_files.items():
-        path = root / relative
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"data file for offline task {name!r} not found: {path}. Expected the JSONL file "
-                f"{relative} under the data directory {root} (set --data-dir / ${DATA_DIR_ENV}), or "
-                f"evaluate the stock task online (online=True / --online)"
-            )
-        data_files[split] = str(path)
-    return config
 
 
 def build_tasks(
@@ -303,7 +192,8 @@ def _load_checkpoint(path: Path | None, settings: dict) -> dict[str, dict]:
     """Per-task summaries already computed under the same settings (empty if none)."""
     if path is None or not path.exists():
         return {}
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = read_json(path, what="zero-shot checkpoint",
+                      fix="delete it (or pass another checkpoint path) to start afresh")
     if saved.get("format") != CHECKPOINT_FORMAT or saved.get("settings") != settings:
         raise ValueError(
             f"checkpoint {path} was written with different settings ({saved.get('settings')}) than "
@@ -333,7 +223,7 @@ def evaluate_zeroshot(
     by DMXLinear wrappers; the forward API is all that is used); it is wrapped as
     ``HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)`` and evaluated in eval
     mode (its previous train/eval mode is restored afterwards). ``tasks``: names (see
-    :func:`available_tasks`), a comma-separated string, or ``None``/``"default"`` for the default
+    :func:`dmx.tasks.available_tasks`), a comma-separated string, or ``None``/``"default"`` for the default
     four. ``limit``: the first ``limit`` documents of each task (must not exceed any task's
     split). ``data_dir``: offline data directory (else ``$DMX_DATA_DIR``). ``checkpoint``: optional
     JSON path written atomically after every task; rerunning with the same path and settings
@@ -410,6 +300,6 @@ def evaluate_zeroshot(
             "num_fewshot": 0,
             "batch_size": batch_size,
             "lm_eval_version": lm_eval.__version__,
-            "data_dir": None if online else str(_resolve_data_dir(data_dir)),
+            "data_dir": None if online else str(zeroshot_data_dir(data_dir)),
         },
     }

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mx_spec.formats import get_format
-from mx_spec.golden import INPUT_DTYPES, GoldenFile, array_to_hex, atomic_write_text, load_golden
+from mx_spec.atomic import atomic_write_text
+from mx_spec.golden import INPUT_DTYPES, GoldenFile, array_to_hex, load_golden
 
 FLAT_VERSION = 1
 

@@ -21,8 +21,8 @@ from tqdm import tqdm
 import mx_spec
 from mx_spec import golden_inputs
 from mx_spec.formats import MX_FORMATS, get_element, get_format
-from mx_spec.golden import (ALL_MODES, MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, array_to_hex, atomic_write_bytes,
-                            atomic_write_text, dtype_name)
+from mx_spec.atomic import atomic_write_bytes, atomic_write_text
+from mx_spec.golden import ALL_MODES, MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, array_to_hex, dtype_name
 from mx_spec.golden_inputs import CaseInput
 from mx_spec.policies import POLICY_CHOICES, outputs_of, policy_variants
 

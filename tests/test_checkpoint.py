@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dmx.assignment import Assignment
-from dmx.checkpoint import atomic_write_text, read_json
+from dmx.files import atomic_write_text, read_json
 
 
 def test_round_trip_with_the_atomic_writer(tmp_path):
@@ -42,7 +42,7 @@ def test_assignment_from_json_reports_corrupt_and_missing_files(tmp_path):
 def test_sha256_file_reads_in_chunks_and_matches_hashlib(tmp_path):
     import hashlib
 
-    from dmx.checkpoint import sha256_file
+    from dmx.files import sha256_file
 
     data = bytes(range(256)) * 9000  # > 2 chunks of 1 MiB
     (tmp_path / "f.bin").write_bytes(data)

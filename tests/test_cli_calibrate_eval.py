@@ -191,3 +191,20 @@ def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assign
         assert saved[backend]["provenance"]["settings"]["backend"] == backend
     assert saved["torch"]["formats"] == saved["numpy"]["formats"]
     assert saved["torch"]["provenance"]["final_metrics"] == saved["numpy"]["provenance"]["final_metrics"]
+
+
+def test_calibrate_and_sweep_without_flags_calibrate_identically():
+    """Both commands take their calibration defaults from CalibrationConfig (issue #14: `dmx sweep`
+    without --steps silently calibrated 60 steps of 1 window while `dmx calibrate` did 40 of 2)."""
+    import dataclasses
+
+    from dmx.calibrate import CalibrationConfig
+    from dmx.commands.calibrate import config_from_args as calibrate_config
+    from dmx.commands.sweep import config_from_args as sweep_config
+
+    calibrate = calibrate_config(build_parser().parse_args(["calibrate"]))
+    sweep = sweep_config(build_parser().parse_args(["sweep"]))
+    point = sweep.calibration_config(sweep.targets[0], sweep.seed)
+    assert dataclasses.asdict(point) == dataclasses.asdict(calibrate)
+    assert (calibrate.steps, calibrate.batch_size, calibrate.checkpoint_every) == (40, 2, 5)  # the demo's
+    assert calibrate == CalibrationConfig()

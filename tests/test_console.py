@@ -76,7 +76,7 @@ def test_progress_bars_hidden_covers_every_tqdm_bar():
 
 @pytest.mark.parametrize("cpus,load,expected", [(2, 0.1, 2), (2, 1.2, 1), (2, 7.0, 1), (16, 3.6, 12)])
 def test_default_threads_leave_busy_cpus_alone(monkeypatch, cpus, load, expected):
-    from dmx.commands import idle_cpus
+    from dmx.pipeline import idle_cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
@@ -84,17 +84,23 @@ def test_default_threads_leave_busy_cpus_alone(monkeypatch, cpus, load, expected
 
 
 def test_threads_default_is_applied(monkeypatch):
-    import argparse
-
     import torch
 
-    from dmx.commands import set_threads
+    from dmx.cli import build_parser
+    from dmx.pipeline import model_spec_from_args, thread_count
 
-    monkeypatch.setattr("dmx.commands.idle_cpus", lambda: 1)
+    monkeypatch.setattr("dmx.pipeline.idle_cpus", lambda: 1)
+    assert thread_count(None) == 1 and thread_count(3) == 3
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        thread_count(0)
+    assert model_spec_from_args(build_parser().parse_args(["eval"])).threads == 1
+    monkeypatch.setattr("dmx.pipeline.load_model", lambda *a, **k: (torch.nn.Linear(1, 1), None))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        set_threads(argparse.Namespace(threads=None))
+        from dmx.pipeline import ModelSpec, load_rotated_model
+
+        load_rotated_model(ModelSpec(threads=1))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

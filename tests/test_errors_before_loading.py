@@ -1,14 +1,14 @@
 """Bad input is reported before the model is loaded (issue #16, point 2): loading takes 30 s to
 2 minutes, so a wrong --seqlen, data directory or checkpoint must not wait for it.
 
-``dmx.models.load_model`` is replaced by a function that fails the test if it is reached.
+``dmx.pipeline.load_model`` (where every command loads) is replaced by a function that fails the test if it is reached.
 """
 
 from __future__ import annotations
 
 import pytest
 
-import dmx.models
+import dmx.pipeline
 from dmx.cli import main
 from tiny_checkpoint import save_tiny_byte_llama
 
@@ -23,7 +23,7 @@ def no_loading(monkeypatch):
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(dmx.models, "load_model", load_model)
+    monkeypatch.setattr(dmx.pipeline, "load_model", load_model)  # where every command loads
 
 
 def _run(argv, capsys) -> str:
@@ -122,7 +122,7 @@ def test_an_earlier_runs_checkpoint_is_not_overwritten(tiny_dir, data_dir, tmp_p
 
 def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys):
     from dmx.commands.sweep import config_from_args
-    from dmx.sweep import _checkpoint_dir
+    from dmx.sweep.run import _checkpoint_dir
 
     text = tmp_path / "text.txt"
     text.write_text("some calibration text " * 50)

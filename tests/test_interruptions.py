@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from dmx.calibrate import CalibrationConfig, calibrate
-from dmx.checkpoint import atomic_write_text, checkpoint_path
+from dmx.checkpoint import checkpoint_path
+from dmx.files import atomic_write_text
 from dmx.cli import main
 from dmx.models import tiny_model
 from dmx.quantized import quantize_model
@@ -160,7 +161,7 @@ def test_a_missing_latest_checkpoint_resumes_from_the_previous_one(tmp_path, cap
 
 
 def test_a_corrupt_sweep_result_file_falls_back_to_the_previous_one(tmp_path, capsys):
-    from dmx.sweep import ResultStore
+    from dmx.sweep.results import ResultStore
 
     store = ResultStore.open(tmp_path, {"model": "a"})
     store.add({"key": "fp", "method": "fp", "label": "fp", "perplexity": 3.0})
@@ -198,7 +199,7 @@ def umask():
 @pytest.mark.parametrize("mask", [0o022, 0o002, 0o077], ids=["022", "002", "077"])
 def test_written_files_follow_the_umask(tmp_path, umask, mask):
     from dmx.assignment import Assignment
-    from dmx.sweep import ResultStore
+    from dmx.sweep.results import ResultStore
 
     umask(mask)
     expected = 0o666 & ~mask

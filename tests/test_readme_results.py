@@ -119,7 +119,7 @@ def test_a_new_demo_run_is_compared_with_the_recorded_spread(tmp_path):
 
 
 def test_seeds_table_aggregates_sweeps_point_by_point(tmp_path):
-    from dmx.sweep import ResultStore
+    from dmx.sweep.results import ResultStore
 
     for seed, (bits, ppl) in enumerate([(5.07, 45.0), (5.27, 47.0)]):
         store = ResultStore.open(tmp_path / f"seed{seed}", {"model": "m"})

@@ -208,7 +208,7 @@ def test_rotate_before_or_after_quantize_model_is_the_same_model():
         model = tiny_model("qwen3", seed=2)
         if rotate_first:
             apply_rotation(model, RotationSpec("hadamard", seed=6, placement="folded"))
-        layers = quantize_model(model)
+        quantize_model(model)
         if not rotate_first:
             apply_rotation(model, RotationSpec("hadamard", seed=6, placement="folded"))
         set_fixed_format(model, "mxfp4_e2m1")

@@ -44,10 +44,10 @@ def _calibrate(root, out, *extra):
 @pytest.fixture(scope="module")
 def learned(tiny_dir, tmp_path_factory):
     """`dmx calibrate --rotation learned`; keeps the calibrated in-memory model for comparison."""
-    import dmx.calibrate
+    import dmx.commands.calibrate
 
     captured = {}
-    real = dmx.calibrate.calibrate
+    real = dmx.commands.calibrate.calibrate
 
     def keep_model(model, layers, *args, **kwargs):
         captured["model"] = model
@@ -55,7 +55,7 @@ def learned(tiny_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("learned") / "assignment.json"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dmx.calibrate, "calibrate", keep_model)
+        mp.setattr(dmx.commands.calibrate, "calibrate", keep_model)  # as the command calls it
         assert _calibrate(tiny_dir, out, "--rotation", "learned", "--rotation-lr", "1.0") == 0
     return out, captured["model"]
 
@@ -195,7 +195,8 @@ def test_bad_rotation_requests_fail_clearly(tiny_dir, tmp_path, capsys):
 def test_sweep_with_learned_rotation(tiny_dir, tmp_path, capsys):
     """fp/uniform/KL on the learned kind's fixed start; dMX learns its own rotation, saved with its
     assignment, and `dmx eval` of that assignment reproduces the sweep's perplexity exactly."""
-    from dmx.sweep import SweepConfig, run_sweep
+    from dmx.sweep.config import SweepConfig
+    from dmx.sweep.run import run_sweep
 
     cfg = SweepConfig(
         model=str(tiny_dir / "llama"), out_dir=str(tmp_path / "sweep"), targets=(6.0,), uniform=("mxfp4_e2m1",),
@@ -220,7 +221,7 @@ def test_sweep_with_learned_rotation(tiny_dir, tmp_path, capsys):
 
 
 def test_sweep_sets_threads_and_maps_rotation_flags(monkeypatch):
-    import dmx.sweep
+    import dmx.commands.sweep
     from dmx.cli import build_parser
     from dmx.commands.sweep import config_from_args
 
@@ -231,7 +232,7 @@ def test_sweep_sets_threads_and_maps_rotation_flags(monkeypatch):
         return []
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(dmx.sweep, "run_sweep", fake_sweep)
+    monkeypatch.setattr(dmx.commands.sweep, "run_sweep", fake_sweep)
     try:
         target = 1 if before != 1 else 2
         assert main(["sweep", "--threads", str(target), "--rotation", "hadamard", "--rotation-block", "0"]) == 0

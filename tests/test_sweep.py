@@ -4,10 +4,11 @@ import csv
 import io
 import json
 import pytest
-import torch
 
-import dmx.sweep as sweep
-from dmx.sweep import ResultStore, SweepConfig, point_label, points_to_csv, run_sweep, summarize_points
+import dmx.sweep.run as sweep
+from dmx.sweep.config import SweepConfig, point_label
+from dmx.sweep.results import ResultStore, points_to_csv, summarize_points
+from dmx.sweep.run import run_sweep
 from tiny_checkpoint import save_tiny_byte_llama
 
 def test_point_labels():
@@ -190,8 +191,8 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
         raise AssertionError("a finished point's perplexity was recomputed")
 
     monkeypatch.setattr(sweep, "_evaluate", no_perplexity)
-    monkeypatch.setattr("dmx.calibrate.calibrate", no_perplexity)
-    monkeypatch.setattr("dmx.data.test_token_ids", no_perplexity)  # accuracy only: the test split stays untouched
+    monkeypatch.setattr(sweep, "calibrate", no_perplexity)
+    monkeypatch.setattr(sweep, "test_token_ids", no_perplexity)  # accuracy only: the test split stays untouched
     scored = []
     real = sweep._zeroshot_metrics
 
@@ -243,3 +244,26 @@ def test_cli_flags_map_to_the_config():
     assert spelled.tasks == ("arc_easy", "arc_challenge", "winogrande", "piqa")  # the stored settings name them
     with pytest.raises(ValueError, match="unknown zero-shot task 'boolq'"):
         config_from_args(build_parser().parse_args(["sweep", "--tasks", "boolq"]))
+
+
+def test_committed_headline_sweep_is_finished_under_its_flags():
+    """The points under results/ were calibrated with --steps 40 --batch-size 2 --checkpoint-every 5
+    (benchmarks/headline.sh): with those flags a rerun finds every point done, nothing recomputed."""
+    from pathlib import Path
+
+    from dmx.cli import build_parser
+    from dmx.commands.sweep import config_from_args
+    from dmx.sweep.run import _is_done, _planned_keys
+
+    out = Path(__file__).resolve().parents[1] / "results" / "headline_5bit"
+    argv = ["sweep", "--model", "smollm2-135m", "--family", "fp8_fp4", "--targets", "5", "--seqlen", "2048",
+            "--max-windows", "8", "--kl-windows", "2", "--kl-seqlen", "256", "--calib-windows", "64",
+            "--calib-seqlen", "256", "--steps", "40", "--batch-size", "2", "--checkpoint-every", "5",
+            "--methods", "kl", "dmx", "random", "fp", "uniform", "--uniform-formats", "mxfp4_e2m1", "mxfp8_e4m3",
+            "--seeds", "3", "--final-rounding", "budget", "--out", str(out)]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    store = ResultStore.open(out, cfg.identity())
+    assert [k for k in _planned_keys(cfg) if not _is_done(store.get(k), cfg)] == []
+    # the same defaults without the flags: CalibrationConfig's, so the same points
+    bare = config_from_args(build_parser().parse_args(argv[:argv.index("--steps")] + argv[argv.index("--methods"):]))
+    assert bare.method_settings("dmx") == cfg.method_settings("dmx")

@@ -18,15 +18,8 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from dmx.zeroshot import (  # noqa: E402
-    DEFAULT_TASKS_OFFLINE,
-    average_accuracy,
-    build_tasks,
-    evaluate_zeroshot,
-    offline_task_config,
-    resolve_task_names,
-    results_table,
-)
+from dmx.tasks import DEFAULT_TASKS_OFFLINE, offline_task_config, resolve_task_names  # noqa: E402
+from dmx.zeroshot import average_accuracy, build_tasks, evaluate_zeroshot, results_table  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zeroshot"
 sys.path.insert(0, str(FIXTURES))

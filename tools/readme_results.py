@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import re
 import statistics
 import sys
@@ -42,7 +41,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx package beside it
-from dmx.sweep import assignment_file, summarize_points  # noqa: E402  (one definition of each)
+from dmx.files import read_json  # noqa: E402
+from dmx.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
 
 README = REPO / "README.md"
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
@@ -58,7 +58,7 @@ def load_json(path: Path) -> Any:
     """A committed results file (JSON); a missing one is an error naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} is missing; the README's tables are made from it")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, what="results file", fix="restore it from git (`git checkout -- results/`)")
 
 
 def load_sweep(folder: Path) -> dict[str, dict[str, Any]]:
@@ -426,7 +426,7 @@ HEADLINE_ROWS = [("full precision", "fp", None), ("uniform MXFP4 E2M1", "uniform
 
 
 def _headline_summary(root: Path, folder: str) -> tuple[dict[tuple[str, Any], dict[str, Any]], int]:
-    """``{(method, format): summary row}`` (``dmx.sweep.summarize_points``) and the test windows of one sweep."""
+    """``{(method, format): summary row}`` (``dmx.sweep.results.summarize_points``) and the test windows of one sweep."""
     doc = load_json(root / "results" / folder / "results.json")
     rows = {(r["method"], r["format"]): r for r in summarize_points(doc["points"])}
     return rows, doc["config"]["max_windows"]

@@ -32,15 +32,15 @@ Two checks make a build fail instead of storing an unreadable notebook:
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from mx_spec.atomic import atomic_write_text
 
 TUTORIALS = Path(__file__).resolve().parent
 SOURCES = TUTORIALS / "src"
@@ -175,17 +175,10 @@ def execute(nb: nbformat.NotebookNode, *, cwd: Path = TUTORIALS, timeout: int = 
 
 
 def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
-    """Validate and write ``nb`` to ``path`` via a temporary file in the same folder + rename."""
+    """Validate and write ``nb`` to ``path`` atomically (:mod:`mx_spec.atomic`)."""
     nbformat.validate(nb)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            nbformat.write(nb, handle)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; notebooks are ordinary repository files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = nbformat.writes(nb)
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")  # nbformat.write ends files with \n
 
 
 def source_files(prefixes: list[str] | None = None) -> list[Path]:

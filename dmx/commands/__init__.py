@@ -2,20 +2,21 @@
 
 Each ``dmx/commands/<name>.py`` exposes ``register(subparsers)`` that adds one subparser whose
 ``func`` default runs the command with the parsed ``argparse.Namespace``. The helpers here give
-every command the same model / data flags and the same table output.
+every command the same model / data flags and the same table output; :mod:`dmx.pipeline` turns
+the model flags into a :class:`dmx.pipeline.ModelSpec` and loads it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec, apply_rotation, resolve_rotation
+from dmx.models import SHORT_NAMES
+from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec
 
-__all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args", "load_model_from_args",
-           "set_threads", "idle_cpus", "format_table", "print_table"]
+__all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args",
+           "format_table", "print_table"]
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -34,8 +35,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
     """``--model --dtype --device --device-map --trust-remote-code --threads`` and the rotation flags
     (:func:`add_rotation_flags`; ``recorded_rotation``: the command applies an assignment's
     recorded rotation when no rotation flag is given)."""
-    from dmx.models import SHORT_NAMES
-
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="smollm2-135m",
                        help="short name (%s), a local checkpoint directory, or a Hugging Face hub id "
@@ -113,48 +112,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seqlen", type=int, default=2048, help="tokens per window")
 
 
-def idle_cpus() -> int:
-    """CPUs this process may use minus the 1-minute load average, at least 1: a thread count that
-    does not oversubscribe a machine other jobs keep busy (torch's default, every core, made a
-    calibration step 7-20x slower on a loaded 2-core machine)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        busy = 0.0
-    return max(1, min(available, round(available - busy)))
-
-
-def set_threads(args: argparse.Namespace) -> None:
-    """``torch.set_num_threads``: ``--threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
-    import torch
-
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(idle_cpus() if threads is None else threads)
-
-
-def load_model_from_args(args: argparse.Namespace, *, trainable: bool = False,
-                         rotation: RotationSpec | None = None):
-    """``(model, tokenizer)`` from the flags of :func:`add_model_args`, rotated right after loading.
-
-    The rotation is ``rotation`` if given (see :func:`dmx.rotation.resolve_rotation`), else what
-    the rotation flags ask for; ``trainable`` (``dmx calibrate``) lets ``--rotation learned`` start
-    from its initialisation (elsewhere it needs its file: ``ValueError`` before loading). Sets HF
-    offline mode for the embedded model.
-    """
-    from dmx.models import SHORT_NAMES, EmbeddedModel, load_model
-
-    spec = rotation if rotation is not None else resolve_rotation(args)
-    spec.check_buildable(trainable=trainable, include_lm_head=getattr(args, "include_lm_head", False))
-    set_threads(args)
-    if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                                  trust_remote_code=args.trust_remote_code)
-    apply_rotation(model, spec)
-    return model, tokenizer
 
 
 def _cell(value: Any) -> str:

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import Counter
 from pathlib import Path
 
-from dmx.calibrate import CalibrationConfig
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
-from dmx.data import CALIBRATION_SOURCES, check_calibration_source
-from dmx.rotation import resolve_rotation
+from dmx.calibrate import CalibrationConfig, calibrate, check_checkpoint
+from dmx.checkpoint import remove_checkpoint
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.data import (CALIBRATION_SOURCES, calibration_token_ids, check_calibration_source, check_data_source,
+                      sample_windows, test_token_ids, token_hash)
+from dmx.distributed import init_from_env
+from dmx.models import check_seqlens, context_length
+from dmx.perplexity import perplexity
+from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.provenance import model_provenance
+from dmx.rotation import save_rotation_beside
+from dmx.rotation.training import rotation_setup, rotation_trainables
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
-__all__ = ["register", "run", "config_from_args", "add_recipe_args"]
+__all__ = ["RECIPE", "register", "run", "config_from_args", "add_recipe_args", "data_description"]
 
 #: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
 DEFAULT_SEQLEN = 256
+#: The calibration recipe both ``dmx calibrate`` and ``dmx sweep`` default to (one source of defaults).
+RECIPE = CalibrationConfig()
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -43,30 +54,17 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="calibration text without --text-file: WikiText-2 validation (local or --online), or "
                             "fineweb (the authors' data; streamed with --online)")
     group.add_argument("--n-windows", type=int, default=64, help="number of seeded random calibration windows")
-    group.add_argument("--target-bits", type=float, default=5.0, help="average element-bit budget (within the family's range)")
-    group.add_argument("--lam", type=float, default=5.0, help="weight of the bit-budget hinge penalty")
-    group.add_argument("--steps", type=int, default=40, help="optimiser steps")
-    group.add_argument("--batch-size", type=int, default=2, help="windows per micro-batch")
-    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimiser step")
-    group.add_argument("--lr", type=float, default=1.0, help="SGD learning rate on the offsets")
-    group.add_argument("--momentum", type=float, default=0.99, help="SGD (Nesterov) momentum")
-    group.add_argument("--schedule", default="exponential",
+    group.add_argument("--target-bits", type=float, default=RECIPE.target_bits,
+                       help="average element-bit budget (within the family's range)")
+    group.add_argument("--schedule", default=RECIPE.schedule_name,
                        help="temperature schedule (dmx.anneal.SCHEDULES: exponential, linear, cosine, constant, round_ste)")
-    group.add_argument("--t-start", type=float, default=None, help="start temperature (default: schedule's, 0.4)")
-    group.add_argument("--t-end", type=float, default=None, help="final temperature (default: schedule's, 20)")
-    group.add_argument("--hold-fraction", type=float, default=None, help="fraction of steps at t-start (default: schedule's, 0.6)")
-    group.add_argument("--weighting", default="mean", choices=["mean", "elements"],
+    group.add_argument("--weighting", default=RECIPE.weighting, choices=["mean", "elements"],
                        help="average bits over layers: plain mean or weighted by weight elements")
-    group.add_argument("--final-rounding", default="threshold", choices=["threshold", "budget"],
-                       help="deployed formats: threshold = the method's rule (|beta_hat| > 1 -> high; may end "
-                            "above the budget), budget = fill the budget exactly, highest |beta_hat| first "
-                            "(never above it)")
-    add_recipe_args(group, defaults=CalibrationConfig())
-    group.add_argument("--seed", type=int, default=0, help="seed of window sampling and order")
+    add_recipe_args(group, defaults=RECIPE)
+    group.add_argument("--seed", type=int, default=RECIPE.seed, help="seed of window sampling and order")
     group.add_argument("--checkpoint-dir", default=None,
                        help="directory for atomic checkpoints, kept after success (then `--resume --final-rounding budget` "
                             "re-deploys the finished offsets); default: <out>.ckpt next to --out, removed after success")
-    group.add_argument("--checkpoint-every", type=int, default=5, help="steps between checkpoints")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     group.add_argument("--out", default="assignment.json", help="where to write the assignment JSON")
     group.add_argument("--eval-windows", type=int, default=0,
@@ -77,22 +75,54 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def add_recipe_args(group, *, defaults: CalibrationConfig | None) -> None:
-    """``--beta-init --clip-grad-norm --fractional-scale``: where the recipe follows the authors' code.
+    """The calibration flags ``dmx calibrate`` and ``dmx sweep`` share, defaulting to :data:`RECIPE`.
 
-    ``defaults``: the config whose values the flags default to (``None``: unset flags stay
-    ``None``, so ``dmx sweep`` keeps dmx.calibrate's defaults and its stored settings).
+    ``defaults``: the config whose values the flags default to (``RECIPE``); ``None`` (``dmx
+    sweep``): unset flags stay ``None`` and keep ``RECIPE``'s values, which the help states, so
+    a sweep point stores only the settings given (its results from before a flag existed resume).
+    Either way both commands calibrate identically without flags.
     """
-    group.add_argument("--beta-init", type=float, default=None if defaults is None else defaults.beta_init,
-                       help="offset every layer starts from; 0 = the authors' (all layers near the low format), "
-                            "1 = this project's first default (docs/FIDELITY.md)")
-    group.add_argument("--clip-grad-norm", type=float, default=None if defaults is None else defaults.clip_grad_norm,
-                       help="clip the joint gradient norm of offsets (and rotations) per step; 1.0 = the Hugging Face "
-                            "trainer default the authors train with, 0 = no clipping")
-    group.add_argument("--fractional-scale", choices=list(FRACTIONAL_SCALES),
-                       default=None if defaults is None else defaults.fractional_scale,
-                       help="block scale at fractional widths while learning: maxfloat = the authors' "
-                            "floor(log2 amax) - floor(log2 max_normal), emax = floor(log2 amax - emax); "
-                            "identical at every deployable format")
+
+    def default(name: str):
+        return None if defaults is None else getattr(defaults, name)
+
+    def shown(text: str, name: str) -> str:
+        value = getattr(RECIPE, name)
+        silent = defaults is not None or value is None or "default" in text  # as HelpFormatter does
+        return text if silent else f"{text} (default: {value})"
+
+    group.add_argument("--steps", type=int, default=default("steps"), help=shown("optimiser steps", "steps"))
+    group.add_argument("--batch-size", type=int, default=default("batch_size"),
+                       help=shown("windows per micro-batch", "batch_size"))
+    group.add_argument("--grad-accum", type=int, default=default("grad_accum"),
+                       help=shown("micro-batches accumulated per optimiser step", "grad_accum"))
+    group.add_argument("--lam", type=float, default=default("lam"),
+                       help=shown("weight of the bit-budget hinge penalty", "lam"))
+    group.add_argument("--lr", type=float, default=default("lr"), help=shown("SGD learning rate on the offsets", "lr"))
+    group.add_argument("--momentum", type=float, default=default("momentum"),
+                       help=shown("SGD (Nesterov) momentum", "momentum"))
+    group.add_argument("--t-start", type=float, default=default("t_start"),
+                       help="start temperature (default: schedule's, 0.4)")
+    group.add_argument("--t-end", type=float, default=default("t_end"), help="final temperature (default: schedule's, 20)")
+    group.add_argument("--hold-fraction", type=float, default=default("hold_fraction"),
+                       help="fraction of steps at --t-start (default: schedule's, 0.6)")
+    group.add_argument("--checkpoint-every", type=int, default=default("checkpoint_every"),
+                       help=shown("steps between checkpoints", "checkpoint_every"))
+    group.add_argument("--final-rounding", default=default("final_rounding"), choices=["threshold", "budget"],
+                       help=shown("deployed formats: threshold = the method's rule (|beta_hat| > 1 -> high; may end "
+                                  "above the budget), budget = fill the budget exactly, highest |beta_hat| first "
+                                  "(never above it)", "final_rounding"))
+    group.add_argument("--beta-init", type=float, default=default("beta_init"),
+                       help=shown("offset every layer starts from; 0 = the authors' (all layers near the low format), "
+                                  "1 = this project's first default (docs/FIDELITY.md)", "beta_init"))
+    group.add_argument("--clip-grad-norm", type=float, default=default("clip_grad_norm"),
+                       help=shown("clip the joint gradient norm of offsets (and rotations) per step; 1.0 = the "
+                                  "Hugging Face trainer default the authors train with, 0 = no clipping",
+                                  "clip_grad_norm"))
+    group.add_argument("--fractional-scale", choices=list(FRACTIONAL_SCALES), default=default("fractional_scale"),
+                       help=shown("block scale at fractional widths while learning: maxfloat = the authors' "
+                                  "floor(log2 amax) - floor(log2 max_normal), emax = floor(log2 amax - emax); "
+                                  "identical at every deployable format", "fractional_scale"))
 
 
 def config_from_args(args: argparse.Namespace):
@@ -108,24 +138,23 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def data_description(args: argparse.Namespace) -> str:
+    """What the calibration text was, as recorded in the assignment's provenance (``data``)."""
+    if args.text_file:
+        return args.text_file
+    if args.calib_source == "fineweb":
+        return "HuggingFaceFW/fineweb sample-10BT (hub, streamed)"
+    return "wikitext-2-v1/validation (hub)" if args.online else "wikitext-2-tokenized/valid.txt"
+
+
 def run(args: argparse.Namespace) -> int:
     """Load, quantise, calibrate, write the JSON, print a summary table."""
-    from dmx.calibrate import calibrate, check_checkpoint
-    from dmx.models import check_seqlens
-    from dmx.data import calibration_token_ids, check_data_source, sample_windows, test_token_ids, token_hash
-    from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, context_length
-    from dmx.perplexity import perplexity
-    from dmx.quantized import quantize_model
-    from dmx.rotation.training import rotation_setup, rotation_trainables
-
     cfg = config_from_args(args)
     cfg.validate()  # fail on a bad budget before loading anything
-    from dmx.distributed import init_from_env
-
     # under `accelerate launch` / torchrun: one process per device, the global batch split across them
     rank, n_procs = init_from_env(args.device)
     if n_procs > 1 and args.device.startswith("cuda") and args.device_map is None:
-        args.device = f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', rank))}"
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     check_calibration_source(args.calib_source, online=args.online, text_file=args.text_file)
     out = Path(args.out)
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_suffix(".ckpt")
@@ -137,26 +166,16 @@ def run(args: argparse.Namespace) -> int:
     check_seqlens(args.model, {"--seqlen": args.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval_windows > 0 else None},
                   trust_remote_code=args.trust_remote_code)
     check_checkpoint(str(checkpoint_dir), cfg, resume=args.resume, announce=False)  # calibrate() announces
-    rotation = resolve_rotation(args)
-    model, tokenizer = load_model_from_args(args, trainable=True, rotation=rotation)
+    spec = model_spec_from_args(args)
+    model, tokenizer = load_rotated_model(spec, trainable=True)
     limit = context_length(model)
     if limit is not None and args.seqlen > limit:
         raise ValueError(f"--seqlen {args.seqlen} exceeds the model's context length {limit}; use --seqlen {limit} or less")
     ids = calibration_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file,
                                 source=args.calib_source)
     windows = sample_windows(ids, args.n_windows, args.seqlen, args.seed)
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
-                            backend=args.backend)
-    provenance = {
-        "model": args.model,
-        "model_note": EMBEDDED_MODEL.description if SHORT_NAMES.get(args.model) is EMBEDDED_MODEL else None,
-        "dtype": args.dtype,
-        "include_lm_head": args.include_lm_head,
-        "data": args.text_file or ("HuggingFaceFW/fineweb sample-10BT (hub, streamed)" if args.calib_source == "fineweb"
-                                   else "wikitext-2-v1/validation (hub)" if args.online
-                                   else "wikitext-2-tokenized/valid.txt"),
-        "data_sha256": token_hash(ids),
-    }
+    layers = quantize(model, spec)
+    provenance = {**model_provenance(spec), "data": data_description(args), "data_sha256": token_hash(ids)}
     assignment = calibrate(model, layers, windows, cfg, trainables=rotation_trainables(model, cfg),
                            model_setup=rotation_setup(model), checkpoint_dir=str(checkpoint_dir), resume=args.resume,
                            provenance=provenance, progress=not args.no_progress)
@@ -170,16 +189,12 @@ def run(args: argparse.Namespace) -> int:
         assignment.provenance["quick_eval"] = {"wikitext2_test_ppl": ppl, "windows": args.eval_windows,
                                                "seqlen": args.eval_seqlen}
     assignment.provenance["wall_seconds"] = round(time.perf_counter() - started, 1)
-    from dmx.rotation import save_rotation_beside
-
     recorded, saved_rotation = save_rotation_beside(model, out)
     assignment.provenance.update(recorded)
     assignment.to_json(out)
     if args.checkpoint_dir is None:
         # the assignment now holds the result; drop our default <out>.ckpt/ so a rerun starts fresh.
         # A --checkpoint-dir the user named stays: `--resume --final-rounding ...` re-deploys it.
-        from dmx.checkpoint import remove_checkpoint
-
         remove_checkpoint(checkpoint_dir)
     for fmt, count in sorted(Counter(assignment.formats.values()).items()):
         rows.append(["layers at " + fmt, count])

@@ -15,8 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
+import torch
+
+from dmx.assignment import Assignment, apply_assignment, format_element_bits
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.data import check_data_source, test_token_ids
+from dmx.files import atomic_write_text
+from dmx.models import check_seqlens
+from dmx.perplexity import perplexity, window_count
+from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
 from dmx.rotation import recorded_rotation, resolve_rotation
+from dmx.tasks import check_zeroshot_data
+from dmx.zeroshot import evaluate_zeroshot
 
 __all__ = ["register", "run", "FULL_PRECISION"]
 
@@ -60,16 +70,15 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _zeroshot(args, model, tokenizer):
     try:
-        from dmx.zeroshot import evaluate_zeroshot
-    except ImportError as err:
-        raise ValueError(f"--tasks needs dmx.zeroshot and lm-eval (pip install 'dmx-reference[eval]'): {err}") from err
-    return evaluate_zeroshot(model, tokenizer, tasks=args.tasks, limit=args.limit, batch_size=args.zeroshot_batch_size,
-                             data_dir=args.data_dir, online=args.online)
+        return evaluate_zeroshot(model, tokenizer, tasks=args.tasks, limit=args.limit,
+                                 batch_size=args.zeroshot_batch_size, data_dir=args.data_dir, online=args.online)
+    except ModuleNotFoundError as err:  # lm-eval, an optional extra, is imported on first use
+        if not (err.name or "").startswith("lm_eval"):
+            raise
+        raise ValueError(f"--tasks needs lm-eval (pip install 'dmx-reference[eval]'): {err}") from err
 
 
 def _configurations(args) -> list[tuple[str, object]]:
-    from dmx.assignment import Assignment, format_element_bits
-
     configs: list[tuple[str, object]] = []
     for fmt in args.format:
         if fmt != FULL_PRECISION:
@@ -85,15 +94,6 @@ def _configurations(args) -> list[tuple[str, object]]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every requested configuration and print one table row each."""
-    from dmx.assignment import Assignment, apply_assignment
-    from dmx.data import test_token_ids
-    from dmx.perplexity import perplexity
-    from dmx.quantized import quantize_model
-
-    from dmx.data import check_data_source
-    from dmx.models import check_seqlens
-    from dmx.zeroshot import check_zeroshot_data
-
     configs = _configurations(args)
     if not args.no_ppl:  # before the (long) model load
         check_data_source(args.data_dir, split="test", online=args.online, text_file=args.text_file)
@@ -102,15 +102,15 @@ def run(args: argparse.Namespace) -> int:
         check_zeroshot_data(args.tasks, args.data_dir, online=args.online)
     rotation = resolve_rotation(args, [recorded_rotation(what.provenance, label) for label, what in configs
                                        if isinstance(what, Assignment)])
-    model, tokenizer = load_model_from_args(args, rotation=rotation)
+    spec = model_spec_from_args(args, rotation)
+    model, tokenizer = load_rotated_model(spec)
     ids = None if args.no_ppl else test_token_ids(tokenizer, args.data_dir, online=args.online, text_file=args.text_file)
     layers = None
     results = []
     for label, what in configs:
         if what != FULL_PRECISION:
             if layers is None:
-                layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
-                            backend=getattr(args, "backend", None))
+                layers = quantize(model, spec)
                 for layer in layers.values():
                     layer.eval()
             assignment = what if isinstance(what, Assignment) else Assignment.from_formats(
@@ -131,16 +131,10 @@ def run(args: argparse.Namespace) -> int:
               (["zeroshot_avg_acc"] if args.tasks else [])
     print_table([[r.get(c) for c in columns] for r in results], columns)
     if ids is not None:
-        from dmx.perplexity import window_count
-
         n = window_count(ids.shape[1], args.seqlen, args.max_windows)
         print(f"perplexity: {n} window(s) of {args.seqlen} tokens, GPTQ protocol")
     print(f"rotation: {rotation.flags()} ({rotation.source})")
     if args.out:
-        from dmx.checkpoint import atomic_write_text
-
-        import torch
-
         # the thread count is recorded: float round-off, hence run-to-run spread, depends on it
         atomic_write_text(args.out, json.dumps({"model": args.model, "seqlen": args.seqlen,
                                                 "max_windows": args.max_windows, "rotation": rotation.flags(),

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from dmx.commands import HelpFormatter, add_model_args, add_quant_args, load_model_from_args, print_table
+from dmx.assignment import Assignment, apply_assignment, format_element_bits
+from dmx.commands import HelpFormatter, add_model_args, add_quant_args, print_table
+from dmx.export import export_model
+from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
 from dmx.rotation import recorded_rotation, resolve_rotation
 
 __all__ = ["register", "run"]
@@ -38,18 +41,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Load, apply the assignment, export, print a summary."""
-    from dmx.assignment import Assignment, apply_assignment, format_element_bits
-    from dmx.export import export_model
-    from dmx.quantized import quantize_model
-
     assignment = Assignment.from_json(args.assignment) if args.assignment else None
     if args.format:
         format_element_bits(args.format)  # unknown format -> ValueError listing the valid ones, before loading
     recorded = [recorded_rotation(assignment.provenance, args.assignment)] if assignment is not None else []
-    rotation = resolve_rotation(args, recorded)
-    model, tokenizer = load_model_from_args(args, rotation=rotation)
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
-                            backend=getattr(args, "backend", None))
+    spec = model_spec_from_args(args, resolve_rotation(args, recorded))
+    model, tokenizer = load_rotated_model(spec)
+    layers = quantize(model, spec)
     if assignment is None:
         assignment = Assignment.from_formats({n: args.format for n in layers}, block_size=args.block_size,
                                              provenance={"method": "uniform", "model": args.model})
@@ -59,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     rows = [[f"layers at {fmt}", n] for fmt, n in sorted(Counter(assignment.formats.values()).items())]
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     rows += [["average element bits", assignment.element_bits], ["storage bits", assignment.storage_bits],
-             ["rotation", rotation.flags()], ["directory size (MiB)", size / 2**20], ["written to", str(out)]]
+             ["rotation", spec.rotation.flags()], ["directory size (MiB)", size / 2**20], ["written to", str(out)]]
     print_table(rows, ["quantity", "value"])
     return 0

@@ -10,8 +10,15 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, load_model_from_args, print_table
-from dmx.rotation import resolve_rotation
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.data import calibration_windows, check_data_source
+from dmx.family import get_family
+from dmx.assignment import check_target
+from dmx.kl_baseline import kl_assignments, reference_if_needed
+from dmx.models import check_seqlens, decoder_linear_names
+from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.provenance import model_provenance
+from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state
 
 __all__ = ["register", "run", "output_path"]
 
@@ -60,15 +67,6 @@ def output_path(pattern: str, target: float, n_targets: int) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Score (or reuse cached scores), select, write the assignments, print a table."""
-    from dmx.models import check_seqlens
-    from dmx.data import calibration_windows, check_data_source
-    from dmx.family import get_family
-    from dmx.assignment import check_target
-    from dmx.kl_baseline import kl_assignments, reference_if_needed
-    from dmx.models import decoder_linear_names
-    from dmx.quantized import quantize_model
-    from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state
-
     fam = get_family(args.family)
     for t in args.target_bits:
         check_target(t, low_format=fam.low_format, high_format=fam.high_format)
@@ -76,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     # before the (long) model load
     check_data_source(args.data_dir, split="calibration", online=args.online, text_file=args.text_file)
     check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
-    rotation = resolve_rotation(args)
-    model, tokenizer = load_model_from_args(args, rotation=rotation)
+    spec = model_spec_from_args(args)
+    model, tokenizer = load_rotated_model(spec)
     model_id = rotated_model_id(args.model, model)  # the KL scores depend on the rotation
     windows = calibration_windows(tokenizer, args.n_windows, args.seqlen, args.seed, data_dir=args.data_dir,
                                   online=args.online, text_file=args.text_file)
@@ -86,17 +84,16 @@ def run(args: argparse.Namespace) -> int:
         layer_names=decoder_linear_names(model, include_lm_head=args.include_lm_head), block_size=args.block_size,
         cache_dir=args.cache_dir,
     )
-    layers = quantize_model(model, args.family, include_lm_head=args.include_lm_head, block_size=args.block_size,
-                            backend=getattr(args, "backend", None))
+    layers = quantize(model, spec)
     found = kl_assignments(model, layers, windows, targets=args.target_bits, low_format=fam.low_format,
                            high_format=fam.high_format, reference=reference, model_id=model_id,
                            cache_dir=args.cache_dir, weighting=args.weighting, progress=not args.no_progress)
     rows = []
     for (t, assignment), out in zip(found.items(), outs):
-        assignment.provenance.update({"dtype": args.dtype, "include_lm_head": args.include_lm_head,
-                                      "data": args.text_file or "wikitext-2 validation", "seed": args.seed,
-                                      "model": args.model})
-        assignment.provenance.update(rotation_provenance(rotation_state(model), rotation.file, relative_to=out.parent))
+        assignment.provenance.update({**model_provenance(spec), "data": args.text_file or "wikitext-2 validation",
+                                      "seed": args.seed})
+        assignment.provenance.update(rotation_provenance(rotation_state(model), spec.rotation.file,
+                                                         relative_to=out.parent))
         assignment.to_json(out)
         counts = Counter(assignment.formats.values())
         rows.append([t, assignment.element_bits, assignment.storage_bits, counts[fam.low_format],

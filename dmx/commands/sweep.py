@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import argparse
 
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table, set_threads
-from dmx.commands.calibrate import add_recipe_args
+import torch
+
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.commands.calibrate import RECIPE, add_recipe_args
+from dmx.pipeline import thread_count
 from dmx.rotation import RotationSpec
+from dmx.sweep.config import METHODS, UNIFORM_FORMATS, SweepConfig
+from dmx.sweep.run import run_sweep
+from dmx.tasks import resolve_task_names
 
 __all__ = ["register", "run", "config_from_args"]
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``sweep`` subparser."""
-    from dmx.sweep import METHODS, UNIFORM_FORMATS
-
     parser = subparsers.add_parser(
         "sweep",
         help="perplexity vs average bits: full precision, uniform MX, KL heuristic and dMX at several targets",
@@ -45,7 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-windows", type=int, default=None,
                    help="score only the first N perplexity windows (quick runs; not comparable with papers)")
     g.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead of WikiText-2 test")
-    g.add_argument("--seed", type=int, default=0, help="seed of calibration-window sampling (KL and dMX) and of the random control")
+    g.add_argument("--seed", type=int, default=RECIPE.seed, help="seed of calibration-window sampling (KL and dMX) and of the random control")
     g.add_argument("--seeds", type=int, default=1,
                    help="seeds per target for dMX and random (seed, seed+1, ...): summary.csv and the Pareto plot "
                         "show their mean and range")
@@ -61,22 +65,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="calibrate on this file instead: UTF-8 text or FineWeb-style .jsonl/.jsonl.gz/.parquet")
     c.add_argument("--calib-source", default="wikitext2", choices=["wikitext2", "fineweb"],
                    help="calibration text without --calib-text-file (fineweb: streamed with --online)")
-    c.add_argument("--steps", type=int, default=None, help="optimiser steps (default: dmx.calibrate's)")
-    c.add_argument("--batch-size", type=int, default=None, help="windows per micro-batch")
-    c.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
-    c.add_argument("--lam", type=float, default=None, help="weight of the bit-budget hinge penalty")
-    c.add_argument("--lr", type=float, default=None, help="SGD learning rate on the offsets")
-    c.add_argument("--momentum", type=float, default=None, help="SGD (Nesterov) momentum")
-    c.add_argument("--t-start", type=float, default=None, help="start temperature")
-    c.add_argument("--t-end", type=float, default=None, help="final temperature")
-    c.add_argument("--hold-fraction", type=float, default=None, help="fraction of steps at --t-start")
-    c.add_argument("--weighting", default="mean", choices=["mean", "elements"],
+    c.add_argument("--weighting", default=RECIPE.weighting, choices=["mean", "elements"],
                    help="average bits over layers: each layer once (mean) or by weight count (elements); "
                         "used by dMX's budget and the KL selection alike")
-    c.add_argument("--checkpoint-every", type=int, default=None, help="steps between calibration checkpoints")
-    c.add_argument("--final-rounding", default=None, choices=["threshold", "budget"],
-                   help="dMX's deployed formats: threshold (the method's rule, default) or budget (filled "
-                        "exactly, highest |beta_hat| first); see `dmx calibrate --help`")
     add_recipe_args(c, defaults=None)
     z = parser.add_argument_group("zero-shot accuracy (optional, needs lm-eval)")
     z.add_argument("--tasks", nargs="+", default=None,
@@ -95,14 +86,10 @@ _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentu
 
 
 def config_from_args(args: argparse.Namespace):
-    """:class:`dmx.sweep.SweepConfig` from parsed flags (unset calibration flags keep dmx.calibrate's defaults)."""
-    from dmx.sweep import SweepConfig
-
+    """:class:`dmx.sweep.config.SweepConfig` from parsed flags (unset calibration flags keep :data:`RECIPE`'s values)."""
     calibration = {k: getattr(args, k) for k in _CALIBRATION_FLAGS if getattr(args, k) is not None}
     tasks = ()
     if args.tasks:  # validated, with 'default' spelled out so the stored settings name the tasks
-        from dmx.zeroshot import resolve_task_names
-
         tasks = tuple(resolve_task_names(args.tasks, online=args.online))
     calibration["weighting"] = args.weighting
     if getattr(args, "rotation_file", None):
@@ -131,15 +118,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep and print one row per point."""
-    import os
-
-    from dmx.models import SHORT_NAMES, EmbeddedModel
-    from dmx.sweep import run_sweep
-
-    if isinstance(SHORT_NAMES.get(args.model), EmbeddedModel):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = config_from_args(args)
-    set_threads(args)  # run_sweep loads the model itself
+    torch.set_num_threads(thread_count(args.threads))  # the sweep's ModelSpec leaves threads to its caller
     points = run_sweep(cfg)
     columns = ["label", "avg_bits", "storage_bits", "perplexity"] + (["avg_accuracy"] if cfg.tasks else []) + ["seconds"]
     print_table([[p.get(c) for c in columns] for p in points], columns)

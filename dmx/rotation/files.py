@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from dmx.checkpoint import sha256_file
+from dmx.files import sha256_file
 from dmx.rotation.state import RotationState, rotation_state
 
 __all__ = ["save_rotation", "load_rotation", "rotation_provenance", "save_rotation_beside", "rotated_model_id"]

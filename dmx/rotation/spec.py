@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmx.checkpoint import sha256_file
+from dmx.files import sha256_file
 from dmx.rotation.hadamard import supports_hadamard
 
 __all__ = ["ROTATION_KINDS", "ONLINE_SITES", "PLACEMENTS", "DEFAULT_ONLINE_SIZE", "SUPPORTED_MODEL_TYPES",

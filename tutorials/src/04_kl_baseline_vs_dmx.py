@@ -242,12 +242,12 @@ for target in KL_TARGETS:
 # with soft formats on a calibration window, adds the hinge $\max(0, 5(\bar b - 6))$ to the
 # cross-entropy and takes an SGD step on the offsets only; the temperature holds at 0.4 for the
 # first 60 % of the steps and anneals to 20 over the rest. We pass only the budget, the number
-# of steps and `final_rounding="budget"`; everything else is the library's default
+# of steps, one window per step and `final_rounding="budget"`; everything else is the library's default
 # (`CalibrationConfig`, the authors' recipe, see `docs/FIDELITY.md`):
 
 # %%
-config = CalibrationConfig(family="fp8_fp4", target_bits=TARGET, steps=DMX_STEPS, checkpoint_every=DMX_STEPS,
-                           final_rounding="budget")
+config = CalibrationConfig(family="fp8_fp4", target_bits=TARGET, steps=DMX_STEPS, batch_size=1,
+                           checkpoint_every=DMX_STEPS, final_rounding="budget")
 print({k: getattr(config, k) for k in ("beta_init", "lr", "momentum", "nesterov", "clip_grad_norm",
                                         "fractional_scale", "lam", "final_rounding")})
 

@@ -1,0 +1,105 @@
+"""The one pipeline every command, the sweep, the benchmarks and the tutorials run:
+load -> rotate -> quantize, then each runs, records (:mod:`dmx.provenance`) and writes its own.
+
+:class:`ModelSpec` is the frozen description of the model side (which model, how it is loaded,
+rotated and quantised), built from command-line flags by :func:`model_spec_from_args`;
+:func:`load_rotated_model` loads and rotates it, :func:`quantize` wraps its decoder linears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, EmbeddedModel, load_model
+from dmx.quantized import quantize_model
+from dmx.rotation import RotationSpec, apply_rotation, resolve_rotation
+
+__all__ = ["ModelSpec", "model_spec_from_args", "load_rotated_model", "quantize", "idle_cpus", "thread_count"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model, and how it is loaded, rotated and quantised.
+
+    ``model``: a short name, local directory or hub id (:func:`dmx.models.load_model`);
+    ``threads``: torch CPU threads set when the model loads (``None``: torch's setting is left
+    alone; the CLI fills in :func:`thread_count`); ``family``/``block_size``/``include_lm_head``/
+    ``backend``: how :func:`quantize` wraps it; ``rotation``: the rotation request applied right
+    after loading.
+    """
+
+    model: str = "smollm2-135m"
+    dtype: str = "float32"
+    device: str = "cpu"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    threads: int | None = None
+    family: str = "fp8_fp4"
+    block_size: int = 32
+    include_lm_head: bool = False
+    backend: str | None = None
+    rotation: RotationSpec = field(default_factory=RotationSpec)
+
+    @property
+    def model_note(self) -> str | None:
+        """What the embedded model is (recorded beside its short name); None for any other model."""
+        return EMBEDDED_MODEL.description if SHORT_NAMES.get(self.model) is EMBEDDED_MODEL else None
+
+
+def idle_cpus() -> int:
+    """CPUs this process may use minus the 1-minute load average, at least 1: a thread count that
+    does not oversubscribe a machine other jobs keep busy (torch's default, every core, made a
+    calibration step 7-20x slower on a loaded 2-core machine)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        busy = 0.0
+    return max(1, min(available, round(available - busy)))
+
+
+def thread_count(threads: int | None) -> int:
+    """``--threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    return idle_cpus() if threads is None else threads
+
+
+def model_spec_from_args(args: argparse.Namespace, rotation: RotationSpec | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of the model/quantisation/rotation flags (``dmx.commands.add_model_args``,
+    ``add_quant_args``). ``rotation``: the request to apply (:func:`dmx.rotation.resolve_rotation`
+    with the assignments' recorded rotations), else what the rotation flags ask for."""
+    return ModelSpec(model=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                     trust_remote_code=args.trust_remote_code, threads=thread_count(getattr(args, "threads", None)),
+                     family=args.family, block_size=args.block_size, include_lm_head=args.include_lm_head,
+                     backend=getattr(args, "backend", None),
+                     rotation=resolve_rotation(args) if rotation is None else rotation)
+
+
+def load_rotated_model(spec: ModelSpec, *, trainable: bool = False):
+    """``(model, tokenizer)`` of ``spec``, rotated right after loading.
+
+    ``trainable`` (a calibration): a learned rotation without a file starts from its
+    initialisation and is trained; elsewhere it needs its file (``ValueError`` before loading).
+    The embedded model is read with HF offline mode set (it never needs the network).
+    """
+    spec.rotation.check_buildable(trainable=trainable, include_lm_head=spec.include_lm_head)
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    if isinstance(SHORT_NAMES.get(spec.model), EmbeddedModel):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device, device_map=spec.device_map,
+                                  trust_remote_code=spec.trust_remote_code)
+    apply_rotation(model, spec.rotation)
+    return model, tokenizer
+
+
+def quantize(model: nn.Module, spec: ModelSpec) -> dict[str, nn.Module]:
+    """Wrap ``model``'s decoder linears as ``spec`` says (:func:`dmx.quantized.quantize_model`)."""
+    return quantize_model(model, spec.family, include_lm_head=spec.include_lm_head, block_size=spec.block_size,
+                          backend=spec.backend)

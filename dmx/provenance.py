@@ -1,0 +1,52 @@
+"""What a written file records about how it was made: software versions and the model it came from.
+
+One home for the records that assignments (``dmx calibrate``, ``dmx kl``, the sweep), the
+sweep's points and exported models carry, so every file names its model and versions with the
+same keys. Files written before keep being read: these functions only ever add keys.
+
+The dMX core (``dmx.calibrate``) records :func:`software_versions`, so this module imports
+nothing of the LLM side (models, rotation, data); :class:`dmx.pipeline.ModelSpec` knows its
+model's note itself.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+import numpy
+import torch
+
+import mx_spec
+
+if TYPE_CHECKING:
+    from dmx.pipeline import ModelSpec
+
+__all__ = ["software_versions", "model_provenance"]
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def software_versions() -> dict[str, str]:
+    """``{"dmx", "mx_spec", "torch", "transformers", "numpy", "python"}`` versions (the union of
+    the keys assignments and export manifests recorded before; ``unknown`` when not installed).
+
+    transformers is looked up in the package metadata, not imported: the dMX core records it
+    without loading the library.
+    """
+    return {"dmx": _installed_version("dmx-reference"), "mx_spec": getattr(mx_spec, "__version__", "unversioned"),
+            "torch": torch.__version__, "transformers": _installed_version("transformers"),
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def model_provenance(spec: ModelSpec) -> dict[str, Any]:
+    """``model``, ``model_note`` (what the embedded model is; None otherwise), ``dtype``,
+    ``include_lm_head`` of ``spec``: the model an assignment or a sweep point was made on."""
+    return {"model": spec.model, "model_note": spec.model_note, "dtype": spec.dtype,
+            "include_lm_head": spec.include_lm_head}

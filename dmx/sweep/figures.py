@@ -1,0 +1,32 @@
+"""The sweep's figures: ``pareto.png`` and ``assignment_heatmap.png`` (:mod:`dmx.plots`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dmx.plots import assignment_heatmap, pareto_figure
+from dmx.sweep.config import SweepConfig
+
+__all__ = ["draw_figures", "figure_title"]
+
+
+def draw_figures(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, title: str | None = None) -> dict[str, Path]:
+    """``pareto.png`` and (when KL/dMX points exist) ``assignment_heatmap.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+    if any(p.get("perplexity") is not None for p in points):
+        paths["pareto"] = pareto_figure(points, out / "pareto.png", title=title)
+    mixed = {p["label"]: p["formats"] for p in sorted(points, key=lambda p: (p["method"], p.get("target") or 0))
+             if p.get("formats")}
+    if mixed:
+        paths["heatmap"] = assignment_heatmap(mixed, out / "assignment_heatmap.png", title=title)
+    return paths
+
+
+def figure_title(cfg: SweepConfig) -> str:
+    windows = "all" if cfg.max_windows is None else str(cfg.max_windows)
+    data = Path(cfg.text_file).name if cfg.text_file else "WikiText-2 test"
+    return f"{cfg.model}: {data}, {windows} window(s) of {cfg.seqlen} tokens"
