@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from dmx.calibrate import CalibrationConfig, objective
 from dmx.data import calibration_windows
 from dmx.pipeline import ModelSpec, load_rotated_model, quantize
-from dmx.quantized import set_calibration_mode
+from dmx.wrap import set_calibration_mode
 
 
 def _peak_rss_gib() -> float:

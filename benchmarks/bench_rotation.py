@@ -39,10 +39,10 @@ from dmx.data import calibration_windows, test_token_ids
 from dmx.files import atomic_write_text
 from dmx.models import load_model
 from dmx.perplexity import perplexity
-from dmx.quantized import quantize_model, set_calibration_mode
+from dmx.pipeline import quantize_model
 from dmx.rotation import (CayleySGD, RotationSpec, apply_rotation, rotation_parameters,
                           shared_rotated_weights)
-from dmx.wrap import set_fixed_format
+from dmx.wrap import set_calibration_mode, set_fixed_format
 
 DEFAULT_FORMATS = ("mxfp4_e2m1", "mxfp6_e3m2", "mxfp8_e4m3")
 

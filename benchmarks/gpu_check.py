@@ -75,7 +75,7 @@ def paper_budget(args) -> dict:
 
     from dmx.calibrate import CalibrationConfig, objective
     from dmx.pipeline import ModelSpec, load_rotated_model, quantize
-    from dmx.quantized import set_calibration_mode
+    from dmx.wrap import set_calibration_mode
 
     spec = ModelSpec(model=args.model, dtype="bfloat16", device="cuda", family="fp8_fp4", backend="torch")
     model, _ = load_rotated_model(spec)

@@ -78,7 +78,9 @@ import numpy as np
 import torch
 
 from dmx import mx_torch
-from mx_spec.formats import get_format
+from dmx.mx_torch_primitives import from_blocks, to_blocks
+from mx_spec.blocks import check_block_size
+from mx_spec.formats import DEFAULT_BLOCK_SIZE, get_format
 from mx_spec.minifloat import E4M3_MAX_NORMAL, FRACTIONAL_SCALES, minifloat_params, quantize_dequantize_minifloat
 from mx_spec.quantize import quantize_dequantize
 from mx_spec.scale import decode_e8m0
@@ -174,7 +176,7 @@ class _MinifloatQDQ(torch.autograd.Function):
         p = minifloat_params(e, m, max_normal_cap=cap, fractional_scale=rule)
         n = x.shape[-1]
         # blocked views (..., n_blocks, block_size): the scale broadcasts without a copy
-        xb, g = _blocked(x.float(), block_size), _blocked(grad_out.float(), block_size)
+        xb, g = to_blocks(x.float(), block_size), to_blocks(grad_out.float(), block_size)
         s = torch.exp2(X).unsqueeze(-1)
         ax = xb.abs()
         clipped = ax > s * p.max_normal
@@ -182,9 +184,9 @@ class _MinifloatQDQ(torch.autograd.Function):
         grad_x = grad_e = grad_m = None
         if ctx.needs_input_grad[0]:
             gx = g.masked_fill(clipped, 0.0) if any_clipped else g
-            grad_x = _unblocked(gx, n).to(x.dtype)
+            grad_x = from_blocks(gx, n).to(x.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            ge = g * (xb - _blocked(xq.float(), block_size))  # g * (x - x̂)
+            ge = g * (xb - to_blocks(xq.float(), block_size))  # g * (x - x̂)
             if any_clipped:  # saturated elements use the max-value terms instead
                 # few elements saturate: gather them by index instead of full-size products
                 idx = clipped.reshape(-1).nonzero().squeeze(1)
@@ -229,19 +231,6 @@ def _scale_exponent_slopes(p) -> tuple[float, float]:
     return -_LN2 * 2.0 ** (p.ebits - 1.0), 0.0
 
 
-def _blocked(t: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``t`` as ``(..., n_blocks, block_size)`` (a view when the last dim divides; else zero-padded)."""
-    pad = (-t.shape[-1]) % block_size
-    if pad:
-        t = torch.nn.functional.pad(t, (0, pad))
-    return t.reshape(t.shape[:-1] + (t.shape[-1] // block_size, block_size))
-
-
-def _unblocked(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`_blocked`: merge the block axes and drop the padding."""
-    return t.reshape(t.shape[:-2] + (t.shape[-2] * t.shape[-1],))[..., :n]
-
-
 class _StandardQDQ(torch.autograd.Function):
     """x̂ = MX-quantize-dequantize(x) in a standard format; clipped straight-through to x."""
 
@@ -278,8 +267,7 @@ class _StandardQDQ(torch.autograd.Function):
 
 def _check_common(x: torch.Tensor, block_size: int) -> None:
     check_tensor(x)
-    if not (isinstance(block_size, int) and block_size >= 1):
-        raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
+    check_block_size(block_size)
 
 
 def mx_qdq_minifloat(
@@ -287,7 +275,7 @@ def mx_qdq_minifloat(
     ebits: torch.Tensor | float,
     mbits: torch.Tensor | float,
     *,
-    block_size: int = 32,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     scale_mode: str = "floor",
     rounding: str = "rne",
     max_normal_cap: float = E4M3_MAX_NORMAL,
@@ -314,7 +302,7 @@ def mx_qdq_standard(
     x: torch.Tensor,
     fmt: str,
     *,
-    block_size: int = 32,
+    block_size: int = DEFAULT_BLOCK_SIZE,
     scale_mode: str = "floor",
     rounding: str = "rne",
     backend: str = DEFAULT_BACKEND,

@@ -47,15 +47,12 @@ from dmx.anneal import get_schedule
 from dmx.assignment import WEIGHTINGS, Assignment, check_final_rounding, deploy_formats
 from dmx.autograd import check_backend
 from dmx.checkpoint import CheckpointError, checkpoint_exists, checkpoint_path, load_checkpoint, save_checkpoint
-from dmx.data import token_hash
 from dmx.distributed import all_reduce_gradients, all_reduce_sum, is_main, shard, world
-from dmx.family import get_family
-from dmx.models import input_device
-from dmx.provenance import software_versions
-from dmx.quantized import set_calibration_mode
+from dmx.family import DEFAULT_FAMILY, get_family
+from dmx.provenance import software_versions, token_hash
 from dmx.regularizer import average_bits, dmx_objective
 from dmx.trainable import CalibrationRun, Trainable
-from dmx.wrap import apply_schedule
+from dmx.wrap import apply_schedule, input_device, set_calibration_mode
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["CalibrationConfig", "window_order", "objective", "offset_trainable", "step_batches", "train_step",
@@ -84,7 +81,7 @@ class CalibrationConfig:
     before issue #14 they were 60, 1, 10 here and 40, 2, 5 in the CLI).
     """
 
-    family: str = "fp8_fp4"
+    family: str = DEFAULT_FAMILY
     target_bits: float = 5.0
     lam: float = 5.0
     steps: int = 40
@@ -243,7 +240,7 @@ def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resu
 # ------------------------------------------------------------------------------------------------
 def _check_inputs(layers: Mapping[str, Any], windows: torch.Tensor) -> None:
     if not layers:
-        raise ValueError("no dMX layers to calibrate; call dmx.quantized.quantize_model first")
+        raise ValueError("no dMX layers to calibrate; call dmx.pipeline.quantize_model first")
     if windows.ndim != 2 or windows.shape[0] < 1:
         raise ValueError(f"windows must be a LongTensor[n, seqlen] with n >= 1, got shape {tuple(windows.shape)}")
 
@@ -320,7 +317,7 @@ def calibrate(
 ) -> Assignment:
     """Run dMX calibration on ``windows`` (``LongTensor[n, seqlen]``) and return the hard assignment.
 
-    ``layers``: the ``DMXLinear`` map from :func:`dmx.quantized.quantize_model`. On return the
+    ``layers``: the ``DMXLinear`` map from :func:`dmx.pipeline.quantize_model`. On return the
     layers are fixed to the assigned standard MX formats (ready for evaluation). ``trainables``:
     trained jointly with the offsets (a learned rotation:
     :func:`dmx.rotation.training.rotation_trainables`). ``model_setup``: what was done to the model

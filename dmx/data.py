@@ -21,7 +21,6 @@ or documents in FineWeb's layout, one ``{"text": ...}`` per row, as ``.jsonl`` /
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -45,7 +44,6 @@ __all__ = [
     "calibration_token_ids",
     "calibration_windows",
     "sample_windows",
-    "token_hash",
     "check_data_source",
 ]
 
@@ -284,8 +282,3 @@ def calibration_windows(
     ids = calibration_token_ids(tokenizer, data_dir, online=online, text_file=text_file, source=source)
     return sample_windows(ids, n, seqlen, seed)
 
-
-def token_hash(token_ids: torch.Tensor) -> str:
-    """sha256 (hex) of the int64 token ids: identifies calibration/evaluation data in provenance."""
-    array = token_ids.detach().to("cpu", torch.int64).contiguous().numpy()
-    return hashlib.sha256(array.tobytes()).hexdigest()

@@ -52,7 +52,7 @@ with :func:`dmx.rotation.apply_rotation_description` before quantising. A learne
 be baked (:func:`dmx.rotation.bake_rotation`, which ``dmx.calibrate.calibrate`` does) first.
 
 ``load_exported(dir)`` rebuilds the architecture from ``model_config``, wraps the same layers
-with ``dmx.quantized.quantize_model``, loads the full-precision tensors, sets every quantised
+with ``dmx.pipeline.quantize_model``, loads the full-precision tensors, sets every quantised
 weight to ``mx_spec.dequantize(mx_spec.unpack(...))`` and fixes each layer to its format, so
 the returned model (rotated again as recorded) computes exactly the logits of the exported
 fake-quantised model
@@ -75,8 +75,9 @@ from torch import nn
 from dmx.assignment import Assignment
 from dmx.files import atomic_write_bytes, atomic_write_text, read_json, sha256_file
 from dmx.models import resolve_dtype
+from dmx.pipeline import quantize_model
 from dmx.provenance import software_versions
-from dmx.quantized import quantize_model
+from dmx.rotation import apply_rotation_description, load_rotation, rotation_state, save_rotation
 from mx_spec import dequantize, get_format, pack, quantize, unpack
 
 EXPORT_SCHEMA = "dmx.export/1"
@@ -141,7 +142,7 @@ def export_model(
     from safetensors.torch import save
 
     if not layers:
-        raise ValueError("no quantised layers to export; quantise the model (dmx.quantized.quantize_model) first")
+        raise ValueError("no quantised layers to export; quantise the model (dmx.pipeline.quantize_model) first")
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise ValueError(
@@ -158,7 +159,6 @@ def export_model(
             f"{sorted(settings)}; export needs one setting for all layers"
         )
     family, block_size, scale_mode, rounding, quantize_input = settings.pop()
-    from dmx.rotation import rotation_state, save_rotation
 
     rotation = rotation_state(model)
     if rotation is not None and not rotation.baked:
@@ -275,8 +275,6 @@ def _build_model(manifest: Mapping[str, Any]) -> nn.Module:
 
 def _rebuild_rotation(model: nn.Module, manifest: Mapping[str, Any], folder: Path, *, verify: bool) -> None:
     """Re-apply the recorded rotation to the freshly built model (its weights are replaced afterwards)."""
-    from dmx.rotation import apply_rotation_description, load_rotation
-
     description = manifest.get("rotation")
     if not description:
         return

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from dmx.assignment import Assignment, check_target, select_by_sensitivity
 from dmx.files import atomic_write_text, exists_or_previous, read_json_or_previous
-from dmx.data import token_hash
-from dmx.models import input_device
+from dmx.provenance import token_hash
+from dmx.wrap import input_device
 
 CACHE_SCHEMA = "dmx.kl_scores/1"
 

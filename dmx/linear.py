@@ -50,10 +50,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmx.autograd import DEFAULT_BACKEND, check_backend, check_tensor, mx_qdq_minifloat, mx_qdq_standard
-from dmx.family import FormatFamily, get_family
+from dmx.family import DEFAULT_FAMILY, FormatFamily, get_family
 from dmx.offset import SIGMOID_SCALE, check_offset_mode, check_temperature, hard_beta, offset_to_beta
 from dmx.regularizer import storage_bits
-from mx_spec.formats import MX_FORMATS, get_format
+from mx_spec.blocks import check_block_size
+from mx_spec.formats import DEFAULT_BLOCK_SIZE, MX_FORMATS, get_format
 from mx_spec.elements import ROUNDINGS
 from mx_spec.minifloat import FRACTIONAL_SCALES
 from mx_spec.scale import SCALE_MODES
@@ -83,8 +84,8 @@ class DMXLinearConfig:
     any model is touched.
     """
 
-    family: str | FormatFamily = "fp8_fp4"
-    block_size: int = 32
+    family: str | FormatFamily = DEFAULT_FAMILY
+    block_size: int = DEFAULT_BLOCK_SIZE
     beta_init: float = 0.0
     tie: bool = True
     quantize_input: bool = True
@@ -99,8 +100,7 @@ class DMXLinearConfig:
 
     def __post_init__(self) -> None:
         get_family(self.family)
-        if not (isinstance(self.block_size, int) and self.block_size >= 1):
-            raise ValueError(f"block_size must be a positive integer (MX uses 32); got {self.block_size!r}")
+        check_block_size(self.block_size)
         if not math.isfinite(float(self.beta_init)):
             raise ValueError(f"beta_init must be finite; got {self.beta_init!r}")
         check_temperature(self.temperature)

@@ -38,7 +38,6 @@ __all__ = [
     "context_length_before_loading",
     "check_seqlens",
     "resolve_dtype",
-    "input_device",
 ]
 
 
@@ -323,10 +322,3 @@ def check_seqlens(model: str, seqlens: dict[str, int | None], *, trust_remote_co
             raise ValueError(f"{flag} {value} exceeds the context length {limit} of model {model!r}; "
                              f"use {flag} {limit} or less")
 
-
-def input_device(model: nn.Module) -> torch.device:
-    """Device of the input embedding: where token ids must go (also under ``device_map='auto'``)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None:
-        return embeddings.weight.device
-    return next(model.parameters()).device

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dmx.models import context_length, input_device
+from dmx.models import context_length
+from dmx.wrap import input_device
 
 __all__ = ["window_count", "window_nlls", "perplexity"]
 

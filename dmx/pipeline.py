@@ -4,22 +4,34 @@ load -> rotate -> quantize, then each runs, records (:mod:`dmx.provenance`) and 
 :class:`ModelSpec` is the frozen description of the model side (which model, how it is loaded,
 rotated and quantised), built from command-line flags by :func:`model_spec_from_args`;
 :func:`load_rotated_model` loads and rotates it, :func:`quantize` wraps its decoder linears.
+
+Quantizing (:func:`quantize_model`): every ``nn.Linear`` inside the decoder blocks (q/k/v/o and
+gate/up/down for Llama-style models) is replaced in place by a :class:`dmx.linear.DMXLinear`:
+weight and input activation are MX fake-quantised (OCP MX v1.0 §6: blocks of 32 along the
+reduction dimension, shared E8M0 scale), each layer with its own learnable offset ``beta_hat``.
+Embeddings and the output head stay in full precision unless ``include_lm_head=True``. All
+original model weights are frozen; only the offsets are trainable.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, EmbeddedModel, load_model
-from dmx.quantized import quantize_model
+from dmx.family import DEFAULT_FAMILY
+from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, EmbeddedModel, decoder_linear_names, load_model
 from dmx.rotation import RotationSpec, apply_rotation, resolve_rotation
+from dmx.wrap import wrap_linears
+from mx_spec.formats import DEFAULT_BLOCK_SIZE
 
-__all__ = ["ModelSpec", "model_spec_from_args", "load_rotated_model", "quantize", "idle_cpus", "thread_count"]
+__all__ = ["ModelSpec", "model_spec_from_args", "load_rotated_model", "quantize", "quantize_model", "idle_cpus",
+           "thread_count"]
 
 
 @dataclass(frozen=True)
@@ -39,8 +51,8 @@ class ModelSpec:
     device_map: str | None = None
     trust_remote_code: bool = False
     threads: int | None = None
-    family: str = "fp8_fp4"
-    block_size: int = 32
+    family: str = DEFAULT_FAMILY
+    block_size: int = DEFAULT_BLOCK_SIZE
     include_lm_head: bool = False
     backend: str | None = None
     rotation: RotationSpec = field(default_factory=RotationSpec)
@@ -100,6 +112,54 @@ def load_rotated_model(spec: ModelSpec, *, trainable: bool = False):
 
 
 def quantize(model: nn.Module, spec: ModelSpec) -> dict[str, nn.Module]:
-    """Wrap ``model``'s decoder linears as ``spec`` says (:func:`dmx.quantized.quantize_model`)."""
+    """Wrap ``model``'s decoder linears as ``spec`` says (:func:`quantize_model`)."""
     return quantize_model(model, spec.family, include_lm_head=spec.include_lm_head, block_size=spec.block_size,
                           backend=spec.backend)
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize: a causal LM's decoder linears become DMXLinear
+# ------------------------------------------------------------------------------------------------
+def quantize_model(
+    model: nn.Module,
+    family: str = DEFAULT_FAMILY,
+    *,
+    include_lm_head: bool = False,
+    names: Iterable[str] | None = None,
+    **dmx_kwargs: Any,
+) -> dict[str, Any]:
+    """Wrap the decoder linears of ``model`` in place; returns ``{qualified name: DMXLinear}``.
+
+    ``family``: a dmx core format family (``fp8_fp4`` | ``fp6_fp4``). ``names``: the subset of
+    decoder linears to wrap (default: all of them, see ``dmx.models.decoder_linear_names``; the
+    output head counts only with ``include_lm_head=True``); a name outside that set raises
+    ``ValueError`` listing valid ones. ``predicate`` goes to ``dmx.wrap_linears``, the remaining
+    ``dmx_kwargs`` are ``dmx.linear.DMXLinearConfig`` settings (``block_size``, ``tie``, ...). Model weights
+    get ``requires_grad=False``. ``ValueError`` when the model has no decoder linears.
+    """
+
+    selected = _select_decoder_linears(model, names, include_lm_head=include_lm_head)
+    model.requires_grad_(False)
+    predicate = dmx_kwargs.pop("predicate", None)
+    return wrap_linears(model, {"family": family, **dmx_kwargs}, names=selected, predicate=predicate)
+
+
+def _select_decoder_linears(model: nn.Module, names: Iterable[str] | None, *, include_lm_head: bool) -> list[str]:
+    """The decoder linears to quantise, in model order: all, or the validated subset ``names``."""
+    valid = decoder_linear_names(model, include_lm_head=include_lm_head)
+    if names is None:
+        return valid
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of layer names, not the string {names!r}; wrap it: names=[{names!r}]")
+    wanted = set(names)
+    unknown = sorted(wanted - set(valid))
+    if unknown:
+        hint = "" if include_lm_head else " (the output head needs include_lm_head=True)"
+        raise ValueError(
+            f"not decoder linears of this model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
+            f"valid names look like {valid[:3]} ... ({len(valid)} in all, "
+            f"see dmx.models.decoder_linear_names(model)){hint}"
+        )
+    if not wanted:
+        raise ValueError("names is empty; pass at least one decoder linear, or names=None for all of them")
+    return [n for n in valid if n in wanted]

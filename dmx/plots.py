@@ -25,6 +25,8 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from mx_spec import get_format
+
 # One marker (and colour) per method; methods not listed get the fallback style.
 METHOD_STYLE: dict[str, dict[str, Any]] = {
     "uniform": {"marker": "s", "color": "tab:gray", "label": "uniform MX"},
@@ -175,8 +177,6 @@ def assignment_heatmap(
     order = list(layer_order) if layer_order is not None else list(next(iter(assignments.values())))
     formats = sorted({f for a in assignments.values() for f in a.values()})
     if format_bits is None:
-        from mx_spec import get_format
-
         format_bits = {f: float(get_format(f).element.bits) for f in formats}
     rows = list(assignments)
     grid = assignment_grid(assignments, order, format_bits)

@@ -11,6 +11,7 @@ model's note itself.
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import mx_spec
 if TYPE_CHECKING:
     from dmx.pipeline import ModelSpec
 
-__all__ = ["software_versions", "model_provenance"]
+__all__ = ["software_versions", "model_provenance", "token_hash"]
 
 
 def _installed_version(distribution: str) -> str:
@@ -50,3 +51,9 @@ def model_provenance(spec: ModelSpec) -> dict[str, Any]:
     ``include_lm_head`` of ``spec``: the model an assignment or a sweep point was made on."""
     return {"model": spec.model, "model_note": spec.model_note, "dtype": spec.dtype,
             "include_lm_head": spec.include_lm_head}
+
+
+def token_hash(token_ids: torch.Tensor) -> str:
+    """sha256 (hex) of the int64 token ids: identifies calibration/evaluation data in provenance."""
+    array = token_ids.detach().to("cpu", torch.int64).contiguous().numpy()
+    return hashlib.sha256(array.tobytes()).hexdigest()

@@ -19,6 +19,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from mx_spec.blocks import check_block_size
+from mx_spec.formats import DEFAULT_BLOCK_SIZE
+
 __all__ = [
     "DEFAULT_LAMBDA",
     "E8M0_SCALE_BITS",
@@ -34,10 +37,9 @@ E8M0_SCALE_BITS = 8
 WEIGHTINGS = ("mean", "elements")
 
 
-def storage_bits(element_bits, block_size: int = 32):
+def storage_bits(element_bits, block_size: int = DEFAULT_BLOCK_SIZE):
     """Bits per element including the shared E8M0 scale: ``element_bits + 8 / block_size``."""
-    if not (isinstance(block_size, int) and block_size >= 1):
-        raise ValueError(f"block_size must be a positive integer (MX uses 32); got {block_size!r}")
+    block_size = check_block_size(block_size)
     return element_bits + E8M0_SCALE_BITS / block_size
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from dmx.linear import DMXLinear, DMXLinearConfig
 from dmx.offset import check_offset_mode, check_temperature
 
-__all__ = ["wrap_linears", "dmx_layers", "set_temperature", "apply_schedule", "set_fixed_format"]
+__all__ = ["wrap_linears", "dmx_layers", "set_temperature", "apply_schedule", "set_fixed_format", "set_calibration_mode",
+           "input_device"]
 
 
 def _linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
@@ -108,3 +110,22 @@ def set_fixed_format(model: nn.Module, name: str | None) -> None:
     ``None`` returns them to their learnable offsets (``DMXLinear.set_fixed_format``)."""
     for layer in _layers_or_error(model).values():
         layer.set_fixed_format(name)
+
+
+def set_calibration_mode(model: nn.Module, layers: Mapping[str, Any], training: bool) -> None:
+    """Soft (training) offsets for the dMX layers while the rest of the model stays in eval mode.
+
+    Keeping the base model in eval mode disables dropout, so calibration and evaluation differ
+    only in the soft (training) versus hard (eval) offset of each ``DMXLinear``.
+    """
+    model.eval()
+    for layer in layers.values():
+        layer.train(training)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Device of the input embedding: where token ids must go (also under ``device_map='auto'``)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device

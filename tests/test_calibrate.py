@@ -12,7 +12,7 @@ from dmx.assignment import Assignment, apply_assignment
 from dmx.calibrate import CalibrationConfig, calibrate, window_order
 from dmx.checkpoint import CheckpointError, checkpoint_path
 from dmx.models import tiny_model
-from dmx.quantized import quantize_model
+from dmx.pipeline import quantize_model
 
 WINDOWS = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
 CFG = CalibrationConfig(steps=5, batch_size=1, target_bits=5.0, checkpoint_every=2, seed=3)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dmx import data as D
+from dmx.provenance import token_hash
 
 # Published in the data directory README (independent of our code).
 TEST_JOINED_SHA256 = "696cca6b65a171b0a358a4be6732cdfdf2dd6164a32e20fd70e3c13fc4dfae83"
@@ -112,5 +113,5 @@ def test_fineweb_style_documents_are_read_from_jsonl_gzip_and_parquet(tmp_path):
 
 def test_token_hash_identifies_data():
     a = torch.arange(10).reshape(1, -1)
-    assert D.token_hash(a) == hashlib.sha256(a.numpy().astype("<i8").tobytes()).hexdigest()
-    assert D.token_hash(a) != D.token_hash(a + 1)
+    assert token_hash(a) == hashlib.sha256(a.numpy().astype("<i8").tobytes()).hexdigest()
+    assert token_hash(a) != token_hash(a + 1)

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from dmx.calibrate import CalibrationConfig, calibrate
 from dmx.models import tiny_model
-from dmx.quantized import quantize_model
+from dmx.pipeline import quantize_model
 
 STEPS = 4
 CFG = dict(steps=STEPS, batch_size=4, grad_accum=2, checkpoint_every=1, lr=0.5, seed=3, t_start=0.4, t_end=2.0)

@@ -11,7 +11,7 @@ from dmx.assignment import Assignment, apply_assignment
 from dmx.calibrate import CalibrationConfig, calibrate
 from dmx.data import sample_windows
 from dmx.perplexity import perplexity
-from dmx.quantized import quantize_model
+from dmx.pipeline import quantize_model
 
 pytestmark = pytest.mark.slow
 SEQLEN, WINDOWS = 128, 2

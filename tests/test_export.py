@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from dmx.export import export_model, load_exported, read_manifest
 from dmx.models import tiny_model
-from dmx.quantized import quantize_model
+from dmx.pipeline import quantize_model
 
 FORMATS = ("mxfp4_e2m1", "mxfp8_e4m3", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e5m2")
 # Independent element decoders: ml_dtypes' OCP types, one code per uint8.

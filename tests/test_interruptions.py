@@ -24,7 +24,7 @@ from dmx.checkpoint import checkpoint_path
 from dmx.files import atomic_write_text
 from dmx.cli import main
 from dmx.models import tiny_model
-from dmx.quantized import quantize_model
+from dmx.pipeline import quantize_model
 from tiny_checkpoint import save_tiny_byte_llama
 
 REPO = Path(__file__).resolve().parents[1]

@@ -101,7 +101,7 @@ def test_cache_roundtrip_and_key_mismatch(tmp_path):
 def tiny():
     from dmx.kl_baseline import reference_logits
     from dmx.models import tiny_model
-    from dmx.quantized import quantize_model
+    from dmx.pipeline import quantize_model
 
     model = tiny_model("qwen3", seed=3)
     windows = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))

@@ -7,7 +7,8 @@
 * no module over ``MAX_LINES`` lines.
 
 Imports are read from the source (``ast``), including those inside functions: an upward import
-hidden in a function body is still an upward import.
+hidden in a function body is still an upward import. Imports under ``if TYPE_CHECKING:`` (names
+for annotations, never executed) do not count.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ PACKAGES = ("mx_spec", "dmx")
 MAX_LINES = 420
 
 #: The dMX core: the method itself, independent of where the model comes from.
+#: (``dmx.pipeline.quantize_model``, which picks an LLM's decoder linears, is on the LLM side.)
 CORE = {"dmx.family", "dmx.offset", "dmx.anneal", "dmx.regularizer", "dmx.autograd", "dmx.mx_torch",
-        "dmx.mx_torch_primitives", "dmx.linear", "dmx.wrap", "dmx.quantized", "dmx.calibrate",
-        "dmx.assignment", "dmx.trainable", "dmx.distributed", "dmx.files"}
+        "dmx.mx_torch_primitives", "dmx.linear", "dmx.wrap", "dmx.calibrate", "dmx.trainable",
+        "dmx.assignment", "dmx.checkpoint", "dmx.distributed", "dmx.files", "dmx.provenance"}
 #: The user-facing entry points, imported by nothing below them.
 COMMANDS_PREFIXES = ("dmx.cli", "dmx.commands")
 
@@ -53,8 +55,14 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """Project modules (and ``torch``) imported anywhere in one module's source."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    # imports under ``if TYPE_CHECKING:`` only name types in annotations; they never run
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
     found: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

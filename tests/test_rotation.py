@@ -133,7 +133,8 @@ def test_learned_rotation_is_exact_for_any_orthogonal_matrices(arch):
 
 
 def test_learned_rotation_trains_with_cayley_sgd_under_mxfp4():
-    from dmx.quantized import quantize_model, set_calibration_mode
+    from dmx.pipeline import quantize_model
+    from dmx.wrap import set_calibration_mode
     from dmx.wrap import set_fixed_format
 
     model = tiny_model("llama", seed=1)
@@ -176,7 +177,7 @@ def _quantised_down_proj_io(model, path):
 
 
 def test_online_rotation_runs_before_the_input_quantiser():
-    from dmx.quantized import quantize_model
+    from dmx.pipeline import quantize_model
     from dmx.wrap import set_fixed_format
 
     model = tiny_model("llama", seed=1)
@@ -199,7 +200,7 @@ def test_online_rotation_runs_before_the_input_quantiser():
 
 
 def test_rotate_before_or_after_quantize_model_is_the_same_model():
-    from dmx.quantized import quantize_model
+    from dmx.pipeline import quantize_model
     from dmx.wrap import set_fixed_format
 
     ids = _ids()
@@ -283,7 +284,7 @@ def test_bad_requests_raise_clear_errors(tmp_path):
 
 
 def test_learned_rotation_refuses_a_wrapped_lm_head():
-    from dmx.quantized import quantize_model
+    from dmx.pipeline import quantize_model
 
     model = tiny_model("llama")
     apply_rotation(model, RotationSpec("learned"))

@@ -258,7 +258,7 @@ def test_fake_quantised_model_is_evaluated_as_quantised(tiny, data_dir):
     import copy
 
     pytest.importorskip("dmx.wrap", reason="DMXLinear (dmx core) not available yet")
-    from dmx.quantized import quantize_model
+    from dmx.pipeline import quantize_model
     from dmx.wrap import set_fixed_format
 
     model, tokenizer = tiny

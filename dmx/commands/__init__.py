@@ -12,8 +12,11 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from dmx.calibrate import CalibrationConfig
+from dmx.family import DEFAULT_FAMILY, FAMILIES
 from dmx.models import SHORT_NAMES
 from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec
+from mx_spec.formats import DEFAULT_BLOCK_SIZE
 
 __all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args",
            "format_table", "print_table"]
@@ -85,17 +88,17 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
     group.add_argument("--rotation-block", type=int, default=None,
                        help="hadamard/online only: block-diagonal Hadamard size (32 = one MX block, 64 = two; "
                             f"0 = full width) (default: {recorded_or}{defaults.online_size}){unset}")
-    group.add_argument("--rotation-lr", type=float, default=1.5,
+    group.add_argument("--rotation-lr", type=float, default=CalibrationConfig().rotation_lr,
                        help="Cayley SGD learning rate of a learned rotation (calibrate and sweep only)")
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
     """``--family --include-lm-head --block-size --backend``."""
     group = parser.add_argument_group("quantisation")
-    group.add_argument("--family", default="fp8_fp4", help="dMX format family: fp8_fp4 or fp6_fp4")
+    group.add_argument("--family", default=DEFAULT_FAMILY, choices=sorted(FAMILIES), help="dMX format family")
     group.add_argument("--include-lm-head", action="store_true",
                        help="also quantise the output head (default: embeddings and lm_head stay full precision)")
-    group.add_argument("--block-size", type=int, default=32, help="MX block size (OCP MX v1.0: 32)")
+    group.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="MX block size (OCP MX v1.0: 32)")
     group.add_argument("--backend", choices=["numpy", "torch"], default=None,
                        help="MX quantiser implementation: torch (default; on the tensors' device) or numpy "
                             "(mx_spec on the host); the same bits, checked by the golden vectors")

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
-from dmx.files import sha256_file
+from dmx.files import atomic_write_bytes, sha256_file
 from dmx.rotation.state import RotationState, rotation_state
 
 __all__ = ["save_rotation", "load_rotation", "rotation_provenance", "save_rotation_beside", "rotated_model_id"]
@@ -34,10 +34,7 @@ def save_rotation(state: RotationState, path: str | Path) -> Path:
             tensors[f"r2.{i}"] = m.detach().cpu().float().contiguous()
     else:  # safetensors needs at least one tensor; the fixed kind is rebuilt from the seed
         tensors["seed"] = torch.tensor([state.spec.seed], dtype=torch.int64)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"dmx_rotation": json.dumps(state.describe())})
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, save(tensors, metadata={"dmx_rotation": json.dumps(state.describe())}))
 
 
 def load_rotation(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:

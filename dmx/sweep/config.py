@@ -9,17 +9,18 @@ from typing import Any
 
 from dmx.calibrate import CalibrationConfig
 from dmx.data import check_calibration_source, check_data_source
-from dmx.family import get_family
+from dmx.family import DEFAULT_FAMILY, get_family
 from dmx.models import check_seqlens
 from dmx.pipeline import ModelSpec
 from dmx.rotation import DEFAULT_ONLINE_SIZE, RotationSpec, check_learned_lm_head
 from dmx.tasks import check_zeroshot_data
 from mx_spec import get_format
+from mx_spec.formats import DEFAULT_BLOCK_SIZE, FLOAT_FORMATS
 
 __all__ = ["UNIFORM_FORMATS", "METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", "SweepConfig", "point_label",
            "validate_config"]
 
-UNIFORM_FORMATS = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3", "mxfp8_e5m2")
+UNIFORM_FORMATS = FLOAT_FORMATS  # every MX float format, from the one format table
 METHODS = ("fp", "uniform", "kl", "dmx", "random")
 #: Methods whose points depend on a seed (repeated ``SweepConfig.seeds`` times).
 SEEDED_METHODS = ("dmx", "random")
@@ -60,8 +61,8 @@ class SweepConfig:
     targets: tuple[float, ...] = (5.0, 6.0)
     methods: tuple[str, ...] = METHODS
     uniform: tuple[str, ...] = UNIFORM_FORMATS
-    family: str = "fp8_fp4"
-    block_size: int = 32
+    family: str = DEFAULT_FAMILY
+    block_size: int = DEFAULT_BLOCK_SIZE
     include_lm_head: bool = False
     dtype: str = "float32"
     device: str = "cpu"

@@ -78,7 +78,7 @@ from dmx.models import decoder_linear_names, load_model
 from dmx.offset import offset_to_beta
 from dmx.perplexity import window_nlls
 from dmx.plots import pareto_figure
-from dmx.quantized import quantize_model
+from dmx.pipeline import quantize_model
 
 # transformers imports torchao while loading the model; torchao logs that its optional CUDA
 # kernels cannot load on a CPU machine, and torch logs a deprecation note about torchao's enum
@@ -131,7 +131,7 @@ print(f"full-precision perplexity (first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}
 # %% [markdown]
 # ## 2. Uniform formats
 #
-# `dmx.quantized.quantize_model` replaces the selected `nn.Linear`s by `DMXLinear` (weights and
+# `dmx.pipeline.quantize_model` replaces the selected `nn.Linear`s by `DMXLinear` (weights and
 # input activations MX-quantized in blocks of 32 along the reduction dimension; one learnable
 # offset each). Fixing every layer to one standard format gives the simplest baselines — and
 # the two 6-bit formats are exactly at the budget of this notebook, so any mixed FP4/FP8

@@ -6,7 +6,7 @@ from torch import nn
 
 from dmx.linear import DMXLinear
 from dmx.models import decoder_linear_names
-from dmx.quantized import quantize_model
+from dmx.pipeline import quantize_model
 
 
 def test_names_wrap_exactly_the_chosen_layers_in_model_order(tiny_llama):
