@@ -176,6 +176,10 @@ def test_every_shipped_config_parses_for_its_command(path):
         from dmx.commands.calibrate import config_from_args
 
         config_from_args(args).validate()
+    if hasattr(args, "rotation"):
+        from dmx.rotation import resolve_rotation
+
+        resolve_rotation(args).check_buildable(trainable=command == "calibrate", include_lm_head=args.include_lm_head)
 
 
 def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assignment(tmp_path, tiny_dir, data_dir):
