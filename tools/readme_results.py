@@ -530,6 +530,26 @@ def table_scale_rule(root: Path) -> str:
                           body, "lrllrr")
 
 
+def table_budget_study(root: Path) -> str:
+    """dMX at 5 bits per calibration budget (``results/budget_study/budget.json``, written by
+    ``benchmarks/budget_study.py``) beside KL and the random control on the same test windows."""
+    doc = load_json(root / "results" / "budget_study" / "budget.json")
+    body = []
+    for r in doc["budgets"]:
+        points = {p["seed"]: p["perplexity"] for p in load_sweep(root / r["folder"]).values()
+                  if p["method"] == "dmx" and p.get("target") == doc["target_bits"]}
+        body.append([f"dMX, {r['steps']} steps x {r['windows_per_step']} windows", f"{r['tokens']:,}", str(r["test_windows"]),
+                     " ".join(map(str, r["seeds"])), " / ".join(f"{points[seed]:.2f}" for seed in r["seeds"]),
+                     f"{r['perplexity_mean']:.2f}"])
+    labels = {"kl": "KL heuristic", "random": "random control"}
+    windows = doc["budgets"][0]["test_windows"] if doc["budgets"] else ""
+    for method, r in doc["references"].items():
+        body.append([labels[method], "", str(windows), " ".join("" if x is None else str(x) for x in r["seeds"]),
+                     "", f"{r['perplexity_mean']:.2f}"])
+    return markdown_table(["at 5 bits (budget rounding, no rotation)", "calibration tokens", "test windows", "seeds",
+                           "ppl per seed", "ppl (mean)"], body, "lrrlrr")
+
+
 def _seed_perplexities(root: Path, folder: str, method: str) -> list[float]:
     return [p["perplexity"] for p in load_sweep(root / "results" / folder).values()
             if p["method"] == method and p.get("perplexity") is not None]
