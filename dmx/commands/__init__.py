@@ -95,7 +95,7 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
     """``--family --include-lm-head --block-size --backend``."""
     group = parser.add_argument_group("quantisation")
-    group.add_argument("--family", default=DEFAULT_FAMILY, choices=sorted(FAMILIES), help="dMX format family")
+    group.add_argument("--family", default=DEFAULT_FAMILY, help="dMX format family: " + " or ".join(FAMILIES))
     group.add_argument("--include-lm-head", action="store_true",
                        help="also quantise the output head (default: embeddings and lm_head stay full precision)")
     group.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="MX block size (OCP MX v1.0: 32)")
