@@ -8,15 +8,15 @@
 # same command). One torch thread per run; 120 steps take ~15 min on one idle core, 400 steps
 # ~50 min, each evaluation of 8 x 2048 test windows ~5 min.
 #
-#   benchmarks/budget_study.sh                       # BUDGETS="120x2 40x8"
-#   BUDGETS="400x2" benchmarks/budget_study.sh       # the authors' step count
+#   benchmarks/budget_study.sh                       # BUDGETS="120x2 400x2 40x8" (the README's)
+#   BUDGETS="400x2" benchmarks/budget_study.sh       # one budget: the authors' step count
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 HEADLINE=${HEADLINE:-results/headline_5bit}
 OUT=${OUT:-results/budget_study}
 MAX_WINDOWS=${MAX_WINDOWS:-8}
 SEEDS=${SEEDS:-1}
-for budget in ${BUDGETS:-120x2 40x8}; do
+for budget in ${BUDGETS:-120x2 400x2 40x8}; do
   steps=${budget%x*}; batch=${budget#*x}
   "$PY" -m dmx.cli sweep --model smollm2-135m --family fp8_fp4 --out "$OUT/steps${steps}_batch${batch}" \
       --targets 5 --threads "${THREADS:-1}" --seqlen 2048 --max-windows "$MAX_WINDOWS" \
