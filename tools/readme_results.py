@@ -560,6 +560,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "headline_verdict": table_headline_verdict,
     "headline_threshold_bits": table_headline_threshold_bits,
     "headline_overlap": table_headline_overlap,
+    "scale_rule": table_scale_rule,
     "budget_study": table_budget_study,
     "bench_mx_spec": table_bench_mx_spec,
     "demo": table_demo,
