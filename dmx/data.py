@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "CALIBRATION_WINDOWS",
+    "CALIBRATION_SEQLEN",
     "DATA_DIR_ENV",
     "WIKITEXT2_TEST",
     "WIKITEXT2_CALIB",
@@ -52,6 +54,10 @@ WIKITEXT2_TEST = Path("wikitext-2-raw-v1") / "test.jsonl"
 WIKITEXT2_CALIB = Path("wikitext-2-tokenized") / "valid.txt"
 #: Where calibration text comes from when no text file is given.
 CALIBRATION_SOURCES = ("wikitext2", "fineweb")
+#: The demo's dMX calibration data, the default of `dmx calibrate` and `dmx sweep` alike: seeded
+#: windows of this many tokens (shorter than evaluation windows: cost grows with tokens per step).
+CALIBRATION_WINDOWS = 64
+CALIBRATION_SEQLEN = 256
 #: Characters streamed from FineWeb online (~5 M tokens with a Llama-style tokenizer, what 400
 #: steps of 8 x 2048 tokens draw their windows from).
 FINEWEB_ONLINE_CHARS = 25_000_000

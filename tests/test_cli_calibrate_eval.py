@@ -206,8 +206,11 @@ def test_calibrate_and_sweep_without_flags_calibrate_identically():
     from dmx.commands.calibrate import config_from_args as calibrate_config
     from dmx.commands.sweep import config_from_args as sweep_config
 
-    calibrate = calibrate_config(build_parser().parse_args(["calibrate"]))
-    sweep = sweep_config(build_parser().parse_args(["sweep"]))
+    calibrate_args, sweep_args = build_parser().parse_args(["calibrate"]), build_parser().parse_args(["sweep"])
+    calibrate = calibrate_config(calibrate_args)
+    sweep = sweep_config(sweep_args)
+    # the same calibration data too: window count and length
+    assert (sweep.calib_windows, sweep.calib_seqlen) == (calibrate_args.n_windows, calibrate_args.seqlen)
     point = sweep.calibration_config(sweep.targets[0], sweep.seed)
     assert dataclasses.asdict(point) == dataclasses.asdict(calibrate)
     assert (calibrate.steps, calibrate.batch_size, calibrate.checkpoint_every) == (40, 2, 5)  # the demo's

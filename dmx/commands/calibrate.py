@@ -11,7 +11,7 @@ from pathlib import Path
 from dmx.calibrate import CalibrationConfig, calibrate, check_checkpoint
 from dmx.checkpoint import remove_checkpoint
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
-from dmx.data import (CALIBRATION_SOURCES, calibration_token_ids, check_calibration_source, check_data_source,
+from dmx.data import (CALIBRATION_SEQLEN, CALIBRATION_SOURCES, CALIBRATION_WINDOWS, calibration_token_ids, check_calibration_source, check_data_source,
                       sample_windows, test_token_ids)
 from dmx.distributed import init_from_env
 from dmx.models import check_seqlens, context_length
@@ -24,8 +24,6 @@ from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["RECIPE", "register", "run", "config_from_args", "add_recipe_args", "data_description"]
 
-#: Calibration windows are shorter than evaluation windows (cost grows with tokens per step).
-DEFAULT_SEQLEN = 256
 #: The calibration recipe both ``dmx calibrate`` and ``dmx sweep`` default to (one source of defaults).
 RECIPE = CalibrationConfig()
 
@@ -45,7 +43,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_model_args(parser)
     add_quant_args(parser)
     add_data_args(parser)
-    parser.set_defaults(seqlen=DEFAULT_SEQLEN, func=run)
+    parser.set_defaults(seqlen=CALIBRATION_SEQLEN, func=run)
     group = parser.add_argument_group("calibration")
     group.add_argument("--text-file", default=None,
                        help="calibrate on this file instead: UTF-8 text, or FineWeb-style documents "
@@ -53,7 +51,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--calib-source", default="wikitext2", choices=list(CALIBRATION_SOURCES),
                        help="calibration text without --text-file: WikiText-2 validation (local or --online), or "
                             "fineweb (the authors' data; streamed with --online)")
-    group.add_argument("--n-windows", type=int, default=64, help="number of seeded random calibration windows")
+    group.add_argument("--n-windows", type=int, default=CALIBRATION_WINDOWS, help="number of seeded random calibration windows")
     group.add_argument("--target-bits", type=float, default=RECIPE.target_bits,
                        help="average element-bit budget (within the family's range)")
     group.add_argument("--schedule", default=RECIPE.schedule_name,

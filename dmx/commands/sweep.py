@@ -13,6 +13,7 @@ import torch
 
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
 from dmx.commands.calibrate import RECIPE, add_recipe_args
+from dmx.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
 from dmx.pipeline import thread_count
 from dmx.rotation import RotationSpec
 from dmx.sweep.config import METHODS, UNIFORM_FORMATS, SweepConfig
@@ -59,8 +60,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     k.add_argument("--kl-seqlen", type=int, default=512, help="tokens per KL window")
     k.add_argument("--kl-cache-dir", default=None, help="KL score cache (default: <out>/kl_cache)")
     c = parser.add_argument_group("dMX calibration (see `dmx calibrate --help`)")
-    c.add_argument("--calib-windows", type=int, default=32, help="seeded calibration windows")
-    c.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
+    c.add_argument("--calib-windows", type=int, default=CALIBRATION_WINDOWS, help="seeded calibration windows")
+    c.add_argument("--calib-seqlen", type=int, default=CALIBRATION_SEQLEN, help="tokens per calibration window")
     c.add_argument("--calib-text-file", default=None,
                    help="calibrate on this file instead: UTF-8 text or FineWeb-style .jsonl/.jsonl.gz/.parquet")
     c.add_argument("--calib-source", default="wikitext2", choices=["wikitext2", "fineweb"],

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dmx.calibrate import CalibrationConfig
-from dmx.data import check_calibration_source, check_data_source
+from dmx.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS, check_calibration_source, check_data_source
 from dmx.family import DEFAULT_FAMILY, get_family
 from dmx.models import check_seqlens
 from dmx.pipeline import ModelSpec
@@ -74,8 +74,8 @@ class SweepConfig:
     calib_source: str = "wikitext2"
     seqlen: int = 2048
     max_windows: int | None = None
-    calib_windows: int = 32
-    calib_seqlen: int = 512
+    calib_windows: int = CALIBRATION_WINDOWS
+    calib_seqlen: int = CALIBRATION_SEQLEN
     seed: int = 0
     seeds: int = 1
     kl_windows: int = 4
