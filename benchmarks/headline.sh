@@ -7,8 +7,10 @@
 # docs/FIDELITY.md). KL, dMX and the random control run first. Resumable: rerun the same
 # command and finished points are skipped.
 #
-#   MAX_WINDOWS=8 benchmarks/headline.sh                            # results/headline_5bit (README)
-#   ROTATION=hadamard MAX_WINDOWS=16 OUT=results/headline_5bit_hadamard benchmarks/headline.sh
+#   MAX_WINDOWS=32 OUT=results/headline_5bit_w32 benchmarks/headline.sh                             # README
+#   MAX_WINDOWS=8 benchmarks/headline.sh                            # results/headline_5bit: budget study's reference
+#   ROTATION=hadamard MAX_WINDOWS=32 OUT=results/headline_5bit_hadamard_w32 benchmarks/headline.sh  # README
+#   ROTATION=hadamard MAX_WINDOWS=16 OUT=results/headline_5bit_hadamard benchmarks/headline.sh      # scale_rule.sh's reference
 #
 # Cost on one core of the 2-core machine (the two sweeps side by side, one torch thread each):
 # a quantised evaluation takes 25-45 s per 2048-token window, the KL scoring ~15 min, a dMX

@@ -419,7 +419,7 @@ def compare_demo(run: Path, recorded: Path, *, k: float = 3.0) -> tuple[str, boo
 # ----------------------------------------------------------------------------- the headline (issue #12)
 
 #: The headline sweeps (benchmarks/headline.sh): rotation label -> folder under results/.
-HEADLINE_FOLDERS = {"none": "headline_5bit_w32", "Hadamard-64": "headline_5bit_hadamard"}
+HEADLINE_FOLDERS = {"none": "headline_5bit_w32", "Hadamard-64": "headline_5bit_hadamard_w32"}
 HEADLINE_ROWS = [("full precision", "fp", None), ("uniform MXFP4 E2M1", "uniform", "mxfp4_e2m1"),
                  ("uniform MXFP8 E4M3", "uniform", "mxfp8_e4m3"), ("KL heuristic @ 5", "kl", None),
                  ("dMX @ 5 (budget rounding)", "dmx", None), ("random control @ 5", "random", None)]
