@@ -1,17 +1,20 @@
 """Throughput of the MX bridge (quantize-dequantize, forward and forward+backward) per backend.
 
 One table, one row per (device, backend, operation): the numpy backend (``mx_spec`` on a host
-copy) and the torch backend (``dmx.mx_torch`` on the tensor's device) on the same float32
-tensor, timed alternately so that machine noise hits both alike. Operations:
+copy), the torch backend (``dmx.mx_torch`` on the tensor's device) and the compiled backend (the
+same torch functions fused by ``torch.compile``; compiled in the warm-up, not timed) on the same
+float32 tensor, timed alternately so that machine noise hits them alike. Operations:
 
-* ``standard fwd``: ``mx_qdq_standard(x, mxfp4_e2m1)`` (a deployed format, eval path);
+* ``standard fwd``: ``mx_qdq_standard(x, mxfp4_e2m1)`` (a deployed format, eval path; compiled
+  runs the eager torch code here);
 * ``minifloat fwd``: ``mx_qdq_minifloat(x, E, M)`` at a fractional width (the calibration path);
-* ``minifloat fwd+bwd``: the same plus the backward to x, E and M (the shared closed form).
+* ``minifloat fwd+bwd``: the same plus the backward to x, E and M (the closed form).
 
-Throughput is elements per second of the median run; the speed-up column is numpy time / torch
-time on the same device. ``--device cuda`` adds the GPU rows (numpy then pays the host round trip).
+Throughput is elements per second of the median run; the speed-up column is numpy time / the
+backend's time on the same device. ``--devices cpu cuda`` adds the GPU rows (numpy then pays the
+host round trip). ``--out`` writes the rows and the run's provenance as JSON.
 
-    python benchmarks/bench_bridge.py --rows 2048 --cols 2048 --repeats 5
+    python benchmarks/bench_bridge.py --rows 1024 --cols 2048 --repeats 5 --threads 1 --out results/bench_bridge/cpu_1thread.json
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
 
 from dmx.autograd import BACKENDS, mx_qdq_minifloat, mx_qdq_standard
+from dmx.provenance import run_provenance
 
 
 def _sync(device: str) -> None:
@@ -87,8 +92,11 @@ def main(argv=None) -> list[dict]:
         print(f"| {r['device']} | {r['backend']} | {r['op']} | {r['median_s'] * 1e3:.1f} | "
               f"{r['elements_per_s'] / 1e6:.0f} | {r['speedup_vs_numpy']:.2f}x |")
     if args.out:
+        doc = {"rows_x_cols": [args.rows, args.cols], "ebits": args.ebits, "mbits": args.mbits,
+               "repeats": args.repeats, "rows": rows,
+               "provenance": run_provenance("benchmarks/bench_bridge.py", sys.argv[1:] if argv is None else argv)}
         with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(rows, handle, indent=2)
+            json.dump(doc, handle, indent=2)
     return rows
 
 

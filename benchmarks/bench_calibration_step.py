@@ -3,14 +3,16 @@
 All are measured in the same process on the same batch of WikiText-2 validation windows,
 alternating (baseline, dMX with each MX backend, baseline, ...) so that machine noise hits them
 alike; the reported ratio is median(dMX step) / median(baseline), one per backend
-(``--backends numpy torch``: ``mx_spec`` on the host vs ``dmx.mx_torch``; same bits). Baseline = the unquantised model's
+(``--backends numpy torch compiled``: ``mx_spec`` on the host, ``dmx.mx_torch``, and the same
+fused by ``torch.compile``, compiled during the untimed warm-up step; same bits). Baseline = the unquantised model's
 forward + backward of the next-token cross-entropy with gradients for all weights (an ordinary
 training step without the optimiser update). dMX step = forward of the fake-quantised model
 (soft formats, weight + input MX quantisation of every decoder linear), the dMX objective,
 backward to the offsets only, and the SGD update. Peak resident memory of the process is
 reported too (it includes both models).
 
-    python benchmarks/bench_calibration_step.py --batch-size 4 --seqlen 256 --repeats 5
+    python benchmarks/bench_calibration_step.py --batch-size 2 --seqlen 256 --repeats 5 --threads 1 \
+        --out results/bench_calibration_step/seqlen256_1thread.json
     python benchmarks/bench_calibration_step.py --device cuda --dtype bfloat16   # on a GPU
 """
 
@@ -22,14 +24,17 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from dmx.autograd import BACKENDS
 from dmx.calibrate import CalibrationConfig, objective
 from dmx.data import calibration_windows
 from dmx.pipeline import ModelSpec, load_rotated_model, quantize
+from dmx.provenance import run_provenance
 from dmx.wrap import set_calibration_mode
 
 
@@ -48,10 +53,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="model dtype (the baseline runs in it too)")
-    parser.add_argument("--backends", nargs="+", default=["numpy", "torch"], choices=["numpy", "torch"],
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                         help="MX backends timed side by side")
     parser.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
+    provenance = run_provenance("benchmarks/bench_calibration_step.py", sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     spec = ModelSpec(model=args.model, device=args.device, dtype=args.dtype, threads=args.threads or None)
@@ -106,6 +112,7 @@ def main(argv=None) -> dict:
         "backends": {b: {"dmx_step_s": statistics.median(t), "ratio": statistics.median(t) / base_s, "all_s": t}
                      for b, t in dmx_times.items()},
         "peak_rss_gib": _peak_rss_gib(),
+        "provenance": provenance,
     }
     print(f"{args.model} batch {args.batch_size}x{args.seqlen} {args.dtype} on {args.device} ({result['threads']} threads)")
     print(f"  unquantised fwd+bwd          : {base_s:.3f} s (median of {args.repeats})")

@@ -55,19 +55,25 @@ def check_bits(device: str) -> dict:
                                            and np.array_equal(e.cpu().numpy(), want.elements)))
             for rule in FRACTIONAL_SCALES:
                 for eb, mb in ((2.0, 1.0), (4.0, 3.0), (2.7, 1.7), (3.4, 2.9)):
-                    got = mx_torch.quantize_dequantize_minifloat(xd, eb, mb, fractional_scale=rule).cpu().numpy()
-                    cases += 1
-                    mismatches += int(not np.array_equal(got.view(np.uint32), quantize_dequantize_minifloat(
-                        xn, eb, mb, fractional_scale=rule).view(np.uint32)))
+                    want = quantize_dequantize_minifloat(xn, eb, mb, fractional_scale=rule).view(np.uint32)
+                    for compiled in (False, True):  # eager torch, and the compiled backend's fused kernels
+                        got = mx_torch.quantize_dequantize_minifloat(xd, eb, mb, fractional_scale=rule,
+                                                                     compiled=compiled).cpu().numpy()
+                        cases += 1
+                        mismatches += int(not np.array_equal(got.view(np.uint32), want))
     grads = {}
-    for backend in ("numpy", "torch"):
+    for backend in ("numpy", "torch", "compiled"):
         x = torch.from_numpy(tensors[1][:8].astype(np.float32)).to(device).requires_grad_(True)
         eb = torch.tensor(2.7, device=device, requires_grad=True)
         mb = torch.tensor(1.7, device=device, requires_grad=True)
         mx_qdq_minifloat(x, eb, mb, backend=backend).sum().backward()
         grads[backend] = (x.grad.cpu(), eb.grad.cpu(), mb.grad.cpu())
     grad_equal = all(torch.equal(a, b) for a, b in zip(grads["numpy"], grads["torch"]))
-    return {"cases": cases, "mismatching_cases": mismatches, "gradients_equal": grad_equal}
+    # compiled: the same gradient to x; its fused width sums add in another order
+    compiled_close = torch.equal(grads["numpy"][0], grads["compiled"][0]) and all(
+        torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(grads["numpy"][1:], grads["compiled"][1:]))
+    return {"cases": cases, "mismatching_cases": mismatches, "gradients_equal": grad_equal,
+            "compiled_gradients_close": compiled_close}
 
 
 def paper_budget(args) -> dict:
@@ -77,7 +83,7 @@ def paper_budget(args) -> dict:
     from dmx.pipeline import ModelSpec, load_rotated_model, quantize
     from dmx.wrap import set_calibration_mode
 
-    spec = ModelSpec(model=args.model, dtype="bfloat16", device="cuda", family="fp8_fp4", backend="torch")
+    spec = ModelSpec(model=args.model, dtype="bfloat16", device="cuda", family="fp8_fp4", backend=args.backend)
     model, _ = load_rotated_model(spec)
     if args.checkpointing:
         # non-reentrant: the weights are frozen, so the checkpointed blocks' inputs carry no grad flag
@@ -140,6 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--timed-steps", type=int, default=20)
+    parser.add_argument("--backend", default="torch", choices=("torch", "compiled"),
+                        help="MX backend of the timed calibration steps")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the paper-budget run")
     parser.add_argument("--skip-golden", action="store_true")
     parser.add_argument("--out", default="gpu_check.json")

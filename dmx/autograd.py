@@ -1,12 +1,16 @@
 r"""Torch autograd bridge over ``mx_spec``: MX quantize-dequantize with gradients to x, E and M.
 
-The forward has two backends with the same bits (``backend=``, ``BACKENDS``): ``"numpy"`` calls
+The forward has three backends with the same bits (``backend=``, ``BACKENDS``): ``"numpy"`` calls
 the numpy ``mx_spec`` (``quantize_dequantize`` for the standard formats,
 ``mx_spec.minifloat.quantize_dequantize_minifloat`` for real widths), the definition of the
 numbers; ``"torch"`` (the default, chosen by measurement: README "MX backends") runs
 ``dmx.mx_torch``, a second implementation of the same rules on the tensor's own device, which the
-golden vectors and bit-equality tests hold to ``mx_spec``. The backward below is one closed form
-shared by both. The rest of this paragraph describes the numpy backend. Inputs are ``float32`` or ``bfloat16`` tensors of any
+golden vectors and bit-equality tests hold to ``mx_spec``; ``"compiled"`` runs the same
+``dmx.mx_torch`` functions fused by ``torch.compile`` at real widths (one kernel per operand
+instead of a dozen passes; needs a C++ compiler on CPU, Triton on a GPU, and compiles once per
+kind of call). The backward below is one closed form: numpy and torch share its eager sums
+(:func:`_width_sums`), compiled fuses the same sums (:func:`fused_width_sums`), equal to float
+rounding. The rest of this paragraph describes the numpy backend. Inputs are ``float32`` or ``bfloat16`` tensors of any
 shape on any device, blocked along the last dimension (the reduction dimension of a linear layer, so that a
 matmul of two MX operands reads one scale per block of both). float32 crosses to numpy without a
 copy; bfloat16 is widened exactly to float32 and the result rounded back (MX values with at most
@@ -72,6 +76,7 @@ against finite differences of an independently written smoothed quantizer.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -89,9 +94,10 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "SUPPORTED_DTYPES", "check_backend", "
            "mx_qdq_standard"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
-#: Forward implementations: ``numpy`` (``mx_spec`` on a host copy) and ``torch`` (``dmx.mx_torch`` on
-#: the tensor's device, bit-identical, checked by the golden vectors). The backward is shared.
-BACKENDS = ("numpy", "torch")
+#: Forward implementations: ``numpy`` (``mx_spec`` on a host copy), ``torch`` (``dmx.mx_torch`` on
+#: the tensor's device, bit-identical, checked by the golden vectors) and ``compiled`` (the same
+#: functions fused by ``torch.compile``; same bits). The backward's closed form is shared.
+BACKENDS = ("numpy", "torch", "compiled")
 #: ``torch``: same bits, no host round trip, and faster on CPU too (README "MX backends").
 DEFAULT_BACKEND = "torch"
 
@@ -149,10 +155,11 @@ class _MinifloatQDQ(torch.autograd.Function):
     def forward(ctx, x, ebits, mbits, block_size, scale_mode, rounding, max_normal_cap, fractional_scale,
                 backend="numpy"):
         e, m = float(ebits), float(mbits)
-        if backend == "torch":  # same bits on the tensor's device (dmx.mx_torch)
+        if backend != "numpy":  # same bits on the tensor's device (dmx.mx_torch)
             xq, X = mx_torch.quantize_dequantize_minifloat(
                 x.detach(), e, m, block_size=block_size, scale_mode=scale_mode, rounding=rounding,
                 max_normal_cap=max_normal_cap, fractional_scale=fractional_scale, return_scale_exponent=True,
+                compiled=backend == "compiled",
             )
             xq = xq.to(x.dtype)
         else:
@@ -165,6 +172,7 @@ class _MinifloatQDQ(torch.autograd.Function):
             X = torch.from_numpy(np.asarray(X, dtype=np.float32)).to(x.device)
         ctx.save_for_backward(x, xq, X)
         ctx.params = (e, m, block_size, max_normal_cap, fractional_scale)
+        ctx.backend = backend
         # autograd wants each gradient on its input's device (beta may live apart from x)
         ctx.width_devices = (ebits.device, mbits.device)
         return xq
@@ -175,34 +183,27 @@ class _MinifloatQDQ(torch.autograd.Function):
         e, m, block_size, cap, rule = ctx.params
         p = minifloat_params(e, m, max_normal_cap=cap, fractional_scale=rule)
         n = x.shape[-1]
+        need_x, need_widths = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         # blocked views (..., n_blocks, block_size): the scale broadcasts without a copy
         xb, g = to_blocks(x.float(), block_size), to_blocks(grad_out.float(), block_size)
         s = torch.exp2(X).unsqueeze(-1)
-        ax = xb.abs()
-        clipped = ax > s * p.max_normal
-        any_clipped = bool(clipped.any())
+        # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
+        levels = (p.max_normal, 2.0 ** math.ceil(p.emin))
+        if ctx.backend == "compiled":
+            gx, sums = _compiled_width_sums()(g, xb, to_blocks(xq.float(), block_size), s,
+                                              *(torch.tensor(v, device=s.device) for v in levels), need_x, need_widths)
+        else:
+            gx, sums = _width_sums(g, xb, xq, X, s, block_size, *levels, need_x, need_widths)
         grad_x = grad_e = grad_m = None
-        if ctx.needs_input_grad[0]:
-            gx = g.masked_fill(clipped, 0.0) if any_clipped else g
+        if need_x:
             grad_x = from_blocks(gx, n).to(x.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            ge = g * (xb - to_blocks(xq.float(), block_size))  # g * (x - x̂)
-            if any_clipped:  # saturated elements use the max-value terms instead
-                # few elements saturate: gather them by index instead of full-size products
-                idx = clipped.reshape(-1).nonzero().squeeze(1)
-                g_c, x_c = g.reshape(-1)[idx], xb.reshape(-1)[idx]
-                s_c = torch.exp2(X.reshape(-1)[idx // block_size])
-                gs_clip = (g_c * torch.sign(x_c) * s_c).sum()
-                ge_clip = ge.reshape(-1)[idx].sum()
-            else:
-                gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype, device=ge.device)
-            # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
-            ge_sub = (ge * (ax < s * 2.0 ** math.ceil(p.emin))).sum()
+        if need_widths:
+            ge_all, ge_clip, gs_clip, ge_sub = sums
             dlog_max, dx = _log2_max_normal_slopes(p), _scale_exponent_slopes(p)
             demin_de = -_LN2 * 2.0 ** (e - 1.0)
             # normal in range: ln2 (x - x̂); subnormal: ln2 (x - x̂) (1 - dX/dM);
             # saturated: sign s max_normal ln2 (dlog2 max_normal/dM + dX/dM)
-            grad_m = (_LN2 * (ge.sum() - ge_clip) - _LN2 * dx[1] * ge_sub
+            grad_m = (_LN2 * (ge_all - ge_clip) - _LN2 * dx[1] * ge_sub
                       + _LN2 * p.max_normal * (dlog_max[1] + dx[1]) * gs_clip)
             # subnormal: -ln2 (x - x̂) (dX/dE + demin/dE); saturated as for M
             grad_e = (-_LN2 * (dx[0] + demin_de) * ge_sub
@@ -210,6 +211,58 @@ class _MinifloatQDQ(torch.autograd.Function):
             grad_e = grad_e.to(ctx.width_devices[0]) if ctx.needs_input_grad[1] else None
             grad_m = grad_m.to(ctx.width_devices[1]) if ctx.needs_input_grad[2] else None
         return grad_x, grad_e, grad_m, None, None, None, None, None, None
+
+
+def _width_sums(g, xb, xq, X, s, block_size: int, clip_level: float, sub_level: float, need_x: bool,
+                need_widths: bool):
+    """(grad to x, (Σ g(x - x̂), Σ_saturated g(x - x̂), Σ_saturated g·sign(x)·s, Σ_subnormal g(x - x̂))).
+
+    Blocked ``g``/``xb`` (..., n_blocks, block_size), per-block scale ``s`` (..., n_blocks, 1);
+    saturated: ``|x| > s·clip_level`` (max_normal), subnormal: ``|x| < s·sub_level``. The
+    eager form, shared by the numpy and torch backends: few elements saturate, so they are
+    gathered by index instead of full-size products.
+    """
+    ax = xb.abs()
+    clipped = ax > s * clip_level
+    any_clipped = bool(clipped.any())
+    gx = sums = None
+    if need_x:
+        gx = g.masked_fill(clipped, 0.0) if any_clipped else g
+    if need_widths:
+        ge = g * (xb - to_blocks(xq.float(), block_size))  # g * (x - x̂)
+        if any_clipped:
+            idx = clipped.reshape(-1).nonzero().squeeze(1)
+            g_c, x_c = g.reshape(-1)[idx], xb.reshape(-1)[idx]
+            s_c = torch.exp2(X.reshape(-1)[idx // block_size])
+            gs_clip = (g_c * torch.sign(x_c) * s_c).sum()
+            ge_clip = ge.reshape(-1)[idx].sum()
+        else:
+            gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype, device=ge.device)
+        sums = (ge.sum(), ge_clip, gs_clip, (ge * (ax < s * sub_level)).sum())
+    return gx, sums
+
+
+def fused_width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_widths: bool):
+    """:func:`_width_sums` as one pass of masked sums (the ``compiled`` backend fuses it).
+
+    The same quantities; the sums add in another order, so they agree to float rounding.
+    ``clip_level``/``sub_level`` are 0-d tensors, so a new width recompiles nothing.
+    """
+    ax = xb.abs()
+    clipped = ax > s * clip_level
+    gx = g.masked_fill(clipped, 0.0) if need_x else None
+    sums = None
+    if need_widths:
+        ge = g * (xb - xqb)
+        zero = torch.zeros((), dtype=ge.dtype, device=ge.device)
+        sums = (ge.sum(), torch.where(clipped, ge, zero).sum(), torch.where(clipped, g * torch.sign(xb) * s, zero).sum(),
+                torch.where(ax < s * sub_level, ge, zero).sum())
+    return gx, sums
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_width_sums():
+    return torch.compile(fused_width_sums, dynamic=True)
 
 
 def _log2_max_normal_slopes(p) -> tuple[float, float]:
@@ -236,7 +289,7 @@ class _StandardQDQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fmt, block_size, scale_mode, rounding, backend="numpy"):
-        if backend == "torch":  # same bits on the tensor's device (dmx.mx_torch)
+        if backend != "numpy":  # same bits on the tensor's device (dmx.mx_torch; eager for both)
             xq, X = mx_torch.quantize_dequantize(
                 x.detach(), fmt, block_size=block_size, scale_mode=scale_mode, rounding=rounding,
                 return_scale_exponent=True,

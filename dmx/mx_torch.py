@@ -162,72 +162,136 @@ def quantize_dequantize(
 
 
 # ------------------------------------------------------------------------------ real-width minifloat
-def _minifloat_exponent(amax: torch.Tensor, emax: float, scale_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mx_spec.minifloat.block_scale_exponent``: X = floor(log2(amax) - emax) for a real emax."""
-    check_minifloat_scale_mode(scale_mode)
-    n = float(np.floor(emax))
-    f = float(emax) - n
-    if f != 0.0:
-        amax = amax.double() * float(np.float64(2.0 ** -f))
-    return shared_exponent(amax, int(n), scale_mode)
+def _minifloat_exponent(amax: torch.Tensor, n, factor, scale_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mx_spec.minifloat.block_scale_exponent``: X = floor(log2(amax) - emax) for a real emax = n + f.
+
+    ``factor`` = 2^-f (float64), or ``None`` when emax is an integer; ``n`` an int or a 0-d tensor.
+    """
+    if factor is not None:
+        amax = amax.double() * factor  # exact: scaling by 2^-f in float64 is what mx_spec does
+    return shared_exponent(amax, n, scale_mode)
+
+
+def _scale_emax_parts(scale_emax: float) -> tuple[int, float | None]:
+    """(n, 2^-f) of a real ``scale_emax = n + f`` (f in [0, 1)); ``None`` for an integer emax."""
+    n = float(np.floor(scale_emax))
+    f = float(scale_emax) - n
+    return int(n), (float(np.float64(2.0 ** -f)) if f != 0.0 else None)
+
+
+def minifloat_rows(
+    b: torch.Tensor, inv: torch.Tensor, scale: torch.Tensor, nan: torch.Tensor | None, mx, rounding: str,
+    exact_grid: tuple[int, int] | None, real_grid: tuple | None, fix_max: bool,
+) -> torch.Tensor:
+    """The quantised values of blocks ``b`` (rows, block_size) in working precision, a new tensor.
+
+    ``inv``/``scale``: 2^-X and 2^X per row (rows, 1); ``nan``: the NaN rows' mask (rows, 1) or
+    ``None``; ``mx``: max_normal in y's precision. The grid is ``exact_grid = (emin, mbits)``
+    (integer widths: the magic-number rounding) or ``real_grid = (step_scale, step_min,
+    max_normal)`` (:func:`round_real_abs`). ``fix_max``: apply
+    ``mx_spec.minifloat._with_max_normal_representable``. Works on magnitudes and applies the sign
+    at the end (the rounding is symmetric, and y = x/2^X has x's sign, zeros included). A pure
+    function of its tensors, so that ``torch.compile`` can fuse it (``compiled=True`` below); the
+    scalars may be python floats or 0-d tensors.
+    """
+    a = b.abs().mul_(inv)  # |y|, exact power-of-two scaling (= np.ldexp)
+    if nan is not None:
+        a.masked_fill_(nan, 0.0)
+    if exact_grid is not None:
+        ay = a.clone() if fix_max else a
+        aq = round_in_place(a.clamp_max_(mx), exact_grid[0], exact_grid[1], rounding).clamp_max_(mx)
+    else:
+        ay = a
+        aq = round_real_abs(a, *real_grid, rounding)
+    if fix_max:  # mx_spec.minifloat._with_max_normal_representable, in y's precision
+        # (ay >= mx) | (|ay - mx| < |ay - aq|) sets the same values as |ay - aq| > mx - ay: for
+        # ay > mx the right side is negative, and at ay == mx with aq == mx both leave mx
+        d = torch.sub(ay, aq).abs_()
+        aq.masked_fill_(d.gt_(torch.rsub(ay, mx)).bool(), mx)
+    aq.copysign_(b).mul_(scale)
+    if nan is not None:
+        aq.masked_fill_(nan, float("nan"))
+    return aq
+
+
+_COMPILED_KINDS = 32
+
+
+def block_scales(b: torch.Tensor, n, factor, scale_mode: str, table: torch.Tensor | None = None):
+    """(2^-X, 2^X per row (rows, 1), X int32, NaN mask) of blocks ``b`` (rows, block_size) for a real
+    scale emax = n + f (:func:`_minifloat_exponent`); ``table``: ``pow2_table`` of b's dtype."""
+    X, nan = _minifloat_exponent(block_amax(b), n, factor, scale_mode)
+    return pow2(-X, b.dtype, table).unsqueeze(-1), pow2(X, b.dtype, table).unsqueeze(-1), X, nan
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn):
+    # dynamic shapes: one kernel serves every layer's shape. Two graphs rather than one: fused,
+    # inductor recomputes the per-row scale inside the elementwise loop (measured 1.7x slower)
+    return torch.compile(fn, dynamic=True)
 
 
 def quantize_dequantize_minifloat(
     x: torch.Tensor, ebits: float, mbits: float, *, block_size: int = DEFAULT_BLOCK_SIZE, scale_mode: str = "floor",
     rounding: str = "rne", max_normal_cap: float = E4M3_MAX_NORMAL,
-    fractional_scale: str = FRACTIONAL_SCALES[0], return_scale_exponent: bool = False,
+    fractional_scale: str = FRACTIONAL_SCALES[0], return_scale_exponent: bool = False, compiled: bool = False,
 ):
     """``mx_spec.minifloat.quantize_dequantize_minifloat`` along the last axis, bit for bit.
 
     Returns float64 for float64 input and float32 otherwise (as numpy); with
-    ``return_scale_exponent`` also X per block (float32, NaN for NaN/Inf blocks). Works on
-    magnitudes and applies the input's sign at the end (the rounding is symmetric, and y = x/2^X
-    has x's sign, zeros included).
+    ``return_scale_exponent`` also X per block (float32, NaN for NaN/Inf blocks). The elementwise
+    work is :func:`block_scales` then :func:`minifloat_rows` (in cache-sized chunks on CPU); with
+    ``compiled=True`` each is one ``torch.compile``-fused kernel over the whole tensor (the same
+    functions, hence the same bits; the first call of a kind compiles, seconds to a minute).
     """
     bs = _check(block_size, scale_mode, rounding)
+    check_minifloat_scale_mode(scale_mode)
     p = minifloat_params(ebits, mbits, max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension to block along")
     xw = working_tensor(x)
     n = xw.shape[-1]
     blocks = to_blocks(xw, bs)
-    out = blocks.abs()  # |x|, becomes the output in place
-    X, nan = _minifloat_exponent(block_amax(out), p.scale_emax, scale_mode)
-    any_nan = bool(nan.any())
     mx = torch.tensor(p.max_normal, dtype=xw.dtype).item()  # max_normal in y's precision
     exact = float(p.emin).is_integer() and float(p.mbits).is_integer()
+    exact_grid = real_grid = None
     if exact:
-        emin, mb = int(p.emin), int(p.mbits)
-        _check_grid(emin, mb, p.max_normal, working_layout(np.float64 if xw.dtype == torch.float64 else np.float32))
+        exact_grid = (int(p.emin), int(p.mbits))
+        _check_grid(*exact_grid, p.max_normal, working_layout(np.float64 if xw.dtype == torch.float64 else np.float32))
         # max_normal on the grid: mx_spec.minifloat._with_max_normal_representable changes nothing
-        fix_max = float(round_to_element_grid(np.array([mx], dtype=np.float64), emin=emin, mbits=mb,
-                                              max_normal=p.max_normal)[0]) != mx
+        fix_max = float(round_to_element_grid(np.array([mx], dtype=np.float64), emin=exact_grid[0],
+                                              mbits=exact_grid[1], max_normal=p.max_normal)[0]) != mx
     else:
         fix_max = True
-    a2, b2 = out.reshape(-1, bs), blocks.reshape(-1, bs)
-    inv, scale = pow2(-X, xw.dtype).reshape(-1, 1), pow2(X, xw.dtype).reshape(-1, 1)
-    nan2 = nan.reshape(-1, 1)
-    for rows in row_chunks(a2.shape[0], bs, a2.device):
-        a = a2[rows].mul_(inv[rows])  # |y|, exact power-of-two scaling (= np.ldexp)
-        if any_nan:
-            a.masked_fill_(nan2[rows], 0.0)
-        if exact:
-            ay = a.clone() if fix_max else None
-            aq = round_in_place(a.clamp_max_(mx), emin, mb, rounding).clamp_max_(mx)
-        else:
-            ay = a
-            aq = round_real_abs(a, float(p.emin), float(p.mbits), float(p.max_normal), rounding)
-        if fix_max:  # mx_spec.minifloat._with_max_normal_representable, in y's precision
-            # (ay >= mx) | (|ay - mx| < |ay - aq|) sets the same values as |ay - aq| > mx - ay: for
-            # ay > mx the right side is negative, and at ay == mx with aq == mx both leave mx
-            d = torch.sub(ay, aq).abs_()
-            aq.masked_fill_(d.gt_(torch.rsub(ay, mx)).bool(), mx)
-        if aq is not a:
-            a.copy_(aq)
-        a.copysign_(b2[rows]).mul_(scale[rows])
-        if any_nan:
-            a.masked_fill_(nan2[rows], float("nan"))
-    out = from_blocks(out, n)
+        real_grid = (float(np.exp2(-float(p.mbits))), float(np.exp2(float(p.emin) - float(p.mbits))),
+                     float(p.max_normal))
+    b2 = blocks.reshape(-1, bs)
+    emax_n, emax_factor = _scale_emax_parts(p.scale_emax)
+    if compiled:
+        # every number as a 0-d tensor, so a new width compiles nothing new; the scale factor is
+        # always applied (x 1.0 in float64 is exact), so integer and real emax share one graph
+        dev = xw.device
+        consts = [torch.tensor(v, dtype=dt, device=dev) for v, dt in
+                  ((emax_n, torch.int32), (1.0 if emax_factor is None else emax_factor, torch.float64), (mx, xw.dtype))]
+        exact_t = None if exact_grid is None else tuple(torch.tensor(v, device=dev) for v in exact_grid)
+        real_t = None if real_grid is None else tuple(torch.tensor(v, dtype=torch.float64, device=dev)
+                                                        for v in real_grid)
+        # one graph per kind of call: rounding x grid (exact/real) x max fix x scale mode x dtype,
+        # 32 at most; above dynamo's default limit (8) it would fall back to eager without a word
+        with torch._dynamo.config.patch(recompile_limit=_COMPILED_KINDS):
+            inv, scale, X, nan = _compiled(block_scales)(b2, consts[0], consts[1], scale_mode,
+                                                         pow2_table(xw.dtype, dev))
+            out = _compiled(minifloat_rows)(b2, inv, scale, nan.unsqueeze(-1), consts[2], rounding, exact_t, real_t,
+                                            fix_max)
+    else:
+        inv, scale, X, nan = block_scales(b2, emax_n, emax_factor, scale_mode)
+        nan2 = nan.unsqueeze(-1) if bool(nan.any()) else None
+        out = torch.empty_like(b2)
+        for rows in row_chunks(b2.shape[0], bs, b2.device):
+            out[rows] = minifloat_rows(b2[rows], inv[rows], scale[rows], None if nan2 is None else nan2[rows],
+                                       mx, rounding, exact_grid, real_grid, fix_max)
+    X, nan = X.reshape(blocks.shape[:-1]), nan.reshape(blocks.shape[:-1])
+    out = from_blocks(out.reshape(blocks.shape), n)
     if return_scale_exponent:
         return out, X.float().masked_fill(nan, float("nan"))
     return out

@@ -1,7 +1,7 @@
 """The torch primitives of the MX rules, each mirroring one ``mx_spec`` primitive on tensors.
 
-* :func:`shared_exponent`: ``mx_spec.scale.shared_exponent`` from ``torch.frexp`` of the block
-  amax (exact, subnormals too; no floating-point log2), modes floor/ceil/even/rceil, clamped to
+* :func:`shared_exponent`: ``mx_spec.scale.shared_exponent`` from the frexp of the block amax
+  (:func:`frexp_positive`: exact, subnormals too; no floating-point log2), modes floor/ceil/even/rceil, clamped to
   the E8M0 range, NaN for NaN/Inf blocks;
 * :func:`round_abs_exact`, :func:`round_in_place`, :func:`round_real_abs`: the element rounding
   of ``mx_spec.elements`` (the magic-number sum on the integer bit views; real-valued grids as
@@ -48,13 +48,34 @@ def pow2_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 
-def pow2(exponent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Exact 2^k (k integer tensor in [-127, 127], 0 for NaN blocks) in ``dtype``."""
-    return pow2_table(dtype, exponent.device)[(exponent + E8M0_BIAS).long()]
+def pow2(exponent: torch.Tensor, dtype: torch.dtype, table: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact 2^k (k integer tensor in [-127, 127], 0 for NaN blocks) in ``dtype``.
+
+    ``table``: :func:`pow2_table` of ``dtype`` passed in by a compiled caller (dynamo would trace
+    the cached table's construction into its graph).
+    """
+    table = pow2_table(dtype, exponent.device) if table is None else table
+    return table[(exponent + E8M0_BIAS).long()]
 
 
 
 # ------------------------------------------------------------------------------ shared exponent
+def frexp_positive(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.frexp`` of finite ``v > 0`` (float32/float64) read off the bits: mantissa in [0.5, 1), int32 exponent.
+
+    Exact, subnormals included (scaled into the normal range first, by 2^(p+1), exactly); written
+    with bit views instead of ``torch.frexp`` so that ``torch.compile`` can fuse it (its CPU
+    code generation fails on ``frexp``). ``tests/test_mx_torch.py`` checks it against ``torch.frexp``.
+    """
+    int_dtype, p, bias = LAYOUT[v.dtype]
+    subnormal = (v.view(int_dtype) >> p) == 0  # exponent field 0 (no sign bit: v > 0)
+    w = torch.where(subnormal, v * float(2 ** (p + 1)), v)
+    bits = w.view(int_dtype)
+    exp = (bits >> p) - (bias - 1) - subnormal.to(int_dtype) * (p + 1)
+    mant = ((bits & ((1 << p) - 1)) | ((bias - 1) << p)).view(v.dtype)
+    return mant, exp.to(torch.int32)
+
+
 def shared_exponent(
     amax: torch.Tensor, emax: int, mode: str = "floor", *, mbits: int | None = None,
     max_normal: float | None = None,
@@ -64,19 +85,20 @@ def shared_exponent(
     ``amax`` >= 0 (or NaN/Inf), any float dtype; ``emax`` an integer.
     """
     check_scale_mode(mode)
+    emax = emax if torch.is_tensor(emax) else int(emax)  # a 0-d tensor keeps a compiled caller general
     nonfinite = ~torch.isfinite(amax)
     zero = amax == 0
     safe = torch.where(nonfinite | zero, torch.ones((), dtype=amax.dtype, device=amax.device), amax)
-    mant, exp = torch.frexp(safe)  # exact, subnormals too
+    mant, exp = frexp_positive(safe)  # exact, subnormals too
     x = exp - 1  # floor(log2 amax)
     if mode == "floor":
-        x = x - int(emax)
+        x = x - emax
     elif mode == "ceil":
-        x = x + (mant != 0.5).to(x.dtype) - int(emax)
+        x = x + (mant != 0.5).to(x.dtype) - emax
     elif mode == "even":
         if mbits is None:
             raise ValueError("scale_mode 'even' needs mbits (the element's mantissa bits)")
-        x = x + (mant >= 1.0 - 2.0 ** -(int(mbits) + 2)).to(x.dtype) - int(emax)
+        x = x + (mant >= 1.0 - 2.0 ** -(int(mbits) + 2)).to(x.dtype) - emax
     else:  # rceil
         if max_normal is None or not max_normal > 0:
             raise ValueError("scale_mode 'rceil' needs max_normal > 0 (the element's max)")
@@ -104,12 +126,17 @@ def round_abs_exact(a: torch.Tensor, emin: int, mbits: int, rounding: str) -> tu
     return rounded, codes
 
 
-def round_real_abs(a: torch.Tensor, emin: float, mbits: float, max_normal: float, rounding: str) -> torch.Tensor:
-    """``mx_spec.elements._round_real`` on magnitudes ``a``: rint(a / step) * step in float64, back in a's dtype."""
+def round_real_abs(a: torch.Tensor, step_scale, step_min, max_normal, rounding: str) -> torch.Tensor:
+    """``mx_spec.elements._round_real`` on magnitudes ``a``: rint(a / step) * step in float64, back in a's dtype.
+
+    The grid's constants come precomputed (python floats, or 0-d float64 tensors so that a
+    compiled caller is not specialised on them): ``step_scale = 2^-mbits``,
+    ``step_min = 2^(emin - mbits)`` (the subnormal step), ``max_normal``.
+    """
     dtype = a.dtype
     q = a.to(torch.float64, copy=True).clamp_max_(max_normal)  # a (|y|) is still needed
     step = q.view(torch.int64).bitwise_and(0x7FF0000000000000).view(torch.float64)  # 2^floor(log2 a)
-    step.mul_(float(np.exp2(-mbits))).clamp_min_(float(np.exp2(emin - mbits)))
+    step.mul_(step_scale).clamp_min_(step_min)
     q.div_(step)
     if rounding == "rne":
         q.round_()  # half to even

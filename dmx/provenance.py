@@ -11,8 +11,13 @@ model's note itself.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import os
 import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +29,7 @@ import mx_spec
 if TYPE_CHECKING:
     from dmx.pipeline import ModelSpec
 
-__all__ = ["software_versions", "model_provenance", "token_hash"]
+__all__ = ["software_versions", "model_provenance", "token_hash", "run_provenance"]
 
 
 def _installed_version(distribution: str) -> str:
@@ -57,3 +62,26 @@ def token_hash(token_ids: torch.Tensor) -> str:
     """sha256 (hex) of the int64 token ids: identifies calibration/evaluation data in provenance."""
     array = token_ids.detach().to("cpu", torch.int64).contiguous().numpy()
     return hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def _git_commit(where: Path) -> str:
+    """``git describe``-style short commit of the checkout at ``where`` (``+dirty`` when it has
+    uncommitted changes), or ``unknown`` outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def run_provenance(script: str, argv: Sequence[str]) -> dict[str, Any]:
+    """How a benchmark's results file was made: the command, commit, date, machine and its load
+    when the run started (a loaded machine inflates absolute times; ratios measured side by side
+    in one run are what the README compares)."""
+    return {"command": " ".join(["python", script, *argv]), "commit": _git_commit(Path(__file__).resolve().parent),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "load_average_1min_at_start": round(os.getloadavg()[0], 2), "software": software_versions()}

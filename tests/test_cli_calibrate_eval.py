@@ -183,9 +183,10 @@ def test_every_shipped_config_parses_for_its_command(path):
 
 
 def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assignment(tmp_path, tiny_dir, data_dir):
-    """Model parallel (--device-map auto; all on the CPU here) with the torch and the numpy MX backend."""
+    """Model parallel (--device-map auto; all on the CPU here) with the torch, numpy and compiled MX
+    backends (compiled: the same bits, its width gradients equal to float rounding)."""
     saved = {}
-    for backend in ("torch", "numpy"):
+    for backend in ("torch", "numpy", "compiled"):
         out = tmp_path / f"{backend}.json"
         code = main(["calibrate", "--model", str(tiny_dir), "--device-map", "auto", "--backend", backend,
                      "--data-dir", str(data_dir), "--steps", "2", "--seqlen", "32", "--n-windows", "4",
@@ -193,8 +194,10 @@ def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assign
         assert code == 0
         saved[backend] = json.loads(out.read_text())
         assert saved[backend]["provenance"]["settings"]["backend"] == backend
-    assert saved["torch"]["formats"] == saved["numpy"]["formats"]
+    assert saved["torch"]["formats"] == saved["numpy"]["formats"] == saved["compiled"]["formats"]
     assert saved["torch"]["provenance"]["final_metrics"] == saved["numpy"]["provenance"]["final_metrics"]
+    for key, value in saved["torch"]["provenance"]["final_metrics"].items():
+        assert saved["compiled"]["provenance"]["final_metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def test_calibrate_and_sweep_without_flags_calibrate_identically():

@@ -8,6 +8,7 @@ import torch
 
 from dmx import mx_torch
 from dmx.autograd import BACKENDS, mx_qdq_minifloat, mx_qdq_standard
+from dmx.mx_torch_primitives import frexp_positive
 from mx_spec.minifloat import FRACTIONAL_SCALES, quantize_dequantize_minifloat
 from mx_spec.quantize import quantize, quantize_dequantize
 from mx_spec.scale import SCALE_MODES
@@ -86,9 +87,49 @@ def test_nan_inf_blocks_and_ragged_tail():
     assert np.array_equal(got.numpy(), quantize_dequantize_minifloat(x.numpy(), 2.6, 1.4), equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_frexp_from_bits_equals_torch_frexp(dtype):
+    info = torch.finfo(dtype)
+    g = np.random.default_rng(5)
+    special = [info.tiny, info.tiny / 2, info.smallest_normal * info.eps, info.max, 1.0, 0.5, 0.75, 3.0]
+    v = torch.cat([torch.tensor(special, dtype=dtype),
+                   torch.from_numpy(np.exp2(g.uniform(-140 if dtype == torch.float32 else -1070, 120, 4000))).to(dtype),
+                   torch.from_numpy(g.uniform(0, 1e-38, 500)).to(dtype)])
+    v = v[v > 0]
+    mant, exp = frexp_positive(v)
+    want_mant, want_exp = torch.frexp(v)
+    assert torch.equal(mant, want_mant) and torch.equal(exp, want_exp)
+
+
+def test_compiled_minifloat_bits_equal_numpy():
+    """The torch.compile-fused kernel (backend "compiled") gives mx_spec's bits and block exponents:
+    integer and fractional widths, both scale rules, both roundings, floor and ceil scales,
+    float32/float64, NaN/Inf blocks, a ragged tail."""
+    nonfinite = np.random.default_rng(3).standard_normal((3, 70))
+    nonfinite[0, 3], nonfinite[1, 40], nonfinite[2, 69] = np.nan, np.inf, -np.inf
+    # a recompile-limit fallback to eager would pass silently without this
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for dtype in (torch.float32, torch.float64):
+            for a in _tensors(13) + [nonfinite]:
+                x = torch.from_numpy(a).to(dtype)
+                for e, m in WIDTHS:
+                    for rule in FRACTIONAL_SCALES:
+                        for rounding, mode in (("rne", "floor"), ("away", "floor"), ("rne", "ceil")):
+                            got, X = mx_torch.quantize_dequantize_minifloat(
+                                x, e, m, fractional_scale=rule, rounding=rounding, scale_mode=mode, compiled=True,
+                                return_scale_exponent=True)
+                            want, wX = quantize_dequantize_minifloat(
+                                x.numpy(), e, m, fractional_scale=rule, rounding=rounding, scale_mode=mode,
+                                return_scale_exponent=True)
+                            assert np.array_equal(got.numpy().view(np.uint8), want.view(np.uint8)), (e, m, rule)
+                            assert np.array_equal(X.numpy(), wX.astype(np.float32), equal_nan=True)
+
+
 @pytest.mark.parametrize("rule", FRACTIONAL_SCALES)
 @pytest.mark.parametrize("widths", [(2.0, 1.0), (2.7, 1.7), (3.9, 2.95), (4.0, 3.0)])
 def test_bridge_backends_give_equal_outputs_and_gradients(widths, rule):
+    """numpy and torch: equal bits and equal gradients (one backward); compiled: equal bits and
+    gradient to x, width gradients equal to float rounding (its fused sums add in another order)."""
     g = np.random.default_rng(1)
     base = torch.from_numpy((g.standard_t(2, size=(4, 8, 96)) * 3).astype(np.float32))
     for dtype in (torch.float32, torch.bfloat16):
@@ -102,6 +143,10 @@ def test_bridge_backends_give_equal_outputs_and_gradients(widths, rule):
             outs[backend] = (y.detach(), x.grad, e.grad, m.grad)
         for a, b in zip(outs["numpy"], outs["torch"]):
             assert torch.equal(a, b)
+        for a, b in zip(outs["numpy"][:2], outs["compiled"][:2]):
+            assert torch.equal(a, b)
+        for a, b in zip(outs["numpy"][2:], outs["compiled"][2:]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for fmt in STANDARD:
         grads = {}
         for backend in BACKENDS:
@@ -109,7 +154,8 @@ def test_bridge_backends_give_equal_outputs_and_gradients(widths, rule):
             y = mx_qdq_standard(x, fmt, backend=backend)
             y.sum().backward()
             grads[backend] = (y.detach(), x.grad)
-        assert torch.equal(grads["numpy"][0], grads["torch"][0]) and torch.equal(grads["numpy"][1], grads["torch"][1])
+        for backend in BACKENDS[1:]:
+            assert torch.equal(grads["numpy"][0], grads[backend][0]) and torch.equal(grads["numpy"][1], grads[backend][1])
 
 
 def test_unknown_backend_is_refused():
@@ -142,9 +188,12 @@ def test_backend_setting_on_layers_and_config():
     y_torch = layer(x)
     layer.backend = "numpy"
     assert torch.equal(layer(x), y_torch)
+    layer.backend = "compiled"
+    assert torch.equal(layer(x), y_torch)
     with pytest.raises(ValueError, match="valid backends"):
         layer.backend = "jax"
     with pytest.raises(ValueError, match="valid backends"):
         CalibrationConfig(backend="jax").validate()
     args = build_parser().parse_args(["calibrate", "--backend", "numpy"])
     assert args.backend == "numpy"
+    assert build_parser().parse_args(["calibrate", "--backend", "compiled"]).backend == "compiled"

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from dmx.autograd import BACKENDS
 from dmx.calibrate import CalibrationConfig
 from dmx.family import DEFAULT_FAMILY, FAMILIES
 from dmx.models import SHORT_NAMES
@@ -99,9 +100,11 @@ def add_quant_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--include-lm-head", action="store_true",
                        help="also quantise the output head (default: embeddings and lm_head stay full precision)")
     group.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="MX block size (OCP MX v1.0: 32)")
-    group.add_argument("--backend", choices=["numpy", "torch"], default=None,
-                       help="MX quantiser implementation: torch (default; on the tensors' device) or numpy "
-                            "(mx_spec on the host); the same bits, checked by the golden vectors")
+    group.add_argument("--backend", choices=BACKENDS, default=None,
+                       help="MX quantiser implementation: torch (default; on the tensors' device), compiled "
+                            "(the same torch code fused by torch.compile: faster calibration steps, needs a C++ "
+                            "compiler on CPU, compiles once per run) or numpy (mx_spec on the host); the same "
+                            "bits, checked by the golden vectors")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
