@@ -77,6 +77,7 @@ against finite differences of an independently written smoothed quantizer.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 
 import numpy as np
@@ -102,11 +103,33 @@ BACKENDS = ("numpy", "torch", "compiled")
 DEFAULT_BACKEND = "torch"
 
 
-def check_backend(backend: str) -> str:
-    """``backend`` if it names a bridge backend, else ``ValueError`` listing the valid ones."""
+def check_backend(backend: str, device_type: str | None = None) -> str:
+    """``backend`` if it names a bridge backend that can run on ``device_type`` (when given), else
+    ``ValueError`` listing the valid ones or saying what the compiled backend lacks here."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown MX backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if backend == "compiled" and device_type is not None:
+        problem = _compiled_backend_problem(device_type)
+        if problem:
+            raise ValueError(f"MX backend 'compiled' cannot run on {device_type} here: {problem}; "
+                             "use backend 'torch' (the same bits, no compiler needed)")
     return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_backend_problem(device_type: str) -> str | None:
+    """What ``torch.compile`` lacks on ``device_type`` on this machine (None: nothing known)."""
+    if device_type == "cuda":
+        return None if importlib.util.find_spec("triton") else "torch.compile on a GPU needs Triton (pip install triton)"
+    if device_type == "cpu":
+        # imported here, as torch.compile does: torch._inductor costs over a second at import
+        from torch._inductor import cpp_builder
+
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as err:  # inductor's own search; its error names what it looked for
+            return f"torch.compile on a CPU needs a C++ compiler ({err})"
+    return None
 
 
 _LN2 = math.log(2.0)
@@ -342,7 +365,7 @@ def mx_qdq_minifloat(
     ``backend``: ``"numpy"`` or ``"torch"`` forward (same bits; ``BACKENDS``).
     """
     _check_common(x, block_size)
-    check_backend(backend)
+    check_backend(backend, x.device.type)
     e = ebits if torch.is_tensor(ebits) else torch.tensor(float(ebits))
     m = mbits if torch.is_tensor(mbits) else torch.tensor(float(mbits))
     if e.numel() != 1 or m.numel() != 1:

@@ -196,7 +196,7 @@ class DMXLinear(nn.Module):
 
     @backend.setter
     def backend(self, backend: str) -> None:
-        self._backend = check_backend(backend)
+        self._backend = check_backend(backend, self.linear.weight.device.type)
 
     @property
     def offset_mode(self) -> str:

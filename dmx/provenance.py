@@ -64,24 +64,24 @@ def token_hash(token_ids: torch.Tensor) -> str:
     return hashlib.sha256(array.tobytes()).hexdigest()
 
 
-def _git_commit(where: Path) -> str:
-    """``git describe``-style short commit of the checkout at ``where`` (``+dirty`` when it has
-    uncommitted changes), or ``unknown`` outside a git checkout."""
+def _git_state(where: Path) -> dict[str, Any]:
+    """``{"commit", "uncommitted"}`` of the git checkout at ``where``: its short commit and the
+    tracked files that differ from it (``unknown`` outside a git checkout)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                 capture_output=True, text=True, check=True).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
+        return {"commit": "unknown"}
+    return {"commit": commit, "uncommitted": sorted(line[3:] for line in changed)}
 
 
 def run_provenance(script: str, argv: Sequence[str]) -> dict[str, Any]:
-    """How a benchmark's results file was made: the command, commit, date, machine and its load
-    when the run started (a loaded machine inflates absolute times; ratios measured side by side
+    """How a benchmark's results file was made: the command, the commit of the ``dmx`` that ran
+    and its uncommitted tracked files, date, machine and its load when the run started (a loaded machine inflates absolute times; ratios measured side by side
     in one run are what the README compares)."""
-    return {"command": " ".join(["python", script, *argv]), "commit": _git_commit(Path(__file__).resolve().parent),
+    return {"command": " ".join(["python", script, *argv]), **_git_state(Path(__file__).resolve().parent),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "load_average_1min_at_start": round(os.getloadavg()[0], 2), "software": software_versions()}

@@ -197,3 +197,25 @@ def test_backend_setting_on_layers_and_config():
     args = build_parser().parse_args(["calibrate", "--backend", "numpy"])
     assert args.backend == "numpy"
     assert build_parser().parse_args(["calibrate", "--backend", "compiled"]).backend == "compiled"
+
+
+def test_compiled_backend_without_a_compiler_is_refused_with_the_fix(monkeypatch):
+    """No C++ compiler: a clear error when the backend is chosen, naming the fix, not an inductor
+    traceback in the first calibration step."""
+    from torch._inductor import cpp_builder
+
+    from dmx import autograd
+    from dmx.linear import DMXLinear, DMXLinearConfig
+
+    def no_compiler():
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    autograd._compiled_backend_problem.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="needs a C\\+\\+ compiler.*use backend 'torch'"):
+            DMXLinear(torch.nn.Linear(64, 8), DMXLinearConfig(backend="compiled"))
+        with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+            mx_qdq_minifloat(torch.randn(4, 32), 2.5, 1.5, backend="compiled")
+    finally:
+        autograd._compiled_backend_problem.cache_clear()
