@@ -312,6 +312,52 @@ def table_bench_mx_spec(root: Path) -> str:
     return table + f"\n({doc['provenance']['note']})\n"
 
 
+BACKEND_ORDER = ("numpy", "torch", "compiled")
+
+
+def _run_note(prov: dict[str, Any]) -> str:
+    """``commit, date, load average`` of a benchmark's provenance (the keys it has)."""
+    parts = [prov.get("commit"), prov.get("date")]
+    if "load_average_1min_at_start" in prov:
+        parts.append(f"load {prov['load_average_1min_at_start']:.1f} at start")
+    elif prov.get("machine"):
+        parts.append(prov["machine"])
+    return ", ".join(str(p) for p in parts if p)
+
+
+def table_calibration_step(root: Path) -> str:
+    """One dMX calibration step against an unquantised fp32 forward+backward of the same batch,
+    per MX backend, one row per results/bench_calibration_step/*.json (the ratios are side by side)."""
+    body = []
+    for path in sorted((root / "results" / "bench_calibration_step").glob("*.json")):
+        doc = load_json(path)
+        row = [f"{doc['batch_size']} x {doc['seqlen']}", str(doc["threads"]), f"{doc['baseline_fwd_bwd_s']:.2f} s"]
+        for backend in BACKEND_ORDER:
+            r = doc["backends"].get(backend)
+            row.append("" if r is None else f"{r['dmx_step_s']:.2f} s = {r['ratio']:.2f}x")
+        row += [str(doc["repeats"]), _run_note(doc.get("provenance", {})), f"`{path.relative_to(root)}`"]
+        body.append(row)
+    return markdown_table(["tokens per step", "threads", "unquantised fwd+bwd", "dMX step, numpy", "dMX step, torch",
+                           "dMX step, compiled", "repeats (median)", "run", "file"], body, "lrrrrrrll")
+
+
+def table_bridge_throughput(root: Path) -> str:
+    """The bridge's throughput per device, backend and operation (results/bench_bridge/*.json),
+    each file's shape and run below the table."""
+    body, notes = [], []
+    for path in sorted((root / "results" / "bench_bridge").glob("*.json")):
+        doc = load_json(path)
+        for r in doc["rows"]:
+            body.append([r["device"], r["backend"], r["op"], f"{r['median_s'] * 1e3:.1f}",
+                         f"{r['elements_per_s'] / 1e6:.0f}", f"{r['speedup_vs_numpy']:.2f}x", str(r["threads"])])
+        shape = " x ".join(str(v) for v in doc["rows_x_cols"])
+        notes.append(f"`{path.relative_to(root)}`: {shape} float32, minifloat at E = {doc['ebits']:g}, "
+                     f"M = {doc['mbits']:g}, median of {doc['repeats']}; {_run_note(doc['provenance'])}")
+    table = markdown_table(["device", "backend", "operation", "median ms", "Melem/s", "vs numpy", "threads"],
+                           body, "lllrrrr")
+    return table + "".join(f"\n({note})\n" for note in notes)
+
+
 def demo_runs(folder: Path) -> list[dict[str, Any]]:
     """Every recorded ``make demo`` run under ``folder``: ``{"run", "assignment", "eval"}`` per
     subfolder holding ``assignment.json`` (dmx calibrate --out) and ``eval.json`` (dmx eval --out)."""
@@ -563,6 +609,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "scale_rule": table_scale_rule,
     "budget_study": table_budget_study,
     "bench_mx_spec": table_bench_mx_spec,
+    "calibration_step": table_calibration_step,
+    "bridge_throughput": table_bridge_throughput,
     "demo": table_demo,
     "sweep_rotations": table_sweep_rotations,
     "hadamard_block": table_hadamard_block,
