@@ -99,7 +99,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 #: the tensor's device, bit-identical, checked by the golden vectors) and ``compiled`` (the same
 #: functions fused by ``torch.compile``; same bits). The backward's closed form is shared.
 BACKENDS = ("numpy", "torch", "compiled")
-#: ``torch``: same bits, no host round trip, and faster on CPU too (README "MX backends").
+#: ``torch``: same bits, no host round trip, faster than numpy on the calibration path, and no
+#: compiler or compile wait (README "MX backends").
 DEFAULT_BACKEND = "torch"
 
 
@@ -209,14 +210,16 @@ class _MinifloatQDQ(torch.autograd.Function):
         need_x, need_widths = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         # blocked views (..., n_blocks, block_size): the scale broadcasts without a copy
         xb, g = to_blocks(x.float(), block_size), to_blocks(grad_out.float(), block_size)
+        xqb = to_blocks(xq.float(), block_size)
         s = torch.exp2(X).unsqueeze(-1)
         # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
         levels = (p.max_normal, 2.0 ** math.ceil(p.emin))
-        if ctx.backend == "compiled":
-            gx, sums = _compiled_width_sums()(g, xb, to_blocks(xq.float(), block_size), s,
-                                              *(torch.tensor(v, device=s.device) for v in levels), need_x, need_widths)
+        if ctx.backend == "compiled":  # the levels as 0-d tensors: a new width recompiles nothing
+            levels = tuple(torch.tensor(v, device=s.device) for v in levels)
+            sums_of = mx_torch.compiled_kernel(fused_width_sums)
         else:
-            gx, sums = _width_sums(g, xb, xq, X, s, block_size, *levels, need_x, need_widths)
+            sums_of = _width_sums
+        gx, sums = sums_of(g, xb, xqb, s, *levels, need_x, need_widths)
         grad_x = grad_e = grad_m = None
         if need_x:
             grad_x = from_blocks(gx, n).to(x.dtype)
@@ -236,14 +239,13 @@ class _MinifloatQDQ(torch.autograd.Function):
         return grad_x, grad_e, grad_m, None, None, None, None, None, None
 
 
-def _width_sums(g, xb, xq, X, s, block_size: int, clip_level: float, sub_level: float, need_x: bool,
-                need_widths: bool):
+def _width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_widths: bool):
     """(grad to x, (Σ g(x - x̂), Σ_saturated g(x - x̂), Σ_saturated g·sign(x)·s, Σ_subnormal g(x - x̂))).
 
-    Blocked ``g``/``xb`` (..., n_blocks, block_size), per-block scale ``s`` (..., n_blocks, 1);
-    saturated: ``|x| > s·clip_level`` (max_normal), subnormal: ``|x| < s·sub_level``. The
-    eager form, shared by the numpy and torch backends: few elements saturate, so they are
-    gathered by index instead of full-size products.
+    Blocked ``g``/``xb``/``xqb`` (..., n_blocks, block_size), per-block scale ``s``
+    (..., n_blocks, 1); saturated: ``|x| > s·clip_level`` (max_normal), subnormal:
+    ``|x| < s·sub_level``. The eager form, shared by the numpy and torch backends: few elements
+    saturate, so they are gathered by index instead of full-size products.
     """
     ax = xb.abs()
     clipped = ax > s * clip_level
@@ -252,11 +254,11 @@ def _width_sums(g, xb, xq, X, s, block_size: int, clip_level: float, sub_level: 
     if need_x:
         gx = g.masked_fill(clipped, 0.0) if any_clipped else g
     if need_widths:
-        ge = g * (xb - to_blocks(xq.float(), block_size))  # g * (x - x̂)
+        ge = g * (xb - xqb)  # g * (x - x̂)
         if any_clipped:
             idx = clipped.reshape(-1).nonzero().squeeze(1)
             g_c, x_c = g.reshape(-1)[idx], xb.reshape(-1)[idx]
-            s_c = torch.exp2(X.reshape(-1)[idx // block_size])
+            s_c = s.reshape(-1)[idx // xb.shape[-1]]  # the block of each gathered element
             gs_clip = (g_c * torch.sign(x_c) * s_c).sum()
             ge_clip = ge.reshape(-1)[idx].sum()
         else:
@@ -266,11 +268,9 @@ def _width_sums(g, xb, xq, X, s, block_size: int, clip_level: float, sub_level: 
 
 
 def fused_width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_widths: bool):
-    """:func:`_width_sums` as one pass of masked sums (the ``compiled`` backend fuses it).
-
-    The same quantities; the sums add in another order, so they agree to float rounding.
-    ``clip_level``/``sub_level`` are 0-d tensors, so a new width recompiles nothing.
-    """
+    """:func:`_width_sums` (same arguments) as one pass of masked sums, which the ``compiled``
+    backend fuses. The same quantities; the sums add in another order, so they agree to float
+    rounding."""
     ax = xb.abs()
     clipped = ax > s * clip_level
     gx = g.masked_fill(clipped, 0.0) if need_x else None
@@ -281,11 +281,6 @@ def fused_width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_wi
         sums = (ge.sum(), torch.where(clipped, ge, zero).sum(), torch.where(clipped, g * torch.sign(xb) * s, zero).sum(),
                 torch.where(ax < s * sub_level, ge, zero).sum())
     return gx, sums
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_width_sums():
-    return torch.compile(fused_width_sums, dynamic=True)
 
 
 def _log2_max_normal_slopes(p) -> tuple[float, float]:
@@ -362,7 +357,7 @@ def mx_qdq_minifloat(
 
     ``ebits``/``mbits`` may be 0-d tensors requiring grad (e.g. ``family.ebits(beta)``);
     ``fractional_scale``: the scale rule at fractional widths (``mx_spec.minifloat``);
-    ``backend``: ``"numpy"`` or ``"torch"`` forward (same bits; ``BACKENDS``).
+    ``backend``: ``"numpy"``, ``"torch"`` or ``"compiled"`` forward (same bits; ``BACKENDS``).
     """
     _check_common(x, block_size)
     check_backend(backend, x.device.type)
@@ -386,7 +381,7 @@ def mx_qdq_standard(
     """MX quantize-dequantize ``x`` in a standard format (``mx_spec.quantize_dequantize``).
 
     Backward: clipped straight-through to ``x`` (1 inside the block's range, 0 where saturated).
-    ``backend``: ``"numpy"`` or ``"torch"`` forward (same bits; ``BACKENDS``).
+    ``backend``: ``"numpy"``, ``"torch"`` or ``"compiled"`` forward (same bits; ``BACKENDS``).
     """
     _check_common(x, block_size)
     check_backend(backend)

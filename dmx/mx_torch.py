@@ -214,9 +214,6 @@ def minifloat_rows(
     return aq
 
 
-_COMPILED_KINDS = 32
-
-
 def block_scales(b: torch.Tensor, n, factor, scale_mode: str, table: torch.Tensor | None = None):
     """(2^-X, 2^X per row (rows, 1), X int32, NaN mask) of blocks ``b`` (rows, block_size) for a real
     scale emax = n + f (:func:`_minifloat_exponent`); ``table``: ``pow2_table`` of b's dtype."""
@@ -224,10 +221,16 @@ def block_scales(b: torch.Tensor, n, factor, scale_mode: str, table: torch.Tenso
     return pow2(-X, b.dtype, table).unsqueeze(-1), pow2(X, b.dtype, table).unsqueeze(-1), X, nan
 
 
+#: dynamo recompile limit for the compiled kernels: one graph per kind of call (rounding x grid
+#: exact/real x max fix x scale mode x dtype), 32 at most; above dynamo's default limit (8) a
+#: kernel would fall back to eager without a word
+_COMPILED_KINDS = 32
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled(fn):
-    # dynamic shapes: one kernel serves every layer's shape. Two graphs rather than one: fused,
-    # inductor recomputes the per-row scale inside the elementwise loop (measured 1.7x slower)
+def compiled_kernel(fn):
+    """``fn`` under ``torch.compile`` with dynamic shapes (one kernel serves every layer's shape),
+    made once per function; the ``compiled`` backend's kernels (here and ``dmx.autograd``'s sums)."""
     return torch.compile(fn, dynamic=True)
 
 
@@ -271,18 +274,19 @@ def quantize_dequantize_minifloat(
         # every number as a 0-d tensor, so a new width compiles nothing new; the scale factor is
         # always applied (x 1.0 in float64 is exact), so integer and real emax share one graph
         dev = xw.device
-        consts = [torch.tensor(v, dtype=dt, device=dev) for v, dt in
-                  ((emax_n, torch.int32), (1.0 if emax_factor is None else emax_factor, torch.float64), (mx, xw.dtype))]
+        n_t = torch.tensor(emax_n, dtype=torch.int32, device=dev)
+        factor_t = torch.tensor(1.0 if emax_factor is None else emax_factor, dtype=torch.float64, device=dev)
+        mx_t = torch.tensor(mx, dtype=xw.dtype, device=dev)
         exact_t = None if exact_grid is None else tuple(torch.tensor(v, device=dev) for v in exact_grid)
         real_t = None if real_grid is None else tuple(torch.tensor(v, dtype=torch.float64, device=dev)
                                                         for v in real_grid)
-        # one graph per kind of call: rounding x grid (exact/real) x max fix x scale mode x dtype,
-        # 32 at most; above dynamo's default limit (8) it would fall back to eager without a word
         with torch._dynamo.config.patch(recompile_limit=_COMPILED_KINDS):
-            inv, scale, X, nan = _compiled(block_scales)(b2, consts[0], consts[1], scale_mode,
-                                                         pow2_table(xw.dtype, dev))
-            out = _compiled(minifloat_rows)(b2, inv, scale, nan.unsqueeze(-1), consts[2], rounding, exact_t, real_t,
-                                            fix_max)
+            # two kernels rather than one: fused, inductor recomputes the per-row scale inside
+            # the elementwise loop (measured 1.7x slower)
+            inv, scale, X, nan = compiled_kernel(block_scales)(b2, n_t, factor_t, scale_mode,
+                                                               pow2_table(xw.dtype, dev))
+            out = compiled_kernel(minifloat_rows)(b2, inv, scale, nan.unsqueeze(-1), mx_t, rounding, exact_t,
+                                                  real_t, fix_max)
     else:
         inv, scale, X, nan = block_scales(b2, emax_n, emax_factor, scale_mode)
         nan2 = nan.unsqueeze(-1) if bool(nan.any()) else None
