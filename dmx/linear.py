@@ -16,7 +16,8 @@ Settings come in one frozen :class:`DMXLinearConfig` (``DMXLinear(linear, config
 
 Any device: the offsets are created on the wrapped weight's device. ``backend`` picks the MX
 bridge's forward (``dmx.autograd``): ``"torch"`` (default) runs ``dmx.mx_torch`` on the tensor's
-device, ``"numpy"`` runs ``mx_spec`` on a host copy; the bits are the same.
+device, ``"compiled"`` the same fused by ``torch.compile``, ``"numpy"`` runs ``mx_spec`` on a host
+copy; the bits are the same.
 
 Weights are frozen (``requires_grad=False``) by default; activations get dynamic per-block
 scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blocks run along
@@ -191,7 +192,8 @@ class DMXLinear(nn.Module):
 
     @property
     def backend(self) -> str:
-        """MX forward implementation, ``"numpy"`` or ``"torch"`` (``dmx.autograd.BACKENDS``; same bits)."""
+        """MX forward implementation, ``"numpy"``, ``"torch"`` or ``"compiled"`` (``dmx.autograd.BACKENDS``;
+        same bits); ``"compiled"`` is refused where ``torch.compile`` cannot run on the weight's device."""
         return self._backend
 
     @backend.setter

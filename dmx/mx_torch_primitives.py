@@ -77,12 +77,13 @@ def frexp_positive(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def shared_exponent(
-    amax: torch.Tensor, emax: int, mode: str = "floor", *, mbits: int | None = None,
+    amax: torch.Tensor, emax: int | torch.Tensor, mode: str = "floor", *, mbits: int | None = None,
     max_normal: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(X, nan)``: ``mx_spec.scale.shared_exponent`` as an int32 tensor (NaN blocks: X = 0) and its NaN mask.
 
-    ``amax`` >= 0 (or NaN/Inf), any float dtype; ``emax`` an integer.
+    ``amax`` >= 0 (or NaN/Inf), float32 or float64 (the working precisions); ``emax`` an integer,
+    or a 0-d integer tensor.
     """
     check_scale_mode(mode)
     emax = emax if torch.is_tensor(emax) else int(emax)  # a 0-d tensor keeps a compiled caller general
