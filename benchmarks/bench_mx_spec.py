@@ -24,7 +24,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import mx_spec  # noqa: E402
+from dmx.provenance import run_provenance  # noqa: E402
 from mx_spec.atomic import atomic_write_text  # noqa: E402
 from mx_spec.formats import MX_FORMATS  # noqa: E402
 
@@ -153,9 +153,8 @@ def write_results(path: Path, rows: list[dict], args) -> None:
                         "ratio_cpu": None if theirs is None else round(r["theirs_s"][1] / r["ours_s"][1], 2),
                         "bit_exact": "torchao has no MXINT8" if theirs is None else r["exact"]})
     doc = {"schema": "dmx.bench_mx_spec/1",
-           "provenance": {"command": "python benchmarks/bench_mx_spec.py " + " ".join(sys.argv[1:]),
-                          "log2_n": args.log2_n, "repeats": args.repeats, "numpy": np.__version__,
-                          "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+           "provenance": {**run_provenance("benchmarks/bench_mx_spec.py", sys.argv[1:]),
+                          "log2_n": args.log2_n, "repeats": args.repeats,
                           "note": "1 thread, best of the repeats; absolute numbers depend on the machine's "
                                   "load, the ratios are measured side by side"},
            "rows": records}

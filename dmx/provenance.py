@@ -1,8 +1,9 @@
-"""What a written file records about how it was made: software versions and the model it came from.
+"""What a written file records about how it was made: software versions, the model it came from,
+and for a benchmark's results the run itself (:func:`run_provenance`).
 
 One home for the records that assignments (``dmx calibrate``, ``dmx kl``, the sweep), the
-sweep's points and exported models carry, so every file names its model and versions with the
-same keys. Files written before keep being read: these functions only ever add keys.
+sweep's points, exported models and benchmark results carry, so every file names its model and
+versions with the same keys. Files written before keep being read: these functions only ever add keys.
 
 The dMX core (``dmx.calibrate``) records :func:`software_versions`, so this module imports
 nothing of the LLM side (models, rotation, data); :class:`dmx.pipeline.ModelSpec` knows its
@@ -17,8 +18,8 @@ import os
 import platform
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy
@@ -79,8 +80,9 @@ def _git_state(where: Path) -> dict[str, Any]:
 
 def run_provenance(script: str, argv: Sequence[str]) -> dict[str, Any]:
     """How a benchmark's results file was made: the command, the commit of the ``dmx`` that ran
-    and its uncommitted tracked files, date, machine and its load when the run started (a loaded machine inflates absolute times; ratios measured side by side
-    in one run are what the README compares)."""
+    and its uncommitted tracked files, the date, the machine and its load when the run started (a
+    loaded machine inflates absolute times; ratios measured side by side in one run are what the
+    README compares)."""
     return {"command": " ".join(["python", script, *argv]), **_git_state(Path(__file__).resolve().parent),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

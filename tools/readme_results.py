@@ -41,6 +41,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx package beside it
+from dmx.autograd import BACKENDS  # noqa: E402  (one column per backend, in their order)
 from dmx.files import read_json  # noqa: E402
 from dmx.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
 
@@ -312,9 +313,6 @@ def table_bench_mx_spec(root: Path) -> str:
     return table + f"\n({doc['provenance']['note']})\n"
 
 
-BACKEND_ORDER = ("numpy", "torch", "compiled")
-
-
 def _run_note(prov: dict[str, Any]) -> str:
     """``commit, date, load average`` of a benchmark's provenance (the keys it has)."""
     parts = [prov.get("commit"), prov.get("date")]
@@ -332,13 +330,13 @@ def table_calibration_step(root: Path) -> str:
     for path in sorted((root / "results" / "bench_calibration_step").glob("*.json")):
         doc = load_json(path)
         row = [f"{doc['batch_size']} x {doc['seqlen']}", str(doc["threads"]), f"{doc['baseline_fwd_bwd_s']:.2f} s"]
-        for backend in BACKEND_ORDER:
+        for backend in BACKENDS:
             r = doc["backends"].get(backend)
             row.append("" if r is None else f"{r['dmx_step_s']:.2f} s = {r['ratio']:.2f}x")
         row += [str(doc["repeats"]), _run_note(doc.get("provenance", {})), f"`{path.relative_to(root)}`"]
         body.append(row)
-    return markdown_table(["tokens per step", "threads", "unquantised fwd+bwd", "dMX step, numpy", "dMX step, torch",
-                           "dMX step, compiled", "repeats (median)", "run", "file"], body, "lrrrrrrll")
+    return markdown_table(["tokens per step", "threads", "unquantised fwd+bwd", *(f"dMX step, {b}" for b in BACKENDS),
+                           "repeats (median)", "run", "file"], body, "lrr" + "r" * len(BACKENDS) + "rll")
 
 
 def table_bridge_throughput(root: Path) -> str:
