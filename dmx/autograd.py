@@ -208,10 +208,12 @@ class _MinifloatQDQ(torch.autograd.Function):
         p = minifloat_params(e, m, max_normal_cap=cap, fractional_scale=rule)
         n = x.shape[-1]
         need_x, need_widths = ctx.needs_input_grad[0], ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        # blocked views (..., n_blocks, block_size): the scale broadcasts without a copy
-        xb, g = to_blocks(x.float(), block_size), to_blocks(grad_out.float(), block_size)
-        xqb = to_blocks(xq.float(), block_size)
-        s = torch.exp2(X).unsqueeze(-1)
+        # blocks as rows (n_blocks, block_size), every operand the same rank, the scale (n_blocks, 1)
+        # broadcasting without a copy; detached from their base tensors, which dynamo would guard
+        # (a weight's and an activation's base differ in rank: two compiled kernels instead of one)
+        blocks_shape = to_blocks(x, block_size).shape
+        xb, g, xqb = (to_blocks(t.float(), block_size).reshape(-1, block_size).detach() for t in (x, grad_out, xq))
+        s = torch.exp2(X).reshape(-1, 1)
         # floor(log2|y|) < emin  <=>  |y| < 2**ceil(emin) (emin is real-valued)
         levels = (p.max_normal, 2.0 ** math.ceil(p.emin))
         if ctx.backend == "compiled":  # the levels as 0-d tensors: a new width recompiles nothing
@@ -222,28 +224,29 @@ class _MinifloatQDQ(torch.autograd.Function):
         gx, sums = sums_of(g, xb, xqb, s, *levels, need_x, need_widths)
         grad_x = grad_e = grad_m = None
         if need_x:
-            grad_x = from_blocks(gx, n).to(x.dtype)
+            grad_x = from_blocks(gx.reshape(blocks_shape), n).to(x.dtype)
         if need_widths:
-            ge_all, ge_clip, gs_clip, ge_sub = sums
             dlog_max, dx = _log2_max_normal_slopes(p), _scale_exponent_slopes(p)
             demin_de = -_LN2 * 2.0 ** (e - 1.0)
-            # normal in range: ln2 (x - x̂); subnormal: ln2 (x - x̂) (1 - dX/dM);
-            # saturated: sign s max_normal ln2 (dlog2 max_normal/dM + dX/dM)
-            grad_m = (_LN2 * (ge_all - ge_clip) - _LN2 * dx[1] * ge_sub
-                      + _LN2 * p.max_normal * (dlog_max[1] + dx[1]) * gs_clip)
-            # subnormal: -ln2 (x - x̂) (dX/dE + demin/dE); saturated as for M
-            grad_e = (-_LN2 * (dx[0] + demin_de) * ge_sub
-                      + _LN2 * p.max_normal * (dlog_max[0] + dx[0]) * gs_clip)
+            sat = _LN2 * p.max_normal
+            # rows E, M; columns the sums (in range, saturated, subnormal). M: normal in range
+            # ln2 (x - x̂); subnormal ln2 (x - x̂) (1 - dX/dM); saturated sign s max_normal ln2
+            # (dlog2 max_normal/dM + dX/dM). E: subnormal -ln2 (x - x̂) (dX/dE + demin/dE);
+            # saturated as for M. One product instead of a dozen scalar tensor operations.
+            slopes = torch.tensor([[0.0, sat * (dlog_max[0] + dx[0]), -_LN2 * (dx[0] + demin_de)],
+                                   [_LN2, sat * (dlog_max[1] + dx[1]), -_LN2 * dx[1]]],
+                                  dtype=sums[0].dtype, device=sums[0].device)
+            grad_e, grad_m = slopes @ torch.stack(sums)
             grad_e = grad_e.to(ctx.width_devices[0]) if ctx.needs_input_grad[1] else None
             grad_m = grad_m.to(ctx.width_devices[1]) if ctx.needs_input_grad[2] else None
         return grad_x, grad_e, grad_m, None, None, None, None, None, None
 
 
 def _width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_widths: bool):
-    """(grad to x, (Σ g(x - x̂), Σ_saturated g(x - x̂), Σ_saturated g·sign(x)·s, Σ_subnormal g(x - x̂))).
+    """(grad to x, (Σ_in_range g(x - x̂), Σ_saturated g·sign(x)·s, Σ_subnormal g(x - x̂))).
 
-    Blocked ``g``/``xb``/``xqb`` (..., n_blocks, block_size), per-block scale ``s``
-    (..., n_blocks, 1); saturated: ``|x| > s·clip_level`` (max_normal), subnormal:
+    Blocks as rows: ``g``/``xb``/``xqb`` (n_blocks, block_size), per-block scale ``s``
+    (n_blocks, 1); saturated: ``|x| > s·clip_level`` (max_normal), subnormal:
     ``|x| < s·sub_level``. The eager form, shared by the numpy and torch backends: few elements
     saturate, so they are gathered by index instead of full-size products.
     """
@@ -263,14 +266,15 @@ def _width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_widths:
             ge_clip = ge.reshape(-1)[idx].sum()
         else:
             gs_clip = ge_clip = torch.zeros((), dtype=ge.dtype, device=ge.device)
-        sums = (ge.sum(), ge_clip, gs_clip, (ge * (ax < s * sub_level)).sum())
+        sums = (ge.sum() - ge_clip, gs_clip, (ge * (ax < s * sub_level)).sum())
     return gx, sums
 
 
 def fused_width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_widths: bool):
     """:func:`_width_sums` (same arguments) as one pass of masked sums, which the ``compiled``
     backend fuses. The same quantities; the sums add in another order, so they agree to float
-    rounding."""
+    rounding. Every sum is masked by a per-block condition, so inductor makes them one loop over
+    the elements (an unmasked ``ge.sum()`` became a second pass over all three inputs)."""
     ax = xb.abs()
     clipped = ax > s * clip_level
     gx = g.masked_fill(clipped, 0.0) if need_x else None
@@ -278,7 +282,7 @@ def fused_width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_wi
     if need_widths:
         ge = g * (xb - xqb)
         zero = torch.zeros((), dtype=ge.dtype, device=ge.device)
-        sums = (ge.sum(), torch.where(clipped, ge, zero).sum(), torch.where(clipped, g * torch.sign(xb) * s, zero).sum(),
+        sums = (torch.where(clipped, zero, ge).sum(), torch.where(clipped, g * torch.sign(xb) * s, zero).sum(),
                 torch.where(ax < s * sub_level, ge, zero).sum())
     return gx, sums
 

@@ -299,10 +299,14 @@ class DMXLinear(nn.Module):
                 self._weight_cache = (key, self._standard(w, fmt))
         return self._weight_cache[1]
 
-    def _soft(self, t: torch.Tensor, operand: str) -> torch.Tensor:
+    def _soft_widths(self, operand: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, M) of ``operand`` at the soft β, differentiable in its offset."""
         beta = self.beta(operand)
+        return self.family.ebits(beta), self.family.mbits(beta)
+
+    def _soft(self, t: torch.Tensor, widths: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return mx_qdq_minifloat(
-            t, self.family.ebits(beta), self.family.mbits(beta), block_size=self.block_size,
+            t, *widths, block_size=self.block_size,
             scale_mode=self.scale_mode, rounding=self.rounding,
             max_normal_cap=self.family.max_normal_cap, fractional_scale=self.fractional_scale,
             backend=self.backend,
@@ -315,8 +319,13 @@ class DMXLinear(nn.Module):
             wq = self._hard_weight(fmts["weight"])
             xq = self._standard(x, fmts["input"]) if self.quantize_input else x
         else:
-            wq = self._soft(self.linear.weight, "weight")
-            xq = self._soft(x, "input") if self.quantize_input else x
+            # tied: one β (and its E, M) for both operands, computed once
+            widths = self._soft_widths("weight")
+            wq = self._soft(self.linear.weight, widths)
+            if self.quantize_input:
+                xq = self._soft(x, widths if self.tie else self._soft_widths("input"))
+            else:
+                xq = x
         return F.linear(xq, wq.to(xq.dtype), self.linear.bias)
 
     def extra_repr(self) -> str:
