@@ -177,13 +177,13 @@ class _MinifloatQDQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ebits, mbits, block_size, scale_mode, rounding, max_normal_cap, fractional_scale,
-                backend="numpy"):
+                backend="numpy", block_amax=None):
         e, m = float(ebits), float(mbits)
         if backend != "numpy":  # same bits on the tensor's device (dmx.mx_torch)
             xq, X = mx_torch.quantize_dequantize_minifloat(
                 x.detach(), e, m, block_size=block_size, scale_mode=scale_mode, rounding=rounding,
                 max_normal_cap=max_normal_cap, fractional_scale=fractional_scale, return_scale_exponent=True,
-                compiled=backend == "compiled",
+                compiled=backend == "compiled", block_amax=block_amax,
             )
             xq = xq.to(x.dtype)
         else:
@@ -239,7 +239,7 @@ class _MinifloatQDQ(torch.autograd.Function):
             grad_e, grad_m = slopes @ torch.stack(sums)
             grad_e = grad_e.to(ctx.width_devices[0]) if ctx.needs_input_grad[1] else None
             grad_m = grad_m.to(ctx.width_devices[1]) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_e, grad_m, None, None, None, None, None, None
+        return grad_x, grad_e, grad_m, None, None, None, None, None, None, None
 
 
 def _width_sums(g, xb, xqb, s, clip_level, sub_level, need_x: bool, need_widths: bool):
@@ -356,12 +356,16 @@ def mx_qdq_minifloat(
     max_normal_cap: float = E4M3_MAX_NORMAL,
     fractional_scale: str = FRACTIONAL_SCALES[0],
     backend: str = DEFAULT_BACKEND,
+    block_amax: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MX quantize-dequantize ``x`` with real widths ``(E, M)``; differentiable in x, E and M.
 
     ``ebits``/``mbits`` may be 0-d tensors requiring grad (e.g. ``family.ebits(beta)``);
     ``fractional_scale``: the scale rule at fractional widths (``mx_spec.minifloat``);
-    ``backend``: ``"numpy"``, ``"torch"`` or ``"compiled"`` forward (same bits; ``BACKENDS``).
+    ``backend``: ``"numpy"``, ``"torch"`` or ``"compiled"`` forward (same bits; ``BACKENDS``);
+    ``block_amax``: ``dmx.mx_torch.block_amax_of(x, block_size)`` kept for an ``x`` that does not
+    change (a frozen weight), saving the torch and compiled forwards a pass over ``x`` (numpy
+    computes its own).
     """
     _check_common(x, block_size)
     check_backend(backend, x.device.type)
@@ -370,7 +374,8 @@ def mx_qdq_minifloat(
     if e.numel() != 1 or m.numel() != 1:
         raise ValueError("ebits and mbits must be scalars (one format per tensor)")
     minifloat_params(float(e.detach()), float(m.detach()), max_normal_cap=max_normal_cap, fractional_scale=fractional_scale)
-    return _MinifloatQDQ.apply(x, e, m, block_size, scale_mode, rounding, max_normal_cap, fractional_scale, backend)
+    return _MinifloatQDQ.apply(x, e, m, block_size, scale_mode, rounding, max_normal_cap, fractional_scale, backend,
+                               block_amax)
 
 
 def mx_qdq_standard(

@@ -22,7 +22,8 @@ copy; the bits are the same.
 Weights are frozen (``requires_grad=False``) by default; activations get dynamic per-block
 scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blocks run along
 the last dimension, the reduction dimension ``in_features`` of both operands. A frozen weight in
-a hard format is quantised once and cached until the weight or the format changes.
+a hard format is quantised once and cached until the weight or the format changes; in the soft
+formats its blocks' amax is kept the same way (the widths move every step, the amax does not).
 
 β̂ initialisation: ``beta_init = 0.0`` by default, as in the authors' code (Brevitas
 ``BitWidthParameter`` starts the offset at bit width minus base width = 0): every layer starts
@@ -52,6 +53,7 @@ from torch import nn
 
 from dmx.autograd import DEFAULT_BACKEND, check_backend, check_tensor, mx_qdq_minifloat, mx_qdq_standard
 from dmx.family import DEFAULT_FAMILY, FormatFamily, get_family
+from dmx.mx_torch import block_amax_of
 from dmx.offset import SIGMOID_SCALE, check_offset_mode, check_temperature, hard_beta, offset_to_beta
 from dmx.regularizer import storage_bits
 from mx_spec.blocks import check_block_size
@@ -152,6 +154,7 @@ class DMXLinear(nn.Module):
         self.offset_mode = config.offset_mode
         self.fixed_format: str | None = None
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
+        self._amax_cache: tuple[tuple, torch.Tensor] | None = None
         if config.freeze_weight:
             for p in linear.parameters():
                 p.requires_grad_(False)
@@ -304,13 +307,27 @@ class DMXLinear(nn.Module):
         beta = self.beta(operand)
         return self.family.ebits(beta), self.family.mbits(beta)
 
-    def _soft(self, t: torch.Tensor, widths: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _soft(self, t: torch.Tensor, widths: tuple[torch.Tensor, torch.Tensor],
+              block_amax: torch.Tensor | None = None) -> torch.Tensor:
         return mx_qdq_minifloat(
             t, *widths, block_size=self.block_size,
             scale_mode=self.scale_mode, rounding=self.rounding,
             max_normal_cap=self.family.max_normal_cap, fractional_scale=self.fractional_scale,
-            backend=self.backend,
+            backend=self.backend, block_amax=block_amax,
         )
+
+    def _weight_block_amax(self) -> torch.Tensor | None:
+        """The frozen weight's block amax, kept until the weight changes (every soft step
+        re-quantises the weight at new widths; its blocks' amax stays); None for a trained
+        weight or the numpy backend (which computes its own)."""
+        w = self.linear.weight
+        if w.requires_grad or self.backend == "numpy":
+            return None
+        key = (self.block_size, w.data_ptr(), w._version, w.dtype, w.device)
+        if self._amax_cache is None or self._amax_cache[0] != key:
+            with torch.no_grad():
+                self._amax_cache = (key, block_amax_of(w, self.block_size))
+        return self._amax_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "DMXLinear input")
@@ -321,7 +338,7 @@ class DMXLinear(nn.Module):
         else:
             # tied: one β (and its E, M) for both operands, computed once
             widths = self._soft_widths("weight")
-            wq = self._soft(self.linear.weight, widths)
+            wq = self._soft(self.linear.weight, widths, self._weight_block_amax())
             if self.quantize_input:
                 xq = self._soft(x, widths if self.tie else self._soft_widths("input"))
             else:

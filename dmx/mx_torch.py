@@ -38,6 +38,7 @@ __all__ = [
     "dequantize",
     "quantize_dequantize",
     "quantize_dequantize_minifloat",
+    "block_amax_of",
     "scale_values",
     "golden_quantizer",
     "numpy_to_tensor",
@@ -213,11 +214,23 @@ def minifloat_rows(
     return aq
 
 
+def scales_from_amax(amax: torch.Tensor, n, factor, scale_mode: str, table: torch.Tensor | None = None):
+    """(2^-X, 2^X per row (rows, 1), X int32, NaN mask) of blocks whose amax is ``amax`` (rows,) for
+    a real scale emax = n + f (:func:`_minifloat_exponent`); ``table``: ``pow2_table`` of the
+    blocks' dtype (amax has it)."""
+    X, nan = _minifloat_exponent(amax, n, factor, scale_mode)
+    return pow2(-X, amax.dtype, table).unsqueeze(-1), pow2(X, amax.dtype, table).unsqueeze(-1), X, nan
+
+
 def block_scales(b: torch.Tensor, n, factor, scale_mode: str, table: torch.Tensor | None = None):
-    """(2^-X, 2^X per row (rows, 1), X int32, NaN mask) of blocks ``b`` (rows, block_size) for a real
-    scale emax = n + f (:func:`_minifloat_exponent`); ``table``: ``pow2_table`` of b's dtype."""
-    X, nan = _minifloat_exponent(block_amax(b), n, factor, scale_mode)
-    return pow2(-X, b.dtype, table).unsqueeze(-1), pow2(X, b.dtype, table).unsqueeze(-1), X, nan
+    """:func:`scales_from_amax` of blocks ``b`` (rows, block_size)."""
+    return scales_from_amax(block_amax(b), n, factor, scale_mode, table)
+
+
+def block_amax_of(x: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE) -> torch.Tensor:
+    """The amax of every block of ``x`` (along the last axis, in its working precision), as
+    :func:`quantize_dequantize_minifloat` takes it (``block_amax=``) for a tensor that does not change."""
+    return block_amax(to_blocks(working_tensor(x), check_block_size(block_size)))
 
 
 #: dynamo recompile limit for the compiled kernels: one graph per kind of call (rounding x grid
@@ -257,6 +270,7 @@ def quantize_dequantize_minifloat(
     x: torch.Tensor, ebits: float, mbits: float, *, block_size: int = DEFAULT_BLOCK_SIZE, scale_mode: str = "floor",
     rounding: str = "rne", max_normal_cap: float = E4M3_MAX_NORMAL,
     fractional_scale: str = FRACTIONAL_SCALES[0], return_scale_exponent: bool = False, compiled: bool = False,
+    block_amax: torch.Tensor | None = None,
 ):
     """``mx_spec.minifloat.quantize_dequantize_minifloat`` along the last axis, bit for bit.
 
@@ -265,6 +279,8 @@ def quantize_dequantize_minifloat(
     work is :func:`block_scales` then :func:`minifloat_rows` (in cache-sized chunks on CPU); with
     ``compiled=True`` each is one ``torch.compile``-fused kernel over the whole tensor (the same
     functions, hence the same bits; the first call of a kind compiles, seconds to a minute).
+    ``block_amax``: :func:`block_amax_of` of ``x``, kept by a caller whose ``x`` does not change
+    (a frozen weight), which saves a pass over ``x``; it must be that tensor's, or the scales are wrong.
     """
     bs = _check(block_size, scale_mode, rounding)
     check_minifloat_scale_mode(scale_mode)
@@ -288,6 +304,11 @@ def quantize_dequantize_minifloat(
         real_grid = (float(np.exp2(-float(p.mbits))), float(np.exp2(float(p.emin) - float(p.mbits))),
                      float(p.max_normal))
     b2 = blocks.reshape(-1, bs)
+    if block_amax is not None:
+        if block_amax.shape != blocks.shape[:-1] or block_amax.dtype != xw.dtype:
+            raise ValueError(f"block_amax has shape {tuple(block_amax.shape)} and dtype {block_amax.dtype}; "
+                             f"x's blocks need {tuple(blocks.shape[:-1])} and {xw.dtype} (block_amax_of(x, block_size))")
+        amax = block_amax.reshape(-1).detach()
     emax_n, emax_factor = _scale_emax_parts(p.scale_emax)
     if compiled:
         dev = xw.device
@@ -298,12 +319,19 @@ def quantize_dequantize_minifloat(
         b2 = b2.detach()
         # two kernels rather than one: fused, inductor recomputes the per-row scale inside the
         # elementwise loop (measured 1.7x slower)
-        inv, scale, X, nan = compiled_kernel(block_scales)(b2, n_t, factor_t, scale_mode, pow2_table(xw.dtype, dev))
+        table = pow2_table(xw.dtype, dev)
+        if block_amax is None:
+            inv, scale, X, nan = compiled_kernel(block_scales)(b2, n_t, factor_t, scale_mode, table)
+        else:
+            inv, scale, X, nan = compiled_kernel(scales_from_amax)(amax, n_t, factor_t, scale_mode, table)
         # without NaN blocks (the usual case) a kernel without the NaN selects
         nan2 = nan.unsqueeze(-1) if bool(nan.any()) else None
         out = compiled_kernel(minifloat_rows)(b2, inv, scale, nan2, mx_t, rounding, exact_t, real_t, fix_max)
     else:
-        inv, scale, X, nan = block_scales(b2, emax_n, emax_factor, scale_mode)
+        if block_amax is None:
+            inv, scale, X, nan = block_scales(b2, emax_n, emax_factor, scale_mode)
+        else:
+            inv, scale, X, nan = scales_from_amax(amax, emax_n, emax_factor, scale_mode)
         nan2 = nan.unsqueeze(-1) if bool(nan.any()) else None
         out = torch.empty_like(b2)
         for rows in row_chunks(b2.shape[0], bs, b2.device):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dmx
+from dmx.autograd import BACKENDS
 from dmx.linear import DMXLinear, DMXLinearConfig
 from mx_spec.minifloat import quantize_dequantize_minifloat
 from mx_spec.quantize import quantize_dequantize
@@ -106,6 +107,20 @@ def test_cached_hard_weight_follows_weight_updates():
     with torch.no_grad():
         lin.weight.mul_(3.0)
     assert torch.equal(m(x), _reference(x, lin, "mxfp8_e4m3"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kept_weight_amax_follows_weight_updates(backend):
+    """The soft path keeps a frozen weight's block amax: after an in-place change of the weight
+    the layer gives what a fresh layer gives."""
+    lin = _linear()
+    m = DMXLinear(lin, DMXLinearConfig(beta_init=0.7, backend=backend)).train()
+    x = torch.randn(2, 64)
+    m(x)
+    with torch.no_grad():
+        lin.weight.mul_(3.0)
+    fresh = DMXLinear(lin, DMXLinearConfig(beta_init=0.7, backend=backend)).train()
+    assert torch.equal(m(x), fresh(x))
 
 
 def test_bfloat16_layer_runs():

@@ -123,6 +123,26 @@ def test_compiled_minifloat_bits_equal_numpy():
                                 return_scale_exponent=True)
                             assert np.array_equal(got.numpy().view(np.uint8), want.view(np.uint8)), (e, m, rule)
                             assert np.array_equal(X.numpy(), wX.astype(np.float32), equal_nan=True)
+                            # the scales from a kept block amax (a frozen weight's)
+                            kept = mx_torch.quantize_dequantize_minifloat(
+                                x, e, m, fractional_scale=rule, rounding=rounding, scale_mode=mode, compiled=True,
+                                block_amax=mx_torch.block_amax_of(x))
+                            assert np.array_equal(kept.numpy().view(np.uint8), want.view(np.uint8)), (e, m, rule)
+
+
+def test_kept_block_amax_gives_the_same_bits_and_a_wrong_one_is_refused():
+    """Eager torch backend with block_amax= (the compiled one is checked above): mx_spec's bits;
+    an amax of another shape or dtype is refused, naming the function that makes it."""
+    for a in _tensors(21):
+        x = torch.from_numpy(a).float()
+        for e, m in WIDTHS:
+            want = quantize_dequantize_minifloat(a.astype(np.float32), e, m)
+            got = mx_torch.quantize_dequantize_minifloat(x, e, m, block_amax=mx_torch.block_amax_of(x))
+            assert np.array_equal(got.numpy().view(np.uint8), want.view(np.uint8)), (e, m)
+    x = torch.randn(4, 64)
+    for wrong in (mx_torch.block_amax_of(x, 16), mx_torch.block_amax_of(x).double()):
+        with pytest.raises(ValueError, match="block_amax_of"):
+            mx_torch.quantize_dequantize_minifloat(x, 2.5, 1.5, block_amax=wrong)
 
 
 @pytest.mark.parametrize("rule", FRACTIONAL_SCALES)
