@@ -13,6 +13,7 @@ reported too (it includes both models).
 
     python benchmarks/bench_calibration_step.py --batch-size 2 --seqlen 256 --repeats 5 --threads 1 \
         --out results/bench_calibration_step/seqlen256_1thread.json
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_calibration_step.py ...   # huge pages (README)
     python benchmarks/bench_calibration_step.py --device cuda --dtype bfloat16   # on a GPU
 """
 
@@ -75,6 +76,11 @@ def main(argv=None) -> dict:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    faults: dict[str, list[int]] = {b: [] for b in ["baseline", *args.backends]}
+
+    def minor_faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
     def baseline_step() -> float:
         start = time.perf_counter()
         logits = base(input_ids=batch, use_cache=False).logits
@@ -101,12 +107,16 @@ def main(argv=None) -> dict:
     base_times: list[float] = []
     dmx_times: dict[str, list[float]] = {b: [] for b in args.backends}
     for r in range(args.repeats):
+        f0 = minor_faults()
         base_times.append(baseline_step())
+        faults["baseline"].append(minor_faults() - f0)
         # the backends in a rotating order: the step right after the baseline's measured slower
         # (about 0.3 s at 2 x 256, from the allocator's state after freeing its gradients)
         for i in range(len(args.backends)):
             backend = args.backends[(r + i) % len(args.backends)]
+            f0 = minor_faults()
             dmx_times[backend].append(dmx_step(backend))
+            faults[backend].append(minor_faults() - f0)
     base_s = statistics.median(base_times)
     result = {
         "model": args.model, "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
@@ -115,6 +125,10 @@ def main(argv=None) -> dict:
         "backends": {b: {"dmx_step_s": statistics.median(t), "ratio": statistics.median(t) / base_s, "all_s": t}
                      for b, t in dmx_times.items()},
         "peak_rss_gib": _peak_rss_gib(),
+        # fresh memory is a page fault per 4 KiB page (zeroed by the kernel) unless PyTorch puts
+        # allocations of 2 MiB and more on transparent huge pages (THP_MEM_ALLOC_ENABLE=1)
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+        "minor_page_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
         "provenance": provenance,
     }
     print(f"{args.model} batch {args.batch_size}x{args.seqlen} {args.dtype} on {args.device} ({result['threads']} threads)")
@@ -122,6 +136,8 @@ def main(argv=None) -> dict:
     for b, r in result["backends"].items():
         print(f"  dMX step, {b:5s} backend     : {r['dmx_step_s']:.3f} s  = {r['ratio']:.2f}x")
     print(f"  peak RSS (both models)       : {result['peak_rss_gib']:.2f} GiB")
+    print(f"  minor page faults per step   : {result['minor_page_faults_per_step']} "
+          f"(THP_MEM_ALLOC_ENABLE={result['thp_mem_alloc_enable'] or 'unset'})")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

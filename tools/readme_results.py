@@ -333,10 +333,15 @@ def table_calibration_step(root: Path) -> str:
         for backend in BACKENDS:
             r = doc["backends"].get(backend)
             row.append("" if r is None else f"{r['dmx_step_s']:.2f} s = {r['ratio']:.2f}x")
-        row += [str(doc["repeats"]), _run_note(doc.get("provenance", {})), f"`{path.relative_to(root)}`"]
+        faults = doc.get("minor_page_faults_per_step")
+        row += [str(doc["repeats"]), "on" if doc.get("thp_mem_alloc_enable") == "1" else "off",
+                "" if faults is None else " / ".join(f"{faults[k] / 1e3:.0f} k" for k in ("baseline", *BACKENDS)
+                                                      if k in faults),
+                _run_note(doc.get("provenance", {})), f"`{path.relative_to(root)}`"]
         body.append(row)
     return markdown_table(["tokens per step", "threads", "unquantised fwd+bwd", *(f"dMX step, {b}" for b in BACKENDS),
-                           "repeats (median)", "run", "file"], body, "lrr" + "r" * len(BACKENDS) + "rll")
+                           "repeats (median)", "huge pages", "page faults per step (unquantised / backends)", "run",
+                           "file"], body, "lrr" + "r" * len(BACKENDS) + "rlrll")
 
 
 def table_bridge_throughput(root: Path) -> str:
