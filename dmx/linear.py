@@ -154,7 +154,7 @@ class DMXLinear(nn.Module):
         self.offset_mode = config.offset_mode
         self.fixed_format: str | None = None
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
-        self._amax_cache: tuple[tuple, torch.Tensor] | None = None
+        self._amax_cache: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
         if config.freeze_weight:
             for p in linear.parameters():
                 p.requires_grad_(False)
@@ -316,18 +316,20 @@ class DMXLinear(nn.Module):
             backend=self.backend, block_amax=block_amax,
         )
 
-    def _weight_block_amax(self) -> torch.Tensor | None:
+    def _weight_block_amax(self, w: torch.Tensor) -> torch.Tensor | None:
         """The frozen weight's block amax, kept until the weight changes (every soft step
         re-quantises the weight at new widths; its blocks' amax stays); None for a trained
-        weight or the numpy backend (which computes its own)."""
-        w = self.linear.weight
+        weight or the numpy backend (which computes its own). ``w``: the weight as this forward
+        reads it (read once: a learned rotation builds it on every read)."""
         if w.requires_grad or self.backend == "numpy":
             return None
-        key = (self.block_size, w.data_ptr(), w._version, w.dtype, w.device)
-        if self._amax_cache is None or self._amax_cache[0] != key:
+        # the tensor itself, not its address: a weight built on every read (a rotation) may land
+        # where the last one was; holding it keeps that address from being reused meanwhile
+        cache = self._amax_cache
+        if cache is None or cache[0] is not w or cache[1] != (w._version, self.block_size):
             with torch.no_grad():
-                self._amax_cache = (key, block_amax_of(w, self.block_size))
-        return self._amax_cache[1]
+                self._amax_cache = cache = (w, (w._version, self.block_size), block_amax_of(w, self.block_size))
+        return cache[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "DMXLinear input")
@@ -338,7 +340,8 @@ class DMXLinear(nn.Module):
         else:
             # tied: one β (and its E, M) for both operands, computed once
             widths = self._soft_widths("weight")
-            wq = self._soft(self.linear.weight, widths, self._weight_block_amax())
+            w = self.linear.weight
+            wq = self._soft(w, widths, self._weight_block_amax(w))
             if self.quantize_input:
                 xq = self._soft(x, widths if self.tie else self._soft_widths("input"))
             else:
