@@ -153,7 +153,8 @@ class DMXLinear(nn.Module):
         self.temperature = config.temperature
         self.offset_mode = config.offset_mode
         self.fixed_format: str | None = None
-        self._weight_cache: tuple[tuple, torch.Tensor] | None = None
+        # (weight, key, value) kept by _kept: the hard-format weight and the soft path's block amax
+        self._weight_cache: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
         self._amax_cache: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
         if config.freeze_weight:
             for p in linear.parameters():
@@ -291,16 +292,30 @@ class DMXLinear(nn.Module):
             backend=self.backend,
         )
 
+    def _kept(self, slot: str, w: torch.Tensor, settings: tuple, make) -> torch.Tensor:
+        """``make(w)`` for a frozen weight, kept in ``slot`` until the weight changes: another
+        tensor, other storage (``.data`` replaced, a move or cast), an in-place change (its
+        version) or other ``settings``. Holding ``w`` keeps its address from being reused by a
+        weight that is built on every read (a rotation)."""
+        key = (w.data_ptr(), w._version, w.dtype, w.device, settings)
+        kept = getattr(self, slot)
+        if kept is None or kept[0] is not w or kept[1] != key:
+            setattr(self, slot, None)  # free the old value before making the new one
+            with torch.no_grad():
+                kept = (w, key, make(w))
+            setattr(self, slot, kept)
+        return kept[2]
+
+    def drop_kept(self) -> None:
+        """Forget the values kept from the weight (:meth:`_kept`), e.g. after weights were rewritten."""
+        self._weight_cache = self._amax_cache = None
+
     def _hard_weight(self, fmt: str) -> torch.Tensor:
         w = self.linear.weight
         if w.requires_grad:
             return self._standard(w, fmt)
-        key = (fmt, self.block_size, self.scale_mode, self.rounding, w.data_ptr(), w._version, w.dtype)
-        if self._weight_cache is None or self._weight_cache[0] != key:
-            self._weight_cache = None  # free the old copy before making the new one
-            with torch.no_grad():
-                self._weight_cache = (key, self._standard(w, fmt))
-        return self._weight_cache[1]
+        return self._kept("_weight_cache", w, (fmt, self.block_size, self.scale_mode, self.rounding),
+                          lambda w: self._standard(w, fmt))
 
     def _soft_widths(self, operand: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(E, M) of ``operand`` at the soft β, differentiable in its offset."""
@@ -323,13 +338,7 @@ class DMXLinear(nn.Module):
         reads it (read once: a learned rotation builds it on every read)."""
         if w.requires_grad or self.backend == "numpy":
             return None
-        # the tensor itself, not its address: a weight built on every read (a rotation) may land
-        # where the last one was; holding it keeps that address from being reused meanwhile
-        cache = self._amax_cache
-        if cache is None or cache[0] is not w or cache[1] != (w._version, self.block_size):
-            with torch.no_grad():
-                self._amax_cache = cache = (w, (w._version, self.block_size), block_amax_of(w, self.block_size))
-        return cache[2]
+        return self._kept("_amax_cache", w, (self.block_size,), lambda w: block_amax_of(w, self.block_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "DMXLinear input")

@@ -194,7 +194,7 @@ def bake_rotation(model: nn.Module) -> RotationState:
     state.r1 = state.r1.detach().clone()
     state.r2 = [m.detach().clone() for m in state.r2]
     state.baked = True
-    for module in model.modules():  # DMXLinear weight caches are keyed by tensor identity: drop them
-        if hasattr(module, "_weight_cache"):
-            module._weight_cache = None
+    for module in model.modules():  # the values DMXLinear keeps from its weight: drop them
+        if hasattr(module, "drop_kept"):
+            module.drop_kept()
     return state
