@@ -303,36 +303,31 @@ def quantize_dequantize_minifloat(
         fix_max = True
         real_grid = (float(np.exp2(-float(p.mbits))), float(np.exp2(float(p.emin) - float(p.mbits))),
                      float(p.max_normal))
-    b2 = blocks.reshape(-1, bs)
+    # blocks as rows, detached: no link to x's base, which dynamo would guard in the compiled
+    # kernels (a weight's and an activation's base differ in rank: each kernel would compile twice)
+    b2 = blocks.reshape(-1, bs).detach()
     if block_amax is not None:
         if block_amax.shape != blocks.shape[:-1] or block_amax.dtype != xw.dtype:
             raise ValueError(f"block_amax has shape {tuple(block_amax.shape)} and dtype {block_amax.dtype}; "
                              f"x's blocks need {tuple(blocks.shape[:-1])} and {xw.dtype} (block_amax_of(x, block_size))")
         amax = block_amax.reshape(-1).detach()
     emax_n, emax_factor = _scale_emax_parts(p.scale_emax)
+    # the block scales from x's blocks, or from the amax the caller kept
+    scales_of, source = (block_scales, b2) if block_amax is None else (scales_from_amax, amax)
     if compiled:
         dev = xw.device
         n_t, factor_t, mx_t, exact_t, real_t = _kernel_constants(emax_n, emax_factor, mx, exact_grid, real_grid,
                                                                  xw.dtype, dev)
-        # detached: no link to x's base, which dynamo would guard (a weight's and an activation's
-        # base differ in rank: each kernel would compile twice)
-        b2 = b2.detach()
-        # two kernels rather than one: fused, inductor recomputes the per-row scale inside the
-        # elementwise loop (measured 1.7x slower)
-        table = pow2_table(xw.dtype, dev)
-        if block_amax is None:
-            inv, scale, X, nan = compiled_kernel(block_scales)(b2, n_t, factor_t, scale_mode, table)
-        else:
-            inv, scale, X, nan = compiled_kernel(scales_from_amax)(amax, n_t, factor_t, scale_mode, table)
-        # without NaN blocks (the usual case) a kernel without the NaN selects
-        nan2 = nan.unsqueeze(-1) if bool(nan.any()) else None
+        # two kernels: whether any block is NaN, known between them, picks the element kernel
+        # without the NaN selects (the usual case)
+        inv, scale, X, nan = compiled_kernel(scales_of)(source, n_t, factor_t, scale_mode,
+                                                        pow2_table(xw.dtype, dev))
+    else:
+        inv, scale, X, nan = scales_of(source, emax_n, emax_factor, scale_mode)
+    nan2 = nan.unsqueeze(-1) if bool(nan.any()) else None
+    if compiled:
         out = compiled_kernel(minifloat_rows)(b2, inv, scale, nan2, mx_t, rounding, exact_t, real_t, fix_max)
     else:
-        if block_amax is None:
-            inv, scale, X, nan = block_scales(b2, emax_n, emax_factor, scale_mode)
-        else:
-            inv, scale, X, nan = scales_from_amax(amax, emax_n, emax_factor, scale_mode)
-        nan2 = nan.unsqueeze(-1) if bool(nan.any()) else None
         out = torch.empty_like(b2)
         for rows in row_chunks(b2.shape[0], bs, b2.device):
             out[rows] = minifloat_rows(b2[rows], inv[rows], scale[rows], None if nan2 is None else nan2[rows],
