@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
         base_times.append(baseline_step())
         faults["baseline"].append(minor_faults() - f0)
         # the backends in a rotating order: the step right after the baseline's measured slower
-        # (about 0.3 s at 2 x 256, from the allocator's state after freeing its gradients)
+        # (about 0.3 s at 2 x 256, in a side-by-side check; why was not established)
         for i in range(len(args.backends)):
             backend = args.backends[(r + i) % len(args.backends)]
             f0 = minor_faults()
