@@ -10,7 +10,9 @@ context carried over); a window's NLL is the mean next-token cross-entropy over 
     ppl = exp( sum_w NLL_w / (n_windows * seqlen) )
 
 i.e. the exponential of the mean per-window token NLL. ``max_windows`` keeps only the first
-windows for quick runs (such numbers are not comparable with full-test-set results).
+windows for quick runs (such numbers are not comparable with full-test-set results);
+``first_window`` skips that many windows first, so a result can be reported on windows that
+were never used to choose anything (held-out windows, e.g. 32-63 after studies on 0-31).
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ from tqdm.auto import tqdm
 from dmx.models import context_length
 from dmx.wrap import input_device
 
-__all__ = ["window_count", "window_nlls", "perplexity"]
+__all__ = ["window_count", "window_nlls", "perplexity", "perplexity_of"]
 
 
-def window_count(n_tokens: int, seqlen: int, max_windows: int | None = None) -> int:
-    """Number of non-overlapping ``seqlen`` windows scored: ``N // seqlen``, capped by ``max_windows``."""
-    count = n_tokens // seqlen
+def window_count(n_tokens: int, seqlen: int, max_windows: int | None = None, first_window: int = 0) -> int:
+    """Number of non-overlapping ``seqlen`` windows scored: ``N // seqlen`` less the ``first_window``
+    skipped ones, capped by ``max_windows``."""
+    total = n_tokens // seqlen
+    if not (isinstance(first_window, int) and 0 <= first_window < max(total, 1)):
+        raise ValueError(f"first_window must be a whole number from 0 to {max(total - 1, 0)} (the text has {total} "
+                         f"windows of {seqlen} tokens), got {first_window!r}")
+    count = total - first_window
     if max_windows is not None:
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1 (or None for all windows), got {max_windows}")
@@ -58,16 +65,19 @@ def window_nlls(
     *,
     seqlen: int = 2048,
     max_windows: int | None = None,
+    first_window: int = 0,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Per-window GPTQ NLL (``mean CE over seqlen-1 positions * seqlen``) as float64 ``Tensor[n_windows]``."""
+    """Per-window GPTQ NLL (``mean CE over seqlen-1 positions * seqlen``) as float64 ``Tensor[n_windows]``,
+    for the windows ``first_window, first_window + 1, ...``."""
     flat = input_ids.reshape(1, -1)
     _check_seqlen(model, seqlen, flat.shape[1])
-    count = window_count(flat.shape[1], seqlen, max_windows)
+    count = window_count(flat.shape[1], seqlen, max_windows, first_window)
     device = input_device(model)
     nlls = torch.empty(count, dtype=torch.float64)
     for index in tqdm(range(count), desc=f"perplexity (seqlen {seqlen})", disable=not progress, leave=False):
-        window = flat[:, index * seqlen : (index + 1) * seqlen].to(device)
+        start = (first_window + index) * seqlen
+        window = flat[:, start : start + seqlen].to(device)
         logits = model(input_ids=window, use_cache=False).logits
         loss = F.cross_entropy(logits[0, :-1].float(), window[0, 1:].to(logits.device))
         nlls[index] = float(loss) * seqlen
@@ -80,6 +90,7 @@ def perplexity(
     *,
     seqlen: int = 2048,
     max_windows: int | None = None,
+    first_window: int = 0,
     progress: bool = True,
 ) -> float:
     """GPTQ-protocol perplexity of ``model`` on ``input_ids`` (``LongTensor[1, N]``); see module doc.
@@ -87,5 +98,13 @@ def perplexity(
     Raises ``ValueError`` if ``seqlen`` exceeds the model's context or the text is shorter than
     one window.
     """
-    nlls = window_nlls(model, input_ids, seqlen=seqlen, max_windows=max_windows, progress=progress)
+    nlls = window_nlls(model, input_ids, seqlen=seqlen, max_windows=max_windows, first_window=first_window,
+                       progress=progress)
+    return perplexity_of(nlls, seqlen)
+
+
+def perplexity_of(nlls, seqlen: int) -> float:
+    """The GPTQ perplexity of per-window NLLs (:func:`window_nlls`, a tensor or a stored list):
+    ``exp(sum NLL_w / (n_windows * seqlen))``."""
+    nlls = torch.as_tensor(nlls, dtype=torch.float64)
     return math.exp(float(nlls.sum()) / (nlls.numel() * seqlen))

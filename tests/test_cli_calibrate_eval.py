@@ -38,7 +38,7 @@ def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_dir, data_dir, caps
     config = tmp_path / "calib.yaml"
     config.write_text("steps: 3\nseqlen: 32\nn-windows: 4\nbatch_size: 2\ntarget-bits: 6.0\nno-progress: true\n")
     out = tmp_path / "assignment.json"
-    code = main(["calibrate", "--config", str(config), "--model", str(tiny_dir), "--data-dir", str(data_dir),
+    code = main(["calibrate", "--rotation", "none", "--config", str(config), "--model", str(tiny_dir), "--data-dir", str(data_dir),
                  "--out", str(out), "--steps", "2"])
     assert code == 0
     saved = json.loads(out.read_text())
@@ -117,7 +117,7 @@ def test_fineweb_without_online_is_refused_before_loading(capsys):
 
 def test_a_named_checkpoint_dir_is_kept_and_redeployed_with_budget_rounding(tmp_path, tiny_dir, data_dir):
     ckpt, out = tmp_path / "ckpt", tmp_path / "a.json"
-    common = ["calibrate", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--n-windows", "2",
+    common = ["calibrate", "--rotation", "none", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--n-windows", "2",
               "--steps", "2", "--batch-size", "1", "--lr", "3", "--target-bits", "5", "--checkpoint-dir", str(ckpt),
               "--no-progress"]
     assert main([*common, "--out", str(out)]) == 0
@@ -132,7 +132,7 @@ def test_resume_with_corrupt_checkpoint_fails_clearly(tmp_path, tiny_dir, data_d
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "calibration_state.pt").write_bytes(b"not a checkpoint")
-    code = main(["calibrate", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32",
+    code = main(["calibrate", "--rotation", "none", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32",
                  "--n-windows", "2", "--steps", "1", "--checkpoint-dir", str(ckpt), "--resume", "--no-progress",
                  "--out", str(tmp_path / "a.json")])
     assert code == 2
@@ -188,7 +188,7 @@ def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assign
     saved = {}
     for backend in ("torch", "numpy", "compiled"):
         out = tmp_path / f"{backend}.json"
-        code = main(["calibrate", "--model", str(tiny_dir), "--device-map", "auto", "--backend", backend,
+        code = main(["calibrate", "--rotation", "none", "--model", str(tiny_dir), "--device-map", "auto", "--backend", backend,
                      "--data-dir", str(data_dir), "--steps", "2", "--seqlen", "32", "--n-windows", "4",
                      "--batch-size", "2", "--no-progress", "--out", str(out)])
         assert code == 0
@@ -218,3 +218,25 @@ def test_calibrate_and_sweep_without_flags_calibrate_identically():
     assert dataclasses.asdict(point) == dataclasses.asdict(calibrate)
     assert (calibrate.steps, calibrate.batch_size, calibrate.checkpoint_every) == (40, 2, 5)  # the demo's
     assert calibrate == CalibrationConfig()
+
+
+def test_new_calibrations_are_rotated_by_default_and_plain_mx_is_one_flag_away():
+    """`dmx calibrate`, `dmx kl` and `dmx sweep` without rotation flags rotate with the fixed
+    Hadamard (issue #23: the authors always rotate); `--rotation none` is plain MX; a detail flag
+    alone keeps the default kind; `dmx eval` without an assignment stays unrotated."""
+    from dmx.commands.sweep import config_from_args as sweep_config
+    from dmx.rotation import CALIBRATION_ROTATION, RotationSpec, resolve_rotation
+
+    assert (CALIBRATION_ROTATION.kind, CALIBRATION_ROTATION.online_size) == ("hadamard", 64)
+    for command in ("calibrate", "kl"):
+        args = build_parser().parse_args([command])
+        assert resolve_rotation(args, default=CALIBRATION_ROTATION) == CALIBRATION_ROTATION
+        none = build_parser().parse_args([command, "--rotation", "none"])
+        assert resolve_rotation(none, default=CALIBRATION_ROTATION).kind == "none"
+        block = resolve_rotation(build_parser().parse_args([command, "--rotation-block", "32"]),
+                                 default=CALIBRATION_ROTATION)
+        assert (block.kind, block.online_size) == ("hadamard", 32)
+    sweep = sweep_config(build_parser().parse_args(["sweep"]))
+    assert sweep.rotation_spec == CALIBRATION_ROTATION
+    assert sweep_config(build_parser().parse_args(["sweep", "--rotation", "none"])).rotation == "none"
+    assert resolve_rotation(build_parser().parse_args(["eval"])) == RotationSpec()

@@ -56,7 +56,7 @@ def test_quiet_console_with_no_progress(tmp_path):
     text.write_text(" ".join(f"Row {i} holds {i * 7 % 13}." for i in range(200)))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", "import sys; from dmx.cli import main; sys.exit(main())",
-                           "calibrate", "--model", str(tiny), "--text-file", str(text), "--seqlen", "32",
+                           "calibrate", "--rotation", "none", "--model", str(tiny), "--text-file", str(text), "--seqlen", "32",
                            "--n-windows", "2", "--steps", "1", "--out", str(tmp_path / "a.json"), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

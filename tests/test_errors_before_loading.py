@@ -57,7 +57,7 @@ def test_the_embedded_models_context_is_known_without_loading(capsys):
 
 @pytest.mark.parametrize("flag", ["--kl-seqlen", "--calib-seqlen"])
 def test_sweep_calibration_window_above_the_context(flag, tiny_dir, data_dir, tmp_path, capsys):
-    err = _run(["sweep", "--model", tiny_dir, "--data-dir", data_dir, "--seqlen", 64, "--kl-seqlen", 32,
+    err = _run(["sweep", "--rotation", "none", "--model", tiny_dir, "--data-dir", data_dir, "--seqlen", 64, "--kl-seqlen", 32,
                 "--calib-seqlen", 32, flag, 512,
                 "--out", tmp_path / "out"], capsys)
     assert f"{flag} 512 exceeds the context length 256" in err
@@ -126,7 +126,7 @@ def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys)
 
     text = tmp_path / "text.txt"
     text.write_text("some calibration text " * 50)
-    argv = ["sweep", "--model", tiny_dir, "--text-file", text, "--calib-text-file", text, "--seqlen", 32,
+    argv = ["sweep", "--rotation", "none", "--model", tiny_dir, "--text-file", text, "--calib-text-file", text, "--seqlen", 32,
             "--calib-seqlen", 32, "--methods", "dmx", "--targets", 6, "--out", tmp_path / "sweep"]
     from dmx.cli import build_parser
 

@@ -69,7 +69,7 @@ def text_file(tmp_path_factory):
 
 
 def _calibrate_argv(tiny_dir, text_file, out, ckpt):
-    return ["calibrate", "--model", tiny_dir, "--text-file", text_file, "--seqlen", 32, "--n-windows", 4,
+    return ["calibrate", "--rotation", "none", "--model", tiny_dir, "--text-file", text_file, "--seqlen", 32, "--n-windows", 4,
             "--batch-size", 1, "--steps", 6, "--lr", 3, "--checkpoint-every", 100, "--checkpoint-dir", ckpt,
             "--out", out, "--no-progress", "--threads", 1]
 
@@ -91,7 +91,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_says_from_which_step(tin
 
 
 def test_sigterm_keeps_the_kl_scores_and_the_rerun_scores_only_the_rest(tiny_dir, text_file, tmp_path):
-    argv = ["kl", "--model", tiny_dir, "--text-file", text_file, "--seqlen", 32, "--n-windows", 2,
+    argv = ["kl", "--rotation", "none", "--model", tiny_dir, "--text-file", text_file, "--seqlen", 32, "--n-windows", 2,
             "--target-bits", 6, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "kl.json", "--no-progress"]
     stopped = run_dmx(argv, sigterm_at=4, module="dmx.kl_baseline", name="kl_to_reference")
     assert stopped.returncode == EXIT_TERMINATED, stopped.stderr
@@ -103,7 +103,7 @@ def test_sigterm_keeps_the_kl_scores_and_the_rerun_scores_only_the_rest(tiny_dir
 
 
 def test_sigterm_stops_a_sweep_and_the_rerun_resumes_points_and_calibration(tiny_dir, text_file, tmp_path):
-    argv = ["sweep", "--model", tiny_dir, "--text-file", text_file, "--calib-text-file", text_file, "--seqlen", 64,
+    argv = ["sweep", "--rotation", "none", "--model", tiny_dir, "--text-file", text_file, "--calib-text-file", text_file, "--seqlen", 64,
             "--max-windows", 1, "--methods", "fp", "uniform", "dmx", "--uniform-formats", "mxfp4_e2m1",
             "--targets", 6, "--calib-windows", 4, "--calib-seqlen", 32, "--steps", 4, "--batch-size", 1,
             "--checkpoint-every", 100, "--out", tmp_path / "sweep", "--no-progress"]

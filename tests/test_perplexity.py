@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmx.perplexity import perplexity, window_count, window_nlls
+from dmx.perplexity import perplexity, perplexity_of, window_count, window_nlls
 
 
 class _Bigram(nn.Module):
@@ -93,3 +93,17 @@ def test_embedded_model_perplexity_matches_transformers_loss(embedded_model, emb
                               labels=embedded_test_ids[:, i * seqlen:(i + 1) * seqlen]).loss) for i in range(2)]
     assert ours == pytest.approx(math.exp(sum(losses) / 2), rel=1e-5)
     assert 5 < ours < 200  # a working 135M LM on WikiText-2, not a broken one
+
+
+def test_first_window_scores_the_later_windows_only():
+    """first_window=k scores windows k, k+1, ... exactly as a full pass does; too large a k is refused."""
+    model = _Bigram()
+    ids = torch.randint(0, 11, (1, 103), generator=torch.Generator().manual_seed(1))
+    every = window_nlls(model, ids, seqlen=10, progress=False)
+    later = window_nlls(model, ids, seqlen=10, first_window=6, max_windows=3, progress=False)
+    assert torch.equal(later, every[6:9])
+    assert window_count(103, 10, first_window=6) == 4
+    assert perplexity(model, ids, seqlen=10, first_window=6, progress=False) == pytest.approx(perplexity_of(every[6:], 10))
+    for bad in (10, -1, 1.5):
+        with pytest.raises(ValueError, match="first_window must be a whole number from 0 to 9"):
+            window_count(103, 10, first_window=bad)

@@ -143,7 +143,7 @@ def test_kl_records_its_rotation_and_mixed_rotations_are_refused(tiny_dir, tmp_p
     assert code == 2 and "--rotation-seed 3" in capsys.readouterr().err
     # an unrotated assignment next to it: one run cannot evaluate both
     plain = tmp_path / "plain.json"
-    assert _calibrate(tiny_dir, plain) == 0
+    assert _calibrate(tiny_dir, plain, "--rotation", "none") == 0
     assert json.loads(plain.read_text())["provenance"]["rotation"] is None
     assert not plain.with_name("plain.rotation.safetensors").exists()
     capsys.readouterr()
@@ -205,7 +205,7 @@ def test_sweep_with_learned_rotation(tiny_dir, tmp_path, capsys):
         calibration={"steps": 2, "batch_size": 1, "rotation_lr": 1.0}, rotation="learned", rotation_seed=1,
     )
     assert cfg.identity() != SweepConfig(**{**cfg.__dict__, "rotation": "hadamard"}).identity()
-    assert SweepConfig().identity() == {k: v for k, v in cfg.identity().items() if k != "rotation"} | {
+    assert SweepConfig(rotation="none").identity() == {k: v for k, v in cfg.identity().items() if k != "rotation"} | {
         "model": "smollm2-135m", "text_file": None, "seqlen": 2048, "max_windows": None}
     points = {p["key"]: p for p in run_sweep(cfg)}
     assert list(points) == ["fp", "uniform:mxfp4_e2m1", "kl@6", "dmx@6", "random@6"]

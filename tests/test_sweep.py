@@ -61,7 +61,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
     (tmp_path / "eval.txt").write_text(text)
     (tmp_path / "calib.txt").write_text(text[::-1])
     cfg = SweepConfig(
-        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(6.0,),
+        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(6.0,), rotation="none",
         text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "calib.txt"),
         uniform=("mxfp4_e2m1", "mxfp8_e4m3"), seqlen=64, max_windows=1,
         calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32,
@@ -133,11 +133,44 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
         assert points[f"dmx@{t:g}"]["settings"]["calibration"]["final_rounding"] == "budget"
 
 
+def test_kl_draws_and_held_out_windows_store_per_window_nlls(tiny_dir, tmp_path):
+    """--seeds repeats the KL heuristic over calibration draws (scored and cached per draw); a sweep
+    with first_window scores the later windows, and every point stores the per-window NLLs its
+    perplexity is made of, equal to scoring those windows directly."""
+    from dmx.models import load_model
+    from dmx.data import test_token_ids
+    from dmx.perplexity import perplexity_of, window_nlls
+
+    text = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["value", "sum", "mean"] * 40))
+    (tmp_path / "eval.txt").write_text(text)
+    cfg = SweepConfig(
+        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(5.0,), methods=("fp", "kl"), rotation="none",
+        text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=3,
+        first_window=2, kl_windows=2, kl_seqlen=32, seed=3, seeds=2, progress=False,
+    )
+    assert cfg.identity()["first_window"] == 2 and "first_window" not in SweepConfig().identity()
+    points = {p["key"]: p for p in run_sweep(cfg)}
+    assert list(points) == ["fp", "kl@5", "kl@5:s1"]
+    assert [points[k]["seed"] for k in ("kl@5", "kl@5:s1")] == [3, 4]
+    assert [points[k]["settings"]["seed"] for k in ("kl@5", "kl@5:s1")] == [3, 4]
+    caches = sorted((tmp_path / "sweep" / "kl_cache").glob("*.json"))
+    assert len(caches) == 2  # one score cache per calibration draw
+    for p in points.values():
+        assert p["first_window"] == 2 and len(p["window_nlls"]) == 3
+        assert p["perplexity"] == pytest.approx(perplexity_of(p["window_nlls"], 64), rel=1e-12)
+    model, tokenizer = load_model(str(tiny_dir))
+    ids = test_token_ids(tokenizer, None, text_file=str(tmp_path / "eval.txt"))
+    every = window_nlls(model, ids, seqlen=64, progress=False)
+    assert points["fp"]["window_nlls"] == pytest.approx(every[2:5].tolist(), rel=1e-12)
+    with pytest.raises(ValueError, match="first_window must be"):
+        run_sweep(SweepConfig(**{**cfg.__dict__, "first_window": -1}))
+
+
 def test_seeds_repeat_dmx_and_the_random_control_and_are_summarised(tiny_dir, tmp_path):
     text = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["value", "sum", "mean"] * 40))
     (tmp_path / "eval.txt").write_text(text)
     cfg = SweepConfig(
-        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(5.0,), methods=("dmx", "random"),
+        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(5.0,), methods=("dmx", "random"), rotation="none",
         text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=1,
         calib_windows=2, calib_seqlen=32, seed=3, seeds=3,
         calibration={"steps": 2, "batch_size": 1, "final_rounding": "budget"}, progress=False,
@@ -179,7 +212,7 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     text = " ".join(f"Row {i} holds {i * 3 % 7}." for i in range(200))
     (tmp_path / "t.txt").write_text(text)
     base = dict(
-        model=str(tmp_path / "lm"), out_dir=str(tmp_path / "sweep"), targets=(6.0,), uniform=("mxfp4_e2m1",),
+        model=str(tmp_path / "lm"), out_dir=str(tmp_path / "sweep"), targets=(6.0,), uniform=("mxfp4_e2m1",), rotation="none",
         text_file=str(tmp_path / "t.txt"), calib_text_file=str(tmp_path / "t.txt"), seqlen=64, max_windows=1,
         calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32, data_dir=str(data_dir),
         calibration={"steps": 1, "batch_size": 1, "checkpoint_every": 1}, progress=False,
@@ -248,7 +281,8 @@ def test_cli_flags_map_to_the_config():
 
 def test_committed_headline_sweep_is_finished_under_its_flags():
     """The points under results/ were calibrated with --steps 40 --batch-size 2 --checkpoint-every 5
-    (benchmarks/headline.sh): with those flags a rerun finds every point done, nothing recomputed."""
+    (benchmarks/headline.sh): with those flags a rerun finds every point done, nothing recomputed
+    (only the KL draws that --seeds asks for since issue #23 are new)."""
     from pathlib import Path
 
     from dmx.cli import build_parser
@@ -260,10 +294,12 @@ def test_committed_headline_sweep_is_finished_under_its_flags():
             "--max-windows", "8", "--kl-windows", "2", "--kl-seqlen", "256", "--calib-windows", "64",
             "--calib-seqlen", "256", "--steps", "40", "--batch-size", "2", "--checkpoint-every", "5",
             "--methods", "kl", "dmx", "random", "fp", "uniform", "--uniform-formats", "mxfp4_e2m1", "mxfp8_e4m3",
-            "--seeds", "3", "--final-rounding", "budget", "--out", str(out)]
+            "--seeds", "3", "--final-rounding", "budget", "--rotation", "none", "--out", str(out)]
     cfg = config_from_args(build_parser().parse_args(argv))
     store = ResultStore.open(out, cfg.identity())
-    assert [k for k in _planned_keys(cfg) if not _is_done(store.get(k), cfg)] == []
+    # every committed point stays finished; --seeds now also repeats the KL draw (issue #23), so a
+    # rerun adds only KL's two further calibration draws
+    assert [k for k in _planned_keys(cfg) if not _is_done(store.get(k), cfg)] == ["kl@5:s1", "kl@5:s2"]
     # the same defaults without the flags: CalibrationConfig's, so the same points
     bare = config_from_args(build_parser().parse_args(argv[:argv.index("--steps")] + argv[argv.index("--methods"):]))
     assert bare.method_settings("dmx") == cfg.method_settings("dmx")

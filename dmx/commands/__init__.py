@@ -35,10 +35,12 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool = False) -> None:
+def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool = False,
+                   default_rotation: RotationSpec = RotationSpec()) -> None:
     """``--model --dtype --device --device-map --trust-remote-code --threads`` and the rotation flags
     (:func:`add_rotation_flags`; ``recorded_rotation``: the command applies an assignment's
-    recorded rotation when no rotation flag is given)."""
+    recorded rotation when no rotation flag is given; ``default_rotation``: what it applies when
+    neither says anything, :data:`dmx.rotation.CALIBRATION_ROTATION` for a new calibration)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="smollm2-135m",
                        help="short name (%s), a local checkpoint directory, or a Hugging Face hub id "
@@ -53,16 +55,17 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
     group.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: the CPUs idle at start, i.e. available CPUs minus the "
                             "1-minute load average, at least 1, so a busy machine is not oversubscribed)")
-    add_rotation_flags(parser, recorded=recorded_rotation)
+    add_rotation_flags(parser, recorded=recorded_rotation, default=default_rotation)
 
 
-def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = False) -> None:
+def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = False,
+                       default: RotationSpec = RotationSpec()) -> None:
     """``--rotation {none,hadamard,learned}``, ``--rotation-seed``, ``--rotation-placement``,
     ``--rotation-file``, ``--rotation-block``, ``--rotation-lr``.
 
     Kind, seed, placement and block default to None ("not given", :func:`dmx.rotation.resolve_rotation`
-    turns them into a :class:`dmx.rotation.RotationSpec`; an unset flag then means the spec's
-    default: ``none``, 0, ``online``, 64). ``--rotation-block`` is the online
+    turns them into a :class:`dmx.rotation.RotationSpec`; an unset flag then means ``default``'s
+    value: ``none``, 0, ``online``, 64 for plain MX, ``hadamard`` for a new calibration). ``--rotation-block`` is the online
     Hadamard's size (``RotationSpec.online_size``). ``recorded``: the command reads assignment files
     whose recorded rotation applies when the flags are not given (``dmx eval``/``export``); the
     help text says so.
@@ -72,7 +75,7 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
     # speaks of its default) from adding "(default: None)", which would misstate it
     unset = "%(default).0s"
     recorded_or = "as the assignment records, else " if recorded else ""
-    defaults = RotationSpec()
+    defaults = default
     group = parser.add_argument_group("rotations")
     group.add_argument("--rotation", choices=ROTATION_KINDS, default=None,
                        help="none | hadamard (fixed QuaRot-style) | learned (SpinQuant-style: trained by "

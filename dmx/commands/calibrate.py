@@ -18,7 +18,7 @@ from dmx.models import check_seqlens, context_length
 from dmx.perplexity import perplexity
 from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
 from dmx.provenance import model_provenance, token_hash
-from dmx.rotation import save_rotation_beside
+from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation, save_rotation_beside
 from dmx.rotation.training import rotation_setup, rotation_trainables
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
@@ -34,13 +34,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         "calibrate",
         help="learn one MX format per decoder linear under an average-bit budget (dMX)",
         description="Calibrate dMX offsets on WikiText-2 validation windows (or a text file) and write "
-                    "the assignment {layer: MX format} with achieved bits and provenance as JSON. With "
-                    "--rotation hadamard|learned the model is rotated first (learned: the rotation is trained "
-                    "jointly with the offsets by Cayley SGD) and the rotation is saved next to the assignment "
+                    "the assignment {layer: MX format} with achieved bits and provenance as JSON. The model "
+                    "is rotated first, as the authors always do: by default a fixed block-diagonal Hadamard "
+                    "(64) on every linear input, --rotation learned for theirs, --rotation none for plain MX (learned: trained "
+                    "jointly with the offsets by Cayley SGD); the rotation is saved next to the assignment "
                     "as <out stem>.rotation.safetensors; `dmx eval/export` then re-apply it automatically.",
         formatter_class=HelpFormatter,
     )
-    add_model_args(parser)
+    add_model_args(parser, default_rotation=CALIBRATION_ROTATION)
     add_quant_args(parser)
     add_data_args(parser)
     parser.set_defaults(seqlen=CALIBRATION_SEQLEN, func=run)
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     check_seqlens(args.model, {"--seqlen": args.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval_windows > 0 else None},
                   trust_remote_code=args.trust_remote_code)
     check_checkpoint(str(checkpoint_dir), cfg, resume=args.resume, announce=False)  # calibrate() announces
-    spec = model_spec_from_args(args)
+    spec = model_spec_from_args(args, resolve_rotation(args, default=CALIBRATION_ROTATION))
     model, tokenizer = load_rotated_model(spec, trainable=True)
     limit = context_length(model)
     if limit is not None and args.seqlen > limit:

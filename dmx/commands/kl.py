@@ -18,7 +18,7 @@ from dmx.kl_baseline import kl_assignments, reference_if_needed
 from dmx.models import check_seqlens, decoder_linear_names
 from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
 from dmx.provenance import model_provenance
-from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state
+from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation, rotated_model_id, rotation_provenance, rotation_state
 
 __all__ = ["register", "run", "output_path"]
 
@@ -31,19 +31,21 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="For each decoder linear, put only that layer at the family's low format (the rest at the "
                     "high format) and measure the mean token KL(p_ref || p) against the full-precision model on "
                     "calibration windows; then demote layers in order of increasing KL until the average element "
-                    "bits is at or below each target. Scores are cached (JSON, resumable) in --cache-dir. With a rotation "
-                    "flag the model (and its full-precision reference) is rotated first, as for dMX, and the "
-                    "assignments record the rotation.",
+                    "bits is at or below each target. Scores are cached (JSON, resumable) in --cache-dir. The model (and its "
+                    "full-precision reference) is rotated first, as for dmx calibrate (by default the fixed "
+                    "Hadamard; --rotation none for plain MX), and the assignments record the rotation.",
         formatter_class=HelpFormatter,
     )
-    add_model_args(parser)
+    add_model_args(parser, default_rotation=CALIBRATION_ROTATION)
     add_quant_args(parser)
     add_data_args(parser)
     parser.set_defaults(seqlen=512, func=run)
     g = parser.add_argument_group("KL heuristic")
     g.add_argument("--target-bits", type=float, nargs="+", default=[5.0],
                    help="average element-bit budget(s); one assignment per value")
-    g.add_argument("--n-windows", type=int, default=4, help="calibration windows (of --seqlen tokens) the KL is measured on")
+    g.add_argument("--n-windows", type=int, default=8,
+                   help="calibration windows (of --seqlen tokens) the KL is measured on (8 x 512 tokens by default, "
+                        "as in dmx sweep; rerun with --seed 1, 2 for the spread over calibration draws)")
     g.add_argument("--text-file", default=None, help="score on this UTF-8 text file instead of WikiText-2 validation")
     g.add_argument("--seed", type=int, default=0, help="seed of window sampling")
     g.add_argument("--weighting", default="mean", choices=["mean", "elements"],
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     # before the (long) model load
     check_data_source(args.data_dir, split="calibration", online=args.online, text_file=args.text_file)
     check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
-    spec = model_spec_from_args(args)
+    spec = model_spec_from_args(args, resolve_rotation(args, default=CALIBRATION_ROTATION))
     model, tokenizer = load_rotated_model(spec)
     model_id = rotated_model_id(args.model, model)  # the KL scores depend on the rotation
     windows = calibration_windows(tokenizer, args.n_windows, args.seqlen, args.seed, data_dir=args.data_dir,

@@ -15,7 +15,7 @@ from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant
 from dmx.commands.calibrate import RECIPE, add_recipe_args
 from dmx.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
 from dmx.pipeline import thread_count
-from dmx.rotation import RotationSpec
+from dmx.rotation import CALIBRATION_ROTATION
 from dmx.sweep.config import METHODS, UNIFORM_FORMATS, SweepConfig
 from dmx.sweep.run import run_sweep
 from dmx.tasks import resolve_task_names
@@ -30,13 +30,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="perplexity vs average bits: full precision, uniform MX, KL heuristic and dMX at several targets",
         description="Run every method at every --targets budget on one model, write results.json/results.csv "
                     "incrementally (an interrupted sweep resumes where it stopped when rerun with the same "
-                    "flags), and draw pareto.png and assignment_heatmap.png in --out. With --rotation the model "
-                    "is rotated right after loading, so every method is measured on the same rotated model; "
+                    "flags), and draw pareto.png and assignment_heatmap.png in --out. The model is rotated "
+                    "right after loading (by default the fixed Hadamard, as for dmx calibrate; --rotation none for "
+                    "plain MX), so every method is measured on the same rotated model; "
                     "with --rotation learned, fp/uniform/KL use the learned kind's fixed start (folded "
                     "Hadamard) and each dMX point learns its own rotation.",
         formatter_class=HelpFormatter,
     )
-    add_model_args(parser)
+    add_model_args(parser, default_rotation=CALIBRATION_ROTATION)
     add_quant_args(parser)
     add_data_args(parser)
     g = parser.add_argument_group("sweep")
@@ -48,16 +49,21 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--uniform-formats", nargs="+", default=list(UNIFORM_FORMATS),
                    help="standard MX formats of the uniform baselines")
     g.add_argument("--max-windows", type=int, default=None,
-                   help="score only the first N perplexity windows (quick runs; not comparable with papers)")
+                   help="score only N perplexity windows (quick runs; not comparable with papers)")
+    g.add_argument("--first-window", type=int, default=0,
+                   help="skip the first N test windows before scoring (held-out windows: the README's Pareto "
+                        "study scores windows 32-63 with --first-window 32 --max-windows 32, none of which chose "
+                        "anything); every point stores its per-window NLLs")
     g.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead of WikiText-2 test")
     g.add_argument("--seed", type=int, default=RECIPE.seed, help="seed of calibration-window sampling (KL and dMX) and of the random control")
     g.add_argument("--seeds", type=int, default=1,
-                   help="seeds per target for dMX and random (seed, seed+1, ...): summary.csv and the Pareto plot "
-                        "show their mean and range")
+                   help="seeds per target for KL (calibration draws), dMX and random (seed, seed+1, ...): "
+                        "summary.csv and the Pareto plot show their mean and range")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     k = parser.add_argument_group("KL heuristic")
-    k.add_argument("--kl-windows", type=int, default=4, help="calibration windows the per-layer KL is measured on")
-    k.add_argument("--kl-seqlen", type=int, default=512, help="tokens per KL window")
+    k.add_argument("--kl-windows", type=int, default=SweepConfig.kl_windows,
+                   help="calibration windows the per-layer KL is measured on (8 x 512 tokens by default)")
+    k.add_argument("--kl-seqlen", type=int, default=SweepConfig.kl_seqlen, help="tokens per KL window")
     k.add_argument("--kl-cache-dir", default=None, help="KL score cache (default: <out>/kl_cache)")
     c = parser.add_argument_group("dMX calibration (see `dmx calibrate --help`)")
     c.add_argument("--calib-windows", type=int, default=CALIBRATION_WINDOWS, help="seeded calibration windows")
@@ -96,7 +102,7 @@ def config_from_args(args: argparse.Namespace):
     if getattr(args, "rotation_file", None):
         raise ValueError("dmx sweep learns or builds its rotations itself and takes no --rotation-file; use "
                          "--rotation hadamard|learned (with --rotation-seed), or evaluate a saved rotation with dmx eval")
-    defaults = RotationSpec()  # what an unset rotation flag stands for
+    defaults = CALIBRATION_ROTATION  # what an unset rotation flag stands for
     rotation = args.rotation or defaults.kind
     if rotation == "learned":
         calibration["rotation_lr"] = args.rotation_lr
@@ -106,7 +112,7 @@ def config_from_args(args: argparse.Namespace):
         uniform=tuple(args.uniform_formats), family=args.family, block_size=args.block_size,
         include_lm_head=args.include_lm_head, dtype=args.dtype, device=args.device, device_map=args.device_map,
         data_dir=args.data_dir, online=args.online, text_file=args.text_file, calib_text_file=args.calib_text_file, calib_source=args.calib_source,
-        seqlen=args.seqlen, max_windows=args.max_windows, calib_windows=args.calib_windows,
+        seqlen=args.seqlen, max_windows=args.max_windows, first_window=args.first_window, calib_windows=args.calib_windows,
         calib_seqlen=args.calib_seqlen, seed=args.seed, seeds=args.seeds, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
         kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tasks, limit=args.limit,
         zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,

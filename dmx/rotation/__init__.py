@@ -69,11 +69,12 @@ from dmx.rotation.files import load_rotation, rotated_model_id, rotation_provena
 from dmx.rotation.fold import fold_rmsnorm_scales, untie_word_embeddings
 from dmx.rotation.learned import bake_rotation, rotation_parameters, shared_rotated_weights
 from dmx.rotation.online import OnlineHadamard, derived_seed
-from dmx.rotation.spec import (DEFAULT_ONLINE_SIZE, DESCRIPTION_VERSION, ONLINE_SITES, PLACEMENTS, ROTATION_KINDS,
+from dmx.rotation.spec import (CALIBRATION_ROTATION, DEFAULT_ONLINE_SIZE, DESCRIPTION_VERSION, ONLINE_SITES, PLACEMENTS, ROTATION_KINDS,
                                SUPPORTED_MODEL_TYPES, RotationSpec, check_learned_lm_head)
 from dmx.rotation.state import RotationState, rotation_state
 
 __all__ = [
+    "CALIBRATION_ROTATION",
     "DEFAULT_ONLINE_SIZE",
     "DESCRIPTION_VERSION",
     "ROTATION_KINDS",

@@ -46,9 +46,10 @@ def recorded_rotation(provenance: dict[str, Any], assignment_path: str | Path) -
     return spec
 
 
-def _flagged_rotation(args: Any, recorded: RotationSpec | None) -> RotationSpec | None:
+def _flagged_rotation(args: Any, recorded: RotationSpec | None, default: RotationSpec) -> RotationSpec | None:
     """The request the rotation flags make (None: no rotation flag given); unset values come from
-    ``recorded`` when it is of the same kind, else from the :class:`RotationSpec` defaults."""
+    ``recorded`` when it is of the same kind, else from ``default`` (the kind when not given, and
+    the details when of the kind asked for), else from the :class:`RotationSpec` defaults."""
     kind, path = getattr(args, "rotation", None), getattr(args, "rotation_file", None)
     seed, placement = getattr(args, "rotation_seed", None), getattr(args, "rotation_placement", None)
     online_size = getattr(args, "rotation_block", None)
@@ -65,9 +66,8 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None) -> RotationSpec 
         return spec
     if kind is None and not given:
         return None
-    defaults = RotationSpec()
     same = recorded if recorded is not None and recorded.kind == (kind or recorded.kind) else None
-    kind = kind or (recorded.kind if recorded is not None else defaults.kind)
+    kind = kind or (recorded.kind if recorded is not None else default.kind)
     if kind == "none":
         if given:
             raise ValueError(f"{', '.join(given)} only apply to a rotation; add --rotation hadamard")
@@ -77,7 +77,7 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None) -> RotationSpec 
             raise ValueError(f"{', '.join(given)} do not apply to the learned rotation {same.source} records "
                              "(its file decides); drop them")
         return same  # the learned matrices recorded by the assignment
-    base = same or defaults
+    base = same or (default if default.kind == kind else RotationSpec())
     if online_size is not None and online_size < 0:
         raise ValueError(f"--rotation-block must be a Hadamard order such as 32, or 0 (full width); got {online_size}")
     if kind == "learned" and (placement is not None or online_size is not None):
@@ -92,8 +92,10 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None) -> RotationSpec 
                         online_size=online_size or None, source="the rotation flags")
 
 
-def resolve_rotation(args: Any, recorded: Sequence[RotationSpec] = ()) -> RotationSpec:
-    """The one rotation a command applies: the flags, else the assignments' recorded rotation, else none.
+def resolve_rotation(args: Any, recorded: Sequence[RotationSpec] = (), *,
+                     default: RotationSpec = RotationSpec()) -> RotationSpec:
+    """The one rotation a command applies: the flags, else the assignments' recorded rotation, else
+    ``default`` (none; a command that starts a calibration passes :data:`CALIBRATION_ROTATION`).
 
     ``ValueError`` (saying what to pass) when the assignments were made under different
     rotations, or when the flags ask for another rotation than the one an assignment records.
@@ -104,9 +106,9 @@ def resolve_rotation(args: Any, recorded: Sequence[RotationSpec] = ()) -> Rotati
         raise ValueError(f"the assignments were calibrated under different rotations ({listing}); evaluate "
                          "them in separate runs, one rotation each")
     agreed = next(iter(distinct.values()), None)
-    flagged = _flagged_rotation(args, agreed)
+    flagged = _flagged_rotation(args, agreed, default)
     if flagged is None:
-        return agreed or RotationSpec()
+        return agreed or default
     if agreed is not None and flagged.key() != agreed.key():
         raise ValueError(f"the rotation flags ask for `{flagged.flags()}` but {agreed.source} was calibrated "
                          f"under `{agreed.flags()}`; drop the rotation flags to use the recorded rotation")

@@ -19,7 +19,7 @@ from dmx.files import sha256_file
 from dmx.rotation.hadamard import supports_hadamard
 
 __all__ = ["ROTATION_KINDS", "ONLINE_SITES", "PLACEMENTS", "DEFAULT_ONLINE_SIZE", "SUPPORTED_MODEL_TYPES",
-           "DESCRIPTION_VERSION", "RotationSpec", "check_learned_lm_head"]
+           "DESCRIPTION_VERSION", "RotationSpec", "CALIBRATION_ROTATION", "check_learned_lm_head"]
 
 ROTATION_KINDS = ("none", "hadamard", "learned")
 #: Linear inputs that get an online Hadamard in the folded layout (module attribute names in a decoder layer).
@@ -177,3 +177,12 @@ def check_learned_lm_head(*, learning: bool, lm_head_quantised: bool) -> None:
             "after the quantiser); drop --include-lm-head (include_lm_head), use --rotation hadamard, or "
             "call dmx.rotation.bake_rotation(model) before wrapping lm_head"
         )
+
+
+#: The rotation of a new calibration (``dmx calibrate``, ``dmx kl``, ``dmx sweep``) when no rotation
+#: is asked for: the fixed block-diagonal Hadamard of order 64 on every linear input, seed 0. The
+#: authors always rotate (learned rotations, Cayley SGD); the fixed Hadamard is where dMX beats KL
+#: in the README's results, and the learned one is a flag away (docs/FIDELITY.md row 16 says why
+#: the fixed one is the default). Commands that read assignments apply what those record instead.
+CALIBRATION_ROTATION = RotationSpec(kind="hadamard", source="the default rotation of a new calibration "
+                                                            "(--rotation none for plain MX)")

@@ -13,14 +13,15 @@ labels, the checks before loading), :mod:`dmx.sweep.run` (``run_sweep``),
 - ``random``: the control, seeded random assignments filling each target exactly
   (``dmx.random_baseline``);
 
-``seeds`` > 1 repeats the seeded methods (``dmx``: calibration windows and their order;
-``random``: the draw) for seeds ``seed, seed+1, ...``; the first seed keeps the plain label
+``seeds`` > 1 repeats the seeded methods (``kl``: the draw of its calibration windows, scored
+and cached separately; ``dmx``: calibration windows and their order; ``random``: the draw) for seeds ``seed, seed+1, ...``; the first seed keeps the plain label
 (``dmx@5``), the i-th extra one gets ``:s<i>`` (``dmx@5:s1`` is seed ``seed+1``). ``summarize_points`` reduces the seeds of
 one (method, target) to mean, standard deviation, min and max (``summary.csv``; the Pareto plot
 draws the mean with the min-max range).
 
-and measures WikiText-2 perplexity (``dmx.perplexity``, GPTQ protocol; ``max_windows`` limits it
-to the first windows) and, when ``tasks`` is given, zero-shot accuracy (``dmx.zeroshot``).
+and measures WikiText-2 perplexity (``dmx.perplexity``, GPTQ protocol; ``first_window`` skips
+windows, ``max_windows`` limits their count; every new point stores its per-window NLLs, so two
+methods can be compared window by window) and, when ``tasks`` is given, zero-shot accuracy (``dmx.zeroshot``).
 
 Outputs in ``out_dir`` (all written atomically after every finished point, so an interrupted
 sweep, Ctrl-C or SIGTERM, keeps what it has and a rerun skips finished points; ``results.json``
@@ -28,7 +29,9 @@ keeps its version before the last point as ``results.json.prev``, used when it i
 
 - ``results.json``: ``{"schema": "dmx.sweep/1", "config": {...}, "points": [point, ...]}``;
   a point is ``{"key", "method", "label", "target", "format", "avg_bits", "storage_bits",
-  "perplexity", "accuracy": {task: acc}, "avg_accuracy", "seconds", "formats": {layer: fmt}}``;
+  "perplexity", "window_nlls": [nll, ...], "first_window", "accuracy": {task: acc}, "avg_accuracy",
+  "seconds", "formats": {layer: fmt}}`` (points measured before per-window NLLs were stored lack
+  ``window_nlls`` and ``first_window``);
 - ``results.csv``: the same points, one row each, without the per-layer formats;
 - ``summary.csv``: one row per (method, target or format) over its seeds (``summarize_points``);
 - ``assignments/<label>.json``: the ``dmx.assignment.Assignment`` of every KL / dMX point;

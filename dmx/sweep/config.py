@@ -12,7 +12,7 @@ from dmx.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS, check_calibration_
 from dmx.family import DEFAULT_FAMILY, get_family
 from dmx.models import check_seqlens
 from dmx.pipeline import ModelSpec
-from dmx.rotation import DEFAULT_ONLINE_SIZE, RotationSpec, check_learned_lm_head
+from dmx.rotation import CALIBRATION_ROTATION, DEFAULT_ONLINE_SIZE, RotationSpec, check_learned_lm_head
 from dmx.tasks import check_zeroshot_data
 from mx_spec import get_format
 from mx_spec.formats import DEFAULT_BLOCK_SIZE, FLOAT_FORMATS
@@ -22,8 +22,9 @@ __all__ = ["UNIFORM_FORMATS", "METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", 
 
 UNIFORM_FORMATS = FLOAT_FORMATS  # every MX float format, from the one format table
 METHODS = ("fp", "uniform", "kl", "dmx", "random")
-#: Methods whose points depend on a seed (repeated ``SweepConfig.seeds`` times).
-SEEDED_METHODS = ("dmx", "random")
+#: Methods whose points depend on a seed (repeated ``SweepConfig.seeds`` times): the KL
+#: heuristic's calibration draw, dMX's calibration windows and order, the random control's draw.
+SEEDED_METHODS = ("kl", "dmx", "random")
 
 
 def point_label(method: str, *, target: float | None = None, fmt: str | None = None, seed_index: int = 0) -> str:
@@ -74,11 +75,12 @@ class SweepConfig:
     calib_source: str = "wikitext2"
     seqlen: int = 2048
     max_windows: int | None = None
+    first_window: int = 0  # test windows skipped before scoring (held-out windows: 32 for 32-63)
     calib_windows: int = CALIBRATION_WINDOWS
     calib_seqlen: int = CALIBRATION_SEQLEN
     seed: int = 0
     seeds: int = 1
-    kl_windows: int = 4
+    kl_windows: int = 8
     kl_seqlen: int = 512
     kl_cache_dir: str | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -86,7 +88,7 @@ class SweepConfig:
     limit: int | None = None
     zeroshot_batch_size: int = 8
     progress: bool = True
-    rotation: str = "none"
+    rotation: str = CALIBRATION_ROTATION.kind  # the fixed Hadamard, as dmx calibrate; "none" for plain MX
     rotation_seed: int = 0
     rotation_placement: str = "online"
     rotation_block: int | None = DEFAULT_ONLINE_SIZE  # the online Hadamard size (flag --rotation-block)
@@ -99,6 +101,8 @@ class SweepConfig:
         keys = ("model", "dtype", "block_size", "include_lm_head", "online", "text_file", "seqlen", "max_windows")
         d = asdict(self)
         identity = {k: d[k] for k in keys}
+        if self.first_window:  # recorded only when set, so sweeps made before it keep resuming
+            identity["first_window"] = self.first_window
         if self.rotation != "none":
             identity["rotation"] = self.rotation_spec.settings()
         return identity
@@ -138,7 +142,7 @@ class SweepConfig:
         source = {} if self.calib_source == "wikitext2" else {"calib_source": self.calib_source}
         if method == "kl":
             return {"family": self.family, "kl_windows": self.kl_windows, "kl_seqlen": self.kl_seqlen,
-                    "seed": self.seed, "calib_text_file": self.calib_text_file, "weighting": weighting, **source}
+                    "seed": seed, "calib_text_file": self.calib_text_file, "weighting": weighting, **source}
         if method == "dmx":
             return {"family": self.family, "calib_windows": self.calib_windows, "calib_seqlen": self.calib_seqlen,
                     "seed": seed, "calib_text_file": self.calib_text_file, **source,
@@ -181,7 +185,11 @@ def validate_config(cfg: SweepConfig) -> None:
         raise ValueError(f"unknown method(s) {bad}; valid choices: {', '.join(METHODS)}")
     check_calibration_source(cfg.calib_source, online=cfg.online, text_file=cfg.calib_text_file)
     if not (isinstance(cfg.seeds, int) and cfg.seeds >= 1):
-        raise ValueError(f"seeds must be a whole number >= 1 (calibration/random seeds per target), got {cfg.seeds!r}")
+        raise ValueError(f"seeds must be a whole number >= 1 (KL draws, dMX seeds and random draws per target), "
+                         f"got {cfg.seeds!r}")
+    if not (isinstance(cfg.first_window, int) and cfg.first_window >= 0):
+        raise ValueError(f"first_window must be a whole number >= 0 (test windows skipped before scoring), "
+                         f"got {cfg.first_window!r}")
     for f in cfg.uniform:
         get_format(f)  # ValueError listing the valid MX format names
     fam = get_family(cfg.family)

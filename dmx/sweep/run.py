@@ -18,7 +18,7 @@ from dmx.data import calibration_windows, test_token_ids
 from dmx.family import get_family
 from dmx.kl_baseline import kl_assignments, reference_if_needed
 from dmx.models import decoder_linear_names
-from dmx.perplexity import perplexity
+from dmx.perplexity import perplexity_of, window_nlls
 from dmx.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
 from dmx.random_baseline import random_formats
@@ -80,17 +80,22 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     elif "fp" in accuracy_todo:
         add_accuracy("fp")
 
-    kl_targets = [t for t in cfg.targets if point_label("kl", target=t) in todo] if "kl" in cfg.methods else []
-    kl_windows = reference = None
-    if kl_targets:
-        kl_windows = calibration_windows(tokenizer, cfg.kl_windows, cfg.kl_seqlen, cfg.seed,
-                                         data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file,
-                                         source=cfg.calib_source)
+    # per KL draw i: its targets still to do, its calibration windows, and (before the model is
+    # wrapped) the full-precision reference its unscored layers need
+    kl_draws: dict[int, dict[str, Any]] = {}
+    for i, seed in enumerate(cfg.seed_values() if "kl" in cfg.methods else []):
+        targets = [t for t in cfg.targets if point_label("kl", target=t, seed_index=i) in todo]
+        if not targets:
+            continue
+        windows = calibration_windows(tokenizer, cfg.kl_windows, cfg.kl_seqlen, seed,
+                                      data_dir=cfg.data_dir, online=cfg.online, text_file=cfg.calib_text_file,
+                                      source=cfg.calib_source)
         reference = reference_if_needed(
-            model, kl_windows, model_id=kl_model_id, low_format=fam.low_format, high_format=fam.high_format,
+            model, windows, model_id=kl_model_id, low_format=fam.low_format, high_format=fam.high_format,
             layer_names=decoder_linear_names(model, include_lm_head=cfg.include_lm_head),
             block_size=cfg.block_size, cache_dir=kl_cache,
         )
+        kl_draws[i] = {"seed": seed, "targets": targets, "windows": windows, "reference": reference}
 
     layers = quantize(model, spec)
     sizes = {n: int(layer.linear.weight.numel()) for n, layer in layers.items()}
@@ -122,23 +127,22 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
             store.add(_point(key, "uniform", assignment=a, settings=cfg.method_settings("uniform"), fmt=fmt, seconds=secs, metrics=metrics))
 
     def run_kl() -> None:
-        nonlocal reference
-        if not kl_targets:
-            return
-        found, scoring = _timed(lambda: kl_assignments(
-            model, layers, kl_windows, targets=kl_targets, low_format=fam.low_format, high_format=fam.high_format,
-            reference=reference, model_id=kl_model_id, cache_dir=kl_cache, weighting=weighting,
-            progress=cfg.progress,
-        ))
-        reference = None  # free the reference logits
-        for t, a in found.items():
-            key = point_label("kl", target=t)
-            a.provenance.update(provenance)
-            apply_assignment(layers, a)
-            a.to_json(assignment_file(out, key))
-            metrics, secs = _timed(evaluate)
-            store.add(_point(key, "kl", assignment=a, settings=cfg.method_settings("kl"), target=t, seconds=secs + scoring, metrics=metrics))
-            scoring = 0.0  # the one-off scoring time is charged to the first KL point only
+        for i, draw in kl_draws.items():
+            found, scoring = _timed(lambda: kl_assignments(
+                model, layers, draw["windows"], targets=draw["targets"], low_format=fam.low_format,
+                high_format=fam.high_format, reference=draw["reference"], model_id=kl_model_id, cache_dir=kl_cache,
+                weighting=weighting, progress=cfg.progress,
+            ))
+            draw["reference"] = None  # free the reference logits
+            for t, a in found.items():
+                key = point_label("kl", target=t, seed_index=i)
+                a.provenance.update({**provenance, "seed": draw["seed"]})
+                apply_assignment(layers, a)
+                a.to_json(assignment_file(out, key))
+                metrics, secs = _timed(evaluate)
+                store.add(_point(key, "kl", assignment=a, settings=cfg.method_settings("kl", draw["seed"]), target=t,
+                                 seconds=secs + scoring, metrics=metrics))
+                scoring = 0.0  # a draw's one-off scoring time is charged to its first point only
 
     def run_dmx() -> None:
         if "dmx" not in cfg.methods:
@@ -227,8 +231,13 @@ def _zeroshot_metrics(model, tokenizer, cfg: SweepConfig) -> dict[str, Any]:
 
 def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
     """Perplexity (and zero-shot accuracy when ``cfg.tasks``) of the model as it stands."""
+    nlls = window_nlls(model, test_ids, seqlen=cfg.seqlen, max_windows=cfg.max_windows,
+                       first_window=cfg.first_window, progress=cfg.progress)
     out: dict[str, Any] = {
-        "perplexity": perplexity(model, test_ids, seqlen=cfg.seqlen, max_windows=cfg.max_windows, progress=cfg.progress),
+        "perplexity": perplexity_of(nlls, cfg.seqlen),
+        # per window, so two methods can be compared window by window (a paired interval)
+        "window_nlls": [float(v) for v in nlls],
+        "first_window": cfg.first_window,
         "accuracy": {},
         "avg_accuracy": None,
     }
@@ -300,8 +309,6 @@ def _planned_keys(cfg: SweepConfig) -> list[str]:
         keys.append("fp")
     if "uniform" in cfg.methods:
         keys += [point_label("uniform", fmt=f) for f in cfg.uniform]
-    if "kl" in cfg.methods:
-        keys += [point_label("kl", target=t) for t in cfg.targets]
     for m in SEEDED_METHODS:
         if m in cfg.methods:
             keys += [point_label(m, target=t, seed_index=i) for i in range(cfg.seeds) for t in cfg.targets]
