@@ -14,7 +14,8 @@
 #   ROTATION=none TARGETS=5 benchmarks/pareto_study.sh           # plain MX
 #   TASKS=default TARGETS="5 6" benchmarks/pareto_study.sh      # adds zero-shot accuracy to the points
 #
-# One target after another (5 first): fp, uniform, dMX, random, then the threshold deployment,
+# One target after another (5 first): dMX (whose checkpoints the demo records reuse), fp, uniform,
+# random, then the threshold deployment,
 # then KL, so the cheap points finish first. Resumable: rerun the same command; finished points are skipped, an
 # interrupted calibration or KL scoring resumes from its checkpoint or score cache.
 # Cost on one core of the 2-core machine: a quantised evaluation of 32 windows takes 15-25 min,
@@ -37,7 +38,7 @@ mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
 [ -e "${OUT}_threshold/checkpoints" ] || ln -s "$(cd "$OUT/checkpoints" && pwd)" "${OUT}_threshold/checkpoints"
 for target in ${TARGETS:-5 6 4.5 7}; do
     "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
-        --methods fp uniform dmx random --uniform-formats $UNIFORM "${accuracy[@]}"
+        --methods dmx fp uniform random --uniform-formats $UNIFORM "${accuracy[@]}"
     "$PY" -m dmx.cli sweep "${common[@]}" --out "${OUT}_threshold" --targets "$target" --final-rounding threshold \
         --methods dmx "${accuracy[@]}"
     "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
