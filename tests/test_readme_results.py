@@ -131,3 +131,39 @@ def test_seeds_table_aggregates_sweeps_point_by_point(tmp_path):
     assert "| dMX @ 5, thr | 5.17 ± 0.14 | 46.00 ± 1.41 | 45.00 – 47.00 | 2 |" in table
     with pytest.raises(FileNotFoundError, match="no sweep folders"):
         gen.seeds_table([])
+
+
+def test_the_demo_ends_with_dmx_kl_and_uniform_on_the_same_windows(tmp_path):
+    """make demo calibrates rotated (dmx calibrate's default) with budget rounding and evaluates a
+    KL assignment made on the same rotation beside dMX; the comparison prints KL's rows."""
+    from dmx.assignment import Assignment
+    from dmx.rotation import CALIBRATION_ROTATION, RotationSpec, recorded_rotation
+
+    makefile = (REPO / "Makefile").read_text()
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "--final-rounding budget" in demo and "$(DEMO_KL)" in demo and "--rotation" not in demo
+    kl_path = makefile.split("DEMO_KL ?= ", 1)[1].split("\n", 1)[0]
+    kl = Assignment.from_json(REPO / kl_path)
+    assert kl.provenance["method"] == "kl" and kl.provenance["target_bits"] == 5.0
+    assert recorded_rotation(kl.provenance, REPO / kl_path).key() == CALIBRATION_ROTATION.key()
+    assert CALIBRATION_ROTATION != RotationSpec()  # the demo is rotated
+    recorded = tmp_path / "recorded"
+    for i, (dmx_ppl, kl_ppl) in enumerate([(30.0, 31.0), (30.5, 31.0), (29.8, 31.2)]):
+        _demo_run(recorded / f"seed-{i}", bits=5.0, high=3, ppl={"fp": 18.0, "mxfp8_e4m3": 19.0,
+                                                                  "mxfp4_e2m1": 60.0, "a.json": dmx_ppl})
+        eval_file = recorded / f"seed-{i}" / "eval.json"
+        doc = json.loads(eval_file.read_text())
+        doc["results"].append({"config": kl_path, "method": "kl", "element_bits": 4.97, "ppl": kl_ppl})
+        eval_file.write_text(json.dumps(doc))
+    table, ok = gen.compare_demo(recorded / "seed-0", recorded)
+    assert ok and "| ppl KL | 31.00 |" in table and "| ppl dMX − KL | -1.00 |" in table
+    assert "| KL average element bits | 4.97 |" in table
+
+
+def test_the_readme_describes_the_demo_as_it_runs():
+    """The README's quick start says what make demo runs: rotated, budget rounding, KL beside dMX."""
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for phrase in ("`make demo`", "fixed Hadamard", "budget rounding", "KL"):
+        assert phrase in readme, phrase
+    quick = readme.split("## Quick start", 1)[1].split("## ", 1)[0]
+    assert "rotat" in quick and "KL" in quick

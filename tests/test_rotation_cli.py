@@ -244,3 +244,18 @@ def test_sweep_sets_threads_and_maps_rotation_flags(monkeypatch):
     assert "rotation_lr" not in cfg.calibration  # unrotated / fixed sweeps keep their dMX settings
     learned = config_from_args(build_parser().parse_args(["sweep", "--rotation", "learned", "--rotation-lr", "0.5"]))
     assert learned.calibration["rotation_lr"] == 0.5
+
+
+def test_eval_scores_held_out_windows_and_writes_their_nlls(tiny_dir, tmp_path):
+    """`dmx eval --first-window` skips windows; --out holds the per-window NLLs its perplexity is
+    made of and the method of each assignment; a negative value is refused before loading."""
+    from dmx.perplexity import perplexity_of
+
+    _, every = _eval(tiny_dir, tmp_path, "all", "--format", "fp", "mxfp4_e2m1", "--max-windows", "3")
+    code, later = _eval(tiny_dir, tmp_path, "later", "--format", "fp", "mxfp4_e2m1", "--first-window", "1",
+                        "--max-windows", "2")
+    assert code == 0 and later["first_window"] == 1
+    for full, part in zip(every["results"], later["results"]):
+        assert part["window_nlls"] == pytest.approx(full["window_nlls"][1:3], rel=1e-12)
+        assert part["ppl"] == pytest.approx(perplexity_of(part["window_nlls"], 64), rel=1e-12)
+    assert main(["eval", *_common(tiny_dir), "--first-window", "-1"]) == 2

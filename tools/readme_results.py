@@ -372,22 +372,28 @@ def demo_runs(folder: Path) -> list[dict[str, Any]]:
 
 
 def _demo_quantities(run: dict[str, Any]) -> dict[str, float]:
-    """The figures of one demo run, by README row label."""
+    """The figures of one demo run, by README row label (the KL rows when the run evaluated a KL
+    assignment beside dMX: ``method`` "kl" in its eval row)."""
     formats = [f for f in run["assignment"]["formats"].values()]
-    by_config = {}
+    rows = {}
     for row in run["eval"]["results"]:
         config = row["config"]
-        by_config[config if config in ("fp", *FORMAT_NAMES) else "dmx"] = row["ppl"]
-    low, high = by_config["mxfp4_e2m1"], by_config["mxfp8_e4m3"]
-    return {
+        rows[config if config in ("fp", *FORMAT_NAMES) else ("kl" if row.get("method") == "kl" else "dmx")] = row
+    ppl = {name: row["ppl"] for name, row in rows.items()}
+    low, high = ppl["mxfp4_e2m1"], ppl["mxfp8_e4m3"]
+    quantities = {
         "dMX average element bits": run["assignment"]["element_bits"],
         "dMX layers at MXFP8 E4M3": float(sum(f == "mxfp8_e4m3" for f in formats)),
-        "ppl full precision": by_config["fp"],
+        "ppl full precision": ppl["fp"],
         "ppl uniform MXFP8 E4M3": high,
         "ppl uniform MXFP4 E2M1": low,
-        "ppl dMX": by_config["dmx"],
-        "dMX: share of the MXFP4 → MXFP8 gap closed (%)": 100 * (low - by_config["dmx"]) / (low - high),
+        "ppl dMX": ppl["dmx"],
     }
+    if "kl" in rows:
+        quantities.update({"KL average element bits": rows["kl"]["element_bits"], "ppl KL": ppl["kl"],
+                           "ppl dMX − KL": ppl["dmx"] - ppl["kl"]})
+    quantities["dMX: share of the MXFP4 → MXFP8 gap closed (%)"] = 100 * (low - ppl["dmx"]) / (low - high)
+    return quantities
 
 
 def table_demo(root: Path, folder: Path | None = None) -> str:
@@ -452,7 +458,10 @@ def compare_demo(run: Path, recorded: Path, *, k: float = 3.0) -> tuple[str, boo
         return f"no demo run recorded in {recorded} to compare with\n", True
     body, ok = [], True
     for name, value in mine.items():
-        values = [q[name] for q in runs]
+        values = [q[name] for q in runs if name in q]
+        if not values:
+            body.append([name, f"{value:.2f}", "not recorded", "", "0", "–"])
+            continue
         mean = statistics.fmean(values)
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         within = min(values) <= value <= max(values) or abs(value - mean) <= k * spread

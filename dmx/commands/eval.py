@@ -22,7 +22,7 @@ from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant
 from dmx.data import check_data_source, test_token_ids
 from dmx.files import atomic_write_text
 from dmx.models import check_seqlens
-from dmx.perplexity import perplexity, window_count
+from dmx.perplexity import perplexity_of, window_count, window_nlls
 from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
 from dmx.rotation import recorded_rotation, resolve_rotation
 from dmx.tasks import check_zeroshot_data
@@ -55,7 +55,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--assignment", nargs="+", default=[], metavar="JSON",
                        help="assignment files written by `dmx calibrate` / `dmx kl`")
     group.add_argument("--max-windows", type=int, default=None,
-                       help="score only the first N windows (quick runs; not comparable with papers)")
+                       help="score only N windows (quick runs; not comparable with papers)")
+    group.add_argument("--first-window", type=int, default=0,
+                       help="skip the first N test windows (held-out windows; the per-window NLLs are written to --out)")
     group.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead")
     group.add_argument("--no-ppl", action="store_true", help="skip perplexity (e.g. only --tasks)")
     group.add_argument("--tasks", nargs="+", default=None,
@@ -95,6 +97,8 @@ def _configurations(args) -> list[tuple[str, object]]:
 def run(args: argparse.Namespace) -> int:
     """Evaluate every requested configuration and print one table row each."""
     configs = _configurations(args)
+    if args.first_window < 0:
+        raise ValueError(f"--first-window must be 0 or more (test windows skipped), got {args.first_window}")
     if not args.no_ppl:  # before the (long) model load
         check_data_source(args.data_dir, split="test", online=args.online, text_file=args.text_file)
         check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
@@ -120,9 +124,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             bits = storage = None
         row = {"config": label, "element_bits": bits, "storage_bits": storage}
+        if isinstance(what, Assignment):  # which method made it (dmx, kl, random, uniform)
+            row["method"] = what.provenance.get("method")
         if ids is not None:
-            row["ppl"] = perplexity(model, ids, seqlen=args.seqlen, max_windows=args.max_windows,
-                                    progress=not args.no_progress)
+            nlls = window_nlls(model, ids, seqlen=args.seqlen, max_windows=args.max_windows,
+                               first_window=args.first_window, progress=not args.no_progress)
+            row["ppl"] = perplexity_of(nlls, args.seqlen)
+            row["window_nlls"] = [float(v) for v in nlls]
         if args.tasks:
             row["zeroshot"] = _zeroshot(args, model, tokenizer)
             row["zeroshot_avg_acc"] = row["zeroshot"]["average"]["acc"]
@@ -131,13 +139,14 @@ def run(args: argparse.Namespace) -> int:
               (["zeroshot_avg_acc"] if args.tasks else [])
     print_table([[r.get(c) for c in columns] for r in results], columns)
     if ids is not None:
-        n = window_count(ids.shape[1], args.seqlen, args.max_windows)
-        print(f"perplexity: {n} window(s) of {args.seqlen} tokens, GPTQ protocol")
+        n = window_count(ids.shape[1], args.seqlen, args.max_windows, args.first_window)
+        print(f"perplexity: {n} window(s) of {args.seqlen} tokens from window {args.first_window}, GPTQ protocol")
     print(f"rotation: {rotation.flags()} ({rotation.source})")
     if args.out:
         # the thread count is recorded: float round-off, hence run-to-run spread, depends on it
         atomic_write_text(args.out, json.dumps({"model": args.model, "seqlen": args.seqlen,
-                                                "max_windows": args.max_windows, "rotation": rotation.flags(),
+                                                "max_windows": args.max_windows, "first_window": args.first_window,
+                                                "rotation": rotation.flags(),
                                                 "threads": torch.get_num_threads(), "results": results},
                                                indent=2) + "\n")
     return 0
