@@ -108,3 +108,30 @@ def test_abs_has_sign_gradient_so_an_offset_moves_from_exactly_zero():
     plain = torch.tensor(0.0, requires_grad=True)
     (-2 * torch.sigmoid(8 * (plain.abs() / 2 - 0.5))).backward()
     assert plain.grad.item() == 0.0  # what torch.abs would have done: frozen for ever
+
+
+def _authors_temperatures(max_steps: int, delay_start: float = 0.6, start: float = 20.0, end: float = 0.4):
+    """The temperature each step of the authors' trainer runs at, rebuilt from their callback's
+    rule (Brevitas dMX ``TemperatureAnnealingCallback``): T starts at 0.4; after the step that
+    ends with ``global_step`` g, T is set to the (g - int(delay_start * max_steps))-th value of an
+    exponential decay from ``start`` to ``end`` over the annealed steps, read backwards."""
+    first = int(delay_start * max_steps)
+    anneal = max_steps - first
+    x = [i / (anneal - 1) for i in range(anneal)] if anneal > 1 else [0.0]
+    values = [start * math.exp(math.log(end / start) * u) for u in x][::-1]
+    temperature, used = 0.4, []
+    for step in range(max_steps):
+        used.append(temperature)
+        index = step + 1 - first
+        if 0 <= index < len(values):
+            temperature = values[index]
+    return used
+
+
+@pytest.mark.parametrize("steps", [7, 40, 100, 400])
+def test_default_schedule_is_the_authors_step_by_step(steps):
+    """docs/FIDELITY.md row 8: the default schedule gives every step the temperature the
+    authors' callback gives it (their run's 400 steps and the demo's 40 included)."""
+    schedule = get_schedule("exponential")
+    ours = [schedule(k, steps) for k in range(steps)]
+    assert ours == pytest.approx(_authors_temperatures(steps), rel=1e-12, abs=1e-12)

@@ -42,8 +42,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx package beside it
 from dmx.autograd import BACKENDS  # noqa: E402  (one column per backend, in their order)
-from dmx.files import read_json  # noqa: E402
 from dmx.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
+from tools.results_io import load_json, load_sweep, markdown_table  # noqa: E402  (shared with the study's tables)
+from tools.study_tables import table_claims, table_gradient_probe, table_pareto_verdicts  # noqa: E402
 
 README = REPO / "README.md"
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
@@ -53,25 +54,6 @@ FORMAT_NAMES = {"mxfp4_e2m1": "MXFP4 E2M1", "mxfp6_e2m3": "MXFP6 E2M3", "mxfp6_e
 
 
 # ----------------------------------------------------------------------------- reading and formatting
-
-
-def load_json(path: Path) -> Any:
-    """A committed results file (JSON); a missing one is an error naming the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"results file {path} is missing; the README's tables are made from it")
-    return read_json(path, what="results file", fix="restore it from git (`git checkout -- results/`)")
-
-
-def load_sweep(folder: Path) -> dict[str, dict[str, Any]]:
-    """``{point key: point}`` of a ``dmx sweep`` folder's ``results.json``."""
-    return {p["key"]: p for p in load_json(folder / "results.json")["points"]}
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
-    """A markdown table; ``align``: one character per column, ``l`` or ``r`` (default left)."""
-    rule = ["---:" if a == "r" else "---" for a in align.ljust(len(headers), "l")]
-    lines = [headers, rule, *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
 
 
 def fmt_bits(bits: float | None, *, uniform: bool = False) -> str:
@@ -614,6 +596,9 @@ def _seed_perplexities(root: Path, folder: str, method: str) -> list[float]:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
+    "claims": table_claims,
+    "pareto_verdicts": table_pareto_verdicts,
+    "gradient_probe": table_gradient_probe,
     "headline": table_headline,
     "headline_verdict": table_headline_verdict,
     "headline_threshold_bits": table_headline_threshold_bits,

@@ -1,0 +1,90 @@
+"""The Pareto study's tables (tools/study_tables.py): verdicts only from stored per-window NLLs, a
+win only with an interval that excludes zero, and every committed study folder complete."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tools import study_tables as st  # noqa: E402
+
+
+def _point(method, seed, nlls, target=5.0, bits=5.0):
+    return {"key": f"{method}@{target:g}" + (f":s{seed}" if seed else ""), "method": method, "target": target,
+            "seed": seed, "avg_bits": bits, "perplexity": float(np.exp(np.mean(nlls) / 2048)),
+            "window_nlls": list(map(float, nlls)), "first_window": 32}
+
+
+def _study(root: Path, dmx_shift: float, seed_sd: float = 0.0, windows: int = 32, drop_nlls: bool = False):
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.4, 0.3, windows)
+    points = []
+    for method, shift in (("kl", 0.0), ("dmx", dmx_shift), ("random", 0.3)):
+        for seed in range(3):
+            nlls = (base + shift + rng.normal(0, seed_sd) + rng.normal(0, 0.01, windows)) * 2048
+            points.append(_point(method, seed, nlls))
+    if drop_nlls:
+        del points[3]["window_nlls"]
+    folder = root / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"points": points}))
+
+
+def test_a_clear_win_is_a_verdict_with_its_interval(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05)
+    table = st.table_pareto_verdicts(tmp_path)
+    row = next(line for line in table.splitlines() if "Hadamard-64 | 5 |" in line)
+    assert "**dMX better**" in row and "3 of 3" in row
+    assert "FP8/FP4, learned rotation |  | not run yet" in table
+
+
+def test_a_mean_below_kl_with_an_interval_across_zero_is_no_win(tmp_path):
+    _study(tmp_path, dmx_shift=-0.004, seed_sd=0.02)
+    (label, row), = [r for r in st.study_rows(tmp_path) if r[1] is not None]
+    assert row["interval"].low < 0 < row["interval"].high
+    assert row["verdict"] == "no difference shown"
+
+
+def test_a_point_without_per_window_nlls_stops_the_table(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05, drop_nlls=True)
+    with pytest.raises(ValueError, match="store no per-window NLLs"):
+        st.table_pareto_verdicts(tmp_path)
+
+
+def test_unfinished_targets_are_pending(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05)
+    folder = tmp_path / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] = [p for p in doc["points"] if not (p["method"] == "kl" and p["seed"] == 2)]
+    (folder / "results.json").write_text(json.dumps(doc))
+    assert "pending (KL 2/3)" in st.table_pareto_verdicts(tmp_path)
+
+
+def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdicts():
+    """Every point of a committed study folder was scored on windows 32-63 and stores their NLLs;
+    every win the table claims has an interval below zero."""
+    for folder in st.STUDY_FOLDERS.values():
+        for name in (folder, f"{folder}_threshold"):
+            path = REPO / "results" / name / "results.json"
+            if not path.is_file():
+                continue
+            for p in json.loads(path.read_text())["points"]:
+                assert p.get("first_window") == 32 and len(p.get("window_nlls") or []) == 32, (name, p["key"])
+    for _, row in st.study_rows(REPO):
+        if row and row.get("verdict") == "dMX better":
+            assert row["interval"].high < 0
+        if row and row.get("verdict") == "KL better":
+            assert row["interval"].low > 0
+
+
+def test_the_claims_table_reads_the_results():
+    rows = {claim: (status, evidence) for claim, status, evidence in st.claims(REPO)}
+    status, evidence = rows["\"improves over KL divergence-based layer-selection heuristics\""]
+    assert status in ("reproduced", "partly", "not reproduced") and "Hadamard-64" in evidence
+    assert rows["... on Llama, Qwen3 and SmolLM2 (1-1.7 B)"][0] == "not testable here"
