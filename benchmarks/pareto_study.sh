@@ -13,6 +13,7 @@
 #   FAMILY=fp6_fp4 TARGETS="5 6" UNIFORM="mxfp4_e2m1 mxfp6_e2m3" benchmarks/pareto_study.sh
 #   ROTATION=none TARGETS=5 benchmarks/pareto_study.sh           # plain MX
 #   TASKS=default TARGETS="5 6" benchmarks/pareto_study.sh      # adds zero-shot accuracy to the points
+#   EXTRA="--device cuda --backend compiled" OUT=... benchmarks/pareto_study.sh   # on a GPU: benchmarks/gpu_study.sh
 #
 # One target after another (5 first): dMX (whose checkpoints the demo records reuse), fp, uniform,
 # random, then the threshold deployment,
@@ -29,7 +30,7 @@ UNIFORM=${UNIFORM:-mxfp4_e2m1 mxfp8_e4m3}
 common=(--model smollm2-135m --family "$FAMILY" --rotation "$ROTATION" --threads "${THREADS:-1}"
         --seqlen 2048 --first-window 32 --max-windows 32 --kl-windows 8 --kl-seqlen 512
         --calib-windows 64 --calib-seqlen 256 --steps 40 --batch-size 2 --checkpoint-every 5
-        --seeds 3 --no-progress)
+        --seeds 3 --no-progress ${EXTRA:-})
 accuracy=()
 if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS); fi
 mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
