@@ -15,7 +15,7 @@ from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant
 from dmx.commands.calibrate import RECIPE, add_recipe_args
 from dmx.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
 from dmx.pipeline import thread_count
-from dmx.rotation import CALIBRATION_ROTATION
+from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation
 from dmx.sweep.config import METHODS, UNIFORM_FORMATS, SweepConfig
 from dmx.sweep.run import run_sweep
 from dmx.tasks import resolve_task_names
@@ -102,11 +102,9 @@ def config_from_args(args: argparse.Namespace):
     if getattr(args, "rotation_file", None):
         raise ValueError("dmx sweep learns or builds its rotations itself and takes no --rotation-file; use "
                          "--rotation hadamard|learned (with --rotation-seed), or evaluate a saved rotation with dmx eval")
-    defaults = CALIBRATION_ROTATION  # what an unset rotation flag stands for
-    rotation = args.rotation or defaults.kind
-    if rotation == "learned":
+    rotation = resolve_rotation(args, default=CALIBRATION_ROTATION)  # the one reading of the rotation flags
+    if rotation.kind == "learned":
         calibration["rotation_lr"] = args.rotation_lr
-    block = defaults.online_size if args.rotation_block is None else args.rotation_block
     return SweepConfig(
         model=args.model, out_dir=args.out, targets=tuple(args.targets), methods=tuple(args.methods),
         uniform=tuple(args.uniform_formats), family=args.family, block_size=args.block_size,
@@ -116,10 +114,8 @@ def config_from_args(args: argparse.Namespace):
         calib_seqlen=args.calib_seqlen, seed=args.seed, seeds=args.seeds, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
         kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tasks, limit=args.limit,
         zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
-        rotation=rotation,
-        rotation_seed=defaults.seed if args.rotation_seed is None else args.rotation_seed,
-        rotation_placement=args.rotation_placement or defaults.placement,
-        rotation_block=block or None,
+        rotation=rotation.kind, rotation_seed=rotation.seed, rotation_placement=rotation.placement,
+        rotation_block=rotation.online_size,
     )
 
 
