@@ -88,3 +88,26 @@ def test_the_claims_table_reads_the_results():
     status, evidence = rows["\"improves over KL divergence-based layer-selection heuristics\""]
     assert status in ("reproduced", "partly", "not reproduced") and "Hadamard-64" in evidence
     assert rows["... on Llama, Qwen3 and SmolLM2 (1-1.7 B)"][0] == "not testable here"
+
+
+def test_the_readme_reading_of_the_gradient_probe_holds_in_its_results_file():
+    """Each statement of the README's paragraph under the probe's table, checked on the file."""
+    doc = json.loads((REPO / "results" / "gradient_probe" / "results.json").read_text())
+    none, hadamard = (doc["rotations"][r]["summary"] for r in ("none", "Hadamard-64"))
+    learned = doc["rotations"]["learned (start)"]["summary"]
+    assert abs(none["validity_vs_kl"] - hadamard["validity_vs_kl"]) < 0.1  # about as valid
+    for r in ("none", "Hadamard-64"):  # the clip never binds on the offsets alone
+        assert max(doc["rotations"][r]["raw"]["offset_norm"]) < 0.5
+    assert abs(none["top5_share_of_squared_norm"] - hadamard["top5_share_of_squared_norm"]) < 0.1
+    assert 0.4 < none["input_share_of_squared_norm"] < 0.6 and hadamard["input_share_of_squared_norm"] < 0.2
+    assert none["weight_input_correlation"] < hadamard["weight_input_correlation"]
+    assert none["reliability_split_half"] < hadamard["reliability_split_half"]
+    for s in (none, hadamard):  # each part alone no better than the sum
+        assert max(s["validity_vs_kl_weight_part"], s["validity_vs_kl_input_part"]) <= s["validity_vs_kl"]
+    assert learned["offsets_share_of_joint_norm"] < 0.01 and learned["joint_norm_mean"] > 10
+    import statistics
+
+    spread = {label: statistics.stdev(p["perplexity"] for p in json.loads(
+        (REPO / "results" / folder / "results.json").read_text())["points"] if p["method"] == "dmx")
+        for label, folder in st.HEADLINE.items()}
+    assert spread["no rotation"] > 5 * spread["Hadamard-64"]  # unrotated seeds spread widely

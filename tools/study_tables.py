@@ -116,12 +116,15 @@ def table_gradient_probe(root: Path) -> str:
             ("tying: input part's share of the squared norm", "input_share_of_squared_norm", "{:.0%}"),
             ("tying: Spearman of weight and input parts", "weight_input_correlation", "{:.2f}"),
             ("layers whose gradient asks for more bits", "layers_demanding_bits", "{}"),
+            ("offsets' gradient norm (the clip at 1.0 binds above 1)", "offset_norm_mean", "{:.3f}"),
             ("offsets' share of the joint (clipped) gradient norm", "offsets_share_of_joint_norm", "{:.2%}"),
             ("joint gradient norm (clipped to 1.0)", "joint_norm_mean", "{:.1f}")]
     labels = list(doc["rotations"])
     body = []
+    summaries = {r: {**doc["rotations"][r]["summary"],
+                     "offset_norm_mean": statistics.fmean(doc["rotations"][r]["raw"]["offset_norm"])} for r in labels}
     for name, key, fmt in rows:
-        values = [doc["rotations"][r]["summary"].get(key) for r in labels]
+        values = [summaries[r].get(key) for r in labels]
         if all(v is None for v in values):
             continue
         body.append([name, *("–" if v is None else fmt.format(v) for v in values)])
