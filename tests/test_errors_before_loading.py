@@ -122,7 +122,7 @@ def test_an_earlier_runs_checkpoint_is_not_overwritten(tiny_dir, data_dir, tmp_p
 
 def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys):
     from dmx.commands.sweep import config_from_args
-    from dmx.sweep.run import _checkpoint_dir
+    from dmx.sweep.methods import checkpoint_dir
 
     text = tmp_path / "text.txt"
     text.write_text("some calibration text " * 50)
@@ -131,7 +131,7 @@ def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys)
     from dmx.cli import build_parser
 
     cfg = config_from_args(build_parser().parse_args([str(a) for a in argv]))
-    ckpt = _checkpoint_dir(tmp_path / "sweep", "dmx@6", cfg.method_settings("dmx", cfg.seed_values()[0]))
+    ckpt = checkpoint_dir(tmp_path / "sweep", "dmx@6", cfg.method_settings("dmx", cfg.seed_values()[0]))
     ckpt.mkdir(parents=True)
     (ckpt / "calibration_state.pt").write_bytes(b"torn")
     err = _run(argv, capsys)

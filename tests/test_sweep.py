@@ -5,6 +5,7 @@ import io
 import json
 import pytest
 
+import dmx.sweep.methods as methods
 import dmx.sweep.run as sweep
 from dmx.sweep.config import SweepConfig, point_label
 from dmx.sweep.results import ResultStore, points_to_csv, summarize_points
@@ -69,7 +70,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
         methods=("fp", "uniform", "kl", "dmx"),
     )
     calls = {"eval": 0, "reference": 0}
-    real_eval, real_ref = sweep._evaluate, __import__("dmx.kl_baseline").kl_baseline.reference_logits
+    real_eval, real_ref = methods._evaluate, __import__("dmx.kl_baseline").kl_baseline.reference_logits
 
     def counting_eval(*args, **kwargs):
         calls["eval"] += 1
@@ -81,7 +82,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
         calls["reference"] += 1
         return real_ref(*args, **kwargs)
 
-    monkeypatch.setattr(sweep, "_evaluate", counting_eval)
+    monkeypatch.setattr(methods, "_evaluate", counting_eval)
     monkeypatch.setattr("dmx.kl_baseline.reference_logits", counting_ref)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg)
@@ -223,18 +224,18 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     def no_perplexity(*args, **kwargs):
         raise AssertionError("a finished point's perplexity was recomputed")
 
-    monkeypatch.setattr(sweep, "_evaluate", no_perplexity)
-    monkeypatch.setattr(sweep, "calibrate", no_perplexity)
+    monkeypatch.setattr(methods, "_evaluate", no_perplexity)
+    monkeypatch.setattr(methods, "calibrate", no_perplexity)
     monkeypatch.setattr(sweep, "test_token_ids", no_perplexity)  # accuracy only: the test split stays untouched
     scored = []
-    real = sweep._zeroshot_metrics
+    real = methods._zeroshot_metrics
 
     def spy(model, tokenizer, cfg):
         res = real(model, tokenizer, cfg)
         scored.append(res["avg_accuracy"])
         return res
 
-    monkeypatch.setattr(sweep, "_zeroshot_metrics", spy)
+    monkeypatch.setattr(methods, "_zeroshot_metrics", spy)
     with_tasks = SweepConfig(**base, tasks=("piqa",), limit=8)
     second = {p["key"]: p for p in run_sweep(with_tasks)}
     assert list(second) == list(first) and len(scored) == len(first)  # same points, same order
@@ -287,7 +288,7 @@ def test_committed_headline_sweep_is_finished_under_its_flags():
 
     from dmx.cli import build_parser
     from dmx.commands.sweep import config_from_args
-    from dmx.sweep.run import _is_done, _planned_keys
+    from dmx.sweep.run import is_done, planned_keys
 
     out = Path(__file__).resolve().parents[1] / "results" / "headline_5bit"
     argv = ["sweep", "--model", "smollm2-135m", "--family", "fp8_fp4", "--targets", "5", "--seqlen", "2048",
@@ -299,7 +300,7 @@ def test_committed_headline_sweep_is_finished_under_its_flags():
     store = ResultStore.open(out, cfg.identity())
     # every committed point stays finished; --seeds now also repeats the KL draw (issue #23), so a
     # rerun adds only KL's two further calibration draws
-    assert [k for k in _planned_keys(cfg) if not _is_done(store.get(k), cfg)] == ["kl@5:s1", "kl@5:s2"]
+    assert [k for k in planned_keys(cfg) if not is_done(store.get(k), cfg)] == ["kl@5:s1", "kl@5:s2"]
     # the same defaults without the flags: CalibrationConfig's, so the same points
     bare = config_from_args(build_parser().parse_args(argv[:argv.index("--steps")] + argv[argv.index("--methods"):]))
     assert bare.method_settings("dmx") == cfg.method_settings("dmx")
