@@ -36,7 +36,8 @@ if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS); fi
 mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
 # the threshold deployment re-deploys the budget folder's calibrations (final rounding is not part
 # of a checkpoint's identity)
-[ -e "${OUT}_threshold/checkpoints" ] || ln -s "$(cd "$OUT/checkpoints" && pwd)" "${OUT}_threshold/checkpoints"
+# (a relative link, so a committed folder resumes in any checkout)
+[ -e "${OUT}_threshold/checkpoints" ] || ln -s "../$(basename "$OUT")/checkpoints" "${OUT}_threshold/checkpoints"
 for target in ${TARGETS:-5 6 4.5 7}; do
     "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
         --methods dmx fp uniform random --uniform-formats $UNIFORM "${accuracy[@]}"
