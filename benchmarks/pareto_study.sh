@@ -26,7 +26,7 @@ source "$(dirname "$0")/env.sh"
 ROTATION=${ROTATION:-hadamard}
 FAMILY=${FAMILY:-fp8_fp4}
 OUT=${OUT:-results/pareto_${FAMILY}_${ROTATION}}
-UNIFORM=${UNIFORM:-mxfp4_e2m1 mxfp8_e4m3}
+UNIFORM=${UNIFORM:-mxfp4_e2m1 mxfp6_e2m3 mxfp8_e4m3}  # MXFP6 E2M3: the 6-bit reference (it beat every mix under the first recipe)
 common=(--model smollm2-135m --family "$FAMILY" --rotation "$ROTATION" --threads "${THREADS:-1}"
         --seqlen 2048 --first-window 32 --max-windows 32 --kl-windows 8 --kl-seqlen 512
         --calib-windows 64 --calib-seqlen 256 --steps 40 --batch-size 2 --checkpoint-every 5

@@ -29,6 +29,7 @@ STUDY_TARGETS = (4.5, 5.0, 6.0, 7.0)
 #: What a target of the study needs before its verdict is read: the seeds of each method.
 STUDY_SEEDS = 3
 SEQLEN = 2048
+FORMAT_LABELS = {"mxfp4_e2m1": "MXFP4", "mxfp6_e2m3": "MXFP6 E2M3", "mxfp6_e3m2": "MXFP6 E3M2", "mxfp8_e4m3": "MXFP8"}
 
 
 def _points(folder: Path) -> list[dict[str, Any]] | None:
@@ -54,6 +55,8 @@ def study_row(points: Sequence[Mapping[str, Any]], threshold: Sequence[Mapping[s
     row: dict[str, Any] = {"target": target, "kl": [p["perplexity"] for p in kl],
                            "dmx": [p["perplexity"] for p in dmx], "random": [p["perplexity"] for p in rnd],
                            "kl_bits": [p["avg_bits"] for p in kl], "dmx_bits": [p["avg_bits"] for p in dmx]}
+    row["uniform"] = [(p["format"], p["perplexity"]) for p in points
+                      if p["method"] == "uniform" and p.get("avg_bits") == target]
     thr = _at(threshold or [], "dmx", target)
     row["threshold"] = [(p["avg_bits"], p["perplexity"]) for p in thr]
     missing = [f"{m} {len(v)}/{seeds}" for m, v in (("KL", kl), ("dMX", dmx)) if len(v) < seeds]
@@ -85,21 +88,22 @@ def table_pareto_verdicts(root: Path) -> str:
     body = []
     for label, row in study_rows(root):
         if row is None:
-            body.append([label, "", "not run yet", "", "", "", "", "", ""])
+            body.append([label, "", "not run yet", "", "", "", "", "", "", ""])
             continue
         thr = "; ".join(f"{b:.2f} b: {p:.2f}" for b, p in row["threshold"]) or "–"
+        uniform = "; ".join(f"{FORMAT_LABELS.get(f, f)}: {p:.2f}" for f, p in row["uniform"]) or "–"
         cells = [label, f"{row['target']:g}", _spread(row["kl"]) if row["kl"] else "–",
                  _spread(row["dmx"]) if row["dmx"] else "–", _spread(row["random"]) if row["random"] else "–"]
         if "pending" in row:
-            body.append(cells + ["", f"pending ({row['pending']})", thr, ""])
+            body.append(cells + ["", f"pending ({row['pending']})", thr, uniform, ""])
             continue
         ci = row["interval"]
         seeds_below = sum(p < statistics.fmean(row["kl"]) for p in row["dmx"])
         body.append(cells + [f"{ci.difference:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]", f"**{row['verdict']}**", thr,
-                             f"{seeds_below} of {len(row['dmx'])}"])
+                             uniform, f"{seeds_below} of {len(row['dmx'])}"])
     return markdown_table(["set-up", "target", "KL (draws)", "dMX (seeds, budget)", "random (draws)",
-                           "dMX − KL [95 % CI]", "verdict", "dMX threshold rule: bits: ppl", "dMX seeds below KL mean"],
-                          body, "lrrrrrlll")
+                           "dMX − KL [95 % CI]", "verdict", "dMX threshold rule: bits: ppl", "uniform at these bits",
+                           "dMX seeds below KL mean"], body, "lrrrrrllll")
 
 
 def table_gradient_probe(root: Path) -> str:
