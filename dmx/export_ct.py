@@ -23,8 +23,10 @@ The directory (``export_compressed_tensors``)::
 The weights are the project's bits: each layer's weight is ``mx_spec.quantize(W, fmt, 32,
 axis=1)`` (the layer's scale mode and rounding), decoded exactly (:func:`dmx.export.dequantize_weight`)
 and handed to compressed-tensors with its E8M0 scale; values already on the MX grid are
-re-quantised by the compressor without rounding, so the stored codes and scales are mx_spec's
-(tested against ``mx_spec.quantize`` by decoding the file with compressed-tensors' decompressors).
+re-quantised by the compressor without rounding, so the stored scales and element values are
+mx_spec's; its packer writes -0.0 as +0.0, so :func:`store_project_codes` puts mx_spec's bytes in
+(same layout, checked) and the codes are mx_spec's too (tested against ``mx_spec.quantize`` by
+decoding the file with compressed-tensors' decompressors).
 
 Input activations: each layer's scheme says its input format (``dynamic=True``, group 32, uint8
 scales), and the runtime computes the scales itself: compressed-tensors' rule
@@ -60,6 +62,8 @@ from dmx.export import dequantize_weight, quantize_weight
 from dmx.files import read_json
 from dmx.provenance import software_versions
 from dmx.rotation import rotation_state
+from mx_spec import get_format
+from mx_spec.packing import unpack_elements
 
 #: The MX formats compressed-tensors has a scheme for, with the element width its MX
 #: compressors and quantisers key on (``num_bits``; FP6 is E2M3 and FP8 is E4M3 there).
@@ -183,6 +187,30 @@ def plain_model(model: nn.Module, layers: Mapping[str, nn.Module]) -> tuple[nn.M
     return plain, bits
 
 
+def store_project_codes(plain: nn.Module, layers: Mapping[str, nn.Module], bits: Mapping[str, Any]) -> None:
+    """Put mx_spec's element bytes into the compressed modules, after checking that
+    compressed-tensors' own packing of the same values differs from them only in the sign of
+    zeros: its quantiser writes -0.0 (an element that underflowed from a negative weight) as +0.0,
+    so without this the file would hold code 0 where mx_spec holds the negative zero. The byte
+    layouts are the same (FP4 two codes per byte, low nibble first; FP6 four in three bytes, LSB
+    first; FP8 one per byte), so the file then holds exactly ``mx_spec.pack(mx_spec.quantize(W))``.
+    """
+    for name, (packed, _) in bits.items():
+        module, fmt = plain.get_submodule(name), layers[name].format_name()
+        key = "weight" if CT_FORMATS[fmt] == 8 else "weight_packed"
+        theirs = getattr(module, key)
+        elem = get_format(fmt).element
+        count = packed.size * 8 // int(elem.bits)
+        ours_codes = unpack_elements(packed, elem, count)
+        their_codes = unpack_elements(theirs.data.reshape(-1).view(torch.uint8).numpy(), elem, count)
+        negative_zero = 1 << (int(elem.bits) - 1)
+        differ = ours_codes != their_codes
+        if not (ours_codes[differ] == negative_zero).all() or their_codes[differ].any():
+            raise RuntimeError(f"compressed-tensors packed {name} ({fmt}) differently from mx_spec beyond the sign of "
+                               f"zeros; this compressed-tensors version stores another layout")
+        theirs.data = torch.from_numpy(packed.copy()).reshape(theirs.shape).view(theirs.dtype)
+
+
 def transform_config(model: nn.Module):
     """``(TransformConfig | None, {layer: Q})``: one ``random-matrix`` scheme at the input of
     every linear that has an online rotation, ``Q`` the dense float32 matrix it applies."""
@@ -262,9 +290,12 @@ def export_compressed_tensors(
         for name, (_, scales) in bits.items():
             module = plain.get_submodule(name)
             module.weight_scale.data = torch.exp2(torch.from_numpy(scales).to(torch.float64) - 127).to(module.weight.dtype)
-    qconfig.format = infer_model_format(plain)  # sets each scheme's compression format (mxfp4-pack-quantized, ...)
+    qconfig.format = infer_model_format(plain)  # sets each module's compression format (mxfp4-pack-quantized, ...)
+    for scheme in qconfig.config_groups.values():  # and names it in config.json's groups
+        scheme.format = plain.get_submodule(scheme.targets[0]).quantization_scheme.format
     compressor = ModelCompressor(quantization_config=qconfig, transform_config=tconfig)
     compressor.compress_model(plain)
+    store_project_codes(plain, layers, bits)
     plain.config.update({PROVENANCE_KEY: provenance(model, assignment, layers, assignment_sha256)})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
