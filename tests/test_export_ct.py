@@ -14,6 +14,7 @@ pytest.importorskip("compressed_tensors")
 from compressed_tensors.compressors import BaseCompressor  # noqa: E402
 from compressed_tensors.quantization import QuantizationScheme  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from test_export import _rotated_mixed  # noqa: E402
 from tiny_checkpoint import save_tiny_byte_llama  # noqa: E402
 
 import mx_spec  # noqa: E402
@@ -28,26 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _model(kind="none", formats=CT, quantize_input=True):
-    """A tiny Llama rotated as ``kind`` (learned: moved one Cayley step, then baked), mixed formats."""
-    from dmx.rotation import CayleySGD, RotationSpec, apply_rotation, bake_rotation, rotation_parameters
-
-    model = tiny_model("llama", seed=1)
-    if kind != "none":
-        apply_rotation(model, RotationSpec(kind.split("-")[0], seed=2,
-                                           **({"placement": "folded"} if kind == "hadamard-folded" else {})))
-    layers = quantize_model(model, quantize_input=quantize_input)
-    if kind == "learned":
-        opt = CayleySGD(rotation_parameters(model), lr=1.5)
-        ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(7))
-        for layer in layers.values():
-            layer.train()
-        model(ids, labels=ids).loss.backward()
-        opt.step()
-        bake_rotation(model)
-    for i, layer in enumerate(layers.values()):
-        layer.eval()
-        layer.set_fixed_format(formats[i % len(formats)])
-    return model, layers
+    """A tiny Llama rotated as ``kind`` at the mixed compressed-tensors ``formats``."""
+    return _rotated_mixed(kind, formats, quantize_input)
 
 
 def _ids(n=40):
