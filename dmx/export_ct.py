@@ -117,10 +117,15 @@ def check_exportable(layers: Mapping[str, nn.Module], model: nn.Module) -> None:
     if not rotation.baked:
         raise ValueError("the model's learned rotation is still being trained; fold it into the weights with "
                          "dmx.rotation.bake_rotation(model) before exporting")
-    outside = sorted(set(rotation.online) - set(layers))
-    if outside:
-        raise ValueError(f"online rotations before {outside[:3]} sit on modules that are not quantised linears; "
-                         f"compressed-tensors' transform_config cannot express them here: use --output-format dmx")
+    not_linear = sorted(p for p in rotation.online if not _is_linear(model.get_submodule(p)))
+    if not_linear:
+        raise ValueError(f"online rotations before {not_linear[:3]} sit on modules that are not linears; "
+                         f"compressed-tensors' transform_config applies input transforms to linears only: "
+                         f"use --output-format dmx")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or isinstance(getattr(module, "linear", None), nn.Linear)
 
 
 def mx_args(fmt: str, *, dynamic: bool):

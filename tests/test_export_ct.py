@@ -174,6 +174,27 @@ def test_unsupported_format_is_refused(fmt, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_rotation_it_cannot_express_is_refused(tmp_path):
+    from dmx.rotation import OnlineHadamard, rotation_state
+
+    model, layers = _model("hadamard")
+    rotation_state(model).online["model.norm"] = OnlineHadamard.seeded(64, 0, "norm")  # not a linear
+    with pytest.raises(ValueError, match="not linears.*transform_config"):
+        export_compressed_tensors(model, layers, tmp_path / "x")
+
+
+def test_unbaked_learned_rotation_is_refused(tmp_path):
+    from dmx.rotation import RotationSpec, apply_rotation
+
+    model = tiny_model("llama", seed=1)
+    apply_rotation(model, RotationSpec("learned"))
+    layers = quantize_model(model)
+    for layer in layers.values():
+        layer.set_fixed_format("mxfp4_e2m1")
+    with pytest.raises(ValueError, match="bake_rotation"):
+        export_compressed_tensors(model, layers, tmp_path / "x")
+
+
 def test_block_size_and_missing_dependency_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="blocks of 32; block_size is 16"):
         check_ct_formats({"layer": "mxfp4_e2m1"}, 16)
