@@ -25,6 +25,7 @@ import json
 import tempfile
 import time
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +95,20 @@ NEGATIVE_ZERO = {4: 0x8, 6: 0x20, 8: 0x80}
 
 
 def _cause(mismatches, bits: int) -> str:
-    """Why one case failed: ``signed_zero`` (only -0.0 written as +0.0, same value), ``non_finite``
-    (a NaN/Inf block, or a zero block in float16 whose 2^-127 scale is not a float16), ``rule``."""
+    """Why one case failed: ``signed_zero`` (only -0.0 written as +0.0, same value); ``range`` (a
+    NaN/Inf block, which gets no finite power-of-two scale, or a float16 block whose scale is
+    below float16's range, computed in float16 and replaced by 1.0, code 0x7f, its elements then
+    flushed to zero); else ``rule``."""
     if any(m.field == "exception" for m in mismatches):
-        return "non_finite"
-    if all(m.field == "elements" and m.expected_code == NEGATIVE_ZERO[bits] and m.actual_code == 0 for m in mismatches):
+        return "range"
+    signed_zero = [m.field == "elements" and m.expected_code == NEGATIVE_ZERO[bits] and m.actual_code == 0
+                   for m in mismatches]
+    if all(signed_zero):
         return "signed_zero"
-    if all(m.field == "scales" or (m.expected_code == NEGATIVE_ZERO[bits] and m.actual_code == 0) for m in mismatches) \
-            and all(m.group == "all_zero" for m in mismatches):
-        return "non_finite"
+    fallback = [m.field == "scales" and m.actual_code == 127 and m.group in ("all_zero", "float16") for m in mismatches]
+    # the elements of a block scaled by 1.0 instead of 2^X flush to zero
+    if any(fallback) and all(f or (m.field == "elements" and m.actual_code in (0, NEGATIVE_ZERO[bits])) for f, m in zip(fallback, mismatches)):
+        return "range"
     return "rule"
 
 
@@ -183,15 +189,16 @@ def main(argv: list[str] | None = None) -> int:
                                                              "results/headline_5bit_hadamard/assignments/dmx_at_5.json"])
     parser.add_argument("--windows", type=int, default=2, help="2048-token WikiText-2 test windows")
     parser.add_argument("--data-dir", default=None, help="WikiText-2 folder (default $DMX_DATA_DIR)")
-    parser.add_argument("--skip-perplexity", action="store_true")
+    parser.add_argument("--conformance-only", action="store_true",
+                        help="recompute only the conformance table; keep the perplexity rows of the existing --out file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = {"conformance": conformance(), "perplexity": [], "windows": args.windows, "seqlen": 2048,
               "command": "python -m dmx.export_ct_runtime --out " + args.out, "versions": software_versions()}
-    from importlib.metadata import version
-
     result["versions"]["compressed_tensors"] = version("compressed-tensors")
-    if not args.skip_perplexity:
+    if args.conformance_only:
+        result["perplexity"] = json.loads(Path(args.out).read_text())["perplexity"]
+    else:
         with tempfile.TemporaryDirectory() as tmp:
             for path in args.assignments:
                 result["perplexity"].append(measure(path, windows=args.windows, data_dir=args.data_dir,
