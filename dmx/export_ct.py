@@ -335,10 +335,16 @@ def load_compressed_tensors(path: str | os.PathLike, *, dtype: torch.dtype = tor
     from compressed_tensors.transform import TransformConfig, apply_transform_config
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     folder = Path(path)
     config = read_export_config(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the stored transform matrices as unexpected keys
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    finally:
+        hf_logging.set_verbosity(level)
     model.hf_quantizer.compressor.decompress_model(model)
     for module in model.modules():
         if getattr(module, "quantization_scheme", None) is not None:

@@ -39,7 +39,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     what = g.add_mutually_exclusive_group(required=True)
     what.add_argument("--assignment", help="assignment JSON from `dmx calibrate`, `dmx kl` or a sweep")
     what.add_argument("--format", help="one standard MX format for every layer (e.g. mxfp8_e4m3)")
-    g.add_argument("--out", required=True, help="output directory (created; manifest.json + model.safetensors)")
+    g.add_argument("--out", required=True, help="output directory (created; dmx: manifest.json + model.safetensors; "
+                                                "compressed-tensors: config.json + model.safetensors)")
     g.add_argument("--no-tokenizer", action="store_true", help="do not save the tokenizer next to the weights")
     g.add_argument("--output-format", choices=OUTPUT_FORMATS, default="dmx",
                    help="dmx: the project's packed MX + manifest.json (every MX format, read by "
