@@ -291,3 +291,22 @@ def test_embedded_demo_assignment_round_trip(embedded_model, tmp_path, rotated):
         np.testing.assert_array_equal(ct - even, band.astype(int), err_msg=name)
         bumped += int(band.sum())
     assert bumped > 0
+
+
+def test_vllm_script_finds_mixed_fused_layers(mixed_export):
+    """benchmarks/vllm_check.py (prepared for a GPU user, not run here) lists the fused vLLM layers
+    whose parts the export puts in different groups, before it imports vLLM."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vllm_check", REPO / "benchmarks" / "vllm_check.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, layers, out = mixed_export
+    mixed = script.mixed_fused_layers(read_export_config(out))
+    expected = set()
+    for parent in {n.rsplit(".", 1)[0] for n in layers}:
+        for fused, parts in script.FUSED.items():
+            fmts = {layers[f"{parent}.{p}"].format_name() for p in parts if f"{parent}.{p}" in layers}
+            if len(fmts) > 1:
+                expected.add(f"{parent}.{fused}")
+    assert set(mixed) == expected and mixed
