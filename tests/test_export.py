@@ -24,10 +24,10 @@ ML_DTYPES = {
 }
 
 
-def _mixed(model):
-    layers = quantize_model(model)
+def _mixed(model, formats=FORMATS, **quantize_kwargs):
+    layers = quantize_model(model, **quantize_kwargs)
     for i, layer in enumerate(layers.values()):
-        layer.set_fixed_format(FORMATS[i % len(FORMATS)])
+        layer.set_fixed_format(formats[i % len(formats)])
     return layers
 
 
@@ -150,14 +150,15 @@ def test_cli_export_uniform_format_round_trip(tmp_path):
     assert main(["export", "--model", str(src), "--format", "mxfp5", "--out", str(tmp_path / "bad")]) == 2
 
 
-def _rotated_mixed(kind):
-    """A tiny Llama rotated as ``kind`` (learned: trained one Cayley step, then baked), mixed formats."""
+def _rotated_mixed(kind, formats=FORMATS, quantize_input=True):
+    """A tiny Llama rotated as ``kind`` (learned: trained one Cayley step, then baked), mixed
+    ``formats`` (shared with tests/test_export_ct.py)."""
     from dmx.rotation import CayleySGD, RotationSpec, apply_rotation, bake_rotation, rotation_parameters
 
     model = tiny_model("llama", seed=1)
     kwargs = {"placement": "folded"} if kind == "hadamard-folded" else {}
     apply_rotation(model, RotationSpec(kind.split("-")[0], seed=2, **kwargs))
-    layers = _mixed(model)
+    layers = _mixed(model, formats, quantize_input=quantize_input)
     if kind == "learned":  # move R1/R2 off their Hadamard start so the file really matters
         opt = CayleySGD(rotation_parameters(model), lr=1.5)
         ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(7))
@@ -169,7 +170,7 @@ def _rotated_mixed(kind):
         bake_rotation(model)
         for i, layer in enumerate(layers.values()):
             layer.eval()
-            layer.set_fixed_format(FORMATS[i % len(FORMATS)])
+            layer.set_fixed_format(formats[i % len(formats)])
     return model, layers
 
 

@@ -595,6 +595,32 @@ def _seed_perplexities(root: Path, folder: str, method: str) -> list[float]:
             if p["method"] == method and p.get("perplexity") is not None]
 
 
+EXPORT_CT = Path("results") / "export_ct" / "results.json"
+
+
+def table_export_ct_perplexity(root: Path) -> str:
+    """Perplexity of compressed-tensors exports under the runtime's activation rule vs the project's."""
+    data = load_json(root / EXPORT_CT)
+    rows = [[f"`{r['assignment']}`", fmt_bits(r["element_bits"]), r["rotation"], fmt_ppl(r["project_floor"]),
+             fmt_ppl(r["runtime"]), fmt_ppl(r["project_even"]), fmt_ppl(r["project_weights_only"]),
+             fmt_ppl(r["runtime_weights_only"])] for r in data["perplexity"]]
+    return markdown_table(["assignment", "bits", "rotation", "dmx eval (floor, OCP)", "export, runtime rule",
+                           "dmx, `even` rule", "dmx, weights only", "export, weights only"], rows, "lrlrrrrr")
+
+
+def table_export_ct_conformance(root: Path) -> str:
+    """mx-spec verify of compressed-tensors' activation quantiser claiming each scale mode."""
+    rows = []
+    for r in load_json(root / EXPORT_CT)["conformance"]["rows"]:
+        causes = r["failed_by_cause"]
+        rows.append([FORMAT_NAMES[r["format"]], r["scale_mode"], str(r["passed"]), str(r["failed"]),
+                     str(causes.get("rule", 0)), str(causes.get("signed_zero", 0)), str(causes.get("range", 0)),
+                     ", ".join(r["rule_failure_groups"])])
+    return markdown_table(["format", "claimed mode", "passed", "failed", "by the scale/element rule",
+                           "only -0 written as +0", "NaN/Inf block or scale outside float16", "groups failing by the rule"],
+                          rows, "llrrrrrl")
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "claims": table_claims,
     "pareto_verdicts": table_pareto_verdicts,
@@ -619,6 +645,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "speed": transcribed_table("speed"),
     "zeroshot": table_zeroshot,
     "zeroshot_stderr": table_zeroshot_stderr,
+    "export_ct_perplexity": table_export_ct_perplexity,
+    "export_ct_conformance": table_export_ct_conformance,
 }
 
 
