@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx packag
 from dmx.autograd import BACKENDS  # noqa: E402  (one column per backend, in their order)
 from dmx.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
 from tools.results_io import load_json, load_sweep, markdown_table  # noqa: E402  (shared with the study's tables)
-from tools.study_tables import table_claims, table_gradient_probe, table_pareto_verdicts  # noqa: E402
+from tools.study_tables import (table_claims, table_gradient_probe, table_pareto_verdicts,  # noqa: E402
+                                table_rotation_default)
 
 README = REPO / "README.md"
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
@@ -625,6 +626,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "claims": table_claims,
     "pareto_verdicts": table_pareto_verdicts,
     "gradient_probe": table_gradient_probe,
+    "rotation_default": table_rotation_default,
     "headline": table_headline,
     "headline_verdict": table_headline_verdict,
     "headline_threshold_bits": table_headline_threshold_bits,

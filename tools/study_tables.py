@@ -228,3 +228,18 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
 def table_claims(root: Path) -> str:
     """Every claim of the paper's abstract and tables against this project's evidence."""
     return markdown_table(["claim", "here", "evidence"], [list(r) for r in claims(root)], "lll")
+
+
+def table_rotation_default(root: Path) -> str:
+    """The demo's calibration under each rotation (benchmarks/rotation_default.py): time, memory,
+    the threshold rule's bits and how far the offsets moved from β̂ = 0."""
+    path = root / "results" / "rotation_default" / "results.json"
+    if not path.is_file():
+        return "(not run yet: `python benchmarks/rotation_default.py --out results/rotation_default/results.json`)\n"
+    doc = load_json(path)
+    body = [[r["rotation"], f"{r['wall_seconds'] / 60:.1f} min", f"{r['peak_rss_gib']:.1f} GiB",
+             f"{r['threshold_bits']:.2f}", f"{r['budget_bits']:.2f}",
+             f"{r['offsets_over_threshold']} of {r['offsets']}", f"{r['offset_max']:.3f}", f"{r['offset_median']:.3f}"]
+            for r in doc["rows"]]
+    return markdown_table(["rotation", "calibration wall", "peak RSS", "threshold-rule bits", "budget bits",
+                           "offsets with |β̂| > 1", "largest |β̂|", "median |β̂|"], body, "lrrrrrrr")
