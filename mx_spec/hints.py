@@ -36,14 +36,6 @@ def _fmt(case_id: str) -> str:
     return case_id.split("/", 1)[0]
 
 
-def hint_policies(report) -> str | None:
-    """Failing cases that pass under an undeclared policy."""
-    if not report.policy_matches:
-        return None
-    parts = [f"{n} failing case(s) pass under --policy {p}" for p, n in sorted(report.policy_matches.items())]
-    return "; ".join(parts) + ": declare the policy if your implementation follows it (golden/README.md, Policies)"
-
-
 def hint_ties(report) -> str | None:
     items = [m for m in _items(report, "elements") if m.scaled_value is not None]
     if not items:
@@ -182,7 +174,7 @@ def hint_exceptions(report) -> str | None:
     return None
 
 
-RULES: tuple[Rule, ...] = (hint_policies, hint_ties, hint_scale_offset, hint_saturation, hint_subnormal_flush,
+RULES: tuple[Rule, ...] = (hint_ties, hint_scale_offset, hint_saturation, hint_subnormal_flush,
                            hint_int8_minus_128, hint_zero_blocks, hint_float64, hint_nibble_swap,
                            hint_fp6_msb_first, hint_nan_decode, hint_exceptions)
 

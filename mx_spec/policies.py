@@ -66,19 +66,24 @@ def parse_choices(text: str | Iterable[str] | None, choices: Mapping[str, Sequen
     (``{key: (default, other, ...)}``); defaults are dropped. Shared by policies and layouts.
 
     Raises:
-        ValueError: an unknown key or value; the message names ``what`` and lists the valid ones.
+        ValueError: an unknown key or value (the message names ``what`` and lists the valid ones),
+            or one key given two different values.
     """
     if text is None:
         return frozenset()
     items = text.split(",") if isinstance(text, str) else list(text)
     valid = choices_text(choices)
     out: set[str] = set()
+    seen: dict[str, str] = {}
     for item in (i.strip() for i in items):
         if not item:
             continue
         key, _, value = item.partition("=")
         if key not in choices or value not in choices[key]:
             raise ValueError(f"unknown {what} {item!r}; valid: {valid}")
+        if seen.setdefault(key, value) != value:
+            raise ValueError(f"conflicting {what} declarations {key}={seen[key]} and {key}={value}: "
+                             f"declare one choice per {what}")
         if value != choices[key][0]:
             out.add(f"{key}={value}")
     return frozenset(out)
