@@ -54,6 +54,7 @@ class VerifyReport:
     _actuals: dict[str, dict] = field(default_factory=dict, repr=False)
     _policy_cases: dict[str, tuple] = field(default_factory=dict, repr=False)
     _case_policy_match: dict[str, str] = field(default_factory=dict, repr=False)
+    _float64_passed: list[GoldenCase] = field(default_factory=list, repr=False)
 
     @property
     def n_passed(self) -> int:

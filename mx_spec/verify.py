@@ -75,6 +75,8 @@ def _record(report: VerifyReport, case: GoldenCase, actual: dict[str, Any]) -> N
         report._policy_cases[case.id] = (case, actual, not mismatches)
     if not mismatches:
         tally.passed += 1
+        if case.input_dtype == "float64":
+            report._float64_passed.append(case)  # evidence against a float32-detour hint
         return
     tally.failed += 1
     report._cases[case.id] = case
