@@ -10,8 +10,9 @@ policy      choices      rule (default first)
 =========== ============ =================================================================
 ``inf``     ``nan``      a block holding ±Inf (and no NaN) gets the NaN scale 0xFF
             ``saturate`` it gets a finite scale X (implementation-defined, at least the
-                         scale of its finite values); ±Inf encodes ±max normal and every
-                         other element is rounded at 2^X (torchao, gfloat)
+                         scale of its finite values); ±Inf saturates like any overflowing
+                         value (±max normal; MXINT8 -Inf under int8=full-range: -2.0,
+                         0x80) and every other element is rounded at 2^X (torchao, gfloat)
 ``int8``    ``symmetric`` MXINT8 elements saturate to ±127/64 (0x81 .. 0x7F)
             ``full-range`` negative values saturate to -2.0 (0x80); |x/2^X| >= 127.5/64
                          rounds to 0x80 (gfloat, TOSA)
