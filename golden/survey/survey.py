@@ -58,8 +58,8 @@ CAUSES: dict[str, tuple[str, str]] = {
     "zero_block_scale": ("convention", "all-zero block gets a scale other than 0x00"),
     "raised_nan_element": ("unsupported", "NaN/Inf input: NaN element values the element format cannot encode "
                                          "(no NaN scale)"),
-    "raised_inf_scale": ("defect", "the scale overflows to Inf (computed in the input's dtype: float16 from 2^16, "
-                                   "any dtype for huge amax) instead of an E8M0 value"),
+    "raised_inf_scale": ("defect", "the scale is Inf (from an Inf input, a scale held in float16 from 2^16 up, or a "
+                                   "huge amax) instead of an E8M0 value (0xFF for Inf/NaN blocks, else at most 2^127)"),
     "raised_scale_not_pow2": ("defect", "the scale of a tiny block is not a power of two (a minimum scale "
                                         "clamp instead of an E8M0 value)"),
     "raised_scale_out_of_range": ("defect", "scale below 2^-127 (X not clamped to the E8M0 range)"),
@@ -88,41 +88,28 @@ def _load(path: Path, name: str):
     return module
 
 
-def _torchao() -> dict[str, Any]:
-    import torchao
-
-    m = _load(REPO / "benchmarks" / "torchao_mx_adapter.py", "torchao_mx_adapter")
-    return {"fn": m.torchao_quantize, "version": torchao.__version__, "policies": "inf=saturate,rceil=float32",
-            "api": "torchao.prototype.mx_formats.mx_tensor.to_mx (four ScaleCalculationModes)",
-            "adapter": "benchmarks/torchao_mx_adapter.py", "one_rule": False}
-
-
-def _gfloat() -> dict[str, Any]:
-    m = _load(HERE / "adapters" / "gfloat_adapter.py", "gfloat_adapter")
-    return {"fn": m.gfloat_quantize, "version": m.VERSION, "policies": "inf=saturate,int8=full-range", "api": m.API,
-            "adapter": "golden/survey/adapters/gfloat_adapter.py", "one_rule": False}
+#: name -> (adapter file, its quantizer function, the policies the library declares, one scale rule?)
+ADAPTERS: dict[str, tuple[str, str, str, bool]] = {
+    "torchao": ("benchmarks/torchao_mx_adapter.py", "torchao_quantize", "inf=saturate,rceil=float32", False),
+    "gfloat": ("golden/survey/adapters/gfloat_adapter.py", "gfloat_quantize", "inf=saturate,int8=full-range", False),
+    "compressed-tensors": ("golden/survey/adapters/compressed_tensors_adapter.py", "ct_quantize", "", True),
+    "brevitas": ("golden/survey/adapters/brevitas_adapter.py", "brevitas_quantize", "", True),
+    "quark": ("golden/survey/adapters/quark_adapter.py", "quark_quantize", "", False),
+}
 
 
-def _compressed_tensors() -> dict[str, Any]:
-    m = _load(HERE / "adapters" / "compressed_tensors_adapter.py", "compressed_tensors_adapter")
-    return {"fn": m.ct_quantize, "version": m.VERSION, "policies": "", "api": m.API,
-            "adapter": "golden/survey/adapters/compressed_tensors_adapter.py", "one_rule": True}
+def load_adapter(name: str) -> dict[str, Any]:
+    """The adapter of ``name``: its function, the library's version and API, what it declares."""
+    path, fn, policies, one_rule = ADAPTERS[name]
+    m = _load(REPO / path, path.rsplit("/", 1)[-1][:-3])
+    if name == "torchao":  # the benchmark's adapter predates the survey: version and API from here
+        import torchao
 
-
-def _brevitas() -> dict[str, Any]:
-    m = _load(HERE / "adapters" / "brevitas_adapter.py", "brevitas_adapter")
-    return {"fn": m.brevitas_quantize, "version": m.VERSION, "policies": "", "api": m.API,
-            "adapter": "golden/survey/adapters/brevitas_adapter.py", "one_rule": True}
-
-
-def _quark() -> dict[str, Any]:
-    m = _load(HERE / "adapters" / "quark_adapter.py", "quark_adapter")
-    return {"fn": m.quark_quantize, "version": m.VERSION, "policies": "", "api": m.API,
-            "adapter": "golden/survey/adapters/quark_adapter.py", "one_rule": False}
-
-
-ADAPTERS = {"torchao": _torchao, "gfloat": _gfloat, "compressed-tensors": _compressed_tensors, "brevitas": _brevitas,
-            "quark": _quark}
+        version, api = torchao.__version__, "torchao.prototype.mx_formats.mx_tensor.to_mx (four ScaleCalculationModes)"
+    else:
+        version, api = m.VERSION, m.API
+    return {"fn": getattr(m, fn), "version": version, "policies": policies, "api": api, "adapter": path,
+            "one_rule": one_rule}
 
 
 # --------------------------------------------------------------------------- causes
@@ -223,7 +210,7 @@ def summarise(report, one_rule: bool) -> dict[str, Any]:
 
 
 def run_adapter(name: str) -> dict[str, Any]:
-    spec = ADAPTERS[name]()
+    spec = load_adapter(name)
     report = verify_quantizer(spec["fn"], policies=spec["policies"] or None)
     formats = summarise(report, spec["one_rule"])
     # a one-rule library is judged in the golden mode it comes closest to, per format

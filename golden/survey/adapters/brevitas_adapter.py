@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import brevitas.nn as qnn
     from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Act, MXInt8Act
-from survey_codes import element_codes, scale_codes, to_torch
+from survey_codes import element_codes, in_input_layout, rows_of, scale_codes
 
 VERSION = version("brevitas")
 API = "brevitas.nn.QuantIdentity with brevitas.quant.mx_quant_ocp.MXFloat8e4m3Act (.let bit widths) / MXInt8Act"
@@ -46,10 +46,7 @@ def brevitas_quantize(x: np.ndarray, fmt: str, *, block_size: int = 32, axis: in
     """Brevitas' MX quantisation of ``x`` blocked along ``axis``: (scale codes, element codes)."""
     if rounding != "rne":
         raise NotImplementedError("Brevitas' MX quantisers round to nearest even")
-    if x.ndim == 0 or x.size == 0 or x.shape[axis] % block_size:
-        raise NotImplementedError("Brevitas groups whole blocks (no ragged or empty input)")
-    moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
-    rows = to_torch(moved).reshape(-1, moved.shape[-1])
+    moved, rows = rows_of(x, axis, block_size, "Brevitas")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         y = _quantizer(fmt, block_size)(rows)
@@ -58,14 +55,12 @@ def brevitas_quantize(x: np.ndarray, fmt: str, *, block_size: int = 32, axis: in
     per_elem = np.repeat(scale, block_size, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         elems = value / per_elem
+    # the scale first: a scale that is no E8M0 value is the finding, not the elements it gives
+    scales = scale_codes(scale, "Brevitas", shift=6 if fmt == "mxint8" else 0)
     if fmt == "mxint8":  # Brevitas' integer q in -128..127 with scale 2^(X - 6): element q / 64
         if not np.all(np.isnan(elems) | (elems == np.round(elems))):
             raise ValueError("Brevitas MXINT8 value / scale is not an integer")
         codes = np.where(np.isnan(elems), 0, elems).astype(np.int64).astype(np.int8).view(np.uint8)
-        scales = scale_codes(scale, "Brevitas", shift=6)
     else:
         codes = element_codes(elems, fmt, "Brevitas")
-        scales = scale_codes(scale, "Brevitas")
-    codes = codes.reshape(moved.shape)
-    scales = scales.reshape(*moved.shape[:-1], -1)
-    return np.moveaxis(scales, -1, axis).copy(), np.moveaxis(codes, -1, axis).copy()
+    return in_input_layout(scales, codes, moved, axis)

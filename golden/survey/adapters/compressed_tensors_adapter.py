@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 import torch
-from survey_codes import element_codes, scale_codes, to_torch
+from survey_codes import element_codes, in_input_layout, rows_of, scale_codes
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -38,16 +38,12 @@ def ct_quantize(x: np.ndarray, fmt: str, *, block_size: int = 32, axis: int = -1
         raise NotImplementedError(f"compressed-tensors has no {fmt} preset")
     if rounding != "rne" or block_size != 32:
         raise NotImplementedError("compressed-tensors' MX presets: group size 32, round to nearest even")
-    if x.ndim == 0 or x.size == 0 or x.shape[axis] % block_size:
-        raise NotImplementedError("compressed-tensors groups whole blocks of 32 (no ragged or empty input)")
-    moved = np.moveaxis(x, axis, -1)
-    rows = to_torch(np.ascontiguousarray(moved)).reshape(-1, moved.shape[-1])
+    moved, rows = rows_of(x, axis, block_size, "compressed-tensors")
     args = PRESETS[fmt]["weights"]
     groups = rows.reshape(rows.shape[0], -1, block_size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         scale, zp = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
         q = quantize(rows, scale, zp, args)
-    codes = element_codes(q.float().numpy(), fmt, "compressed-tensors").reshape(moved.shape)
-    scales = scale_codes(scale.float().numpy(), "compressed-tensors").reshape(*moved.shape[:-1], -1)
-    return np.moveaxis(scales, -1, axis).copy(), np.moveaxis(codes, -1, axis).copy()
+    codes = element_codes(q.double().numpy(), fmt, "compressed-tensors")
+    return in_input_layout(scale_codes(scale.double().numpy(), "compressed-tensors"), codes, moved, axis)

@@ -20,7 +20,7 @@ import torch
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from quark.torch.kernel.hw_emulation.hw_emulation_interface import real_quantize_mxfp
-from survey_codes import element_codes, scale_codes, to_torch
+from survey_codes import element_codes, in_input_layout, rows_of, scale_codes
 
 VERSION = version("amd-quark")
 API = "quark.torch.kernel.hw_emulation.hw_emulation_interface.real_quantize_mxfp (fp4, fp6_e2m3, fp6_e3m2)"
@@ -34,14 +34,9 @@ def quark_quantize(x: np.ndarray, fmt: str, *, block_size: int = 32, axis: int =
         raise NotImplementedError(f"Quark's real_quantize_mxfp has no {fmt} (fake_quantize_mx hides the scale)")
     if scale_mode != "floor" or rounding != "rne" or block_size != 32:
         raise NotImplementedError("Quark's real_quantize_mxfp: floor scale, nearest even, blocks of 32")
-    if x.ndim == 0 or x.size == 0 or x.shape[axis] % block_size:
-        raise NotImplementedError("Quark's real_quantize_mxfp needs whole blocks of 32")
-    moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
-    rows = to_torch(moved).reshape(-1, moved.shape[-1])
+    moved, rows = rows_of(x, axis, block_size, "Quark's real_quantize_mxfp")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         out = real_quantize_mxfp(rows, ELEMENT[fmt], -1, 32).double().numpy()
     out = out.reshape(rows.shape[0], -1, 33)
-    scales = scale_codes(out[..., 0], "Quark").reshape(*moved.shape[:-1], -1)
-    codes = element_codes(out[..., 1:], fmt, "Quark").reshape(moved.shape)
-    return np.moveaxis(scales, -1, axis).copy(), np.moveaxis(codes, -1, axis).copy()
+    return in_input_layout(scale_codes(out[..., 0], "Quark"), element_codes(out[..., 1:], fmt, "Quark"), moved, axis)

@@ -40,10 +40,26 @@ def scale_codes(scale: np.ndarray, library: str, shift: int = 0) -> np.ndarray:
 
 def element_codes(values: np.ndarray, fmt: str, library: str) -> np.ndarray:
     """Codes of values on the element grid (an exact ml_dtypes cast); off-grid -> ValueError."""
-    v = np.asarray(values, dtype=np.float32)
+    v = np.asarray(values, dtype=np.float64)  # exact for every library's value dtype
     cast = v.astype(ELEMENT_DTYPES[fmt])
-    back = cast.astype(np.float32)
+    back = cast.astype(np.float64)
     off = ~((back == v) | (np.isnan(back) & np.isnan(v)))
     if off.any():
         raise ValueError(f"{library} element value {v[off][0]!r} is not on the {fmt} grid")
     return (cast.view(np.uint8) & ((1 << CODE_BITS[fmt]) - 1)).astype(np.uint8)
+
+
+def rows_of(x: np.ndarray, axis: int, block_size: int, library: str) -> tuple[np.ndarray, torch.Tensor]:
+    """``x`` with the block axis moved last, and as a torch tensor of rows; ragged or empty input
+    raises ``NotImplementedError`` (the libraries surveyed group whole blocks only)."""
+    if x.ndim == 0 or x.size == 0 or x.shape[axis] % block_size:
+        raise NotImplementedError(f"{library} quantises whole blocks of {block_size} only (no ragged or empty input)")
+    moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+    return moved, to_torch(moved).reshape(-1, moved.shape[-1])
+
+
+def in_input_layout(scales: np.ndarray, codes: np.ndarray, moved: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and element codes of the moved rows, laid out like ``mx_spec.quantize``'s again."""
+    s = scales.reshape(*moved.shape[:-1], -1)
+    c = codes.reshape(moved.shape)
+    return np.moveaxis(s, -1, axis).copy(), np.moveaxis(c, -1, axis).copy()
