@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from mx_spec.compare import Mismatch, check_field_names, checked_fields, compare_case, undeclared_policy_match
 from mx_spec.elements import ROUNDINGS
 from mx_spec.formats import MX_FORMATS
-from mx_spec.golden import ALL_MODES, CODE_FIELDS, OUTPUT_FIELDS, GoldenCase, load_golden
+from mx_spec.golden import ALL_MODES, CODE_FIELDS, OUTPUT_FIELDS, GoldenCase, golden_path, load_golden
 from mx_spec.layouts import parse_layouts
 from mx_spec.policies import parse_policies
 from mx_spec.report import VerifyReport
@@ -46,6 +46,7 @@ class Requirement:
     formats: frozenset[str]
     modes: frozenset[tuple[str, str]]
     fields: frozenset[str]
+    formats_named: bool = True  # False: no format token, so "every format of the golden set"
 
 
 # --------------------------------------------------------------------------- selection
@@ -130,12 +131,13 @@ def parse_requirement(text: str | Iterable[str] | None, strict: bool = False) ->
         raise ValueError(f"strict requires every format and mode; it cannot be combined with the format/mode "
                          f"tokens of require {sorted(t for t in tokens if t not in OUTPUT_FIELDS)} "
                          "(drop strict, or drop those tokens)")
+    named = bool(formats) or strict
     formats = formats or set(MX_FORMATS)
     if scale_modes or roundings:
         pairs |= {m for m in ALL_MODES if (not scale_modes or m[0] in scale_modes)
                   and (not roundings or m[1] in roundings)}
     modes = frozenset(pairs) if pairs and not strict else frozenset(ALL_MODES)
-    return Requirement(frozenset(formats), modes, frozenset(fields | set(CODE_FIELDS)))
+    return Requirement(frozenset(formats), modes, frozenset(fields | set(CODE_FIELDS)), named)
 
 
 def check_requirement(report: VerifyReport, cases: Sequence[GoldenCase], req: Requirement) -> list[str]:
@@ -267,6 +269,19 @@ def _record_crash(report: VerifyReport, case: GoldenCase, exc: Exception) -> Non
     report.failed_cases[case.id] = f"{case.id}: raised {text}"
 
 
+def _formats_held(golden_dir: str | os.PathLike | None, named: Sequence[str]) -> list[str]:
+    """The formats of the golden set: all six in the default directory (a missing file is an error),
+    else those whose files a given directory holds, which must include every format ``named``."""
+    if golden_dir is None:
+        return list(MX_FORMATS)
+    held = [f for f in MX_FORMATS if golden_path(golden_dir, f).is_file()]
+    missing = [f for f in named if f not in held]
+    if missing or not held:
+        raise FileNotFoundError(f"golden directory {golden_dir} holds no golden file for {missing or list(MX_FORMATS)}; "
+                                "generate them with `mx-spec golden --out DIR`")
+    return held
+
+
 def verify_results(results: str | os.PathLike | dict[str, dict[str, Any]],
                    golden_dir: str | os.PathLike | None = None,
                    policies: str | Iterable[str] | None = None,
@@ -292,12 +307,21 @@ def verify_results(results: str | os.PathLike | dict[str, dict[str, Any]],
     req = parse_requirement(require, strict)
     report = VerifyReport(policies=parse_policies(policies), layouts=parse_layouts(layouts))
     report.files_read, report.files_ignored = files_read, files_ignored
-    cases = [c for g in load_golden(golden_dir).values() for c in g.cases]
+    held = _formats_held(golden_dir, named)
+    cases = [c for g in load_golden(golden_dir, held).values() for c in g.cases]
     stray = sorted(set(res) - {c.id for c in cases})
     if stray:
         raise ValueError(f"{len(stray)} result id(s) are not golden case ids, e.g. {stray[0]!r}; "
                          "ids look like 'mxfp4_e2m1/floor/rne/ties/0000'")
-    _ask(report, cases, req, "asked (the whole golden set)", list(MX_FORMATS), ALL_MODES)
+    whole = "the whole golden set" if golden_dir is None else f"the whole golden set in {golden_dir}"
+    if req is not None and not req.formats_named:
+        req = replace(req, formats=frozenset(held))
+    _ask(report, cases, req, f"asked ({whole})", held, ALL_MODES)
+    if req is not None:
+        absent = sorted(req.formats - set(held))
+        if absent:
+            raise ValueError(f"the requirement names format(s) {absent} that the golden directory {golden_dir} "
+                             "does not hold; generate them or drop them from --require")
     for case in cases:
         if case.id not in res:
             _skip(report, case, "no results for this case")

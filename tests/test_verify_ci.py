@@ -169,3 +169,15 @@ def test_conflicting_declarations_are_an_error():
         parse_layouts("fp4=high-first,fp4=low-first")
     with pytest.raises(ValueError, match="strict requires every format and mode"):
         verify_quantizer(mx_spec.quantize, require="floor", strict=True)
+
+
+def test_a_golden_directory_with_some_formats_is_the_whole_set(tmp_path, golden):
+    """`--golden DIR` holding one format: that is the golden set asked for; --strict still asks all six."""
+    from mx_spec.golden_gen import write_golden
+
+    write_golden(tmp_path / "g", formats=["mxint8"], progress=False)
+    path = _write(tmp_path / "r.json", golden[FMT].cases)
+    assert verify_results(path, golden_dir=tmp_path / "g").verdict == "PASS"
+    assert verify_results(path, golden_dir=tmp_path / "g", require="floor/rne").verdict == "PASS"
+    with pytest.raises(ValueError, match="does not hold"):
+        verify_results(path, golden_dir=tmp_path / "g", strict=True)
