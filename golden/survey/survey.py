@@ -31,13 +31,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE / "adapters"))  # the adapters' shared exact conversions (survey_codes)
-from mx_spec.compare import scale_per_element  # noqa: E402
 from mx_spec.formats import MX_FORMATS, get_format  # noqa: E402
 from mx_spec.golden import ALL_MODES, GoldenCase, load_golden  # noqa: E402
 from mx_spec.golden_export import export_flat  # noqa: E402
