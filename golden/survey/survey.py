@@ -63,6 +63,10 @@ CAUSES: dict[str, tuple[str, str]] = {
     "raised_scale_out_of_range": ("defect", "scale below 2^-127 (X not clamped to the E8M0 range)"),
     "raised_inf_element": ("defect", "an Inf element value for a finite input (no saturation)"),
     "unclassified": ("unclassified", "mismatches no named cause explains"),
+    "scale_lower": ("convention", "scale lower than the golden mode's in every mismatching block, by more than one "
+                                  "in some (a different scale rule)"),
+    "scale_higher": ("convention", "scale higher than the golden mode's in every mismatching block, by more than one "
+                                   "in some (a different scale rule)"),
     "scale_one_high": ("convention", "scale one high in some blocks (a different scale rule)"),
     "scale_one_low": ("convention", "scale one low in some blocks (a different scale rule)"),
 }
@@ -150,6 +154,10 @@ def _traits(case: GoldenCase, mismatches: list) -> str:
         traits.append("float64_scale_one_high" if case.input_dtype == "float64" else "scale_one_high")
     elif scs and offsets == {-1}:
         traits.append("scale_one_low")
+    elif scs and offsets and all(o < 0 for o in offsets):
+        traits.append("scale_lower")
+    elif scs and offsets and all(o > 0 for o in offsets):
+        traits.append("scale_higher")
     else:
         traits.append("unclassified")
     return "+".join(traits)
