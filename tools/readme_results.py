@@ -314,7 +314,9 @@ def _survey_modes(rec: dict[str, Any]) -> str:
                 closest.setdefault(v["closest"], []).append(FORMAT_NAMES[fmt].split()[0])
         return "one rule; closest " + "; ".join(f"{m} ({', '.join(sorted(set(f)))})" for m, f in sorted(closest.items()))
     modes = sorted({m for v in fmts.values() for m, t in v["modes"].items() if t["passed"] + t["failed"]})
-    return ", ".join(modes)
+    supported = [v for v in fmts.values() if v["supported"]]
+    matched = sorted(set.intersection(*(set(v["matches"]) for v in supported))) if supported else []
+    return ", ".join(modes) + f"; matched by every format: {', '.join(matched) or 'none'}"
 
 
 def _survey_cell(rec: dict[str, Any], fmt: str) -> str:
@@ -368,7 +370,7 @@ def table_survey(root: Path) -> str:
         body.append([f"{name} {rec['version']}", rec["declared_policies"] or "none", _survey_modes(rec),
                      *[_survey_cell(rec, f) for f in fmts], _survey_causes(rec)])
     contents = {recs[n]["golden_content_version"] for n in order if "golden_content_version" in recs[n]}
-    table = markdown_table(["implementation", "declared policies", "golden modes compared",
+    table = markdown_table(["implementation", "declared policies", "golden modes compared (matched)",
                             *[FORMAT_NAMES[f] for f in fmts], "remaining failures: cause"], body)
     return table + f"\n(golden content {', '.join(map(str, sorted(contents)))}; `python golden/survey/survey.py NAME`)\n"
 
