@@ -1,8 +1,9 @@
 """``mx-spec`` console script: ``demo``, ``golden`` and ``verify`` subcommands.
 
-Exit status: 0 success (PASS, or PARTIAL: nothing failed but some cases or fields were not
-compared), 1 verification mismatch, nothing compared or an unmet ``--require``/``--strict``,
-2 bad usage or unreadable input.
+Exit status of ``verify`` (``mx_spec.report.EXIT_CODES``): 0 PASS (every asked case compared on
+every asked field, none failed), 1 FAIL (a mismatch or an unmet ``--require``/``--strict``),
+2 bad usage or unreadable input, 3 PARTIAL (nothing failed, but some asked case or field was not
+compared), 4 NO CASES COMPARED.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(report.summary(per_format=True))
     print(f"(all {len(ALL_MODES)} modes per format: scale {'/'.join(SCALE_MODES)} x rounding {'/'.join(ROUNDINGS)}; "
           "`mx-spec verify RESULTS` checks another implementation)")
-    return 0 if report.ok else 1
+    return report.exit_code
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
@@ -76,7 +77,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_results(args.results, golden_dir=args.golden, policies=args.policy, require=args.require,
                             strict=args.strict, layouts=args.layout)
     print(report.summary(max_mismatches=args.max_mismatches))
-    return 0 if report.ok else 1
+    return report.exit_code
 
 
 def cmd_export_flat(args: argparse.Namespace) -> int:
@@ -113,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     flat.add_argument("--readmemh", action="store_true", help="also write <format>/<mode>.{input,scales,elements}.memh")
     flat.set_defaults(func=cmd_export_flat)
 
-    ver = sub.add_parser("verify", help="check another implementation's outputs (.json golden schema or .npz)")
+    ver = sub.add_parser("verify", help="check another implementation's outputs (.json golden schema or .npz)",
+                         description="Exit status: 0 PASS (every asked case compared, none failed), 1 FAIL, "
+                                     "2 bad usage or input, 3 PARTIAL (some asked case or field not compared), "
+                                     "4 NO CASES COMPARED. Asked by default: every case of the golden set.")
     ver.add_argument("results", help="results file (.json or .npz) or a directory of them")
     ver.add_argument("--golden", default=None, help="golden directory (default: golden/ of this checkout)")
     ver.add_argument("--max-mismatches", type=int, default=50, help="how many mismatching items to print")
@@ -123,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--layout", default=None, metavar="NAME=CHOICE,...",
                      help=f"declared packed layouts: {choices_text(LAYOUT_CHOICES)} (golden/README.md)")
     ver.add_argument("--require", default=None, metavar="TOKENS",
-                     help="coverage that must be complete, else FAIL: comma-separated MX formats, scale modes, "
-                          "roundings, scale/rounding pairs and field names, e.g. mxfp4_e2m1,floor/rne,packed")
+                     help="what must be covered, over the whole golden set, else FAIL (replaces the default ask "
+                          "of every case): comma-separated MX formats, scale modes, roundings, scale/rounding "
+                          "pairs and field names, e.g. floor/rne,packed")
     ver.add_argument("--strict", action="store_true",
                      help=f"require every case of all {len(MX_FORMATS)} formats and {len(ALL_MODES)} modes with scales "
                           "and elements checked")

@@ -207,44 +207,94 @@ def _compare_floats(case: GoldenCase, name: str, expected: np.ndarray, actual: n
             for idx in list(zip(*np.nonzero(differ)))[:MAX_ITEMS_PER_CASE]]
 
 
+def _as_codes(case: GoldenCase, name: str, value: Any, bits: int) -> tuple[np.ndarray | None, Mismatch | None]:
+    """``value`` as uint8 codes of ``bits`` bits, or a Mismatch saying what was given instead.
+
+    Nothing is coerced: codes must be an integer array (or ``bytes``) with every item in
+    0 .. 2^bits - 1; an ``int8`` array is read as its two's complement bytes (the same bits).
+    A float array (even of whole numbers), a negative or too large item fails the case.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return np.frombuffer(bytes(value), dtype=np.uint8), None
+    arr = np.asarray(value)
+    top = (1 << bits) - 1
+    want = f"integer codes in 0..{top} ({bits}-bit {name} codes)"
+    if arr.dtype == np.int8:
+        return arr.view(np.uint8), None
+    if arr.dtype.kind not in "ui":
+        flat = arr.reshape(-1)
+        example = f", e.g. {flat[0]!r}" if flat.size else ""
+        return None, Mismatch(case.id, name, (), want, f"a {arr.dtype} array{example}",
+                              "codes must be integers; nothing was rounded or truncated", case.group)
+    bad = np.flatnonzero((arr.reshape(-1) < 0) | (arr.reshape(-1) > top))
+    if bad.size:
+        idx = tuple(int(i) for i in np.unravel_index(bad[0], arr.shape)) if arr.ndim else ()
+        return None, Mismatch(case.id, name, idx, want, f"{int(arr.reshape(-1)[bad[0]])} ({bad.size} item(s) out "
+                              "of range)", "codes outside the field's range are not wrapped", case.group)
+    return arr.astype(np.uint8), None
+
+
+def _as_floats(case: GoldenCase, name: str, value: Any) -> tuple[np.ndarray | None, Mismatch | None]:
+    """``value`` as the field's float dtype, or a Mismatch when it was given in another precision."""
+    width = FLOAT_FIELDS[name]
+    arr = np.asarray(value)
+    if arr.dtype != np.dtype(width):
+        return None, Mismatch(case.id, name, (), f"{width} values", f"a {arr.dtype} array",
+                              f"{name} must be decoded in {width}: values in another precision are not "
+                              "converted (a rounding could hide a wrong decode)", case.group)
+    return arr, None
+
+
 def compare_case(case: GoldenCase, actual: dict[str, Any], policies: frozenset[str] = frozenset(),
                  layouts: frozenset[str] = frozenset()) -> list[Mismatch]:
     """Mismatches between a golden case (under the declared ``policies``) and an implementation's outputs.
 
-    ``actual`` maps field names (any of ``OUTPUT_FIELDS``) to arrays: uint8 codes for
-    ``scales``/``elements``/``packed``, floats for ``decoded_*``.  Missing fields are not checked
-    (:func:`checked_fields` says which were); unknown names raise ValueError.
+    ``actual`` maps field names (any of ``OUTPUT_FIELDS``) to arrays: integer codes for
+    ``scales``/``elements``/``packed`` (in range, never coerced), float32 / float64 arrays for
+    ``decoded_f32`` / ``decoded_f64``.  Missing fields are not checked (:func:`checked_fields`
+    says which were); unknown names raise ValueError.
     """
     check_field_names(actual, f"outputs of case {case.id}")
     exp = expected_outputs(case, policies, actual)
     out: list[Mismatch] = []
     care = scale_per_element(case, exp["scales"]) != E8M0_NAN
     if "scales" in actual:
-        got = np.asarray(actual["scales"])
-        if got.size != exp["scales"].size:
+        got, bad = _as_codes(case, "scales", actual["scales"], 8)
+        if bad is not None:
+            out.append(bad)
+        elif got.size != exp["scales"].size:
             out.append(Mismatch(case.id, "scales", (), f"{exp['scales'].size} scale codes", f"shape {got.shape}",
                                 group=case.group))
         else:
             shape = _scales_shape(case)
-            out += _compare_codes(case, "scales", exp["scales"].reshape(shape), got.astype(np.uint8).reshape(shape),
+            out += _compare_codes(case, "scales", exp["scales"].reshape(shape), got.reshape(shape),
                                   8, None, exp["scales"])
     if "elements" in actual:
-        got = np.asarray(actual["elements"])
-        if got.size == case.elements.size:
-            got = got.astype(np.uint8).reshape(case.elements.shape)
-        out += _compare_codes(case, "elements", exp["elements"], got, _element_bits(case.fmt), care, exp["scales"])
+        got, bad = _as_codes(case, "elements", actual["elements"], _element_bits(case.fmt))
+        if bad is not None:
+            out.append(bad)
+        else:
+            if got.size == case.elements.size:
+                got = got.reshape(case.elements.shape)
+            out += _compare_codes(case, "elements", exp["elements"], got, _element_bits(case.fmt), care,
+                                  exp["scales"])
     if "packed" in actual:
-        got = np.frombuffer(np.asarray(actual["packed"], dtype=np.uint8).tobytes(), dtype=np.uint8)
+        got, bad = _as_codes(case, "packed", actual["packed"], 8)
         want = _packed_bytes(case, exp["elements"], layouts) if layouts else exp["packed"]
-        if got.shape != want.shape:
+        if bad is not None:
+            out.append(bad)
+        elif got.size != want.size:
             out.append(Mismatch(case.id, "packed", (), f"{want.size} bytes", f"{got.size} bytes", group=case.group))
         else:
-            out += _compare_codes(case, "packed", want, got, 8, _packed_care(case, exp["scales"], layouts),
+            out += _compare_codes(case, "packed", want, got.reshape(-1), 8, _packed_care(case, exp["scales"], layouts),
                                   exp["scales"], layouts)
     for name in FLOAT_FIELDS:
         if name in actual:
             ref = exp[name]
-            got = np.asarray(actual[name], dtype=ref.dtype)
+            got, bad = _as_floats(case, name, actual[name])
+            if bad is not None:
+                out.append(bad)
+                continue
             if got.size == ref.size:
                 got = got.reshape(ref.shape)
             out += _compare_floats(case, name, ref, got)

@@ -140,19 +140,38 @@ def default_golden_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "golden"
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice (``json`` would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a key given twice in one JSON object."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            ids = [v for k, v in pairs if k == "id" and isinstance(v, str)]
+            where = f"the record of case {ids[0]!r}" if ids else "one JSON object"
+            raise DuplicateKeyError(f"key {key!r} appears twice in {where}; give each key once")
+        out[key] = value
+    return out
+
+
 def read_json_document(path: str | os.PathLike, *, what: str, fix: str) -> Any:
     """Parse a ``.json`` or ``.json.gz`` file; any unreadable content -> ValueError naming the file.
 
     ``what`` says what the file should be ("golden file", "results file"), ``fix`` how to get a
     good one; both go into the message so a truncated or empty file is never a bare parser error.
+    A key given twice in one object is an error (a reader must not guess which value was meant).
     """
     p = Path(path)
     try:
         if p.name.endswith(".gz"):
             with gzip.open(p, "rt", encoding="utf-8") as fh:
-                return json.load(fh)
+                return json.load(fh, object_pairs_hook=_unique_keys)
         with open(p, encoding="utf-8") as fh:
-            return json.load(fh)
+            return json.load(fh, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as exc:
+        raise ValueError(f"{p}: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         detail = "it is empty" if p.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
         raise ValueError(f"{p}: not a readable {what} ({detail}); {fix}") from None

@@ -7,11 +7,15 @@ header line, then per case a ``case`` line and an ``input`` line::
     case <id> <scale_mode> <rounding> <block_size> <axis, 0..ndim-1> <input_dtype> <ndim> <dim>... <n items>
     input <hex of the input bits, as in the JSON>
 
-``readmemh`` (``<format>/<scale_mode>_<rounding>.{input,scales,elements}.memh`` plus
+``readmemh`` (``<format>/<scale_mode>_<rounding>.{input,scales,elements,care}.memh`` plus
 ``.cases.txt``): one item per line in hex, the form Verilog's ``$readmemh`` reads; the cases
-file gives, per case, its id, dtype, block size, the block axis and shape, and the offsets and
-counts of its items in the three memories.  Both exports are derived from the loaded golden
-files, so they hold exactly the JSON's cases.
+file gives, per case, its id, dtype, block size, the block axis and shape, the offsets and
+counts of its items in the memories, and ``policies`` with the non-default policies its
+outputs depend on (``-`` for none: the expected outputs hold for an implementation that
+follows mx_spec's defaults, otherwise see golden/README.md, Policies).  ``care.memh`` runs
+parallel to ``elements.memh``: ``1`` where the element code must match, ``0`` where it is
+don't-care (its block's scale is the NaN code 0xFF).  Both exports are derived from the loaded
+golden files, so they hold exactly the JSON's cases.
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from pathlib import Path
 
 from mx_spec.formats import get_format
 from mx_spec.atomic import atomic_write_text
+from mx_spec.compare import scale_per_element
 from mx_spec.golden import INPUT_DTYPES, GoldenFile, array_to_hex, load_golden
+from mx_spec.scale import E8M0_NAN
 
 FLAT_VERSION = 1
 
@@ -51,7 +57,7 @@ def _memh(hex_text: str, digits: int) -> list[str]:
 def render_readmemh(gfile: GoldenFile, mode: tuple[str, str]) -> dict[str, str]:
     """{suffix: text} of the ``$readmemh`` memories of one format and mode (inputs as 64-bit words
     holding the input's bit pattern right-aligned, so every dtype fits one memory width)."""
-    inputs, scales, elements, index = [], [], [], []
+    inputs, scales, elements, care, index = [], [], [], [], []
     for c in gfile.cases:
         if (c.scale_mode, c.rounding) != mode:
             continue
@@ -59,14 +65,18 @@ def render_readmemh(gfile: GoldenFile, mode: tuple[str, str]) -> dict[str, str]:
         words = [w.rjust(16, "0") for w in _memh(array_to_hex(c.x, c.input_dtype), digits)]
         index.append(f"{c.id} {c.input_dtype} {c.block_size} {c.axis % c.x.ndim} {'x'.join(map(str, c.x.shape))} "
                      f"input {len(inputs)} {len(words)} scales {len(scales)} {c.scales.size} "
-                     f"elements {len(elements)} {c.elements.size}")
+                     f"elements {len(elements)} {c.elements.size} policies {','.join(c.policies) or '-'}")
         inputs += words
         scales += _memh(array_to_hex(c.scales), 2)
         elements += _memh(array_to_hex(c.elements), 2)
+        if c.x.size:
+            care += ["1" if m else "0" for m in (scale_per_element(c) != E8M0_NAN).reshape(-1)]
     header = ["// id dtype block_size axis shape input <offset> <count> scales <offset> <count> "
-              "elements <offset> <count>"]
+              "elements <offset> <count> policies <non-default policies the outputs depend on, or ->; "
+              "care.memh: 1 = element must match, 0 = don't-care (NaN-scale block)"]
     return {"input.memh": "\n".join(inputs) + "\n", "scales.memh": "\n".join(scales) + "\n",
-            "elements.memh": "\n".join(elements) + "\n", "cases.txt": "\n".join(header + index) + "\n"}
+            "elements.memh": "\n".join(elements) + "\n", "care.memh": "\n".join(care) + "\n",
+            "cases.txt": "\n".join(header + index) + "\n"}
 
 
 def export_flat(out_dir: str | os.PathLike, formats: Iterable[str] | None = None,

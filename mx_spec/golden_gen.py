@@ -27,9 +27,9 @@ from mx_spec.golden_inputs import CaseInput
 from mx_spec.policies import POLICY_CHOICES, outputs_of, policy_variants
 
 #: Bumped whenever an expected output or input of an existing case changes (see golden/CHANGELOG.md).
-CONTENT_VERSION = 2
+CONTENT_VERSION = 3
 #: Version of this generator (changes when the files' bytes change for any reason).
-GENERATOR_VERSION = "mx_spec.golden_gen 2"
+GENERATOR_VERSION = "mx_spec.golden_gen 3"
 
 
 # --------------------------------------------------------------------------- expected outputs

@@ -29,7 +29,7 @@ RANDOM_BLOCKS_PER_CASE = 16
 #: Groups every (format, mode) pair must cover; `tests/test_golden.py` checks the files do.
 REQUIRED_GROUPS: tuple[str, ...] = (
     "grid", "ties", "ties_scaled", "saturation", "signed_zero", "all_zero", "scale_clamp", "scale_boundary",
-    "fp32_subnormal", "nan_inf", "float64", "bfloat16", "float16", "layout", "block_sizes", "random",
+    "fp32_subnormal", "nan_inf", "float64", "bfloat16", "float16", "layout", "block_sizes", "axes", "random",
 )
 
 
@@ -231,9 +231,16 @@ def scale_boundary_inputs(fmt_name: str) -> list[CaseInput]:
         for p in np.ldexp(np.array(pts), k).astype(f32):
             for a in (np.nextafter(p, f32(0)), p, np.nextafter(p, f32(np.inf))):
                 rows.append(float(a) * SHAPE_OF_BLOCK)
+    low = np.float32(np.ldexp(max_normal, E8M0_MIN_EXP))  # amax / max normal = 2^-127 exactly
+    tiny = [np.nextafter(low, f32(0)), low] + [low + f32(i) * np.spacing(low) for i in (1, 2, 3, 64)]
+    tiny += [f32(2.0**-149), f32(2.0**-140)]  # quotients that underflow to 0 or to a few subnormal steps
     return [CaseInput("scale_boundary", "amax = max normal, 2^(emax+1), 2^emax, (2-2^-(mbits+1))*2^emax "
                       "times 2^0, 2^100, 2^-100, each -1 ulp / exact / +1 ulp (one per block)",
-                      _cast(np.array(rows), "float32"))]
+                      _cast(np.array(rows), "float32")),
+            # appended (issue #25): rceil=float32's quotient amax / max normal in the float32 subnormal range
+            CaseInput("scale_boundary", "block_size 8: amax around max normal * 2^-127 (-1 ulp, exact, "
+                      "+1/+2/+3/+64 ulp), 2^-149 and 2^-140: rceil=float32's quotient is a float32 subnormal or 0",
+                      _cast(np.array([float(a) * SHAPE_OF_BLOCK[:8] for a in tiny]), "float32"), block_size=8)]
 
 
 def fp32_subnormal_inputs(fmt_name: str) -> list[CaseInput]:
@@ -286,7 +293,12 @@ def float64_inputs(fmt_name: str) -> list[CaseInput]:
             CaseInput("float64", "amax one float64 ulp below 2^(emax+21): floor(log2(amax)) = emax+20",
                       _cast(below_pow2[None, :], "float64")),
             CaseInput("float64", "random float64 blocks (full 52-bit mantissas)",
-                      random_blocks(_seed(fmt_name, "float64"), 4))]
+                      random_blocks(_seed(fmt_name, "float64"), 4)),
+            # appended (issue #25): rceil on float64 stays exact under both rceil policies
+            CaseInput("float64", "block_size 4: amax = max normal * 2^k * (1 + 2^-40), (1 - 2^-40), (1 + 2^-25) for "
+                      "k = 0, 30, -30: rounding amax or amax / max normal to float32 gives rceil X one low",
+                      _cast(np.array([max_normal * 2.0**k * f * SHAPE_OF_BLOCK[:4] for k in (0, 30, -30)
+                                      for f in (1 + 2.0**-40, 1 - 2.0**-40, 1 + 2.0**-25)]), "float64"), block_size=4)]
 
 
 def half_inputs(fmt_name: str) -> list[CaseInput]:
@@ -338,11 +350,26 @@ def block_size_inputs(fmt_name: str) -> list[CaseInput]:
     return out
 
 
+def axes_inputs(fmt_name: str) -> list[CaseInput]:
+    """Group ``axes``: negative block axes other than -1 (issue #25: only -1 was exercised), with
+    ragged last blocks, so an implementation that takes any negative axis as the last one fails."""
+    vals = random_blocks(_seed(fmt_name, "axes"), 7).ravel()
+    return [
+        CaseInput("axes", "shape (36, 2), axis -2: blocks down the columns, last of 4",
+                  _cast(vals[:72].reshape(36, 2), "float32"), axis=-2),
+        CaseInput("axes", "shape (2, 18, 2), axis -2, block_size 16: last block of 2",
+                  _cast(vals[72:144].reshape(2, 18, 2), "float32"), block_size=16, axis=-2),
+        CaseInput("axes", "shape (33, 1, 2), axis -3: last block of 1",
+                  _cast(vals[144:210].reshape(33, 1, 2), "float32"), axis=-3),
+    ]
+
+
 #: The non-random case groups in file order.  A new case goes at the END of its group's function
 #: (or in a new group), so no existing id renumbers (ids count cases per mode and group).
 EDGE_GROUPS: tuple[Callable[[str], list[CaseInput]], ...] = (
     grid_inputs, tie_inputs, saturation_inputs, zero_inputs, scale_clamp_inputs, scale_boundary_inputs,
     fp32_subnormal_inputs, nan_inf_inputs, float64_inputs, half_inputs, layout_inputs, block_size_inputs,
+    axes_inputs,
 )
 
 

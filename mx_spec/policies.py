@@ -10,8 +10,9 @@ policy      choices      rule (default first)
 =========== ============ =================================================================
 ``inf``     ``nan``      a block holding ±Inf (and no NaN) gets the NaN scale 0xFF
             ``saturate`` it gets a finite scale X (implementation-defined, at least the
-                         scale of its finite values); ±Inf encodes ±max normal and every
-                         other element is rounded at 2^X (torchao, gfloat)
+                         scale of its finite values); ±Inf saturates like any overflowing
+                         value (±max normal; MXINT8 -Inf under int8=full-range: -2.0,
+                         0x80) and every other element is rounded at 2^X (torchao, gfloat)
 ``int8``    ``symmetric`` MXINT8 elements saturate to ±127/64 (0x81 .. 0x7F)
             ``full-range`` negative values saturate to -2.0 (0x80); |x/2^X| >= 127.5/64
                          rounds to 0x80 (gfloat, TOSA)
@@ -66,19 +67,24 @@ def parse_choices(text: str | Iterable[str] | None, choices: Mapping[str, Sequen
     (``{key: (default, other, ...)}``); defaults are dropped. Shared by policies and layouts.
 
     Raises:
-        ValueError: an unknown key or value; the message names ``what`` and lists the valid ones.
+        ValueError: an unknown key or value (the message names ``what`` and lists the valid ones),
+            or one key given two different values.
     """
     if text is None:
         return frozenset()
     items = text.split(",") if isinstance(text, str) else list(text)
     valid = choices_text(choices)
     out: set[str] = set()
+    seen: dict[str, str] = {}
     for item in (i.strip() for i in items):
         if not item:
             continue
         key, _, value = item.partition("=")
         if key not in choices or value not in choices[key]:
             raise ValueError(f"unknown {what} {item!r}; valid: {valid}")
+        if seen.setdefault(key, value) != value:
+            raise ValueError(f"conflicting {what} declarations {key}={seen[key]} and {key}={value}: "
+                             f"declare one choice per {what}")
         if value != choices[key][0]:
             out.add(f"{key}={value}")
     return frozenset(out)

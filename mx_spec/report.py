@@ -1,9 +1,11 @@
 """The outcome of a verification (:class:`VerifyReport`) and its rendering: tallies per format and
 mode, field coverage, failing cases by group, the first mismatches, cause hints and the verdict.
 
-The verdict is PASS, PARTIAL (nothing failed but some cases or fields were not compared), FAIL
-(a mismatch or an unmet requirement) or NO CASES COMPARED: nothing counts as passed that was
-not compared.
+The verdict is PASS (every asked case compared on every asked field, none failed), PARTIAL
+(nothing failed but some asked case or field was not compared), FAIL (a mismatch or an unmet
+requirement) or NO CASES COMPARED: nothing counts as passed that was not compared.  Each verdict
+has its own exit status (:data:`EXIT_CODES`), so a CI job that checks only the exit status is
+never told PASS for a partial run.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from mx_spec.compare import Mismatch
 from mx_spec.golden import CODE_FIELDS, OUTPUT_FIELDS, GoldenCase
 from mx_spec.hints import cause_hints
 from mx_spec.policies import POLICY_CHOICES
+
+#: Exit status of ``mx-spec verify`` per verdict (2 is bad usage or unreadable input).
+EXIT_CODES: dict[str, int] = {"PASS": 0, "FAIL": 1, "PARTIAL": 3, "NO CASES COMPARED": 4}
+
 
 @dataclass
 class ModeTally:
@@ -27,7 +33,7 @@ class VerifyReport:
     """Outcome of a verification: tallies, coverage, mismatches, policies and requirements."""
 
     tallies: dict[tuple[str, str, str], ModeTally] = field(default_factory=dict)
-    mismatches: list[Mismatch] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list, repr=False)
     skip_reasons: dict[str, str] = field(default_factory=dict)
     failed_cases: dict[str, str] = field(default_factory=dict)
     policies: frozenset[str] = frozenset()
@@ -35,11 +41,20 @@ class VerifyReport:
     field_cases: Counter = field(default_factory=Counter)
     group_field_failures: Counter = field(default_factory=Counter)
     policy_cases: Counter = field(default_factory=Counter)
-    policy_matches: Counter = field(default_factory=Counter)
     notes: dict[str, str] = field(default_factory=dict)
     unmet: list[str] = field(default_factory=list)
-    _checked: dict[str, frozenset[str]] = field(default_factory=dict)
-    _cases: dict[str, GoldenCase] = field(default_factory=dict)
+    asked: set[str] | None = None
+    asked_fields: frozenset[str] = frozenset(CODE_FIELDS)
+    asked_text: str = ""
+    files_read: list[str] = field(default_factory=list)
+    files_ignored: list[tuple[str, str]] = field(default_factory=list)
+    policy_hints: list[str] = field(default_factory=list)
+    _checked: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
+    _cases: dict[str, GoldenCase] = field(default_factory=dict, repr=False)
+    _actuals: dict[str, dict] = field(default_factory=dict, repr=False)
+    _policy_cases: dict[str, tuple] = field(default_factory=dict, repr=False)
+    _case_policy_match: dict[str, str] = field(default_factory=dict, repr=False)
+    _float64_passed: list[GoldenCase] = field(default_factory=list, repr=False)
 
     @property
     def n_passed(self) -> int:
@@ -57,10 +72,17 @@ class VerifyReport:
     def n_compared(self) -> int:
         return self.n_passed + self.n_failed
 
+    def not_covered(self) -> list[str]:
+        """Asked cases not compared, or compared without every asked field (ids, golden order)."""
+        if self.asked is None:  # a report built by hand: every booked case counts as asked
+            skipped = list(self.skip_reasons)
+            return skipped + [c for c, f in self._checked.items() if not set(CODE_FIELDS) <= f]
+        return sorted(c for c in self.asked if not self.asked_fields <= self._checked.get(c, frozenset()))
+
     @property
     def complete(self) -> bool:
-        """No case skipped and scales and elements checked in every compared case."""
-        return self.n_skipped == 0 and all(self.field_cases[f] == self.n_compared for f in CODE_FIELDS)
+        """Every asked case compared, with every asked field (scales and elements by default)."""
+        return not self.not_covered()
 
     @property
     def verdict(self) -> str:
@@ -72,9 +94,14 @@ class VerifyReport:
         return "PASS" if self.complete else "PARTIAL"
 
     @property
+    def exit_code(self) -> int:
+        """``mx-spec verify``'s exit status for this verdict (:data:`EXIT_CODES`)."""
+        return EXIT_CODES[self.verdict]
+
+    @property
     def ok(self) -> bool:
-        """True when at least one case was compared, none failed and every requirement is met."""
-        return self.verdict in ("PASS", "PARTIAL")
+        """True only for PASS: every asked case compared on every asked field and none failed."""
+        return self.verdict == "PASS"
 
     def _tally(self, case: GoldenCase) -> ModeTally:
         return self.tallies.setdefault((case.fmt, case.scale_mode, case.rounding), ModeTally())
@@ -114,11 +141,23 @@ class VerifyReport:
         return "\n".join(rows)
 
     def hints(self) -> list[str]:
-        return cause_hints(self)
+        return self.policy_hints + cause_hints(self)
 
     def summary(self, max_mismatches: int = 20, per_format: bool = False) -> str:
-        """Table, coverage, failing cases by group, first mismatches, hints and the verdict."""
-        lines = [self.table(per_format), "", self.coverage_line()]
+        """Files, what was asked, table, coverage, failures, first mismatches, hints and the verdict."""
+        lines = []
+        if self.files_read:
+            lines.append(f"files read ({len(self.files_read)}): " + ", ".join(self.files_read))
+        for name, why in self.files_ignored:
+            lines.append(f"file ignored: {name}: {why}")
+        if self.asked_text:
+            lines.append(self.asked_text)
+        lines += [self.table(per_format), "", self.coverage_line()]
+        missing = self.not_covered()
+        if missing:
+            first = missing[0]
+            why = self.skip_reasons.get(first, "compared without every asked field")
+            lines.append(f"not covered: {len(missing)} asked case(s), e.g. {first} ({why})")
         if self.policies:
             applied = ", ".join(f"{p} (applied to {self.policy_cases[p]} cases)" for p in sorted(self.policies))
             lines.append(f"declared policies: {applied}")
@@ -145,6 +184,6 @@ class VerifyReport:
             lines += ["", "unmet requirements:"] + [f"  - {u}" for u in self.unmet]
         lines.append("")
         lines.append(f"{self.verdict}: {self.n_passed} cases passed, {self.n_failed} failed, "
-                     f"{self.n_skipped} skipped")
+                     f"{self.n_skipped} skipped (exit status {self.exit_code})")
         return "\n".join(lines)
 

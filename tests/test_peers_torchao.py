@@ -244,11 +244,14 @@ def test_torchao_verifies_under_its_declared_policies(golden):
     assert report.policy_cases["rceil=float32"] > 0
     by_id = {c.id: c for g in golden.values() for c in g.cases}
     for cid in report.failed_cases:
+        # a case may hold an excused rceil block beside the scale-code-0 block that fails it
         kinds = set(case_deviations(by_id[cid])[1])
-        assert kinds == {"scale_code_0"}, (cid, kinds)
+        assert "scale_code_0" in kinds and kinds <= {"scale_code_0", "rceil_float_log2"}, (cid, kinds)
     undeclared = verify_quantizer(adapter.torchao_quantize)
     assert set(report.failed_cases) < set(undeclared.failed_cases)
     fixed = set(undeclared.failed_cases) - set(report.failed_cases)
     assert {"inf_block", "rceil_float_log2"} <= {k for cid in fixed for k in case_deviations(by_id[cid])[1]}
     hints = " ".join(undeclared.hints())
     assert "pass under --policy inf=saturate" in hints and "pass under --policy rceil=float32" in hints
+    # issue #25: ftz=inputs explains a few scale-code-0 failures but would break passing cases: never suggested
+    assert "ftz" not in hints

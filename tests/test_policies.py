@@ -106,7 +106,7 @@ def test_microxcaling_style_ftz_passes_when_declared():
     undeclared = verify_quantizer(_ftz_quantize, formats=formats)
     assert not undeclared.ok
     assert any("pass under --policy ftz=inputs" in h for h in undeclared.hints())
-    assert set(undeclared.policy_matches) == {"ftz=inputs"}
+    assert set(undeclared._case_policy_match.values()) == {"ftz=inputs"}
 
 
 def test_inf_saturate_rule(golden):

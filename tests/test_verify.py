@@ -84,7 +84,8 @@ def test_quantizer_skips_and_errors():
         return mx_spec.quantize(x, fmt, **kw)
 
     report = verify_quantizer(only_fp4, formats=["mxfp4_e2m1", "mxint8"], modes=[("floor", "rne")])
-    assert report.ok and report.n_skipped > 0 and report.n_passed > 0
+    assert report.verdict == "PARTIAL" and not report.ok and report.exit_code == 3
+    assert report.n_skipped > 0 and report.n_passed > 0 and report.n_failed == 0
     assert all(r == "fp4 only" for r in report.skip_reasons.values())
     with pytest.raises(ValueError, match="valid"):
         verify_quantizer(mx_spec.quantize, modes=[("floor", "nearest")])
@@ -103,7 +104,7 @@ def _results_for(golden, fmt, corrupt_id=None):
         if c.id == corrupt_id:
             el.reshape(-1)[0] ^= np.uint8(1)
         cases.append({"id": c.id, "scales": array_to_hex(mx.scales), "elements": array_to_hex(el)})
-    return {"schema": "mx-spec-golden", "version": 1, "cases": cases}
+    return {"cases": cases}
 
 
 def test_verify_results_json_and_npz(golden, tmp_path):
@@ -111,7 +112,9 @@ def test_verify_results_json_and_npz(golden, tmp_path):
     doc = _results_for(golden, fmt)
     (tmp_path / "ok.json").write_text(json.dumps(doc))
     report = verify_results(tmp_path / "ok.json")
-    assert report.ok and report.n_passed == len(golden[fmt].cases)
+    assert report.verdict == "PARTIAL" and report.n_passed == len(golden[fmt].cases)  # one format of six
+    assert report.files_read == [str(tmp_path / "ok.json")]
+    assert verify_results(tmp_path / "ok.json", require=fmt).ok
 
     arrays = {}
     for rec in doc["cases"]:
@@ -119,16 +122,16 @@ def test_verify_results_json_and_npz(golden, tmp_path):
         arrays[rec["id"] + "/elements"] = np.frombuffer(bytes.fromhex(rec["elements"]), dtype=np.uint8)
     np.savez(tmp_path / "ok.npz", **arrays)
     assert set(load_results(tmp_path / "ok.npz")) == {r["id"] for r in doc["cases"]}
-    assert verify_results(tmp_path / "ok.npz").ok
+    assert verify_results(tmp_path / "ok.npz", require=fmt).ok
     # bare case-id keys = element codes only
     np.savez(tmp_path / "codes.npz", **{k[: -len("/elements")]: v for k, v in arrays.items() if k.endswith("/elements")})
     report = verify_results(tmp_path / "codes.npz")
-    assert report.ok and report.n_passed == len(golden[fmt].cases)
+    assert report.verdict == "PARTIAL" and report.n_passed == len(golden[fmt].cases) and report.n_failed == 0
 
     bad_id = next(c.id for c in golden[fmt].cases if c.group == "grid" and c.scale_mode == "ceil")
     (tmp_path / "bad.json").write_text(json.dumps(_results_for(golden, fmt, corrupt_id=bad_id)))
     report = verify_results(tmp_path / "bad.json")
-    assert not report.ok and list(report.failed_cases) == [bad_id]
+    assert report.verdict == "FAIL" and list(report.failed_cases) == [bad_id]
 
     with pytest.raises(ValueError, match="not golden case ids"):
         verify_results({"mxfp8_e5m2/floor/rne/nope/0000": {}})

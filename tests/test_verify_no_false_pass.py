@@ -31,7 +31,7 @@ def test_ids_only_results_compare_nothing_and_fail(golden, tmp_path, capsys):
     path.write_text(json.dumps({"cases": [{"id": c.id} for c in golden[FMT].cases[:50]]}))
     report = verify_results(path)
     assert not report.ok and report.n_passed == 0 and report.verdict == "NO CASES COMPARED"
-    assert main(["verify", str(path)]) == 1
+    assert main(["verify", str(path)]) == 4
     assert "NO CASES COMPARED: 0 cases passed" in capsys.readouterr().out
 
 
@@ -61,9 +61,11 @@ def test_empty_dict_quantizer_is_not_ok():
 def test_bare_npz_keys_check_elements_only_and_say_partial(golden, tmp_path):
     arrays = {c.id: _codes(c)[1] for c in golden[FMT].cases}
     np.savez(tmp_path / "codes.npz", **arrays)
+    report = verify_results(tmp_path / "codes.npz", require=f"{FMT},elements")
+    assert report.n_failed == 0 and report.n_skipped == sum(len(g.cases) for g in load_golden().values()) - len(arrays)
+    assert report.verdict == "FAIL"  # scales were never checked
     report = verify_results(tmp_path / "codes.npz")
-    assert report.n_failed == 0 and report.n_skipped == 0
-    assert report.verdict == "PARTIAL"  # scales were never checked
+    assert report.verdict == "PARTIAL" and report.exit_code == 3
     assert f"scales in 0, elements in {len(arrays)}, packed in 0" in report.summary()
     strict = verify_results(tmp_path / "codes.npz", require=FMT)
     assert strict.verdict == "FAIL" and not strict.ok
@@ -77,9 +79,12 @@ def test_subset_of_cases_is_partial_and_require_fails_it(golden):
             s, e = _codes(c)
             res[c.id] = {"scales": s, "elements": e}
     report = verify_results(dict(res))
-    assert report.ok and report.verdict == "PARTIAL" and report.n_skipped > 0
+    assert not report.ok and report.verdict == "PARTIAL" and report.n_skipped > 0 and report.exit_code == 3
     met = verify_results(dict(res), require=f"{FMT},floor/rne")
-    assert met.ok and not met.unmet and met.verdict == "PARTIAL"  # other modes still skipped
+    assert met.ok and not met.unmet and met.verdict == "PASS"  # exactly what was asked: other modes not asked
+    assert "required (--require/--strict, over the whole golden set): mxfp8_e5m2 x floor/rne" in met.summary()
+    whole = verify_results(dict(res), require="floor/rne")  # over the whole golden set: five formats missing
+    assert whole.verdict == "FAIL" and any(u.startswith("mxint8 floor/rne") for u in whole.unmet)
     assert verify_results(dict(res), require=f"{FMT},floor/rne,packed").verdict == "FAIL"
     failed = verify_results(dict(res), require=f"{FMT},ceil")
     assert failed.verdict == "FAIL" and any("ceil/rne" in u and "not compared" in u for u in failed.unmet)

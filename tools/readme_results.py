@@ -281,6 +281,83 @@ def table_zeroshot_stderr(root: Path) -> str:
     return markdown_table(["model", "avg element bits", *ZEROSHOT_TASKS.values(), "average"], body)
 
 
+# ----------------------------------------------------------------------------- the MX implementation survey
+
+SURVEY_ORDER = ("torchao", "gfloat", "compressed-tensors", "brevitas", "quark", "c-example")
+
+
+def _survey_modes(rec: dict[str, Any]) -> str:
+    """The golden modes an implementation was compared in: those it implements, or for a library
+    with one scale rule the closest mode per format."""
+    fmts = rec["formats"]
+    if rec.get("one_scale_rule"):
+        closest: dict[str, list[str]] = {}
+        for fmt, v in fmts.items():
+            if v["closest"]:
+                closest.setdefault(v["closest"], []).append(FORMAT_NAMES[fmt].split()[0])
+        return "one rule; closest " + "; ".join(f"{m} ({', '.join(sorted(set(f)))})" for m, f in sorted(closest.items()))
+    modes = sorted({m for v in fmts.values() for m, t in v["modes"].items() if t["passed"] + t["failed"]})
+    supported = [v for v in fmts.values() if v["supported"]]
+    matched = sorted(set.intersection(*(set(v["matches"]) for v in supported))) if supported else []
+    return ", ".join(modes) + f"; matched by every format: {', '.join(matched) or 'none'}"
+
+
+def _survey_cell(rec: dict[str, Any], fmt: str) -> str:
+    """``pass 604`` / ``fail 12 of 480`` over the compared cases of a format ('—' unsupported)."""
+    v = rec["formats"][fmt]
+    if not v["supported"]:
+        return "—"
+    modes = [v["closest"]] if rec.get("one_scale_rule") else list(v["modes"])
+    passed = sum(v["modes"][m]["passed"] for m in modes)
+    failed = sum(v["modes"][m]["failed"] for m in modes)
+    return f"pass {passed}" if not failed else f"fail {failed} of {passed + failed}"
+
+
+def _survey_causes(rec: dict[str, Any]) -> str:
+    """``cause × cases`` per remaining cause, defects marked with their reproducer's file name."""
+    parts = []
+    for key, c in rec["causes"].items():
+        text = f"{key.replace('+', ' + ')} ×{c['cases']}"
+        if c.get("reproducer"):
+            text += f" ([repro]({c['reproducer']}))"
+        parts.append(text)
+    return ", ".join(parts) or "none"
+
+
+def table_survey_causes(root: Path) -> str:
+    """Every cause named in the survey's results files: its kind and meaning."""
+    seen: dict[str, dict[str, Any]] = {}
+    for path in sorted((root / "golden" / "survey" / "results").glob("*.json")):
+        for key, c in load_json(path).get("causes", {}).items():
+            for part, kind_text in zip(key.split("+"), c["text"].split(" + ")):
+                seen.setdefault(part, {"text": kind_text, "kinds": set()})
+            if "+" not in key:
+                seen[key]["kinds"].add(c["kind"])
+    rows = [[f"`{k}`", ", ".join(sorted(v["kinds"])) or "(only with another cause)", v["text"]]
+            for k, v in sorted(seen.items())]
+    return markdown_table(["cause", "kind", "meaning"], rows)
+
+
+def table_survey(root: Path) -> str:
+    """The MX implementation survey: one row per golden/survey/results/<name>.json."""
+    folder = root / "golden" / "survey" / "results"
+    recs = {p.stem: load_json(p) for p in folder.glob("*.json")}
+    order = [n for n in SURVEY_ORDER if n in recs] + sorted(set(recs) - set(SURVEY_ORDER))
+    fmts = list(FORMAT_NAMES)
+    body, notes = [], []
+    for name in order:
+        rec = recs[name]
+        if rec["status"] != "surveyed":
+            body.append([name, "", "", *(["—"] * len(fmts)), f"not surveyed: {rec['reason']}"])
+            continue
+        body.append([f"{name} {rec['version']}", rec["declared_policies"] or "none", _survey_modes(rec),
+                     *[_survey_cell(rec, f) for f in fmts], _survey_causes(rec)])
+    contents = {recs[n]["golden_content_version"] for n in order if "golden_content_version" in recs[n]}
+    table = markdown_table(["implementation", "declared policies", "golden modes compared (matched)",
+                            *[FORMAT_NAMES[f] for f in fmts], "remaining failures: cause"], body)
+    return table + f"\n(golden content {', '.join(map(str, sorted(contents)))}; `python golden/survey/survey.py NAME`)\n"
+
+
 # ----------------------------------------------------------------------------- benchmarks and the demo
 
 
@@ -634,6 +711,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "scale_rule": table_scale_rule,
     "budget_study": table_budget_study,
     "bench_mx_spec": table_bench_mx_spec,
+    "survey": table_survey,
+    "survey_causes": table_survey_causes,
     "calibration_step": table_calibration_step,
     "bridge_throughput": table_bridge_throughput,
     "demo": table_demo,

@@ -321,7 +321,7 @@ print("scale-code mismatches (expected, got):",
 # which items differ. Each mismatch names the case, the element, the expected and the actual
 # code and the input bit pattern, so a disagreement can be traced to a rule. torchao's
 # differences are confined to corner cases that do not occur in LLM tensors: blocks whose scale
-# is the smallest E8M0 value $2^{-127}$ (all element mismatches, in the `scale_clamp`,
+# is the smallest E8M0 value $2^{-127}$ (all element mismatches, in the `scale_clamp`, `scale_boundary`,
 # `fp32_subnormal`, `random` and `layout` groups: for such tiny blocks torchao divides by
 # $2^{-126}$ instead, a clamp that avoids a float32 subnormal) and blocks holding ±Inf
 # (`nan_inf`: torchao gives a finite scale, the spec conversion a NaN scale `0xff`). The test suite pins
