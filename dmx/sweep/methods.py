@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,19 @@ class LoadedSweep:
     def sizes(self) -> dict[str, int]:
         return {n: int(layer.linear.weight.numel()) for n, layer in self.layers.items()}
 
+    def seeds_to_do(self, method: str) -> Iterator[tuple[int, int, list[float]]]:
+        """``(index, seed, targets still to do)`` for every seed of ``method`` with a point left."""
+        for i, seed in enumerate(self.cfg.seed_values() if method in self.cfg.methods else []):
+            targets = [t for t in self.cfg.targets if point_label(method, target=t, seed_index=i) in self.todo]
+            if targets:
+                yield i, seed, targets
+
+    def windows(self, count: int, seqlen: int, seed: int):
+        """``count`` seeded calibration windows of ``seqlen`` tokens from the sweep's calibration text."""
+        cfg = self.cfg
+        return calibration_windows(self.tokenizer, count, seqlen, seed, data_dir=cfg.data_dir, online=cfg.online,
+                                   text_file=cfg.calib_text_file, source=cfg.calib_source)
+
     def evaluate(self, model: nn.Module | None = None) -> dict[str, Any]:
         """The metrics of ``model`` (default: the sweep's) as it stands."""
         return _evaluate(self.model if model is None else model, self.tokenizer, self.test_ids, self.cfg)
@@ -107,12 +120,8 @@ def prepare_kl_draws(run: LoadedSweep) -> None:
     """Per KL draw with targets still to do: its calibration windows and, before the model is
     wrapped, the full-precision reference of the layers its score cache lacks."""
     cfg = run.cfg
-    for i, seed in enumerate(cfg.seed_values() if "kl" in cfg.methods else []):
-        targets = [t for t in cfg.targets if point_label("kl", target=t, seed_index=i) in run.todo]
-        if not targets:
-            continue
-        windows = calibration_windows(run.tokenizer, cfg.kl_windows, cfg.kl_seqlen, seed, data_dir=cfg.data_dir,
-                                      online=cfg.online, text_file=cfg.calib_text_file, source=cfg.calib_source)
+    for i, seed, targets in run.seeds_to_do("kl"):
+        windows = run.windows(cfg.kl_windows, cfg.kl_seqlen, seed)
         reference = reference_if_needed(
             run.model, windows, model_id=run.kl_model_id, low_format=run.family.low_format,
             high_format=run.family.high_format,
@@ -159,13 +168,8 @@ def run_kl(run: LoadedSweep) -> None:
 
 def run_dmx(run: LoadedSweep) -> None:
     """dMX at every target, per calibration seed (the windows drawn once per seed)."""
-    cfg = run.cfg
-    for i, seed in enumerate(cfg.seed_values() if "dmx" in cfg.methods else []):
-        targets = [t for t in cfg.targets if point_label("dmx", target=t, seed_index=i) in run.todo]
-        if not targets:
-            continue
-        windows = calibration_windows(run.tokenizer, cfg.calib_windows, cfg.calib_seqlen, seed, data_dir=cfg.data_dir,
-                                      online=cfg.online, text_file=cfg.calib_text_file, source=cfg.calib_source)
+    for i, seed, targets in run.seeds_to_do("dmx"):
+        windows = run.windows(run.cfg.calib_windows, run.cfg.calib_seqlen, seed)
         for t in targets:
             run_dmx_point(run, t, i, seed, windows)
 
@@ -201,11 +205,9 @@ def run_dmx_point(run: LoadedSweep, target: float, index: int, seed: int, window
 def run_random(run: LoadedSweep) -> None:
     """The control: seeded random assignments filling each target with the same greedy as KL."""
     cfg = run.cfg
-    for i, seed in enumerate(cfg.seed_values() if "random" in cfg.methods else []):
-        for t in cfg.targets:
+    for i, seed, targets in run.seeds_to_do("random"):
+        for t in targets:
             key = point_label("random", target=t, seed_index=i)
-            if key not in run.todo:
-                continue
             formats = random_formats(list(run.layers), seed=seed, low_format=run.family.low_format,
                                      high_format=run.family.high_format, target_bits=t, sizes=run.sizes,
                                      weighting=run.weighting)
