@@ -44,15 +44,17 @@ def measure(rotation: str, threads: int, work: Path) -> dict:
     ckpt = work / rotation / "ckpt"
     usage = work / rotation / "time.txt"
     usage.parent.mkdir(parents=True, exist_ok=True)
-    # GNU time: the child's own peak RSS (KiB) and wall seconds
-    command = ["/usr/bin/time", "-f", "%M %e", "-o", str(usage), sys.executable, "-m", "dmx.cli", "calibrate",
+    # GNU time: the child's own peak RSS (KiB), wall seconds and CPU seconds (user, system): on a
+    # shared machine the CPU time is what the calibration itself costs, the wall time an upper bound
+    command = ["/usr/bin/time", "-f", "%M %e %U %S", "-o", str(usage), sys.executable, "-m", "dmx.cli", "calibrate",
                "--rotation", rotation, "--final-rounding", "budget", "--threads", str(threads),
                "--checkpoint-dir", str(ckpt), "--out", str(out), "--no-progress"]
     subprocess.run(command, check=True, cwd=REPO)
-    peak_kib, wall = usage.read_text().split()[-2:]
+    peak_kib, wall, user, system = usage.read_text().split()[-4:]
     assignment = json.loads(out.read_text())
     offsets = [abs(float(v)) for v in _values(load_checkpoint(ckpt, announce=False)["beta_hat"])]
     return {"rotation": rotation, "wall_seconds": round(float(wall), 1),
+            "cpu_seconds": round(float(user) + float(system), 1),
             "peak_rss_gib": round(int(peak_kib) / 2 ** 20, 2),
             "budget_bits": assignment["element_bits"],
             "threshold_bits": assignment["provenance"].get("threshold_element_bits"),
