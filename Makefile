@@ -17,7 +17,7 @@ THREAD_FLAG := $(if $(THREADS),--threads $(THREADS),)
 # Extra flags of the demo's calibration, e.g. DEMO_FLAGS=--resume after an interrupted demo.
 DEMO_FLAGS ?=
 
-.PHONY: venv demo demo-quick test bench golden readme-results clean
+.PHONY: venv demo demo-quick test bench golden readme-results tutorials clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ bench: venv
 # (tools/readme_results.py; tests/test_readme_results.py checks they agree).
 readme-results: venv
 	$(PY) tools/readme_results.py
+
+# The tutorial notebooks (tutorials/): JupyterLab into the project's venv (not a dependency of the
+# package; only this target installs it), then opened on the folder. Notebook 04 reads WikiText-2
+# from $(DMX_DATA_DIR), or from the Hugging Face hub when DMX_DATA_DIR is set empty and the hub is
+# reachable (`make tutorials DMX_DATA_DIR=`).
+tutorials: venv
+	$(PY) -m pip install -q jupyterlab
+	$(VENV)/bin/jupyter lab tutorials
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
