@@ -1,22 +1,26 @@
-"""The tutorial notebooks: committed cells match their sources, and every notebook executes.
+"""The tutorial notebooks: committed cells match their sources, every notebook executes, and what
+the stored outputs state is what a fresh run states.
 
 * ``tutorials/<name>.ipynb`` must hold exactly the cells generated from
   ``tutorials/src/<name>.py`` (rebuild with ``.venv/bin/python tutorials/build.py``), so a
-  source edit without a rebuild — i.e. stale committed outputs — fails here;
+  source edit without a rebuild fails here;
 * the committed notebook must carry outputs and no error output, and no output a reader should
   not see: a traceback, stderr output or a warning line, a progress-bar frame
   (``build.output_problems``); a fresh execution is held to the same rule;
 * every figure is checked on its matplotlib objects while the notebook executes (axis labels, a
-  legend where lines share an axes: ``tutorials/figure_check.py``, installed in the kernel by
-  ``build.execute``), so a notebook with an unlabelled plot fails to execute;
-* each notebook is executed from scratch with nbclient (kernel ``python3``, which
-  jupyter_client starts with the interpreter running pytest) and must finish without error
-  within its time budget. Budgets are for 2 shared CPU cores; ``DMX_TUTORIAL_BUDGET_SCALE``
-  scales them (e.g. 2 on a slower machine).
+  legend where lines share an axes, no series hidden under another:
+  ``tutorials/figure_check.py``, installed in the kernel by ``build.execute``);
+* each notebook is executed from scratch (``build.check_current``): it must finish without error
+  (every exercise's solution cell asserts its answer) and state the same numbers as the
+  committed outputs (``build.stale_outputs``: integers exactly, decimals to one unit in their
+  last printed digit, measured times and memory exempt). Tests plant a stale number and a wrong
+  solution and check that the build fails;
+* each notebook's header states its time, memory, data and command; a run over its stated time
+  is reported as a warning, one over ``HARD_LIMIT`` times it fails.
 
-Notebook 04's closing cell reads ``results/headline_5bit*/summary.csv``; it is also run on its own
-against fixture files (missing, partial, complete) so that what it concludes, and that it says
-so when a file is missing, is tested without loading the model.
+Notebook 04's closing cell writes the verdicts from the README's headline files, read through
+``tools/readme_results.py``'s folder constants; it is also run on its own against fixture files
+so that what it concludes is tested without loading the model.
 
 Notebook 04 needs the local data directory (``$DMX_DATA_DIR`` or ``../shared/data``) and the
 embedded SmolLM2 model; it is skipped with the reason when either is missing.
@@ -27,7 +31,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import time
 import warnings
 from pathlib import Path
 
@@ -44,8 +47,9 @@ TUTORIALS = REPO / "tutorials"
 #: running. A run over its stated time is reported (a pytest warning naming the notebook and its
 #: time), not failed: a busy machine can take longer without anything being wrong. The test fails
 #: only past HARD_LIMIT times the stated time, which no busy machine measured here came near (the
-#: slowest runs seen were about 1.5 times the typical ones); DMX_TUTORIAL_BUDGET_SCALE scales both
-#: (e.g. 2 on a slower machine).
+#: spread seen on this machine: 03 took 31-47 s and 46-54 s in two series of runs, 04 316 s with
+#: both cores shared against its 300 s); DMX_TUTORIAL_BUDGET_SCALE scales both (e.g. 2 on a slower
+#: machine).
 BUDGET_S = {
     "01_mx_formats": 30,
     "02_offset_parameterization": 40,

@@ -201,7 +201,7 @@ for mode in mx_spec.SCALE_MODES:
 axes[0].axvspan(6, 8, color="red", alpha=0.1, label="floor saturates")
 axes[0].set(xlabel="block maximum $a_{max}$", ylabel="relative error", title="error of the block maximum")
 axes[1].set(xlabel="block maximum $a_{max}$", ylabel="relative error", title="error of a small element (0.7)")
-axes[0].legend(fontsize=8)
+axes[0].legend(fontsize=8, loc="upper left")
 axes[1].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
