@@ -22,7 +22,7 @@
 # $\partial\mathcal{L}/\partial\beta$ through the quantizer and say what it does not see; and
 # tell which formats a family can deploy.
 #
-# **Running it:** about 15 s and 0.5 GB of memory on 2 shared CPU cores (measured; the last cell
+# **Running it:** about 10 s and 0.35 GB of memory on 2 shared CPU cores (measured; the last cell
 # prints this run's), within 40 s on the test machine; data: none (random Gaussian weights);
 # command: `make tutorials` opens the folder in JupyterLab, `.venv/bin/python tutorials/build.py 02`
 # rebuilds and re-executes it.

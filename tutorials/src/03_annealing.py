@@ -21,7 +21,7 @@
 # penalty sets the average bits. The "model" is a toy 8-layer MLP so that each calibration runs
 # in seconds; notebook 04 does the same on a real LLM.
 #
-# **Running it:** about 60 s and 0.5 GB of memory on 2 shared CPU cores (measured; the last cell
+# **Running it:** about 50 s and 0.4 GB of memory on 2 shared CPU cores (measured; the last cell
 # prints this run's; it calibrates the toy about 20 times), within 120 s on the test machine;
 # data: none (a random toy model); command: `make tutorials` opens the folder in JupyterLab,
 # `.venv/bin/python tutorials/build.py 03` rebuilds and re-executes it.

@@ -13,12 +13,16 @@
 # * say when dMX beats the KL heuristic in this project's full-scale results, when it does not,
 #   and what to try first at 6 bits.
 #
-# **Running it:** about 5 min and 2.2 GB of memory on 2 CPU cores (measured: 316 s while other
+# **Running it:** about 5 min and 2.2 GB of memory on 2 CPU cores (measured: 271-332 s while other
 # jobs kept both cores busy; the last code cell prints this run's time; it loads the model, scores
 # 14 layers by KL twice, calibrates dMX twice for 40 steps and evaluates 8 assignments), within
-# 300 s on the test machine when it is not shared; data: WikiText-2 from the folder
-# in `$DMX_DATA_DIR`, or, when that is not set, from the Hugging Face hub (`datasets`, online;
-# for offline use download it once as described in the README's set-up and set `DMX_DATA_DIR`);
+# 300 s on the test machine when it is not shared; data: WikiText-2 from the folder in
+# `$DMX_DATA_DIR`, or, when that is not set (or empty), from the Hugging Face hub (`datasets`,
+# online; the calibration text then comes from the hub's `wikitext-2-v1` validation split, so the
+# numbers can differ slightly from the stored ones). For offline use, save it once into a folder
+# holding `wikitext-2-raw-v1/test.jsonl` (the test rows as `{"text": ...}` lines) and
+# `wikitext-2-tokenized/valid.txt` (the validation split, one row per line; the layout is in
+# `dmx/data.py`) and set `DMX_DATA_DIR` to that folder;
 # command: `make tutorials` opens the folder in JupyterLab,
 # `DMX_DATA_DIR=../shared/data .venv/bin/python tutorials/build.py 04` rebuilds and re-executes it.
 #
