@@ -57,11 +57,12 @@ readme-results: venv
 
 # The tutorial notebooks (tutorials/): JupyterLab into the project's venv (not a dependency of the
 # package; only this target installs it), then opened on the folder. Notebook 04 reads WikiText-2
-# from $(DMX_DATA_DIR), or from the Hugging Face hub when DMX_DATA_DIR is set empty and the hub is
-# reachable (`make tutorials DMX_DATA_DIR=`).
+# from $(DMX_DATA_DIR) when that folder holds it, else (a fresh clone without ../shared/data, or
+# `make tutorials DMX_DATA_DIR=`) from the Hugging Face hub, which must then be reachable.
+TUTORIAL_DATA := $(if $(wildcard $(DMX_DATA_DIR)/wikitext-2-raw-v1/test.jsonl),$(DMX_DATA_DIR),)
 tutorials: venv
 	$(PY) -m pip install -q jupyterlab
-	$(VENV)/bin/jupyter lab tutorials
+	DMX_DATA_DIR=$(TUTORIAL_DATA) $(VENV)/bin/jupyter lab tutorials
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
