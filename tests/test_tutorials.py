@@ -47,11 +47,11 @@ TUTORIALS = REPO / "tutorials"
 #: running. A run over its stated time is reported (a pytest warning naming the notebook and its
 #: time), not failed: a busy machine can take longer without anything being wrong. The test fails
 #: only past HARD_LIMIT times the stated time, which no busy machine measured here came near (the
-#: spread seen on this machine: 03 took 31-47 s and 46-54 s in two series of runs, 04 271-332 s with
+#: spread seen on this machine: 03 took 31-47 s and 46-87 s in two series of runs, 04 271-413 s with
 #: both cores shared against its 300 s); DMX_TUTORIAL_BUDGET_SCALE scales both (e.g. 2 on a slower
 #: machine).
 BUDGET_S = {
-    "01_mx_formats": 30,
+    "01_mx_formats": 40,
     "02_offset_parameterization": 40,
     "03_annealing": 120,
     "04_kl_baseline_vs_dmx": 300,

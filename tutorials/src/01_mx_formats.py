@@ -19,9 +19,9 @@
 # 5. packing codes into bytes,
 # 6. verifying an implementation (torchao) against the golden vectors.
 #
-# **Running it:** about 15 s and 0.4 GB of memory on 2 shared CPU cores (measured; the last cell
-# prints this run's), within 30 s on the test machine; data: none (the golden vectors ship in
-# `golden/`); command: `make tutorials` opens the folder in JupyterLab,
+# **Running it:** about 20 s and 0.5 GB of memory on 2 shared CPU cores (measured; the last cell
+# prints this run's), within 40 s on the test machine; data: the golden vectors in `golden/` and
+# the embedded model file (one weight read from it); command: `make tutorials` opens the folder in JupyterLab,
 # `.venv/bin/python tutorials/build.py 01` rebuilds and re-executes it.
 #
 # **After this notebook you can** decode any MX element code and E8M0 scale by hand; explain how
@@ -205,6 +205,37 @@ axes[0].legend(fontsize=8, loc="upper left")
 axes[1].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# ### The running example: one real layer
+#
+# Through all four notebooks we follow one real layer of the SmolLM2-135M model that ships with
+# the project: `model.layers.29.mlp.down_proj`, the MLP down-projection of its last decoder block
+# (`tutorials/example_layer.py` reads its weight from the model file). Here: what MXFP4 does to its
+# weight, block by block: the first block's maximum, shared exponent and first codes, and over all
+# blocks how often the block maximum saturates and how many bits the tensor takes.
+
+# %%
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(mx_spec.__file__).resolve().parents[1] / "tutorials"))
+from example_layer import NAME, example_weight
+
+weight = example_weight()
+q = mx_spec.quantize(weight, "mxfp4_e2m1")  # blocks of 32 along the rows (the reduction dimension)
+first = weight[0, :32]
+X = int(q.scales[0, 0]) - mx_spec.E8M0_BIAS
+print(f"{NAME}: weight {weight.shape}, {q.scales.size:,} MX blocks of 32")
+print(f"first block: max |v| = {np.abs(first).max():.5f}, shared exponent X = {X}, "
+      f"scaled maximum {np.abs(first).max() / 2.0**X:.3f} (FP4's largest value is 6)")
+print("first 6 elements:", " ".join(f"{v:+.4f}" for v in first[:6]))
+print("their FP4 codes: ", " ".join(f"{c:04b}" for c in q.elements[0, :6]))
+print("decoded:         ", " ".join(f"{v:+.4f}" for v in mx_spec.dequantize(q)[0, :6]))
+block_max = np.abs(weight.reshape(weight.shape[0], -1, 32)).max(axis=-1)
+scaled_max = block_max / 2.0 ** (q.scales.astype(np.float64) - mx_spec.E8M0_BIAS)
+print(f"blocks whose maximum saturates (scaled maximum above 6): {np.mean(scaled_max > 6):.1%}")
+print(f"stored: {mx_spec.pack(q).size + q.scales.size:,} bytes in MXFP4 against {weight.nbytes:,} in float32")
 
 # %% [markdown]
 # ## 4. Rounding ties

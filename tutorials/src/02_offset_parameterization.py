@@ -23,7 +23,8 @@
 # tell which formats a family can deploy.
 #
 # **Running it:** about 10 s and 0.35 GB of memory on 2 shared CPU cores (measured; the last cell
-# prints this run's), within 40 s on the test machine; data: none (random Gaussian weights);
+# prints this run's), within 40 s on the test machine; data: random Gaussian weights and one weight of the embedded
+# model file (the running example);
 # command: `make tutorials` opens the folder in JupyterLab, `.venv/bin/python tutorials/build.py 02`
 # rebuilds and re-executes it.
 #
@@ -234,6 +235,36 @@ for name, fam in FAMILIES.items():
         rows.append(f"| {name} | {c:.4f} | {top:.4g} | {before:.3e} | {after:.3e} | ×{after / before:.2f} | "
                     f"{after / mse(fam, 0.0):.2f} |")
 display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# **On the running example.** The same cliffs on a real weight: the first 128 rows of
+# `model.layers.29.mlp.down_proj` (notebook 01), as relative squared error
+# $\lVert\hat W - W\rVert^2 / \lVert W\rVert^2$ just before and just after each `fp8_fp4` cliff,
+# under both rules.
+
+# %%
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(mx_spec.__file__).resolve().parents[1] / "tutorials"))
+from example_layer import NAME, example_weight
+
+real = example_weight()[:128]
+
+
+def relative_error(beta, rule):
+    q = quantize_dequantize_minifloat(real, fp8_fp4.ebits(beta), fp8_fp4.mbits(beta), fractional_scale=rule)
+    return float(((q - real) ** 2).sum(dtype=np.float64) / (real.astype(np.float64) ** 2).sum())
+
+
+rows = ["| cliff at β | maxfloat just before | maxfloat just after | emax just after |", "|---:|---:|---:|---:|"]
+jumps = []
+for c in cliffs(fp8_fp4, fine):
+    before, after = relative_error(c - 0.0025, "maxfloat"), relative_error(c, "maxfloat")
+    jumps.append(after / before)
+    rows.append(f"| {c:.4f} | {before:.3e} | {after:.3e} | {relative_error(c, 'emax'):.3e} |")
+display(Markdown(f"**`{NAME}`**, rows 0-127 ({real.size:,} weights):\n\n" + "\n".join(rows)))
+assert min(jumps) > 1  # the error jumps up at every cliff on the real weight too
 
 # %% [markdown]
 # `fp6_fp4` has no row: its $E$ stays 2, so its largest value only grows from 6 to 7.5 and stays

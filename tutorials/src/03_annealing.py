@@ -21,7 +21,7 @@
 # penalty sets the average bits. The "model" is a toy 8-layer MLP so that each calibration runs
 # in seconds; notebook 04 does the same on a real LLM.
 #
-# **Running it:** about 50 s and 0.4 GB of memory on 2 shared CPU cores (measured; the last cell
+# **Running it:** about 50-90 s and 0.4 GB of memory on 2 shared CPU cores (measured; the last cell
 # prints this run's; it calibrates the toy about 20 times), within 120 s on the test machine;
 # data: none (a random toy model); command: `make tutorials` opens the folder in JupyterLab,
 # `.venv/bin/python tutorials/build.py 03` rebuilds and re-executes it.
@@ -111,6 +111,10 @@ plt.show()
 # use lr = 0.05 to keep the same dynamics. `dmx.wrap.apply_schedule` sets each layer's
 # temperature (and offset mode) at every step — this loop is what `dmx.calibrate.calibrate`
 # runs on a language model.
+#
+# The toy stands in for the ~200 linears of an LLM: notebook 04
+# calibrates the real model and follows the running example of notebooks 01-02,
+# `model.layers.29.mlp.down_proj`, to its assignment.
 #
 # This toy starts every offset at $\hat\beta = 1$ (6 bits everywhere) and takes fractional
 # scales by the `emax` rule: the project's first recipe. The library's defaults follow the

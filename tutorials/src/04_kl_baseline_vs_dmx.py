@@ -13,7 +13,7 @@
 # * say when dMX beats the KL heuristic in this project's full-scale results, when it does not,
 #   and what to try first at 6 bits.
 #
-# **Running it:** about 5 min and 2.2 GB of memory on 2 CPU cores (measured: 271-332 s while other
+# **Running it:** about 5 min and 2.2 GB of memory on 2 CPU cores (measured: 271-413 s while other
 # jobs kept both cores busy; the last code cell prints this run's time; it loads the model, scores
 # 14 layers by KL twice, calibrates dMX twice for 40 steps and evaluates 8 assignments), within
 # 300 s on the test machine when it is not shared; data: WikiText-2 from the folder in
@@ -178,12 +178,17 @@ print(f"full-precision perplexity (first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}
 # SpinQuant rotations jointly with the offsets (`docs/FIDELITY.md`, row 16). This project's
 # default is unrotated, for the reasons given there.
 #
-# Below, one real layer, the MLP down-projection of the last block (its input is the SwiGLU
-# product, where outliers are large), quantized to MXFP4 before and after the rotation: the
-# weight, and the activation it receives on the first calibration window.
+# Below, the running example of notebooks 01-02, the MLP down-projection of the last block (its
+# input is the SwiGLU product, where outliers are large), quantized to MXFP4 before and after the
+# rotation: the weight, and the activation it receives on the first calibration window.
 
 # %%
-EXAMPLE = "model.layers.29.mlp.down_proj"
+REPO = Path(dmx.__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tutorials"))
+from example_layer import NAME as EXAMPLE, example_weight  # noqa: E402
+
+# the weight notebooks 01 and 02 read from the model file is the one this model computes with
+assert np.array_equal(example_weight(), model.get_submodule(EXAMPLE).weight.detach().numpy())
 rotated_model = copy.deepcopy(model)
 apply_rotation(rotated_model, RotationSpec(kind="hadamard"))  # online Hadamard-64 on every linear input
 
@@ -444,6 +449,9 @@ plt.show()
 
 # %% [markdown]
 # ## 8. Which layers did each method keep in FP8, and what did it cost?
+#
+# The figure shows the assignments; the table their cost and perplexity; the lines under it how
+# much KL and dMX agree, and where the running example (`model.layers.29.mlp.down_proj`) ended up.
 
 # %%
 rows_grid, labels = [], []
@@ -481,6 +489,12 @@ for rotation in points:
                else "no difference beyond the noise")
     print(f"{rotation}: KL and dMX share {len(kl_high & dmx_high)} of {len(kl_high)} FP8 layers; "
           f"dMX vs KL: {outcome}")
+for rotation in points:  # the running example, from its KL score to its assignment
+    scores = points[rotation]["KL"]["scores"]
+    rank = sorted(scores, key=scores.get, reverse=True).index(EXAMPLE) + 1
+    print(f"{rotation}: {EXAMPLE} is KL's number {rank} of {len(scores)} (most sensitive first); deployed as "
+          + ", ".join(f"{points[rotation][m]['assignment'].formats[EXAMPLE]} by {m}" for m in ("KL", "dMX"))
+          + f"; its final |beta_hat| {float(points[rotation]['dMX']['offsets'][-1, list(layers).index(EXAMPLE)].abs()):.2f}")
 # What the prose below claims of this miniature (the build fails if one stops holding):
 for rotation in points:
     mean, se = paired(points[rotation]["dMX"]["nll"], points[rotation]["KL"]["nll"])
@@ -511,7 +525,6 @@ for rotation in points:
 # configuration as recorded in `docs/FIDELITY.md` (rows 14-16).
 
 # %%
-REPO = Path(dmx.__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import readme_results  # noqa: E402  (the module that writes the README's results tables)
 
