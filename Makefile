@@ -25,7 +25,7 @@ DEMO_FLAGS ?=
 # takes ~15 min on 2 cores, more than the demo's whole budget).
 DEMO_KL ?= results/headline_5bit_hadamard_w32/assignments/kl_at_5.json
 
-.PHONY: venv demo demo-quick test bench golden readme-results clean
+.PHONY: venv demo demo-quick test bench golden readme-results tutorials clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,15 @@ bench: venv
 # (tools/readme_results.py; tests/test_readme_results.py checks they agree).
 readme-results: venv
 	$(PY) tools/readme_results.py
+
+# The tutorial notebooks (tutorials/): JupyterLab into the project's venv (not a dependency of the
+# package; only this target installs it), then opened on the folder. Notebook 04 reads WikiText-2
+# from $(DMX_DATA_DIR) when that folder holds it, else (a fresh clone without ../shared/data, or
+# `make tutorials DMX_DATA_DIR=`) from the Hugging Face hub, which must then be reachable.
+TUTORIAL_DATA := $(if $(wildcard $(DMX_DATA_DIR)/wikitext-2-raw-v1/test.jsonl),$(DMX_DATA_DIR),)
+tutorials: venv
+	$(PY) -m pip install -q jupyterlab
+	DMX_DATA_DIR=$(TUTORIAL_DATA) $(VENV)/bin/jupyter lab tutorials
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -5,6 +5,9 @@ Python file in the "percent" cell format (the format of Jupytext and of VS Code 
 
 * a line ``# %%`` starts a code cell;
 * a line ``# %% [markdown]`` starts a Markdown cell whose lines are comments (``# `` is removed);
+* a line ``# %% [solution]`` starts the code cell of an exercise's solution: it computes the
+  answer and asserts it, so the build runs every solution and fails on a wrong one; the cell's
+  input is collapsed in JupyterLab (``jupyter.source_hidden``) and tagged ``solution``;
 * lines before the first marker are ignored (use them for a module comment).
 
 Usage (from the repository root, with the project's virtual environment)::
@@ -12,6 +15,7 @@ Usage (from the repository root, with the project's virtual environment)::
     .venv/bin/python tutorials/build.py                 # build + execute all notebooks
     .venv/bin/python tutorials/build.py 02_offset       # only notebooks whose name starts so
     .venv/bin/python tutorials/build.py --no-execute    # regenerate cells, drop outputs
+    .venv/bin/python tutorials/build.py --check 03      # execute afresh, compare with the stored outputs
 
 Notebook 04 reads the data directory from ``$DMX_DATA_DIR`` (CI: ``../shared/data``).
 Execution uses the ``python3`` kernel; jupyter_client starts it with the interpreter running
@@ -24,6 +28,10 @@ Two checks make a build fail instead of storing an unreadable notebook:
 * every figure is checked on its matplotlib objects when it is rendered (axis labels, a legend
   where several lines share an axes; ``tutorials/figure_check.py``, installed in the kernel at
   start-up, outside the notebook's cells);
+* (``--check``, and ``tests/test_tutorials.py``) a fresh execution must reproduce every number
+  the stored outputs state (``stale_outputs``): integers exactly, decimals to one unit in their
+  last printed digit; only measured times and memory are exempt. The notebooks' prose points to
+  these outputs instead of restating numbers, so a stale stored run cannot go unnoticed;
 * the stored outputs must not hold a traceback, a warning or log line (any stderr output) or a
   progress-bar frame (``output_problems``). Notebooks silence library warnings and progress bars
   at their source, in their first cell, rather than having outputs deleted afterwards.
@@ -32,6 +40,7 @@ Two checks make a build fail instead of storing an unreadable notebook:
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import sys
 import time
@@ -60,10 +69,13 @@ _PROGRESS_FRAME = re.compile(r"\r|\d+%\|| \d+/\d+ \[\d\d:\d\d")  # tqdm: carriag
 
 _CODE_MARK = "# %%"
 _MARKDOWN_MARK = "# %% [markdown]"
+_SOLUTION_MARK = "# %% [solution]"
+#: Metadata of a solution cell: JupyterLab and VS Code show it collapsed (click to open).
+SOLUTION_METADATA = {"jupyter": {"source_hidden": True}, "tags": ["solution"]}
 
 
 def parse_percent(text: str) -> list[tuple[str, str]]:
-    """Cells ``[(kind, source)]`` (kind ``"code"`` or ``"markdown"``) of a percent-format file.
+    """Cells ``[(kind, source)]`` (kind ``"code"``, ``"solution"`` or ``"markdown"``) of a percent-format file.
 
     Leading and trailing blank lines of each cell are dropped; Markdown lines lose their ``#``
     and one following space. A Markdown line that is not a comment raises ``ValueError`` (it
@@ -76,6 +88,8 @@ def parse_percent(text: str) -> list[tuple[str, str]]:
             cells.append(("markdown", []))
         elif stripped == _CODE_MARK:
             cells.append(("code", []))
+        elif stripped == _SOLUTION_MARK:
+            cells.append(("solution", []))
         elif cells:
             kind, body = cells[-1]
             if kind == "markdown":
@@ -105,6 +119,8 @@ def notebook_from_source(path: Path) -> nbformat.NotebookNode:
     for kind, source in parse_percent(path.read_text(encoding="utf-8")):
         if kind == "code":
             nb.cells.append(nbformat.v4.new_code_cell(source))
+        elif kind == "solution":
+            nb.cells.append(nbformat.v4.new_code_cell(source, metadata=copy.deepcopy(SOLUTION_METADATA)))
         else:
             nb.cells.append(nbformat.v4.new_markdown_cell(source))
     # Cell ids derived from the position keep rebuilt notebooks diff-stable.
@@ -153,6 +169,99 @@ def output_problems(nb: nbformat.NotebookNode) -> list[str]:
     return problems
 
 
+#: A number in an output: an optional sign, digits (with thousands commas), decimals, an exponent;
+#: not glued to a name ("mxfp4", "L0", "0x3e" stay text and are compared as text).
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d,]*\d)?(?:\.\d+)?(?:[eE][-+]?\d+)?")
+#: Measured run costs, which differ from run to run by nature: a number followed by a unit of
+#: time or memory ("scored 14 layers in 22 s", "peak memory 812 MiB") is not compared.
+_MEASURED = re.compile(r"\d+(?:\.\d+)?(?= ?(?:s|ms|min|MiB|GiB|MB|GB)\b)")
+
+
+def stated_texts(nb: nbformat.NotebookNode) -> list[str]:
+    """What each code cell states in text, in order: its stdout, its Markdown and its plain-text
+    results (a plain text that only stands beside an image or Markdown is left out)."""
+    texts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        parts = []
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream" and output.name == "stdout":
+                parts.append(output.text)
+            elif output.output_type in ("execute_result", "display_data"):
+                data = output.get("data", {})
+                if "text/markdown" in data:
+                    parts.append(data["text/markdown"])
+                elif not any(key.startswith("image/") for key in data):
+                    parts.append(data.get("text/plain", ""))
+        texts.append("".join(parts))
+    return texts
+
+
+def _tokens(text: str) -> list[str]:
+    """``text`` cut into numbers and the text between them (measured costs masked as ``<measured>``)."""
+    masked = _MEASURED.sub("<measured>", text)
+    tokens, last = [], 0
+    for match in _NUMBER.finditer(masked):
+        tokens += [masked[last:match.start()], match.group()]
+        last = match.end()
+    return tokens + [masked[last:]]
+
+
+def _last_place(number: str) -> float:
+    """One unit in the last printed digit of a decimal (``"0.123"`` -> 0.001, ``"1.5e-03"`` -> 1e-4)."""
+    mantissa, _, exponent = number.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    return 10.0 ** (int(exponent or 0) - decimals)
+
+
+def number_differs(stored: str, fresh: str) -> bool:
+    """Whether two printed numbers disagree beyond what printing can explain.
+
+    An integer (a count, a layer index, a bit code) must be equal. A decimal may differ by one
+    unit in its last printed digit: a last-bit difference of the computation (another CPU's
+    float summation order) moves a rounded printout by at most that much, while any real change
+    of an outcome here (an assignment: 4/14 of a bit per layer; a perplexity that moved) is
+    larger. Both must be printed with the same number of digits.
+    """
+    if stored == fresh:
+        return False
+    is_decimal = any(c in stored.lower() for c in ".e")
+    if not is_decimal or _last_place(stored) != _last_place(fresh):
+        return True
+    try:
+        a, b = (float(v.replace(",", "")) for v in (stored, fresh))
+        return abs(a - b) > 1.000001 * _last_place(stored)
+    except OverflowError:
+        return True
+
+
+def stale_outputs(stored: nbformat.NotebookNode, fresh: nbformat.NotebookNode) -> list[str]:
+    """Where the stored outputs of a notebook state something a fresh execution ``fresh`` does not:
+    one line per difference (empty: the stored run is current). Text must match exactly, numbers
+    as :func:`number_differs` says; measured times and memory are exempt (``_MEASURED``)."""
+    old, new = stated_texts(stored), stated_texts(fresh)
+    if len(old) != len(new):
+        return [f"{len(old)} code cells stored, {len(new)} executed"]
+    problems = []
+    for index, (a, b) in enumerate(zip(old, new)):
+        ta, tb = _tokens(a), _tokens(b)
+        if len(ta) != len(tb):
+            problems.append(f"code cell {index}: stored {a[:200]!r}, fresh run {b[:200]!r}")
+            continue
+        for position, (x, y) in enumerate(zip(ta, tb)):
+            stale = number_differs(x, y) if position % 2 else x != y
+            if stale:
+                context = "".join(ta[max(0, position - 3):position + 2])[-120:]
+                problems.append(f"code cell {index}: stored {x!r}, fresh run {y!r} (in {context!r})")
+                break
+    return problems
+
+
+class StaleOutputs(RuntimeError):
+    """A notebook's stored outputs state numbers a fresh execution does not reproduce (``stale_outputs``)."""
+
+
 def execute(nb: nbformat.NotebookNode, *, cwd: Path = TUTORIALS, timeout: int = CELL_TIMEOUT_S) -> float:
     """Run every cell of ``nb`` in place (outputs stored in it); returns the wall time in seconds.
 
@@ -192,12 +301,35 @@ def source_files(prefixes: list[str] | None = None) -> list[Path]:
     return files
 
 
+def check_current(src: Path, stored: Path, *, cwd: Path = TUTORIALS, timeout: int = CELL_TIMEOUT_S) -> float:
+    """Execute the notebook of source ``src`` afresh and compare it with the stored notebook ``stored``.
+
+    Raises ``StaleOutputs`` listing the differences (``stale_outputs``) when the stored outputs
+    state a number or text the fresh run does not, and whatever ``execute`` raises (a failing
+    cell, e.g. an exercise's solution whose assertion no longer holds); returns the fresh run's
+    wall time in seconds.
+    """
+    fresh = notebook_from_source(src)
+    seconds = execute(fresh, cwd=cwd, timeout=timeout)
+    problems = stale_outputs(nbformat.read(stored, as_version=4), fresh)
+    if problems:
+        raise StaleOutputs(f"{stored.name}: the stored outputs differ from a fresh run (rebuild it with "
+                           f"`python tutorials/build.py {src.stem}`):\n  " + "\n  ".join(problems))
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="notebook name prefixes (default: all)")
     parser.add_argument("--no-execute", action="store_true", help="write the cells without outputs")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing: execute afresh and fail if a stored output is stale")
     args = parser.parse_args(argv)
     for src in source_files(args.names):
+        if args.check:
+            seconds = check_current(src, TUTORIALS / f"{src.stem}.ipynb")
+            print(f"{src.stem}.ipynb: current (fresh run {seconds:.1f} s)", file=sys.stderr)
+            continue
         nb = notebook_from_source(src)
         target = TUTORIALS / f"{src.stem}.ipynb"
         if not args.no_execute:

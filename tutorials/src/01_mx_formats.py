@@ -19,7 +19,10 @@
 # 5. packing codes into bytes,
 # 6. verifying an implementation (torchao) against the golden vectors.
 #
-# Everything runs on a laptop CPU in a few seconds.
+# **Running it:** about 20 s and 0.5 GB of memory on 2 shared CPU cores (measured; the last cell
+# prints this run's), within 40 s on the test machine; data: the golden vectors in `golden/` and
+# the embedded model file (one weight read from it); command: `make tutorials` opens the folder in JupyterLab,
+# `.venv/bin/python tutorials/build.py 01` rebuilds and re-executes it.
 #
 # **After this notebook you can** decode any MX element code and E8M0 scale by hand; explain how
 # the shared exponent is chosen and when the block maximum saturates; tell the scale rules and
@@ -45,6 +48,8 @@
 
 # %%
 %matplotlib inline
+import resource
+import time
 import warnings
 
 import matplotlib.pyplot as plt
@@ -54,6 +59,7 @@ from IPython.display import Markdown, display
 import mx_spec
 
 plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "figure.figsize": (7, 3)})
+start = time.perf_counter()
 
 for name, e in mx_spec.ELEMENT_FORMATS.items():
     fields = "S " + ("E" * e.ebits + " " + "M" * e.mbits if e.kind == "fp" else "I" * (e.bits - 1))
@@ -184,17 +190,52 @@ blocks = np.zeros((amax.size, 32), dtype=np.float32)
 blocks[:, 0] = amax
 blocks[:, 1] = 0.7
 fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+# Several rules give the same error over parts of the binade: wide pale lines under narrow dashed
+# ones keep every rule visible where their curves coincide.
+STYLES = {"floor": ("-", 5.0), "ceil": ("--", 3.5), "even": (":", 2.5), "rceil": ("-.", 1.2)}
 for mode in mx_spec.SCALE_MODES:
     qdq = mx_spec.quantize_dequantize(blocks, "mxfp4_e2m1", scale_mode=mode)
-    axes[0].plot(amax, np.abs(qdq[:, 0] - amax) / amax, label=mode)
-    axes[1].plot(amax, np.abs(qdq[:, 1] - 0.7) / 0.7, label=mode)
+    style, width = STYLES[mode]
+    for ax, column, value in ((axes[0], 0, amax), (axes[1], 1, 0.7)):
+        ax.plot(amax, np.abs(qdq[:, column] - value) / value, style, lw=width, alpha=0.8, label=mode)
 axes[0].axvspan(6, 8, color="red", alpha=0.1, label="floor saturates")
 axes[0].set(xlabel="block maximum $a_{max}$", ylabel="relative error", title="error of the block maximum")
 axes[1].set(xlabel="block maximum $a_{max}$", ylabel="relative error", title="error of a small element (0.7)")
-axes[0].legend(fontsize=8)
+axes[0].legend(fontsize=8, loc="upper left")
 axes[1].legend(fontsize=8)
 fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# ### The running example: one real layer
+#
+# Through all four notebooks we follow one real layer of the SmolLM2-135M model that ships with
+# the project: `model.layers.29.mlp.down_proj`, the MLP down-projection of its last decoder block
+# (`tutorials/example_layer.py` reads its weight from the model file). Here: what MXFP4 does to its
+# weight, block by block: the first block's maximum, shared exponent and first codes, and over all
+# blocks how often the block maximum saturates and how many bits the tensor takes.
+
+# %%
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(mx_spec.__file__).resolve().parents[1] / "tutorials"))
+from example_layer import NAME, example_weight
+
+weight = example_weight()
+q = mx_spec.quantize(weight, "mxfp4_e2m1")  # blocks of 32 along the rows (the reduction dimension)
+first = weight[0, :32]
+X = int(q.scales[0, 0]) - mx_spec.E8M0_BIAS
+print(f"{NAME}: weight {weight.shape}, {q.scales.size:,} MX blocks of 32")
+print(f"first block: max |v| = {np.abs(first).max():.5f}, shared exponent X = {X}, "
+      f"scaled maximum {np.abs(first).max() / 2.0**X:.3f} (FP4's largest value is 6)")
+print("first 6 elements:", " ".join(f"{v:+.4f}" for v in first[:6]))
+print("their FP4 codes: ", " ".join(f"{c:04b}" for c in q.elements[0, :6]))
+print("decoded:         ", " ".join(f"{v:+.4f}" for v in mx_spec.dequantize(q)[0, :6]))
+block_max = np.abs(weight.reshape(weight.shape[0], -1, 32)).max(axis=-1)
+scaled_max = block_max / 2.0 ** (q.scales.astype(np.float64) - mx_spec.E8M0_BIAS)
+print(f"blocks whose maximum saturates (scaled maximum above 6): {np.mean(scaled_max > 6):.1%}")
+print(f"stored: {mx_spec.pack(q).size + q.scales.size:,} bytes in MXFP4 against {weight.nbytes:,} in float32")
 
 # %% [markdown]
 # ## 4. Rounding ties
@@ -372,15 +413,93 @@ print("mx_spec.quantize itself:", "PASS" if correct.ok else "FAIL",
 #    exponent $X$ does the `floor` rule pick for MXFP4, and what does 13.0 become? Does any rule
 #    of section 3 keep it exactly?
 # 3. How many bits per element does MXFP6 store with blocks of 32, and with blocks of 16?
+# 4. **Build it, then check it.** Write an MXFP4 quantizer in about 20 lines of numpy, without
+#    calling `mx_spec`'s quantizer: `my_mxfp4(x, fmt, *, block_size, axis, scale_mode,
+#    rounding)` returning `(scales, elements)` as uint8 codes laid out like `mx_spec.quantize`'s,
+#    raising `NotImplementedError` for any other format or mode. Then make
+#    `verify_quantizer(my_mxfp4, formats=["mxfp4_e2m1"], modes=[("floor", "rne")])` print
+#    `PASS` (no case failed, none skipped). The golden cases will teach you the corners: inputs
+#    in float64, float16 and bfloat16, blocks along another axis, a short last block, an empty
+#    tensor, all-zero blocks, NaN and Inf, float32 subnormals.
 #
-# <details><summary>Solutions (click)</summary>
+# Each solution below is a collapsed code cell (click to open it): it computes the answer and
+# asserts it, and the build runs it, so a solution that stops being true fails the build.
 #
-# 1. `0 01 010`: sign +, exponent field 1, bias 1, so $2^0$; mantissa $2/8$: value $1.25$.
-#    `mx_spec.decode_elements(np.array([0b001010], dtype=np.uint8), "e2m3")` gives `[1.25]`.
-# 2. $\lfloor\log_2 13\rfloor = 3$, $e_{\max} = 2$, so $X = 1$; $13/2 = 6.5$ saturates to 6,
-#    and 13.0 becomes 12.0 (check: `mx_spec.quantize` then `dequantize`). `rceil` picks $X = 2$
-#    ($13 \le 6 \cdot 4$) and $13/4 = 3.25$ rounds to 3, i.e. 12.0 as well: neither keeps 13
-#    exactly — FP4 has no 6.5 or 3.25; `ceil`/`rceil` avoid the clamp, not the rounding.
-# 3. $6 + 8/32 = 6.25$ bits and $6 + 8/16 = 6.5$ bits.
+# <details><summary>Solution notes (click)</summary>
+#
+# 1. `0 01 010`: sign +, exponent field 1 with bias 1, so $2^0$; mantissa field 2 of $2^3$: the
+#    value is $1 + 2/8$ (the cell prints it).
+# 2. $X = \lfloor\log_2 13\rfloor - 2$; 13.0 scaled by $2^{-X}$ lies above FP4's largest value 6
+#    and saturates. `rceil` avoids the clamp with a scale one binade larger, but the scaled value
+#    then falls between two FP4 grid points: neither rule keeps 13 exactly (the cell prints both).
+# 3. The element bits plus one 8-bit scale shared by the block: $6 + 8/k$ for blocks of $k$.
+# 4. The collapsed cell holds one way (21 lines): compute in float64 (every input dtype converts
+#    exactly), move the blocked axis last and pad a short block with zeros (they do not change its
+#    maximum), take $X = \lfloor\log_2 a_{\max}\rfloor - 2$ with `np.frexp` (exact, subnormals
+#    too) clamped to $[-127, 127]$, round $|y|$ on steps of 0.5, 1, 2 per binade with
+#    `np.round` (half to even: the even multiple of the step is the even code), saturate at 6,
+#    and give a block holding NaN or Inf the NaN scale `0xFF`.
 #
 # </details>
+
+# %% [solution]
+# Exercise 1: decode 0b001010 as E2M3.
+claimed = 1.25
+value = float(mx_spec.decode_elements(np.array([0b001010], dtype=np.uint8), "e2m3")[0])
+print(f"exercise 1: E2M3 code 0b001010 = {value:g}")
+assert value == claimed, (value, claimed)
+
+# %% [solution]
+# Exercise 2: a block whose maximum is 13.0, under the floor rule and under rceil.
+claimed = {"floor": (1, 12.0), "rceil": (2, 12.0)}
+block13 = np.zeros(32, dtype=np.float32)
+block13[:2] = [13.0, 0.01]
+for mode, (claimed_x, claimed_value) in claimed.items():
+    q = mx_spec.quantize(block13, "mxfp4_e2m1", scale_mode=mode)
+    x_scale, back = int(q.scales[0]) - mx_spec.E8M0_BIAS, float(mx_spec.dequantize(q)[0])
+    print(f"exercise 2, {mode:>5}: X = {x_scale}, 13.0 -> {back:g}")
+    assert (x_scale, back) == (claimed_x, claimed_value)
+assert all(float(mx_spec.quantize_dequantize(block13, "mxfp4_e2m1", scale_mode=m)[0]) != 13.0 for m in mx_spec.SCALE_MODES)
+
+# %% [solution]
+# Exercise 3: stored bits per element of MXFP6, counted from what mx_spec.pack stores.
+claimed = {32: 6.25, 16: 6.5}
+x256 = np.linspace(-3.0, 3.0, 256, dtype=np.float32)
+for k, claimed_bits in claimed.items():
+    q = mx_spec.quantize(x256, "mxfp6_e2m3", block_size=k)
+    bits = 8 * (mx_spec.pack(q).size + q.scales.size) / x256.size
+    print(f"exercise 3: MXFP6 with blocks of {k}: {bits:g} bits per element")
+    assert bits == claimed_bits
+
+
+# %% [solution]
+# Exercise 4: an MXFP4 quantizer in numpy, checked against the golden vectors.
+def my_mxfp4(x, fmt, *, block_size, axis, scale_mode, rounding):
+    """MXFP4 (E2M1) codes of x: OCP MX v1.0 §6.3 floor scale, round half to even, saturate at 6."""
+    if (fmt, scale_mode, rounding) != ("mxfp4_e2m1", "floor", "rne"):
+        raise NotImplementedError("only MXFP4 with the spec's floor scale and ties to even")
+    v = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)  # every input dtype is exact in float64
+    n = v.shape[-1]
+    pad = -n % block_size  # a short last block: zeros do not change its maximum
+    blocks = np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, pad)]).reshape(*v.shape[:-1], (n + pad) // block_size, block_size)
+    amax = np.max(np.abs(blocks), axis=-1, keepdims=True)  # NaN if the block holds a NaN
+    exponent = np.frexp(np.where(amax > 0, amax, 1.0))[1] - 1  # floor(log2 amax), exact, subnormals too
+    X = np.clip(np.where(amax > 0, exponent - 2, -127), -127, 127)  # emax of E2M1 is 2; a zero block: 2^-127
+    y = np.abs(blocks) / 2.0**X
+    step = 2.0 ** (np.maximum(np.floor(np.log2(np.maximum(y, 1.0))), 0) - 1)  # 0.5 below 2, then 1, then 2
+    mag = np.minimum(np.round(y / step) * step, 6.0)  # np.round: half to even; saturate at 6
+    index = np.searchsorted([0, 0.5, 1, 1.5, 2, 3, 4, 6], mag)  # the code of each magnitude
+    codes = (np.signbit(blocks) << 3 | index).astype(np.uint8)
+    bad = ~np.isfinite(amax)  # NaN or Inf in the block: NaN scale, codes 0
+    codes = np.where(bad, 0, codes).reshape(*v.shape[:-1], n + pad)[..., :n]
+    scales = np.where(bad, 255, X + 127).astype(np.uint8)[..., 0]
+    return np.moveaxis(scales, -1, axis), np.moveaxis(codes, -1, axis)
+
+
+mine = verify_quantizer(my_mxfp4, formats=["mxfp4_e2m1"], modes=[("floor", "rne")])
+print("exercise 4:", mine.summary().splitlines()[-1])
+assert mine.verdict == "PASS", mine.summary(max_mismatches=3)
+
+# %%
+usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+print(f"notebook ran in {time.perf_counter() - start:.0f} s, peak memory {usage:.0f} MiB")

@@ -17,8 +17,16 @@
 # family, `fp6_fp4`.
 #
 # **After this notebook you can** compute $E$, $M$ and the bits of the family at any $\beta$;
-# say how range and precision change with $\beta$; derive $\partial\mathcal{L}/\partial\beta$
-# through the quantizer; and tell which formats a family can deploy.
+# say how range and precision change with $\beta$; state the two block-scale rules at fractional
+# widths (`maxfloat`, the default, and `emax`) and where the default's error cliffs lie; derive
+# $\partial\mathcal{L}/\partial\beta$ through the quantizer and say what it does not see; and
+# tell which formats a family can deploy.
+#
+# **Running it:** about 10 s and 0.35 GB of memory on 2 shared CPU cores (measured; the last cell
+# prints this run's), within 40 s on the test machine; data: random Gaussian weights and one weight of the embedded
+# model file (the running example);
+# command: `make tutorials` opens the folder in JupyterLab, `.venv/bin/python tutorials/build.py 02`
+# rebuilds and re-executes it.
 #
 # References: the [OCP MX v1.0 specification](https://www.opencompute.org/documents/ocp-microscaling-formats-mx-v1-0-spec-final-pdf),
 # the dMX paper ([arXiv 2606.04115](https://arxiv.org/abs/2606.04115)),
@@ -27,6 +35,9 @@
 
 # %%
 %matplotlib inline
+import resource
+import time
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -35,9 +46,10 @@ from IPython.display import Markdown, display
 import mx_spec
 from dmx.autograd import mx_qdq_minifloat
 from dmx.family import FAMILIES, get_family
-from mx_spec.minifloat import minifloat_params, quantize_dequantize_minifloat
+from mx_spec.minifloat import FRACTIONAL_SCALES, minifloat_params, quantize_dequantize_minifloat
 
 plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "figure.figsize": (7, 3)})
+start = time.perf_counter()
 fp8_fp4 = get_family("fp8_fp4")
 rows = ["| family | $E(\\beta)$ | $M(\\beta)$ | bits at $\\beta$ = 0, 1, 2 | formats at the ends |",
         "|---|---|---|---|---|"]
@@ -58,8 +70,8 @@ print("fp8_fp4 at beta = 0, 1, 2:", [fp8_fp4.format_at(b) for b in (0, 1, 2)])
 #    \quad \text{max} = \min\bigl((2-2^{-M})\,2^{e_{\max}},\ 448\bigr). $$
 #
 # The cap 448 makes the $\beta = 2$ end exactly E4M3 (which reserves `S.1111.111` for NaN). A
-# block is scaled by $2^X$ with $X = \lfloor \log_2 a_{\max} - e_{\max}\rfloor$ (the spec's floor
-# rule, §6.3) and each scaled value $y$ is rounded to the grid of step
+# block is scaled by a power of two $2^X$ (the E8M0 scale; section 2 shows the two rules for
+# $X$ at fractional widths) and each scaled value $y$ is rounded to the grid of step
 # $\Delta(y) = 2^{\max(\lfloor \log_2 |y|\rfloor,\ e_{\min}) - M}$, saturating at ±max.
 # **$M$ alone sets the relative precision** ($2^M$ steps per binade); **$E$ moves the range**:
 # the saturation point grows doubly exponentially with $E$, the subnormal threshold shrinks.
@@ -118,38 +130,148 @@ for beta in (0, 1, 2):
     print(f"beta={beta}: minifloat(E={fp8_fp4.ebits(beta)}, M={fp8_fp4.mbits(beta)}) == {fmt}: {same}")
 
 # %% [markdown]
-# ## 2. Quantization error as a function of β
+# ## 2. The block scale at fractional widths: `maxfloat` (the default) and `emax`
 #
-# The mean squared error of MX-quantizing Gaussian weights falls as $\beta$ grows, roughly like
-# $4^{-\beta}$: uniform rounding noise has variance $\Delta^2/12$, and every extra mantissa bit
-# halves $\Delta$. The curve is **not smooth**: at fractional widths the block scale jumps by
-# a binade whenever $e_{\max}$ crosses $\log_2 a_{\max}$ minus an integer, and the last step
-# of each binade is a fraction of a step. Finite differences of this curve are useless as a
-# gradient; dMX uses a closed form instead.
+# The spec's floor rule (§6.3) is $X = \lfloor\log_2 a_{\max}\rfloor - e_{\max}$ with the
+# element's largest exponent $e_{\max}$, an integer for every standard format. At a fractional
+# width there are two natural ways to continue it (`mx_spec.minifloat`, `fractional_scale=`):
+#
+# * **`maxfloat`** (the default, the authors' rule, Brevitas `FloatScaling`):
+#   $X = \lfloor\log_2 a_{\max}\rfloor - \lfloor\log_2 \text{max}\rfloor$. The format's scale
+#   exponent is the integer $\lfloor\log_2 \text{max}\rfloor$: it moves only when the largest
+#   value crosses a power of two.
+# * **`emax`** (the project's first rule): $X = \lfloor\log_2 a_{\max} - e_{\max}\rfloor$ with the
+#   real $e_{\max} = 2^{E-1}$: the scale moves whenever $e_{\max}$ passes $\log_2 a_{\max}$ minus
+#   an integer.
+#
+# For every standard format $\text{max} = (2 - 2^{-M})\,2^{e_{\max}}$ lies in
+# $[2^{e_{\max}}, 2^{e_{\max}+1})$ (E4M3: $\lfloor\log_2 448\rfloor = 8$), so
+# $\lfloor\log_2\text{max}\rfloor = e_{\max}$ and **the two rules agree bit for bit at every
+# deployable width** (checked below on the Gaussian weights of section 1 at every integer width of
+# both families, as `tests/test_minifloat.py` does); they differ only while the offsets learn. The left panel shows
+# the exponent each rule scales against; the right one what it means for a block whose maximum is
+# fixed: the fraction of the top binade that saturates.
+
+# %%
+fine = np.linspace(0.0, 2.0, 801)
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+for rule, style, width in (("emax", "-", 3.0), ("maxfloat", "--", 1.5)):
+    params = [minifloat_params(fp8_fp4.ebits(b), fp8_fp4.mbits(b), fractional_scale=rule) for b in fine]
+    axes[0].plot(fine, [p.scale_emax for p in params], style, lw=width, label=f"{rule}: exponent of the scale rule")
+    # saturated share of the top binade [2^s, 2^(s+1)) of scaled block maxima: (2^(s+1) - max) / 2^s, at least 0
+    share = [max(0.0, 2.0 - p.max_normal / 2.0**p.scale_emax) for p in params]
+    axes[1].plot(fine, share, style, lw=width, label=rule)
+log2_max = [np.log2(minifloat_params(fp8_fp4.ebits(b), fp8_fp4.mbits(b)).max_normal) for b in fine]
+axes[0].plot(fine, log2_max, "k:", lw=1, label=r"$\log_2$ max (the real width's largest value)")
+axes[0].set(xlabel=r"$\beta$ (fp8_fp4)", ylabel="exponent", title="the exponent each rule scales against")
+axes[1].set(xlabel=r"$\beta$ (fp8_fp4)", ylabel="share of the top binade", title="scaled block maxima that saturate")
+for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+
+same = {}
+for name, fam in FAMILIES.items():
+    for beta in (0.0, 1.0, 2.0):
+        e, m = fam.ebits(beta), fam.mbits(beta)
+        a, b = (quantize_dequantize_minifloat(weights, e, m, fractional_scale=r) for r in FRACTIONAL_SCALES)
+        same[(name, beta)] = bool(np.array_equal(a, b))
+        print(f"{name} beta={beta:g} (E={float(e):g}, M={float(m):g}): maxfloat and emax give the same bits "
+              f"on {weights.size:,} weights: {same[(name, beta)]}")
+assert all(same.values())
+
+# %% [markdown]
+# ## 3. Quantization error as a function of β: the cliffs of `maxfloat`
+#
+# With uniform rounding noise of variance $\Delta^2/12$ and $\Delta \propto 2^{-M}$, the mean
+# squared error of MX-quantizing Gaussian weights should fall like $4^{-\beta}$ (dashed). It
+# does under the `emax` rule, apart from small jags where its scale changes binade. Under the
+# default `maxfloat` rule it does **not**: the error jumps up at every $\beta$ where the largest
+# value $\text{max}(\beta)$ crosses a power of two (grey lines, computed from
+# `minifloat_params`). Just before a crossing, $\text{max}$ is almost $2^{s+1}$ and nearly
+# nothing saturates; just after it, the scale exponent is $s + 1$, so the scaled block maxima lie
+# in $[2^{s+1}, 2^{s+2})$ while $\text{max}$ is barely above $2^{s+1}$: nearly every block
+# maximum saturates (right panel above), each losing up to half its value. Between crossings the
+# error falls again as $\text{max}$ grows. The `emax` rule avoids this because its scale follows
+# the real $e_{\max}$ instead of the integer part of $\log_2\text{max}$ (left panel above).
+# The table printed below the figure gives each cliff's position and how much the error jumps there.
 
 # %%
 x = torch.from_numpy(weights)
 
 
-def mse(fam, beta):
-    q = quantize_dequantize_minifloat(weights, fam.ebits(beta), fam.mbits(beta))
+def mse(fam, beta, rule="maxfloat"):
+    q = quantize_dequantize_minifloat(weights, fam.ebits(beta), fam.mbits(beta), fractional_scale=rule)
     return float(np.mean((q - weights) ** 2, dtype=np.float64))
 
 
-fig, ax = plt.subplots(figsize=(7, 3))
-fine = np.linspace(0.0, 2.0, 161)
+def cliffs(fam, betas):
+    """The offsets (on the grid ``betas``) where max(beta) crosses a power of two: maxfloat's scale moves."""
+    s = np.array([minifloat_params(fam.ebits(b), fam.mbits(b)).scale_emax for b in betas])
+    return betas[1:][np.diff(s) != 0]
+
+
+fig, ax = plt.subplots(figsize=(8, 3.4))
+grid = np.linspace(0.0, 2.0, 161)
 for name, fam in FAMILIES.items():
-    curve = np.array([mse(fam, b) for b in fine])
-    ax.plot(fine, curve, label=f"{name}: measured")
-    ax.plot(fine, curve[0] * 4.0 ** (-fam.mbits_slope * fine), "--", linewidth=1,
+    for rule, style in (("maxfloat", "-"), ("emax", "-.")):
+        ax.plot(grid, [mse(fam, b, rule) for b in grid], style, label=f"{name}, {rule}")
+    ax.plot(grid, mse(fam, 0.0) * 4.0 ** (-fam.mbits_slope * grid), "--", lw=1,
             label=fr"{name}: $\Delta^2/12$ law, MSE(0)$\cdot 4^{{-\beta}}$")
-ax.set(yscale="log", xlabel=r"$\beta$", ylabel="MSE", title="MX quantization error of N(0,1) weights")
-ax.legend(fontsize=7)
+for c in cliffs(fp8_fp4, fine):
+    ax.axvline(c, color="gray", lw=0.8, alpha=0.6)
+ax.set(yscale="log", xlabel=r"$\beta$", ylabel="MSE", title="MX quantization error of N(0,1) weights (grey: fp8_fp4's cliffs)")
+ax.legend(fontsize=7, ncol=2)
 fig.tight_layout()
 plt.show()
 
+rows = ["| family | cliff at β | max just after | MSE just before | MSE just after | jump | after / plain FP4 |",
+        "|---|---:|---:|---:|---:|---:|---:|"]
+for name, fam in FAMILIES.items():
+    for c in cliffs(fam, fine):
+        before, after = mse(fam, c - 0.0025), mse(fam, c)
+        top = minifloat_params(fam.ebits(c), fam.mbits(c)).max_normal
+        rows.append(f"| {name} | {c:.4f} | {top:.4g} | {before:.3e} | {after:.3e} | ×{after / before:.2f} | "
+                    f"{after / mse(fam, 0.0):.2f} |")
+display(Markdown("\n".join(rows)))
+
 # %% [markdown]
-# ## 3. The gradient with respect to β
+# **On the running example.** The same cliffs on a real weight: the first 128 rows of
+# `model.layers.29.mlp.down_proj` (notebook 01), as relative squared error
+# $\lVert\hat W - W\rVert^2 / \lVert W\rVert^2$ just before and just after each `fp8_fp4` cliff,
+# under both rules.
+
+# %%
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(mx_spec.__file__).resolve().parents[1] / "tutorials"))
+from example_layer import NAME, example_weight
+
+real = example_weight()[:128]
+
+
+def relative_error(beta, rule):
+    q = quantize_dequantize_minifloat(real, fp8_fp4.ebits(beta), fp8_fp4.mbits(beta), fractional_scale=rule)
+    return float(((q - real) ** 2).sum(dtype=np.float64) / (real.astype(np.float64) ** 2).sum())
+
+
+rows = ["| cliff at β | maxfloat just before | maxfloat just after | emax just after |", "|---:|---:|---:|---:|"]
+jumps = []
+for c in cliffs(fp8_fp4, fine):
+    before, after = relative_error(c - 0.0025, "maxfloat"), relative_error(c, "maxfloat")
+    jumps.append(after / before)
+    rows.append(f"| {c:.4f} | {before:.3e} | {after:.3e} | {relative_error(c, 'emax'):.3e} |")
+display(Markdown(f"**`{NAME}`**, rows 0-127 ({real.size:,} weights):\n\n" + "\n".join(rows)))
+assert min(jumps) > 1  # the error jumps up at every cliff on the real weight too
+
+# %% [markdown]
+# `fp6_fp4` has no row: its $E$ stays 2, so its largest value only grows from 6 to 7.5 and stays
+# in the binade $[4, 8)$, where both rules scale against 2. `fp8_fp4`'s range grows
+# doubly exponentially with $\beta$ and crosses a power of two again and again.
+#
+# ## 4. The gradient with respect to β
 #
 # Write the dequantized value of an in-range element as $\hat x = s\,\Delta\,k$ with block scale
 # $s = 2^X$ and integer $k = \operatorname{round}(y/\Delta)$, $y = x/s$. Treating the rounding
@@ -217,27 +339,48 @@ display(Markdown("**fp8_fp4** ($E$ and $M$ move together):\n\n" + "\n".join(rows
 # the saturation term) and has the sign and order of magnitude of the wide finite difference,
 # while a finite difference over a small step would jump around with the jagged curve. For
 # `fp8_fp4` the $E$ part adds the value of a wider range: fewer elements saturate when the
-# maximum grows. It treats the block scale as fixed, while in the forward pass the floor scale
-# drops by a binade whenever $e_{\max}$ grows past a power of two of $a_{\max}$, which gives
-# part of that range back; the $E$ part is therefore an optimistic estimate of the benefit of
-# range. All parts are negative: more bits reduce the error, and the only force pushing
+# maximum grows. It treats the block scale as fixed, while in the forward pass the `maxfloat`
+# scale moves up a binade whenever the largest value crosses a power of two, which gives that
+# range back and more (the cliffs of section 3); the $E$ part is therefore an optimistic estimate
+# of the benefit of range. All parts are negative: more bits reduce the error, and the only force pushing
 # $\beta$ down during calibration is the bit-budget penalty (notebook 03).
 #
-# ## 4. From the learnable β̂ to β
+# **The gradient does not see the cliffs.** The block scale is piecewise constant in $E$ and
+# $M$: its derivative is zero wherever it exists, and the surrogate treats the scale as fixed.
+# So on both sides of a `maxfloat` cliff $\partial\mathcal L/\partial\beta$ is a smooth
+# negative number ("more $\beta$, less error"), while stepping across the cliff *raises* the
+# error. The cell below evaluates both just around `fp8_fp4`'s first cliff.
+
+# %%
+first = cliffs(fp8_fp4, fine)[0]
+rows = ["| β | MSE (maxfloat) | autograd dL/dβ |", "|---:|---:|---:|"]
+for beta in (first - 0.02, first - 0.0025, first, first + 0.02):
+    rows.append(f"| {beta:.4f} | {mse(fp8_fp4, beta):.4e} | {autograd_parts(fp8_fp4, beta)[0]:.3e} |")
+display(Markdown(f"**fp8_fp4 around its first cliff at β = {first:.4f}:**\n\n" + "\n".join(rows)))
+
+# %% [markdown]
+# Read the rows in order: the gradient is negative on every row, including the two just before
+# the cliff, yet the error one row later is higher. A calibration that moves a layer across a
+# cliff does not know it made that layer's error worse; it only finds out later through the task
+# loss, if at all. The offsets do not stay at such points (the annealing of notebook 03 drives
+# every layer to an end of the family, where both rules agree), so the cliffs shape the path of
+# the calibration, not the deployed formats.
+#
+# ## 5. From the learnable β̂ to β
 #
 # The optimiser does not update $\beta$ directly but an unconstrained $\hat\beta$; notebook 03
 # shows the temperature sigmoid $\beta = 2\,\sigma\bigl(20\,T\,(|\hat\beta|/2 - 1/2)\bigr)$ that
 # maps it into $[0, 2]$ and is annealed so that every layer ends at one of the family's two
 # **ends**, $\beta = 0$ or $\beta = 2$ (MXFP4 or MXFP8 for `fp8_fp4`): the middle integer point
 # $\beta = 1$ (MXFP6 E3M2) is a real MX format too, but the hard rule never deploys it (section
-# 5). Its derivative, the last link of the chain,
+# 6). Its derivative, the last link of the chain,
 #
 # $$ \frac{\partial\beta}{\partial\hat\beta} = 20\,T\,\sigma(1-\sigma)\,\operatorname{sign}(\hat\beta), $$
 #
 # is large near $|\hat\beta| = 1$ and vanishes far from it — which is why a hard, high
 # temperature freezes the assignment at the end of calibration.
 #
-# ## 5. The `fp6_fp4` family
+# ## 6. The `fp6_fp4` family
 #
 # `fp6_fp4` keeps $E = 2$ and moves only the mantissa, $M = 1 + \beta$: MXFP4 E2M1 at
 # $\beta=0$, MXFP6 E2M3 at $\beta=2$. The range barely changes (max 6 → 7.5, see the plots in
@@ -272,22 +415,65 @@ except ValueError as err:
 #
 # ## Exercises
 #
-# 1. At $\beta = 0.5$ in `fp8_fp4`, what are $E$, $M$ and the element bits? Check with
-#    `minifloat_params(fam.ebits(0.5), fam.mbits(0.5))`.
+# 1. At $\beta = 0.5$ in `fp8_fp4`, what are $E$, $M$ and the element bits?
 # 2. Compute $\partial\beta/\partial\hat\beta$ at $\hat\beta = 1$ for $T = 0.4$ and $T = 20$, and at
 #    $\hat\beta = 0$ for $T = 0.4$. What do the three numbers say about where and when the
 #    offsets can move?
-# 3. Why does `fp6.format_at(1.0)` raise?
+# 3. At $\beta = 0.5$ in `fp8_fp4`, which exponent does each scale rule scale against? Do the two
+#    rules give the same bits on the Gaussian weights there, and if not, for what share of them
+#    do they differ?
 #
-# <details><summary>Solutions (click)</summary>
+# Each solution is a collapsed code cell below (click to open it): it computes the answer and
+# asserts it, so the build fails if a solution stops being true.
 #
-# 1. $E = 2.5$, $M = 1.5$, $b = 1 + 2.5 + 1.5 = 5$ bits.
-# 2. With $\sigma(1-\sigma) = 1/4$ at $|\hat\beta| = 1$: $20 \cdot 0.4/4 = 2$ and $20\cdot 20/4 = 100$
-#    — at the threshold the map gets steeper as $T$ rises. At $\hat\beta = 0$, $T = 0.4$:
-#    $\sigma(-4) \approx 0.018$, so $8\,\sigma(1-\sigma) \approx 0.14$: a layer that starts at
-#    $\hat\beta = 0$ (the default) moves slowly at first (notebook 04 shows the consequence).
-#    Away from the threshold at $T = 20$ the slope is essentially 0: the assignment is frozen.
-# 3. At $\beta = 1$ the `fp6_fp4` family is E2M2, a 5-bit format that the OCP MX specification
-#    does not define, so there is no standard MX format to return.
+# <details><summary>Solution notes (click)</summary>
+#
+# 1. $E = 2 + \beta$, $M = 1 + \beta$, $b = 1 + E + M = 4 + 2\beta$.
+# 2. $\partial\beta/\partial|\hat\beta| = 20\,T\,\sigma(1-\sigma)$. At the threshold
+#    $|\hat\beta| = 1$, $\sigma = 1/2$ and the slope is $5T$: it gets steeper as $T$ rises. At
+#    $\hat\beta = 0$ and $T = 0.4$, $\sigma = \sigma(-4)$ is small and so is the slope: a layer
+#    that starts at $\hat\beta = 0$ (the default) moves slowly at first (notebook 04 shows the
+#    consequence). Away from the threshold at $T = 20$ the slope is essentially 0: the assignment
+#    is frozen.
+# 3. `maxfloat` scales against $\lfloor\log_2\text{max}\rfloor$, `emax` against the real
+#    $e_{\max} = 2^{E-1}$; at a fractional width they differ, and so do the bits of the blocks
+#    whose scale exponent they set differently (the cell prints the share).
 #
 # </details>
+
+# %% [solution]
+# Exercise 1: E, M and the bits at beta = 0.5.
+claimed = (2.5, 1.5, 5.0)
+p = minifloat_params(fp8_fp4.ebits(0.5), fp8_fp4.mbits(0.5))
+print(f"exercise 1: E = {p.ebits:g}, M = {p.mbits:g}, element bits = {p.element_bits:g}")
+assert (p.ebits, p.mbits, p.element_bits) == claimed
+
+# %% [solution]
+# Exercise 2: the slope of the temperature sigmoid, by autograd.
+from dmx.offset import offset_to_beta
+
+claimed = {(1.0, 0.4): 2.0, (1.0, 20.0): 100.0, (0.0, 0.4): 0.141}
+for (start_hat, T), slope_claimed in claimed.items():
+    probe = torch.tensor(start_hat, requires_grad=True)
+    slope = float(torch.autograd.grad(offset_to_beta(probe, T, training=True), probe)[0])
+    print(f"exercise 2: d beta / d beta_hat at beta_hat = {start_hat:g}, T = {T:g}: {slope:.3f}")
+    assert abs(slope - slope_claimed) < 1e-3 * max(1.0, slope_claimed), (slope, slope_claimed)
+far = torch.tensor(0.0, requires_grad=True)
+assert float(torch.autograd.grad(offset_to_beta(far, 20.0, training=True), far)[0]) < 1e-10  # frozen
+
+# %% [solution]
+# Exercise 3: the two scale rules at beta = 0.5.
+claimed = {"maxfloat": 3.0, "emax": 2 ** 1.5}
+e, m = fp8_fp4.ebits(0.5), fp8_fp4.mbits(0.5)
+for rule, exponent in claimed.items():
+    got = minifloat_params(e, m, fractional_scale=rule).scale_emax
+    print(f"exercise 3: {rule} scales against the exponent {got:.4f}")
+    assert abs(got - exponent) < 1e-12
+a, b = (quantize_dequantize_minifloat(weights, e, m, fractional_scale=r) for r in ("maxfloat", "emax"))
+share = float(np.mean(a != b))
+print(f"exercise 3: the rules differ on {share:.1%} of the weights")
+assert share > 0
+
+# %%
+usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+print(f"notebook ran in {time.perf_counter() - start:.0f} s, peak memory {usage:.0f} MiB")
