@@ -54,8 +54,9 @@ test: venv
 	$(PY) -m pytest -q
 
 # The development loop: the suite without the tests marked slow (pyproject.toml: the embedded
-# model, the notebooks, commands in fresh interpreters, kernel compiles, lm-eval), about 2 min on
-# 2 idle cores; its 10 slowest tests are listed, so one that grew costly shows. CI runs `make test`.
+# model, the notebooks, commands in fresh interpreters, kernel compiles, lm-eval): about 2 min of
+# one idle core (~125 s CPU measured); its 10 slowest tests are listed, so one that grew costly
+# shows. CI runs `make test`.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" --durations=10
 

@@ -47,6 +47,7 @@ def test_the_stated_default_is_the_real_one(command, flag, value):
     assert _subparser(command).get_default(flag.lstrip("-").replace("-", "_")) == int(value)
 
 
+@pytest.mark.slow
 def test_quiet_console_with_no_progress(tiny_dir, tmp_path):
     """A whole `dmx calibrate` (model loading included) prints nothing on stderr with --no-progress:
     no torchao library warnings, no torch deprecation warnings, no loading bars."""
