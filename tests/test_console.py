@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from dmx.cli import COMMANDS, build_parser
-from tiny_checkpoint import save_tiny_byte_llama
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,15 +47,15 @@ def test_the_stated_default_is_the_real_one(command, flag, value):
     assert _subparser(command).get_default(flag.lstrip("-").replace("-", "_")) == int(value)
 
 
-def test_quiet_console_with_no_progress(tmp_path):
+@pytest.mark.slow
+def test_quiet_console_with_no_progress(tiny_dir, tmp_path):
     """A whole `dmx calibrate` (model loading included) prints nothing on stderr with --no-progress:
     no torchao library warnings, no torch deprecation warnings, no loading bars."""
-    tiny = save_tiny_byte_llama(tmp_path / "llama")
     text = tmp_path / "text.txt"
     text.write_text(" ".join(f"Row {i} holds {i * 7 % 13}." for i in range(200)))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", "import sys; from dmx.cli import main; sys.exit(main())",
-                           "calibrate", "--rotation", "none", "--model", str(tiny), "--text-file", str(text), "--seqlen", "32",
+                           "calibrate", "--rotation", "none", "--model", str(tiny_dir), "--text-file", str(text), "--seqlen", "32",
                            "--n-windows", "2", "--steps", "1", "--out", str(tmp_path / "a.json"), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -63,6 +63,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_two_processes_match_one_and_resume_across_process_counts(tmp_path):
     single = _run(str(tmp_path / "one"))

@@ -10,12 +10,6 @@ import pytest
 
 import dmx.pipeline
 from dmx.cli import main
-from tiny_checkpoint import save_tiny_byte_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_byte_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 @pytest.fixture(autouse=True)

@@ -10,19 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("compressed_tensors")
-from compressed_tensors.compressors import BaseCompressor  # noqa: E402
-from compressed_tensors.quantization import QuantizationScheme  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from test_export import _rotated_mixed  # noqa: E402
-from tiny_checkpoint import save_tiny_byte_llama  # noqa: E402
+from compressed_tensors.compressors import BaseCompressor
+from compressed_tensors.quantization import QuantizationScheme
+from safetensors.torch import load_file
+from test_export import _rotated_mixed
+from tiny_checkpoint import save_tiny_byte_llama
 
-import mx_spec  # noqa: E402
-from dmx.export_ct import (CT_EXTRA_HINT, check_ct_formats, export_compressed_tensors,  # noqa: E402
+import mx_spec
+from dmx.export_ct import (CT_EXTRA_HINT, check_ct_formats, export_compressed_tensors,
                            load_compressed_tensors, read_export_config, require_compressed_tensors)
-from dmx.export_ct_runtime import ct_scales_and_values, ct_quantize  # noqa: E402
-from dmx.models import tiny_model  # noqa: E402
-from dmx.pipeline import quantize_model  # noqa: E402
+from dmx.export_ct_runtime import ct_scales_and_values, ct_quantize
+from dmx.models import tiny_model
+from dmx.pipeline import quantize_model
 
 CT = ("mxfp4_e2m1", "mxfp6_e2m3", "mxfp8_e4m3")
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +141,7 @@ def test_runtime_scale_rule(fmt, emax, bumped):
     assert int(even[0, 0]) - 127 == 3 - emax + (bumped and fmt != "mxfp8_e4m3")
 
 
+@pytest.mark.results
 def test_conformance_results_file_is_current():
     """The committed conformance table is what mx_spec.verify gives for the installed
     compressed-tensors; E2M1 is `even` up to signed zeros and non-finite blocks, E4M3 is no mode."""
@@ -241,6 +241,7 @@ def test_cli_export_and_errors(tmp_path, capsys):
     assert "blocks of 32" in capsys.readouterr().err
 
 
+@pytest.mark.results
 @pytest.mark.slow
 @pytest.mark.parametrize("rotated", [False, True])
 def test_embedded_demo_assignment_round_trip(embedded_model, tmp_path, rotated):

@@ -25,7 +25,6 @@ from dmx.files import atomic_write_text
 from dmx.cli import main
 from dmx.models import tiny_model
 from dmx.pipeline import quantize_model
-from tiny_checkpoint import save_tiny_byte_llama
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's convention for a process stopped by SIGTERM
@@ -56,11 +55,6 @@ def run_dmx(argv, *, sigterm_at=0, module="dmx.calibrate", name="objective") -> 
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_byte_llama(tmp_path_factory.mktemp("tiny") / "llama")
-
-
-@pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "text.txt"
     path.write_text(" ".join(f"Row {i} holds the value {i * 7 % 13} and the word {w}." for i, w in
@@ -74,6 +68,7 @@ def _calibrate_argv(tiny_dir, text_file, out, ckpt):
             "--out", out, "--no-progress", "--threads", 1]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_says_from_which_step(tiny_dir, text_file, tmp_path):
     argv = _calibrate_argv(tiny_dir, text_file, tmp_path / "a.json", tmp_path / "ckpt")
     stopped = run_dmx(argv, sigterm_at=3)  # during step 3: steps 1-2 are done, no periodic checkpoint yet
@@ -90,6 +85,7 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_says_from_which_step(tin
     assert first["provenance"]["final_metrics"] == second["provenance"]["final_metrics"]
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_the_kl_scores_and_the_rerun_scores_only_the_rest(tiny_dir, text_file, tmp_path):
     argv = ["kl", "--rotation", "none", "--model", tiny_dir, "--text-file", text_file, "--seqlen", 32, "--n-windows", 2,
             "--target-bits", 6, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "kl.json", "--no-progress"]
@@ -102,6 +98,7 @@ def test_sigterm_keeps_the_kl_scores_and_the_rerun_scores_only_the_rest(tiny_dir
     assert "resuming the KL scoring: 3 of 14 layers already scored" in resumed.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_sweep_and_the_rerun_resumes_points_and_calibration(tiny_dir, text_file, tmp_path):
     argv = ["sweep", "--rotation", "none", "--model", tiny_dir, "--text-file", text_file, "--calib-text-file", text_file, "--seqlen", 64,
             "--max-windows", 1, "--methods", "fp", "uniform", "dmx", "--uniform-formats", "mxfp4_e2m1",

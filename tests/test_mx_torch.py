@@ -101,6 +101,7 @@ def test_frexp_from_bits_equals_torch_frexp(dtype):
     assert torch.equal(mant, want_mant) and torch.equal(exp, want_exp)
 
 
+@pytest.mark.slow
 def test_compiled_minifloat_bits_equal_numpy():
     """The torch.compile-fused kernel (backend "compiled") gives mx_spec's bits and block exponents:
     integer and fractional widths, both scale rules, both roundings, floor and ceil scales,

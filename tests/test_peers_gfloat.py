@@ -8,20 +8,19 @@ with the exact reason, so a change on either side is noticed.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import gfloat
 import numpy as np
 import pytest
+from gfloat import compute_scale_amax, encode_ndarray, round_ndarray
+from gfloat import formats as gf
 
-gfloat = pytest.importorskip("gfloat")
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from gfloat import compute_scale_amax, encode_ndarray, round_ndarray  # noqa: E402
-from gfloat import formats as gf  # noqa: E402
-
-import mx_spec  # noqa: E402
-from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
-from mx_spec.golden_inputs import random_blocks  # noqa: E402
-from mx_spec.verify import verify_quantizer  # noqa: E402
+import mx_spec
+from mx_spec.golden import GoldenCase, load_golden
+from mx_spec.golden_inputs import random_blocks
+from mx_spec.verify import verify_quantizer
 
 _ADAPTER = Path(__file__).resolve().parent.parent / "golden" / "survey" / "adapters" / "gfloat_adapter.py"
 _spec = importlib.util.spec_from_file_location("gfloat_adapter", _ADAPTER)

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torchao")
-import torch  # noqa: E402
+import torch
+import torchao  # noqa: F401  (used through the adapter; imported here so a broken install fails, not skips)
 
-import mx_spec  # noqa: E402
-from mx_spec.golden import GoldenCase, load_golden  # noqa: E402
-from mx_spec.golden_inputs import random_blocks  # noqa: E402
-from mx_spec.compare import scale_per_element  # noqa: E402
-from mx_spec.verify import verify_quantizer  # noqa: E402
+import mx_spec
+from mx_spec.golden import GoldenCase, load_golden
+from mx_spec.golden_inputs import random_blocks
+from mx_spec.compare import scale_per_element
+from mx_spec.verify import verify_quantizer
 
 _ADAPTER_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "torchao_mx_adapter.py"
 

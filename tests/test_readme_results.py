@@ -28,6 +28,7 @@ gen = _load_generator()
 README_TEXT = (REPO / "README.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.results
 def test_readme_sections_equal_what_the_results_files_make():
     fresh = gen.render(README_TEXT, REPO)
     stale = [name for name, old, new in zip(gen.section_names(README_TEXT),
@@ -42,6 +43,7 @@ def test_every_table_has_its_section_once():
     assert sorted(names) == sorted(gen.TABLES), "each table of TABLES needs exactly one section in README.md"
 
 
+@pytest.mark.results
 def test_a_hand_edited_number_is_caught(tmp_path):
     edited = README_TEXT.replace("| uniform MXFP4 E2M1 | 4 | 130.39 |", "| uniform MXFP4 E2M1 | 4 | 92.33 |", 1)
     assert edited != README_TEXT
@@ -51,6 +53,7 @@ def test_a_hand_edited_number_is_caught(tmp_path):
     assert gen.main(["--check", "--readme", str(readme)]) == 1
 
 
+@pytest.mark.results
 def test_a_changed_results_file_is_caught(tmp_path):
     import shutil
 
@@ -133,6 +136,7 @@ def test_seeds_table_aggregates_sweeps_point_by_point(tmp_path):
         gen.seeds_table([])
 
 
+@pytest.mark.results
 def test_the_demo_ends_with_dmx_kl_and_uniform_on_the_same_windows(tmp_path):
     """make demo calibrates rotated (dmx calibrate's default) with budget rounding and evaluates a
     KL assignment made on the same rotation beside dMX; the comparison prints KL's rows."""

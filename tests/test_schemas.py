@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 
 import mx_spec
 from mx_spec.formats import MX_FORMATS
 from mx_spec.golden import array_to_hex, default_golden_dir, load_golden
-
-jsonschema = pytest.importorskip("jsonschema")
 
 SCHEMA_DIR = default_golden_dir() / "schema"
 

@@ -66,6 +66,7 @@ def test_unfinished_targets_are_pending(tmp_path):
     assert "pending (KL 2/3)" in st.table_pareto_verdicts(tmp_path)
 
 
+@pytest.mark.results
 def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdicts():
     """Every point of a committed study folder was scored on windows 32-63 and stores their NLLs;
     every win the table claims has an interval below zero."""
@@ -83,6 +84,7 @@ def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdi
             assert row["interval"].low > 0
 
 
+@pytest.mark.results
 def test_the_claims_table_reads_the_results():
     rows = {claim: (status, evidence) for claim, status, evidence in st.claims(REPO)}
     status, evidence = rows["\"improves over KL divergence-based layer-selection heuristics\""]
@@ -90,6 +92,7 @@ def test_the_claims_table_reads_the_results():
     assert rows["... on Llama, Qwen3 and SmolLM2 (1-1.7 B)"][0] == "not testable here"
 
 
+@pytest.mark.results
 def test_the_readme_reading_of_the_gradient_probe_holds_in_its_results_file():
     """Each statement of the README's paragraph under the probe's table, checked on the file."""
     doc = json.loads((REPO / "results" / "gradient_probe" / "results.json").read_text())

@@ -10,7 +10,6 @@ import dmx.sweep.run as sweep
 from dmx.sweep.config import SweepConfig, point_label
 from dmx.sweep.results import ResultStore, points_to_csv, summarize_points
 from dmx.sweep.run import run_sweep
-from tiny_checkpoint import save_tiny_byte_llama
 
 def test_point_labels():
     assert point_label("fp") == "fp"
@@ -48,12 +47,6 @@ def test_store_refuses_a_corrupt_results_file(tmp_path):
     (tmp_path / "results.json").write_text('{"schema": "dmx.sweep/1", "points": [')
     with pytest.raises(ValueError, match=r"sweep result file .*results.json is corrupt, not valid JSON .*move it away"):
         ResultStore.open(tmp_path, {"model": "a"})
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama with a byte-level tokenizer (256 tokens) saved as a local checkpoint."""
-    return save_tiny_byte_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
@@ -197,6 +190,7 @@ def test_seeds_repeat_dmx_and_the_random_control_and_are_summarised(tiny_dir, tm
     assert [p["perplexity"] for p in again] == [p["perplexity"] for p in points.values()]
 
 
+@pytest.mark.slow
 def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatch, data_dir):
     """A finished sweep rerun with zero-shot tasks gets accuracy on every point (and the second
     Pareto panel) while perplexities, KL scores and calibrations are reused; a third run with the
@@ -280,6 +274,7 @@ def test_cli_flags_map_to_the_config():
         config_from_args(build_parser().parse_args(["sweep", "--tasks", "boolq"]))
 
 
+@pytest.mark.results
 def test_committed_headline_sweep_is_finished_under_its_flags():
     """The points under results/ were calibrated with --steps 40 --batch-size 2 --checkpoint-every 5
     (benchmarks/headline.sh): with those flags a rerun finds every point done, nothing recomputed

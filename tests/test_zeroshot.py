@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("lm_eval")
-
-from dmx.tasks import DEFAULT_TASKS_OFFLINE, offline_task_config, resolve_task_names  # noqa: E402
-from dmx.zeroshot import average_accuracy, build_tasks, evaluate_zeroshot, results_table  # noqa: E402
+from dmx.tasks import DEFAULT_TASKS_OFFLINE, offline_task_config, resolve_task_names
+from dmx.zeroshot import average_accuracy, build_tasks, evaluate_zeroshot, results_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zeroshot"
 sys.path.insert(0, str(FIXTURES))
@@ -257,7 +255,6 @@ def test_fake_quantised_model_is_evaluated_as_quantised(tiny, data_dir):
     quantised forward (independent scorer agrees) and the scores move away from full precision."""
     import copy
 
-    pytest.importorskip("dmx.wrap", reason="DMXLinear (dmx core) not available yet")
     from dmx.pipeline import quantize_model
     from dmx.wrap import set_fixed_format
 

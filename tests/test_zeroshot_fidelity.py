@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lm_eval.tasks
 import pytest
+from lm_eval.api.task import ConfigurableTask
+from lm_eval.tasks._yaml_loader import load_yaml  # what lm-eval's TaskManager uses
 
-pytest.importorskip("lm_eval")
-
-import lm_eval.tasks  # noqa: E402
-from lm_eval.api.task import ConfigurableTask  # noqa: E402
-from lm_eval.tasks._yaml_loader import load_yaml  # noqa: E402  (what lm-eval's TaskManager uses)
-
-from dmx.tasks import OFFLINE_TASKS, offline_task_config  # noqa: E402
+from dmx.tasks import OFFLINE_TASKS, offline_task_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zeroshot"
 STOCK_DOCS = json.loads((FIXTURES / "stock_docs.json").read_text(encoding="utf-8"))
