@@ -87,7 +87,8 @@ def test_threads_default_is_applied(monkeypatch):
     import torch
 
     from dmx.cli import build_parser
-    from dmx.pipeline import model_spec_from_args, thread_count
+    from dmx.commands import model_spec_from_args
+    from dmx.pipeline import thread_count
 
     monkeypatch.setattr("dmx.pipeline.idle_cpus", lambda: 1)
     assert thread_count(None) == 1 and thread_count(3) == 3

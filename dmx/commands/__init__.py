@@ -2,8 +2,8 @@
 
 Each ``dmx/commands/<name>.py`` exposes ``register(subparsers)`` that adds one subparser whose
 ``func`` default runs the command with the parsed ``argparse.Namespace``. The helpers here give
-every command the same model / data flags and the same table output; :mod:`dmx.pipeline` turns
-the model flags into a :class:`dmx.pipeline.ModelSpec` and loads it.
+every command the same model / data flags and the same table output, and turn the model flags
+into a :class:`dmx.pipeline.ModelSpec` (:func:`model_spec_from_args`) that :mod:`dmx.pipeline` loads.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from dmx.autograd import BACKENDS
 from dmx.calibrate import CalibrationConfig
 from dmx.family import DEFAULT_FAMILY, FAMILIES
 from dmx.models import SHORT_NAMES
-from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec
+from dmx.pipeline import ModelSpec, thread_count
+from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec, resolve_rotation
 from mx_spec.formats import DEFAULT_BLOCK_SIZE
 
 __all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args",
-           "format_table", "print_table"]
+           "format_table", "print_table", "model_spec_from_args"]
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -121,6 +122,15 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seqlen", type=int, default=2048, help="tokens per window")
 
 
+def model_spec_from_args(args: argparse.Namespace, rotation: RotationSpec | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of the model/quantisation/rotation flags (``dmx.commands.add_model_args``,
+    ``add_quant_args``). ``rotation``: the request to apply (:func:`dmx.rotation.resolve_rotation`
+    with the assignments' recorded rotations), else what the rotation flags ask for."""
+    return ModelSpec(model=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                     trust_remote_code=args.trust_remote_code, threads=thread_count(getattr(args, "threads", None)),
+                     family=args.family, block_size=args.block_size, include_lm_head=args.include_lm_head,
+                     backend=getattr(args, "backend", None),
+                     rotation=resolve_rotation(args) if rotation is None else rotation)
 
 
 def _cell(value: Any) -> str:

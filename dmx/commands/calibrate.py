@@ -10,13 +10,13 @@ from pathlib import Path
 
 from dmx.calibrate import CalibrationConfig, calibrate, check_checkpoint
 from dmx.checkpoint import remove_checkpoint
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args, print_table
 from dmx.data import (CALIBRATION_SEQLEN, CALIBRATION_SOURCES, CALIBRATION_WINDOWS, calibration_token_ids, check_calibration_source, check_data_source,
                       sample_windows, test_token_ids)
 from dmx.distributed import init_from_env
 from dmx.models import check_seqlens, context_length
 from dmx.perplexity import perplexity
-from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance, token_hash
 from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation, save_rotation_beside
 from dmx.rotation.training import rotation_setup, rotation_trainables
