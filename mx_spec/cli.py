@@ -13,14 +13,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-import mx_spec
 from mx_spec.elements import ROUNDINGS
 from mx_spec.formats import MX_FORMATS
 from mx_spec.golden import ALL_MODES
 from mx_spec.golden_export import export_flat
 from mx_spec.golden_gen import write_golden
 from mx_spec.layouts import LAYOUT_CHOICES
+from mx_spec.packing import pack
 from mx_spec.policies import POLICY_CHOICES, choices_text
+from mx_spec.quantize import dequantize, quantize
 from mx_spec.scale import E8M0_BIAS, SCALE_MODES
 from mx_spec.verify import verify_quantizer, verify_results
 
@@ -44,9 +45,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     x[0, 0] = 1.8125  # at row 0's scale 2^-7 this is 232, an E4M3 tie (224|240): RNE gives 224
     print("input x: float32, shape", x.shape, "(row 1 is 40x row 0)")
     for fmt in args.formats:
-        mx = mx_spec.quantize(x, fmt)
-        back = mx_spec.dequantize(mx)
-        packed = bytes(mx_spec.pack(mx))
+        mx = quantize(x, fmt)
+        back = dequantize(mx)
+        packed = bytes(pack(mx))
         err = float(np.max(np.abs(back - x) / np.max(np.abs(x), axis=-1, keepdims=True)))
         print(f"\n== {fmt}: block_size {mx.block_size}, axis {mx.axis}, scale_mode floor, rounding rne")
         print("  scales (E8M0 codes):", " ".join(f"0x{int(s):02x}" for s in mx.scales.reshape(-1)),
@@ -58,7 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("\n== verifying mx_spec.quantize against the golden vectors"
           f" ({args.golden or 'default golden/ directory'})")
-    report = verify_quantizer(mx_spec.quantize, golden_dir=args.golden, progress=not args.quiet)
+    report = verify_quantizer(quantize, golden_dir=args.golden, progress=not args.quiet)
     print(report.summary(per_format=True))
     print(f"(all {len(ALL_MODES)} modes per format: scale {'/'.join(SCALE_MODES)} x rounding {'/'.join(ROUNDINGS)}; "
           "`mx-spec verify RESULTS` checks another implementation)")

@@ -4,7 +4,16 @@
 * the dMX core (the method, usable on any ``nn.Module``) never imports the LLM side (Hugging Face
   models, rotations, data, evaluation, baselines, sweeps) and neither imports the commands;
 * no import cycle between project modules;
-* no module over ``MAX_LINES`` lines.
+* no module over ``MAX_LINES`` lines;
+* flags stop at the door: ``argparse`` is imported only by the command layers (:data:`DOORS`);
+* no private imports across modules (``from x import _name`` with ``x`` another project module):
+  what another module needs is public;
+* the MX numbers never import the conformance kit (:data:`CONFORMANCE_KIT`);
+* a module inside a package takes what its package's ``__init__`` re-exports from the module that
+  defines it (``from dmx.rotation.spec import RotationSpec`` inside ``dmx/rotation/``, not ``from
+  dmx.rotation import RotationSpec``), and never ``import``s its own package to reach names
+  through it: the ``__init__`` is the door for callers outside, and reading through it from inside
+  hides where a name lives and invites cycles.
 
 Imports are read from the source (``ast``), including those inside functions: an upward import
 hidden in a function body is still an upward import. Imports under ``if TYPE_CHECKING:`` (names
@@ -29,6 +38,19 @@ CORE = {"dmx.family", "dmx.offset", "dmx.anneal", "dmx.regularizer", "dmx.autogr
         "dmx.assignment", "dmx.checkpoint", "dmx.distributed", "dmx.files", "dmx.provenance"}
 #: The user-facing entry points, imported by nothing below them.
 COMMANDS_PREFIXES = ("dmx.cli", "dmx.commands")
+#: The command layers, the only modules that parse command lines (import ``argparse``): dMX's CLI,
+#: ``mx_spec``'s own console script, and ``dmx.export_ct_runtime``, a ``python -m`` script that
+#: writes a committed results file (its folder is the library's; it is imported by nothing).
+DOORS = ("dmx.cli", "dmx.commands", "mx_spec.cli", "dmx.export_ct_runtime")
+#: ``mx_spec``'s conformance kit: the golden vectors (schema, inputs, generator, flat exports) and
+#: the verifier of another implementation (comparison, reading results, report, cause and policy
+#: hints, the console script). The rest of ``mx_spec`` is the MX numbers themselves: formats,
+#: element codecs, scales, blocks, quantize, packing, the generalised minifloat, and the declared
+#: policies and layouts (alternative number rules an implementation may follow), plus the atomic
+#: writer they share; the kit is built on the numbers, never the other way round.
+CONFORMANCE_KIT = {"mx_spec.golden", "mx_spec.golden_inputs", "mx_spec.golden_gen", "mx_spec.golden_export",
+                   "mx_spec.compare", "mx_spec.verify", "mx_spec.results_files", "mx_spec.report", "mx_spec.hints",
+                   "mx_spec.policy_hints", "mx_spec.cli"}
 
 
 def _module_name(path: Path) -> str:
@@ -80,6 +102,80 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             if resolved is not None and resolved != name:
                 found.add(resolved)
     return found
+
+
+def _imported_names(name: str, path: Path, known: set[str]) -> list[tuple[str, str | None, int]]:
+    """``(module, name, line)`` for every import of a project module or of a third-party top-level
+    module in one module's source: ``name`` is what ``from module import name`` takes (None for a
+    plain ``import module`` and for a submodule taken by ``from package import submodule``).
+    Imports under ``if TYPE_CHECKING:`` do not count (as in :func:`_imports`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
+    found: list[tuple[str, str | None, int]] = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}" in known
+                found.append((f"{base}.{alias.name}" if submodule else base, None if submodule else alias.name,
+                              node.lineno))
+    return found
+
+
+def _is_door(module: str) -> bool:
+    return any(module == d or module.startswith(d + ".") for d in DOORS)
+
+
+def _argparse_users(name: str, path: Path) -> list[int]:
+    """Lines where a module imports ``argparse``."""
+    return [line for module, _, line in _imported_names(name, path, set(MODULES))
+            if module == "argparse" or module.startswith("argparse.")]
+
+
+def _private_imports(name: str, path: Path) -> list[str]:
+    """``module._name`` taken by ``from module import _name`` from another project module."""
+    known = set(MODULES)
+    return [f"{module}.{what} (line {line})" for module, what, line in _imported_names(name, path, known)
+            if what is not None and what.startswith("_") and not what.startswith("__")
+            and _resolve(module, known) not in (None, name)]
+
+
+def _reexport_homes(init: Path, package: str) -> dict[str, str]:
+    """The names a package's ``__init__`` re-exports, each with the submodule that defines it."""
+    known = set(MODULES)
+    return {what: module for module, what, _ in _imported_names(package, init, known)
+            if what is not None and module.startswith(package + ".")}
+
+
+def _reads_through_own_init(name: str, path: Path) -> list[str]:
+    """Imports by which a module inside a package reaches a name through one of its enclosing
+    packages' ``__init__`` (a re-exported name, or ``import package`` itself)."""
+    known = set(MODULES)
+    parts = name.split(".")
+    enclosing = {".".join(parts[:i]) for i in range(1, len(parts))}
+    if path.name == "__init__.py":
+        enclosing.discard(name)
+    bad = []
+    for module, what, line in _imported_names(name, path, known):
+        if module not in enclosing:
+            continue
+        if what is None:
+            bad.append(f"import {module} (line {line})")
+            continue
+        home = _reexport_homes(MODULES[module], module).get(what)
+        if home is not None:
+            bad.append(f"from {module} import {what} (line {line}; defined in {home})")
+    return bad
 
 
 MODULES = _modules()
@@ -146,3 +242,69 @@ def test_a_planted_upward_import_is_caught(tmp_path):
     source = tmp_path / "offset.py"
     source.write_text("def f():\n    from dmx.sweep import run_sweep\n    import torch.nn\n")
     assert {"dmx.sweep", "torch"} <= _imports("dmx.offset", source, set(MODULES))
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_door(m)))
+def test_only_the_doors_parse_command_lines(module):
+    lines = _argparse_users(module, MODULES[module])
+    assert not lines, (f"{module} imports argparse (line {lines}): parse flags in a command layer {DOORS} "
+                       "and pass the library typed settings")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_private_imports_across_modules(module):
+    bad = _private_imports(module, MODULES[module])
+    assert not bad, f"{module} imports private names of other modules: {bad}; make them public where they live"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("mx_spec") and m not in CONFORMANCE_KIT))
+def test_the_mx_numbers_never_import_the_conformance_kit(module):
+    bad = sorted(m for m in GRAPH[module] if m in CONFORMANCE_KIT)
+    assert not bad, f"{module} (the MX numbers) imports the conformance kit {bad}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_reads_through_its_own_package_init(module):
+    bad = _reads_through_own_init(module, MODULES[module])
+    assert not bad, f"{module} imports through its own package's __init__: {bad}; import from the defining module"
+
+
+def test_the_new_rules_see_the_project():
+    assert CONFORMANCE_KIT <= set(MODULES), f"kit modules missing: {sorted(CONFORMANCE_KIT - set(MODULES))}"
+    assert _reexport_homes(MODULES["dmx.rotation"], "dmx.rotation")["RotationSpec"] == "dmx.rotation.spec"
+    assert _argparse_users("dmx.cli", MODULES["dmx.cli"])
+
+
+def _planted(tmp_path: Path, package: str, source: str) -> tuple[str, Path]:
+    """A module named as if it lived in ``package`` (``package.planted``), written to ``tmp_path``."""
+    path = tmp_path / "planted.py"
+    path.write_text(source)
+    return f"{package}.planted", path
+
+
+def test_a_planted_argparse_import_is_caught(tmp_path):
+    name, path = _planted(tmp_path, "dmx", "def parse():\n    from argparse import Namespace\n")
+    assert not _is_door(name) and _argparse_users(name, path) == [2]
+    name, path = _planted(tmp_path, "dmx.commands", "import argparse\n")
+    assert _is_door(name) and _argparse_users(name, path) == [1]
+
+
+def test_a_planted_private_import_is_caught(tmp_path):
+    name, path = _planted(tmp_path, "dmx", "from mx_spec.elements import _F32, decode_table\n"
+                                           "from .linear import __all__\n")
+    assert _private_imports(name, path) == ["mx_spec.elements._F32 (line 1)"]
+
+
+def test_a_planted_kit_import_in_the_numbers_is_caught(tmp_path):
+    name, path = _planted(tmp_path, "mx_spec", "def f():\n    from mx_spec.golden import load_golden\n")
+    assert "mx_spec.golden" in _imports(name, path, set(MODULES)) and name not in CONFORMANCE_KIT
+
+
+def test_a_planted_read_through_the_own_init_is_caught(tmp_path):
+    source = ("from dmx.rotation import RotationSpec\nfrom dmx.rotation.spec import PLACEMENTS\n"
+              "from dmx.rotation import spec\nimport dmx.rotation\n")
+    name, path = _planted(tmp_path, "dmx.rotation", source)
+    assert _reads_through_own_init(name, path) == [
+        "from dmx.rotation import RotationSpec (line 1; defined in dmx.rotation.spec)", "import dmx.rotation (line 4)"]
+    name, path = _planted(tmp_path, "dmx.sweep", "from dmx.rotation import RotationSpec\n")
+    assert _reads_through_own_init(name, path) == []  # another package's door is the right one to use
