@@ -75,9 +75,9 @@ def idle_cpus() -> int:
 
 
 def thread_count(threads: int | None) -> int:
-    """``--threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
+    """``threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
     if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+        raise ValueError(f"threads must be >= 1, got threads={threads}")
     return idle_cpus() if threads is None else threads
 
 

@@ -8,6 +8,7 @@ compared), 4 NO CASES COMPARED.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,38 @@ from mx_spec.policies import POLICY_CHOICES, choices_text
 from mx_spec.quantize import dequantize, quantize
 from mx_spec.scale import E8M0_BIAS, SCALE_MODES
 from mx_spec.verify import verify_quantizer, verify_results
+
+
+#: What the library's messages call a setting (a parameter of :func:`mx_spec.verify.verify_results` or
+#: :func:`mx_spec.golden.load_golden`) -> the ``mx-spec`` flag that sets it (:func:`parameters_as_flags`).
+FLAGS = {"golden_dir": "--golden", "policies": "--policy", "layouts": "--layout", "require": "--require",
+         "strict": "--strict"}
+
+
+def parameters_as_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message as a command-line user reads it: the library names Python parameters,
+    the command layer translates them to its flags (``flags``: parameter -> flag).
+
+    ``name=True`` becomes ``--flag``, ``name=value`` (a quoted string or one word) ``--flag value``,
+    and a bare ``name`` ``--flag`` when it has an underscore (an identifier, never prose) or
+    opens the message (``"require: unknown token"``); a bare plain word elsewhere ("online",
+    "strict") may be prose and stays. A key with ``=`` is a whole phrase (``"online_size=None":
+    "--rotation-block 0"``: a value the flag spells differently).
+    """
+    names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.\-/$])(?P<name>{names})(?:=(?P<value>'[^']*'|\"[^\"]*\"|[\w.\-/:]*\w))?(?!\w)")
+
+    def replace(match: re.Match) -> str:
+        name, value = match.group("name"), match.group("value")
+        if "=" in name:
+            return flags[name]
+        if value == "True":
+            return flags[name]
+        if value is not None:
+            return f"{flags[name]} {value.strip(chr(39) + chr(34))}"
+        return flags[name] if "_" in name or match.start() == 0 else name
+
+    return pattern.sub(replace, message)
 
 
 def _parse_modes(scale_modes: Sequence[str] | None, roundings: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -143,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"mx-spec {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mx-spec {args.command}: error: {parameters_as_flags(str(exc), FLAGS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mx-spec {args.command}: interrupted", file=sys.stderr)

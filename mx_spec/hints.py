@@ -120,7 +120,7 @@ def hint_int8_minus_128(report) -> str | None:
     items = _items(report, "elements")
     if items and all(m.expected_code == 0x81 and m.actual_code == 0x80 for m in items):
         return ("MXINT8 elements saturate to -128 (0x80) where mx_spec saturates symmetrically to -127 (0x81): "
-                "declare --policy int8=full-range if that is your implementation's rule")
+                "declare the policy int8=full-range if that is your implementation's rule")
     return None
 
 
@@ -194,10 +194,10 @@ def hint_nibble_swap(report) -> str | None:
         return None
     if "fp4=high-first" in report.layouts:
         return ("all packed mismatches are nibble swaps of the declared fp4=high-first layout: your bytes are in "
-                "the default low-first layout (the even-index element in the LOW nibble): drop --layout "
-                "fp4=high-first")
+                "the default low-first layout (the even-index element in the LOW nibble): drop the declared "
+                "layout fp4=high-first")
     return ("all packed mismatches are nibble swaps: FP4 puts the even-index element in the LOW nibble of each "
-            "byte (declare --layout fp4=high-first if that is your layout)")
+            "byte (declare the layout fp4=high-first if that is your layout)")
 
 
 def _msb_first_fp6(case) -> np.ndarray:

@@ -92,7 +92,7 @@ def test_threads_default_is_applied(monkeypatch):
 
     monkeypatch.setattr("dmx.pipeline.idle_cpus", lambda: 1)
     assert thread_count(None) == 1 and thread_count(3) == 3
-    with pytest.raises(ValueError, match="--threads must be >= 1"):
+    with pytest.raises(ValueError, match="threads must be >= 1, got threads=0"):
         thread_count(0)
     assert model_spec_from_args(build_parser().parse_args(["eval"])).threads == 1
     monkeypatch.setattr("dmx.pipeline.load_model", lambda *a, **k: (torch.nn.Linear(1, 1), None))

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--first-window must be 0 or more (test windows skipped), got {args.first_window}")
     if not args.no_ppl:  # before the (long) model load
         check_data_source(args.data_dir, split="test", online=args.online, text_file=args.text_file)
-        check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
+        check_seqlens(args.model, {"seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
     if args.tasks:
         check_zeroshot_data(args.tasks, args.data_dir, online=args.online)
     rotation = resolve_rotation(args, [recorded_rotation(what.provenance, label) for label, what in configs

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     outs = [output_path(args.out, t, len(args.target_bits)) for t in args.target_bits]
     # before the (long) model load
     check_data_source(args.data_dir, split="calibration", online=args.online, text_file=args.text_file)
-    check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
+    check_seqlens(args.model, {"seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
     spec = model_spec_from_args(args, resolve_rotation(args, default=CALIBRATION_ROTATION))
     model, tokenizer = load_rotated_model(spec)
     model_id = rotated_model_id(args.model, model)  # the KL scores depend on the rotation
