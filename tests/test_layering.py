@@ -5,7 +5,9 @@
   models, rotations, data, evaluation, baselines, sweeps) and neither imports the commands;
 * no import cycle between project modules;
 * no module over ``MAX_LINES`` lines;
-* flags stop at the door: ``argparse`` is imported only by the command layers (:data:`DOORS`);
+* flags stop at the door: ``argparse`` is imported only by the command layers (:data:`DOORS`), and
+  the errors the library raises name Python parameters, not flags (the doors translate: a caller of
+  ``calibrate(checkpoint_dir=...)`` never passed ``--checkpoint-dir``);
 * no private imports across modules (``from x import _name`` with ``x`` another project module):
   what another module needs is public;
 * the MX numbers never import the conformance kit (:data:`CONFORMANCE_KIT`);
@@ -23,9 +25,12 @@ for annotations, never executed) do not count.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
+
+from mx_spec.cli import parameters_as_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mx_spec", "dmx")
@@ -73,44 +78,13 @@ def _resolve(name: str, known: set[str]) -> str | None:
     return None
 
 
-def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Project modules (and ``torch``) imported anywhere in one module's source."""
+def _imported_names(name: str, path: Path, known: set[str]) -> list[tuple[str, str | None, int]]:
+    """``(module, name, line)`` for every import in one module's source: ``name`` is what ``from module import name`` takes (None for a
+    plain ``import module`` and for a submodule taken by ``from package import submodule``).
+    Imports under ``if TYPE_CHECKING:`` (names for annotations, never executed) do not count."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     # imports under ``if TYPE_CHECKING:`` only name types in annotations; they never run
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
-                   for stmt in block.body for n in ast.walk(stmt)}
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-        else:
-            continue
-        for target in targets:
-            if target == "torch" or target.startswith("torch."):
-                found.add("torch")
-            resolved = _resolve(target, known)
-            if resolved is not None and resolved != name:
-                found.add(resolved)
-    return found
-
-
-def _imported_names(name: str, path: Path, known: set[str]) -> list[tuple[str, str | None, int]]:
-    """``(module, name, line)`` for every import of a project module or of a third-party top-level
-    module in one module's source: ``name`` is what ``from module import name`` takes (None for a
-    plain ``import module`` and for a submodule taken by ``from package import submodule``).
-    Imports under ``if TYPE_CHECKING:`` do not count (as in :func:`_imports`)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
                    and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
                    for stmt in block.body for n in ast.walk(stmt)}
@@ -132,6 +106,18 @@ def _imported_names(name: str, path: Path, known: set[str]) -> list[tuple[str, s
     return found
 
 
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules (and ``torch``) imported anywhere in one module's source."""
+    found: set[str] = set()
+    for module, _, _ in _imported_names(name, path, known):
+        if module == "torch" or module.startswith("torch."):
+            found.add("torch")
+        resolved = _resolve(module, known)
+        if resolved is not None and resolved != name:
+            found.add(resolved)
+    return found
+
+
 def _is_door(module: str) -> bool:
     return any(module == d or module.startswith(d + ".") for d in DOORS)
 
@@ -140,6 +126,22 @@ def _argparse_users(name: str, path: Path) -> list[int]:
     """Lines where a module imports ``argparse``."""
     return [line for module, _, line in _imported_names(name, path, set(MODULES))
             if module == "argparse" or module.startswith("argparse.")]
+
+
+#: A command-line flag in a message: ``--`` and a lowercase word.
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _flags_in_errors(path: Path) -> list[str]:
+    """Flags named by the messages of the exceptions a module raises (the string parts of the
+    ``raise`` expression), outside backticked command lines: "write one with `dmx calibrate --out`"
+    tells the reader which command makes a file, a recipe rather than a parameter of the call."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            text = "".join(c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+            found += [f"{flag} (line {node.lineno})" for flag in FLAG.findall(re.sub(r"`[^`]*`", "", text))]
+    return found
 
 
 def _private_imports(name: str, path: Path) -> list[str]:
@@ -251,6 +253,13 @@ def test_only_the_doors_parse_command_lines(module):
                        "and pass the library typed settings")
 
 
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_door(m)))
+def test_library_errors_name_parameters_not_flags(module):
+    flags = _flags_in_errors(MODULES[module])
+    assert not flags, (f"{module} raises errors naming command-line flags {flags}: name the Python parameter "
+                       "(e.g. seqlen=..., data_dir) and let the command translate (dmx.commands.FLAGS)")
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_private_imports_across_modules(module):
     bad = _private_imports(module, MODULES[module])
@@ -289,6 +298,13 @@ def test_a_planted_argparse_import_is_caught(tmp_path):
     assert _is_door(name) and _argparse_users(name, path) == [1]
 
 
+def test_a_planted_flag_in_a_library_error_is_caught(tmp_path):
+    _, path = _planted(tmp_path, "dmx", 'def f(n, path):\n    if n:\n        raise ValueError(f"only {n} tokens; lower "\n'
+                                       '                         "--seqlen")\n'
+                                       '    raise FileNotFoundError(f"{path}: write one with `dmx calibrate --out {path}`")\n')
+    assert _flags_in_errors(path) == ["--seqlen (line 3)"]
+
+
 def test_a_planted_private_import_is_caught(tmp_path):
     name, path = _planted(tmp_path, "dmx", "from mx_spec.elements import _F32, decode_table\n"
                                            "from .linear import __all__\n")
@@ -308,3 +324,44 @@ def test_a_planted_read_through_the_own_init_is_caught(tmp_path):
         "from dmx.rotation import RotationSpec (line 1; defined in dmx.rotation.spec)", "import dmx.rotation (line 4)"]
     name, path = _planted(tmp_path, "dmx.sweep", "from dmx.rotation import RotationSpec\n")
     assert _reads_through_own_init(name, path) == []  # another package's door is the right one to use
+
+
+def test_the_doors_translate_parameters_to_flags():
+    flags = {"data_dir": "--data-dir", "online": "--online", "seqlen": "--seqlen", "kl_seqlen": "--kl-seqlen",
+             "online_size=None": "--rotation-block 0", "online_size": "--rotation-block", "rotation": "--rotation"}
+    said = ("no data directory: pass data_dir=DIR or set $DMX_DATA_DIR, or pass online=True; seqlen=4096 exceeds "
+            "256, lower seqlen; kl_seqlen too; online_size=None for the full width; rotation='none' is plain; "
+            "not /tmp/data_dir/x nor dmx.data_dir, and the online Hadamard stays prose")
+    assert parameters_as_flags(said, flags) == (
+        "no data directory: pass --data-dir DIR or set $DMX_DATA_DIR, or pass --online; --seqlen 4096 exceeds "
+        "256, lower seqlen; --kl-seqlen too; --rotation-block 0 for the full width; --rotation none is plain; "
+        "not /tmp/data_dir/x nor dmx.data_dir, and the online Hadamard stays prose")
+
+
+def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, monkeypatch, capsys):
+    # imported here, not at the top: the rules above read source and stay free of torch
+    import dmx.pipeline
+    from dmx.cli import main
+    from dmx.data import check_data_source
+    from dmx.rotation.spec import RotationSpec
+
+    with pytest.raises(ValueError, match="online_size") as bad_size:
+        RotationSpec(kind="hadamard", online_size=6)
+    monkeypatch.delenv("DMX_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="pass data_dir=DIR") as no_data:
+        check_data_source(None, split="test")
+    assert not FLAG.search(str(bad_size.value)) and not FLAG.search(str(no_data.value))
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(dmx.pipeline, "load_model", load_model)
+    eval_ = ["eval", "--format", "mxfp4_e2m1", "--no-ppl", "--no-progress"]
+    assert main([*eval_, "--rotation", "hadamard", "--rotation-block", "6"]) == 2
+    assert main([*eval_, "--rotation-block", "32"]) == 2
+    assert main(["calibrate", "--out", str(tmp_path / "a.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dmx eval: error: the online Hadamard size --rotation-block must be None or a Hadamard order" in err
+    assert "dmx eval: error: --rotation-block only apply to a rotation; add --rotation hadamard" in err
+    assert "dmx calibrate: error: no data directory: pass --data-dir DIR" in err and "pass --online to" in err
+    assert not re.search(r"online_size|rotation_block|data_dir|online=", err)
