@@ -132,15 +132,25 @@ def _argparse_users(name: str, path: Path) -> list[int]:
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
+def _message_text(node: ast.AST) -> str:
+    """The literal text of an expression: its strings in source order, an f-string's replacement
+    fields as ``{}`` (the code inside them is not message text)."""
+    if isinstance(node, ast.Constant):
+        return node.value if isinstance(node.value, str) else ""
+    if isinstance(node, ast.JoinedStr):
+        return "".join(part.value if isinstance(part, ast.Constant) else "{}" for part in node.values)
+    return " ".join(_message_text(child) for child in ast.iter_child_nodes(node))
+
+
 def _flags_in_errors(path: Path) -> list[str]:
-    """Flags named by the messages of the exceptions a module raises (the string parts of the
-    ``raise`` expression), outside backticked command lines: "write one with `dmx calibrate --out`"
-    tells the reader which command makes a file, a recipe rather than a parameter of the call."""
+    """Flags named by the messages of the exceptions a module raises (the text of the ``raise``
+    expression), outside backticked command lines: "write one with `dmx calibrate --out`" tells
+    the reader which command makes a file, a recipe rather than a parameter of the call."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Raise) and node.exc is not None:
-            text = "".join(c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str))
-            found += [f"{flag} (line {node.lineno})" for flag in FLAG.findall(re.sub(r"`[^`]*`", "", text))]
+            text = re.sub(r"`[^`]*`", "", _message_text(node.exc))
+            found += [f"{flag} (line {node.lineno})" for flag in FLAG.findall(text)]
     return found
 
 
@@ -300,9 +310,9 @@ def test_a_planted_argparse_import_is_caught(tmp_path):
 
 def test_a_planted_flag_in_a_library_error_is_caught(tmp_path):
     _, path = _planted(tmp_path, "dmx", 'def f(n, path):\n    if n:\n        raise ValueError(f"only {n} tokens; lower "\n'
-                                       '                         "--seqlen")\n'
+                                       '                         "--seqlen" + (" or " + "--data-dir" if n else ""))\n'
                                        '    raise FileNotFoundError(f"{path}: write one with `dmx calibrate --out {path}`")\n')
-    assert _flags_in_errors(path) == ["--seqlen (line 3)"]
+    assert _flags_in_errors(path) == ["--seqlen (line 3)", "--data-dir (line 3)"]
 
 
 def test_a_planted_private_import_is_caught(tmp_path):
