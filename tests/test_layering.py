@@ -338,7 +338,11 @@ def test_a_planted_read_through_the_own_init_is_caught(tmp_path):
 
 def test_the_doors_translate_parameters_to_flags():
     flags = {"data_dir": "--data-dir", "online": "--online", "seqlen": "--seqlen", "kl_seqlen": "--kl-seqlen",
-             "online_size=None": "--rotation-block 0", "online_size": "--rotation-block", "rotation": "--rotation"}
+             "online_size=None": "--rotation-block 0", "online_size": "--rotation-block", "rotation": "--rotation",
+             "require": "--require", "device": "--device"}
+    assert parameters_as_flags("require: unknown token 'x'", flags) == "--require: unknown token 'x'"
+    assert (parameters_as_flags("device 'cuda' requested but CUDA is not available; use device='cpu'", flags)
+            == "device 'cuda' requested but CUDA is not available; use --device cpu")
     said = ("no data directory: pass data_dir=DIR or set $DMX_DATA_DIR, or pass online=True; seqlen=4096 exceeds "
             "256, lower seqlen; kl_seqlen too; online_size=None for the full width; rotation='none' is plain; "
             "not /tmp/data_dir/x nor dmx.data_dir, and the online Hadamard stays prose")
