@@ -40,20 +40,18 @@ def parameters_as_flags(message: str, flags: dict[str, str]) -> str:
     ``name=True`` becomes ``--flag``, ``name=value`` (a quoted string or one word) ``--flag value``,
     and a bare ``name`` ``--flag`` when it has an underscore (an identifier, never prose) or
     opens the message as its subject (``"require: unknown token"``); a bare plain word elsewhere
-    ("online", "strict", "device 'cuda' requested") may be prose and stays. A key with ``=`` is a whole phrase (``"online_size=None":
-    "--rotation-block 0"``: a value the flag spells differently).
+    ("online", "strict", "device 'cuda' requested") may be prose and stays. A key with ``=`` is a
+    whole phrase (``"online_size=None": "--rotation-block 0"``: a value the flag spells differently).
     """
     names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
     pattern = re.compile(rf"(?<![\w.\-/$])(?P<name>{names})(?:=(?P<value>'[^']*'|\"[^\"]*\"|[\w.\-/:]*\w))?(?!\w)")
 
     def replace(match: re.Match) -> str:
         name, value = match.group("name"), match.group("value")
-        if "=" in name:
-            return flags[name]
-        if value == "True":
+        if "=" in name or value == "True":
             return flags[name]
         if value is not None:
-            return f"{flags[name]} {value.strip(chr(39) + chr(34))}"
+            return flags[name] + " " + value.strip("'\"")
         subject = match.start() == 0 and match.string.startswith(":", match.end())
         return flags[name] if "_" in name or subject else name
 
