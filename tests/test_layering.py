@@ -264,6 +264,12 @@ def test_only_the_doors_parse_command_lines(module):
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_door(m)))
+def test_only_doors_import_the_doors(module):
+    bad = sorted(m for m in GRAPH[module] if _is_door(m))
+    assert not bad, f"{module} imports the command layer {bad}: the library is called by the doors, not the reverse"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_door(m)))
 def test_library_errors_name_parameters_not_flags(module):
     flags = _flags_in_errors(MODULES[module])
     assert not flags, (f"{module} raises errors naming command-line flags {flags}: name the Python parameter "
@@ -306,6 +312,8 @@ def test_a_planted_argparse_import_is_caught(tmp_path):
     assert not _is_door(name) and _argparse_users(name, path) == [2]
     name, path = _planted(tmp_path, "dmx.commands", "import argparse\n")
     assert _is_door(name) and _argparse_users(name, path) == [1]
+    name, path = _planted(tmp_path, "dmx", "from mx_spec.cli import FLAGS\n")  # the library reaching into a door
+    assert [m for m in _imports(name, path, set(MODULES)) if _is_door(m)] == ["mx_spec.cli"]
 
 
 def test_a_planted_flag_in_a_library_error_is_caught(tmp_path):
