@@ -192,7 +192,7 @@ def apply_assignment(layers: Mapping[str, Any], assignment: Assignment | Mapping
     """Fix every ``DMXLinear`` in ``layers`` to its assigned standard MX format (no learning).
 
     The layer names must match exactly; otherwise ``ValueError`` names the missing and unknown
-    layers (an assignment from another model, or one computed with/without ``--include-lm-head``).
+    layers (an assignment from another model, or one computed with/without ``include_lm_head``).
     """
     formats = assignment.formats if isinstance(assignment, Assignment) else dict(assignment)
     missing = sorted(set(layers) - set(formats))
@@ -202,7 +202,7 @@ def apply_assignment(layers: Mapping[str, Any], assignment: Assignment | Mapping
             f"assignment does not match the model's quantised layers: missing {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''} ({len(missing)}), unknown {unknown[:5]}"
             f"{' ...' if len(unknown) > 5 else ''} ({len(unknown)}); was it computed for this model "
-            f"with the same --include-lm-head setting?"
+            f"with the same include_lm_head setting?"
         )
     for name, layer in layers.items():
         layer.set_fixed_format(formats[name])

@@ -205,7 +205,7 @@ def _check_settings(state: dict[str, Any], cfg: CalibrationConfig) -> None:
                        and saved.get(k, defaults[k]) != current[k])
     if differing:
         detail = ", ".join(f"{k}: checkpoint {saved.get(k, defaults[k])!r} vs now {current[k]!r}" for k in differing)
-        raise CheckpointError(f"cannot resume: settings differ from the checkpoint ({detail}); use the same settings or a new --checkpoint-dir")
+        raise CheckpointError(f"cannot resume: settings differ from the checkpoint ({detail}); use the same settings or a new checkpoint_dir")
 
 
 def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resume: bool,
@@ -226,8 +226,8 @@ def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resu
         if checkpoint_exists(checkpoint_dir):
             # never overwrite the work of an interrupted run by accident
             raise CheckpointError(
-                f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass --resume (resume=True) to "
-                f"continue it, or delete it / choose another --checkpoint-dir to start over"
+                f"{checkpoint_path(checkpoint_dir)} exists from an earlier run: pass resume=True to "
+                f"continue it, or delete it / choose another checkpoint_dir to start over"
             )
         return None
     state = load_checkpoint(checkpoint_dir, announce=announce)
@@ -366,7 +366,7 @@ def calibrate(
     except KeyboardInterrupt:
         if main and checkpoint_dir is not None and completed > start:
             save_checkpoint(checkpoint_dir, run.state(completed, metrics))
-            bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir}, continue with --resume",
+            bar.write(f"interrupted after step {completed}; checkpoint saved in {checkpoint_dir} (resume=True continues it)",
                       file=sys.stderr)
         raise
     finally:

@@ -72,13 +72,13 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     ``weights_only=True``: only tensors and plain containers are unpickled, never arbitrary code.
     """
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; run without --resume to start a new calibration")
+        raise CheckpointError(f"no checkpoint at {path}; run without resume=True to start a new calibration")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a dMX checkpoint ({type(err).__name__}: {err}); "
-            f"delete it (or choose another --checkpoint-dir) and run without --resume"
+            f"delete it (or choose another checkpoint_dir) and run without resume=True"
         ) from err
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED_KEYS):
         raise CheckpointError(f"checkpoint {path} lacks required entries {list(_REQUIRED_KEYS)}; it is not a dMX checkpoint")

@@ -22,7 +22,7 @@ import tqdm.std
 import yaml
 
 from dmx.checkpoint import CheckpointError
-from dmx.commands import HelpFormatter
+from dmx.commands import HelpFormatter, flag_message
 from dmx.commands import calibrate as calibrate_command
 from dmx.commands import eval as eval_command
 from dmx.commands import export as export_command
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dmx: interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, CheckpointError) as err:
-        print(f"dmx {args.command}: error: {err}", file=sys.stderr)
+        print(f"dmx {args.command}: error: {flag_message(str(err))}", file=sys.stderr)
         return 2
     return int(result or 0)
 

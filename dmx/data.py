@@ -1,6 +1,6 @@
 """Evaluation and calibration text: WikiText-2 (local directory or HF hub) and local text files.
 
-Data directory precedence: explicit argument (``--data-dir``) > ``$DMX_DATA_DIR`` > error.
+Data directory precedence: explicit argument (``data_dir``) > ``$DMX_DATA_DIR`` > error.
 Local layout (read-only, see the data directory's README.md):
 
 * ``wikitext-2-raw-v1/test.jsonl`` — WikiText-2 raw **test** rows ``{"text": row}``, exactly the
@@ -61,7 +61,7 @@ CALIBRATION_SEQLEN = 256
 #: Characters streamed from FineWeb online (~5 M tokens with a Llama-style tokenizer, what 400
 #: steps of 8 x 2048 tokens draw their windows from).
 FINEWEB_ONLINE_CHARS = 25_000_000
-_ONLINE_HINT = "or pass online=True / --online to download it from the Hugging Face hub (dataset 'wikitext')"
+_ONLINE_HINT = "or pass online=True to download it from the Hugging Face hub (dataset 'wikitext')"
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
@@ -73,12 +73,12 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
     chosen = path if path is not None else os.environ.get(DATA_DIR_ENV) or None
     if chosen is None:
         raise FileNotFoundError(
-            f"no data directory: pass --data-dir DIR (data_dir=...) or set ${DATA_DIR_ENV} to a "
+            f"no data directory: pass data_dir=DIR or set ${DATA_DIR_ENV} to a "
             f"directory containing {WIKITEXT2_TEST} and {WIKITEXT2_CALIB}, {_ONLINE_HINT}"
         )
     folder = Path(chosen).expanduser()
     if not folder.is_dir():
-        source = "--data-dir" if path is not None else f"${DATA_DIR_ENV}"
+        source = "data_dir" if path is not None else f"${DATA_DIR_ENV}"
         raise FileNotFoundError(f"data directory {str(folder)!r} (from {source}) does not exist")
     return folder
 
@@ -90,7 +90,7 @@ resolve_data_dir = data_dir
 def _require_file(folder: Path, relative: Path) -> Path:
     target = folder / relative
     if not target.is_file():
-        raise FileNotFoundError(f"expected {target} (data directory {folder}) but it is missing; point --data-dir "
+        raise FileNotFoundError(f"expected {target} (data directory {folder}) but it is missing; point data_dir "
                                 f"or ${DATA_DIR_ENV} at the data folder (see its README.md), {_ONLINE_HINT}")
     return target
 
@@ -101,7 +101,7 @@ def check_data_source(data_dir: str | os.PathLike | None = None, *, split: str, 
 
     ``split``: ``"test"`` (perplexity) or ``"calibration"`` (WikiText-2 validation). A
     ``text_file`` must exist and hold text; otherwise, unless ``online``, the data directory
-    (``--data-dir`` / ``$DMX_DATA_DIR``) must hold the split's file (``FileNotFoundError``
+    (``data_dir`` / ``$DMX_DATA_DIR``) must hold the split's file (``FileNotFoundError``
     saying which file is missing and how to point at the data).
     """
     files = {"test": WIKITEXT2_TEST, "calibration": WIKITEXT2_CALIB}
@@ -231,8 +231,8 @@ def check_calibration_source(source: str, *, online: bool, text_file: str | os.P
     if source not in CALIBRATION_SOURCES:
         raise ValueError(f"unknown calibration source {source!r}; choose one of {list(CALIBRATION_SOURCES)}")
     if source == "fineweb" and text_file is None and not online:
-        raise ValueError("calibration source 'fineweb' streams HuggingFaceFW/fineweb from the hub: add --online, "
-                         "or pass local FineWeb shards with --text-file FILE.parquet|.jsonl[.gz]")
+        raise ValueError("calibration source 'fineweb' streams HuggingFaceFW/fineweb from the hub: pass online=True, "
+                         "or local FineWeb shards as text_file=FILE.parquet|.jsonl[.gz]")
 
 
 def calibration_token_ids(
@@ -267,7 +267,7 @@ def sample_windows(token_ids: torch.Tensor, n: int, seqlen: int, seed: int) -> t
     flat = token_ids.reshape(-1)
     total = int(flat.numel())
     if total < seqlen:
-        raise ValueError(f"text has only {total} tokens, fewer than seqlen={seqlen}; lower --seqlen or use more text")
+        raise ValueError(f"text has only {total} tokens, fewer than seqlen={seqlen}; lower seqlen or use more text")
     generator = torch.Generator().manual_seed(int(seed))
     starts = torch.randint(0, total - seqlen + 1, (n,), generator=generator)
     return torch.stack([flat[s : s + seqlen] for s in starts.tolist()])

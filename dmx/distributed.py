@@ -57,7 +57,7 @@ def shard(batch: torch.Tensor) -> tuple[torch.Tensor, float]:
         return batch, 1.0
     if batch.shape[0] < size:
         raise ValueError(f"the global batch of {batch.shape[0]} windows cannot be split across {size} processes; "
-                         f"use --batch-size >= {size}")
+                         f"use batch_size >= {size}")
     part = batch.tensor_split(size)[rank]
     return part, part.shape[0] / batch.shape[0]
 

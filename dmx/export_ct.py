@@ -78,7 +78,7 @@ TRANSFORM_TYPE = "random-matrix"
 def require_compressed_tensors() -> None:
     """ImportError naming the extra to install when compressed-tensors is missing."""
     if importlib.util.find_spec("compressed_tensors") is None:
-        raise ImportError(f"--output-format compressed-tensors needs compressed-tensors: {CT_EXTRA_HINT}")
+        raise ImportError(f"output_format='compressed-tensors' needs compressed-tensors: {CT_EXTRA_HINT}")
 
 
 def check_ct_formats(formats: Mapping[str, str], block_size: int) -> None:
@@ -88,12 +88,12 @@ def check_ct_formats(formats: Mapping[str, str], block_size: int) -> None:
     """
     if block_size != CT_BLOCK_SIZE:
         raise ValueError(f"compressed-tensors' MX schemes use blocks of {CT_BLOCK_SIZE}; block_size is {block_size}. "
-                         f"Export with --block-size {CT_BLOCK_SIZE}, or use --output-format dmx")
+                         f"Export with block_size={CT_BLOCK_SIZE}, or use output_format='dmx'")
     bad = sorted({fmt for fmt in formats.values() if fmt not in CT_FORMATS})
     if bad:
         layers = [n for n, f in formats.items() if f in bad]
         raise ValueError(f"compressed-tensors has no scheme for {bad} (used by {len(layers)} layers, e.g. {layers[:2]}); "
-                         f"it supports {sorted(CT_FORMATS)}. Use --output-format dmx, which stores every MX format")
+                         f"it supports {sorted(CT_FORMATS)}. Use output_format='dmx', which stores every MX format")
 
 
 def _operand_formats(layers: Mapping[str, nn.Module]) -> dict[str, dict[str, str]]:
@@ -121,7 +121,7 @@ def check_exportable(layers: Mapping[str, nn.Module], model: nn.Module) -> None:
     if not_linear:
         raise ValueError(f"online rotations before {not_linear[:3]} sit on modules that are not linears; "
                          f"compressed-tensors' transform_config applies input transforms to linears only: "
-                         f"use --output-format dmx")
+                         f"use output_format='dmx'")
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -157,11 +157,11 @@ def open_cache(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> ScoreCac
     # a corrupt cache falls back to its version before the last scored layer
     doc = read_json_or_previous(path, what="KL score cache", fix="delete it to rescore")
     if not isinstance(doc, dict) or doc.get("schema") != CACHE_SCHEMA:
-        raise ValueError(f"{path} is not a KL score cache (no schema {CACHE_SCHEMA!r}); delete it or use another --cache-dir")
+        raise ValueError(f"{path} is not a KL score cache (no schema {CACHE_SCHEMA!r}); delete it or use another cache_dir")
     if doc.get("key") != key:
         raise ValueError(
             f"KL score cache {path} belongs to a different key ({doc.get('key')!r}); "
-            "delete it or use another --cache-dir"
+            "delete it or use another cache_dir"
         )
     return ScoreCache(path=path, key=key, scores={k: float(v) for k, v in doc["scores"].items()})
 

@@ -48,7 +48,7 @@ class EmbeddedModel:
     package: str
     gguf_file: str
     description: str
-    #: the file's ``<arch>.context_length`` metadata, so ``--seqlen`` is checked without parsing the
+    #: the file's ``<arch>.context_length`` metadata, so ``seqlen`` is checked without parsing the
     #: GGUF file (seconds) or loading it (a test compares it with the loaded config)
     context_length: int | None = None
 
@@ -112,7 +112,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def _check_device(device: str) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
-            f"device {device!r} requested but CUDA is not available on this machine; use --device cpu"
+            f"device {device!r} requested but CUDA is not available on this machine; use device='cpu'"
         )
     try:
         torch.device(device)
@@ -308,17 +308,17 @@ def context_length_before_loading(name_or_path: str, *, trust_remote_code: bool 
 
 
 def check_seqlens(model: str, seqlens: dict[str, int | None], *, trust_remote_code: bool = False) -> None:
-    """``ValueError`` before loading when a window length (``{flag: value}``) exceeds the model's context.
+    """``ValueError`` before loading when a window length (``{setting: value}``, e.g. ``{"seqlen": 2048}``) exceeds the model's context.
 
     The context length comes from :func:`context_length_before_loading`; when it is
     not known without loading, the commands check again after loading.
     """
-    given = {flag: value for flag, value in seqlens.items() if value is not None}
+    given = {name: value for name, value in seqlens.items() if value is not None}
     if not given:
         return
     limit = context_length_before_loading(model, trust_remote_code=trust_remote_code)
-    for flag, value in given.items():
+    for name, value in given.items():
         if limit is not None and value > limit:
-            raise ValueError(f"{flag} {value} exceeds the context length {limit} of model {model!r}; "
-                             f"use {flag} {limit} or less")
+            raise ValueError(f"{name}={value} exceeds the context length {limit} of model {model!r}; "
+                             f"use {name}={limit} or less")
 

@@ -28,7 +28,7 @@ import torch
 from dmx.mx_torch_primitives import (block_amax, from_blocks, pow2, pow2_table, round_abs_exact, round_in_place,
                                      round_real_abs, row_chunks, shared_exponent, to_blocks, working_tensor)
 from mx_spec.blocks import check_axis, check_block_size
-from mx_spec.elements import _check_grid, check_rounding, decode_table, round_to_element_grid, working_layout
+from mx_spec.elements import check_grid, check_rounding, decode_table, round_to_element_grid, working_layout
 from mx_spec.formats import DEFAULT_BLOCK_SIZE, ElementFormat, MXFormat, get_format
 from mx_spec.minifloat import E4M3_MAX_NORMAL, FRACTIONAL_SCALES, check_minifloat_scale_mode, minifloat_params
 from mx_spec.scale import E8M0_BIAS, E8M0_NAN, check_scale_mode
@@ -295,7 +295,7 @@ def quantize_dequantize_minifloat(
     exact_grid = real_grid = None
     if exact:
         exact_grid = (int(p.emin), int(p.mbits))
-        _check_grid(*exact_grid, p.max_normal, working_layout(np.float64 if xw.dtype == torch.float64 else np.float32))
+        check_grid(*exact_grid, p.max_normal, working_layout(np.float64 if xw.dtype == torch.float64 else np.float32))
         # max_normal on the grid: mx_spec.minifloat._with_max_normal_representable changes nothing
         fix_max = float(round_to_element_grid(np.array([mx], dtype=np.float64), emin=exact_grid[0],
                                               mbits=exact_grid[1], max_normal=p.max_normal)[0]) != mx

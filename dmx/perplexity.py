@@ -52,10 +52,10 @@ def _check_seqlen(model: nn.Module, seqlen: int, n_tokens: int) -> None:
     if limit is not None and seqlen > limit:
         raise ValueError(
             f"seqlen={seqlen} exceeds the model's context length {limit} (config.max_position_embeddings); "
-            f"use --seqlen {limit} or less"
+            f"use seqlen={limit} or less"
         )
     if n_tokens < seqlen:
-        raise ValueError(f"only {n_tokens} tokens, fewer than one window of seqlen={seqlen}; lower --seqlen")
+        raise ValueError(f"only {n_tokens} tokens, fewer than one window of seqlen={seqlen}; lower seqlen")
 
 
 @torch.inference_mode()

@@ -2,7 +2,7 @@
 load -> rotate -> quantize, then each runs, records (:mod:`dmx.provenance`) and writes its own.
 
 :class:`ModelSpec` is the frozen description of the model side (which model, how it is loaded,
-rotated and quantised), built from command-line flags by :func:`model_spec_from_args`;
+rotated and quantised; the commands build it from their flags, ``dmx.commands.model_spec_from_args``);
 :func:`load_rotated_model` loads and rotates it, :func:`quantize` wraps its decoder linears.
 
 Quantizing (:func:`quantize_model`): every ``nn.Linear`` inside the decoder blocks (q/k/v/o and
@@ -15,7 +15,6 @@ original model weights are frozen; only the offsets are trainable.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ from torch import nn
 
 from dmx.family import DEFAULT_FAMILY
 from dmx.models import EMBEDDED_MODEL, SHORT_NAMES, EmbeddedModel, decoder_linear_names, load_model
-from dmx.rotation import RotationSpec, apply_rotation, resolve_rotation
+from dmx.rotation import RotationSpec, apply_rotation
 from dmx.wrap import wrap_linears
 from mx_spec.formats import DEFAULT_BLOCK_SIZE
 
-__all__ = ["ModelSpec", "model_spec_from_args", "load_rotated_model", "quantize", "quantize_model", "idle_cpus",
+__all__ = ["ModelSpec", "load_rotated_model", "quantize", "quantize_model", "idle_cpus",
            "thread_count"]
 
 
@@ -76,21 +75,10 @@ def idle_cpus() -> int:
 
 
 def thread_count(threads: int | None) -> int:
-    """``--threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
+    """``threads`` when given (``ValueError`` below 1), else :func:`idle_cpus`."""
     if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+        raise ValueError(f"threads must be >= 1, got threads={threads}")
     return idle_cpus() if threads is None else threads
-
-
-def model_spec_from_args(args: argparse.Namespace, rotation: RotationSpec | None = None) -> ModelSpec:
-    """The :class:`ModelSpec` of the model/quantisation/rotation flags (``dmx.commands.add_model_args``,
-    ``add_quant_args``). ``rotation``: the request to apply (:func:`dmx.rotation.resolve_rotation`
-    with the assignments' recorded rotations), else what the rotation flags ask for."""
-    return ModelSpec(model=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
-                     trust_remote_code=args.trust_remote_code, threads=thread_count(getattr(args, "threads", None)),
-                     family=args.family, block_size=args.block_size, include_lm_head=args.include_lm_head,
-                     backend=getattr(args, "backend", None),
-                     rotation=resolve_rotation(args) if rotation is None else rotation)
 
 
 def load_rotated_model(spec: ModelSpec, *, trainable: bool = False):

@@ -123,14 +123,14 @@ class CalibrationRun:
         model setup (another rotation, say).
         """
         if state["layers"] != self.layer_names:
-            raise CheckpointError("checkpoint was written for different layers (another model or --include-lm-head setting)")
+            raise CheckpointError("checkpoint was written for different layers (another model or include_lm_head setting)")
         if state.get("windows_hash") != self.windows_hash:
             raise CheckpointError("cannot resume: calibration windows differ from the checkpoint (other data, seqlen, "
                                   "seed or model tokenizer)")
         for key, now in self.model_setup.items():
             if state.get(key) != now:
                 raise CheckpointError(f"cannot resume: the checkpoint was written under {key} {state.get(key)}, the "
-                                      f"model now has {now}; pass the same --{key} flags or a new --checkpoint-dir")
+                                      f"model now has {now}; use the same {key} or a new checkpoint_dir")
         for trainable, optimizer in zip(self.trainables, self.optimizers, strict=True):
             values_key, optimizer_key = trainable.checkpoint_keys
             trainable.load_values(state[values_key])

@@ -69,7 +69,7 @@ def build_tasks(
             raise ConnectionError(
                 f"could not load the stock lm-eval task(s) {list(names)} from the Hugging Face hub "
                 f"({err}); without network access evaluate offline instead (online=False, "
-                f"--data-dir/${DATA_DIR_ENV}; offline tasks: {list(OFFLINE_TASKS)})"
+                f"data_dir/${DATA_DIR_ENV}; offline tasks: {list(OFFLINE_TASKS)})"
             ) from err
         return {name: loaded[name] for name in names}
     from lm_eval.api.task import ConfigurableTask

@@ -8,21 +8,54 @@ compared), 4 NO CASES COMPARED.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-import mx_spec
 from mx_spec.elements import ROUNDINGS
 from mx_spec.formats import MX_FORMATS
 from mx_spec.golden import ALL_MODES
 from mx_spec.golden_export import export_flat
 from mx_spec.golden_gen import write_golden
 from mx_spec.layouts import LAYOUT_CHOICES
+from mx_spec.packing import pack
 from mx_spec.policies import POLICY_CHOICES, choices_text
+from mx_spec.quantize import dequantize, quantize
 from mx_spec.scale import E8M0_BIAS, SCALE_MODES
 from mx_spec.verify import verify_quantizer, verify_results
+
+
+#: What the library's messages call a setting (a parameter of :func:`mx_spec.verify.verify_results` or
+#: :func:`mx_spec.golden.load_golden`) -> the ``mx-spec`` flag that sets it (:func:`parameters_as_flags`).
+FLAGS = {"golden_dir": "--golden", "policies": "--policy", "layouts": "--layout", "require": "--require",
+         "strict": "--strict"}
+
+
+def parameters_as_flags(message: str, flags: dict[str, str]) -> str:
+    """A library message as a command-line user reads it: the library names Python parameters,
+    the command layer translates them to its flags (``flags``: parameter -> flag).
+
+    ``name=True`` becomes ``--flag``, ``name=value`` (a quoted string or one word) ``--flag value``,
+    and a bare ``name`` ``--flag`` when it has an underscore (an identifier, never prose) or
+    opens the message as its subject (``"require: unknown token"``); a bare plain word elsewhere
+    ("online", "strict", "device 'cuda' requested") may be prose and stays. A key with ``=`` is a
+    whole phrase (``"online_size=None": "--rotation-block 0"``: a value the flag spells differently).
+    """
+    names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.\-/$])(?P<name>{names})(?:=(?P<value>'[^']*'|\"[^\"]*\"|[\w.\-/:]*\w))?(?!\w)")
+
+    def replace(match: re.Match) -> str:
+        name, value = match.group("name"), match.group("value")
+        if "=" in name or value == "True":
+            return flags[name]
+        if value is not None:
+            return flags[name] + " " + value.strip("'\"")
+        subject = match.start() == 0 and match.string.startswith(":", match.end())
+        return flags[name] if "_" in name or subject else name
+
+    return pattern.sub(replace, message)
 
 
 def _parse_modes(scale_modes: Sequence[str] | None, roundings: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -44,9 +77,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     x[0, 0] = 1.8125  # at row 0's scale 2^-7 this is 232, an E4M3 tie (224|240): RNE gives 224
     print("input x: float32, shape", x.shape, "(row 1 is 40x row 0)")
     for fmt in args.formats:
-        mx = mx_spec.quantize(x, fmt)
-        back = mx_spec.dequantize(mx)
-        packed = bytes(mx_spec.pack(mx))
+        mx = quantize(x, fmt)
+        back = dequantize(mx)
+        packed = bytes(pack(mx))
         err = float(np.max(np.abs(back - x) / np.max(np.abs(x), axis=-1, keepdims=True)))
         print(f"\n== {fmt}: block_size {mx.block_size}, axis {mx.axis}, scale_mode floor, rounding rne")
         print("  scales (E8M0 codes):", " ".join(f"0x{int(s):02x}" for s in mx.scales.reshape(-1)),
@@ -58,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print("\n== verifying mx_spec.quantize against the golden vectors"
           f" ({args.golden or 'default golden/ directory'})")
-    report = verify_quantizer(mx_spec.quantize, golden_dir=args.golden, progress=not args.quiet)
+    report = verify_quantizer(quantize, golden_dir=args.golden, progress=not args.quiet)
     print(report.summary(per_format=True))
     print(f"(all {len(ALL_MODES)} modes per format: scale {'/'.join(SCALE_MODES)} x rounding {'/'.join(ROUNDINGS)}; "
           "`mx-spec verify RESULTS` checks another implementation)")
@@ -142,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"mx-spec {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mx-spec {args.command}: error: {parameters_as_flags(str(exc), FLAGS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mx-spec {args.command}: interrupted", file=sys.stderr)

@@ -63,7 +63,7 @@ def check_rounding(rounding: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Work:
+class WorkingLayout:
     """Bit layout of a working float dtype (float32 or float64)."""
 
     float_dtype: np.dtype
@@ -74,13 +74,13 @@ class _Work:
     max_exp: int  # exponent of the largest finite binade
 
 
-_F32 = _Work(np.dtype(np.float32), np.dtype(np.int32), 23, 127, -126, 127)
-_F64 = _Work(np.dtype(np.float64), np.dtype(np.int64), 52, 1023, -1022, 1023)
+_F32 = WorkingLayout(np.dtype(np.float32), np.dtype(np.int32), 23, 127, -126, 127)
+_F64 = WorkingLayout(np.dtype(np.float64), np.dtype(np.int64), 52, 1023, -1022, 1023)
 
 SUPPORTED_INPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def working_layout(dtype: np.dtype) -> _Work:
+def working_layout(dtype: np.dtype) -> WorkingLayout:
     """Working precision of an input dtype: float64 stays float64, f16/bf16/f32 use float32.
 
     Raises:
@@ -105,7 +105,7 @@ def _conversion_hint(dt: np.dtype) -> str:
     return "convert it to a float array, e.g. np.asarray(x, dtype=np.float32)"
 
 
-def as_working(values: npt.ArrayLike) -> tuple[np.ndarray, _Work]:
+def as_working(values: npt.ArrayLike) -> tuple[np.ndarray, WorkingLayout]:
     """Input as a float32/float64 array (exact widening of f16/bf16) plus its bit layout."""
     arr = np.asarray(values)
     work = working_layout(arr.dtype)
@@ -116,7 +116,7 @@ def _is_int(v: float) -> bool:
     return float(v).is_integer()
 
 
-def _check_grid(emin: int, mbits: int, max_normal: float, work: _Work) -> None:
+def check_grid(emin: int, mbits: int, max_normal: float, work: WorkingLayout) -> None:
     """The exact path's ranges: step and magic constant must be normal numbers of ``work``."""
     if mbits < 0 or mbits > work.p:
         raise ValueError(f"mbits must lie in [0, {work.p}] for {work.float_dtype}, got {mbits}")
@@ -130,8 +130,8 @@ def _check_grid(emin: int, mbits: int, max_normal: float, work: _Work) -> None:
         )
 
 
-def _magic_sum(
-    a: np.ndarray, emin: int, mbits: int, work: _Work, emin_fill: np.ndarray | None = None
+def magic_sum(
+    a: np.ndarray, emin: int, mbits: int, work: WorkingLayout, emin_fill: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """S = a + 2^(E - mbits + p) (rounding a to step(a) in the FPU) and E = max(floor(log2 a), emin).
 
@@ -150,7 +150,7 @@ def _magic_sum(
     return a, e
 
 
-def _magnitude_codes(s: np.ndarray, e: np.ndarray, emin: int, mbits: int, work: _Work) -> np.ndarray:
+def magnitude_codes(s: np.ndarray, e: np.ndarray, emin: int, mbits: int, work: WorkingLayout) -> np.ndarray:
     """Code magnitudes ((E - emin) << mbits) + k, with k the low mantissa bits of S."""
     k = s.view(work.int_dtype) & ((1 << work.p) - 1)
     e -= emin
@@ -159,20 +159,20 @@ def _magnitude_codes(s: np.ndarray, e: np.ndarray, emin: int, mbits: int, work: 
     return e
 
 
-def _away_ties(a_clipped: np.ndarray, rounded: np.ndarray, e: np.ndarray, mbits: int, work: _Work) -> np.ndarray:
+def _away_ties(a_clipped: np.ndarray, rounded: np.ndarray, e: np.ndarray, mbits: int, work: WorkingLayout) -> np.ndarray:
     """Mask of magnitudes that RNE rounded down from an exact tie (ties-away rounds them up)."""
     step = ((e - mbits + work.bias) << work.p).view(work.float_dtype)
     return (a_clipped - rounded) * 2 == step
 
 
-def _round_abs_exact(
-    a: np.ndarray, emin: int, mbits: int, rounding: str, work: _Work
+def round_abs_exact(
+    a: np.ndarray, emin: int, mbits: int, rounding: str, work: WorkingLayout
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rounded magnitudes, code magnitudes) of clipped magnitudes ``a`` (not modified)."""
-    s, e = _magic_sum(a.copy(), emin, mbits, work)
+    s, e = magic_sum(a.copy(), emin, mbits, work)
     m = ((e + (work.p - mbits + work.bias)) << work.p).view(work.float_dtype)
     rounded = s - m
-    codes = _magnitude_codes(s, e.copy(), emin, mbits, work)
+    codes = magnitude_codes(s, e.copy(), emin, mbits, work)
     if rounding == "away":
         tie = _away_ties(a, rounded, e, mbits, work)
         step = ((e - mbits + work.bias) << work.p).view(work.float_dtype)
@@ -229,12 +229,12 @@ def round_to_element_grid(
     if not (_is_int(emin) and _is_int(mbits)):
         return _chunked(arr, lambda c: _round_real(c, float(emin), float(mbits), float(max_normal), rounding))
     emin_i, mbits_i = int(emin), int(mbits)
-    _check_grid(emin_i, mbits_i, float(max_normal), work)
+    check_grid(emin_i, mbits_i, float(max_normal), work)
     mx = work.float_dtype.type(max_normal)
 
     def exact(chunk: np.ndarray) -> np.ndarray:
         a = np.minimum(np.abs(chunk), mx)
-        rounded, _ = _round_abs_exact(a, emin_i, mbits_i, rounding, work)
+        rounded, _ = round_abs_exact(a, emin_i, mbits_i, rounding, work)
         np.minimum(rounded, mx, out=rounded)  # only matters for an off-grid max_normal
         return np.copysign(rounded, chunk)
 
@@ -276,11 +276,11 @@ def encode_elements(values: npt.ArrayLike, elem: str | ElementFormat, rounding: 
             "MX blocks containing NaN get a NaN scale (use quantize), element types with NaN: e4m3, e5m2"
         )
     np.minimum(a, work.float_dtype.type(fmt.max_normal), out=a)
-    _, mag = _round_abs_exact(a, fmt.emin, fmt.mbits, rounding, work)
-    return _signed_codes(mag, np.signbit(arr), nan, np.isinf(arr), fmt)
+    _, mag = round_abs_exact(a, fmt.emin, fmt.mbits, rounding, work)
+    return signed_codes(mag, np.signbit(arr), nan, np.isinf(arr), fmt)
 
 
-def _signed_codes(mag: np.ndarray, neg: np.ndarray, nan: np.ndarray, inf: np.ndarray | None, fmt: ElementFormat) -> np.ndarray:
+def signed_codes(mag: np.ndarray, neg: np.ndarray, nan: np.ndarray, inf: np.ndarray | None, fmt: ElementFormat) -> np.ndarray:
     """Apply the sign (sign-magnitude or two's complement) and the NaN/Inf codes; -> uint8."""
     if fmt.kind == "int":
         codes = np.where(neg, -mag, mag) & 0xFF

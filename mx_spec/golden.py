@@ -251,7 +251,7 @@ def load_golden(golden_dir: str | os.PathLike | None = None,
         get_format(name)
         path = golden_path(root, name)
         if not path.is_file():
-            raise FileNotFoundError(f"golden file {path} not found; pass --golden DIR / golden_dir=, "
+            raise FileNotFoundError(f"golden file {path} not found; pass golden_dir=DIR, "
                                     "set $MX_SPEC_GOLDEN_DIR, or generate it with `mx-spec golden --out DIR`")
         out[name] = load_golden_file(path)
     return out

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-import mx_spec
 from mx_spec import golden_inputs
-from mx_spec.formats import MX_FORMATS, get_element, get_format
 from mx_spec.atomic import atomic_write_bytes, atomic_write_text
+from mx_spec.elements import decode_elements
+from mx_spec.formats import MX_FORMATS, get_element, get_format
 from mx_spec.golden import ALL_MODES, MANIFEST_NAME, SCHEMA_NAME, SCHEMA_VERSION, array_to_hex, dtype_name
 from mx_spec.golden_inputs import CaseInput
 from mx_spec.policies import POLICY_CHOICES, outputs_of, policy_variants
+from mx_spec.quantize import quantize
 
 #: Bumped whenever an expected output or input of an existing case changes (see golden/CHANGELOG.md).
 CONTENT_VERSION = 3
@@ -58,7 +59,7 @@ def encode_output_fields(out: dict[str, np.ndarray], float64_input: bool) -> dic
 def expected_fields(case: CaseInput, fmt_name: str, scale_mode: str, rounding: str) -> dict[str, Any]:
     """The expected outputs of one case, as schema fields (hex strings), with its policy variants."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf inputs are deliberate
-        mx = mx_spec.quantize(case.x, fmt_name, block_size=case.block_size, axis=case.axis,
+        mx = quantize(case.x, fmt_name, block_size=case.block_size, axis=case.axis,
                               scale_mode=scale_mode, rounding=rounding)
         depends, variants = policy_variants(case.x, fmt_name, block_size=case.block_size, axis=case.axis,
                                             scale_mode=scale_mode, rounding=rounding)
@@ -93,7 +94,7 @@ def decode_table_records(elem_name: str) -> list[dict[str, str]]:
     """Every element code with its value as float32 and float64 bit patterns."""
     elem = get_element(elem_name)
     codes = np.arange(1 << elem.bits, dtype=np.uint8)
-    values = np.asarray(mx_spec.decode_elements(codes, elem_name, dtype=np.float64), dtype=np.float64)
+    values = np.asarray(decode_elements(codes, elem_name, dtype=np.float64), dtype=np.float64)
     return [{"code": f"{int(c):02x}", "f32": array_to_hex(np.float32(v), "float32"),
              "f64": array_to_hex(np.float64(v), "float64")} for c, v in zip(codes, values)]
 

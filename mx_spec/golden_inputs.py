@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import mx_spec
+from mx_spec.elements import decode_elements
 from mx_spec.formats import DEFAULT_BLOCK_SIZE, get_element, get_format
 from mx_spec.golden import INPUT_DTYPES, SPEC_MODE
 from mx_spec.scale import E8M0_MAX_EXP, E8M0_MIN_EXP
@@ -111,7 +111,7 @@ def _element_grid(elem_name: str) -> np.ndarray:
     """Sorted distinct non-negative finite element values (float64), +0 first."""
     elem = get_element(elem_name)
     codes = np.arange(1 << elem.bits, dtype=np.uint8)
-    values = np.asarray(mx_spec.decode_elements(codes, elem_name, dtype=np.float64), dtype=np.float64)
+    values = np.asarray(decode_elements(codes, elem_name, dtype=np.float64), dtype=np.float64)
     keep = np.isfinite(values) & (values >= 0) & ~np.signbit(values)
     return np.unique(values[keep])
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-import mx_spec
+from mx_spec.elements import decode_table, encode_elements
 from mx_spec.formats import get_format
+from mx_spec.packing import pack
+from mx_spec.quantize import dequantize, quantize
 from mx_spec.scale import E8M0_NAN
 
 #: A rule takes a VerifyReport (mx_spec.report imports this module, so no import back).
@@ -34,7 +36,7 @@ def _items(report, field: str) -> list:
 def _grid(fmt_name: str) -> np.ndarray:
     """Sorted non-negative finite element values of a format (float64)."""
     elem = get_format(fmt_name).element
-    values = np.asarray(mx_spec.decode_table(elem, np.dtype(np.float64)))
+    values = np.asarray(decode_table(elem, np.dtype(np.float64)))
     return np.unique(np.abs(values[np.isfinite(values)]))
 
 
@@ -84,7 +86,7 @@ def _elem(m):
 
 def _max_normal_codes(elem) -> set[int]:
     """The codes of +max normal and -max normal."""
-    return {int(c) for c in mx_spec.encode_elements(np.array([elem.max_normal, -elem.max_normal]), elem)}
+    return {int(c) for c in encode_elements(np.array([elem.max_normal, -elem.max_normal]), elem)}
 
 
 def hint_saturation(report) -> str | None:
@@ -118,7 +120,7 @@ def hint_int8_minus_128(report) -> str | None:
     items = _items(report, "elements")
     if items and all(m.expected_code == 0x81 and m.actual_code == 0x80 for m in items):
         return ("MXINT8 elements saturate to -128 (0x80) where mx_spec saturates symmetrically to -127 (0x81): "
-                "declare --policy int8=full-range if that is your implementation's rule")
+                "declare the policy int8=full-range if that is your implementation's rule")
     return None
 
 
@@ -144,12 +146,12 @@ def _block_is_zero(case, block_index: tuple[int, ...]) -> bool:
 def _float32_detour(case) -> dict[str, np.ndarray]:
     """mx_spec's outputs for the case's input first rounded to float32 (the usual float64 bug)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        mx = mx_spec.quantize(case.x.astype(np.float32), case.fmt, block_size=case.block_size, axis=case.axis,
+        mx = quantize(case.x.astype(np.float32), case.fmt, block_size=case.block_size, axis=case.axis,
                               scale_mode=case.scale_mode, rounding=case.rounding)
         return {"scales": mx.scales.reshape(-1), "elements": mx.elements,
-                "packed": np.asarray(mx_spec.pack(mx), np.uint8),
-                "decoded_f32": mx_spec.dequantize(mx, dtype=np.float32),
-                "decoded_f64": mx_spec.dequantize(mx, dtype=np.float64)}
+                "packed": np.asarray(pack(mx), np.uint8),
+                "decoded_f32": dequantize(mx, dtype=np.float32),
+                "decoded_f64": dequantize(mx, dtype=np.float64)}
 
 
 def _same_outputs(a: dict, b: dict) -> bool:
@@ -192,10 +194,10 @@ def hint_nibble_swap(report) -> str | None:
         return None
     if "fp4=high-first" in report.layouts:
         return ("all packed mismatches are nibble swaps of the declared fp4=high-first layout: your bytes are in "
-                "the default low-first layout (the even-index element in the LOW nibble): drop --layout "
-                "fp4=high-first")
+                "the default low-first layout (the even-index element in the LOW nibble): drop the declared "
+                "layout fp4=high-first")
     return ("all packed mismatches are nibble swaps: FP4 puts the even-index element in the LOW nibble of each "
-            "byte (declare --layout fp4=high-first if that is your layout)")
+            "byte (declare the layout fp4=high-first if that is your layout)")
 
 
 def _msb_first_fp6(case) -> np.ndarray:

@@ -37,10 +37,11 @@ from itertools import combinations
 
 import numpy as np
 
-import mx_spec
-from mx_spec.formats import get_format
 from mx_spec.blocks import block_amax, from_blocks, scales_shape, to_blocks
-from mx_spec.quantize import MXArray
+from mx_spec.elements import encode_elements, round_to_element_grid
+from mx_spec.formats import get_format
+from mx_spec.packing import pack
+from mx_spec.quantize import MXArray, dequantize, quantize
 from mx_spec.scale import E8M0_BIAS, E8M0_MAX_EXP, E8M0_MIN_EXP, E8M0_NAN, encode_e8m0, shared_exponent
 
 #: policy name -> its choices, the default (mx_spec's) first.
@@ -162,14 +163,14 @@ def _encode_at(blocks: np.ndarray, exps: np.ndarray, fmt_name: str, rounding: st
         y = blocks * scale
     y = np.where(np.isnan(y), 0.0, np.clip(y, -elem.max_normal, elem.max_normal) if elem.kind == "fp" else y)
     if elem.kind == "int":
-        codes = mx_spec.encode_elements(np.clip(y, -elem.max_normal, elem.max_normal), elem, rounding)
+        codes = encode_elements(np.clip(y, -elem.max_normal, elem.max_normal), elem, rounding)
         if "int8=full-range" in policies:
             # the extended grid reaches -2.0: round |y| on the element grid capped at 2.0
-            top = mx_spec.round_to_element_grid(np.minimum(np.abs(y), 2.0), emin=elem.emin, mbits=elem.mbits,
+            top = round_to_element_grid(np.minimum(np.abs(y), 2.0), emin=elem.emin, mbits=elem.mbits,
                                                 max_normal=2.0, rounding=rounding)
             codes = np.where((y < 0) & (top == 2.0), np.uint8(0x80), codes).astype(np.uint8)
     else:
-        codes = mx_spec.encode_elements(y, elem, rounding)
+        codes = encode_elements(y, elem, rounding)
     codes[np.broadcast_to(nan_block[..., None], codes.shape)] = 0
     return codes
 
@@ -221,9 +222,9 @@ def outputs_of(mx: MXArray) -> dict[str, np.ndarray]:
     """All schema fields of an MXArray: scales, elements, packed bytes, float32/float64 decodes."""
     with np.errstate(over="ignore"):
         return {"scales": mx.scales.reshape(-1), "elements": mx.elements,
-                "packed": np.asarray(mx_spec.pack(mx), dtype=np.uint8),
-                "decoded_f32": mx_spec.dequantize(mx, dtype=np.float32),
-                "decoded_f64": mx_spec.dequantize(mx, dtype=np.float64)}
+                "packed": np.asarray(pack(mx), dtype=np.uint8),
+                "decoded_f32": dequantize(mx, dtype=np.float32),
+                "decoded_f64": dequantize(mx, dtype=np.float64)}
 
 
 # --------------------------------------------------------------------------- case tagging

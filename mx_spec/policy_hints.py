@@ -5,7 +5,7 @@ implementation with a defect in the same corner (e.g. subnormal inputs flushed i
 not in the elements) passes some such cases and fails others.  So a policy (or combination) P
 is suggested only when declaring it, re-checked over *every* compared case whose outputs depend
 on P, makes failing cases pass and no passing case fail; the cases that still fail are counted.
-Only then are the failing cases annotated ``[passes under --policy P]``.
+Only then are the failing cases annotated ``[passes under policy P]``.
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def evaluate_policy_hints(report: Any) -> None:
         if broken or not fixed:
             continue  # declaring it would break passing cases: not a policy this implementation follows
         consistent.add(combo)
-        text = f"{fixed} failing case(s) pass under --policy {combo} and no passing case fails under it"
+        text = f"{fixed} failing case(s) pass under policy {combo} and no passing case fails under it"
         if still:
             text += f"; {still} other failing case(s) that depend on it still fail for another reason"
         report.policy_hints.append(text + ": declare the policy if your implementation follows it "
                                           "(golden/README.md, Policies)")
     for cid, combo in report._case_policy_match.items():
         if combo in consistent:
-            report.failed_cases[cid] += f"  [passes under --policy {combo}]"
+            report.failed_cases[cid] += f"  [passes under policy {combo}]"

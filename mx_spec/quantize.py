@@ -42,13 +42,13 @@ from mx_spec.blocks import block_amax, check_axis, check_block_size, from_blocks
 from mx_spec.elements import (
     SUPPORTED_INPUT_DTYPES,
     Rounding,
-    _round_abs_exact,
-    _signed_codes,
-    _Work,
+    WorkingLayout,
     as_working,
     check_codes,
     check_rounding,
     decode_table,
+    round_abs_exact,
+    signed_codes,
 )
 from mx_spec.formats import MXFormat, get_format
 from mx_spec.rne_kernel import quantize_blocks, quantize_dequantize_blocks
@@ -137,7 +137,7 @@ def quantize(
 
 
 def _checked_call(x: npt.ArrayLike, fmt: str | MXFormat, block_size: int | None, axis: int, scale_mode: str,
-                  rounding: str) -> tuple[MXFormat, int, np.ndarray, _Work, int]:
+                  rounding: str) -> tuple[MXFormat, int, np.ndarray, WorkingLayout, int]:
     """The settings of a quantize call, validated: (format, block size, working array, its layout, axis)."""
     f = get_format(fmt)
     bs = check_block_size(f.block_size if block_size is None else block_size)
@@ -148,7 +148,7 @@ def _checked_call(x: npt.ArrayLike, fmt: str | MXFormat, block_size: int | None,
 
 
 def _quantize_general(
-    arr: np.ndarray, f: MXFormat, bs: int, ax: int, scale_mode: str, rounding: str, work: _Work
+    arr: np.ndarray, f: MXFormat, bs: int, ax: int, scale_mode: str, rounding: str, work: WorkingLayout
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scales, elements) the straightforward way: whole-array passes, any rounding, empty arrays.
 
@@ -164,8 +164,8 @@ def _quantize_general(
     with np.errstate(invalid="ignore"):  # NaN/Inf blocks: their codes are set to 0 below
         a = np.abs(blocks) * inv_scale[..., None]
     np.minimum(a, work.float_dtype.type(elem.max_normal), out=a)
-    _, mag = _round_abs_exact(a, elem.emin, elem.mbits, rounding, work)
-    codes = _signed_codes(mag, np.signbit(blocks), np.zeros(1, bool), None, elem)
+    _, mag = round_abs_exact(a, elem.emin, elem.mbits, rounding, work)
+    codes = signed_codes(mag, np.signbit(blocks), np.zeros(1, bool), None, elem)
     codes[nan_block] = 0
     elements = from_blocks(codes, ax, n)
     scales = np.ascontiguousarray(np.moveaxis(encode_e8m0(exp), -1, ax))

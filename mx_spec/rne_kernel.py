@@ -3,7 +3,7 @@
 Same rule as :func:`mx_spec.quantize._quantize_general` (the tests check they are
 bit-identical), evaluated on the integer bit views of cache-sized chunks of whole blocks:
 shared exponent from the amax exponent field, scaling by 2^-X, the magic-number rounding of
-:func:`mx_spec.elements._magic_sum` (the one rounding implementation), then either the element
+:func:`mx_spec.elements.magic_sum` (the one rounding implementation), then either the element
 codes (:func:`quantize_blocks`) or the values straight from the rounding sum
 (:func:`quantize_dequantize_blocks`, no codes).  Inputs are ``(..., n_blocks, k)`` arrays from
 :func:`mx_spec.blocks.to_blocks`, RNE only.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mx_spec.elements import _magic_sum, _magnitude_codes, _Work
+from mx_spec.elements import WorkingLayout, magic_sum, magnitude_codes
 from mx_spec.formats import ElementFormat, MXFormat
 from mx_spec.scale import E8M0_MAX_EXP, E8M0_MIN_EXP, encode_e8m0, shared_exponent
 
@@ -24,7 +24,7 @@ __all__ = ["quantize_blocks", "quantize_dequantize_blocks"]
 _CHUNK_ELEMENTS = 1 << 15
 
 
-def chunk_exponents(amax_bits: np.ndarray, elem: ElementFormat, mode: str, work: _Work) -> np.ndarray:
+def chunk_exponents(amax_bits: np.ndarray, elem: ElementFormat, mode: str, work: WorkingLayout) -> np.ndarray:
     """Shared exponents X (float64, NaN for NaN/Inf amax) of a chunk's amax bit patterns.
 
     For "floor" X = clip(expfield - bias - emax, -127, 127), NaN when expfield is all ones: the
@@ -41,11 +41,11 @@ def chunk_exponents(amax_bits: np.ndarray, elem: ElementFormat, mode: str, work:
     return x
 
 
-def run_blockwise(arr: np.ndarray, bs: int, elem: ElementFormat, mode: str, work: _Work, emit) -> np.ndarray:
+def run_blockwise(arr: np.ndarray, bs: int, elem: ElementFormat, mode: str, work: WorkingLayout, emit) -> np.ndarray:
     """Run the RNE kernel over ``arr`` (..., n) in cache-sized chunks of whole blocks.
 
     For each chunk it computes a = min(|x| * 2^-X, max_normal) and the magic sum S, E of
-    :func:`mx_spec.elements._magic_sum` (the one rounding implementation), then calls
+    :func:`mx_spec.elements.magic_sum` (the one rounding implementation), then calls
     ``emit(rows, bits, s, e, x_int, nan_rows)`` to turn them into codes or values.  Returns the
     per-block exponents X (float64, NaN for NaN/Inf blocks), shape (n_blocks_total,).
     """
@@ -76,12 +76,12 @@ def run_blockwise(arr: np.ndarray, bs: int, elem: ElementFormat, mode: str, work
         with np.errstate(invalid="ignore"):
             a *= np.ldexp(work.float_dtype.type(1), -x_int)[:, None]
         np.minimum(a, max_fill[:rows], out=a)
-        s, e = _magic_sum(a, elem.emin, elem.mbits, work, emin_fill[:rows])
+        s, e = magic_sum(a, elem.emin, elem.mbits, work, emin_fill[:rows])
         emit(slice(r0, r1), b, s, e, x_int, nan_rows)
     return exps
 
 
-def quantize_blocks(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: _Work) -> tuple[np.ndarray, np.ndarray]:
+def quantize_blocks(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: WorkingLayout) -> tuple[np.ndarray, np.ndarray]:
     """(scale codes, element codes) via :func:`run_blockwise`; same rule as the general path."""
     elem = f.element
     codes = np.empty(arr.shape, np.uint8)
@@ -89,7 +89,7 @@ def quantize_blocks(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: _Wor
     sign_shift = work.int_dtype.itemsize * 8 - elem.bits
 
     def emit(rows, b, s, e, x_int, nan_rows):
-        mag = _magnitude_codes(s, e, elem.emin, elem.mbits, work)
+        mag = magnitude_codes(s, e, elem.emin, elem.mbits, work)
         if elem.kind == "int":  # two's complement: -m = (m ^ -1) + 1; the uint8 cast wraps
             neg = b >> (work.int_dtype.itemsize * 8 - 1)  # -1 where the input is negative, else 0
             mag ^= neg
@@ -108,7 +108,7 @@ def quantize_blocks(arr: np.ndarray, f: MXFormat, bs: int, mode: str, work: _Wor
 
 
 def quantize_dequantize_blocks(arr: np.ndarray, f: MXFormat, bs: int, mode: str,
-                               work: _Work) -> tuple[np.ndarray, np.ndarray]:
+                               work: WorkingLayout) -> tuple[np.ndarray, np.ndarray]:
     """(values, X): values sign * (S - M) * 2^X straight from the magic sum, skipping the element
     codes (RNE only); the shared exponents X (float64, NaN for NaN/Inf blocks) shaped like ``arr``
     without its last axis."""

@@ -98,7 +98,7 @@ def _skip(report: VerifyReport, case: GoldenCase, reason: str) -> None:
 
 # --------------------------------------------------------------------------- requirements
 def parse_requirement(text: str | Iterable[str] | None, strict: bool = False) -> Requirement | None:
-    """A :class:`Requirement` from ``--require`` tokens (formats, modes, fields), or None.
+    """A :class:`Requirement` from ``require`` tokens (formats, modes, fields), or None.
 
     Tokens (comma separated, any order): MX format names (``mxfp4_e2m1``), scale modes
     (``floor``), roundings (``rne``), ``scale/rounding`` pairs (``floor/rne``) and field names
@@ -124,7 +124,7 @@ def parse_requirement(text: str | Iterable[str] | None, strict: bool = False) ->
         elif "/" in t and tuple(t.split("/", 1)) in ALL_MODES:
             pairs.add(tuple(t.split("/", 1)))
         else:
-            raise ValueError(f"--require: unknown token {t!r}; valid: MX formats {list(MX_FORMATS)}, scale modes "
+            raise ValueError(f"require: unknown token {t!r}; valid: MX formats {list(MX_FORMATS)}, scale modes "
                              f"{list(SCALE_MODES)}, roundings {list(ROUNDINGS)}, pairs like 'floor/rne', "
                              f"fields {list(OUTPUT_FIELDS)}")
     if strict and (formats or scale_modes or roundings or pairs):
@@ -188,7 +188,7 @@ def _ask(report: VerifyReport, cases: Sequence[GoldenCase], req: Requirement | N
     """Book what the run is asked to cover: the requirement's cases, else ``formats`` x ``modes``."""
     if req is not None:
         formats, modes, fields = sorted(req.formats), req.modes, req.fields
-        how = "required (--require/--strict, over the whole golden set)"
+        how = "required (require/strict, over the whole golden set)"
     else:
         fields = CODE_FIELDS
     wanted = set(modes)
@@ -321,7 +321,7 @@ def verify_results(results: str | os.PathLike | dict[str, dict[str, Any]],
         absent = sorted(req.formats - set(held))
         if absent:
             raise ValueError(f"the requirement names format(s) {absent} that the golden directory {golden_dir} "
-                             "does not hold; generate them or drop them from --require")
+                             "does not hold; generate them or drop them from require")
     for case in cases:
         if case.id not in res:
             _skip(report, case, "no results for this case")

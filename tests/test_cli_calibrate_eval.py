@@ -112,7 +112,7 @@ def test_calibrate_defaults_are_the_authors_recipe():
 def test_fineweb_without_online_is_refused_before_loading(capsys):
     # a model path that does not exist: the data check must come first
     assert main(["calibrate", "--calib-source", "fineweb", "--model", "/nonexistent/model"]) == 2
-    assert "add --online" in capsys.readouterr().err
+    assert "pass --online" in capsys.readouterr().err
 
 
 def test_a_named_checkpoint_dir_is_kept_and_redeployed_with_budget_rounding(tmp_path, tiny_real_tokenizer_dir, data_dir):

@@ -86,11 +86,12 @@ def test_threads_default_is_applied(monkeypatch):
     import torch
 
     from dmx.cli import build_parser
-    from dmx.pipeline import model_spec_from_args, thread_count
+    from dmx.commands import model_spec_from_args
+    from dmx.pipeline import thread_count
 
     monkeypatch.setattr("dmx.pipeline.idle_cpus", lambda: 1)
     assert thread_count(None) == 1 and thread_count(3) == 3
-    with pytest.raises(ValueError, match="--threads must be >= 1"):
+    with pytest.raises(ValueError, match="threads must be >= 1, got threads=0"):
         thread_count(0)
     assert model_spec_from_args(build_parser().parse_args(["eval"])).threads == 1
     monkeypatch.setattr("dmx.pipeline.load_model", lambda *a, **k: (torch.nn.Linear(1, 1), None))

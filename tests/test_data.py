@@ -24,7 +24,7 @@ def test_data_dir_precedence(tmp_path, monkeypatch):
     assert D.data_dir(flag) == flag
     assert D.data_dir() == env
     monkeypatch.delenv(D.DATA_DIR_ENV)
-    with pytest.raises(FileNotFoundError, match="--data-dir.*DMX_DATA_DIR.*online"):
+    with pytest.raises(FileNotFoundError, match="pass data_dir=DIR.*DMX_DATA_DIR.*online=True"):
         D.data_dir()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         D.data_dir(tmp_path / "missing")
@@ -105,7 +105,7 @@ def test_fineweb_style_documents_are_read_from_jsonl_gzip_and_parquet(tmp_path):
     pq.write_table(pa.table({"body": docs}), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="no 'text' column"):
         D.read_text_file(tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match="--online"):
+    with pytest.raises(ValueError, match="online=True"):
         D.calibration_token_ids(_CharTokenizer(), source="fineweb")
     with pytest.raises(ValueError, match="unknown calibration source"):
         D.calibration_token_ids(_CharTokenizer(), source="c4")

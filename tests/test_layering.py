@@ -4,7 +4,18 @@
 * the dMX core (the method, usable on any ``nn.Module``) never imports the LLM side (Hugging Face
   models, rotations, data, evaluation, baselines, sweeps) and neither imports the commands;
 * no import cycle between project modules;
-* no module over ``MAX_LINES`` lines.
+* no module over ``MAX_LINES`` lines;
+* flags stop at the door: ``argparse`` is imported only by the command layers (:data:`DOORS`), and
+  the errors the library raises name Python parameters, not flags (the doors translate: a caller of
+  ``calibrate(checkpoint_dir=...)`` never passed ``--checkpoint-dir``);
+* no private imports across modules (``from x import _name`` with ``x`` another project module):
+  what another module needs is public;
+* the MX numbers never import the conformance kit (:data:`CONFORMANCE_KIT`);
+* a module inside a package takes what its package's ``__init__`` re-exports from the module that
+  defines it (``from dmx.rotation.spec import RotationSpec`` inside ``dmx/rotation/``, not ``from
+  dmx.rotation import RotationSpec``), and never ``import``s its own package to reach names
+  through it: the ``__init__`` is the door for callers outside, and reading through it from inside
+  hides where a name lives and invites cycles.
 
 Imports are read from the source (``ast``), including those inside functions: an upward import
 hidden in a function body is still an upward import. Imports under ``if TYPE_CHECKING:`` (names
@@ -14,9 +25,12 @@ for annotations, never executed) do not count.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
+
+from mx_spec.cli import parameters_as_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mx_spec", "dmx")
@@ -29,6 +43,19 @@ CORE = {"dmx.family", "dmx.offset", "dmx.anneal", "dmx.regularizer", "dmx.autogr
         "dmx.assignment", "dmx.checkpoint", "dmx.distributed", "dmx.files", "dmx.provenance"}
 #: The user-facing entry points, imported by nothing below them.
 COMMANDS_PREFIXES = ("dmx.cli", "dmx.commands")
+#: The command layers, the only modules that parse command lines (import ``argparse``): dMX's CLI,
+#: ``mx_spec``'s own console script, and ``dmx.export_ct_runtime``, a ``python -m`` script that
+#: writes a committed results file (its folder is the library's; it is imported by nothing).
+DOORS = ("dmx.cli", "dmx.commands", "mx_spec.cli", "dmx.export_ct_runtime")
+#: ``mx_spec``'s conformance kit: the golden vectors (schema, inputs, generator, flat exports) and
+#: the verifier of another implementation (comparison, reading results, report, cause and policy
+#: hints, the console script). The rest of ``mx_spec`` is the MX numbers themselves: formats,
+#: element codecs, scales, blocks, quantize, packing, the generalised minifloat, and the declared
+#: policies and layouts (alternative number rules an implementation may follow), plus the atomic
+#: writer they share; the kit is built on the numbers, never the other way round.
+CONFORMANCE_KIT = {"mx_spec.golden", "mx_spec.golden_inputs", "mx_spec.golden_gen", "mx_spec.golden_export",
+                   "mx_spec.compare", "mx_spec.verify", "mx_spec.results_files", "mx_spec.report", "mx_spec.hints",
+                   "mx_spec.policy_hints", "mx_spec.cli"}
 
 
 def _module_name(path: Path) -> str:
@@ -51,35 +78,116 @@ def _resolve(name: str, known: set[str]) -> str | None:
     return None
 
 
-def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Project modules (and ``torch``) imported anywhere in one module's source."""
+def _imported_names(name: str, path: Path, known: set[str]) -> list[tuple[str, str | None, int]]:
+    """``(module, name, line)`` for every import in one module's source: ``name`` is what ``from module import name`` takes (None for a
+    plain ``import module`` and for a submodule taken by ``from package import submodule``).
+    Imports under ``if TYPE_CHECKING:`` (names for annotations, never executed) do not count."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     # imports under ``if TYPE_CHECKING:`` only name types in annotations; they never run
     typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
                    and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
                    for stmt in block.body for n in ast.walk(stmt)}
-    found: set[str] = set()
+    found: list[tuple[str, str | None, int]] = []
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            found += [(alias.name, None, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-        else:
-            continue
-        for target in targets:
-            if target == "torch" or target.startswith("torch."):
-                found.add("torch")
-            resolved = _resolve(target, known)
-            if resolved is not None and resolved != name:
-                found.add(resolved)
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}" in known
+                found.append((f"{base}.{alias.name}" if submodule else base, None if submodule else alias.name,
+                              node.lineno))
     return found
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules (and ``torch``) imported anywhere in one module's source."""
+    found: set[str] = set()
+    for module, _, _ in _imported_names(name, path, known):
+        if module == "torch" or module.startswith("torch."):
+            found.add("torch")
+        resolved = _resolve(module, known)
+        if resolved is not None and resolved != name:
+            found.add(resolved)
+    return found
+
+
+def _is_door(module: str) -> bool:
+    return any(module == d or module.startswith(d + ".") for d in DOORS)
+
+
+def _argparse_users(name: str, path: Path) -> list[int]:
+    """Lines where a module imports ``argparse``."""
+    return [line for module, _, line in _imported_names(name, path, set(MODULES))
+            if module == "argparse" or module.startswith("argparse.")]
+
+
+#: A command-line flag in a message: ``--`` and a lowercase word.
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _message_text(node: ast.AST) -> str:
+    """The literal text of an expression: its strings in source order, an f-string's replacement
+    fields as ``{}`` (the code inside them is not message text)."""
+    if isinstance(node, ast.Constant):
+        return node.value if isinstance(node.value, str) else ""
+    if isinstance(node, ast.JoinedStr):
+        return "".join(part.value if isinstance(part, ast.Constant) else "{}" for part in node.values)
+    return " ".join(_message_text(child) for child in ast.iter_child_nodes(node))
+
+
+def _flags_in_errors(path: Path) -> list[str]:
+    """Flags named by the messages of the exceptions a module raises (the text of the ``raise``
+    expression), outside backticked command lines: "write one with `dmx calibrate --out`" tells
+    the reader which command makes a file, a recipe rather than a parameter of the call."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            text = re.sub(r"`[^`]*`", "", _message_text(node.exc))
+            found += [f"{flag} (line {node.lineno})" for flag in FLAG.findall(text)]
+    return found
+
+
+def _private_imports(name: str, path: Path) -> list[str]:
+    """``module._name`` taken by ``from module import _name`` from another project module."""
+    known = set(MODULES)
+    return [f"{module}.{what} (line {line})" for module, what, line in _imported_names(name, path, known)
+            if what is not None and what.startswith("_") and not what.startswith("__")
+            and _resolve(module, known) not in (None, name)]
+
+
+def _reexport_homes(init: Path, package: str) -> dict[str, str]:
+    """The names a package's ``__init__`` re-exports, each with the submodule that defines it."""
+    known = set(MODULES)
+    return {what: module for module, what, _ in _imported_names(package, init, known)
+            if what is not None and module.startswith(package + ".")}
+
+
+def _reads_through_own_init(name: str, path: Path) -> list[str]:
+    """Imports by which a module inside a package reaches a name through one of its enclosing
+    packages' ``__init__`` (a re-exported name, or ``import package`` itself)."""
+    known = set(MODULES)
+    parts = name.split(".")
+    enclosing = {".".join(parts[:i]) for i in range(1, len(parts))}
+    if path.name == "__init__.py":
+        enclosing.discard(name)
+    bad = []
+    for module, what, line in _imported_names(name, path, known):
+        if module not in enclosing:
+            continue
+        if what is None:
+            bad.append(f"import {module} (line {line})")
+            continue
+        home = _reexport_homes(MODULES[module], module).get(what)
+        if home is not None:
+            bad.append(f"from {module} import {what} (line {line}; defined in {home})")
+    return bad
 
 
 MODULES = _modules()
@@ -146,3 +254,136 @@ def test_a_planted_upward_import_is_caught(tmp_path):
     source = tmp_path / "offset.py"
     source.write_text("def f():\n    from dmx.sweep import run_sweep\n    import torch.nn\n")
     assert {"dmx.sweep", "torch"} <= _imports("dmx.offset", source, set(MODULES))
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_door(m)))
+def test_only_the_doors_parse_command_lines(module):
+    lines = _argparse_users(module, MODULES[module])
+    assert not lines, (f"{module} imports argparse (line {lines}): parse flags in a command layer {DOORS} "
+                       "and pass the library typed settings")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_door(m)))
+def test_only_doors_import_the_doors(module):
+    bad = sorted(m for m in GRAPH[module] if _is_door(m))
+    assert not bad, f"{module} imports the command layer {bad}: the library is called by the doors, not the reverse"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if not _is_door(m)))
+def test_library_errors_name_parameters_not_flags(module):
+    flags = _flags_in_errors(MODULES[module])
+    assert not flags, (f"{module} raises errors naming command-line flags {flags}: name the Python parameter "
+                       "(e.g. seqlen=..., data_dir) and let the command translate (dmx.commands.FLAGS)")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_private_imports_across_modules(module):
+    bad = _private_imports(module, MODULES[module])
+    assert not bad, f"{module} imports private names of other modules: {bad}; make them public where they live"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("mx_spec") and m not in CONFORMANCE_KIT))
+def test_the_mx_numbers_never_import_the_conformance_kit(module):
+    bad = sorted(m for m in GRAPH[module] if m in CONFORMANCE_KIT)
+    assert not bad, f"{module} (the MX numbers) imports the conformance kit {bad}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_reads_through_its_own_package_init(module):
+    bad = _reads_through_own_init(module, MODULES[module])
+    assert not bad, f"{module} imports through its own package's __init__: {bad}; import from the defining module"
+
+
+def test_the_new_rules_see_the_project():
+    assert CONFORMANCE_KIT <= set(MODULES), f"kit modules missing: {sorted(CONFORMANCE_KIT - set(MODULES))}"
+    assert _reexport_homes(MODULES["dmx.rotation"], "dmx.rotation")["RotationSpec"] == "dmx.rotation.spec"
+    assert _argparse_users("dmx.cli", MODULES["dmx.cli"])
+
+
+def _planted(tmp_path: Path, package: str, source: str) -> tuple[str, Path]:
+    """A module named as if it lived in ``package`` (``package.planted``), written to ``tmp_path``."""
+    path = tmp_path / "planted.py"
+    path.write_text(source)
+    return f"{package}.planted", path
+
+
+def test_a_planted_argparse_import_is_caught(tmp_path):
+    name, path = _planted(tmp_path, "dmx", "def parse():\n    from argparse import Namespace\n")
+    assert not _is_door(name) and _argparse_users(name, path) == [2]
+    name, path = _planted(tmp_path, "dmx.commands", "import argparse\n")
+    assert _is_door(name) and _argparse_users(name, path) == [1]
+    name, path = _planted(tmp_path, "dmx", "from mx_spec.cli import FLAGS\n")  # the library reaching into a door
+    assert [m for m in _imports(name, path, set(MODULES)) if _is_door(m)] == ["mx_spec.cli"]
+
+
+def test_a_planted_flag_in_a_library_error_is_caught(tmp_path):
+    _, path = _planted(tmp_path, "dmx", 'def f(n, path):\n    if n:\n        raise ValueError(f"only {n} tokens; lower "\n'
+                                       '                         "--seqlen" + (" or " + "--data-dir" if n else ""))\n'
+                                       '    raise FileNotFoundError(f"{path}: write one with `dmx calibrate --out {path}`")\n')
+    assert _flags_in_errors(path) == ["--seqlen (line 3)", "--data-dir (line 3)"]
+
+
+def test_a_planted_private_import_is_caught(tmp_path):
+    name, path = _planted(tmp_path, "dmx", "from mx_spec.elements import _F32, decode_table\n"
+                                           "from .linear import __all__\n")
+    assert _private_imports(name, path) == ["mx_spec.elements._F32 (line 1)"]
+
+
+def test_a_planted_kit_import_in_the_numbers_is_caught(tmp_path):
+    name, path = _planted(tmp_path, "mx_spec", "def f():\n    from mx_spec.golden import load_golden\n")
+    assert "mx_spec.golden" in _imports(name, path, set(MODULES)) and name not in CONFORMANCE_KIT
+
+
+def test_a_planted_read_through_the_own_init_is_caught(tmp_path):
+    source = ("from dmx.rotation import RotationSpec\nfrom dmx.rotation.spec import PLACEMENTS\n"
+              "from dmx.rotation import spec\nimport dmx.rotation\n")
+    name, path = _planted(tmp_path, "dmx.rotation", source)
+    assert _reads_through_own_init(name, path) == [
+        "from dmx.rotation import RotationSpec (line 1; defined in dmx.rotation.spec)", "import dmx.rotation (line 4)"]
+    name, path = _planted(tmp_path, "dmx.sweep", "from dmx.rotation import RotationSpec\n")
+    assert _reads_through_own_init(name, path) == []  # another package's door is the right one to use
+
+
+def test_the_doors_translate_parameters_to_flags():
+    flags = {"data_dir": "--data-dir", "online": "--online", "seqlen": "--seqlen", "kl_seqlen": "--kl-seqlen",
+             "online_size=None": "--rotation-block 0", "online_size": "--rotation-block", "rotation": "--rotation",
+             "require": "--require", "device": "--device"}
+    assert parameters_as_flags("require: unknown token 'x'", flags) == "--require: unknown token 'x'"
+    assert (parameters_as_flags("device 'cuda' requested but CUDA is not available; use device='cpu'", flags)
+            == "device 'cuda' requested but CUDA is not available; use --device cpu")
+    said = ("no data directory: pass data_dir=DIR or set $DMX_DATA_DIR, or pass online=True; seqlen=4096 exceeds "
+            "256, lower seqlen; kl_seqlen too; online_size=None for the full width; rotation='none' is plain; "
+            "not /tmp/data_dir/x nor dmx.data_dir, and the online Hadamard stays prose")
+    assert parameters_as_flags(said, flags) == (
+        "no data directory: pass --data-dir DIR or set $DMX_DATA_DIR, or pass --online; --seqlen 4096 exceeds "
+        "256, lower seqlen; --kl-seqlen too; --rotation-block 0 for the full width; --rotation none is plain; "
+        "not /tmp/data_dir/x nor dmx.data_dir, and the online Hadamard stays prose")
+
+
+def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, monkeypatch, capsys):
+    # imported here, not at the top: the rules above read source and stay free of torch
+    import dmx.pipeline
+    from dmx.cli import main
+    from dmx.data import check_data_source
+    from dmx.rotation.spec import RotationSpec
+
+    with pytest.raises(ValueError, match="online_size") as bad_size:
+        RotationSpec(kind="hadamard", online_size=6)
+    monkeypatch.delenv("DMX_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="pass data_dir=DIR") as no_data:
+        check_data_source(None, split="test")
+    assert not FLAG.search(str(bad_size.value)) and not FLAG.search(str(no_data.value))
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(dmx.pipeline, "load_model", load_model)
+    eval_ = ["eval", "--format", "mxfp4_e2m1", "--no-ppl", "--no-progress"]
+    assert main([*eval_, "--rotation", "hadamard", "--rotation-block", "6"]) == 2
+    assert main([*eval_, "--rotation-block", "32"]) == 2
+    assert main(["calibrate", "--out", str(tmp_path / "a.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dmx eval: error: the online Hadamard size --rotation-block must be None or a Hadamard order" in err
+    assert "dmx eval: error: --rotation-block only apply to a rotation; add --rotation hadamard" in err
+    assert "dmx calibrate: error: no data directory: pass --data-dir DIR" in err and "pass --online to" in err
+    assert not re.search(r"online_size|rotation_block|data_dir|online=", err)

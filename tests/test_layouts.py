@@ -51,7 +51,7 @@ def test_fp4_high_first_passes_when_declared():
     assert declared.verdict == "PASS" and declared.field_cases["packed"] == declared.n_passed
     assert "declared packed layouts: fp4=high-first" in declared.summary()
     undeclared = verify_quantizer(fp4_high_first, formats=["mxfp4_e2m1"], modes=SPEC)
-    assert not undeclared.ok and any("--layout fp4=high-first" in h for h in undeclared.hints())
+    assert not undeclared.ok and any("the layout fp4=high-first" in h for h in undeclared.hints())
 
 
 @pytest.mark.parametrize("fmt", ["mxfp6_e3m2", "mxfp6_e2m3"])

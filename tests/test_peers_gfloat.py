@@ -152,8 +152,8 @@ def test_gfloat_fails_naming_the_policies_when_undeclared():
     report = verify_quantizer(gfloat_quantize, modes=[("floor", "rne")])
     assert not report.ok
     hints = " ".join(report.hints())
-    assert "pass under --policy inf=saturate" in hints and "pass under --policy int8=full-range" in hints
-    assert any("[passes under --policy inf=saturate]" in m for m in report.failed_cases.values())
+    assert "pass under policy inf=saturate" in hints and "pass under policy int8=full-range" in hints
+    assert any("[passes under policy inf=saturate]" in m for m in report.failed_cases.values())
 
 
 def test_gfloat_raising_on_nan_fails_those_cases_and_the_run_goes_on():
@@ -176,4 +176,4 @@ def test_gfloat_raising_on_nan_fails_those_cases_and_the_run_goes_on():
     assert report.n_passed > 90
     others = {cid: msg for cid, msg in report.failed_cases.items() if cid not in {m.case_id for m in crashed}}
     # besides the crashes only the pinned deviations: the Inf policy and the float64 log2 case
-    assert all("passes under --policy inf=saturate" in msg or "/float64/" in cid for cid, msg in others.items())
+    assert all("passes under policy inf=saturate" in msg or "/float64/" in cid for cid, msg in others.items())

@@ -252,6 +252,6 @@ def test_torchao_verifies_under_its_declared_policies(golden):
     fixed = set(undeclared.failed_cases) - set(report.failed_cases)
     assert {"inf_block", "rceil_float_log2"} <= {k for cid in fixed for k in case_deviations(by_id[cid])[1]}
     hints = " ".join(undeclared.hints())
-    assert "pass under --policy inf=saturate" in hints and "pass under --policy rceil=float32" in hints
+    assert "pass under policy inf=saturate" in hints and "pass under policy rceil=float32" in hints
     # issue #25: ftz=inputs explains a few scale-code-0 failures but would break passing cases: never suggested
     assert "ftz" not in hints

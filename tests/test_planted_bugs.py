@@ -276,8 +276,8 @@ RCEIL = [("rceil", "rne"), ("rceil", "away")]
 MISLEADING = {
     "scale": "scale one high in every mismatching block",
     "float64": "every failing case has a float64 input",
-    "declare fp4": "declare --layout fp4=high-first",
-    "ftz": "pass under --policy ftz=inputs",
+    "declare fp4": "declare the layout fp4=high-first",
+    "ftz": "pass under policy ftz=inputs",
 }
 
 # bug name, quantizer, formats (None = all six), modes, declared policies / layouts,
@@ -292,8 +292,8 @@ PLANTED = [
     ("subnormal flush", subnormal_flush, None, SPEC, "", "", "element subnormals are flushed"),
     ("zero-block scale", zero_block_scale, None, SPEC, "", "", "every scale mismatch is an all-zero block"),
     ("float64 via float32", float64_via_float32, None, SPEC, "", "", "every failing case has a float64 input"),
-    ("Inf policy", inf_saturates, None, SPEC, "", "", "pass under --policy inf=saturate"),
-    ("INT8 -128", int8_minus_128, ["mxint8"], SPEC, "", "", "--policy int8=full-range"),
+    ("Inf policy", inf_saturates, None, SPEC, "", "", "pass under policy inf=saturate"),
+    ("INT8 -128", int8_minus_128, ["mxint8"], SPEC, "", "", "the policy int8=full-range"),
     ("NaN-scale decode ignored", nan_scale_decode_ignored, ["mxfp4_e2m1", "mxfp8_e4m3"], SPEC, "", "",
      "of NaN-scale blocks (scale 0xFF) are not NaN"),
     # issue #25
@@ -305,7 +305,7 @@ PLANTED = [
     ("float64 decode via float32", decode_via_float32, None, SPEC, "", "", None),
     ("scale code 0 at 2^-126", scale_code_0_at_2m126, None, SPEC, "", "", None),
     ("fp4=high-first declared, low-first packed", fp4_declared_high_first, ["mxfp4_e2m1"], SPEC, "",
-     "fp4=high-first", "drop --layout fp4=high-first"),
+     "fp4=high-first", "drop the declared layout fp4=high-first"),
     ("float element codes", float_codes, ["mxfp8_e4m3"], SPEC, "", "", None),
     ("codes off by 256", wrapped_codes, ["mxint8"], SPEC, "", "", None),
     ("decoded_f32 in float64", decoded_f32_in_float64, ["mxfp6_e2m3"], SPEC, "", "", None),

@@ -105,7 +105,7 @@ def test_microxcaling_style_ftz_passes_when_declared():
     assert declared.verdict == "PASS" and declared.policy_cases["ftz=inputs"] > 20
     undeclared = verify_quantizer(_ftz_quantize, formats=formats)
     assert not undeclared.ok
-    assert any("pass under --policy ftz=inputs" in h for h in undeclared.hints())
+    assert any("pass under policy ftz=inputs" in h for h in undeclared.hints())
     assert set(undeclared._case_policy_match.values()) == {"ftz=inputs"}
 
 

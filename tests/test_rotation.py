@@ -260,7 +260,7 @@ def test_bad_requests_raise_clear_errors(tmp_path):
         apply_rotation(odd, RotationSpec("hadamard", placement="folded"))
     with pytest.raises(ValueError, match="input size 52"):
         apply_rotation(copy.deepcopy(odd), RotationSpec("hadamard", online_size=None))
-    with pytest.raises(ValueError, match="block 64 does not divide the input size 32"):  # the default block
+    with pytest.raises(ValueError, match="online_size=64 does not divide the input size 32"):  # the default block
         apply_rotation(copy.deepcopy(odd), RotationSpec("hadamard"))
     with pytest.raises(ValueError, match="block"):
         apply_rotation(tiny_model("llama"), RotationSpec("hadamard", online_size=7))
@@ -321,14 +321,14 @@ def test_command_line_flags(tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_args(["--rotation", "random"])
     assert rotate(tiny_model("llama"), []) is None
-    with pytest.raises(ValueError, match="--rotation-file"):
+    with pytest.raises(ValueError, match="file=PATH"):
         rotate(tiny_model("llama"), ["--rotation", "learned"])
     trained = tiny_model("llama")
     state = rotate(trained, ["--rotation", "learned"], trainable=True)
     assert len(rotation_parameters(state)) == 3
     bake_rotation(trained)
     path = save_rotation(state, tmp_path / "rotation.safetensors")
-    with pytest.raises(ValueError, match="contradicts --rotation-file"):
+    with pytest.raises(ValueError, match="contradicts rotation_file"):
         rotate(tiny_model("llama"), ["--rotation", "none", "--rotation-file", str(path)])
     rebuilt = tiny_model("llama")
     rotate(rebuilt, ["--rotation-file", str(path)])
@@ -389,7 +389,7 @@ def test_rotation_spec_normalises_and_describes_as_recorded():
     assert RotationSpec("hadamard", online_size=None).settings() == {"kind": "hadamard", "seed": 0, "placement": "online",
                                                                        "block": None}
     assert RotationSpec("learned", seed=1).fixed_start() == RotationSpec("hadamard", seed=1, placement="folded")
-    with pytest.raises(ValueError, match="--rotation-block"):
+    with pytest.raises(ValueError, match="online_size must be None"):
         RotationSpec("hadamard", online_size=0)
 
 

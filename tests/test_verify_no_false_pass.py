@@ -82,7 +82,7 @@ def test_subset_of_cases_is_partial_and_require_fails_it(golden):
     assert not report.ok and report.verdict == "PARTIAL" and report.n_skipped > 0 and report.exit_code == 3
     met = verify_results(dict(res), require=f"{FMT},floor/rne")
     assert met.ok and not met.unmet and met.verdict == "PASS"  # exactly what was asked: other modes not asked
-    assert "required (--require/--strict, over the whole golden set): mxfp8_e5m2 x floor/rne" in met.summary()
+    assert "required (require/strict, over the whole golden set): mxfp8_e5m2 x floor/rne" in met.summary()
     whole = verify_results(dict(res), require="floor/rne")  # over the whole golden set: five formats missing
     assert whole.verdict == "FAIL" and any(u.startswith("mxint8 floor/rne") for u in whole.unmet)
     assert verify_results(dict(res), require=f"{FMT},floor/rne,packed").verdict == "FAIL"

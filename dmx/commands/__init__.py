@@ -2,8 +2,8 @@
 
 Each ``dmx/commands/<name>.py`` exposes ``register(subparsers)`` that adds one subparser whose
 ``func`` default runs the command with the parsed ``argparse.Namespace``. The helpers here give
-every command the same model / data flags and the same table output; :mod:`dmx.pipeline` turns
-the model flags into a :class:`dmx.pipeline.ModelSpec` and loads it.
+every command the same model / data flags and the same table output, and turn the model flags
+into a :class:`dmx.pipeline.ModelSpec` (:func:`model_spec_from_args`) that :mod:`dmx.pipeline` loads.
 """
 
 from __future__ import annotations
@@ -16,11 +16,38 @@ from dmx.autograd import BACKENDS
 from dmx.calibrate import CalibrationConfig
 from dmx.family import DEFAULT_FAMILY, FAMILIES
 from dmx.models import SHORT_NAMES
-from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec
+from dmx.pipeline import ModelSpec, thread_count
+from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec, resolve_rotation
+from mx_spec.cli import parameters_as_flags
 from mx_spec.formats import DEFAULT_BLOCK_SIZE
 
 __all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args",
-           "format_table", "print_table"]
+           "format_table", "print_table", "model_spec_from_args",
+           "FLAGS", "flag_message"]
+
+
+#: What the library's error messages call a setting (the Python parameter, or the field of a
+#: config) -> the ``dmx`` flag that sets it. The library speaks Python (a caller of
+#: ``calibrate(checkpoint_dir=...)`` never passed a flag); :func:`flag_message` translates at the door.
+FLAGS = {
+    "data_dir": "--data-dir", "online": "--online", "text_file": "--text-file", "calib_text_file": "--calib-text-file",
+    "seqlen": "--seqlen", "kl_seqlen": "--kl-seqlen", "calib_seqlen": "--calib-seqlen", "eval_seqlen": "--eval-seqlen",
+    "checkpoint_dir": "--checkpoint-dir", "resume": "--resume", "cache_dir": "--cache-dir",
+    "include_lm_head": "--include-lm-head", "batch_size": "--batch-size", "threads": "--threads",
+    "targets": "--targets", "out": "--out", "device": "--device", "block_size": "--block-size",
+    "output_format": "--output-format", "rotation": "--rotation", "rotation_file": "--rotation-file",
+    "rotation_seed": "--rotation-seed", "rotation_placement": "--rotation-placement", "rotation_block": "--rotation-block",
+    "online_size": "--rotation-block",
+    # RotationSpec's fields, where a message names one with the value to pass
+    "online_size=None": "--rotation-block 0", "file=PATH": "--rotation-file PATH", "kind='hadamard'": "--rotation hadamard",
+    "kind='none'": "--rotation none", "targets=(5, 6)": "--targets 5 6",
+}
+
+
+def flag_message(message: str) -> str:
+    """A library error message as a ``dmx`` user reads it: the parameters of :data:`FLAGS` named as
+    flags (:func:`mx_spec.cli.parameters_as_flags`)."""
+    return parameters_as_flags(message, FLAGS)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -121,6 +148,15 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seqlen", type=int, default=2048, help="tokens per window")
 
 
+def model_spec_from_args(args: argparse.Namespace, rotation: RotationSpec | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of the model/quantisation/rotation flags (``dmx.commands.add_model_args``,
+    ``add_quant_args``). ``rotation``: the request to apply (:func:`dmx.rotation.resolve_rotation`
+    with the assignments' recorded rotations), else what the rotation flags ask for."""
+    return ModelSpec(model=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                     trust_remote_code=args.trust_remote_code, threads=thread_count(getattr(args, "threads", None)),
+                     family=args.family, block_size=args.block_size, include_lm_head=args.include_lm_head,
+                     backend=getattr(args, "backend", None),
+                     rotation=resolve_rotation(args) if rotation is None else rotation)
 
 
 def _cell(value: Any) -> str:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from dmx.calibrate import CalibrationConfig, calibrate, check_checkpoint
-from dmx.checkpoint import remove_checkpoint
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.checkpoint import checkpoint_exists, remove_checkpoint
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args, print_table
 from dmx.data import (CALIBRATION_SEQLEN, CALIBRATION_SOURCES, CALIBRATION_WINDOWS, calibration_token_ids, check_calibration_source, check_data_source,
                       sample_windows, test_token_ids)
 from dmx.distributed import init_from_env
 from dmx.models import check_seqlens, context_length
 from dmx.perplexity import perplexity
-from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance, token_hash
 from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation, save_rotation_beside
 from dmx.rotation.training import rotation_setup, rotation_trainables
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     check_data_source(args.data_dir, split="calibration", online=args.online, text_file=args.text_file)
     if args.eval_windows > 0:
         check_data_source(args.data_dir, split="test", online=args.online)
-    check_seqlens(args.model, {"--seqlen": args.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval_windows > 0 else None},
+    check_seqlens(args.model, {"seqlen": args.seqlen, "eval_seqlen": args.eval_seqlen if args.eval_windows > 0 else None},
                   trust_remote_code=args.trust_remote_code)
     check_checkpoint(str(checkpoint_dir), cfg, resume=args.resume, announce=False)  # calibrate() announces
     spec = model_spec_from_args(args, resolve_rotation(args, default=CALIBRATION_ROTATION))
@@ -175,9 +176,14 @@ def run(args: argparse.Namespace) -> int:
     windows = sample_windows(ids, args.n_windows, args.seqlen, args.seed)
     layers = quantize(model, spec)
     provenance = {**model_provenance(spec), "data": data_description(args), "data_sha256": token_hash(ids)}
-    assignment = calibrate(model, layers, windows, cfg, trainables=rotation_trainables(model, cfg),
-                           model_setup=rotation_setup(model), checkpoint_dir=str(checkpoint_dir), resume=args.resume,
-                           provenance=provenance, progress=not args.no_progress)
+    try:
+        assignment = calibrate(model, layers, windows, cfg, trainables=rotation_trainables(model, cfg),
+                               model_setup=rotation_setup(model), checkpoint_dir=str(checkpoint_dir),
+                               resume=args.resume, provenance=provenance, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if rank == 0 and checkpoint_exists(checkpoint_dir):
+            print("dmx calibrate: the same command with --resume continues it", file=sys.stderr)
+        raise
     if rank != 0:
         return 0  # rank 0 evaluates and writes the results
     rows = []

@@ -18,12 +18,12 @@ import json
 import torch
 
 from dmx.assignment import Assignment, apply_assignment, format_element_bits
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args, print_table
 from dmx.data import check_data_source, test_token_ids
 from dmx.files import atomic_write_text
 from dmx.models import check_seqlens
 from dmx.perplexity import perplexity_of, window_count, window_nlls
-from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.pipeline import load_rotated_model, quantize
 from dmx.rotation import recorded_rotation, resolve_rotation
 from dmx.tasks import check_zeroshot_data
 from dmx.zeroshot import evaluate_zeroshot
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--first-window must be 0 or more (test windows skipped), got {args.first_window}")
     if not args.no_ppl:  # before the (long) model load
         check_data_source(args.data_dir, split="test", online=args.online, text_file=args.text_file)
-        check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
+        check_seqlens(args.model, {"seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
     if args.tasks:
         check_zeroshot_data(args.tasks, args.data_dir, online=args.online)
     rotation = resolve_rotation(args, [recorded_rotation(what.provenance, label) for label, what in configs

@@ -6,11 +6,11 @@ import argparse
 from collections import Counter
 
 from dmx.assignment import Assignment, apply_assignment, format_element_bits
-from dmx.commands import HelpFormatter, add_model_args, add_quant_args, print_table
+from dmx.commands import HelpFormatter, add_model_args, add_quant_args, model_spec_from_args, print_table
 from dmx.export import export_model
 from dmx.export_ct import check_ct_formats, export_compressed_tensors, require_compressed_tensors
 from dmx.files import sha256_file
-from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.pipeline import load_rotated_model, quantize
 from dmx.rotation import recorded_rotation, resolve_rotation
 
 __all__ = ["register", "run"]

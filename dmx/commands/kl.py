@@ -10,13 +10,13 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args, print_table
 from dmx.data import calibration_windows, check_data_source
 from dmx.family import get_family
 from dmx.assignment import check_target
 from dmx.kl_baseline import kl_assignments, reference_if_needed
 from dmx.models import check_seqlens, decoder_linear_names
-from dmx.pipeline import load_rotated_model, model_spec_from_args, quantize
+from dmx.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
 from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation, rotated_model_id, rotation_provenance, rotation_state
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     outs = [output_path(args.out, t, len(args.target_bits)) for t in args.target_bits]
     # before the (long) model load
     check_data_source(args.data_dir, split="calibration", online=args.online, text_file=args.text_file)
-    check_seqlens(args.model, {"--seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
+    check_seqlens(args.model, {"seqlen": args.seqlen}, trust_remote_code=args.trust_remote_code)
     spec = model_spec_from_args(args, resolve_rotation(args, default=CALIBRATION_ROTATION))
     model, tokenizer = load_rotated_model(spec)
     model_id = rotated_model_id(args.model, model)  # the KL scores depend on the rotation

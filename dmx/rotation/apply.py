@@ -62,10 +62,10 @@ def _rotate_every_linear_input(model: nn.Module, spec: RotationSpec, shape: Mode
         width = weight_holder(model.get_submodule(path)).in_features
         if not supports_hadamard(width):
             raise ValueError(f"no Hadamard construction for the input size {width} of {path} (see dmx.rotation.hadamard); "
-                             "use --rotation none")
+                             "use kind='none'")
         if size is not None and width % size:
-            raise ValueError(f"--rotation-block {size} does not divide the input size {width} of {path}; use a divisor "
-                             "or 0 (full size)")
+            raise ValueError(f"online_size={size} does not divide the input size {width} of {path}; use a divisor "
+                             "or online_size=None (full size)")
         state.online[path] = OnlineHadamard.seeded(width, spec.seed, path, hadamard_size=size)
     fold_online_hadamards(model, state.online)
     return _install(model, state)

@@ -35,14 +35,14 @@ def recorded_rotation(provenance: dict[str, Any], assignment_path: str | Path) -
         if description["kind"] == "learned" and not Path(file).is_file():
             raise ValueError(f"{source} was calibrated with a learned rotation saved in {file}, which does not "
                              "exist; put the .rotation.safetensors file back next to the assignment or pass "
-                             "--rotation-file PATH")
+                             "rotation_file=PATH")
     if description["kind"] == "learned" and file is None:
-        raise ValueError(f"{source} records a learned rotation but no rotation file; pass --rotation-file PATH")
+        raise ValueError(f"{source} records a learned rotation but no rotation file; pass rotation_file=PATH")
     spec = RotationSpec.from_description(description, file=file, source=source)
     expected = provenance.get("rotation_sha256")
     if spec.kind == "learned" and expected and spec.sha256 != expected:
         raise ValueError(f"{file} is not the rotation {source} was calibrated with (sha256 differs); pass the "
-                         "right file with --rotation-file")
+                         "right file as rotation_file")
     return spec
 
 
@@ -53,16 +53,16 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None, default: Rotatio
     kind, path = getattr(args, "rotation", None), getattr(args, "rotation_file", None)
     seed, placement = getattr(args, "rotation_seed", None), getattr(args, "rotation_placement", None)
     online_size = getattr(args, "rotation_block", None)
-    details = {"--rotation-seed": seed, "--rotation-placement": placement, "--rotation-block": online_size}
+    details = {"rotation_seed": seed, "rotation_placement": placement, "rotation_block": online_size}
     given = [flag for flag, v in details.items() if v is not None]
     if path:
         if given:
-            raise ValueError(f"{', '.join(given)} cannot be combined with --rotation-file (the file decides); drop them")
+            raise ValueError(f"{', '.join(given)} cannot be combined with rotation_file (the file decides); drop them")
         description, _ = load_rotation(path)
-        spec = RotationSpec.from_description(description, file=str(path), source=f"--rotation-file {path}")
+        spec = RotationSpec.from_description(description, file=str(path), source=f"rotation_file {path}")
         if kind is not None and kind != spec.kind:
-            raise ValueError(f"--rotation {kind} contradicts --rotation-file {path}, which holds a "
-                             f"{spec.kind!r} rotation; drop --rotation (the file decides)")
+            raise ValueError(f"rotation={kind!r} contradicts rotation_file {path}, which holds a "
+                             f"{spec.kind!r} rotation; drop rotation={kind!r} (the file decides)")
         return spec
     if kind is None and not given:
         return None
@@ -70,8 +70,8 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None, default: Rotatio
     kind = kind or (recorded.kind if recorded is not None else default.kind)
     if kind == "none":
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to a rotation; add --rotation hadamard")
-        return RotationSpec(source="--rotation none")
+            raise ValueError(f"{', '.join(given)} only apply to a rotation; add rotation='hadamard'")
+        return RotationSpec(source="rotation='none'")
     if kind == "learned" and same is not None:
         if given:
             raise ValueError(f"{', '.join(given)} do not apply to the learned rotation {same.source} records "
@@ -79,17 +79,17 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None, default: Rotatio
         return same  # the learned matrices recorded by the assignment
     base = same or (default if default.kind == kind else RotationSpec())
     if online_size is not None and online_size < 0:
-        raise ValueError(f"--rotation-block must be a Hadamard order such as 32, or 0 (full width); got {online_size}")
+        raise ValueError(f"rotation_block must be a Hadamard order such as 32, or 0 (full width); got {online_size}")
     if kind == "learned" and (placement is not None or online_size is not None):
-        raise ValueError("--rotation-placement/--rotation-block do not apply to --rotation learned (it always "
+        raise ValueError("rotation_placement/rotation_block do not apply to rotation='learned' (it always "
                          "uses the folded SpinQuant layout); drop them")
     placement = placement or base.placement
     if kind == "hadamard" and placement == "folded" and online_size is not None:
-        raise ValueError("--rotation-block only applies to --rotation-placement online; drop it")
+        raise ValueError("rotation_block only applies to rotation_placement='online'; drop it")
     if online_size is None:
         online_size = base.online_size
     return RotationSpec(kind=kind, seed=base.seed if seed is None else seed, placement=placement,
-                        online_size=online_size or None, source="the rotation flags")
+                        online_size=online_size or None, source="the rotation settings")
 
 
 def resolve_rotation(args: Any, recorded: Sequence[RotationSpec] = (), *,

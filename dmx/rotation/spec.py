@@ -76,7 +76,7 @@ class RotationSpec:
         size = self.online_size
         if self.kind == "hadamard" and size is not None and (
                 isinstance(size, bool) or not isinstance(size, int) or size < 1 or not supports_hadamard(size)):
-            raise ValueError(f"the online Hadamard size (--rotation-block) must be None or a Hadamard order such as "
+            raise ValueError(f"the online Hadamard size online_size must be None or a Hadamard order such as "
                              f"32 (the MX block), got {size!r}")
 
     @property
@@ -159,8 +159,9 @@ class RotationSpec:
         if not self.learns:
             return
         if not trainable:
-            raise ValueError("--rotation learned needs the matrices learned by `dmx calibrate`: pass --rotation-file "
-                             "PATH (written next to the assignment by calibrate, or by export), or use --rotation hadamard")
+            raise ValueError("a learned rotation needs the matrices learned by `dmx calibrate`: pass file=PATH (the "
+                             ".rotation.safetensors written next to the assignment by calibrate, or by export), or use "
+                             "kind='hadamard'")
         check_learned_lm_head(learning=True, lm_head_quantised=include_lm_head)
 
 
@@ -174,7 +175,7 @@ def check_learned_lm_head(*, learning: bool, lm_head_quantised: bool) -> None:
     if learning and lm_head_quantised:
         raise ValueError(
             "a learned rotation cannot be trained with a quantised lm_head (its R1^T input hook would sit "
-            "after the quantiser); drop --include-lm-head (include_lm_head), use --rotation hadamard, or "
+            "after the quantiser); drop include_lm_head, use kind='hadamard', or "
             "call dmx.rotation.bake_rotation(model) before wrapping lm_head"
         )
 
@@ -185,4 +186,4 @@ def check_learned_lm_head(*, learning: bool, lm_head_quantised: bool) -> None:
 #: in the README's results, and the learned one is a flag away (docs/FIDELITY.md row 16 says why
 #: the fixed one is the default). Commands that read assignments apply what those record instead.
 CALIBRATION_ROTATION = RotationSpec(kind="hadamard", source="the default rotation of a new calibration "
-                                                            "(--rotation none for plain MX)")
+                                                            "(rotation='none' for plain MX)")

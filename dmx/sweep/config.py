@@ -195,7 +195,7 @@ def validate_config(cfg: SweepConfig) -> None:
     fam = get_family(cfg.family)
     if {"kl", "dmx", "random"} & set(cfg.methods):
         if not cfg.targets:
-            raise ValueError("the kl, dmx and random methods need at least one target (--targets 5 6)")
+            raise ValueError("the kl, dmx and random methods need at least one target (targets=(5, 6))")
         for t in cfg.targets:
             fam.validate_target(t)
     if "dmx" in cfg.methods:
@@ -213,7 +213,7 @@ def _check_inputs(cfg: SweepConfig) -> None:
     check_data_source(cfg.data_dir, split="test", online=cfg.online, text_file=cfg.text_file)
     if {"kl", "dmx"} & set(cfg.methods):
         check_data_source(cfg.data_dir, split="calibration", online=cfg.online, text_file=cfg.calib_text_file)
-    check_seqlens(cfg.model, {"--seqlen": cfg.seqlen, "--kl-seqlen": cfg.kl_seqlen if "kl" in cfg.methods else None,
-                              "--calib-seqlen": cfg.calib_seqlen if "dmx" in cfg.methods else None})
+    check_seqlens(cfg.model, {"seqlen": cfg.seqlen, "kl_seqlen": cfg.kl_seqlen if "kl" in cfg.methods else None,
+                              "calib_seqlen": cfg.calib_seqlen if "dmx" in cfg.methods else None})
     if cfg.tasks:
         check_zeroshot_data(list(cfg.tasks), cfg.data_dir, online=cfg.online)

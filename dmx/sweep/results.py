@@ -125,7 +125,7 @@ class ResultStore:
             diff = sorted(k for k in set(config) | set(stored) if config.get(k) != stored.get(k))
             raise ValueError(
                 f"{path} was measured with other settings (differs in: {', '.join(diff)}); "
-                "use another --out directory or the same settings to resume"
+                "use another out=DIR or the same settings to resume"
             )
         return cls(out_dir=out, config=config, points=list(doc.get("points", [])))
 

@@ -94,8 +94,8 @@ def resolve_task_names(tasks: str | Sequence[str] | None, *, online: bool) -> li
             continue
         if not online and name in STOCK_TASKS:
             raise ValueError(
-                f"task {name!r} has no local data, so it is only available online (online=True / "
-                f"--online, which downloads it from the Hugging Face hub). Offline tasks: {list(valid)}"
+                f"task {name!r} has no local data, so it is only available online (online=True, "
+                f"which downloads it from the Hugging Face hub). Offline tasks: {list(valid)}"
             )
         raise ValueError(
             f"unknown zero-shot task {name!r}. Available {'online' if online else 'offline'}: "
@@ -127,7 +127,7 @@ def zeroshot_data_dir(data_dir: str | os.PathLike | None) -> Path:
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"offline zero-shot tasks read zeroshot/*.jsonl from the data directory: {err}; or "
-            f"evaluate the stock tasks online (online=True / --online)"
+            f"evaluate the stock tasks online (online=True)"
         ) from err
 
 
@@ -145,8 +145,8 @@ def offline_task_config(name: str, data_dir: str | os.PathLike | None = None) ->
         if not path.is_file():
             raise FileNotFoundError(
                 f"data file for offline task {name!r} not found: {path}. Expected the JSONL file "
-                f"{relative} under the data directory {root} (set --data-dir / ${DATA_DIR_ENV}), or "
-                f"evaluate the stock task online (online=True / --online)"
+                f"{relative} under the data directory {root} (set data_dir / ${DATA_DIR_ENV}), or "
+                f"evaluate the stock task online (online=True)"
             )
         data_files[split] = str(path)
     return config
