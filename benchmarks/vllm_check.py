@@ -4,10 +4,10 @@ NOT RUN: prepared for a GPU user. The task that wrote it had no GPU, so nothing 
 executed; expect to adjust it to your vLLM version. Nothing in the README comes from it.
 
     pip install vllm                                  # or `pip install --no-deps vllm` against your torch
-    dmx export --assignment results/demo/seed-0/assignment.json --output-format compressed-tensors \
+    dmx export --assignment results/demo_unrotated/seed-0/assignment.json --output-format compressed-tensors \
         --out runs/vllm/export
     DMX_DATA_DIR=/path/to/data python benchmarks/vllm_check.py runs/vllm/export \
-        --assignment results/demo/seed-0/assignment.json --out runs/vllm/vllm_check.json
+        --assignment results/demo_unrotated/seed-0/assignment.json --out runs/vllm/vllm_check.json
 
 It (1) lists the fused vLLM layers (qkv_proj = q/k/v, gate_up_proj = gate/up) whose parts the
 assignment puts in different config groups: vLLM fuses those linears into one kernel, and may

@@ -185,7 +185,7 @@ def measure(assignment_path: str, *, windows: int, data_dir: str | None, workdir
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmx.export_ct_runtime", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="results JSON to write")
-    parser.add_argument("--assignments", nargs="+", default=["results/demo/seed-0/assignment.json",
+    parser.add_argument("--assignments", nargs="+", default=["results/demo_unrotated/seed-0/assignment.json",
                                                              "results/headline_5bit_hadamard/assignments/dmx_at_5.json"])
     parser.add_argument("--windows", type=int, default=2, help="2048-token WikiText-2 test windows")
     parser.add_argument("--data-dir", default=None, help="WikiText-2 folder (default $DMX_DATA_DIR)")

@@ -257,7 +257,7 @@ def test_embedded_demo_assignment_round_trip(embedded_model, tmp_path, rotated):
     if rotated:
         apply_rotation(model, RotationSpec("hadamard"))
     layers = quantize_model(model, quantize_input=False)
-    apply_assignment(layers, Assignment.from_json(REPO / "results" / "demo" / "seed-0" / "assignment.json"))
+    apply_assignment(layers, Assignment.from_json(REPO / "results" / "demo_unrotated" / "seed-0" / "assignment.json"))
     ids = embedded_model[1]("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
     expected = _logits(model, ids)
     out = export_compressed_tensors(model, layers, tmp_path / "w", tokenizer=embedded_model[1])
