@@ -114,3 +114,12 @@ def test_the_readme_reading_of_the_gradient_probe_holds_in_its_results_file():
         (REPO / "results" / folder / "results.json").read_text())["points"] if p["method"] == "dmx")
         for label, folder in st.HEADLINE.items()}
     assert spread["no rotation"] > 5 * spread["Hadamard-64"]  # unrotated seeds spread widely
+
+
+def test_the_readme_reading_of_the_rotation_default_holds_in_its_results_file():
+    rows = {r["rotation"]: r for r in json.loads((REPO / "results" / "rotation_default" / "results.json")
+                                                    .read_text())["rows"]}
+    learned, hadamard = rows["learned"], rows["hadamard"]
+    assert learned["offsets_over_threshold"] == 0 and learned["threshold_bits"] == 4.0
+    assert 0.2 < hadamard["offsets_over_threshold"] / hadamard["offsets"] < 0.35  # "a quarter of them"
+    assert abs(learned["cpu_seconds"] / hadamard["cpu_seconds"] - 1) < 0.15  # "about the same CPU time"

@@ -243,4 +243,4 @@ def table_rotation_default(root: Path) -> str:
              f"{r['offsets_over_threshold']} of {r['offsets']}", f"{r['offset_max']:.3f}", f"{r['offset_median']:.3f}"]
             for r in doc["rows"]]
     return markdown_table(["rotation", "calibration CPU time", "wall (shared machine)", "peak RSS", "threshold-rule bits", "budget bits",
-                           "offsets with |β̂| > 1", "largest |β̂|", "median |β̂|"], body, "lrrrrrrrr")
+                           "offsets with \\|β̂\\| > 1", "largest \\|β̂\\|", "median \\|β̂\\|"], body, "lrrrrrrrr")
