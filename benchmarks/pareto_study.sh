@@ -15,10 +15,13 @@
 #   TASKS=default TARGETS="5 6" benchmarks/pareto_study.sh      # adds zero-shot accuracy to the points
 #   EXTRA="--device cuda --backend compiled" OUT=... benchmarks/pareto_study.sh   # on a GPU: benchmarks/gpu_study.sh
 #
-# One target after another (5 first): dMX (whose checkpoints the demo records reuse), fp, uniform,
+# One target after another (5 first): dMX (whose checkpoints the demo records reuse), random, fp, uniform,
 # random, then the threshold deployment,
 # then KL, so the cheap points finish first. Resumable: rerun the same command; finished points are skipped, an
 # interrupted calibration or KL scoring resumes from its checkpoint or score cache.
+# On the 2-core machine the KL draws and the rest can run side by side, one core each (the two
+# sweeps share the result folder; each point is merged in under a lock):
+#   PART=kl benchmarks/pareto_study.sh &  PART=rest benchmarks/pareto_study.sh
 # Cost on one core of the 2-core machine: a quantised evaluation of 32 windows takes 15-25 min,
 # a dMX calibration ~7 min, one KL draw at 8 x 512 tokens ~2 h; a target is about 10 hours.
 set -euo pipefail
@@ -38,11 +41,17 @@ mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
 # of a checkpoint's identity)
 # (a relative link, so a committed folder resumes in any checkout)
 [ -e "${OUT}_threshold/checkpoints" ] || ln -s "../$(basename "$OUT")/checkpoints" "${OUT}_threshold/checkpoints"
+PART=${PART:-all}  # all | rest (dMX, fp, uniform, random, threshold) | kl
+case "$PART" in all|rest|kl) ;; *) echo "PART must be all, rest or kl (got '$PART')" >&2; exit 2;; esac
 for target in ${TARGETS:-5 6 4.5 7}; do
-    "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
-        --methods dmx fp uniform random --uniform-formats $UNIFORM "${accuracy[@]}"
-    "$PY" -m dmx.cli sweep "${common[@]}" --out "${OUT}_threshold" --targets "$target" --final-rounding threshold \
-        --methods dmx "${accuracy[@]}"
-    "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
-        --methods kl "${accuracy[@]}"
+    if [ "$PART" != kl ]; then
+        "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
+            --methods dmx random fp uniform --uniform-formats $UNIFORM "${accuracy[@]}"
+        "$PY" -m dmx.cli sweep "${common[@]}" --out "${OUT}_threshold" --targets "$target" --final-rounding threshold \
+            --methods dmx "${accuracy[@]}"
+    fi
+    if [ "$PART" != rest ]; then
+        "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
+            --methods kl "${accuracy[@]}"
+    fi
 done

@@ -43,6 +43,21 @@ def test_store_refuses_other_settings(tmp_path):
     assert SweepConfig(max_windows=3).identity() != SweepConfig(max_windows=4).identity()
 
 
+def test_two_stores_on_one_folder_keep_each_others_points(tmp_path):
+    # two sweeps of one study writing into one folder (KL in one process, dMX in another)
+    kl = ResultStore.open(tmp_path, {"model": "a"})
+    dmx = ResultStore.open(tmp_path, {"model": "a"})
+    kl.add({"key": "kl@5", "method": "kl", "label": "kl@5", "perplexity": 4.0})
+    dmx.add({"key": "dmx@5", "method": "dmx", "label": "dmx@5", "perplexity": 3.0})
+    kl.add({"key": "kl@5:s1", "method": "kl", "label": "kl@5:s1", "perplexity": 5.0})
+    dmx.add({"key": "dmx@5", "method": "dmx", "label": "dmx@5", "perplexity": 2.5})  # a re-measured point
+    stored = ResultStore.open(tmp_path, {"model": "a"})
+    assert [p["key"] for p in stored.points] == ["kl@5", "dmx@5", "kl@5:s1"]
+    assert stored.get("dmx@5")["perplexity"] == 2.5
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert [r["label"] for r in rows] == ["kl@5", "dmx@5", "kl@5:s1"]
+
+
 def test_store_refuses_a_corrupt_results_file(tmp_path):
     (tmp_path / "results.json").write_text('{"schema": "dmx.sweep/1", "points": [')
     with pytest.raises(ValueError, match=r"sweep result file .*results.json is corrupt, not valid JSON .*move it away"):

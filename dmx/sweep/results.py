@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,13 +136,19 @@ class ResultStore:
 
     def add(self, point: Mapping[str, Any]) -> None:
         """Add the point (a point with the same ``point["key"]`` is replaced in place, so the
-        table keeps its order) and rewrite both files atomically."""
-        keys = [p["key"] for p in self.points]
-        if point["key"] in keys:
-            self.points[keys.index(point["key"])] = dict(point)
-        else:
-            self.points.append(dict(point))
-        self.save()
+        table keeps its order) and rewrite both files atomically.
+
+        The points on disk are re-read under a lock first, so two sweeps of the same
+        configuration writing into one folder (one scoring KL while the other calibrates dMX, say)
+        keep each other's points instead of overwriting them."""
+        with self._locked():
+            self._merge_from_disk()
+            keys = [p["key"] for p in self.points]
+            if point["key"] in keys:
+                self.points[keys.index(point["key"])] = dict(point)
+            else:
+                self.points.append(dict(point))
+            self.save()
 
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +156,28 @@ class ResultStore:
         atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True), keep_previous=True)
         atomic_write_text(self.out_dir / "results.csv", points_to_csv(self.points))
         atomic_write_text(self.out_dir / "summary.csv", summary_to_csv(summarize_points(self.points)))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive advisory lock on ``<out_dir>/results.json.lock`` (held while rewriting)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "results.json.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _merge_from_disk(self) -> None:
+        """Take in the points another process stored since this store was opened (theirs first,
+        in their order; points only this store holds keep their place after them)."""
+        path = self.out_dir / "results.json"
+        if not exists_or_previous(path):
+            return
+        doc = read_json_or_previous(path, what="sweep result file", fix="move it away to start the sweep afresh")
+        mine = {p["key"]: p for p in self.points}
+        merged = [mine.pop(p["key"], p) for p in doc.get("points", [])]
+        self.points = merged + list(mine.values())
 
 
 def assignment_file(out: Path, label: str) -> Path:
