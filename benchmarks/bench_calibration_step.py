@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
 
     def dmx_step(backend: str) -> float:
         for layer in layers.values():
-            layer.backend = backend
+            layer.reconfigure(backend=backend)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss, _, _ = objective(quant, layers, batch, target_bits=cfg.target_bits, lam=cfg.lam)

@@ -205,7 +205,7 @@ def apply_assignment(layers: Mapping[str, Any], assignment: Assignment | Mapping
             f"with the same include_lm_head setting?"
         )
     for name, layer in layers.items():
-        layer.set_fixed_format(formats[name])
+        layer.reconfigure(fixed_format=formats[name])
 
 
 # ----------------------------------------------------------------------------- deployment

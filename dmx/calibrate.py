@@ -247,10 +247,11 @@ def _check_inputs(layers: Mapping[str, Any], windows: torch.Tensor) -> None:
 
 def _configure_layers(layers: Mapping[str, Any], cfg: CalibrationConfig) -> None:
     """The layer settings a run's config decides: the fractional block-scale rule and the MX forward."""
+    changes = {"fractional_scale": cfg.fractional_scale}
+    if cfg.backend is not None:
+        changes["backend"] = cfg.backend
     for layer in layers.values():
-        layer.fractional_scale = cfg.fractional_scale
-        if cfg.backend is not None:
-            layer.backend = cfg.backend
+        layer.reconfigure(**changes)
 
 
 @torch.no_grad()

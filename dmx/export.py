@@ -336,7 +336,7 @@ def load_exported(path: str | os.PathLike, *, device: str = "cpu", verify: bool 
                 tuple(info["shape"]), int(info["block_size"]),
             )
             layer.linear.weight.copy_(torch.from_numpy(w))
-            layer.set_fixed_format(info["format"])
+            layer.reconfigure(fixed_format=info["format"])
     model.to(device)
     model.dmx_source = f"export:{folder}"
     return model

@@ -143,7 +143,7 @@ def _use_decoded_weights(layers) -> None:
             fmt, w = layer.format_name(), layer.linear.weight
             packed, scales = quantize_weight(w, fmt, layer.block_size, scale_mode=layer.scale_mode)
             w.copy_(torch.from_numpy(dequantize_weight(packed, scales, fmt, tuple(w.shape), layer.block_size)))
-            layer.drop_kept()
+            layer.invalidate_caches()
 
 
 def measure(assignment_path: str, *, windows: int, data_dir: str | None, workdir: Path) -> dict[str, Any]:
@@ -165,17 +165,17 @@ def measure(assignment_path: str, *, windows: int, data_dir: str | None, workdir
     start = time.perf_counter()
     row["project_floor"] = _perplexity(model, ids, windows)
     for layer in layers.values():
-        layer.quantize_input = False
+        layer.reconfigure(quantize_input=False)
     row["project_weights_only"] = _perplexity(model, ids, windows)
     for mode, key in ((False, "runtime_weights_only"), (True, "runtime")):
         for layer in layers.values():
-            layer.quantize_input = True
+            layer.reconfigure(quantize_input=True)
         out = export_compressed_tensors(model, layers, workdir / key, assignment=assignment,
                                         assignment_sha256=row["assignment_sha256"], quantize_input=mode)
         row[key] = _perplexity(load_compressed_tensors(out), ids, windows)
     _use_decoded_weights(layers)
     for layer in layers.values():
-        layer.scale_mode = "even"
+        layer.reconfigure(scale_mode="even")
     row["project_even"] = _perplexity(model, ids, windows)
     timings["seconds"] = round(time.perf_counter() - start, 1)
     row.update(timings)

@@ -183,7 +183,7 @@ def score_layers(
 ) -> dict[str, float]:
     """Per-layer sensitivity ``{layer: mean token KL(p_ref || p)}`` (see module docstring).
 
-    ``layers`` maps names to DMXLinear modules of ``model`` (``set_fixed_format`` is used);
+    ``layers`` maps names to DMXLinear modules of ``model`` (``reconfigure(fixed_format=...)`` is used);
     ``reference`` is the full-precision logits from ``reference_logits`` or a
     zero-argument callable producing them (only called if some layer still needs scoring).
     With ``cache``, already-scored layers are skipped and each new score is saved at once.
@@ -192,7 +192,7 @@ def score_layers(
     scores: dict[str, float] = dict(cache.scores) if cache is not None else {}
     todo = [n for n in layers if n not in scores]
     for layer in layers.values():
-        layer.set_fixed_format(high_format)
+        layer.reconfigure(fixed_format=high_format)
     if todo:
         if reference is None:
             raise ValueError(
@@ -205,11 +205,11 @@ def score_layers(
                   f"({cache.path})", file=sys.stderr)
         bar = tqdm(todo, desc=f"KL scores {low_format}->{high_format}", disable=not progress, unit="layer")
         for name in bar:
-            layers[name].set_fixed_format(low_format)
+            layers[name].reconfigure(fixed_format=low_format)
             try:
                 kl = kl_to_reference(model, windows, ref, batch_size=batch_size)
             finally:
-                layers[name].set_fixed_format(high_format)
+                layers[name].reconfigure(fixed_format=high_format)
             scores[name] = kl
             if cache is not None:
                 cache.scores[name] = kl

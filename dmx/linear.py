@@ -8,11 +8,15 @@ input-activation quantiser (``tie=True``, the method's default) or split in two
 * training mode: soft β, real-width formats, gradients reach ``beta_hat`` (``dmx.autograd``);
 * eval mode: hard β (``|β̂| > 1`` -> the family's high format, else the low one), i.e. a real
   standard MX format evaluated with ``mx_spec.quantize_dequantize``;
-* ``set_fixed_format(name)``: any of the six standard MX formats for both operands, no learning
+* ``fixed_format``: any of the six standard MX formats for both operands, no learning
   (uniform baselines, applied assignments); ``None`` returns to learning.
 
 Settings come in one frozen :class:`DMXLinearConfig` (``DMXLinear(linear, config)``;
-``DMXLinearConfig.from_dict`` for settings read from YAML/JSON, naming unknown keys).
+``DMXLinearConfig.from_dict`` for settings read from YAML/JSON, naming unknown keys). The config is
+the layer's whole state besides its parameters: ``layer.config`` (read-only, as are the settings'
+shortcuts ``layer.temperature``, ``layer.fixed_format``, ...) changes only by replacement,
+``layer.reconfigure(temperature=2.0, fixed_format="mxfp6_e3m2")`` (validated like a new config;
+the values kept from the weight are dropped when a setting they were computed under changes).
 
 Any device: the offsets are created on the wrapped weight's device. ``backend`` picks the MX
 bridge's forward (``dmx.autograd``): ``"torch"`` (default) runs ``dmx.mx_torch`` on the tensor's
@@ -22,8 +26,10 @@ copy; the bits are the same.
 Weights are frozen (``requires_grad=False``) by default; activations get dynamic per-block
 scales (computed on every call from the block's own max, OCP MX v1.0 §6.3); blocks run along
 the last dimension, the reduction dimension ``in_features`` of both operands. A frozen weight in
-a hard format is quantised once and cached until the weight or the format changes; in the soft
-formats its blocks' amax is kept the same way (the widths move every step, the amax does not).
+a hard format is quantised once and cached until the weight, the format or a setting it was
+quantised under changes (``invalidate_caches()`` forgets it, e.g. after weights were rewritten);
+in the soft formats its blocks' amax is kept the same way (the widths move every step, the amax
+does not).
 
 β̂ initialisation: ``beta_init = 0.0`` by default, as in the authors' code (Brevitas
 ``BitWidthParameter`` starts the offset at bit width minus base width = 0): every layer starts
@@ -62,7 +68,7 @@ from mx_spec.elements import ROUNDINGS
 from mx_spec.minifloat import FRACTIONAL_SCALES
 from mx_spec.scale import SCALE_MODES
 
-__all__ = ["DMXLinear", "DMXLinearConfig"]
+__all__ = ["CONSTRUCTION_SETTINGS", "DMXLinear", "DMXLinearConfig", "KEPT_SETTINGS"]
 
 
 def _check_rule(setting: str, rule: str, valid: tuple[str, ...]) -> str:
@@ -83,8 +89,12 @@ class DMXLinearConfig:
     offset map (``dmx.offset``); ``scale_mode``/``rounding``: the MX block-scale and element
     rounding rules (``mx_spec``); ``fractional_scale``: the block scale at fractional widths
     (``mx_spec.minifloat.FRACTIONAL_SCALES``); ``backend``: the MX forward
-    (``dmx.autograd.BACKENDS``, ``None``: ``torch``). Bad values raise ``ValueError`` here, before
-    any model is touched.
+    (``dmx.autograd.BACKENDS``, ``None``: ``torch``); ``fixed_format``: a standard MX format
+    (``mx_spec.formats.MX_FORMATS``, e.g. ``mxfp6_e3m2`` or ``mxfp8_e5m2``, which belong to no
+    family) for weight and input, no learning; ``None`` learns it. Bad values raise ``ValueError``
+    here, before any model is touched. ``beta_init``, ``tie`` and ``freeze_weight`` shape the
+    layer's parameters when it is built (:data:`CONSTRUCTION_SETTINGS`); the rest may change
+    later through :meth:`DMXLinear.reconfigure`.
     """
 
     family: str | FormatFamily = DEFAULT_FAMILY
@@ -100,6 +110,7 @@ class DMXLinearConfig:
     rounding: str = "rne"
     fractional_scale: str = FRACTIONAL_SCALES[0]
     backend: str | None = None
+    fixed_format: str | None = None
 
     def __post_init__(self) -> None:
         get_family(self.family)
@@ -113,15 +124,34 @@ class DMXLinearConfig:
         _check_rule("rounding", self.rounding, ROUNDINGS)
         if self.backend is not None:
             check_backend(self.backend)
+        if self.fixed_format is not None and (not isinstance(self.fixed_format, str)
+                                              or self.fixed_format not in MX_FORMATS):
+            raise ValueError(f"unknown MX format {self.fixed_format!r}; valid formats: {sorted(MX_FORMATS)} "
+                             "(or None to learn the format)")
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "DMXLinearConfig":
         """The config of ``settings`` (e.g. read from YAML); ``ValueError`` naming unknown keys."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(settings) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown DMXLinear setting(s) {unknown}; valid settings: {valid}")
+        _check_names(settings)
         return cls(**settings)
+
+
+def _check_names(settings: Mapping[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(DMXLinearConfig)]
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown DMXLinear setting(s) {unknown}; valid settings: {valid}")
+
+
+#: Settings a layer takes when it is built: its parameters were made from them.
+CONSTRUCTION_SETTINGS = ("beta_init", "tie", "freeze_weight")
+#: Settings the values kept from the weight (:meth:`DMXLinear._kept`) were computed under.
+KEPT_SETTINGS = ("block_size", "scale_mode", "rounding", "backend")
+
+
+def _setting(name: str, convert=lambda value: value, doc: str = "") -> property:
+    """A read-only view of ``config.<name>`` (change it with :meth:`DMXLinear.reconfigure`)."""
+    return property(lambda self: convert(getattr(self._config, name)), doc=doc or f"``config.{name}`` (read-only)")
 
 
 class DMXLinear(nn.Module):
@@ -136,23 +166,14 @@ class DMXLinear(nn.Module):
                             "(build one with DMXLinearConfig(...) or DMXLinearConfig.from_dict(settings))")
         check_tensor(linear.weight, "the wrapped weight")
         self.linear = linear
-        self.family = get_family(config.family)
-        self.block_size = config.block_size
-        self.tie = bool(config.tie)
-        self.quantize_input = bool(config.quantize_input)
-        self.sigmoid_scale = float(config.sigmoid_scale)
-        self.scale_mode = config.scale_mode
-        self.rounding = config.rounding
-        self.fractional_scale = config.fractional_scale
-        self.backend = DEFAULT_BACKEND if config.backend is None else config.backend
+        if config.backend is not None:
+            check_backend(config.backend, linear.weight.device.type)
+        self._config = config
         init = float(config.beta_init)
         # on the weight's device: a model loaded on a GPU is wrapped in place and not moved again
         device = linear.weight.device
         self.beta_hat = nn.Parameter(torch.tensor(init, dtype=torch.float32, device=device))
         self.beta_hat_input = None if self.tie else nn.Parameter(torch.tensor(init, dtype=torch.float32, device=device))
-        self.temperature = config.temperature
-        self.offset_mode = config.offset_mode
-        self.fixed_format: str | None = None
         # (weight, key, value) kept by _kept: the hard-format weight and the soft path's block amax
         self._weight_cache: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
         self._amax_cache: tuple[torch.Tensor, tuple, torch.Tensor] | None = None
@@ -177,54 +198,47 @@ class DMXLinear(nn.Module):
     def out_features(self) -> int:
         return self.linear.out_features
 
-    # -- settings --------------------------------------------------------------------------------
+    # -- settings: the config, changed only by replacement ----------------------------------------
     @property
-    def temperature(self) -> float:
-        return self._temperature
+    def config(self) -> DMXLinearConfig:
+        """The layer's settings (frozen; :meth:`reconfigure` replaces it)."""
+        return self._config
 
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
+    def reconfigure(self, **changes: Any) -> DMXLinearConfig:
+        """Replace the config by ``dataclasses.replace(config, **changes)`` and return it.
 
-    @property
-    def fractional_scale(self) -> str:
-        return self._fractional_scale
-
-    @fractional_scale.setter
-    def fractional_scale(self, rule: str) -> None:
-        self._fractional_scale = _check_rule("fractional_scale", rule, FRACTIONAL_SCALES)
-
-    @property
-    def backend(self) -> str:
-        """MX forward implementation, ``"numpy"``, ``"torch"`` or ``"compiled"`` (``dmx.autograd.BACKENDS``;
-        same bits); ``"compiled"`` is refused where ``torch.compile`` cannot run on the weight's device."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, backend: str) -> None:
-        self._backend = check_backend(backend, self.linear.weight.device.type)
-
-    @property
-    def offset_mode(self) -> str:
-        return self._offset_mode
-
-    @offset_mode.setter
-    def offset_mode(self, mode: str) -> None:
-        self._offset_mode = check_offset_mode(mode)
-
-    def set_fixed_format(self, name: str | None) -> None:
-        """Use the standard MX format ``name`` for weight and input (no learning); ``None`` learns.
-
-        Valid names: the six OCP formats of ``mx_spec.formats.MX_FORMATS`` (e.g. ``mxfp6_e3m2``
-        or ``mxfp8_e5m2``, which belong to no family).
+        Validated like a new :class:`DMXLinearConfig` (``ValueError`` naming unknown settings or bad
+        values; the backend also against the weight's device), before anything changes. The
+        :data:`CONSTRUCTION_SETTINGS` made the parameters and cannot change here (build a new
+        layer). The values kept from the weight are dropped when one of :data:`KEPT_SETTINGS` changes.
         """
-        if name is not None:
-            if not isinstance(name, str) or name not in MX_FORMATS:
-                raise ValueError(
-                    f"unknown MX format {name!r}; valid formats: {sorted(MX_FORMATS)} "
-                    "(or None to learn the format)"
-                )
-        self.fixed_format = name
+        _check_names(changes)
+        fixed = sorted(k for k in changes if k in CONSTRUCTION_SETTINGS and changes[k] != getattr(self._config, k))
+        if fixed:
+            raise ValueError(f"DMXLinear setting(s) {fixed} are fixed when the layer is built (its parameters "
+                             "were made from them); build a new DMXLinear instead")
+        new = dataclasses.replace(self._config, **changes)
+        if new.backend is not None:
+            check_backend(new.backend, self.linear.weight.device.type)
+        old, self._config = self._config, new
+        if any(getattr(old, k) != getattr(new, k) for k in KEPT_SETTINGS):
+            self.invalidate_caches()
+        return new
+
+    family = _setting("family", get_family, "The :class:`~dmx.family.FormatFamily` of ``config.family``.")
+    block_size = _setting("block_size")
+    tie = _setting("tie", bool)
+    quantize_input = _setting("quantize_input", bool)
+    sigmoid_scale = _setting("sigmoid_scale", float)
+    scale_mode = _setting("scale_mode")
+    rounding = _setting("rounding")
+    fractional_scale = _setting("fractional_scale")
+    backend = _setting("backend", lambda b: DEFAULT_BACKEND if b is None else b,
+                       """MX forward implementation, ``"numpy"``, ``"torch"`` or ``"compiled"`` (``dmx.autograd.BACKENDS``;
+        same bits); ``"compiled"`` is refused where ``torch.compile`` cannot run on the weight's device.""")
+    temperature = _setting("temperature", float)
+    offset_mode = _setting("offset_mode")
+    fixed_format = _setting("fixed_format", doc="Standard MX format used for weight and input, or None (learned).")
 
     # -- format and bits -----------------------------------------------------------------------
     def _beta_hat_of(self, operand: str) -> torch.Tensor:
@@ -295,7 +309,8 @@ class DMXLinear(nn.Module):
     def _kept(self, slot: str, w: torch.Tensor, settings: tuple, make) -> torch.Tensor:
         """``make(w)`` for a frozen weight, kept in ``slot`` until the weight changes: another
         tensor, other storage (``.data`` replaced, a move or cast), an in-place change (its
-        version) or other ``settings``. Holding ``w`` keeps its address from being reused by a
+        version) or other ``settings`` (the format); :meth:`reconfigure` drops it when a config
+        setting it was made under changes. Holding ``w`` keeps its address from being reused by a
         weight that is built on every read (a rotation)."""
         key = (w.data_ptr(), w._version, w.dtype, w.device, settings)
         kept = getattr(self, slot)
@@ -306,16 +321,16 @@ class DMXLinear(nn.Module):
             setattr(self, slot, kept)
         return kept[2]
 
-    def drop_kept(self) -> None:
-        """Forget the values kept from the weight (:meth:`_kept`), e.g. after weights were rewritten."""
+    def invalidate_caches(self) -> None:
+        """Forget the values kept from the weight (:meth:`_kept`), e.g. after weights were rewritten
+        in a way their version counter does not see, or folded (``dmx.rotation``)."""
         self._weight_cache = self._amax_cache = None
 
     def _hard_weight(self, fmt: str) -> torch.Tensor:
         w = self.linear.weight
         if w.requires_grad:
             return self._standard(w, fmt)
-        return self._kept("_weight_cache", w, (fmt, self.block_size, self.scale_mode, self.rounding),
-                          lambda w: self._standard(w, fmt))
+        return self._kept("_weight_cache", w, (fmt,), lambda w: self._standard(w, fmt))
 
     def _soft_widths(self, operand: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(E, M) of ``operand`` at the soft β, differentiable in its offset."""
@@ -338,7 +353,7 @@ class DMXLinear(nn.Module):
         reads it (read once: a learned rotation builds it on every read)."""
         if w.requires_grad or self.backend == "numpy":
             return None
-        return self._kept("_amax_cache", w, (self.block_size,), lambda w: block_amax_of(w, self.block_size))
+        return self._kept("_amax_cache", w, (), lambda w: block_amax_of(w, self.block_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "DMXLinear input")

@@ -92,7 +92,7 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
     """Set the offset temperature of every DMX layer (``ValueError`` unless finite and > 0)."""
     t = check_temperature(temperature)
     for layer in _layers_or_error(model).values():
-        layer.temperature = t
+        layer.reconfigure(temperature=t)
 
 
 def apply_schedule(model: nn.Module, schedule, step: int, total_steps: int) -> float:
@@ -100,16 +100,15 @@ def apply_schedule(model: nn.Module, schedule, step: int, total_steps: int) -> f
     t = check_temperature(schedule(step, total_steps))
     mode = check_offset_mode(getattr(schedule, "offset_mode", "sigmoid"))
     for layer in _layers_or_error(model).values():
-        layer.temperature = t
-        layer.offset_mode = mode
+        layer.reconfigure(temperature=t, offset_mode=mode)
     return t
 
 
 def set_fixed_format(model: nn.Module, name: str | None) -> None:
     """Fix every DMX layer of ``model`` to the standard MX format ``name`` (a uniform baseline);
-    ``None`` returns them to their learnable offsets (``DMXLinear.set_fixed_format``)."""
+    ``None`` returns them to their learnable offsets (``DMXLinear.reconfigure(fixed_format=name)``)."""
     for layer in _layers_or_error(model).values():
-        layer.set_fixed_format(name)
+        layer.reconfigure(fixed_format=name)
 
 
 def set_calibration_mode(model: nn.Module, layers: Mapping[str, Any], training: bool) -> None:

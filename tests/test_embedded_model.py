@@ -47,7 +47,7 @@ def test_uniform_mx_perplexity_orders_as_expected(embedded_model, embedded_test_
 def test_a_calibration_step_on_the_real_model(embedded_test_ids, quantised):
     model, layers = quantised
     for layer in layers.values():
-        layer.set_fixed_format(None)
+        layer.reconfigure(fixed_format=None)
     windows = sample_windows(embedded_test_ids[:, :4096], 1, 32, seed=0)  # smoke test: one short window
     before = torch.stack([layer.beta_hat.detach().clone() for layer in layers.values()])
     # t_end=0.4: a 1-step run is all annealing, and at T=20 an offset at beta_hat=0 has no gradient left

@@ -27,7 +27,7 @@ ML_DTYPES = {
 def _mixed(model, formats=FORMATS, **quantize_kwargs):
     layers = quantize_model(model, **quantize_kwargs)
     for i, layer in enumerate(layers.values()):
-        layer.set_fixed_format(formats[i % len(formats)])
+        layer.reconfigure(fixed_format=formats[i % len(formats)])
     return layers
 
 
@@ -143,7 +143,7 @@ def test_cli_export_uniform_format_round_trip(tmp_path):
     assert manifest["element_bits"] == 6.0
     ref = tiny_model("qwen3", seed=4)
     for layer in quantize_model(ref).values():
-        layer.set_fixed_format("mxfp6_e2m3")
+        layer.reconfigure(fixed_format="mxfp6_e2m3")
     ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(load_exported(out)(ids).logits, ref(ids).logits)
@@ -163,14 +163,14 @@ def _rotated_mixed(kind, formats=FORMATS, quantize_input=True):
         opt = CayleySGD(rotation_parameters(model), lr=1.5)
         ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(7))
         for layer in layers.values():
-            layer.set_fixed_format(None)
+            layer.reconfigure(fixed_format=None)
             layer.train()
         model(ids, labels=ids).loss.backward()
         opt.step()
         bake_rotation(model)
         for i, layer in enumerate(layers.values()):
             layer.eval()
-            layer.set_fixed_format(formats[i % len(formats)])
+            layer.reconfigure(fixed_format=formats[i % len(formats)])
     return model, layers
 
 

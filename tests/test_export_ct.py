@@ -122,7 +122,7 @@ def test_activation_rule_is_even_for_fp4_fp6(tmp_path):
 
     _use_decoded_weights(layers)
     for layer in layers.values():
-        layer.scale_mode = "even"
+        layer.reconfigure(scale_mode="even")
     torch.testing.assert_close(got, _logits(model, ids), rtol=1e-5, atol=1e-5)
     assert (got - floor).abs().max() > 1e-3
 
@@ -190,7 +190,7 @@ def test_unbaked_learned_rotation_is_refused(tmp_path):
     apply_rotation(model, RotationSpec("learned"))
     layers = quantize_model(model)
     for layer in layers.values():
-        layer.set_fixed_format("mxfp4_e2m1")
+        layer.reconfigure(fixed_format="mxfp4_e2m1")
     with pytest.raises(ValueError, match="bake_rotation"):
         export_compressed_tensors(model, layers, tmp_path / "x")
 
@@ -228,7 +228,7 @@ def test_cli_export_and_errors(tmp_path, capsys):
     ref = tiny_model("llama", seed=4)
     layers = quantize_model(ref, quantize_input=False)
     for i, layer in enumerate(layers.values()):
-        layer.set_fixed_format(CT[i % 3])
+        layer.reconfigure(fixed_format=CT[i % 3])
     ids = _ids()
     assert torch.equal(_logits(load_compressed_tensors(out), ids), _logits(ref, ids))
     capsys.readouterr()
@@ -271,7 +271,7 @@ def test_embedded_demo_assignment_round_trip(embedded_model, tmp_path, rotated):
         codes = tensors[f"{name}.weight"].view(torch.uint8).numpy() if stored is None else stored.numpy().reshape(-1)
         np.testing.assert_array_equal(codes, mx.elements if stored is None else mx_spec.pack(mx), err_msg=name)
     for layer in layers.values():
-        layer.quantize_input = True
+        layer.reconfigure(quantize_input=True)
     seen = {}  # what each layer's input quantiser sees (after the online rotation)
     handles = [layer.register_forward_hook(lambda m, a, o, n=name: seen.__setitem__(n, a[0].detach()))
                for name, layer in layers.items()]

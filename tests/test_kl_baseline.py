@@ -108,7 +108,7 @@ def tiny():
     ref = reference_logits(model, windows)  # before wrapping: full precision
     layers = quantize_model(model)
     for layer in layers.values():
-        layer.set_fixed_format(HIGH)
+        layer.reconfigure(fixed_format=HIGH)
     # Score the first block's 7 linears only (the rest stay at the high format): keeps it fast.
     first_block = {n: layer for n, layer in layers.items() if ".layers.0." in n}
     assert len(first_block) == 7
@@ -124,7 +124,7 @@ def test_score_is_kl_of_the_one_layer_low_model(tiny):
     assert len(set(scores.values())) > 1  # layers differ in sensitivity
     name = list(layers)[4]
     for n, layer in layers.items():
-        layer.set_fixed_format(LOW if n == name else HIGH)
+        layer.reconfigure(fixed_format=LOW if n == name else HIGH)
     with torch.no_grad():
         logits = model(windows).logits
     expected = kl_divergence(Categorical(logits=ref.double()), Categorical(logits=logits.double())).mean()

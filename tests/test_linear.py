@@ -88,14 +88,14 @@ def test_tied_gradient_is_the_sum_of_weight_and_input_gradients():
 def test_fixed_formats_for_uniform_baselines(fmt):
     lin = _linear()
     m = DMXLinear(lin)
-    m.set_fixed_format(fmt)
+    m.reconfigure(fixed_format=fmt)
     x = torch.randn(2, 64)
     for mode in (m.train(), m.eval()):
         assert torch.equal(mode(x), _reference(x, lin, fmt))
     assert m.format_name() == fmt
     assert m.element_bits().item() == {"mxfp8_e4m3": 8, "mxfp8_e5m2": 8, "mxfp6_e3m2": 6,
                                        "mxfp6_e2m3": 6, "mxfp4_e2m1": 4, "mxint8": 8}[fmt]
-    m.set_fixed_format(None)
+    m.reconfigure(fixed_format=None)
     assert m.fixed_format is None and m.format_name() == "mxfp4_e2m1"  # beta_init = 0.0
 
 
@@ -136,13 +136,13 @@ def test_bfloat16_layer_runs():
 def test_bad_inputs_raise_clear_errors():
     m = DMXLinear(_linear())
     with pytest.raises(ValueError, match="valid formats"):
-        m.set_fixed_format("mxfp5")
+        m.reconfigure(fixed_format="mxfp5")
     with pytest.raises(TypeError, match="torch.float32 and torch.bfloat16"):
         m(torch.randn(2, 64, dtype=torch.float64))
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):
-        m.temperature = 0.0
+        m.reconfigure(temperature=0.0)
     with pytest.raises(ValueError, match="valid modes"):
-        m.offset_mode = "soft"
+        m.reconfigure(offset_mode="soft")
     with pytest.raises(TypeError, match="wraps an nn.Linear"):
         DMXLinear(nn.Conv1d(2, 2, 1))
     with pytest.raises(ValueError, match="valid families"):

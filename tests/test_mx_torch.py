@@ -207,12 +207,12 @@ def test_backend_setting_on_layers_and_config():
     x = torch.randn(3, 64)
     layer.train()
     y_torch = layer(x)
-    layer.backend = "numpy"
+    layer.reconfigure(backend="numpy")
     assert torch.equal(layer(x), y_torch)
-    layer.backend = "compiled"
+    layer.reconfigure(backend="compiled")
     assert torch.equal(layer(x), y_torch)
     with pytest.raises(ValueError, match="valid backends"):
-        layer.backend = "jax"
+        layer.reconfigure(backend="jax")
     with pytest.raises(ValueError, match="valid backends"):
         CalibrationConfig(backend="jax").validate()
     args = build_parser().parse_args(["calibrate", "--backend", "numpy"])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from dmx.linear import DMXLinear
 from dmx.rotation.fold import (decoder_layers, fold_matrices, lm_head, o_proj_hadamards, rotate_heads_left,
                                rotate_heads_right, rotate_right, weight_holder)
 from dmx.rotation.online import OnlineHadamard, remove_hooks
@@ -195,6 +196,6 @@ def bake_rotation(model: nn.Module) -> RotationState:
     state.r2 = [m.detach().clone() for m in state.r2]
     state.baked = True
     for module in model.modules():  # the values DMXLinear keeps from its weight: drop them
-        if hasattr(module, "drop_kept"):
-            module.drop_kept()
+        if isinstance(module, DMXLinear):
+            module.invalidate_caches()
     return state
