@@ -15,7 +15,10 @@
   defines it (``from dmx.rotation.spec import RotationSpec`` inside ``dmx/rotation/``, not ``from
   dmx.rotation import RotationSpec``), and never ``import``s its own package to reach names
   through it: the ``__init__`` is the door for callers outside, and reading through it from inside
-  hides where a name lives and invites cycles.
+  hides where a name lives and invites cycles;
+* a ``DMXLinear``'s settings are its frozen ``DMXLinearConfig``: nothing outside ``dmx/linear.py``
+  (library, tests, tools, benchmarks, tutorial cells) assigns a setting attribute
+  (``layer.temperature = ...``); it calls ``layer.reconfigure(temperature=...)`` (issue #27).
 
 Imports are read from the source (``ast``), including those inside functions: an upward import
 hidden in a function body is still an upward import. Imports under ``if TYPE_CHECKING:`` (names
@@ -25,6 +28,7 @@ for annotations, never executed) do not count.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -387,3 +391,84 @@ def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, mon
     assert "dmx eval: error: --rotation-block only apply to a rotation; add --rotation hadamard" in err
     assert "dmx calibrate: error: no data directory: pass --data-dir DIR" in err and "pass --online to" in err
     assert not re.search(r"online_size|rotation_block|data_dir|online=", err)
+
+
+# -- a DMXLinear's settings are its config (issue #27) ----------------------------------------------
+#: Where code that drives DMXLinear layers lives (tutorial notebooks: their code cells).
+DRIVERS = ("dmx", "tests", "tools", "benchmarks", "tutorials")
+
+
+def _layer_settings() -> set[str]:
+    """The names of ``DMXLinearConfig``'s fields (read from the source: no torch here), and the
+    config itself (``config``, ``_config``)."""
+    tree = ast.parse((ROOT / "dmx" / "linear.py").read_text())
+    (config,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DMXLinearConfig"]
+    return {n.target.id for n in config.body if isinstance(n, ast.AnnAssign)} | {"config", "_config"}
+
+
+LAYER_SETTINGS = _layer_settings()
+
+
+def _setting_writes(source: str) -> list[str]:
+    """Assignments to a DMXLinear setting attribute in ``source`` (``x.temperature = ...``, also
+    augmented, annotated or in a tuple target, and ``setattr(x, "temperature", ...)`` or
+    ``object.__setattr__``), each as ``"line: target"``. An object's assignments to its own
+    attributes (``self.``) and a ``torch.autograd.Function``'s context (``ctx.backend``) are not a
+    layer's settings. IPython magics (``%matplotlib``, ``!pip``) are skipped."""
+    source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        while any(isinstance(t, (ast.Tuple, ast.List, ast.Starred)) for t in targets):  # a, b.x = ...
+            targets = [e for t in targets for e in (t.elts if isinstance(t, (ast.Tuple, ast.List))
+                                                     else [t.value] if isinstance(t, ast.Starred) else [t])]
+        for target in targets:
+            if (isinstance(target, ast.Attribute) and target.attr in LAYER_SETTINGS
+                    and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "ctx"))):
+                found.append((node.lineno, ast.unparse(target)))
+        if isinstance(node, ast.Call) and (getattr(node.func, "id", None) == "setattr"
+                                           or getattr(node.func, "attr", None) == "__setattr__"):
+            name = node.args[1] if len(node.args) > 1 else None
+            if isinstance(name, ast.Constant) and name.value in LAYER_SETTINGS:
+                found.append((node.lineno, ast.unparse(node)))
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def _driver_sources() -> list[tuple[str, str]]:
+    """``(place, source)`` of every Python file under :data:`DRIVERS` and every notebook code cell."""
+    found = []
+    for folder in DRIVERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found.append((str(path.relative_to(ROOT)), path.read_text()))
+        for path in sorted((ROOT / folder).rglob("*.ipynb")):
+            cells = json.loads(path.read_text())["cells"]
+            found += [(f"{path.relative_to(ROOT)} cell {i}", "".join(cell["source"]))
+                      for i, cell in enumerate(cells) if cell["cell_type"] == "code"]
+    return found
+
+
+def test_the_setting_rule_sees_the_project():
+    assert {"temperature", "fixed_format", "backend", "offset_mode", "fractional_scale", "config"} <= LAYER_SETTINGS
+    places = [place for place, _ in _driver_sources()]
+    assert "dmx/wrap.py" in places and any(p.startswith("tutorials/") and " cell " in p for p in places)
+    assert {"tests/test_linear.py", "benchmarks/bench_calibration_step.py", "dmx/sweep/methods.py"} <= set(places)
+
+
+def test_only_dmx_linear_changes_a_layers_settings():
+    """A DMXLinear's settings are its frozen config, replaced only by ``layer.reconfigure(...)``;
+    nothing outside ``dmx/linear.py`` assigns a setting attribute (they are read-only views)."""
+    bad = [f"{place}:{write}" for place, source in _driver_sources() if place != "dmx/linear.py"
+           for write in _setting_writes(source)]
+    assert not bad, f"assignments to DMXLinear settings {bad}: call layer.reconfigure(setting=value) instead"
+
+
+def test_a_planted_setting_write_is_caught():
+    source = ("%matplotlib inline\nlayer.temperature = 2.0\nsetattr(m, 'backend', 'numpy')\n"
+              "for l in layers.values():\n    l.fixed_format, n = None, 1\nlayers['a'].config = c\n"
+              "object.__setattr__(m, '_config', c)\nm.block_size += 1\nself.temperature = 1.0\n"
+              "ctx.backend = backend\nm.beta_hat = p\nm.reconfigure(temperature=2.0)\n"
+              "torch._dynamo.config.recompile_limit = 8\n*a, m.tie = 1, 2\n")
+    assert _setting_writes(source) == [
+        "2: layer.temperature", "3: setattr(m, 'backend', 'numpy')", "5: l.fixed_format", "6: layers['a'].config",
+        "7: object.__setattr__(m, '_config', c)", "8: m.block_size", "14: m.tie"]

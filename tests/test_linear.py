@@ -124,6 +124,51 @@ def test_kept_weight_amax_follows_weight_updates(backend):
     assert torch.equal(m(x), DMXLinear(lin, cfg).train()(x))
 
 
+
+def test_the_settings_are_the_config_changed_only_by_reconfigure():
+    m = DMXLinear(_linear(), DMXLinearConfig(family="fp6_fp4", temperature=2))
+    first = m.config
+    assert (m.temperature, type(m.temperature), m.family.name, m.backend) == (2.0, float, "fp6_fp4", "torch")
+    for name, value in (("temperature", 1.0), ("fixed_format", "mxint8"), ("backend", "numpy"), ("config", first)):
+        with pytest.raises(AttributeError):
+            setattr(m, name, value)
+    assert m.reconfigure(temperature=0.5, offset_mode="round_ste") is m.config
+    assert (m.temperature, m.offset_mode) == (0.5, "round_ste") and first.temperature == 2  # replaced, not mutated
+    assert m.config == DMXLinearConfig(family="fp6_fp4", temperature=0.5, offset_mode="round_ste")
+    before = m.config
+    for bad, match in (({"temprature": 1.0}, r"unknown DMXLinear setting\(s\) \['temprature'\]"),
+                       ({"fixed_format": "mxfp5"}, "valid formats"), ({"temperature": -1.0}, "temperature"),
+                       ({"tie": False}, r"\['tie'\] are fixed when the layer is built"),
+                       ({"beta_init": 1.0, "temperature": 1.0}, "beta_init")):
+        with pytest.raises(ValueError, match=match):
+            m.reconfigure(**bad)
+        assert m.config is before  # nothing changed
+    m.reconfigure(tie=True, freeze_weight=True)  # the values it was built with: allowed, a no-op
+    assert m.config == before
+    assert DMXLinear(_linear(), DMXLinearConfig(fixed_format="mxfp6_e3m2")).format_names() == {
+        "weight": "mxfp6_e3m2", "input": "mxfp6_e3m2"}
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_reconfigure_drops_the_kept_values_only_when_their_settings_change(training):
+    """The kept hard weight / block amax hold no settings in their keys: a changed block size or
+    scale rule must reach them through reconfigure, and a new temperature must not cost them."""
+    lin, x = _linear(seed=3), torch.randn(2, 64)
+    m = DMXLinear(lin, DMXLinearConfig(beta_init=0.7)).train(training)
+    slot = "_amax_cache" if training else "_weight_cache"
+    first = m(x)
+    kept = getattr(m, slot)[2]
+    m.reconfigure(temperature=0.9)
+    m(x)
+    assert getattr(m, slot)[2] is kept
+    for changes in ({"scale_mode": "ceil"}, {"block_size": 16}, {"rounding": "away"}):
+        m.reconfigure(**changes)
+        fresh = DMXLinear(lin, m.config).train(training)
+        assert torch.equal(m(x), fresh(x)), changes
+    assert not torch.equal(m(x), first)
+    m.invalidate_caches()
+    assert m._weight_cache is None and m._amax_cache is None
+
 def test_bfloat16_layer_runs():
     lin = _linear().to(torch.bfloat16)
     m = DMXLinear(lin)
