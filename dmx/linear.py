@@ -234,8 +234,9 @@ class DMXLinear(nn.Module):
     rounding = _setting("rounding")
     fractional_scale = _setting("fractional_scale")
     backend = _setting("backend", lambda b: DEFAULT_BACKEND if b is None else b,
-                       """MX forward implementation, ``"numpy"``, ``"torch"`` or ``"compiled"`` (``dmx.autograd.BACKENDS``;
-        same bits); ``"compiled"`` is refused where ``torch.compile`` cannot run on the weight's device.""")
+                       """MX forward implementation, ``"numpy"``, ``"torch"`` or ``"compiled"``
+        (``dmx.autograd.BACKENDS``; same bits); ``"compiled"`` is refused where ``torch.compile``
+        cannot run on the weight's device.""")
     temperature = _setting("temperature", float)
     offset_mode = _setting("offset_mode")
     fixed_format = _setting("fixed_format", doc="Standard MX format used for weight and input, or None (learned).")

@@ -228,7 +228,8 @@ def test_config_settings_are_checked_before_any_layer_is_built():
     for bad, match in (({"block_size": 0}, "block_size"), ({"beta_init": float("inf")}, "beta_init"),
                        ({"temperature": 0.0}, "temperature"), ({"offset_mode": "soft"}, "valid modes"),
                        ({"fractional_scale": "max"}, "valid rules"), ({"scale_mode": "round"}, "scale_mode"),
-                       ({"rounding": "rtz"}, "rounding"), ({"backend": "jax"}, "valid backends")):
+                       ({"rounding": "rtz"}, "rounding"), ({"backend": "jax"}, "valid backends"),
+                       ({"fixed_format": "fp4"}, "valid formats"), ({"fixed_format": 4}, "valid formats")):
         with pytest.raises(ValueError, match=match):
             DMXLinearConfig(**bad)
     # settings read from YAML/JSON come as a dict: an unknown key is named with the valid ones
