@@ -2,9 +2,10 @@
 
 The README is the front door and the reference lives under ``docs/``, one level down, so a link
 moved between them breaks silently unless something checks it: every ``[text](target)`` and
-``![alt](target)`` of README.md, docs/*.md, golden/README.md and tutorials/README.md that is not a
-web address must name an existing file or folder, and a ``#fragment`` into a markdown file must be
-one of that file's headings (GitHub's anchors). Fenced code blocks are not read.
+``![alt](target)`` of README.md, docs/*.md, golden/README.md, golden/survey/README.md and
+tutorials/README.md that is not a web address must name an existing file or folder, and a
+``#fragment`` into a markdown file must be one of that file's headings (GitHub's anchors).
+Fenced code blocks are not read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "golden" / "README.md",
-         REPO / "tutorials" / "README.md"]
+         REPO / "golden" / "survey" / "README.md", REPO / "tutorials" / "README.md"]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~)")
 

@@ -1,4 +1,6 @@
-"""Rewrite the generated results tables of README.md and docs/*.md from the committed results files (``make readme-results``).
+"""Rewrite the results tables of README.md and docs/*.md from the committed results files.
+
+``make readme-results`` runs it.
 
 Usage::
 

@@ -1,9 +1,10 @@
 """The generated tables of issue #23: the Pareto study's verdicts, the gradient probe and the claims table.
 
 Registered in :data:`tools.readme_results.TABLES` (``make readme-results`` writes them into the
-README and docs/RESULTS.md, and ``tests/test_readme_results.py`` keeps the pages equal to them). Every figure is read from a
-committed results folder: the Pareto study's sweeps (``benchmarks/pareto_study.sh``, one folder
-per rotation and family, with a ``_threshold`` twin), the gradient probe
+README and docs/RESULTS.md, and ``tests/test_readme_results.py`` keeps the pages equal to them).
+Every figure is read from a committed results folder: the Pareto study's sweeps
+(``benchmarks/pareto_study.sh``, one folder per rotation and family, with a ``_threshold`` twin),
+the gradient probe
 (``benchmarks/gradient_probe.py``) and the headline sweeps. A folder not yet run, or a target
 whose points are not all finished, is shown as such; nothing is filled in by hand.
 """
