@@ -94,7 +94,7 @@ def test_the_claims_table_reads_the_results():
 
 @pytest.mark.results
 def test_the_readme_reading_of_the_gradient_probe_holds_in_its_results_file():
-    """Each statement of the README's paragraph under the probe's table, checked on the file."""
+    """Each statement of docs/RESULTS.md's paragraph under the probe's table, checked on the file."""
     doc = json.loads((REPO / "results" / "gradient_probe" / "results.json").read_text())
     none, hadamard = (doc["rotations"][r]["summary"] for r in ("none", "Hadamard-64"))
     learned = doc["rotations"]["learned (start)"]["summary"]
