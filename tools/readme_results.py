@@ -53,12 +53,11 @@ from tools.results_io import load_json, load_sweep, markdown_table  # noqa: E402
 from tools.study_tables import (table_claims, table_gradient_probe, table_pareto_verdicts,  # noqa: E402
                                 table_rotation_default)
 
-README = REPO / "README.md"
-
 
 def pages(root: Path = REPO) -> list[Path]:
     """The pages that may hold generated tables: README.md, then every ``docs/*.md``."""
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
 
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 
