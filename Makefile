@@ -10,9 +10,9 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 export DMX_DATA_DIR ?= $(DATA_DIR)
 
-# Where `make demo` writes its assignment.json and eval.json (record a run for the README's demo
-# table with DEMO_OUT=results/demo/run-NN, then `make readme-results`); the demo ends by comparing
-# its figures with the spread of the runs recorded in results/demo/.
+# Where `make demo` writes its assignment.json and eval.json (record a run for the demo table of
+# docs/RESULTS.md with DEMO_OUT=results/demo/run-NN, then `make readme-results`); the demo ends by
+# comparing its figures with the spread of the runs recorded in results/demo/.
 DEMO_OUT ?= runs/demo
 # CPU threads of the demo's dmx commands; empty: dmx's default, the CPUs idle right now, so a busy
 # machine is not oversubscribed (a step took 50-134 s instead of 7 s with too many threads).
@@ -66,7 +66,7 @@ golden: venv
 bench: venv
 	$(PY) benchmarks/bench_mx_spec.py --out results/bench_mx_spec/results.json
 
-# The README's results tables, rewritten from the committed files under results/
+# The results tables of README.md and docs/*.md, rewritten from the committed files under results/
 # (tools/readme_results.py; tests/test_readme_results.py checks they agree).
 readme-results: venv
 	$(PY) tools/readme_results.py

@@ -13,7 +13,7 @@ reported too (it includes both models).
 
     python benchmarks/bench_calibration_step.py --batch-size 2 --seqlen 256 --repeats 5 --threads 1 \
         --out results/bench_calibration_step/seqlen256_1thread.json
-    THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_calibration_step.py ...   # huge pages (README)
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_calibration_step.py ...   # huge pages (docs/BACKENDS.md)
     python benchmarks/bench_calibration_step.py --device cuda --dtype bfloat16   # on a GPU
 """
 

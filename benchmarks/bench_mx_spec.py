@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timings per implementation; the best is kept")
     parser.add_argument("--formats", nargs="+", default=list(MX_FORMATS), choices=list(MX_FORMATS))
     parser.add_argument("--out", type=Path, default=None,
-                        help="also write the rows as JSON here (the README's table is made from "
+                        help="also write the rows as JSON here (the table in docs/BACKENDS.md is made from "
                              "results/bench_mx_spec/results.json by tools/readme_results.py)")
     args = parser.parse_args(argv)
     if not 5 <= args.log2_n <= 28:

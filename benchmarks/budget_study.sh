@@ -8,7 +8,7 @@
 # same command). One torch thread per run; 120 steps take ~15 min on one idle core, 400 steps
 # ~50 min, each evaluation of 8 x 2048 test windows ~5 min.
 #
-#   benchmarks/budget_study.sh                       # BUDGETS="120x2 400x2 40x8" (the README's)
+#   benchmarks/budget_study.sh                       # BUDGETS="120x2 400x2 40x8" (docs/RESULTS.md's)
 #   BUDGETS="400x2" benchmarks/budget_study.sh       # one budget: the authors' step count
 set -euo pipefail
 source "$(dirname "$0")/env.sh"

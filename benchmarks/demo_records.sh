@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Record `make demo`'s figures for the README's demo table from the Pareto study's dMX calibrations
+# Record `make demo`'s figures for the demo table (docs/RESULTS.md) from the Pareto study's dMX calibrations
 # instead of recomputing them: the study's 5-bit dMX points (benchmarks/pareto_study.sh) are the
 # demo's calibration (64 x 256 validation windows, 40 steps of 2, target 5, the library's defaults,
 # the fixed Hadamard-64 rotation) for seeds 0, 1, 2 at one thread. Each is re-deployed with the

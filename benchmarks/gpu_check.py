@@ -1,4 +1,4 @@
-"""GPU checks of the torch MX backend, in one script (not run yet: no GPU was available; README).
+"""GPU checks of the torch MX backend, in one script (not run yet: no GPU was available; docs/BACKENDS.md).
 
 1. golden vectors: ``mx_spec.verify.verify_quantizer`` on the CUDA torch backend (all formats,
    scale modes, roundings; codes and decoded values);

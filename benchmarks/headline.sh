@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's headline comparison at a 5-bit budget on the embedded SmolLM2-135M: full
+# The headline comparison (docs/RESULTS.md) at a 5-bit budget on the embedded SmolLM2-135M: full
 # precision, uniform MXFP4 and MXFP8, the KL heuristic, dMX (3 calibration seeds, budget
 # rounding: equal bits) and the random control (3 seeded draws at the same budget), on the first
 # $MAX_WINDOWS x 2048 WikiText-2 test windows. dMX uses the demo's calibration (64 windows x 256
@@ -7,9 +7,9 @@
 # docs/FIDELITY.md). KL, dMX and the random control run first. Resumable: rerun the same
 # command and finished points are skipped.
 #
-#   MAX_WINDOWS=32 OUT=results/headline_5bit_w32 benchmarks/headline.sh                             # README
+#   MAX_WINDOWS=32 OUT=results/headline_5bit_w32 benchmarks/headline.sh                             # docs/RESULTS.md
 #   MAX_WINDOWS=8 benchmarks/headline.sh                            # results/headline_5bit: budget study's reference
-#   ROTATION=hadamard MAX_WINDOWS=32 OUT=results/headline_5bit_hadamard_w32 benchmarks/headline.sh  # README
+#   ROTATION=hadamard MAX_WINDOWS=32 OUT=results/headline_5bit_hadamard_w32 benchmarks/headline.sh  # docs/RESULTS.md
 #   ROTATION=hadamard MAX_WINDOWS=16 OUT=results/headline_5bit_hadamard benchmarks/headline.sh      # scale_rule.sh's reference
 #
 # Cost on one core of the 2-core machine (the two sweeps side by side, one torch thread each):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # How the default size of the online Hadamard rotation (dmx.rotation.DEFAULT_ONLINE_SIZE, `--rotation-block`) was
 # chosen: uniform MXFP4 (weights + activations) perplexity of the embedded SmolLM2-135M on
-# WikiText-2 *validation* text (wikitext-2-tokenized/valid.txt, not the test split the README
-# reports), the first $MAX_WINDOWS windows of 2048 tokens, for every block that divides the
+# WikiText-2 *validation* text (wikitext-2-tokenized/valid.txt, not the test split the results
+# report), the first $MAX_WINDOWS windows of 2048 tokens, for every block that divides the
 # model's linear input widths (576, 1536: 32, 64, 96, 192; 16 is finer than an MX block) and
 # rotation seeds 0-2, plus no rotation. One torch thread; about 1.5 min per row.
 #

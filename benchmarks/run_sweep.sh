@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's quality benchmark: dMX vs the KL heuristic vs uniform MX on the embedded
+# The earlier quality benchmark (docs/RESULTS.md): dMX vs the KL heuristic vs uniform MX on the embedded
 # SmolLM2-135M (no network), WikiText-2 perplexity with the GPTQ protocol on the first
 # $MAX_WINDOWS window(s) of 2048 tokens (a full test pass takes ~15 min per point on 2 cores).
 # dMX points use the demo's calibration (64 windows x 256 tokens, 40 steps of 2 windows); the

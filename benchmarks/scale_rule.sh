@@ -5,7 +5,7 @@
 # seeds, rotation and test windows. Budget rounding, so both spend exactly the same bits and only
 # the ranking of the layers differs. Resumable: rerun the same command.
 #
-#   SEEDS=3 benchmarks/scale_rule.sh  # the README: the three headline seeds, vs results/headline_5bit_hadamard (16 windows)
+#   SEEDS=3 benchmarks/scale_rule.sh  # docs/RESULTS.md: the three headline seeds, vs results/headline_5bit_hadamard (16 windows)
 #   benchmarks/scale_rule.sh          # seed 0 only
 #
 # Cost on one core: ~10 min of calibration + ~4 min of evaluation per seed.

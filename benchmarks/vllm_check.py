@@ -1,7 +1,7 @@
 """Serve a dMX compressed-tensors export with vLLM on a GPU and compare it with `dmx eval`.
 
 NOT RUN: prepared for a GPU user. The task that wrote it had no GPU, so nothing here has been
-executed; expect to adjust it to your vLLM version. Nothing in the README comes from it.
+executed; expect to adjust it to your vLLM version. Nothing in the README or docs/ comes from it.
 
     pip install vllm                                  # or `pip install --no-deps vllm` against your torch
     dmx export --assignment results/demo_unrotated/seed-0/assignment.json --output-format compressed-tensors \
@@ -16,7 +16,7 @@ windows of 2048 WikiText-2 test tokens with prompt log-probabilities (the GPTQ p
 dmx.perplexity: exp of the mean over windows of the mean next-token NLL) and writes them next to
 the `dmx eval` perplexity of the same assignment (run `dmx eval --assignment A --max-windows 2
 --out runs/vllm/dmx_eval.json` first). vLLM computes activation scales with its own kernels'
-rule, which need not be compressed-tensors' (README, "Serving a dMX model").
+rule, which need not be compressed-tensors' (docs/EXPORT.md, "Serving a dMX model").
 """
 
 from __future__ import annotations

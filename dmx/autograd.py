@@ -3,7 +3,7 @@ r"""Torch autograd bridge over ``mx_spec``: MX quantize-dequantize with gradient
 The forward has three backends with the same bits (``backend=``, ``BACKENDS``): ``"numpy"`` calls
 the numpy ``mx_spec`` (``quantize_dequantize`` for the standard formats,
 ``mx_spec.minifloat.quantize_dequantize_minifloat`` for real widths), the definition of the
-numbers; ``"torch"`` (the default, chosen by measurement: README "MX backends") runs
+numbers; ``"torch"`` (the default, chosen by measurement: docs/BACKENDS.md) runs
 ``dmx.mx_torch``, a second implementation of the same rules on the tensor's own device, which the
 golden vectors and bit-equality tests hold to ``mx_spec``; ``"compiled"`` runs the same
 ``dmx.mx_torch`` functions fused by ``torch.compile`` at real widths (one kernel per operand
@@ -100,7 +100,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 #: functions fused by ``torch.compile``; same bits). The backward's closed form is shared.
 BACKENDS = ("numpy", "torch", "compiled")
 #: ``torch``: same bits, no host round trip, faster than numpy on the calibration path, and no
-#: compiler or compile wait (README "MX backends").
+#: compiler or compile wait (docs/BACKENDS.md).
 DEFAULT_BACKEND = "torch"
 
 

@@ -82,7 +82,7 @@ def run_provenance(script: str, argv: Sequence[str]) -> dict[str, Any]:
     """How a benchmark's results file was made: the command, the commit of the ``dmx`` that ran
     and its uncommitted tracked files, the date, the machine and its load when the run started (a
     loaded machine inflates absolute times; ratios measured side by side in one run are what the
-    README compares)."""
+    documentation compares)."""
     return {"command": " ".join(["python", script, *argv]), **_git_state(Path(__file__).resolve().parent),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -1,6 +1,6 @@
 """Bit-exact numpy model of OCP Microscaling (MX) v1.0.
 
-Public API (see README "mx_spec API"): formats table, element codecs, the rounding and
+Public API (see docs/MX.md, "mx_spec API"): formats table, element codecs, the rounding and
 shared-exponent primitives, block quantization and byte packing.
 """
 

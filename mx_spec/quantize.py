@@ -12,7 +12,7 @@ Conversion of a block V_1..V_k (k = ``block_size``, along ``axis``):
    precision's normal range lie far below half of every element's smallest subnormal, so the
    result equals rounding the exact real quotient.
 
-Decisions where the spec is silent (README "Conformance decisions"):
+Decisions where the spec is silent (docs/MX.md, "Conformance decisions"):
 
 * all-zero block: X clamps to -127 -> scale code 0x00; elements are +0/-0 by the input's sign
   (the spec's floor(log2 0) = -inf clamps the same way).

@@ -26,7 +26,7 @@ never a floating-point ``log2``), for ``amax = max_i |V_i|`` of a block:
     exact rule (e.g. when amax is within half a float32 ulp above max_pos * 2^k), and whose
     division underflows for float32-subnormal ratios.
 
-Decisions where the spec is silent (documented in the README "Conformance decisions"):
+Decisions where the spec is silent (documented in docs/MX.md, "Conformance decisions"):
 
 * amax == 0 (all-zero block): floor(log2 0) = -inf, clamped to -127, so the scale code is 0.
 * X is clamped to [-127, 127] in every mode; elements then underflow or saturate normally.

@@ -212,7 +212,7 @@ def verify_quantizer(fn: QuantizerFn, formats: Sequence[str] | None = None,
                      layouts: str | Iterable[str] | None = None) -> VerifyReport:
     """Run ``fn`` over the golden inputs and compare its outputs with the golden ones.
 
-    The function contract (README.md, "Verifying another implementation"):
+    The function contract (docs/VERIFY.md, "From Python: verify_quantizer"):
     ``fn(x, fmt, *, block_size, axis, scale_mode, rounding)`` receives the input as a numpy
     array of its golden dtype (float32, float64, float16 or ml_dtypes.bfloat16) and returns an
     object with ``.scales`` and ``.elements``, a ``(scales, elements)`` tuple, or a dict of any of

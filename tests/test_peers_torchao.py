@@ -224,7 +224,7 @@ def test_torchao_dequantize_matches_golden_decoded(golden, fmt):
 
 
 def test_verify_quantizer_on_torchao(golden):
-    """The verifier's view of torchao (the README's table): it fails exactly the cases that hold
+    """The verifier's view of torchao (docs/VERIFY.md): it fails exactly the cases that hold
     a pinned deviation, skips what torchao does not implement, and passes everything else."""
     report = verify_quantizer(adapter.torchao_quantize)
     assert report.n_passed > 500

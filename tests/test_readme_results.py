@@ -1,9 +1,9 @@
-"""The README's results tables are the committed results files (issue #16, point 1).
+"""The results tables of the README and docs/ are the committed results files (issue #16, point 1).
 
 ``tools/readme_results.py`` (``make readme-results``) rewrites every ``<!-- results:NAME -->``
-section of README.md from the files under ``results/``; these tests fail when a section was
-edited by hand, when a results file changed without the README, and check the aggregation of
-repeated runs.
+section of README.md and docs/*.md from the files under ``results/``; these tests fail when a
+section was edited by hand, when a results file changed without the pages, and check the
+aggregation of repeated runs.
 """
 
 from __future__ import annotations
@@ -26,31 +26,69 @@ def _load_generator():
 
 gen = _load_generator()
 README_TEXT = (REPO / "README.md").read_text(encoding="utf-8")
+RESULTS_PAGE = REPO / "docs" / "RESULTS.md"
+RESULTS_TEXT = RESULTS_PAGE.read_text(encoding="utf-8")
+PAGE_TEXTS = {page: page.read_text(encoding="utf-8") for page in gen.pages(REPO)}
 
 
 @pytest.mark.results
-def test_readme_sections_equal_what_the_results_files_make():
-    fresh = gen.render(README_TEXT, REPO)
-    stale = [name for name, old, new in zip(gen.section_names(README_TEXT),
-                                            gen.SECTION.finditer(README_TEXT), gen.SECTION.finditer(fresh))
+@pytest.mark.parametrize("page", [p.relative_to(REPO).as_posix() for p in gen.pages(REPO)])
+def test_page_sections_equal_what_the_results_files_make(page):
+    path = REPO / page
+    text = PAGE_TEXTS[path]
+    fresh = gen.render(text, REPO, page=path)
+    stale = [name for name, old, new in zip(gen.section_names(text),
+                                            gen.SECTION.finditer(text), gen.SECTION.finditer(fresh))
              if old.group("body") != new.group("body")]
-    assert not stale, f"README sections {stale} differ from results/: run `make readme-results` and commit"
-    assert fresh == README_TEXT
+    assert not stale, f"{page} sections {stale} differ from results/: run `make readme-results` and commit"
+    assert fresh == text
 
 
 def test_every_table_has_its_section_once():
-    names = gen.section_names(README_TEXT)
-    assert sorted(names) == sorted(gen.TABLES), "each table of TABLES needs exactly one section in README.md"
+    names = [name for text in PAGE_TEXTS.values() for name in gen.section_names(text)]
+    assert sorted(names) == sorted(gen.TABLES), \
+        "each table of TABLES needs exactly one section in README.md or a docs/ page"
+    assert not gen.check_homes(PAGE_TEXTS)
+
+
+def test_the_pages_are_the_readme_and_the_docs():
+    assert gen.pages(REPO)[0] == REPO / "README.md" and RESULTS_PAGE in gen.pages(REPO)
+    assert gen.section_names(README_TEXT), "the README's headline is a generated table"
+    assert "sweep_rotations" in gen.section_names(RESULTS_TEXT)
+
+
+def test_a_table_in_two_pages_or_in_none_is_reported(tmp_path):
+    one = "<!-- results:claims -->\n<!-- /results:claims -->\n"
+    problems = gen.check_homes({tmp_path / "README.md": one, tmp_path / "docs" / "RESULTS.md": one},
+                               {"claims": gen.TABLES["claims"], "demo": gen.TABLES["demo"]})
+    assert problems == ["no page holds the section of demo",
+                        "section claims appears 2 times (README.md, RESULTS.md): a table has one home"]
+
+
+def test_links_in_a_table_are_written_relative_to_its_page():
+    table = "| a | [repro](golden/survey/reproducers/x.py) ![f](results/a.png) [web](https://x.org/a) [s](#top) |"
+    assert gen.relink(table, "") == table
+    assert gen.relink(table, "../") == ("| a | [repro](../golden/survey/reproducers/x.py) ![f](../results/a.png) "
+                                        "[web](https://x.org/a) [s](#top) |")
+    assert gen.page_prefix(REPO / "README.md", REPO) == "" and gen.page_prefix(RESULTS_PAGE, REPO) == "../"
+    tables = {"t": lambda root: table}
+    text = "<!-- results:t -->\n<!-- /results:t -->\n"
+    assert "(../golden/" in gen.render(text, REPO, tables, page=RESULTS_PAGE)
+    assert "(golden/" in gen.render(text, REPO, tables, page=REPO / "README.md")
 
 
 @pytest.mark.results
 def test_a_hand_edited_number_is_caught(tmp_path):
-    edited = README_TEXT.replace("| uniform MXFP4 E2M1 | 4 | 130.39 |", "| uniform MXFP4 E2M1 | 4 | 92.33 |", 1)
-    assert edited != README_TEXT
-    assert gen.render(edited, REPO) == README_TEXT  # the generator puts the file's number back
+    edited = RESULTS_TEXT.replace("| uniform MXFP4 E2M1 | 4 | 130.39 |", "| uniform MXFP4 E2M1 | 4 | 92.33 |", 1)
+    assert edited != RESULTS_TEXT
+    assert gen.render(edited, REPO, page=RESULTS_PAGE) == RESULTS_TEXT  # the generator puts the file's number back
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "RESULTS.md"
+    page.write_text(edited, encoding="utf-8")
+    assert gen.main(["--check", "--page", str(page)]) == 1
     readme = tmp_path / "README.md"
-    readme.write_text(edited, encoding="utf-8")
-    assert gen.main(["--check", "--readme", str(readme)]) == 1
+    readme.write_text(README_TEXT, encoding="utf-8")
+    assert gen.main(["--check", "--readme", str(readme)]) == 0  # the other page is current
 
 
 @pytest.mark.results
@@ -62,7 +100,7 @@ def test_a_changed_results_file_is_caught(tmp_path):
     doc = json.loads(path.read_text())
     next(p for p in doc["points"] if p["key"] == "kl@5")["perplexity"] = 41.0
     path.write_text(json.dumps(doc))
-    assert "| KL @ 5 | 4.99 | **41.00** |" in gen.render(README_TEXT, tmp_path)
+    assert "| KL @ 5 | 4.99 | **41.00** |" in gen.render(RESULTS_TEXT, tmp_path, page=RESULTS_PAGE)
 
 
 def test_an_unknown_section_is_an_error():

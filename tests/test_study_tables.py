@@ -94,7 +94,7 @@ def test_the_claims_table_reads_the_results():
 
 @pytest.mark.results
 def test_the_readme_reading_of_the_gradient_probe_holds_in_its_results_file():
-    """Each statement of the README's paragraph under the probe's table, checked on the file."""
+    """Each statement of docs/RESULTS.md's paragraph under the probe's table, checked on the file."""
     doc = json.loads((REPO / "results" / "gradient_probe" / "results.json").read_text())
     none, hadamard = (doc["rotations"][r]["summary"] for r in ("none", "Hadamard-64"))
     learned = doc["rotations"]["learned (start)"]["summary"]
@@ -123,3 +123,23 @@ def test_the_readme_reading_of_the_rotation_default_holds_in_its_results_file():
     assert learned["offsets_over_threshold"] == 0 and learned["threshold_bits"] == 4.0
     assert 0.2 < hadamard["offsets_over_threshold"] / hadamard["offsets"] < 0.35  # "a quarter of them"
     assert abs(learned["cpu_seconds"] / hadamard["cpu_seconds"] - 1) < 0.15  # "about the same CPU time"
+
+
+@pytest.mark.results
+def test_the_readme_summary_of_the_headline_holds_in_its_results_files():
+    """The README's sentence under the claims table: with the fixed Hadamard every dMX seed below KL,
+    without a rotation every seed above it, every dMX seed below every random draw."""
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "with the fixed Hadamard rotation every dMX seed ends below the KL heuristic" in readme
+    assert "without a rotation every seed ends above it" in readme
+    for label, folder in st.HEADLINE.items():
+        points = json.loads((REPO / "results" / folder / "results.json").read_text())["points"]
+        dmx = [p["perplexity"] for p in points if p["method"] == "dmx"]
+        (kl,) = [p["perplexity"] for p in points if p["method"] == "kl"]
+        random = [p["perplexity"] for p in points if p["method"] == "random"]
+        assert len(dmx) == 3 and random
+        if label == "Hadamard-64":
+            assert max(dmx) < kl
+        else:
+            assert min(dmx) > kl
+        assert max(dmx) < min(random)

@@ -18,7 +18,7 @@ the stored outputs state is what a fresh run states.
 * each notebook's header states its time, memory, data and command; a run over its stated time
   is reported as a warning, one over ``HARD_LIMIT`` times it fails.
 
-Notebook 04's closing cell writes the verdicts from the README's headline files, read through
+Notebook 04's closing cell writes the verdicts from the headline's files (docs/RESULTS.md), read through
 ``tools/readme_results.py``'s folder constants; it is also run on its own against fixture files
 so that what it concludes is tested without loading the model.
 
@@ -322,14 +322,14 @@ def test_a_planted_wrong_solution_fails_the_build(tmp_path):
 
 
 def _closing_cell() -> str:
-    """Source of notebook 04's code cell that writes the verdicts from the README's headline files."""
+    """Source of notebook 04's code cell that writes the verdicts from the headline's files."""
     found = [source for kind, source in _cells("04_kl_baseline_vs_dmx") if kind == "code" and "def verdict_text" in source]
     assert len(found) == 1, "notebook 04 has no (or several) cells writing the full-scale verdicts"
     return found[0]
 
 
 def test_notebook_04_reads_the_folders_the_readme_reads():
-    """No hard-coded results folder: the README's own folder constants and table function."""
+    """No hard-coded results folder: the generator's own folder constants and table function."""
     source = (TUTORIALS / "src" / "04_kl_baseline_vs_dmx.py").read_text(encoding="utf-8")
     assert "readme_results.HEADLINE_FOLDERS" in source and "readme_results.table_sweep_rotations(REPO)" in source
     assert not re.search(r"[\"'/](headline_5bit|sweep_smollm2)", source), "a results folder is named in notebook 04"

@@ -110,7 +110,7 @@ def test_duplicate_result_ids_are_an_error(golden, tmp_path):
 
 
 def test_nan_scale_blocks_must_decode_to_nan(golden):
-    """A dequantizer that ignores scale 0xFF fails (the README: such a block decodes to NaN)."""
+    """A dequantizer that ignores scale 0xFF fails (docs/MX.md: such a block decodes to NaN)."""
     case = next(c for c in golden["mxfp6_e2m3"].cases if c.group == "nan_inf" and c.x.shape == (1, 96))
     assert case.scales.tolist()[:2] == [0xFF, 0xFF]
     dec = case.decoded_f32.copy()

@@ -1,25 +1,31 @@
-"""Rewrite the README's results tables from the committed results files (``make readme-results``).
+"""Rewrite the results tables of README.md and docs/*.md from the committed results files.
+
+``make readme-results`` runs it.
 
 Usage::
 
-    python tools/readme_results.py            # rewrite the generated sections of README.md
-    python tools/readme_results.py --check    # exit 1 and show the difference if they are stale
+    python tools/readme_results.py            # rewrite the generated sections of README.md and docs/*.md
+    python tools/readme_results.py --check    # exit 1 and show the difference if any is stale
     python tools/readme_results.py --compare-demo runs/demo   # a new demo run vs the recorded spread
 
-Every generated table sits between two markers in README.md, and everything between them is
-replaced on each run (edit the results files or this script, never the table)::
+Every generated table sits between two markers in one page (README.md or a page under docs/:
+:func:`pages`), and everything between them is replaced on each run (edit the results files or
+this script, never the table)::
 
     <!-- results:NAME -->
     | ... the table TABLES[NAME] makes ... |
     <!-- /results:NAME -->
 
+A table's home is the page that holds its markers; each table has exactly one. Links in a table
+are written relative to the repository root and rewritten relative to the page that shows it.
 ``tests/test_readme_results.py`` fails when a section differs from what this script makes from
-the files under ``results/``, so a number in the README is always one in a committed file.
+the files under ``results/``, so a number in the documentation is always one in a committed file.
 
 Adding a table: write ``def table_<name>(root: Path) -> str`` returning the markdown (read
 files with :func:`load_sweep` / :func:`load_json`, format with :func:`markdown_table`,
 :func:`fmt_bits`, :func:`fmt_ppl`, :func:`gap_closed`), register it in :data:`TABLES`, put the
-two empty markers where it belongs in README.md, run ``make readme-results``, commit the result.
+two empty markers where it belongs (README.md or a docs/ page), run ``make readme-results``,
+commit the result.
 
 A figure that varies from run to run is shown with its spread: record each run in its own
 folder (e.g. ``make demo DEMO_OUT=results/demo/run-03``, or one sweep ``--out`` per seed), then
@@ -47,7 +53,12 @@ from tools.results_io import load_json, load_sweep, markdown_table  # noqa: E402
 from tools.study_tables import (table_claims, table_gradient_probe, table_pareto_verdicts,  # noqa: E402
                                 table_rotation_default)
 
-README = REPO / "README.md"
+
+def pages(root: Path = REPO) -> list[Path]:
+    """The pages that may hold generated tables: README.md, then every ``docs/*.md``."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 
 FORMAT_NAMES = {"mxfp4_e2m1": "MXFP4 E2M1", "mxfp6_e2m3": "MXFP6 E2M3", "mxfp6_e3m2": "MXFP6 E3M2",
@@ -533,7 +544,6 @@ def compare_demo(run: Path, recorded: Path, *, k: float = 3.0) -> tuple[str, boo
     return table, ok
 
 
-#: Generated README sections: marker name -> function of the repository root returning markdown.
 # ----------------------------------------------------------------------------- the headline (issue #12)
 
 #: The headline sweeps (benchmarks/headline.sh): rotation label -> folder under results/.
@@ -699,6 +709,7 @@ def table_export_ct_conformance(root: Path) -> str:
                           rows, "llrrrrrl")
 
 
+#: Generated sections: marker name -> function of the repository root returning markdown.
 TABLES: dict[str, Callable[[Path], str]] = {
     "claims": table_claims,
     "pareto_verdicts": table_pareto_verdicts,
@@ -731,7 +742,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
 }
 
 
-# ----------------------------------------------------------------------------- the README
+# ----------------------------------------------------------------------------- the pages
+
+#: A markdown link or image: ``[text](target)`` / ``![alt](target)``.
+LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 
 
 def section_names(text: str) -> list[str]:
@@ -739,19 +753,61 @@ def section_names(text: str) -> list[str]:
     return [m.group("name") for m in SECTION.finditer(text)]
 
 
-def render(text: str, root: Path = REPO, tables: dict[str, Callable[[Path], str]] = TABLES) -> str:
-    """``text`` with the body of every ``results:NAME`` section replaced by ``tables[NAME](root)``."""
+def relink(markdown: str, prefix: str) -> str:
+    """``markdown`` with its relative link targets (written relative to the repository root)
+    prefixed by ``prefix``, the way from a page's folder back to the root (``"../"`` under docs/)."""
+    if not prefix:
+        return markdown
+
+    def fix(m: re.Match) -> str:
+        target = m.group(2)
+        if re.match(r"^(?:[a-z][a-z0-9+.-]*:|#|/)", target):
+            return m.group(0)
+        return m.group(1) + prefix + target + m.group(3)
+
+    return LINK.sub(fix, markdown)
+
+
+def page_prefix(page: Path | None, root: Path = REPO) -> str:
+    """The relative way from ``page``'s folder to ``root`` (``""`` for a page at the root or outside it)."""
+    if page is None:
+        return ""
+    try:
+        depth = len(Path(page).resolve().parent.relative_to(Path(root).resolve()).parts)
+    except ValueError:
+        return ""
+    return "../" * depth
+
+
+def render(text: str, root: Path = REPO, tables: dict[str, Callable[[Path], str]] = TABLES, *,
+           page: Path | None = None) -> str:
+    """``text`` with the body of every ``results:NAME`` section replaced by ``tables[NAME](root)``;
+    ``page``, the file ``text`` is (under ``root``), sets how the tables' links are written."""
     unknown = [name for name in section_names(text) if name not in tables]
     if unknown:
-        raise ValueError(f"README sections {unknown} have no table in tools/readme_results.py TABLES "
+        raise ValueError(f"sections {unknown} have no table in tools/readme_results.py TABLES "
                          f"(known: {sorted(tables)})")
-    return SECTION.sub(lambda m: m.group(1) + tables[m.group("name")](root) + m.group(4), text)
+    prefix = page_prefix(page, root)
+    return SECTION.sub(lambda m: m.group(1) + relink(tables[m.group("name")](root), prefix) + m.group(4), text)
+
+
+def check_homes(texts: dict[Path, str], tables: dict[str, Callable[[Path], str]] = TABLES) -> list[str]:
+    """Problems with where the tables live: a table of ``tables`` in no page, or in more than one."""
+    homes: dict[str, list[str]] = {}
+    for path, text in texts.items():
+        for name in section_names(text):
+            homes.setdefault(name, []).append(path.name)
+    problems = [f"no page holds the section of {name}" for name in sorted(set(tables) - set(homes))]
+    problems += [f"section {name} appears {len(where)} times ({', '.join(where)}): a table has one home"
+                 for name, where in sorted(homes.items()) if len(where) > 1]
+    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is stale")
-    parser.add_argument("--readme", type=Path, default=README, help="the README to rewrite")
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a page is stale")
+    parser.add_argument("--readme", "--page", dest="pages", type=Path, action="append", default=None,
+                        help="a page to rewrite (repeatable; default: README.md and every docs/*.md)")
     parser.add_argument("--root", type=Path, default=REPO, help="the folder holding results/")
     parser.add_argument("--compare-demo", type=Path, default=None, metavar="RUN_DIR",
                         help="instead: compare a `make demo` output folder with the recorded demo runs "
@@ -761,21 +817,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         table, ok = compare_demo(args.compare_demo, args.root / "results" / "demo")
         print(table, end="")
         return 0 if ok else 1
-    text = args.readme.read_text(encoding="utf-8")
-    missing = sorted(set(TABLES) - set(section_names(text)))
-    if missing:
-        print(f"warning: no section in {args.readme} for {missing}", file=sys.stderr)
-    fresh = render(text, args.root)
-    if args.check:
-        if fresh != text:
+    paths = args.pages or pages(args.root)
+    texts = {path: path.read_text(encoding="utf-8") for path in paths}
+    if args.pages is None:
+        for problem in check_homes(texts):
+            print(f"warning: {problem}", file=sys.stderr)
+    stale = False
+    for path, text in texts.items():
+        fresh = render(text, args.root, page=path)
+        if fresh == text:
+            continue
+        if args.check:
+            stale = True
             sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True),
-                                                       "README.md (committed)", "README.md (from results/)"))
-            return 1
-        return 0
-    if fresh != text:
-        args.readme.write_text(fresh, encoding="utf-8")
-        print(f"rewrote {len(section_names(text))} results sections of {args.readme}")
-    return 0
+                                                       f"{path.name} (committed)", f"{path.name} (from results/)"))
+        else:
+            path.write_text(fresh, encoding="utf-8")
+            print(f"rewrote {len(section_names(text))} results sections of {path}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

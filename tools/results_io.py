@@ -1,5 +1,5 @@
-"""Reading committed results files and writing markdown tables: shared by the README's generators
-(:mod:`tools.readme_results`, :mod:`tools.study_tables`)."""
+"""Reading committed results files and writing markdown tables: shared by the generators of the
+tables of the README and docs/ (:mod:`tools.readme_results`, :mod:`tools.study_tables`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["load_json", "load_sweep", "markdown_table"]
 def load_json(path: Path) -> Any:
     """A committed results file (JSON); a missing one is an error naming the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"results file {path} is missing; the README's tables are made from it")
+        raise FileNotFoundError(f"results file {path} is missing; the README's and docs/' tables are made from it")
     return read_json(path, what="results file", fix="restore it from git (`git checkout -- results/`)")
 
 

@@ -1,9 +1,10 @@
-"""The README's tables of issue #23: the Pareto study's verdicts, the gradient probe and the claims table.
+"""The generated tables of issue #23: the Pareto study's verdicts, the gradient probe and the claims table.
 
-Registered in :data:`tools.readme_results.TABLES` (``make readme-results`` writes them, and
-``tests/test_readme_results.py`` keeps the README equal to them). Every figure is read from a
-committed results folder: the Pareto study's sweeps (``benchmarks/pareto_study.sh``, one folder
-per rotation and family, with a ``_threshold`` twin), the gradient probe
+Registered in :data:`tools.readme_results.TABLES` (``make readme-results`` writes them into the
+README and docs/RESULTS.md, and ``tests/test_readme_results.py`` keeps the pages equal to them).
+Every figure is read from a committed results folder: the Pareto study's sweeps
+(``benchmarks/pareto_study.sh``, one folder per rotation and family, with a ``_threshold`` twin),
+the gradient probe
 (``benchmarks/gradient_probe.py``) and the headline sweeps. A folder not yet run, or a target
 whose points are not all finished, is shown as such; nothing is filled in by hand.
 """
@@ -161,10 +162,10 @@ def _verdicts(root: Path, labels: Sequence[str]) -> list[str]:
 
 def _verdict_status(verdicts: Sequence[str], what: str) -> tuple[str, str]:
     if not verdicts:
-        return "not yet measured", f"{what}: no target finished yet (table below)"
+        return "not yet measured", f"{what}: no target finished yet ([Pareto study](docs/RESULTS.md#the-pareto-study))"
     wins = verdicts.count("dMX better")
     status = "reproduced" if wins == len(verdicts) else "partly" if wins else "not reproduced"
-    return status, f"{what}: dMX better at {wins} of {len(verdicts)} finished targets (paired 95 % interval, table below)"
+    return status, f"{what}: dMX better at {wins} of {len(verdicts)} finished targets (paired 95 % interval, [Pareto study](docs/RESULTS.md#the-pareto-study))"
 
 
 def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, float] | None:
@@ -180,7 +181,7 @@ def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, f
 
 
 def claims(root: Path) -> list[tuple[str, str, str]]:
-    """(claim of the paper, status, evidence) for the README's claims table, from the results files."""
+    """(claim of the paper, status, evidence) for the claims table (the README's headline), from the results files."""
     rows = []
     authors, fixed = ["FP8/FP4, learned rotation"], ["FP8/FP4, Hadamard-64"]
     status, evidence = _verdict_status(_verdicts(root, authors + fixed), "learned and fixed Hadamard rotations")
@@ -207,7 +208,7 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
     fp6 = _verdicts(root, ["FP6/FP4, Hadamard-64"])
     rows.append(("MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4", "not yet measured" if not fp6 else "partly",
                  "the FP6/FP4 study (`FAMILY=fp6_fp4 benchmarks/pareto_study.sh`) " +
-                 ("has finished targets (table below)" if fp6 else "is not run under the current recipe yet")))
+                 ("has finished targets ([Pareto study](docs/RESULTS.md#the-pareto-study))" if fp6 else "is not run under the current recipe yet")))
     share = _high_share(root, HEADLINE["Hadamard-64"], ("down_proj", "v_proj"))
     if share is None:
         rows.append(("dMX keeps down_proj and v_proj at high precision", "not yet measured", ""))

@@ -51,9 +51,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-windows", type=int, default=None,
                    help="score only N perplexity windows (quick runs; not comparable with papers)")
     g.add_argument("--first-window", type=int, default=0,
-                   help="skip the first N test windows before scoring (held-out windows: the README's Pareto "
-                        "study scores windows 32-63 with --first-window 32 --max-windows 32, none of which chose "
-                        "anything); every point stores its per-window NLLs")
+                   help="skip the first N test windows before scoring (held-out windows: the Pareto study "
+                        "(docs/RESULTS.md) scores windows 32-63 with --first-window 32 --max-windows 32, none of "
+                        "which chose anything); every point stores its per-window NLLs")
     g.add_argument("--text-file", default=None, help="evaluate perplexity on this UTF-8 text file instead of WikiText-2 test")
     g.add_argument("--seed", type=int, default=RECIPE.seed, help="seed of calibration-window sampling (KL and dMX) and of the random control")
     g.add_argument("--seeds", type=int, default=1,

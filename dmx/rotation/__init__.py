@@ -24,10 +24,10 @@ Two layouts for the fixed kind (``placement``):
   inputs and weights, so this rotates every quantised operand without folding RMSNorm scales
   into weights (measured better on SmolLM2-135M).
 
-  Why 64: chosen on WikiText-2 *validation* text (not the test split the README reports), uniform
+  Why 64: chosen on WikiText-2 *validation* text (not the test split the results report), uniform
   MXFP4 perplexity of SmolLM2-135M over 4 x 2048 tokens, mean of rotation seeds 0-2: no rotation
   65.8, size 32 38.8, size 64 33.5, size 96 36.8, size 192 35.4 (seed 0); full width was worse
-  than size 32 on test windows (README). Rotating inside one MX block (32) only reshapes the MX
+  than size 32 on test windows (docs/ROTATIONS.md). Rotating inside one MX block (32) only reshapes the MX
   block's own distribution; 64 also spreads an outlier over two MX blocks' scales, and wider
   rotations raise the scale of more MX blocks than they help. 64 divides the linear input widths
   of every model in ``dmx.models``.

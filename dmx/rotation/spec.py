@@ -183,7 +183,7 @@ def check_learned_lm_head(*, learning: bool, lm_head_quantised: bool) -> None:
 #: The rotation of a new calibration (``dmx calibrate``, ``dmx kl``, ``dmx sweep``) when no rotation
 #: is asked for: the fixed block-diagonal Hadamard of order 64 on every linear input, seed 0. The
 #: authors always rotate (learned rotations, Cayley SGD); the fixed Hadamard is where dMX beats KL
-#: in the README's results, and the learned one is a flag away (docs/FIDELITY.md row 16 says why
+#: in the results (docs/RESULTS.md), and the learned one is a flag away (docs/FIDELITY.md row 16 says why
 #: the fixed one is the default). Commands that read assignments apply what those record instead.
 CALIBRATION_ROTATION = RotationSpec(kind="hadamard", source="the default rotation of a new calibration "
                                                             "(rotation='none' for plain MX)")

@@ -1,6 +1,6 @@
 """Run the conformance kit against the MX implementations people use (issue #25) and write one
-small results file per implementation (``golden/survey/results/<name>.json``); the README's
-survey table is generated from those files (``tools/readme_results.py``, section ``survey``).
+small results file per implementation (``golden/survey/results/<name>.json``); the survey
+table of docs/VERIFY.md is generated from those files (``tools/readme_results.py``, section ``survey``).
 
 Usage (each implementation in an environment where its library imports)::
 

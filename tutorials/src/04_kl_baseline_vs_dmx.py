@@ -54,7 +54,7 @@
 # the dMX paper ([arXiv 2606.04115](https://arxiv.org/abs/2606.04115)),
 # [QuaRot](https://arxiv.org/abs/2404.00456) and [SpinQuant](https://arxiv.org/abs/2405.16406)
 # (the rotations), [torchao's MX formats](https://github.com/pytorch/ao/tree/main/torchao/prototype/mx_formats),
-# and the project's [README](../README.md) (section *Results under the authors' recipe*).
+# and the project's results page, [docs/RESULTS.md](../docs/RESULTS.md) (section *Results under the authors' recipe*).
 
 # %%
 %matplotlib inline
@@ -260,7 +260,7 @@ assert all(lowered[stat] for stat in ("median crest factor (max / RMS)", "non-ze
 # the top quarter, $(6, 8)$, of the binade $[4, 8)$), not on how the rest of the block looks. What
 # the rotation buys is the other 31 elements of each block, which no longer sit under an outlier's
 # scale. This is why uniform MXFP4 loses much less perplexity on a rotated model (section 7 and the
-# README's headline table), and why a rotation changes *which* layers are sensitive: a method
+# headline table in docs/RESULTS.md), and why a rotation changes *which* layers are sensitive: a method
 # that ranks layers is ranking a different problem after it.
 
 # %% [markdown]
@@ -520,7 +520,7 @@ for rotation in points:
 #
 # ## 9. Miniature, README headline and the authors' set-up side by side
 #
-# The README's headline settings are read from its results files (the folders
+# The headline's settings (docs/RESULTS.md) are read from its results files (the folders
 # `tools/readme_results.py` reads, through its `HEADLINE_FOLDERS`); the authors' from their
 # configuration as recorded in `docs/FIDELITY.md` (rows 14-16).
 
@@ -553,12 +553,12 @@ display(Markdown("\n".join(rows)))
 # %% [markdown]
 # ## 10. What the full-scale runs found
 #
-# The README's headline quantizes all 210 decoder linears of this model at a 5-bit budget: full
+# The headline (docs/RESULTS.md) quantizes all 210 decoder linears of this model at a 5-bit budget: full
 # precision, uniform MXFP4 and MXFP8, the KL heuristic, dMX (the default recipe, budget rounding)
 # over several calibration seeds, and a *random control* (random choices of the FP8 layers filling
 # the same budget, several draws) that tells whether a ranking beats chance, each without and with
-# the Hadamard rotation. The cell reads the same committed files as the README's tables (through
-# `tools/readme_results.py`), so it always shows the README's current results, and writes the
+# the Hadamard rotation. The cell reads the same committed files as the tables of docs/RESULTS.md (through
+# `tools/readme_results.py`), so it always shows the current results, and writes the
 # verdict from them.
 
 # %%
@@ -598,9 +598,9 @@ for rotation, folder in readme_results.HEADLINE_FOLDERS.items():
     display(Image(filename=str(REPO / "results" / folder / "pareto.png"), width=460))
 
 # %% [markdown]
-# And at 6 bits? The README's earlier sweep (the project's first recipe for dMX; the uniform and
+# And at 6 bits? The earlier sweep in docs/RESULTS.md (the project's first recipe for dMX; the uniform and
 # KL rows do not depend on the recipe) has the 6-bit points; the cell reads them through the same
-# function that writes that README table.
+# function that writes that table.
 
 # %%
 def table_cells(markdown):
@@ -633,22 +633,22 @@ display(Markdown("\n".join(lines)))
 
 # %% [markdown]
 # **The verdict, in words.** Read it from the two lists above, which are written from the
-# README's current files:
+# current results files:
 #
 # * *Where KL wins.* Without a rotation, the KL heuristic has been the better choice at 5 bits in
 #   this project's headline: its one-at-a-time scores find the layers whose FP4 error hurts
 #   most, and dMX's short calibration on an unrotated model ranks them less reliably (its seeds
-#   spread widely; the README's budget study asks whether more calibration changes that).
+#   spread widely; the budget study in docs/RESULTS.md asks whether more calibration changes that).
 # * *Where dMX helps.* With the Hadamard rotation, in the set-up the authors always use, dMX's
 #   jointly learned ranking has beaten KL at equal bits on every seed, and by more than its
 #   seeds spread. Rotate first (`--rotation hadamard`, or `learned`), then calibrate.
 # * *Both beat chance:* the random control is far above both, so either ranking carries signal.
 # * *At 6 bits, try uniform MXFP6 first.* A single MXFP6 E2M3 format for every layer, with no
 #   calibration at all, has beaten every mixed FP4/FP8 assignment at the same 6 bits in the
-#   README's sweep, with and without rotation. Mixed precision pays off below 6 bits, where no
+#   earlier sweep, with and without rotation. Mixed precision pays off below 6 bits, where no
 #   uniform format sits.
 #
-# If a rerun of the README's results changes a verdict, the lists above change with it; the
+# If a rerun of the results changes a verdict, the lists above change with it; the
 # cell below checks that this prose still agrees with them, so the build fails rather than
 # letting the words go stale.
 
@@ -671,7 +671,7 @@ print(f"notebook ran in {time.perf_counter() - start:.0f} s, peak memory {usage:
 # set-up (section 9), a 5-bit budget, a few seeds (counted above), and the first test windows — not the full test
 # set, so the absolute perplexities are not comparable with papers. The seeds vary the
 # calibration (dMX) or the draw (random); the test windows are the same for every row. The
-# README's section *Results under the authors' recipe* has the discussion and the commands.
+# section *Results under the authors' recipe* of docs/RESULTS.md has the discussion and the commands.
 #
 # ## Recap
 #
