@@ -314,3 +314,124 @@ def test_committed_headline_sweep_is_finished_under_its_flags():
     # the same defaults without the flags: CalibrationConfig's, so the same points
     bare = config_from_args(build_parser().parse_args(argv[:argv.index("--steps")] + argv[argv.index("--methods"):]))
     assert bare.method_settings("dmx") == cfg.method_settings("dmx")
+
+
+# ----------------------------------------------------------------------------- committed sweeps resume
+# The scripts under benchmarks/ are run with $PY replaced by a recorder, so the command lines the
+# committed folders were made with come from the scripts themselves; each is parsed by the CLI and
+# must reproduce, byte for byte, the folder's stored identity, every stored point's settings and
+# the names of its committed calibration checkpoints (issue #27: the refactor of SweepConfig keeps
+# every committed folder resuming).
+
+#: (script, its environment, committed folders it writes relative to results/, methods whose
+#: committed points predate the recipe's recorded defaults and are recomputed by design).
+COMMITTED_SWEEPS = [
+    ("pareto_study.sh", {}, ["pareto_fp8_fp4_hadamard", "pareto_fp8_fp4_hadamard_threshold"], ()),
+    ("headline.sh", {}, ["headline_5bit"], ()),
+    ("headline.sh", {"ROTATION": "hadamard", "MAX_WINDOWS": "16", "OUT": "headline_5bit_hadamard"},
+     ["headline_5bit_hadamard"], ()),
+    ("headline.sh", {"MAX_WINDOWS": "32", "OUT": "headline_5bit_w32"}, ["headline_5bit_w32"], ()),
+    ("headline.sh", {"ROTATION": "hadamard", "MAX_WINDOWS": "32", "OUT": "headline_5bit_hadamard_w32"},
+     ["headline_5bit_hadamard_w32"], ()),
+    ("scale_rule.sh", {"SEEDS": "3"}, ["scale_rule_emax_hadamard"], ()),
+    ("run_sweep.sh", {}, ["sweep_smollm2"], ("dmx",)),
+    ("run_sweep.sh", {"FINAL_ROUNDING": "budget", "OUT": "sweep_smollm2_budget"}, ["sweep_smollm2_budget"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "hadamard", "OUT": "sweep_smollm2_hadamard"}, ["sweep_smollm2_hadamard"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "hadamard", "FINAL_ROUNDING": "budget", "OUT": "sweep_smollm2_hadamard_budget"},
+     ["sweep_smollm2_hadamard_budget"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "learned", "OUT": "sweep_smollm2_learned"}, ["sweep_smollm2_learned"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "learned", "FINAL_ROUNDING": "budget", "OUT": "sweep_smollm2_learned_budget"},
+     ["sweep_smollm2_learned_budget"], ("dmx",)),
+    ("budget_study.sh", {}, ["budget_study/steps120_batch2", "budget_study/steps400_batch2",
+                             "budget_study/steps40_batch8"], ()),
+]
+
+
+def _script_sweeps(script, env, tmp_path):
+    """The ``dmx sweep`` argument lists ``benchmarks/<script>`` runs (``--out`` relative to results/)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "argv.jsonl"
+    recorder = tmp_path / "record"
+    recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.chmod(0o755)
+    fake = tmp_path / "results"  # the scripts' mkdir / ln -s land here, never in results/
+    default_out = {"pareto_study.sh": "pareto_fp8_fp4_hadamard", "headline.sh": "headline_5bit",
+                   "scale_rule.sh": "scale_rule_emax_hadamard", "budget_study.sh": "budget_study",
+                   "run_sweep.sh": "sweep_smollm2"}[script]
+    env = {**os.environ, "PY": str(recorder), **env}
+    env["OUT"] = str(fake / env.get("OUT", default_out))
+    subprocess.run(["bash", str(root / "benchmarks" / script)], env=env, check=True, capture_output=True)
+    runs = []
+    for line in log.read_text().splitlines():
+        argv = json.loads(line)
+        if argv[:2] != ["-m", "dmx.cli"]:
+            continue  # e.g. budget_study.py drawing its figure
+        argv = argv[2:]
+        out = argv.index("--out") + 1
+        argv[out] = str(Path(argv[out]).relative_to(fake))
+        runs.append(argv)
+    assert runs, f"{script} ran no dmx sweep"
+    return runs
+
+
+@pytest.mark.results
+@pytest.mark.parametrize("script,env,folders,stale", COMMITTED_SWEEPS,
+                         ids=[f"{s}:{fs[0]}" for s, _, fs, _ in COMMITTED_SWEEPS])
+def test_committed_sweeps_keep_resuming(script, env, folders, stale, tmp_path):
+    """Identity, point settings and checkpoint folder names of the committed sweeps, recomputed
+    from their scripts' command lines, equal what is stored (byte-identical JSON)."""
+    import re
+    from pathlib import Path
+
+    from dmx.cli import build_parser
+    from dmx.commands.sweep import config_from_args
+    from dmx.sweep.run import planned_keys
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    runs = _script_sweeps(script, env, tmp_path)
+    checked = 0
+    for folder in folders:
+        out = results / folder
+        cfgs = []
+        for argv in runs:
+            if argv[argv.index("--out") + 1] == folder:
+                argv = list(argv)
+                argv[argv.index("--out") + 1] = str(out)
+                cfgs.append(config_from_args(build_parser().parse_args(argv)))
+        assert cfgs, f"{script} writes no sweep into results/{folder}"
+        doc = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
+        if doc is not None:
+            for cfg in cfgs:
+                assert json.dumps(cfg.identity(), sort_keys=True) == json.dumps(doc["config"], sort_keys=True)
+                ResultStore.open(out, cfg.identity())  # reopens: the resume check itself
+            for point in doc["points"]:
+                planning = [c for c in cfgs if point["key"] in planned_keys(c)]
+                assert planning, f"no command line of {script} plans {folder}'s point {point['key']}"
+                for cfg in planning:
+                    if point["method"] in stale:
+                        assert not sweep.is_done(point, cfg), (folder, point["key"])
+                        continue
+                    seed = point["settings"].get("seed") if point["method"] in sweep.SEEDED_METHODS else None
+                    assert json.dumps(json.loads(json.dumps(cfg.method_settings(point["method"], seed)))) \
+                        == json.dumps(point["settings"]), (folder, point["key"])
+                    assert sweep.is_done(point, cfg)
+                checked += 1
+        ckpts = out / "checkpoints"
+        for ckpt in sorted(ckpts.iterdir()) if ckpts.is_dir() else []:
+            m = re.fullmatch(r"dmx_at_([0-9.]+)(?:_s(\d+))?-[0-9a-f]{8}", ckpt.name)
+            assert m, ckpt
+            index = int(m.group(2) or 0)
+            key = point_label("dmx", target=float(m.group(1)), seed_index=index)
+            planning = [c for c in cfgs if key in planned_keys(c)]
+            assert planning, f"no command line of {script} plans {folder}'s checkpoint {ckpt.name}"
+            for cfg in planning:
+                settings = cfg.method_settings("dmx", cfg.seed_values()[index])
+                assert methods.checkpoint_dir(out, key, settings) == ckpts / ckpt.name
+            checked += 1
+    assert checked, f"nothing committed checked for {script}"
