@@ -15,7 +15,10 @@
   defines it (``from dmx.rotation.spec import RotationSpec`` inside ``dmx/rotation/``, not ``from
   dmx.rotation import RotationSpec``), and never ``import``s its own package to reach names
   through it: the ``__init__`` is the door for callers outside, and reading through it from inside
-  hides where a name lives and invites cycles.
+  hides where a name lives and invites cycles;
+* the sweep's configuration is typed (issue #27): ``SweepConfig`` and its parts are frozen
+  dataclasses holding no dict, and the sweep (:data:`TYPED_ROTATION`) asks a rotation what it
+  does (``RotationSpec.rotates``, ``.learns``) instead of comparing its kind to a string.
 
 Imports are read from the source (``ast``), including those inside functions: an upward import
 hidden in a function body is still an upward import. Imports under ``if TYPE_CHECKING:`` (names
@@ -188,6 +191,16 @@ def _reads_through_own_init(name: str, path: Path) -> list[str]:
         if home is not None:
             bad.append(f"from {module} import {what} (line {line}; defined in {home})")
     return bad
+
+
+#: Modules that hold a typed :class:`dmx.rotation.RotationSpec` and never test its kind by string.
+TYPED_ROTATION = ("dmx.sweep", "dmx.commands.sweep")
+ROTATION_KIND_TEST = re.compile(r"""(?:\brotation|\.kind)\s*(?:==|!=|in)\s*[("'\[]""")
+
+
+def _rotation_kind_tests(path: Path) -> list[int]:
+    """Lines comparing a rotation (or a ``.kind``) to a string."""
+    return [i for i, line in enumerate(path.read_text().splitlines(), 1) if ROTATION_KIND_TEST.search(line)]
 
 
 MODULES = _modules()
@@ -387,3 +400,34 @@ def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, mon
     assert "dmx eval: error: --rotation-block only apply to a rotation; add --rotation hadamard" in err
     assert "dmx calibrate: error: no data directory: pass --data-dir DIR" in err and "pass --online to" in err
     assert not re.search(r"online_size|rotation_block|data_dir|online=", err)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(TYPED_ROTATION)))
+def test_the_sweep_asks_the_rotation_spec_not_its_kind_string(module):
+    assert not _rotation_kind_tests(MODULES[module]), f"{module} compares a rotation kind to a string"
+
+
+def test_a_planted_rotation_kind_string_test_is_caught(tmp_path):
+    _, path = _planted(tmp_path, "dmx.sweep", 'def f(cfg, spec):\n    if cfg.rotation == "learned":\n'
+                                             '        return spec.kind != "none"\n    return spec.learns\n')
+    assert _rotation_kind_tests(path) == [2, 3]
+
+
+def test_the_sweep_config_is_frozen_and_typed():
+    import dataclasses
+    import typing
+
+    import dmx.sweep.config as config
+
+    parts = [config.SweepConfig, config.SweepPlan, config.CalibrationData, config.EvaluationSpec]
+    seen = set()
+    while parts:
+        cls = parts.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        assert cls.__dataclass_params__.frozen, f"{cls.__name__} is not frozen"
+        for name, hint in typing.get_type_hints(cls).items():
+            assert "dict" not in str(hint).lower() and "Any" not in str(hint), f"{cls.__name__}.{name}: {hint}"
+            parts += [t for t in typing.get_args(hint) + (hint,) if dataclasses.is_dataclass(t)]
+    assert {c.__name__ for c in seen} >= {"ModelSpec", "RotationSpec", "CalibrationConfig"}

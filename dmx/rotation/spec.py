@@ -80,6 +80,11 @@ class RotationSpec:
                              f"32 (the MX block), got {size!r}")
 
     @property
+    def rotates(self) -> bool:
+        """False for ``none``: the model is left as it is."""
+        return self.kind != "none"
+
+    @property
     def learns(self) -> bool:
         """True for a learned rotation to be trained here (no file with its matrices)."""
         return self.kind == "learned" and not self.file

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dmx.plots import assignment_heatmap, pareto_figure
-from dmx.sweep.config import SweepConfig
+from dmx.sweep.config import EvaluationSpec
 
 __all__ = ["draw_figures", "figure_title"]
 
@@ -26,7 +26,8 @@ def draw_figures(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
     return paths
 
 
-def figure_title(cfg: SweepConfig) -> str:
-    windows = "all" if cfg.max_windows is None else str(cfg.max_windows)
-    data = Path(cfg.text_file).name if cfg.text_file else "WikiText-2 test"
-    return f"{cfg.model}: {data}, {windows} window(s) of {cfg.seqlen} tokens"
+def figure_title(model: str, evaluation: EvaluationSpec) -> str:
+    """``<model>: <test text>, <n> window(s) of <seqlen> tokens``."""
+    windows = "all" if evaluation.max_windows is None else str(evaluation.max_windows)
+    data = Path(evaluation.text_file).name if evaluation.text_file else "WikiText-2 test"
+    return f"{model}: {data}, {windows} window(s) of {evaluation.seqlen} tokens"
