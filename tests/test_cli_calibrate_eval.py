@@ -229,7 +229,7 @@ def test_new_calibrations_are_rotated_by_default_and_plain_mx_is_one_flag_away()
     from dmx.commands.sweep import config_from_args as sweep_config
     from dmx.rotation import CALIBRATION_ROTATION, RotationSpec, resolve_rotation
 
-    assert (CALIBRATION_ROTATION.kind, CALIBRATION_ROTATION.online_size) == ("hadamard", 64)
+    assert (CALIBRATION_ROTATION.kind, CALIBRATION_ROTATION.block) == ("hadamard", 64)
     for command in ("calibrate", "kl"):
         args = build_parser().parse_args([command])
         assert resolve_rotation(args, default=CALIBRATION_ROTATION) == CALIBRATION_ROTATION
@@ -237,7 +237,7 @@ def test_new_calibrations_are_rotated_by_default_and_plain_mx_is_one_flag_away()
         assert resolve_rotation(none, default=CALIBRATION_ROTATION).kind == "none"
         block = resolve_rotation(build_parser().parse_args([command, "--rotation-block", "32"]),
                                  default=CALIBRATION_ROTATION)
-        assert (block.kind, block.online_size) == ("hadamard", 32)
+        assert (block.kind, block.block) == ("hadamard", 32)
     sweep = sweep_config(build_parser().parse_args(["sweep"]))
     assert sweep.model.rotation == CALIBRATION_ROTATION
     assert not sweep_config(build_parser().parse_args(["sweep", "--rotation", "none"])).model.rotation.rotates

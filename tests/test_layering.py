@@ -359,13 +359,13 @@ def test_a_planted_read_through_the_own_init_is_caught(tmp_path):
 
 def test_the_doors_translate_parameters_to_flags():
     flags = {"data_dir": "--data-dir", "online": "--online", "seqlen": "--seqlen", "kl_seqlen": "--kl-seqlen",
-             "online_size=None": "--rotation-block 0", "online_size": "--rotation-block", "rotation": "--rotation",
+             "block=None": "--rotation-block 0", "block": "--rotation-block", "rotation": "--rotation",
              "require": "--require", "device": "--device"}
     assert parameters_as_flags("require: unknown token 'x'", flags) == "--require: unknown token 'x'"
     assert (parameters_as_flags("device 'cuda' requested but CUDA is not available; use device='cpu'", flags)
             == "device 'cuda' requested but CUDA is not available; use --device cpu")
     said = ("no data directory: pass data_dir=DIR or set $DMX_DATA_DIR, or pass online=True; seqlen=4096 exceeds "
-            "256, lower seqlen; kl_seqlen too; online_size=None for the full width; rotation='none' is plain; "
+            "256, lower seqlen; kl_seqlen too; block=None for the full width; rotation='none' is plain; "
             "not /tmp/data_dir/x nor dmx.data_dir, and the online Hadamard stays prose")
     assert parameters_as_flags(said, flags) == (
         "no data directory: pass --data-dir DIR or set $DMX_DATA_DIR, or pass --online; --seqlen 4096 exceeds "
@@ -380,8 +380,8 @@ def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, mon
     from dmx.data import check_data_source
     from dmx.rotation.spec import RotationSpec
 
-    with pytest.raises(ValueError, match="online_size") as bad_size:
-        RotationSpec(kind="hadamard", online_size=6)
+    with pytest.raises(ValueError, match="block=6 is not a Hadamard order") as bad_size:
+        RotationSpec(kind="hadamard", block=6)
     monkeypatch.delenv("DMX_DATA_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="pass data_dir=DIR") as no_data:
         check_data_source(None, split="test")
@@ -396,10 +396,11 @@ def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, mon
     assert main([*eval_, "--rotation-block", "32"]) == 2
     assert main(["calibrate", "--out", str(tmp_path / "a.json"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "dmx eval: error: the online Hadamard size --rotation-block must be None or a Hadamard order" in err
+    assert ("dmx eval: error: the rotation block --rotation-block 6 is not a Hadamard order; pass one such as 32 "
+            "(one MX block), or --rotation-block 0 for the full width") in err
     assert "dmx eval: error: --rotation-block only apply to a rotation; add --rotation hadamard" in err
     assert "dmx calibrate: error: no data directory: pass --data-dir DIR" in err and "pass --online to" in err
-    assert not re.search(r"online_size|rotation_block|data_dir|online=", err)
+    assert not re.search(r"(?<![-\w])block=|rotation_block|data_dir|online=", err)
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(TYPED_ROTATION)))

@@ -250,7 +250,7 @@ def test_sweep_sets_threads_and_maps_rotation_flags(monkeypatch):
         torch.set_num_threads(before)
     cfg = seen["cfg"]
     rotation = cfg.model.rotation
-    assert (rotation.kind, rotation.seed, rotation.placement, rotation.online_size) == ("hadamard", 0, "online", None)
+    assert (rotation.kind, rotation.seed, rotation.placement, rotation.block) == ("hadamard", 0, "online", None)
     assert "rotation_lr" not in cfg.method_settings("dmx")["calibration"]  # fixed rotations keep their dMX settings
     learned = config_from_args(build_parser().parse_args(["sweep", "--rotation", "learned", "--rotation-lr", "0.5"]))
     assert learned.calibration.rotation_lr == 0.5 and learned.method_settings("dmx")["calibration"]["rotation_lr"] == 0.5
