@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dmx.calibrate import CalibrationConfig
@@ -160,6 +161,13 @@ class SweepConfig:
         if model.rotation.rotates:
             identity["rotation"] = model.rotation.settings()
         return identity
+
+    def figure_title(self) -> str:
+        """The title of the sweep's figures: ``<model>: <test text>, <n> window(s) of <seqlen> tokens``."""
+        evaluation = self.evaluation
+        windows = "all" if evaluation.max_windows is None else str(evaluation.max_windows)
+        data = Path(evaluation.text_file).name if evaluation.text_file else "WikiText-2 test"
+        return f"{self.model.model}: {data}, {windows} window(s) of {evaluation.seqlen} tokens"
 
     def model_spec(self, *, learning: bool = False) -> ModelSpec:
         """The :class:`dmx.pipeline.ModelSpec` the sweep loads.

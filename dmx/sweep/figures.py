@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dmx.plots import assignment_heatmap, pareto_figure
-from dmx.sweep.config import EvaluationSpec
 
-__all__ = ["draw_figures", "figure_title"]
+__all__ = ["draw_figures"]
 
 
 def draw_figures(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, title: str | None = None) -> dict[str, Path]:
@@ -24,10 +23,3 @@ def draw_figures(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
     if mixed:
         paths["heatmap"] = assignment_heatmap(mixed, out / "assignment_heatmap.png", title=title)
     return paths
-
-
-def figure_title(model: str, evaluation: EvaluationSpec) -> str:
-    """``<model>: <test text>, <n> window(s) of <seqlen> tokens``."""
-    windows = "all" if evaluation.max_windows is None else str(evaluation.max_windows)
-    data = Path(evaluation.text_file).name if evaluation.text_file else "WikiText-2 test"
-    return f"{model}: {data}, {windows} window(s) of {evaluation.seqlen} tokens"

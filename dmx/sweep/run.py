@@ -18,7 +18,7 @@ from dmx.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
 from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state
 from dmx.sweep.config import SEEDED_METHODS, SweepConfig, accuracy_settings, point_label, validate_config
-from dmx.sweep.figures import draw_figures, figure_title
+from dmx.sweep.figures import draw_figures
 from dmx.sweep.methods import RUNNERS, LoadedSweep, add_accuracy, checkpoint_dir, measure_fp, prepare_kl_draws
 from dmx.sweep.results import ResultStore
 
@@ -52,7 +52,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         for method in cfg.plan.methods:
             if method in RUNNERS:
                 RUNNERS[method](run)
-    draw_figures(store.points, out, title=figure_title(cfg.model.model, cfg.evaluation))
+    draw_figures(store.points, out, title=cfg.figure_title())
     return store.points
 
 
