@@ -54,8 +54,8 @@ def _save(result: dict, path: str | None) -> None:
 
 #: Benchmark rows: label -> the rotation (its seed is the --seed flag's).
 ROTATIONS = {"none": RotationSpec("none"), "hadamard": RotationSpec("hadamard"),
-             "hadamard-32": RotationSpec("hadamard", online_size=32),
-             "hadamard-full": RotationSpec("hadamard", online_size=None),
+             "hadamard-32": RotationSpec("hadamard", block=32),
+             "hadamard-full": RotationSpec("hadamard", block=None),
              "hadamard-folded": RotationSpec("hadamard", placement="folded"),
              "learned": RotationSpec("learned"),
              # learned, but the rotated weights rebuilt for every micro-batch (before shared_rotated_weights)

@@ -41,7 +41,7 @@ def parameters_as_flags(message: str, flags: dict[str, str]) -> str:
     and a bare ``name`` ``--flag`` when it has an underscore (an identifier, never prose) or
     opens the message as its subject (``"require: unknown token"``); a bare plain word elsewhere
     ("online", "strict", "device 'cuda' requested") may be prose and stays. A key with ``=`` is a
-    whole phrase (``"online_size=None": "--rotation-block 0"``: a value the flag spells differently).
+    whole phrase (``"block=None": "--rotation-block 0"``: a value the flag spells differently).
     """
     names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
     pattern = re.compile(rf"(?<![\w.\-/$])(?P<name>{names})(?:=(?P<value>'[^']*'|\"[^\"]*\"|[\w.\-/:]*\w))?(?!\w)")

@@ -88,8 +88,8 @@ def test_recipe_flags_round_trip_through_the_yaml_config(command, tmp_path):
         from dmx.commands.sweep import config_from_args
 
         cfg = config_from_args(args)
-        assert cfg.calibration["beta_init"] == 1.0 and cfg.calibration["clip_grad_norm"] == 0.0
-        assert cfg.calibration["fractional_scale"] == "emax"
+        assert cfg.calibration.beta_init == 1.0 and cfg.calibration.clip_grad_norm == 0.0
+        assert cfg.calibration.fractional_scale == "emax"
     assert args.calib_source == "fineweb"
     # and the command line still wins over the file
     assert sub.parse_args(["--beta-init", "0.25"]).beta_init == 0.25
@@ -214,8 +214,9 @@ def test_calibrate_and_sweep_without_flags_calibrate_identically():
     calibrate = calibrate_config(calibrate_args)
     sweep = sweep_config(sweep_args)
     # the same calibration data too: window count and length
-    assert (sweep.calib_windows, sweep.calib_seqlen) == (calibrate_args.n_windows, calibrate_args.seqlen)
-    point = sweep.calibration_config(sweep.targets[0], sweep.seed)
+    assert (sweep.calibration_data.windows, sweep.calibration_data.seqlen) == (calibrate_args.n_windows,
+                                                                               calibrate_args.seqlen)
+    point = sweep.calibration_config(sweep.plan.targets[0], sweep.plan.seed)
     assert dataclasses.asdict(point) == dataclasses.asdict(calibrate)
     assert (calibrate.steps, calibrate.batch_size, calibrate.checkpoint_every) == (40, 2, 5)  # the demo's
     assert calibrate == CalibrationConfig()
@@ -228,7 +229,7 @@ def test_new_calibrations_are_rotated_by_default_and_plain_mx_is_one_flag_away()
     from dmx.commands.sweep import config_from_args as sweep_config
     from dmx.rotation import CALIBRATION_ROTATION, RotationSpec, resolve_rotation
 
-    assert (CALIBRATION_ROTATION.kind, CALIBRATION_ROTATION.online_size) == ("hadamard", 64)
+    assert (CALIBRATION_ROTATION.kind, CALIBRATION_ROTATION.block) == ("hadamard", 64)
     for command in ("calibrate", "kl"):
         args = build_parser().parse_args([command])
         assert resolve_rotation(args, default=CALIBRATION_ROTATION) == CALIBRATION_ROTATION
@@ -236,8 +237,8 @@ def test_new_calibrations_are_rotated_by_default_and_plain_mx_is_one_flag_away()
         assert resolve_rotation(none, default=CALIBRATION_ROTATION).kind == "none"
         block = resolve_rotation(build_parser().parse_args([command, "--rotation-block", "32"]),
                                  default=CALIBRATION_ROTATION)
-        assert (block.kind, block.online_size) == ("hadamard", 32)
+        assert (block.kind, block.block) == ("hadamard", 32)
     sweep = sweep_config(build_parser().parse_args(["sweep"]))
-    assert sweep.rotation_spec == CALIBRATION_ROTATION
-    assert sweep_config(build_parser().parse_args(["sweep", "--rotation", "none"])).rotation == "none"
+    assert sweep.model.rotation == CALIBRATION_ROTATION
+    assert not sweep_config(build_parser().parse_args(["sweep", "--rotation", "none"])).model.rotation.rotates
     assert resolve_rotation(build_parser().parse_args(["eval"])) == RotationSpec()

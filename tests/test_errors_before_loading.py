@@ -125,7 +125,7 @@ def test_sweep_with_a_corrupt_calibration_checkpoint(tiny_dir, tmp_path, capsys)
     from dmx.cli import build_parser
 
     cfg = config_from_args(build_parser().parse_args([str(a) for a in argv]))
-    ckpt = checkpoint_dir(tmp_path / "sweep", "dmx@6", cfg.method_settings("dmx", cfg.seed_values()[0]))
+    ckpt = checkpoint_dir(tmp_path / "sweep", "dmx@6", cfg.method_settings("dmx", cfg.plan.seed_values()[0]))
     ckpt.mkdir(parents=True)
     (ckpt / "calibration_state.pt").write_bytes(b"torn")
     err = _run(argv, capsys)

@@ -18,7 +18,10 @@
   hides where a name lives and invites cycles;
 * a ``DMXLinear``'s settings are its frozen ``DMXLinearConfig``: nothing outside ``dmx/linear.py``
   (library, tests, tools, benchmarks, tutorial cells) assigns a setting attribute
-  (``layer.temperature = ...``); it calls ``layer.reconfigure(temperature=...)`` (issue #27).
+  (``layer.temperature = ...``); it calls ``layer.reconfigure(temperature=...)`` (issue #27);
+* the sweep's configuration is typed (issue #27): ``SweepConfig`` and its parts are frozen
+  dataclasses holding no dict, and the sweep (:data:`TYPED_ROTATION`) asks a rotation what it
+  does (``RotationSpec.rotates``, ``.learns``) instead of comparing its kind to a string.
 
 Imports are read from the source (``ast``), including those inside functions: an upward import
 hidden in a function body is still an upward import. Imports under ``if TYPE_CHECKING:`` (names
@@ -194,6 +197,16 @@ def _reads_through_own_init(name: str, path: Path) -> list[str]:
     return bad
 
 
+#: Modules that hold a typed :class:`dmx.rotation.RotationSpec` and never test its kind by string.
+TYPED_ROTATION = ("dmx.sweep", "dmx.commands.sweep")
+ROTATION_KIND_TEST = re.compile(r"""(?:\brotation|\.kind)\s*(?:==|!=|in)\s*[("'\[]""")
+
+
+def _rotation_kind_tests(path: Path) -> list[int]:
+    """Lines comparing a rotation (or a ``.kind``) to a string."""
+    return [i for i, line in enumerate(path.read_text().splitlines(), 1) if ROTATION_KIND_TEST.search(line)]
+
+
 MODULES = _modules()
 GRAPH = {name: _imports(name, path, set(MODULES)) for name, path in MODULES.items()}
 
@@ -350,13 +363,13 @@ def test_a_planted_read_through_the_own_init_is_caught(tmp_path):
 
 def test_the_doors_translate_parameters_to_flags():
     flags = {"data_dir": "--data-dir", "online": "--online", "seqlen": "--seqlen", "kl_seqlen": "--kl-seqlen",
-             "online_size=None": "--rotation-block 0", "online_size": "--rotation-block", "rotation": "--rotation",
+             "block=None": "--rotation-block 0", "block": "--rotation-block", "rotation": "--rotation",
              "require": "--require", "device": "--device"}
     assert parameters_as_flags("require: unknown token 'x'", flags) == "--require: unknown token 'x'"
     assert (parameters_as_flags("device 'cuda' requested but CUDA is not available; use device='cpu'", flags)
             == "device 'cuda' requested but CUDA is not available; use --device cpu")
     said = ("no data directory: pass data_dir=DIR or set $DMX_DATA_DIR, or pass online=True; seqlen=4096 exceeds "
-            "256, lower seqlen; kl_seqlen too; online_size=None for the full width; rotation='none' is plain; "
+            "256, lower seqlen; kl_seqlen too; block=None for the full width; rotation='none' is plain; "
             "not /tmp/data_dir/x nor dmx.data_dir, and the online Hadamard stays prose")
     assert parameters_as_flags(said, flags) == (
         "no data directory: pass --data-dir DIR or set $DMX_DATA_DIR, or pass --online; --seqlen 4096 exceeds "
@@ -371,8 +384,8 @@ def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, mon
     from dmx.data import check_data_source
     from dmx.rotation.spec import RotationSpec
 
-    with pytest.raises(ValueError, match="online_size") as bad_size:
-        RotationSpec(kind="hadamard", online_size=6)
+    with pytest.raises(ValueError, match="block=6 is not a Hadamard order") as bad_size:
+        RotationSpec(kind="hadamard", block=6)
     monkeypatch.delenv("DMX_DATA_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="pass data_dir=DIR") as no_data:
         check_data_source(None, split="test")
@@ -387,10 +400,11 @@ def test_a_library_call_is_told_its_parameter_and_the_cli_its_flag(tmp_path, mon
     assert main([*eval_, "--rotation-block", "32"]) == 2
     assert main(["calibrate", "--out", str(tmp_path / "a.json"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "dmx eval: error: the online Hadamard size --rotation-block must be None or a Hadamard order" in err
+    assert ("dmx eval: error: the rotation block --rotation-block 6 is not a Hadamard order; pass one such as 32 "
+            "(one MX block), or --rotation-block 0 for the full width") in err
     assert "dmx eval: error: --rotation-block only apply to a rotation; add --rotation hadamard" in err
     assert "dmx calibrate: error: no data directory: pass --data-dir DIR" in err and "pass --online to" in err
-    assert not re.search(r"online_size|rotation_block|data_dir|online=", err)
+    assert not re.search(r"(?<![-\w])block=|rotation_block|data_dir|online=", err)
 
 
 # -- a DMXLinear's settings are its config (issue #27) ----------------------------------------------
@@ -476,3 +490,34 @@ def test_a_planted_setting_write_is_caught():
     assert _setting_writes(source) == [
         "2: layer.temperature", "3: setattr(m, 'backend', 'numpy')", "5: l.fixed_format", "6: layers['a'].config",
         "7: object.__setattr__(m, '_config', c)", "8: m.block_size", "14: m.tie"]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(TYPED_ROTATION)))
+def test_the_sweep_asks_the_rotation_spec_not_its_kind_string(module):
+    assert not _rotation_kind_tests(MODULES[module]), f"{module} compares a rotation kind to a string"
+
+
+def test_a_planted_rotation_kind_string_test_is_caught(tmp_path):
+    _, path = _planted(tmp_path, "dmx.sweep", 'def f(cfg, spec):\n    if cfg.rotation == "learned":\n'
+                                             '        return spec.kind != "none"\n    return spec.learns\n')
+    assert _rotation_kind_tests(path) == [2, 3]
+
+
+def test_the_sweep_config_is_frozen_and_typed():
+    import dataclasses
+    import typing
+
+    import dmx.sweep.config as config
+
+    parts = [config.SweepConfig, config.SweepPlan, config.CalibrationData, config.EvaluationSpec]
+    seen = set()
+    while parts:
+        cls = parts.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        assert cls.__dataclass_params__.frozen, f"{cls.__name__} is not frozen"
+        for name, hint in typing.get_type_hints(cls).items():
+            assert "dict" not in str(hint).lower() and "Any" not in str(hint), f"{cls.__name__}.{name}: {hint}"
+            parts += [t for t in typing.get_args(hint) + (hint,) if dataclasses.is_dataclass(t)]
+    assert {c.__name__ for c in seen} >= {"ModelSpec", "RotationSpec", "CalibrationConfig"}

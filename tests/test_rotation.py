@@ -66,22 +66,22 @@ def test_hadamard_rotation_preserves_logits(arch):
     assert (_logits(rotated, ids) - reference).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("arch, online_size", [("llama", 32), ("qwen3", 32), ("llama", None)])
-def test_online_placement_preserves_logits_and_rotates_every_linear_input(arch, online_size):
+@pytest.mark.parametrize("arch, block", [("llama", 32), ("qwen3", 32), ("llama", None)])
+def test_online_placement_preserves_logits_and_rotates_every_linear_input(arch, block):
     from dmx.models import decoder_linear_names
 
     model = _tiny64(arch)
     ids = _ids()
     reference = _logits(model, ids)
     norms = model.model.layers[0].input_layernorm.weight.detach().clone()
-    state = apply_rotation(model, RotationSpec("hadamard", seed=5, online_size=online_size))  # placement="online" is the default
+    state = apply_rotation(model, RotationSpec("hadamard", seed=5, block=block))  # placement="online" is the default
     assert state.spec.placement == "online" and set(state.online) == set(decoder_linear_names(model))
     q = state.online["model.layers.0.mlp.down_proj"].matrix()  # 128 x 128
     torch.testing.assert_close(q @ q.T, torch.eye(128, dtype=torch.float64), rtol=0, atol=1e-12)
     off_diagonal = q.clone()
-    for b in range(0, 128, online_size or 128):
-        off_diagonal[b : b + (online_size or 128), b : b + (online_size or 128)] = 0
-    assert torch.all(off_diagonal == 0) and torch.all(q.abs() > 0) == (online_size is None)
+    for b in range(0, 128, block or 128):
+        off_diagonal[b : b + (block or 128), b : b + (block or 128)] = 0
+    assert torch.all(off_diagonal == 0) and torch.all(q.abs() > 0) == (block is None)
     torch.testing.assert_close(_logits(model, ids), reference, **TOL)
     assert torch.equal(model.model.layers[0].input_layernorm.weight, norms)  # norm scales stay put
     for path in state.online:
@@ -259,13 +259,13 @@ def test_bad_requests_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="intermediate_size"):
         apply_rotation(odd, RotationSpec("hadamard", placement="folded"))
     with pytest.raises(ValueError, match="input size 52"):
-        apply_rotation(copy.deepcopy(odd), RotationSpec("hadamard", online_size=None))
-    with pytest.raises(ValueError, match="online_size=64 does not divide the input size 32"):  # the default block
+        apply_rotation(copy.deepcopy(odd), RotationSpec("hadamard", block=None))
+    with pytest.raises(ValueError, match="block=64 does not divide the input size 32"):  # the default block
         apply_rotation(copy.deepcopy(odd), RotationSpec("hadamard"))
     with pytest.raises(ValueError, match="block"):
-        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", online_size=7))
+        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", block=7))
     with pytest.raises(ValueError, match="does not divide"):
-        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", online_size=12))
+        apply_rotation(tiny_model("llama"), RotationSpec("hadamard", block=12))
     with pytest.raises(ValueError, match="placement"):
         apply_rotation(tiny_model("llama"), RotationSpec("hadamard", placement="everywhere"))
     model = tiny_model("llama")
@@ -361,7 +361,7 @@ def test_rotated_model_id_keys_results_by_the_rotation_applied():
         return rotated_model_id("m", model)
 
     assert fixed(0) == fixed(0) != fixed(1)
-    assert fixed(0) != fixed(0, placement="folded") and fixed(0) != fixed(0, online_size=None)
+    assert fixed(0) != fixed(0, placement="folded") and fixed(0) != fixed(0, block=None)
     assert fixed(0).startswith("m|rotation=")
 
     def learned(scale):
@@ -377,20 +377,20 @@ def test_rotated_model_id_keys_results_by_the_rotation_applied():
 def test_rotation_spec_normalises_and_describes_as_recorded():
     """One request, one record: learned is folded, folded has no online size, and the description
     keeps the keys (``"block"``: the online size) that the files already written hold."""
-    assert RotationSpec("learned", seed=3, online_size=32) == RotationSpec("learned", seed=3, placement="folded")
-    assert RotationSpec("hadamard", placement="folded", online_size=32).online_size is None
+    assert RotationSpec("learned", seed=3, block=32) == RotationSpec("learned", seed=3, placement="folded")
+    assert RotationSpec("hadamard", placement="folded", block=32).block is None
     assert RotationSpec("hadamard", source="a") == RotationSpec("hadamard", source="b")  # the source only names it
-    online = RotationSpec("hadamard", seed=2, online_size=32).description(576, 64)
+    online = RotationSpec("hadamard", seed=2, block=32).description(576, 64)
     assert online == {"version": 1, "kind": "hadamard", "seed": 2, "online_sites": ["all"], "hidden_size": 576,
                       "head_dim": 64, "placement": "online", "block": 32, "matrices_needed": False}
-    assert RotationSpec.from_description(online) == RotationSpec("hadamard", seed=2, online_size=32)
+    assert RotationSpec.from_description(online) == RotationSpec("hadamard", seed=2, block=32)
     learned = RotationSpec("learned").description(576, 64)
     assert (learned["placement"], learned["block"], learned["online_sites"]) == ("folded", None, ["o_proj", "down_proj"])
-    assert RotationSpec("hadamard", online_size=None).settings() == {"kind": "hadamard", "seed": 0, "placement": "online",
-                                                                       "block": None}
+    assert RotationSpec("hadamard", block=None).settings() == {"kind": "hadamard", "seed": 0, "placement": "online",
+                                                                "block": None}
     assert RotationSpec("learned", seed=1).fixed_start() == RotationSpec("hadamard", seed=1, placement="folded")
-    with pytest.raises(ValueError, match="online_size must be None"):
-        RotationSpec("hadamard", online_size=0)
+    with pytest.raises(ValueError, match="block=0 is not a Hadamard order"):
+        RotationSpec("hadamard", block=0)
 
 
 @pytest.mark.results

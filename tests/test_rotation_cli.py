@@ -195,17 +195,26 @@ def test_bad_rotation_requests_fail_clearly(tiny_root, tmp_path, capsys):
 def test_sweep_with_learned_rotation(tiny_root, tmp_path, capsys):
     """fp/uniform/KL on the learned kind's fixed start; dMX learns its own rotation, saved with its
     assignment, and `dmx eval` of that assignment reproduces the sweep's perplexity exactly."""
-    from dmx.sweep.config import SweepConfig
+    from dataclasses import replace
+
+    from dmx.calibrate import CalibrationConfig
+    from dmx.pipeline import ModelSpec
+    from dmx.rotation import RotationSpec
+    from dmx.sweep.config import CalibrationData, EvaluationSpec, SweepConfig, SweepPlan
     from dmx.sweep.run import run_sweep
 
     cfg = SweepConfig(
-        model=str(tiny_root / "llama"), out_dir=str(tmp_path / "sweep"), targets=(6.0,), uniform=("mxfp4_e2m1",),
-        text_file=str(tiny_root / "eval.txt"), calib_text_file=str(tiny_root / "calib.txt"), seqlen=64, max_windows=2,
-        calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32, progress=False,
-        calibration={"steps": 2, "batch_size": 1, "rotation_lr": 1.0}, rotation="learned", rotation_seed=1,
+        model=ModelSpec(model=str(tiny_root / "llama"), rotation=RotationSpec("learned", seed=1)),
+        out_dir=str(tmp_path / "sweep"), plan=SweepPlan(targets=(6.0,), uniform=("mxfp4_e2m1",)),
+        evaluation=EvaluationSpec(text_file=str(tiny_root / "eval.txt"), seqlen=64, max_windows=2),
+        calibration_data=CalibrationData(text_file=str(tiny_root / "calib.txt"), windows=2, seqlen=32, kl_windows=1,
+                                         kl_seqlen=32),
+        calibration=CalibrationConfig(steps=2, batch_size=1, rotation_lr=1.0), progress=False,
     )
-    assert cfg.identity() != SweepConfig(**{**cfg.__dict__, "rotation": "hadamard"}).identity()
-    assert SweepConfig(rotation="none").identity() == {k: v for k, v in cfg.identity().items() if k != "rotation"} | {
+    hadamard = replace(cfg, model=replace(cfg.model, rotation=RotationSpec("hadamard", seed=1)))
+    assert cfg.identity() != hadamard.identity()
+    plain = SweepConfig(model=ModelSpec())
+    assert plain.identity() == {k: v for k, v in cfg.identity().items() if k != "rotation"} | {
         "model": "smollm2-135m", "text_file": None, "seqlen": 2048, "max_windows": None}
     points = {p["key"]: p for p in run_sweep(cfg)}
     assert list(points) == ["fp", "uniform:mxfp4_e2m1", "kl@6", "dmx@6", "random@6"]
@@ -228,7 +237,7 @@ def test_sweep_sets_threads_and_maps_rotation_flags(monkeypatch):
     seen = {}
 
     def fake_sweep(cfg):
-        seen["threads"], seen["cfg"] = torch.get_num_threads(), cfg
+        seen["threads"], seen["cfg"] = cfg.model.threads, cfg  # set by load_rotated_model, as for every command
         return []
 
     before = torch.get_num_threads()
@@ -240,10 +249,11 @@ def test_sweep_sets_threads_and_maps_rotation_flags(monkeypatch):
     finally:
         torch.set_num_threads(before)
     cfg = seen["cfg"]
-    assert (cfg.rotation, cfg.rotation_seed, cfg.rotation_placement, cfg.rotation_block) == ("hadamard", 0, "online", None)
-    assert "rotation_lr" not in cfg.calibration  # unrotated / fixed sweeps keep their dMX settings
+    rotation = cfg.model.rotation
+    assert (rotation.kind, rotation.seed, rotation.placement, rotation.block) == ("hadamard", 0, "online", None)
+    assert "rotation_lr" not in cfg.method_settings("dmx")["calibration"]  # fixed rotations keep their dMX settings
     learned = config_from_args(build_parser().parse_args(["sweep", "--rotation", "learned", "--rotation-lr", "0.5"]))
-    assert learned.calibration["rotation_lr"] == 0.5
+    assert learned.calibration.rotation_lr == 0.5 and learned.method_settings("dmx")["calibration"]["rotation_lr"] == 0.5
 
 
 def test_eval_scores_held_out_windows_and_writes_their_nlls(tiny_root, tmp_path):

@@ -7,7 +7,11 @@ import pytest
 
 import dmx.sweep.methods as methods
 import dmx.sweep.run as sweep
-from dmx.sweep.config import SweepConfig, point_label
+from dataclasses import replace
+
+from dmx.calibrate import CalibrationConfig
+from dmx.pipeline import ModelSpec
+from dmx.sweep.config import CalibrationData, EvaluationSpec, SweepConfig, SweepPlan, point_label
 from dmx.sweep.results import ResultStore, points_to_csv, summarize_points
 from dmx.sweep.run import run_sweep
 
@@ -39,8 +43,10 @@ def test_store_refuses_other_settings(tmp_path):
     assert ResultStore.open(tmp_path, {"model": "a", "seqlen": 64}).get("fp")["perplexity"] == 3.0
     with pytest.raises(ValueError, match="differs in: seqlen"):
         ResultStore.open(tmp_path, {"model": "a", "seqlen": 128})
-    assert SweepConfig(calib_windows=3).identity() == SweepConfig(calib_windows=4).identity()
-    assert SweepConfig(max_windows=3).identity() != SweepConfig(max_windows=4).identity()
+    assert SweepConfig(calibration_data=CalibrationData(windows=3)).identity() == SweepConfig(
+        calibration_data=CalibrationData(windows=4)).identity()
+    assert SweepConfig(evaluation=EvaluationSpec(max_windows=3)).identity() != SweepConfig(
+        evaluation=EvaluationSpec(max_windows=4)).identity()
 
 
 def test_two_stores_on_one_folder_keep_each_others_points(tmp_path):
@@ -70,12 +76,12 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
     (tmp_path / "eval.txt").write_text(text)
     (tmp_path / "calib.txt").write_text(text[::-1])
     cfg = SweepConfig(
-        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(6.0,), rotation="none",
-        text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "calib.txt"),
-        uniform=("mxfp4_e2m1", "mxfp8_e4m3"), seqlen=64, max_windows=1,
-        calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32,
-        calibration={"steps": 2, "batch_size": 1, "checkpoint_every": 1}, progress=False,
-        methods=("fp", "uniform", "kl", "dmx"),
+        model=ModelSpec(model=str(tiny_dir)), out_dir=str(tmp_path / "sweep"),
+        evaluation=EvaluationSpec(text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=1),
+        calibration_data=CalibrationData(text_file=str(tmp_path / "calib.txt"), windows=2, seqlen=32, kl_windows=1,
+                                         kl_seqlen=32),
+        calibration=CalibrationConfig(steps=2, batch_size=1, checkpoint_every=1), progress=False,
+        plan=SweepPlan(targets=(6.0,), uniform=("mxfp4_e2m1", "mxfp8_e4m3"), methods=("fp", "uniform", "kl", "dmx")),
     )
     calls = {"eval": 0, "reference": 0}
     real_eval, real_ref = methods._evaluate, __import__("dmx.kl_baseline").kl_baseline.reference_logits
@@ -118,7 +124,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
 
     # A second target and other dMX settings: the new target's two points run, dmx@6 is
     # recomputed (in a fresh checkpoint directory), KL reuses the cached scores.
-    more = SweepConfig(**{**cfg.__dict__, "targets": (6.0, 5.0), "calibration": {**cfg.calibration, "steps": 3}})
+    more = replace(cfg, plan=replace(cfg.plan, targets=(6.0, 5.0)), calibration=replace(cfg.calibration, steps=3))
     points = run_sweep(more)
     assert calls["eval"] == 6 + 3 and calls["reference"] == 2 and len(points) == 7
     kl5 = next(p for p in points if p["key"] == "kl@5")
@@ -134,7 +140,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
         raise AssertionError("a calibration step ran again")
 
     monkeypatch.setattr("dmx.calibrate.objective", no_step)
-    budget = SweepConfig(**{**more.__dict__, "calibration": {**more.calibration, "final_rounding": "budget"}})
+    budget = replace(more, calibration=replace(more.calibration, final_rounding="budget"))
     points = {p["key"]: p for p in run_sweep(budget)}
     assert calls["eval"] == 9 + 2 and len(list((out / "checkpoints").iterdir())) == 3
     for t in (5.0, 6.0):
@@ -153,9 +159,10 @@ def test_kl_draws_and_held_out_windows_store_per_window_nlls(tiny_dir, tmp_path)
     text = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["value", "sum", "mean"] * 40))
     (tmp_path / "eval.txt").write_text(text)
     cfg = SweepConfig(
-        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(5.0,), methods=("fp", "kl"), rotation="none",
-        text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=3,
-        first_window=2, kl_windows=2, kl_seqlen=32, seed=3, seeds=2, progress=False,
+        model=ModelSpec(model=str(tiny_dir)), out_dir=str(tmp_path / "sweep"), progress=False,
+        plan=SweepPlan(targets=(5.0,), methods=("fp", "kl"), seed=3, seeds=2),
+        evaluation=EvaluationSpec(text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=3, first_window=2),
+        calibration_data=CalibrationData(text_file=str(tmp_path / "eval.txt"), kl_windows=2, kl_seqlen=32),
     )
     assert cfg.identity()["first_window"] == 2 and "first_window" not in SweepConfig().identity()
     points = {p["key"]: p for p in run_sweep(cfg)}
@@ -172,17 +179,18 @@ def test_kl_draws_and_held_out_windows_store_per_window_nlls(tiny_dir, tmp_path)
     every = window_nlls(model, ids, seqlen=64, progress=False)
     assert points["fp"]["window_nlls"] == pytest.approx(every[2:5].tolist(), rel=1e-12)
     with pytest.raises(ValueError, match="first_window must be"):
-        run_sweep(SweepConfig(**{**cfg.__dict__, "first_window": -1}))
+        run_sweep(replace(cfg, evaluation=replace(cfg.evaluation, first_window=-1)))
 
 
 def test_seeds_repeat_dmx_and_the_random_control_and_are_summarised(tiny_dir, tmp_path):
     text = " ".join(f"The {w} of row {i} is {i * 7 % 13}." for i, w in enumerate(["value", "sum", "mean"] * 40))
     (tmp_path / "eval.txt").write_text(text)
     cfg = SweepConfig(
-        model=str(tiny_dir), out_dir=str(tmp_path / "sweep"), targets=(5.0,), methods=("dmx", "random"), rotation="none",
-        text_file=str(tmp_path / "eval.txt"), calib_text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=1,
-        calib_windows=2, calib_seqlen=32, seed=3, seeds=3,
-        calibration={"steps": 2, "batch_size": 1, "final_rounding": "budget"}, progress=False,
+        model=ModelSpec(model=str(tiny_dir)), out_dir=str(tmp_path / "sweep"), progress=False,
+        plan=SweepPlan(targets=(5.0,), methods=("dmx", "random"), seed=3, seeds=3),
+        evaluation=EvaluationSpec(text_file=str(tmp_path / "eval.txt"), seqlen=64, max_windows=1),
+        calibration_data=CalibrationData(text_file=str(tmp_path / "eval.txt"), windows=2, seqlen=32),
+        calibration=CalibrationConfig(steps=2, batch_size=1, final_rounding="budget"),
     )
     points = {p["key"]: p for p in run_sweep(cfg)}
     assert list(points) == ["dmx@5", "dmx@5:s1", "dmx@5:s2", "random@5", "random@5:s1", "random@5:s2"]
@@ -201,7 +209,7 @@ def test_seeds_repeat_dmx_and_the_random_control_and_are_summarised(tiny_dir, tm
         assert row["perplexity_min"] == min(ppl) and row["perplexity_max"] == max(ppl)
     assert (tmp_path / "sweep" / "summary.csv").read_text().splitlines()[0].startswith("method,target,format,n,seeds")
     # a rerun with fewer seeds keeps the finished points and computes nothing
-    again = run_sweep(SweepConfig(**{**cfg.__dict__, "seeds": 2}))
+    again = run_sweep(replace(cfg, plan=replace(cfg.plan, seeds=2)))
     assert [p["perplexity"] for p in again] == [p["perplexity"] for p in points.values()]
 
 
@@ -221,13 +229,15 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     tokenizer.save_pretrained(tmp_path / "lm")
     text = " ".join(f"Row {i} holds {i * 3 % 7}." for i in range(200))
     (tmp_path / "t.txt").write_text(text)
-    base = dict(
-        model=str(tmp_path / "lm"), out_dir=str(tmp_path / "sweep"), targets=(6.0,), uniform=("mxfp4_e2m1",), rotation="none",
-        text_file=str(tmp_path / "t.txt"), calib_text_file=str(tmp_path / "t.txt"), seqlen=64, max_windows=1,
-        calib_windows=2, calib_seqlen=32, kl_windows=1, kl_seqlen=32, data_dir=str(data_dir),
-        calibration={"steps": 1, "batch_size": 1, "checkpoint_every": 1}, progress=False,
+    plain = SweepConfig(
+        model=ModelSpec(model=str(tmp_path / "lm")), out_dir=str(tmp_path / "sweep"), data_dir=str(data_dir),
+        plan=SweepPlan(targets=(6.0,), uniform=("mxfp4_e2m1",)),
+        evaluation=EvaluationSpec(text_file=str(tmp_path / "t.txt"), seqlen=64, max_windows=1),
+        calibration_data=CalibrationData(text_file=str(tmp_path / "t.txt"), windows=2, seqlen=32, kl_windows=1,
+                                         kl_seqlen=32),
+        calibration=CalibrationConfig(steps=1, batch_size=1, checkpoint_every=1), progress=False,
     )
-    first = {p["key"]: p for p in run_sweep(SweepConfig(**base))}
+    first = {p["key"]: p for p in run_sweep(plain)}
     assert all(p["avg_accuracy"] is None for p in first.values())
 
     def no_perplexity(*args, **kwargs):
@@ -245,7 +255,7 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
         return res
 
     monkeypatch.setattr(methods, "_zeroshot_metrics", spy)
-    with_tasks = SweepConfig(**base, tasks=("piqa",), limit=8)
+    with_tasks = replace(plain, evaluation=replace(plain.evaluation, tasks=("piqa",), limit=8))
     second = {p["key"]: p for p in run_sweep(with_tasks)}
     assert list(second) == list(first) and len(scored) == len(first)  # same points, same order
     for key, p in second.items():
@@ -256,17 +266,22 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     assert all(r["acc_piqa"] != "" for r in rows)
     run_sweep(with_tasks)
     assert len(scored) == len(first)  # nothing left to measure
-    run_sweep(SweepConfig(**base, tasks=("piqa",), limit=4))
+    run_sweep(replace(plain, evaluation=replace(plain.evaluation, tasks=("piqa",), limit=4)))
     assert len(scored) == 2 * len(first)
 
 
 def test_sweep_rejects_bad_settings_before_loading(tmp_path):
     with pytest.raises(ValueError, match=r"\[4, 8\]"):
-        run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), targets=(9.0,)))
+        run_sweep(SweepConfig(model=ModelSpec(model="no/such-model"), out_dir=str(tmp_path),
+                              plan=SweepPlan(targets=(9.0,))))
     with pytest.raises(ValueError, match="valid choices: fp, uniform, kl, dmx"):
-        run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), methods=("fp", "gptq")))
+        run_sweep(SweepConfig(model=ModelSpec(model="no/such-model"), out_dir=str(tmp_path),
+                              plan=SweepPlan(methods=("fp", "gptq"))))
     with pytest.raises(ValueError, match="unknown MX format"):
-        run_sweep(SweepConfig(model="no/such-model", out_dir=str(tmp_path), uniform=("mxfp5",)))
+        run_sweep(SweepConfig(model=ModelSpec(model="no/such-model"), out_dir=str(tmp_path),
+                              plan=SweepPlan(uniform=("mxfp5",))))
+    with pytest.raises(ValueError, match="calibration's family 'fp8_fp4' differs from the model's 'fp6_fp4'"):
+        SweepConfig(model=ModelSpec(family="fp6_fp4"))
 
 
 def test_cli_flags_map_to_the_config():
@@ -278,13 +293,18 @@ def test_cli_flags_map_to_the_config():
          "--tasks", "piqa", "--limit", "10", "--max-windows", "3", "--out", "x", "--final-rounding", "budget"]
     )
     cfg = config_from_args(args)
-    assert cfg.targets == (4.5, 6.0) and cfg.methods == ("kl", "dmx") and cfg.max_windows == 3
-    assert cfg.calibration == {"steps": 7, "lam": 2.0, "weighting": "mean", "final_rounding": "budget"}
-    # unset, it stays out of the settings, so sweeps finished before the flag existed still resume
-    assert "final_rounding" not in config_from_args(build_parser().parse_args(["sweep"])).calibration
-    assert cfg.tasks == ("piqa",) and cfg.limit == 10 and cfg.out_dir == "x"
+    assert cfg.plan.targets == (4.5, 6.0) and cfg.plan.methods == ("kl", "dmx") and cfg.evaluation.max_windows == 3
+    assert cfg.calibration == CalibrationConfig(steps=7, lam=2.0, final_rounding="budget")
+    # the dMX settings record what differs from CalibrationConfig's defaults, plus those always recorded
+    assert cfg.method_settings("dmx")["calibration"] == {
+        "batch_size": 2, "beta_init": 0.0, "checkpoint_every": 5, "clip_grad_norm": 1.0, "final_rounding": "budget",
+        "fractional_scale": "maxfloat", "lam": 2.0, "steps": 7, "weighting": "mean"}
+    # a flag given at its default value records what the flag left unset records
+    lam5 = config_from_args(build_parser().parse_args(["sweep", "--lam", "5"]))
+    assert lam5.method_settings("dmx") == config_from_args(build_parser().parse_args(["sweep"])).method_settings("dmx")
+    assert cfg.evaluation.tasks == ("piqa",) and cfg.evaluation.limit == 10 and cfg.out_dir == "x"
     spelled = config_from_args(build_parser().parse_args(["sweep", "--tasks", "default"]))
-    assert spelled.tasks == ("arc_easy", "arc_challenge", "winogrande", "piqa")  # the stored settings name them
+    assert spelled.evaluation.tasks == ("arc_easy", "arc_challenge", "winogrande", "piqa")  # the stored settings name them
     with pytest.raises(ValueError, match="unknown zero-shot task 'boolq'"):
         config_from_args(build_parser().parse_args(["sweep", "--tasks", "boolq"]))
 
@@ -314,3 +334,124 @@ def test_committed_headline_sweep_is_finished_under_its_flags():
     # the same defaults without the flags: CalibrationConfig's, so the same points
     bare = config_from_args(build_parser().parse_args(argv[:argv.index("--steps")] + argv[argv.index("--methods"):]))
     assert bare.method_settings("dmx") == cfg.method_settings("dmx")
+
+
+# ----------------------------------------------------------------------------- committed sweeps resume
+# The scripts under benchmarks/ are run with $PY replaced by a recorder, so the command lines the
+# committed folders were made with come from the scripts themselves; each is parsed by the CLI and
+# must reproduce, byte for byte, the folder's stored identity, every stored point's settings and
+# the names of its committed calibration checkpoints (issue #27: the refactor of SweepConfig keeps
+# every committed folder resuming).
+
+#: (script, its environment, committed folders it writes relative to results/, methods whose
+#: committed points predate the recipe's recorded defaults and are recomputed by design).
+COMMITTED_SWEEPS = [
+    ("pareto_study.sh", {}, ["pareto_fp8_fp4_hadamard", "pareto_fp8_fp4_hadamard_threshold"], ()),
+    ("headline.sh", {}, ["headline_5bit"], ()),
+    ("headline.sh", {"ROTATION": "hadamard", "MAX_WINDOWS": "16", "OUT": "headline_5bit_hadamard"},
+     ["headline_5bit_hadamard"], ()),
+    ("headline.sh", {"MAX_WINDOWS": "32", "OUT": "headline_5bit_w32"}, ["headline_5bit_w32"], ()),
+    ("headline.sh", {"ROTATION": "hadamard", "MAX_WINDOWS": "32", "OUT": "headline_5bit_hadamard_w32"},
+     ["headline_5bit_hadamard_w32"], ()),
+    ("scale_rule.sh", {"SEEDS": "3"}, ["scale_rule_emax_hadamard"], ()),
+    ("run_sweep.sh", {}, ["sweep_smollm2"], ("dmx",)),
+    ("run_sweep.sh", {"FINAL_ROUNDING": "budget", "OUT": "sweep_smollm2_budget"}, ["sweep_smollm2_budget"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "hadamard", "OUT": "sweep_smollm2_hadamard"}, ["sweep_smollm2_hadamard"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "hadamard", "FINAL_ROUNDING": "budget", "OUT": "sweep_smollm2_hadamard_budget"},
+     ["sweep_smollm2_hadamard_budget"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "learned", "OUT": "sweep_smollm2_learned"}, ["sweep_smollm2_learned"], ("dmx",)),
+    ("run_sweep.sh", {"ROTATION": "learned", "FINAL_ROUNDING": "budget", "OUT": "sweep_smollm2_learned_budget"},
+     ["sweep_smollm2_learned_budget"], ("dmx",)),
+    ("budget_study.sh", {}, ["budget_study/steps120_batch2", "budget_study/steps400_batch2",
+                             "budget_study/steps40_batch8"], ()),
+]
+
+
+def _script_sweeps(script, env, tmp_path):
+    """The ``dmx sweep`` argument lists ``benchmarks/<script>`` runs (``--out`` relative to results/)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "argv.jsonl"
+    recorder = tmp_path / "record"
+    recorder.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.chmod(0o755)
+    fake = tmp_path / "results"  # the scripts' mkdir / ln -s land here, never in results/
+    default_out = {"pareto_study.sh": "pareto_fp8_fp4_hadamard", "headline.sh": "headline_5bit",
+                   "scale_rule.sh": "scale_rule_emax_hadamard", "budget_study.sh": "budget_study",
+                   "run_sweep.sh": "sweep_smollm2"}[script]
+    env = {**os.environ, "PY": str(recorder), **env}
+    env["OUT"] = str(fake / env.get("OUT", default_out))
+    subprocess.run(["bash", str(root / "benchmarks" / script)], env=env, check=True, capture_output=True)
+    runs = []
+    for line in log.read_text().splitlines():
+        argv = json.loads(line)
+        if argv[:2] != ["-m", "dmx.cli"]:
+            continue  # e.g. budget_study.py drawing its figure
+        argv = argv[2:]
+        out = argv.index("--out") + 1
+        argv[out] = str(Path(argv[out]).relative_to(fake))
+        runs.append(argv)
+    assert runs, f"{script} ran no dmx sweep"
+    return runs
+
+
+@pytest.mark.results
+@pytest.mark.parametrize("script,env,folders,stale", COMMITTED_SWEEPS,
+                         ids=[f"{s}:{fs[0]}" for s, _, fs, _ in COMMITTED_SWEEPS])
+def test_committed_sweeps_keep_resuming(script, env, folders, stale, tmp_path):
+    """Identity, point settings and checkpoint folder names of the committed sweeps, recomputed
+    from their scripts' command lines, equal what is stored (byte-identical JSON)."""
+    import re
+    from pathlib import Path
+
+    from dmx.cli import build_parser
+    from dmx.commands.sweep import config_from_args
+    from dmx.sweep.run import planned_keys
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    runs = _script_sweeps(script, env, tmp_path)
+    checked = 0
+    for folder in folders:
+        out = results / folder
+        cfgs = []
+        for argv in runs:
+            if argv[argv.index("--out") + 1] == folder:
+                argv = list(argv)
+                argv[argv.index("--out") + 1] = str(out)
+                cfgs.append(config_from_args(build_parser().parse_args(argv)))
+        assert cfgs, f"{script} writes no sweep into results/{folder}"
+        doc = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
+        if doc is not None:
+            for cfg in cfgs:
+                assert json.dumps(cfg.identity(), sort_keys=True) == json.dumps(doc["config"], sort_keys=True)
+                ResultStore.open(out, cfg.identity())  # reopens: the resume check itself
+            for point in doc["points"]:
+                planning = [c for c in cfgs if point["key"] in planned_keys(c)]
+                assert planning, f"no command line of {script} plans {folder}'s point {point['key']}"
+                for cfg in planning:
+                    if point["method"] in stale:
+                        assert not sweep.is_done(point, cfg), (folder, point["key"])
+                        continue
+                    seed = point["settings"].get("seed") if point["method"] in sweep.SEEDED_METHODS else None
+                    assert json.dumps(json.loads(json.dumps(cfg.method_settings(point["method"], seed)))) \
+                        == json.dumps(point["settings"]), (folder, point["key"])
+                    assert sweep.is_done(point, cfg)
+                checked += 1
+        ckpts = out / "checkpoints"
+        for ckpt in sorted(ckpts.iterdir()) if ckpts.is_dir() else []:
+            m = re.fullmatch(r"dmx_at_([0-9.]+)(?:_s(\d+))?-[0-9a-f]{8}", ckpt.name)
+            assert m, ckpt
+            index = int(m.group(2) or 0)
+            key = point_label("dmx", target=float(m.group(1)), seed_index=index)
+            planning = [c for c in cfgs if key in planned_keys(c)]
+            assert planning, f"no command line of {script} plans {folder}'s checkpoint {ckpt.name}"
+            for cfg in planning:
+                settings = cfg.method_settings("dmx", cfg.plan.seed_values()[index])
+                assert methods.checkpoint_dir(out, key, settings) == ckpts / ckpt.name
+            checked += 1
+    assert checked, f"nothing committed checked for {script}"

@@ -37,9 +37,9 @@ FLAGS = {
     "targets": "--targets", "out": "--out", "device": "--device", "block_size": "--block-size",
     "output_format": "--output-format", "rotation": "--rotation", "rotation_file": "--rotation-file",
     "rotation_seed": "--rotation-seed", "rotation_placement": "--rotation-placement", "rotation_block": "--rotation-block",
-    "online_size": "--rotation-block",
+    "block": "--rotation-block",
     # RotationSpec's fields, where a message names one with the value to pass
-    "online_size=None": "--rotation-block 0", "file=PATH": "--rotation-file PATH", "kind='hadamard'": "--rotation hadamard",
+    "block=None": "--rotation-block 0", "file=PATH": "--rotation-file PATH", "kind='hadamard'": "--rotation hadamard",
     "kind='none'": "--rotation none", "targets=(5, 6)": "--targets 5 6",
 }
 
@@ -93,7 +93,7 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
     Kind, seed, placement and block default to None ("not given", :func:`dmx.rotation.resolve_rotation`
     turns them into a :class:`dmx.rotation.RotationSpec`; an unset flag then means ``default``'s
     value: ``none``, 0, ``online``, 64 for plain MX, ``hadamard`` for a new calibration). ``--rotation-block`` is the online
-    Hadamard's size (``RotationSpec.online_size``). ``recorded``: the command reads assignment files
+    Hadamard's size (``RotationSpec.block``). ``recorded``: the command reads assignment files
     whose recorded rotation applies when the flags are not given (``dmx eval``/``export``); the
     help text says so.
     """
@@ -118,7 +118,7 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
                             f"kind and seed come from the file (default: {recorded_or}none){unset}")
     group.add_argument("--rotation-block", type=int, default=None,
                        help="hadamard/online only: block-diagonal Hadamard size (32 = one MX block, 64 = two; "
-                            f"0 = full width) (default: {recorded_or}{defaults.online_size}){unset}")
+                            f"0 = full width) (default: {recorded_or}{defaults.block}){unset}")
     group.add_argument("--rotation-lr", type=float, default=CalibrationConfig().rotation_lr,
                        help="Cayley SGD learning rate of a learned rotation (calibrate and sweep only)")
 

@@ -78,8 +78,8 @@ def add_recipe_args(group, *, defaults: CalibrationConfig | None) -> None:
     """The calibration flags ``dmx calibrate`` and ``dmx sweep`` share, defaulting to :data:`RECIPE`.
 
     ``defaults``: the config whose values the flags default to (``RECIPE``); ``None`` (``dmx
-    sweep``): unset flags stay ``None`` and keep ``RECIPE``'s values, which the help states, so
-    a sweep point stores only the settings given (its results from before a flag existed resume).
+    sweep``): unset flags stay ``None`` and keep ``RECIPE``'s values, which the help states (a
+    sweep point records the settings that differ from them, :meth:`dmx.sweep.config.SweepConfig.recorded_calibration`).
     Either way both commands calibrate identically without flags.
     """
 

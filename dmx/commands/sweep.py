@@ -8,15 +8,15 @@ the assignments, ``pareto.png`` and ``assignment_heatmap.png`` into ``--out`` (s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-import torch
-
-from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, print_table
+from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args,
+                          print_table)
 from dmx.commands.calibrate import RECIPE, add_recipe_args
 from dmx.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
-from dmx.pipeline import thread_count
 from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation
-from dmx.sweep.config import METHODS, UNIFORM_FORMATS, SweepConfig
+from dmx.sweep.config import (METHODS, UNIFORM_FORMATS, CalibrationData, EvaluationSpec, SweepConfig,
+                              SweepPlan)
 from dmx.sweep.run import run_sweep
 from dmx.tasks import resolve_task_names
 
@@ -61,9 +61,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "summary.csv and the Pareto plot show their mean and range")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     k = parser.add_argument_group("KL heuristic")
-    k.add_argument("--kl-windows", type=int, default=SweepConfig.kl_windows,
+    k.add_argument("--kl-windows", type=int, default=CalibrationData.kl_windows,
                    help="calibration windows the per-layer KL is measured on (8 x 512 tokens by default)")
-    k.add_argument("--kl-seqlen", type=int, default=SweepConfig.kl_seqlen, help="tokens per KL window")
+    k.add_argument("--kl-seqlen", type=int, default=CalibrationData.kl_seqlen, help="tokens per KL window")
     k.add_argument("--kl-cache-dir", default=None, help="KL score cache (default: <out>/kl_cache)")
     c = parser.add_argument_group("dMX calibration (see `dmx calibrate --help`)")
     c.add_argument("--calib-windows", type=int, default=CALIBRATION_WINDOWS, help="seeded calibration windows")
@@ -87,44 +87,50 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+#: The recipe flags (``add_recipe_args``) a sweep reads; unset (None) keeps :data:`RECIPE`'s value.
 _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentum", "t_start", "t_end",
                       "hold_fraction", "checkpoint_every", "final_rounding", "beta_init", "clip_grad_norm",
-                      "fractional_scale", "backend")
+                      "fractional_scale")
 
 
-def config_from_args(args: argparse.Namespace):
-    """:class:`dmx.sweep.config.SweepConfig` from parsed flags (unset calibration flags keep :data:`RECIPE`'s values)."""
-    calibration = {k: getattr(args, k) for k in _CALIBRATION_FLAGS if getattr(args, k) is not None}
-    tasks = ()
-    if args.tasks:  # validated, with 'default' spelled out so the stored settings name the tasks
-        tasks = tuple(resolve_task_names(args.tasks, online=args.online))
-    calibration["weighting"] = args.weighting
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    """:class:`dmx.sweep.config.SweepConfig` from parsed flags: the model through the shared
+    :func:`dmx.commands.model_spec_from_args` and :func:`dmx.rotation.resolve_rotation`, the dMX
+    recipe as a :class:`dmx.calibrate.CalibrationConfig` (unset flags keep :data:`RECIPE`'s values)."""
     if getattr(args, "rotation_file", None):
         raise ValueError("dmx sweep learns or builds its rotations itself and takes no --rotation-file; use "
                          "--rotation hadamard|learned (with --rotation-seed), or evaluate a saved rotation with dmx eval")
-    rotation = resolve_rotation(args, default=CALIBRATION_ROTATION)  # the one reading of the rotation flags
-    if rotation.kind == "learned":
-        calibration["rotation_lr"] = args.rotation_lr
+    model = model_spec_from_args(args, resolve_rotation(args, default=CALIBRATION_ROTATION))
+    given = {k: getattr(args, k) for k in _CALIBRATION_FLAGS if getattr(args, k) is not None}
+    calibration = dataclasses.replace(
+        RECIPE, **given, family=args.family, seed=args.seed, weighting=args.weighting, backend=args.backend,
+        # --rotation-lr trains a learned rotation; any other rotation has none
+        rotation_lr=args.rotation_lr if model.rotation.learns else RECIPE.rotation_lr)
+    tasks = ()
+    if args.tasks:  # validated, with 'default' spelled out so the stored settings name the tasks
+        tasks = tuple(resolve_task_names(args.tasks, online=args.online))
     return SweepConfig(
-        model=args.model, out_dir=args.out, targets=tuple(args.targets), methods=tuple(args.methods),
-        uniform=tuple(args.uniform_formats), family=args.family, block_size=args.block_size,
-        include_lm_head=args.include_lm_head, dtype=args.dtype, device=args.device, device_map=args.device_map,
-        data_dir=args.data_dir, online=args.online, text_file=args.text_file, calib_text_file=args.calib_text_file, calib_source=args.calib_source,
-        seqlen=args.seqlen, max_windows=args.max_windows, first_window=args.first_window, calib_windows=args.calib_windows,
-        calib_seqlen=args.calib_seqlen, seed=args.seed, seeds=args.seeds, kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen,
-        kl_cache_dir=args.kl_cache_dir, calibration=calibration, tasks=tasks, limit=args.limit,
-        zeroshot_batch_size=args.zeroshot_batch_size, progress=not args.no_progress,
-        rotation=rotation.kind, rotation_seed=rotation.seed, rotation_placement=rotation.placement,
-        rotation_block=rotation.online_size,
+        model=model,
+        calibration=calibration,
+        calibration_data=CalibrationData(text_file=args.calib_text_file, source=args.calib_source,
+                                         windows=args.calib_windows, seqlen=args.calib_seqlen,
+                                         kl_windows=args.kl_windows, kl_seqlen=args.kl_seqlen),
+        evaluation=EvaluationSpec(text_file=args.text_file, seqlen=args.seqlen, max_windows=args.max_windows,
+                                  first_window=args.first_window, tasks=tasks, limit=args.limit,
+                                  zeroshot_batch_size=args.zeroshot_batch_size),
+        plan=SweepPlan(targets=tuple(args.targets), methods=tuple(args.methods), uniform=tuple(args.uniform_formats),
+                       seed=args.seed, seeds=args.seeds),
+        data_dir=args.data_dir, online=args.online, out_dir=args.out, kl_cache_dir=args.kl_cache_dir,
+        progress=not args.no_progress,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep and print one row per point."""
     cfg = config_from_args(args)
-    torch.set_num_threads(thread_count(args.threads))  # the sweep's ModelSpec leaves threads to its caller
     points = run_sweep(cfg)
-    columns = ["label", "avg_bits", "storage_bits", "perplexity"] + (["avg_accuracy"] if cfg.tasks else []) + ["seconds"]
+    accuracy = ["avg_accuracy"] if cfg.evaluation.tasks else []
+    columns = ["label", "avg_bits", "storage_bits", "perplexity", *accuracy, "seconds"]
     print_table([[p.get(c) for c in columns] for p in points], columns)
     print(f"results, assignments and figures in {cfg.out_dir}/ (results.csv, pareto.png, assignment_heatmap.png)")
     return 0

@@ -18,9 +18,9 @@ Two layouts for the fixed kind (``placement``):
 
 * ``online`` (default): every decoder linear gets its own randomized Hadamard ``Q`` on its
   input (forward pre-hook) and ``W <- W Q``; norms, embeddings and the residual stream are left
-  alone. ``Q`` is block-diagonal with 64 x 64 Hadamards by default (``online_size =
-  DEFAULT_ONLINE_SIZE``: each rotation mixes two neighbouring 32-element MX blocks), or one
-  Hadamard of the full input width (``online_size=None``). dMX quantises exactly the linear
+  alone. ``Q`` is block-diagonal with 64 x 64 Hadamards by default (``block =
+  DEFAULT_ROTATION_BLOCK``: each rotation mixes two neighbouring 32-element MX blocks), or one
+  Hadamard of the full input width (``block=None``). dMX quantises exactly the linear
   inputs and weights, so this rotates every quantised operand without folding RMSNorm scales
   into weights (measured better on SmolLM2-135M).
 
@@ -69,13 +69,13 @@ from dmx.rotation.files import load_rotation, rotated_model_id, rotation_provena
 from dmx.rotation.fold import fold_rmsnorm_scales, untie_word_embeddings
 from dmx.rotation.learned import bake_rotation, rotation_parameters, shared_rotated_weights
 from dmx.rotation.online import OnlineHadamard, derived_seed
-from dmx.rotation.spec import (CALIBRATION_ROTATION, DEFAULT_ONLINE_SIZE, DESCRIPTION_VERSION, ONLINE_SITES, PLACEMENTS, ROTATION_KINDS,
+from dmx.rotation.spec import (CALIBRATION_ROTATION, DEFAULT_ROTATION_BLOCK, DESCRIPTION_VERSION, ONLINE_SITES, PLACEMENTS, ROTATION_KINDS,
                                SUPPORTED_MODEL_TYPES, RotationSpec, check_learned_lm_head)
 from dmx.rotation.state import RotationState, rotation_state
 
 __all__ = [
     "CALIBRATION_ROTATION",
-    "DEFAULT_ONLINE_SIZE",
+    "DEFAULT_ROTATION_BLOCK",
     "DESCRIPTION_VERSION",
     "ROTATION_KINDS",
     "ONLINE_SITES",

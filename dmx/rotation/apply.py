@@ -57,15 +57,15 @@ def _install(model: nn.Module, state: RotationState) -> RotationState:
 def _rotate_every_linear_input(model: nn.Module, spec: RotationSpec, shape: ModelShape) -> RotationState:
     """The ``online`` layout: a randomized Hadamard on the input of every decoder linear, ``W <- W Q``."""
     state = RotationState(spec=spec, hidden=shape.hidden, head_dim=shape.head_dim)
-    size = spec.online_size
+    size = spec.block
     for path in decoder_linear_names(model):
         width = weight_holder(model.get_submodule(path)).in_features
         if not supports_hadamard(width):
             raise ValueError(f"no Hadamard construction for the input size {width} of {path} (see dmx.rotation.hadamard); "
                              "use kind='none'")
         if size is not None and width % size:
-            raise ValueError(f"online_size={size} does not divide the input size {width} of {path}; use a divisor "
-                             "or online_size=None (full size)")
+            raise ValueError(f"block={size} does not divide the input size {width} of {path}; use a divisor "
+                             "or block=None (full size)")
         state.online[path] = OnlineHadamard.seeded(width, spec.seed, path, hadamard_size=size)
     fold_online_hadamards(model, state.online)
     return _install(model, state)
@@ -140,7 +140,7 @@ def apply_rotation(model: nn.Module, spec: RotationSpec, *, matrices: dict[str, 
     (SpinQuant: ``R1``/``R2`` trainable, initialised to the same Hadamards; optimise
     :func:`dmx.rotation.rotation_parameters`, then :func:`dmx.rotation.bake_rotation`).
     ``spec.placement`` (``hadamard``): ``online`` gives every decoder linear its own randomized
-    Hadamard on its input (block-diagonal of order ``spec.online_size``; None: the whole input
+    Hadamard on its input (block-diagonal of order ``spec.block``; None: the whole input
     width), ``W <- W Q``, RMSNorm scales left in the norms and the residual stream unrotated;
     ``folded`` is the QuaRot layout (norm scales folded, ``R1``/``R2`` folded, online Hadamards
     only at ``spec.online_sites``). ``spec.file``: a rotation file that rebuilds the rotation

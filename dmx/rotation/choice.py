@@ -52,8 +52,8 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None, default: Rotatio
     the details when of the kind asked for), else from the :class:`RotationSpec` defaults."""
     kind, path = getattr(args, "rotation", None), getattr(args, "rotation_file", None)
     seed, placement = getattr(args, "rotation_seed", None), getattr(args, "rotation_placement", None)
-    online_size = getattr(args, "rotation_block", None)
-    details = {"rotation_seed": seed, "rotation_placement": placement, "rotation_block": online_size}
+    block = getattr(args, "rotation_block", None)
+    details = {"rotation_seed": seed, "rotation_placement": placement, "rotation_block": block}
     given = [flag for flag, v in details.items() if v is not None]
     if path:
         if given:
@@ -78,18 +78,18 @@ def _flagged_rotation(args: Any, recorded: RotationSpec | None, default: Rotatio
                              "(its file decides); drop them")
         return same  # the learned matrices recorded by the assignment
     base = same or (default if default.kind == kind else RotationSpec())
-    if online_size is not None and online_size < 0:
-        raise ValueError(f"rotation_block must be a Hadamard order such as 32, or 0 (full width); got {online_size}")
-    if kind == "learned" and (placement is not None or online_size is not None):
+    if block is not None and block < 0:
+        raise ValueError(f"rotation_block must be a Hadamard order such as 32, or 0 (full width); got {block}")
+    if kind == "learned" and (placement is not None or block is not None):
         raise ValueError("rotation_placement/rotation_block do not apply to rotation='learned' (it always "
                          "uses the folded SpinQuant layout); drop them")
     placement = placement or base.placement
-    if kind == "hadamard" and placement == "folded" and online_size is not None:
+    if kind == "hadamard" and placement == "folded" and block is not None:
         raise ValueError("rotation_block only applies to rotation_placement='online'; drop it")
-    if online_size is None:
-        online_size = base.online_size
+    if block is None:
+        block = base.block
     return RotationSpec(kind=kind, seed=base.seed if seed is None else seed, placement=placement,
-                        online_size=online_size or None, source="the rotation settings")
+                        block=block or None, source="the rotation settings")
 
 
 def resolve_rotation(args: Any, recorded: Sequence[RotationSpec] = (), *,

@@ -1,13 +1,14 @@
 """Which rotation: the one frozen request the commands, the sweep, the export manifest and the files share.
 
-A :class:`RotationSpec` says how to build a rotation (kind, seed, layout, online Hadamard size,
+A :class:`RotationSpec` says how to build a rotation (kind, seed, layout, rotation block,
 or the file holding learned matrices); :meth:`RotationSpec.description` is the versioned dict
 that assignments, exports and rotation files record (``DESCRIPTION_VERSION``), and
 :meth:`RotationSpec.from_description` reads it back. Tensors live in :mod:`dmx.rotation.state`.
 
-Words: ``online_size`` is the order of the block-diagonal online Hadamard (the ``--rotation-block``
-flag and the ``"block"`` key of recorded descriptions, kept for the files already written); an
-"MX block" is the 32 elements sharing one scale; a decoder layer is a transformer block.
+Words: the rotation block, ``block`` (``RotationSpec.block``, the ``"block"`` key of recorded
+descriptions and sweep identities, the ``--rotation-block`` flag, :data:`DEFAULT_ROTATION_BLOCK`;
+one name, issue #27), is the order of the block-diagonal online Hadamard; an "MX block" is the 32
+elements sharing one scale (``block_size``); a decoder layer is a transformer block.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from dmx.files import sha256_file
 from dmx.rotation.hadamard import supports_hadamard
 
-__all__ = ["ROTATION_KINDS", "ONLINE_SITES", "PLACEMENTS", "DEFAULT_ONLINE_SIZE", "SUPPORTED_MODEL_TYPES",
+__all__ = ["ROTATION_KINDS", "ONLINE_SITES", "PLACEMENTS", "DEFAULT_ROTATION_BLOCK", "SUPPORTED_MODEL_TYPES",
            "DESCRIPTION_VERSION", "RotationSpec", "CALIBRATION_ROTATION", "check_learned_lm_head"]
 
 ROTATION_KINDS = ("none", "hadamard", "learned")
@@ -27,7 +28,7 @@ ONLINE_SITES = ("o_proj", "down_proj")
 #: Where fixed Hadamards go: on every linear input (``online``) or QuaRot's folded layout.
 PLACEMENTS = ("online", "folded")
 #: Order of the ``online`` layout's block-diagonal Hadamard (why 64: :mod:`dmx.rotation` docstring).
-DEFAULT_ONLINE_SIZE = 64
+DEFAULT_ROTATION_BLOCK = 64
 SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "qwen2", "mistral")
 #: Version of :meth:`RotationSpec.description`; recorded descriptions of another version are refused.
 DESCRIPTION_VERSION = 1
@@ -39,7 +40,7 @@ class RotationSpec:
 
     ``kind`` none | hadamard | learned; ``seed`` picks the random Hadamard signs (and a learned
     rotation's start); ``placement`` online | folded (``learned`` is always folded, SpinQuant);
-    ``online_size``: order of the block-diagonal Hadamard of the online layout (None: full input
+    ``block``: order of the block-diagonal Hadamard of the online layout (None: full input
     width; always None when folded); ``online_sites``: the folded layout's online Hadamards (the
     online layout rotates every linear input and keeps the default);
     ``file``: a rotation file that rebuilds it exactly (required for an already-learned rotation;
@@ -50,7 +51,7 @@ class RotationSpec:
     kind: str = "none"
     seed: int = 0
     placement: str = "online"
-    online_size: int | None = DEFAULT_ONLINE_SIZE
+    block: int | None = DEFAULT_ROTATION_BLOCK
     online_sites: tuple[str, ...] = ONLINE_SITES
     file: str | None = None
     sha256: str | None = None
@@ -66,18 +67,23 @@ class RotationSpec:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {self.placement!r}; choose one of {list(PLACEMENTS)}")
         # a frozen dataclass normalises through object.__setattr__: learned rotations are always
-        # folded, only the online layout has an online Hadamard size, only the folded one online sites
+        # folded, only the online layout has a rotation block, only the folded one online sites
         if self.kind == "learned":
             object.__setattr__(self, "placement", "folded")
         object.__setattr__(self, "online_sites", sites if self.placement == "folded" else ONLINE_SITES)
         object.__setattr__(self, "seed", int(self.seed))
         if self.placement == "folded":
-            object.__setattr__(self, "online_size", None)
-        size = self.online_size
+            object.__setattr__(self, "block", None)
+        size = self.block
         if self.kind == "hadamard" and size is not None and (
                 isinstance(size, bool) or not isinstance(size, int) or size < 1 or not supports_hadamard(size)):
-            raise ValueError(f"the online Hadamard size online_size must be None or a Hadamard order such as "
-                             f"32 (the MX block), got {size!r}")
+            raise ValueError(f"the rotation block block={size!r} is not a Hadamard order; pass one such as 32 "
+                             f"(one MX block), or block=None for the full width")
+
+    @property
+    def rotates(self) -> bool:
+        """False for ``none``: the model is left as it is."""
+        return self.kind != "none"
 
     @property
     def learns(self) -> bool:
@@ -90,7 +96,7 @@ class RotationSpec:
             return ("none",)
         if self.kind == "learned":
             return ("learned", self.sha256)
-        return ("hadamard", self.seed, self.placement, self.online_size)
+        return ("hadamard", self.seed, self.placement, self.block)
 
     def flags(self) -> str:
         """The command-line flags that ask for this rotation."""
@@ -98,17 +104,17 @@ class RotationSpec:
             return f"--rotation-file {self.file}" if self.file else "--rotation learned"
         if self.kind == "none":
             return "--rotation none"
-        size = "" if self.placement != "online" else f" --rotation-block {self.online_size or 0}"
+        size = "" if self.placement != "online" else f" --rotation-block {self.block or 0}"
         return f"--rotation hadamard --rotation-seed {self.seed} --rotation-placement {self.placement}{size}"
 
     def settings(self) -> dict[str, Any]:
         """The settings that build it, as a sweep's identity records them (``kind``, ``seed``, and
-        for ``hadamard`` ``placement`` and ``block``, the online Hadamard size)."""
+        for ``hadamard`` ``placement`` and ``block``, the rotation block)."""
         if self.kind == "none":
             return {"kind": "none"}
         if self.kind == "learned":
             return {"kind": "learned", "seed": self.seed}
-        return {"kind": "hadamard", "seed": self.seed, "placement": self.placement, "block": self.online_size}
+        return {"kind": "hadamard", "seed": self.seed, "placement": self.placement, "block": self.block}
 
     def fixed_start(self) -> RotationSpec:
         """A learned rotation's starting point as a fixed rotation (the same folded randomized Hadamards)."""
@@ -130,7 +136,7 @@ class RotationSpec:
             "hidden_size": int(hidden_size),
             "head_dim": int(head_dim),
             "placement": self.placement,
-            "block": self.online_size,
+            "block": self.block,
             "matrices_needed": self.kind == "learned",
         }
 
@@ -146,7 +152,7 @@ class RotationSpec:
             return cls(source=source)
         kind = description["kind"]
         return cls(kind=kind, seed=int(description.get("seed", 0)), placement=description.get("placement", "folded"),
-                   online_size=description.get("block"),
+                   block=description.get("block"),
                    online_sites=tuple(s for s in description.get("online_sites", ONLINE_SITES) if s in ONLINE_SITES),
                    file=file, sha256=sha256_file(file) if kind == "learned" and file else None, source=source)
 

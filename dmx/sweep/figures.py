@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dmx.plots import assignment_heatmap, pareto_figure
-from dmx.sweep.config import SweepConfig
 
-__all__ = ["draw_figures", "figure_title"]
+__all__ = ["draw_figures"]
 
 
 def draw_figures(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, title: str | None = None) -> dict[str, Path]:
@@ -24,9 +23,3 @@ def draw_figures(points: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike
     if mixed:
         paths["heatmap"] = assignment_heatmap(mixed, out / "assignment_heatmap.png", title=title)
     return paths
-
-
-def figure_title(cfg: SweepConfig) -> str:
-    windows = "all" if cfg.max_windows is None else str(cfg.max_windows)
-    data = Path(cfg.text_file).name if cfg.text_file else "WikiText-2 test"
-    return f"{cfg.model}: {data}, {windows} window(s) of {cfg.seqlen} tokens"

@@ -4,7 +4,7 @@ Every runner is a module-level function of a :class:`LoadedSweep` (the model, it
 layers, the result store and what the points share), measures the points of its method that are
 still to do, and adds each to the store as soon as it is finished (so an interrupted sweep keeps
 it). :func:`dmx.sweep.run.run_sweep` loads the model, calls them in the order of
-``SweepConfig.methods`` and draws the figures; a test can call one runner alone.
+``SweepConfig.plan.methods`` and draws the figures; a test can call one runner alone.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class LoadedSweep:
 
     @property
     def weighting(self) -> str:
-        return self.cfg.calibration.get("weighting", "mean")
+        return self.cfg.calibration.weighting
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -88,16 +88,17 @@ class LoadedSweep:
 
     def seeds_to_do(self, method: str) -> Iterator[tuple[int, int, list[float]]]:
         """``(index, seed, targets still to do)`` for every seed of ``method`` with a point left."""
-        for i, seed in enumerate(self.cfg.seed_values() if method in self.cfg.methods else []):
-            targets = [t for t in self.cfg.targets if point_label(method, target=t, seed_index=i) in self.todo]
+        plan = self.cfg.plan
+        for i, seed in enumerate(plan.seed_values() if method in plan.methods else []):
+            targets = [t for t in plan.targets if point_label(method, target=t, seed_index=i) in self.todo]
             if targets:
                 yield i, seed, targets
 
     def windows(self, count: int, seqlen: int, seed: int):
         """``count`` seeded calibration windows of ``seqlen`` tokens from the sweep's calibration text."""
-        cfg = self.cfg
+        cfg, data = self.cfg, self.cfg.calibration_data
         return calibration_windows(self.tokenizer, count, seqlen, seed, data_dir=cfg.data_dir, online=cfg.online,
-                                   text_file=cfg.calib_text_file, source=cfg.calib_source)
+                                   text_file=data.text_file, source=data.source)
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, Any]:
         """The metrics of ``model`` (default: the sweep's) as it stands."""
@@ -119,27 +120,27 @@ def measure_fp(run: LoadedSweep) -> None:
 def prepare_kl_draws(run: LoadedSweep) -> None:
     """Per KL draw with targets still to do: its calibration windows and, before the model is
     wrapped, the full-precision reference of the layers its score cache lacks."""
-    cfg = run.cfg
+    data = run.cfg.calibration_data
     for i, seed, targets in run.seeds_to_do("kl"):
-        windows = run.windows(cfg.kl_windows, cfg.kl_seqlen, seed)
+        windows = run.windows(data.kl_windows, data.kl_seqlen, seed)
         reference = reference_if_needed(
             run.model, windows, model_id=run.kl_model_id, low_format=run.family.low_format,
             high_format=run.family.high_format,
-            layer_names=decoder_linear_names(run.model, include_lm_head=cfg.include_lm_head),
-            block_size=cfg.block_size, cache_dir=run.kl_cache,
+            layer_names=decoder_linear_names(run.model, include_lm_head=run.spec.include_lm_head),
+            block_size=run.spec.block_size, cache_dir=run.kl_cache,
         )
         run.kl_draws[i] = KLDraw(seed, targets, windows, reference)
 
 
 def run_uniform(run: LoadedSweep) -> None:
-    """Every quantised layer at one standard MX format, per format of ``cfg.uniform``."""
+    """Every quantised layer at one standard MX format, per format of ``cfg.plan.uniform``."""
     cfg = run.cfg
-    for fmt in cfg.uniform:
+    for fmt in cfg.plan.uniform:
         key = point_label("uniform", fmt=fmt)
         if key not in run.todo:
             continue
         set_fixed_format(run.model, fmt)
-        a = Assignment.from_formats({n: fmt for n in run.layers}, block_size=cfg.block_size, weighting=run.weighting,
+        a = Assignment.from_formats({n: fmt for n in run.layers}, block_size=run.spec.block_size, weighting=run.weighting,
                                     layer_sizes=run.sizes, provenance={**run.provenance, "method": "uniform"})
         metrics, secs = _timed(run.evaluate)
         run.add(key, "uniform", assignment=a, settings=cfg.method_settings("uniform"), fmt=fmt, seconds=secs,
@@ -168,8 +169,9 @@ def run_kl(run: LoadedSweep) -> None:
 
 def run_dmx(run: LoadedSweep) -> None:
     """dMX at every target, per calibration seed (the windows drawn once per seed)."""
+    data = run.cfg.calibration_data
     for i, seed, targets in run.seeds_to_do("dmx"):
-        windows = run.windows(run.cfg.calib_windows, run.cfg.calib_seqlen, seed)
+        windows = run.windows(data.windows, data.seqlen, seed)
         for t in targets:
             run_dmx_point(run, t, i, seed, windows)
 
@@ -180,7 +182,7 @@ def run_dmx_point(run: LoadedSweep, target: float, index: int, seed: int, window
     key = point_label("dmx", target=target, seed_index=index)
     settings = cfg.method_settings("dmx", seed)
     ccfg = cfg.calibration_config(target, seed)
-    if cfg.rotation == "learned":
+    if cfg.model.rotation.learns:
         # each point learns its own rotation, from the same start, on a fresh copy of the model
         learning = cfg.model_spec(learning=True)
         model, _ = load_rotated_model(learning, trainable=True)
@@ -211,7 +213,7 @@ def run_random(run: LoadedSweep) -> None:
             formats = random_formats(list(run.layers), seed=seed, low_format=run.family.low_format,
                                      high_format=run.family.high_format, target_bits=t, sizes=run.sizes,
                                      weighting=run.weighting)
-            a = Assignment.from_formats(formats, block_size=cfg.block_size, weighting=run.weighting,
+            a = Assignment.from_formats(formats, block_size=run.spec.block_size, weighting=run.weighting,
                                         layer_sizes=run.sizes, provenance={**run.provenance, "method": "random",
                                                                            "seed": seed})
             apply_assignment(run.layers, a)
@@ -237,7 +239,7 @@ def add_accuracy(run: LoadedSweep, keys: Sequence[str]) -> None:
             continue  # full precision before the model is wrapped, the others after
         if point["method"] == "uniform":
             set_fixed_format(run.model, point["format"])
-        elif cfg.rotation == "learned" and point["method"] == "dmx":
+        elif cfg.model.rotation.learns and point["method"] == "dmx":
             print(f"sweep: no accuracy added to {key}: it has its own learned rotation; use "
                   f"`dmx eval --assignment {assignment_file(run.out, key)} --tasks ...`")
             continue
@@ -259,27 +261,30 @@ def checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:
 
 def _zeroshot_metrics(model, tokenizer, cfg: SweepConfig) -> dict[str, Any]:
     """Per-task zero-shot accuracy, their average and the settings, of the model as it stands."""
+    evaluation = cfg.evaluation
     res = evaluate_zeroshot(
-        model, tokenizer, tasks=list(cfg.tasks), limit=cfg.limit, batch_size=cfg.zeroshot_batch_size,
-        data_dir=cfg.data_dir, online=cfg.online,
+        model, tokenizer, tasks=list(evaluation.tasks), limit=evaluation.limit,
+        batch_size=evaluation.zeroshot_batch_size, data_dir=cfg.data_dir, online=cfg.online,
     )
     return {"accuracy": {name: row["acc"] for name, row in res["tasks"].items()},
             "avg_accuracy": res["average"]["acc"], "accuracy_settings": accuracy_settings(cfg)}
 
 
 def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
-    """Perplexity with its per-window NLLs (and zero-shot accuracy when ``cfg.tasks``) of the model as it stands."""
-    nlls = window_nlls(model, test_ids, seqlen=cfg.seqlen, max_windows=cfg.max_windows,
-                       first_window=cfg.first_window, progress=cfg.progress)
+    """Perplexity with its per-window NLLs (and zero-shot accuracy when ``cfg.evaluation.tasks``)
+    of the model as it stands."""
+    evaluation = cfg.evaluation
+    nlls = window_nlls(model, test_ids, seqlen=evaluation.seqlen, max_windows=evaluation.max_windows,
+                       first_window=evaluation.first_window, progress=cfg.progress)
     out: dict[str, Any] = {
-        "perplexity": perplexity_of(nlls, cfg.seqlen),
+        "perplexity": perplexity_of(nlls, evaluation.seqlen),
         # per window, so two methods can be compared window by window (a paired interval)
         "window_nlls": [float(v) for v in nlls],
-        "first_window": cfg.first_window,
+        "first_window": evaluation.first_window,
         "accuracy": {},
         "avg_accuracy": None,
     }
-    if cfg.tasks:
+    if evaluation.tasks:
         out.update(_zeroshot_metrics(model, tokenizer, cfg))
     return out
 

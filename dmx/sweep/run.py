@@ -18,7 +18,7 @@ from dmx.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
 from dmx.rotation import rotated_model_id, rotation_provenance, rotation_state
 from dmx.sweep.config import SEEDED_METHODS, SweepConfig, accuracy_settings, point_label, validate_config
-from dmx.sweep.figures import draw_figures, figure_title
+from dmx.sweep.figures import draw_figures
 from dmx.sweep.methods import RUNNERS, LoadedSweep, add_accuracy, checkpoint_dir, measure_fp, prepare_kl_draws
 from dmx.sweep.results import ResultStore
 
@@ -28,7 +28,7 @@ __all__ = ["run_sweep", "planned_keys", "is_done"]
 def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Run every point of ``cfg`` not already in ``cfg.out_dir`` and draw the figures.
 
-    Methods run in the order of ``cfg.methods`` (full precision is always measured before the
+    Methods run in the order of ``cfg.plan.methods`` (full precision is always measured before the
     model is wrapped). The model is loaded once; dMX offsets are reset to their initial value
     before each target, so a point does not depend on which points ran before it. Returns all
     points (old and new). See the module docstring for the outputs."""
@@ -49,10 +49,10 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         prepare_kl_draws(run)  # the references need the unwrapped model too
         run.layers = quantize(run.model, run.spec)
         add_accuracy(run, accuracy_todo)  # the other finished points'
-        for method in cfg.methods:
+        for method in cfg.plan.methods:
             if method in RUNNERS:
                 RUNNERS[method](run)
-    draw_figures(store.points, out, title=figure_title(cfg))
+    draw_figures(store.points, out, title=cfg.figure_title())
     return store.points
 
 
@@ -64,24 +64,25 @@ def _load(cfg: SweepConfig, store: ResultStore, todo: list[str]) -> LoadedSweep:
     shared_rotation = rotation_provenance(rotation_state(model), None, Path(cfg.out_dir))
     provenance.update(shared_rotation)
     # a rerun that only adds zero-shot accuracy scores no perplexity: no need to tokenise the test split
-    test_ids = test_token_ids(tokenizer, cfg.data_dir, online=cfg.online, text_file=cfg.text_file) if todo else None
+    test_ids = (test_token_ids(tokenizer, cfg.data_dir, online=cfg.online, text_file=cfg.evaluation.text_file)
+                if todo else None)
     return LoadedSweep(cfg=cfg, store=store, todo=todo, spec=spec, model=model, tokenizer=tokenizer,
-                       family=get_family(cfg.family), provenance=provenance, shared_rotation=shared_rotation,
-                       kl_model_id=rotated_model_id(cfg.model, model),  # the KL scores depend on the rotation
+                       family=get_family(spec.family), provenance=provenance, shared_rotation=shared_rotation,
+                       kl_model_id=rotated_model_id(spec.model, model),  # the KL scores depend on the rotation
                        test_ids=test_ids)
 
 
 def _needs_accuracy(point: Mapping[str, Any] | None, cfg: SweepConfig) -> bool:
     """True when ``cfg`` asks for zero-shot tasks that ``point`` was not measured on."""
-    return bool(cfg.tasks) and point is not None and point.get("accuracy_settings") != accuracy_settings(cfg)
+    return bool(cfg.evaluation.tasks) and point is not None and point.get("accuracy_settings") != accuracy_settings(cfg)
 
 
 def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None:
     """The checkpoints the dMX points to do will resume from are usable (before the model loads)."""
-    if "dmx" not in cfg.methods:
+    if "dmx" not in cfg.plan.methods:
         return
-    for i, seed in enumerate(cfg.seed_values()):
-        for t in cfg.targets:
+    for i, seed in enumerate(cfg.plan.seed_values()):
+        for t in cfg.plan.targets:
             key = point_label("dmx", target=t, seed_index=i)
             ckpt = checkpoint_dir(out, key, cfg.method_settings("dmx", seed))
             if key in todo and checkpoint_exists(ckpt):
@@ -93,19 +94,20 @@ def is_done(point: Mapping[str, Any] | None, cfg: SweepConfig) -> bool:
     if point is None:
         return False
     seed = point.get("settings", {}).get("seed") if point["method"] in SEEDED_METHODS else None
-    if seed is not None and seed not in cfg.seed_values():
+    if seed is not None and seed not in cfg.plan.seed_values():
         return False
     return point.get("settings", {}) == json.loads(json.dumps(cfg.method_settings(point["method"], seed)))
 
 
 def planned_keys(cfg: SweepConfig) -> list[str]:
     """Every point ``cfg`` asks for, in the order they are listed (fp, uniform, then per seeded method)."""
+    plan = cfg.plan
     keys: list[str] = []
-    if "fp" in cfg.methods:
+    if "fp" in plan.methods:
         keys.append("fp")
-    if "uniform" in cfg.methods:
-        keys += [point_label("uniform", fmt=f) for f in cfg.uniform]
+    if "uniform" in plan.methods:
+        keys += [point_label("uniform", fmt=f) for f in plan.uniform]
     for m in SEEDED_METHODS:
-        if m in cfg.methods:
-            keys += [point_label(m, target=t, seed_index=i) for i in range(cfg.seeds) for t in cfg.targets]
+        if m in plan.methods:
+            keys += [point_label(m, target=t, seed_index=i) for i in range(plan.seeds) for t in plan.targets]
     return keys
