@@ -67,7 +67,7 @@ bench: venv
 	$(PY) benchmarks/bench_mx_spec.py --out results/bench_mx_spec/results.json
 
 # The results tables of README.md and docs/*.md, rewritten from the committed files under results/
-# (tools/readme_results.py; tests/test_readme_results.py checks they agree).
+# (tools/readme_results.py; tests/project/test_readme_results.py checks they agree).
 readme-results: venv
 	$(PY) tools/readme_results.py
 

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from dmx.autograd import BACKENDS
 from dmx.calibrate import CalibrationConfig, objective
-from dmx.data import calibration_windows
-from dmx.pipeline import ModelSpec, load_rotated_model, quantize
+from dmx.llm.data import calibration_windows
+from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize
 from dmx.provenance import run_provenance
 from dmx.wrap import set_calibration_mode
 

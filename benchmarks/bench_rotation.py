@@ -3,7 +3,7 @@
 Part 1 (quality): WikiText-2 test perplexity (GPTQ protocol, the first ``--windows`` windows of
 ``--seqlen`` tokens, identical windows for every row) of the embedded SmolLM2-135M with every
 decoder linear fake-quantised (weights and input activations) in one uniform MX format, without
-and with fixed Hadamard rotations (``dmx.rotation.apply_rotation(kind="hadamard")`` with
+and with fixed Hadamard rotations (``dmx.llm.rotation.apply_rotation(kind="hadamard")`` with
 ``placement="online"`` and ``"folded"``),
 plus the unquantised model with and without rotation (equal up to float round-off).
 
@@ -35,12 +35,12 @@ import time
 import torch
 
 from dmx.calibrate import CalibrationConfig, objective
-from dmx.data import calibration_windows, test_token_ids
+from dmx.llm.data import calibration_windows, test_token_ids
 from dmx.files import atomic_write_text
-from dmx.models import load_model
-from dmx.perplexity import perplexity
-from dmx.pipeline import quantize_model
-from dmx.rotation import (CayleySGD, RotationSpec, apply_rotation, rotation_parameters,
+from dmx.llm.models import load_model
+from dmx.llm.perplexity import perplexity
+from dmx.llm.pipeline import quantize_model
+from dmx.llm.rotation import (CayleySGD, RotationSpec, apply_rotation, rotation_parameters,
                           shared_rotated_weights)
 from dmx.wrap import set_calibration_mode, set_fixed_format
 

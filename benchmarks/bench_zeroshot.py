@@ -24,10 +24,10 @@ import torch
 
 from dmx.assignment import Assignment, apply_assignment
 from dmx.files import atomic_write_text
-from dmx.pipeline import ModelSpec, load_rotated_model, quantize
-from dmx.tasks import resolve_task_names
+from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize
+from dmx.llm.tasks import resolve_task_names
 from dmx.wrap import set_fixed_format
-from dmx.zeroshot import evaluate_zeroshot, results_table
+from dmx.llm.zeroshot import evaluate_zeroshot, results_table
 
 FULL_PRECISION = "full-precision"
 

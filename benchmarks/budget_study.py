@@ -17,13 +17,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from dmx.files import atomic_write_text, read_json
-from dmx.sweep.results import summarize_points
+from dmx.llm.sweep.results import summarize_points
 
 TARGET = 5.0
 #: The calibration defaults the sweeps under results/ were run with (CalibrationConfig before
 #: issue #14 moved them to 40 steps of 2 windows): a point that does not store one of these
 #: settings was calibrated with this value. Points written since store steps and batch size
-#: (dmx.sweep.config.RECORDED_DEFAULTS), so this never applies to them.
+#: (dmx.llm.sweep.config.RECORDED_DEFAULTS), so this never applies to them.
 DEFAULTS_OF_STORED_POINTS = {"steps": 60, "batch_size": 1, "grad_accum": 1}
 
 

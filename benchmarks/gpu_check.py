@@ -1,6 +1,6 @@
 """GPU checks of the torch MX backend, in one script (not run yet: no GPU was available; docs/BACKENDS.md).
 
-1. golden vectors: ``mx_spec.verify.verify_quantizer`` on the CUDA torch backend (all formats,
+1. golden vectors: ``mx_spec.conformance.verify.verify_quantizer`` on the CUDA torch backend (all formats,
    scale modes, roundings; codes and decoded values);
 2. CUDA vs CPU bit equality: ``dmx.mx_torch`` on the GPU against numpy ``mx_spec`` on random and
    heavy-tailed float32/bfloat16 tensors, standard formats and the minifloat at integer and
@@ -80,7 +80,7 @@ def paper_budget(args) -> dict:
     import torch.nn.functional as F
 
     from dmx.calibrate import CalibrationConfig, objective
-    from dmx.pipeline import ModelSpec, load_rotated_model, quantize
+    from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize
     from dmx.wrap import set_calibration_mode
 
     spec = ModelSpec(model=args.model, dtype="bfloat16", device="cuda", family="fp8_fp4", backend=args.backend)
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     report: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     if not args.skip_golden:
         from dmx.mx_torch import golden_quantizer
-        from mx_spec.verify import verify_quantizer
+        from mx_spec.conformance.verify import verify_quantizer
 
         golden = verify_quantizer(golden_quantizer("cuda"))
         print(golden.summary(per_format=True))

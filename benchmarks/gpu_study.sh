@@ -4,7 +4,7 @@
 # with the Hadamard at 5 and 6 bits with uniform MXFP6 E2M3), zero-shot accuracy at 5 and 6 bits,
 # into results/pareto_<family>_<rotation>_gpu/ beside the CPU folders (same windows, seeds and
 # draws; a GPU's float order differs, so its figures are compared with the CPU's, not mixed).
-# The MX bits are the same on every backend (tests/test_mx_torch.py); `compiled` fuses them with
+# The MX bits are the same on every backend (tests/core/test_mx_torch.py); `compiled` fuses them with
 # torch.compile (Triton), `torch` runs them eagerly. Not run yet: no GPU was lent to the sessions
 # that wrote it. Resumable like the CPU study.
 #

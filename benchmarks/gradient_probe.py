@@ -36,11 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dmx.calibrate import CalibrationConfig, objective  # noqa: E402
-from dmx.data import calibration_windows  # noqa: E402
+from dmx.llm.data import calibration_windows  # noqa: E402
 from dmx.files import atomic_write_text  # noqa: E402
-from dmx.pipeline import ModelSpec, load_rotated_model, quantize_model  # noqa: E402
+from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize_model  # noqa: E402
 from dmx.provenance import run_provenance  # noqa: E402
-from dmx.rotation import RotationSpec, rotation_parameters  # noqa: E402
+from dmx.llm.rotation import RotationSpec, rotation_parameters  # noqa: E402
 from dmx.wrap import set_calibration_mode  # noqa: E402
 
 #: rotation label -> (rotation request, the headline folder whose KL assignment holds the scores)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the default size of the online Hadamard rotation (dmx.rotation.DEFAULT_ROTATION_BLOCK, `--rotation-block`) was
+# How the default size of the online Hadamard rotation (dmx.llm.rotation.DEFAULT_ROTATION_BLOCK, `--rotation-block`) was
 # chosen: uniform MXFP4 (weights + activations) perplexity of the embedded SmolLM2-135M on
 # WikiText-2 *validation* text (wikitext-2-tokenized/valid.txt, not the test split the results
 # report), the first $MAX_WINDOWS windows of 2048 tokens, for every block that divides the

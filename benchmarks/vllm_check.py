@@ -13,7 +13,7 @@ It (1) lists the fused vLLM layers (qkv_proj = q/k/v, gate_up_proj = gate/up) wh
 assignment puts in different config groups: vLLM fuses those linears into one kernel, and may
 refuse or mis-handle a fused layer with mixed schemes; (2) generates a few prompts; (3) scores 2
 windows of 2048 WikiText-2 test tokens with prompt log-probabilities (the GPTQ protocol of
-dmx.perplexity: exp of the mean over windows of the mean next-token NLL) and writes them next to
+dmx.llm.perplexity: exp of the mean over windows of the mean next-token NLL) and writes them next to
 the `dmx eval` perplexity of the same assignment (run `dmx eval --assignment A --max-windows 2
 --out runs/vllm/dmx_eval.json` first). vLLM computes activation scales with its own kernels'
 rule, which need not be compressed-tensors' (docs/EXPORT.md, "Serving a dMX model").
@@ -58,7 +58,7 @@ def main() -> int:
 
     from vllm import LLM, SamplingParams  # imported late: the checks above run without vLLM
 
-    from dmx.data import test_token_ids
+    from dmx.llm.data import test_token_ids
 
     llm = LLM(model=args.export, dtype="bfloat16", max_model_len=2048, enforce_eager=True)
     outputs = llm.generate(PROMPTS, SamplingParams(max_tokens=32, temperature=0.0))

@@ -217,7 +217,7 @@ def demotion_order(scores: Mapping[str, float], layer_order: Sequence[str]) -> l
     if missing:
         raise ValueError(
             f"{len(missing)} layer(s) have no score (first: {missing[0]!r}); score every layer first "
-            "(KL scores: dmx.kl_baseline.score_layers)"
+            "(KL scores: dmx.llm.kl_baseline.score_layers)"
         )
     rank = {n: i for i, n in enumerate(layer_order)}
     return sorted(layer_order, key=lambda n: (float(scores[n]), rank[n]))

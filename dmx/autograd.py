@@ -70,7 +70,7 @@ chain rule through the family's ``E(β)``, ``M(β)`` and the offset map. These a
 derivatives of a *smoothed* quantizer in which rounding is replaced by a fixed uniform
 perturbation (``x̂ = x + u·D``, ``u ~ U(-1/2, 1/2)``) and the scale floor by the identity
 (the pseudo-quantisation-noise model); for the squared error, where hard rounding errors are
-spread like ``u·D``, the two agree in expectation. ``tests/test_autograd.py`` checks this
+spread like ``u·D``, the two agree in expectation. ``tests/core/test_autograd.py`` checks this
 against finite differences of an independently written smoothed quantizer.
 """
 

@@ -15,7 +15,7 @@ plus whatever the caller passes), their optimisers, the schedule, one step per i
 checkpoint every ``checkpoint_every`` steps, then each trainable's ``finish`` and the deployment
 (:func:`dmx.assignment.deploy_formats`, ``final_rounding`` ``"threshold"`` or ``"budget"``).
 A learned rotation (SpinQuant-style) is one more trainable: the caller builds it
-(:func:`dmx.rotation.training.rotation_trainables`: Cayley SGD at ``rotation_lr``, weights rotated
+(:func:`dmx.llm.rotation.training.rotation_trainables`: Cayley SGD at ``rotation_lr``, weights rotated
 once per step under gradient accumulation, folded into the weights by ``finish``) and passes the
 rotation's description as ``model_setup``; this module knows nothing about rotations.
 
@@ -240,7 +240,7 @@ def check_checkpoint(checkpoint_dir: str | None, cfg: CalibrationConfig, *, resu
 # ------------------------------------------------------------------------------------------------
 def _check_inputs(layers: Mapping[str, Any], windows: torch.Tensor) -> None:
     if not layers:
-        raise ValueError("no dMX layers to calibrate; call dmx.pipeline.quantize_model first")
+        raise ValueError("no dMX layers to calibrate; call dmx.llm.pipeline.quantize_model first")
     if windows.ndim != 2 or windows.shape[0] < 1:
         raise ValueError(f"windows must be a LongTensor[n, seqlen] with n >= 1, got shape {tuple(windows.shape)}")
 
@@ -318,12 +318,12 @@ def calibrate(
 ) -> Assignment:
     """Run dMX calibration on ``windows`` (``LongTensor[n, seqlen]``) and return the hard assignment.
 
-    ``layers``: the ``DMXLinear`` map from :func:`dmx.pipeline.quantize_model`. On return the
+    ``layers``: the ``DMXLinear`` map from :func:`dmx.llm.pipeline.quantize_model`. On return the
     layers are fixed to the assigned standard MX formats (ready for evaluation). ``trainables``:
     trained jointly with the offsets (a learned rotation:
-    :func:`dmx.rotation.training.rotation_trainables`). ``model_setup``: what was done to the model
+    :func:`dmx.llm.rotation.training.rotation_trainables`). ``model_setup``: what was done to the model
     before it was wrapped that the trajectory depends on (``{"rotation": ...}``:
-    :func:`dmx.rotation.training.rotation_setup`), recorded in the checkpoint and the provenance; a
+    :func:`dmx.llm.rotation.training.rotation_setup`), recorded in the checkpoint and the provenance; a
     resume under another one is refused. ``on_step(step, metrics)`` is called after each completed
     step (1-based) and its checkpoint. ``provenance`` (model name, data hash, ...) is merged with
     seed, versions and settings into the result. An existing checkpoint in ``checkpoint_dir`` is

@@ -324,7 +324,7 @@ class DMXLinear(nn.Module):
 
     def invalidate_caches(self) -> None:
         """Forget the values kept from the weight (:meth:`_kept`), e.g. after weights were rewritten
-        in a way their version counter does not see, or folded (``dmx.rotation``)."""
+        in a way their version counter does not see, or folded (``dmx.llm.rotation``)."""
         self._weight_cache = self._amax_cache = None
 
     def _hard_weight(self, fmt: str) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 ``mx_spec`` (numpy) is the definition of the numbers; this module is a second implementation of
 the same rules, written so that a calibration step needs no host round trip. It is checked like
-an outside implementation: ``tests/test_mx_torch.py`` runs it through
-``mx_spec.verify.verify_quantizer`` on every golden vector (all six formats, all four scale
+an outside implementation: ``tests/core/test_mx_torch.py`` runs it through
+``mx_spec.conformance.verify.verify_quantizer`` on every golden vector (all six formats, all four scale
 modes, both roundings, float16/bfloat16/float32/float64 inputs, ragged blocks, NaN/Inf) and
 compares it bit for bit with the numpy path on random and heavy-tailed tensors at integer and
 fractional widths under both fractional scale rules.
@@ -349,7 +349,7 @@ def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def golden_quantizer(device: str | torch.device = "cpu"):
-    """A ``mx_spec.verify.verify_quantizer`` candidate running :func:`quantize` on ``device``.
+    """A ``mx_spec.conformance.verify.verify_quantizer`` candidate running :func:`quantize` on ``device``.
 
     It returns the codes and, from :func:`dequantize`, the decoded float32 and float64 values, so
     the verifier checks both directions.

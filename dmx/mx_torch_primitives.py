@@ -65,7 +65,7 @@ def frexp_positive(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Exact, subnormals included (scaled into the normal range first, by 2^(p+1), exactly); written
     with bit views instead of ``torch.frexp`` so that ``torch.compile`` can fuse it (its CPU
-    code generation fails on ``frexp``). ``tests/test_mx_torch.py`` checks it against ``torch.frexp``.
+    code generation fails on ``frexp``). ``tests/core/test_mx_torch.py`` checks it against ``torch.frexp``.
     """
     int_dtype, p, bias = LAYOUT[v.dtype]
     subnormal = (v.view(int_dtype) >> p) == 0  # exponent field 0 (no sign bit: v > 0)

@@ -6,7 +6,7 @@ sweep's points, exported models and benchmark results carry, so every file names
 versions with the same keys. Files written before keep being read: these functions only ever add keys.
 
 The dMX core (``dmx.calibrate``) records :func:`software_versions`, so this module imports
-nothing of the LLM side (models, rotation, data); :class:`dmx.pipeline.ModelSpec` knows its
+nothing of the LLM side (models, rotation, data); :class:`dmx.llm.pipeline.ModelSpec` knows its
 model's note itself.
 """
 
@@ -28,7 +28,7 @@ import torch
 import mx_spec
 
 if TYPE_CHECKING:
-    from dmx.pipeline import ModelSpec
+    from dmx.llm.pipeline import ModelSpec
 
 __all__ = ["software_versions", "model_provenance", "token_hash", "run_provenance"]
 

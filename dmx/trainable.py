@@ -2,7 +2,7 @@
 
 A :class:`Trainable` is one group of parameters trained from the dMX loss with its own optimiser:
 the offsets (``dmx.calibrate.offset_trainable``) and whatever a caller plugs in (a learned
-rotation: ``dmx.rotation.training.rotation_trainables``). A :class:`CalibrationRun` holds the
+rotation: ``dmx.llm.rotation.training.rotation_trainables``). A :class:`CalibrationRun` holds the
 trainables, their optimisers and what identifies the run; :meth:`CalibrationRun.state` builds the
 one checkpoint dict and :meth:`CalibrationRun.restore` loads it back.
 

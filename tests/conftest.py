@@ -34,7 +34,7 @@ def embedded_model():
     Session-scoped and shared: tests must not modify it in place (deep-copy it to quantise).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from dmx.models import load_model
+    from dmx.llm.models import load_model
 
     try:
         return load_model("smollm2-135m")
@@ -47,7 +47,7 @@ def embedded_tokenizer():
     """The embedded SmolLM2-135M's tokenizer alone, read from its GGUF file without the weights."""
     from transformers import AutoTokenizer
 
-    from dmx.models import EMBEDDED_MODEL
+    from dmx.llm.models import EMBEDDED_MODEL
 
     try:
         folder = EMBEDDED_MODEL.directory()
@@ -59,21 +59,21 @@ def embedded_tokenizer():
 @pytest.fixture(scope="session")
 def embedded_test_ids(embedded_model, data_dir):
     """WikiText-2 test token ids of the embedded model's tokenizer, ``LongTensor[1, N]``."""
-    from dmx.data import test_token_ids
+    from dmx.llm.data import test_token_ids
 
     return test_token_ids(embedded_model[1], data_dir)
 
 
 @pytest.fixture
 def tiny_llama():
-    from dmx.models import tiny_model
+    from dmx.llm.models import tiny_model
 
     return tiny_model("llama", seed=0)
 
 
 @pytest.fixture
 def tiny_qwen3():
-    from dmx.models import tiny_model
+    from dmx.llm.models import tiny_model
 
     return tiny_model("qwen3", seed=0)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 
 def save_tiny_byte_llama(path: Path, seed: int = 2) -> Path:
-    """Save ``dmx.models.tiny_model("llama", seed)`` and a byte-level BPE tokenizer (no merges) to ``path``."""
+    """Save ``dmx.llm.models.tiny_model("llama", seed)`` and a byte-level BPE tokenizer (no merges) to ``path``."""
     from tokenizers import Tokenizer, decoders, models
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import PreTrainedTokenizerFast
 
-    from dmx.models import tiny_model
+    from dmx.llm.models import tiny_model
 
     vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))

@@ -18,7 +18,7 @@ this script, never the table)::
 
 A table's home is the page that holds its markers; each table has exactly one. Links in a table
 are written relative to the repository root and rewritten relative to the page that shows it.
-``tests/test_readme_results.py`` fails when a section differs from what this script makes from
+``tests/project/test_readme_results.py`` fails when a section differs from what this script makes from
 the files under ``results/``, so a number in the documentation is always one in a committed file.
 
 Adding a table: write ``def table_<name>(root: Path) -> str`` returning the markdown (read
@@ -48,7 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout: the dmx package beside it
 from dmx.autograd import BACKENDS  # noqa: E402  (one column per backend, in their order)
-from dmx.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
+from dmx.llm.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
 from tools.results_io import load_json, load_sweep, markdown_table  # noqa: E402  (shared with the study's tables)
 from tools.study_tables import (table_claims, table_gradient_probe, table_pareto_verdicts,  # noqa: E402
                                 table_rotation_default)
@@ -554,7 +554,7 @@ HEADLINE_ROWS = [("full precision", "fp", None), ("uniform MXFP4 E2M1", "uniform
 
 
 def _headline_summary(root: Path, folder: str) -> tuple[dict[tuple[str, Any], dict[str, Any]], int]:
-    """``{(method, format): summary row}`` (``dmx.sweep.results.summarize_points``) and the test windows of one sweep."""
+    """``{(method, format): summary row}`` (``dmx.llm.sweep.results.summarize_points``) and the test windows of one sweep."""
     doc = load_json(root / "results" / folder / "results.json")
     rows = {(r["method"], r["format"]): r for r in summarize_points(doc["points"])}
     return rows, doc["config"]["max_windows"]

@@ -1,7 +1,7 @@
 """The generated tables of issue #23: the Pareto study's verdicts, the gradient probe and the claims table.
 
 Registered in :data:`tools.readme_results.TABLES` (``make readme-results`` writes them into the
-README and docs/RESULTS.md, and ``tests/test_readme_results.py`` keeps the pages equal to them).
+README and docs/RESULTS.md, and ``tests/project/test_readme_results.py`` keeps the pages equal to them).
 Every figure is read from a committed results folder: the Pareto study's sweeps
 (``benchmarks/pareto_study.sh``, one folder per rotation and family, with a ``_threshold`` twin),
 the gradient probe
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dmx.sweep.paired import paired_difference, seed_nlls, verdict
+from dmx.llm.sweep.paired import paired_difference, seed_nlls, verdict
 from tools.results_io import load_json, markdown_table
 
 #: The Pareto study's folders under results/ (benchmarks/pareto_study.sh's OUT): label -> folder.

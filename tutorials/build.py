@@ -28,7 +28,7 @@ Two checks make a build fail instead of storing an unreadable notebook:
 * every figure is checked on its matplotlib objects when it is rendered (axis labels, a legend
   where several lines share an axes; ``tutorials/figure_check.py``, installed in the kernel at
   start-up, outside the notebook's cells);
-* (``--check``, and ``tests/test_tutorials.py``) a fresh execution must reproduce every number
+* (``--check``, and ``tests/project/test_tutorials.py``) a fresh execution must reproduce every number
   the stored outputs state (``stale_outputs``): integers exactly, decimals to one unit in their
   last printed digit; only measured times and memory are exempt. The notebooks' prose points to
   these outputs instead of restating numbers, so a stale stored run cannot go unnoticed;

@@ -21,7 +21,7 @@ def example_weight() -> np.ndarray:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from dmx.models import EMBEDDED_MODEL
+    from dmx.llm.models import EMBEDDED_MODEL
 
     reader = GGUFReader(EMBEDDED_MODEL.directory() / EMBEDDED_MODEL.gguf_file)
     tensor = next(t for t in reader.tensors if t.name == GGUF_NAME)

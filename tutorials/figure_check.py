@@ -17,7 +17,7 @@ rendered (IPython's inline display and ``savefig`` alike), so that rendering a f
 problem raises ``FigureCheckError``. ``tutorials/build.py`` runs ``install()`` in the notebook
 kernel when the kernel starts (outside any cell, so the notebooks' cells stay those of their
 sources) and fails the build on any error output, so a notebook with an unlabelled plot cannot be
-built or pass ``tests/test_tutorials.py``.
+built or pass ``tests/project/test_tutorials.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each ``dmx/commands/<name>.py`` exposes ``register(subparsers)`` that adds one subparser whose
 ``func`` default runs the command with the parsed ``argparse.Namespace``. The helpers here give
 every command the same model / data flags and the same table output, and turn the model flags
-into a :class:`dmx.pipeline.ModelSpec` (:func:`model_spec_from_args`) that :mod:`dmx.pipeline` loads.
+into a :class:`dmx.llm.pipeline.ModelSpec` (:func:`model_spec_from_args`) that :mod:`dmx.llm.pipeline` loads.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 from dmx.autograd import BACKENDS
 from dmx.calibrate import CalibrationConfig
 from dmx.family import DEFAULT_FAMILY, FAMILIES
-from dmx.models import SHORT_NAMES
-from dmx.pipeline import ModelSpec, thread_count
-from dmx.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec, resolve_rotation
-from mx_spec.cli import parameters_as_flags
+from dmx.llm.models import SHORT_NAMES
+from dmx.llm.pipeline import ModelSpec, thread_count
+from dmx.llm.rotation import PLACEMENTS, ROTATION_KINDS, RotationSpec, resolve_rotation
+from mx_spec.conformance.cli import parameters_as_flags
 from mx_spec.formats import DEFAULT_BLOCK_SIZE
 
 __all__ = ["HelpFormatter", "add_model_args", "add_rotation_flags", "add_data_args", "add_quant_args",
@@ -46,7 +46,7 @@ FLAGS = {
 
 def flag_message(message: str) -> str:
     """A library error message as a ``dmx`` user reads it: the parameters of :data:`FLAGS` named as
-    flags (:func:`mx_spec.cli.parameters_as_flags`)."""
+    flags (:func:`mx_spec.conformance.cli.parameters_as_flags`)."""
     return parameters_as_flags(message, FLAGS)
 
 
@@ -67,7 +67,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, recorded_rotation: bool =
     """``--model --dtype --device --device-map --trust-remote-code --threads`` and the rotation flags
     (:func:`add_rotation_flags`; ``recorded_rotation``: the command applies an assignment's
     recorded rotation when no rotation flag is given; ``default_rotation``: what it applies when
-    neither says anything, :data:`dmx.rotation.CALIBRATION_ROTATION` for a new calibration)."""
+    neither says anything, :data:`dmx.llm.rotation.CALIBRATION_ROTATION` for a new calibration)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="smollm2-135m",
                        help="short name (%s), a local checkpoint directory, or a Hugging Face hub id "
@@ -90,8 +90,8 @@ def add_rotation_flags(parser: argparse.ArgumentParser, *, recorded: bool = Fals
     """``--rotation {none,hadamard,learned}``, ``--rotation-seed``, ``--rotation-placement``,
     ``--rotation-file``, ``--rotation-block``, ``--rotation-lr``.
 
-    Kind, seed, placement and block default to None ("not given", :func:`dmx.rotation.resolve_rotation`
-    turns them into a :class:`dmx.rotation.RotationSpec`; an unset flag then means ``default``'s
+    Kind, seed, placement and block default to None ("not given", :func:`dmx.llm.rotation.resolve_rotation`
+    turns them into a :class:`dmx.llm.rotation.RotationSpec`; an unset flag then means ``default``'s
     value: ``none``, 0, ``online``, 64 for plain MX, ``hadamard`` for a new calibration). ``--rotation-block`` is the online
     Hadamard's size (``RotationSpec.block``). ``recorded``: the command reads assignment files
     whose recorded rotation applies when the flags are not given (``dmx eval``/``export``); the
@@ -150,7 +150,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def model_spec_from_args(args: argparse.Namespace, rotation: RotationSpec | None = None) -> ModelSpec:
     """The :class:`ModelSpec` of the model/quantisation/rotation flags (``dmx.commands.add_model_args``,
-    ``add_quant_args``). ``rotation``: the request to apply (:func:`dmx.rotation.resolve_rotation`
+    ``add_quant_args``). ``rotation``: the request to apply (:func:`dmx.llm.rotation.resolve_rotation`
     with the assignments' recorded rotations), else what the rotation flags ask for."""
     return ModelSpec(model=args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
                      trust_remote_code=args.trust_remote_code, threads=thread_count(getattr(args, "threads", None)),

@@ -12,15 +12,15 @@ from pathlib import Path
 from dmx.calibrate import CalibrationConfig, calibrate, check_checkpoint
 from dmx.checkpoint import checkpoint_exists, remove_checkpoint
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args, print_table
-from dmx.data import (CALIBRATION_SEQLEN, CALIBRATION_SOURCES, CALIBRATION_WINDOWS, calibration_token_ids, check_calibration_source, check_data_source,
+from dmx.llm.data import (CALIBRATION_SEQLEN, CALIBRATION_SOURCES, CALIBRATION_WINDOWS, calibration_token_ids, check_calibration_source, check_data_source,
                       sample_windows, test_token_ids)
 from dmx.distributed import init_from_env
-from dmx.models import check_seqlens, context_length
-from dmx.perplexity import perplexity
-from dmx.pipeline import load_rotated_model, quantize
+from dmx.llm.models import check_seqlens, context_length
+from dmx.llm.perplexity import perplexity
+from dmx.llm.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance, token_hash
-from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation, save_rotation_beside
-from dmx.rotation.training import rotation_setup, rotation_trainables
+from dmx.llm.rotation import CALIBRATION_ROTATION, resolve_rotation, save_rotation_beside
+from dmx.llm.rotation.training import rotation_setup, rotation_trainables
 from mx_spec.minifloat import FRACTIONAL_SCALES
 
 __all__ = ["RECIPE", "register", "run", "config_from_args", "add_recipe_args", "data_description"]
@@ -79,7 +79,7 @@ def add_recipe_args(group, *, defaults: CalibrationConfig | None) -> None:
 
     ``defaults``: the config whose values the flags default to (``RECIPE``); ``None`` (``dmx
     sweep``): unset flags stay ``None`` and keep ``RECIPE``'s values, which the help states (a
-    sweep point records the settings that differ from them, :meth:`dmx.sweep.config.SweepConfig.recorded_calibration`).
+    sweep point records the settings that differ from them, :meth:`dmx.llm.sweep.config.SweepConfig.recorded_calibration`).
     Either way both commands calibrate identically without flags.
     """
 

@@ -19,14 +19,14 @@ import torch
 
 from dmx.assignment import Assignment, apply_assignment, format_element_bits
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args, print_table
-from dmx.data import check_data_source, test_token_ids
+from dmx.llm.data import check_data_source, test_token_ids
 from dmx.files import atomic_write_text
-from dmx.models import check_seqlens
-from dmx.perplexity import perplexity_of, window_count, window_nlls
-from dmx.pipeline import load_rotated_model, quantize
-from dmx.rotation import recorded_rotation, resolve_rotation
-from dmx.tasks import check_zeroshot_data
-from dmx.zeroshot import evaluate_zeroshot
+from dmx.llm.models import check_seqlens
+from dmx.llm.perplexity import perplexity_of, window_count, window_nlls
+from dmx.llm.pipeline import load_rotated_model, quantize
+from dmx.llm.rotation import recorded_rotation, resolve_rotation
+from dmx.llm.tasks import check_zeroshot_data
+from dmx.llm.zeroshot import evaluate_zeroshot
 
 __all__ = ["register", "run", "FULL_PRECISION"]
 

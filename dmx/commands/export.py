@@ -1,4 +1,4 @@
-"""``dmx export``: write a mixed-precision model as real MX data (see :mod:`dmx.export`)."""
+"""``dmx export``: write a mixed-precision model as real MX data (see :mod:`dmx.llm.export`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections import Counter
 
 from dmx.assignment import Assignment, apply_assignment, format_element_bits
 from dmx.commands import HelpFormatter, add_model_args, add_quant_args, model_spec_from_args, print_table
-from dmx.export import export_model
-from dmx.export_ct import check_ct_formats, export_compressed_tensors, require_compressed_tensors
+from dmx.llm.export import export_model
+from dmx.llm.export_ct import check_ct_formats, export_compressed_tensors, require_compressed_tensors
 from dmx.files import sha256_file
-from dmx.pipeline import load_rotated_model, quantize
-from dmx.rotation import recorded_rotation, resolve_rotation
+from dmx.llm.pipeline import load_rotated_model, quantize
+from dmx.llm.rotation import recorded_rotation, resolve_rotation
 
 __all__ = ["register", "run"]
 
@@ -27,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="export the model at an assignment (or one uniform MX format) as packed MX weights + manifest",
         description="Quantise every decoder linear's weight to its assigned MX format with mx_spec, store the packed "
                     "element bytes and E8M0 scales in model.safetensors together with every full-precision tensor, "
-                    "and describe them in manifest.json. dmx.export.load_exported(DIR) rebuilds the fake-quantised "
+                    "and describe them in manifest.json. dmx.llm.export.load_exported(DIR) rebuilds the fake-quantised "
                     "model with identical logits. The model is rotated as the rotation flags say, else as "
                     "the --assignment records, else not at all; the manifest records the rotation (a learned "
                     "one is stored in rotation.safetensors) and the loader rebuilds it.",
@@ -44,7 +44,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-tokenizer", action="store_true", help="do not save the tokenizer next to the weights")
     g.add_argument("--output-format", choices=OUTPUT_FORMATS, default="dmx",
                    help="dmx: the project's packed MX + manifest.json (every MX format, read by "
-                        "dmx.export.load_exported, logits identical to dmx eval); compressed-tensors: a checkpoint "
+                        "dmx.llm.export.load_exported, logits identical to dmx eval); compressed-tensors: a checkpoint "
                         "transformers/vLLM load (needs the `export` extra; MXFP4, MXFP6 E2M3, MXFP8 E4M3 only; "
                         "activation scales by the runtime's rule)")
     g.add_argument("--weights-only", action="store_true",

@@ -1,4 +1,4 @@
-"""``dmx kl``: the KL-divergence layer-selection baseline (see :mod:`dmx.kl_baseline`).
+"""``dmx kl``: the KL-divergence layer-selection baseline (see :mod:`dmx.llm.kl_baseline`).
 
 Scores every decoder linear once (cached, resumable), then writes one assignment JSON per
 ``--target-bits`` value, usable with ``dmx eval --assignment`` and ``dmx export --assignment``.
@@ -11,14 +11,14 @@ from collections import Counter
 from pathlib import Path
 
 from dmx.commands import HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args, print_table
-from dmx.data import calibration_windows, check_data_source
+from dmx.llm.data import calibration_windows, check_data_source
 from dmx.family import get_family
 from dmx.assignment import check_target
-from dmx.kl_baseline import kl_assignments, reference_if_needed
-from dmx.models import check_seqlens, decoder_linear_names
-from dmx.pipeline import load_rotated_model, quantize
+from dmx.llm.kl_baseline import kl_assignments, reference_if_needed
+from dmx.llm.models import check_seqlens, decoder_linear_names
+from dmx.llm.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
-from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation, rotated_model_id, rotation_provenance, rotation_state
+from dmx.llm.rotation import CALIBRATION_ROTATION, resolve_rotation, rotated_model_id, rotation_provenance, rotation_state
 
 __all__ = ["register", "run", "output_path"]
 

@@ -2,7 +2,7 @@
 
 Writes ``results.json`` / ``results.csv`` after every point (a rerun skips finished points),
 the assignments, ``pareto.png`` and ``assignment_heatmap.png`` into ``--out`` (see
-:mod:`dmx.sweep`), then prints the table.
+:mod:`dmx.llm.sweep`), then prints the table.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import dataclasses
 from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args,
                           print_table)
 from dmx.commands.calibrate import RECIPE, add_recipe_args
-from dmx.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
-from dmx.rotation import CALIBRATION_ROTATION, resolve_rotation
-from dmx.sweep.config import (METHODS, UNIFORM_FORMATS, CalibrationData, EvaluationSpec, SweepConfig,
+from dmx.llm.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
+from dmx.llm.rotation import CALIBRATION_ROTATION, resolve_rotation
+from dmx.llm.sweep.config import (METHODS, UNIFORM_FORMATS, CalibrationData, EvaluationSpec, SweepConfig,
                               SweepPlan)
-from dmx.sweep.run import run_sweep
-from dmx.tasks import resolve_task_names
+from dmx.llm.sweep.run import run_sweep
+from dmx.llm.tasks import resolve_task_names
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -78,7 +78,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_recipe_args(c, defaults=None)
     z = parser.add_argument_group("zero-shot accuracy (optional, needs lm-eval)")
     z.add_argument("--tasks", nargs="+", default=None,
-                   help="zero-shot tasks through dmx.zeroshot (e.g. arc_easy piqa, or 'default' for the "
+                   help="zero-shot tasks through dmx.llm.zeroshot (e.g. arc_easy piqa, or 'default' for the "
                         "four-task average); adds an accuracy panel. On a finished sweep (same --out and "
                         "settings) it only adds accuracy to the existing points")
     z.add_argument("--limit", type=int, default=None, help="documents per zero-shot task (quick runs)")
@@ -94,8 +94,8 @@ _CALIBRATION_FLAGS = ("steps", "batch_size", "grad_accum", "lam", "lr", "momentu
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
-    """:class:`dmx.sweep.config.SweepConfig` from parsed flags: the model through the shared
-    :func:`dmx.commands.model_spec_from_args` and :func:`dmx.rotation.resolve_rotation`, the dMX
+    """:class:`dmx.llm.sweep.config.SweepConfig` from parsed flags: the model through the shared
+    :func:`dmx.commands.model_spec_from_args` and :func:`dmx.llm.rotation.resolve_rotation`, the dMX
     recipe as a :class:`dmx.calibrate.CalibrationConfig` (unset flags keep :data:`RECIPE`'s values)."""
     if getattr(args, "rotation_file", None):
         raise ValueError("dmx sweep learns or builds its rotations itself and takes no --rotation-file; use "

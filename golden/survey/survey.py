@@ -37,11 +37,11 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE / "adapters"))  # the adapters' shared exact conversions (survey_codes)
 from mx_spec.formats import MX_FORMATS, get_format  # noqa: E402
-from mx_spec.golden import ALL_MODES, GoldenCase, load_golden  # noqa: E402
-from mx_spec.golden_export import export_flat  # noqa: E402
-from mx_spec.golden_gen import CONTENT_VERSION  # noqa: E402
-from mx_spec.hints import _block_is_zero  # noqa: E402  (the verifier's own all-zero block test)
-from mx_spec.verify import verify_quantizer, verify_results  # noqa: E402
+from mx_spec.conformance.golden import ALL_MODES, GoldenCase, load_golden  # noqa: E402
+from mx_spec.conformance.golden_export import export_flat  # noqa: E402
+from mx_spec.conformance.golden_gen import CONTENT_VERSION  # noqa: E402
+from mx_spec.conformance.hints import _block_is_zero  # noqa: E402  (the verifier's own all-zero block test)
+from mx_spec.conformance.verify import verify_quantizer, verify_results  # noqa: E402
 
 RESULTS = HERE / "results"
 

@@ -287,7 +287,7 @@ print("FP6 E3M2:", x.size, "elements ->", mx_spec.pack(fp6).size, "bytes")
 # expected scale codes, element codes, packed bytes and decoded values, covering the spec rule
 # and the scale/rounding variants: exhaustive grids, every tie, saturation, signed zeros,
 # all-zero blocks, scale clamping, float32 subnormals, NaN/Inf, float64/float16/bfloat16 inputs
-# and random blocks. `mx_spec.verify.verify_quantizer(fn, ...)` runs a candidate
+# and random blocks. `mx_spec.conformance.verify.verify_quantizer(fn, ...)` runs a candidate
 # `fn(x, fmt, *, block_size, axis, scale_mode, rounding)` over the golden inputs and compares
 # its `(scales, elements)` codes bit for bit; a candidate raises `NotImplementedError` for
 # inputs it does not support, which are counted as *skipped*, never as passed.
@@ -336,7 +336,7 @@ def torchao_quantizer(x, fmt, *, block_size, axis, scale_mode, rounding):
     return scales, codes.numpy().reshape(x.shape)
 
 
-from mx_spec.verify import verify_quantizer
+from mx_spec.conformance.verify import verify_quantizer
 
 # The golden inputs include NaN/Inf blocks on purpose; silence numpy's "invalid value" notes.
 with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -366,7 +366,7 @@ print("scale-code mismatches (expected, got):",
 # `fp32_subnormal`, `random` and `layout` groups: for such tiny blocks torchao divides by
 # $2^{-126}$ instead, a clamp that avoids a float32 subnormal) and blocks holding ±Inf
 # (`nan_inf`: torchao gives a finite scale, the spec conversion a NaN scale `0xff`). The test suite pins
-# these deviations one by one in `tests/test_peers_torchao.py`, so any change on either side
+# these deviations one by one in `tests/numbers/test_peers_torchao.py`, so any change on either side
 # is noticed.
 #
 # The verifier catches real bugs too. Here is `mx_spec.quantize` itself with the *wrong tie

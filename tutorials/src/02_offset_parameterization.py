@@ -148,7 +148,7 @@ for beta in (0, 1, 2):
 # $[2^{e_{\max}}, 2^{e_{\max}+1})$ (E4M3: $\lfloor\log_2 448\rfloor = 8$), so
 # $\lfloor\log_2\text{max}\rfloor = e_{\max}$ and **the two rules agree bit for bit at every
 # deployable width** (checked below on the Gaussian weights of section 1 at every integer width of
-# both families, as `tests/test_minifloat.py` does); they differ only while the offsets learn. The left panel shows
+# both families, as `tests/numbers/test_minifloat.py` does); they differ only while the offsets learn. The left panel shows
 # the exponent each rule scales against; the right one what it means for a block whose maximum is
 # fixed: the fraction of the top binade that saturates.
 

@@ -22,13 +22,13 @@
 # numbers can differ slightly from the stored ones). For offline use, save it once into a folder
 # holding `wikitext-2-raw-v1/test.jsonl` (the test rows as `{"text": ...}` lines) and
 # `wikitext-2-tokenized/valid.txt` (the validation split, one row per line; the layout is in
-# `dmx/data.py`) and set `DMX_DATA_DIR` to that folder;
+# `dmx/llm/data.py`) and set `DMX_DATA_DIR` to that folder;
 # command: `make tutorials` opens the folder in JupyterLab,
 # `DMX_DATA_DIR=../shared/data .venv/bin/python tutorials/build.py 04` rebuilds and re-executes it.
 #
 # Two ways to give each linear layer of an LLM its own MX format under an average-bit budget:
 #
-# * **KL heuristic** (`dmx.kl_baseline`): measure how much the model's next-token distribution
+# * **KL heuristic** (`dmx.llm.kl_baseline`): measure how much the model's next-token distribution
 #   moves when *one* layer is put in the low format while the others stay high,
 #
 #   $$ s_l = \frac{1}{N}\sum_{t=1}^{N} \mathrm{KL}\bigl(p_{\text{ref}}(\cdot\mid x_{<t})\ \|\ p_{l\to\text{low}}(\cdot\mid x_{<t})\bigr), $$
@@ -95,12 +95,12 @@ import dmx
 import mx_spec
 from dmx.assignment import Assignment, apply_assignment, select_by_sensitivity
 from dmx.calibrate import CalibrationConfig, calibrate
-from dmx.data import calibration_windows, data_dir, test_token_ids
-from dmx.kl_baseline import reference_logits, score_layers
-from dmx.models import decoder_linear_names, load_model
-from dmx.perplexity import window_nlls
-from dmx.pipeline import quantize_model
-from dmx.rotation import RotationSpec, apply_rotation
+from dmx.llm.data import calibration_windows, data_dir, test_token_ids
+from dmx.llm.kl_baseline import reference_logits, score_layers
+from dmx.llm.models import decoder_linear_names, load_model
+from dmx.llm.perplexity import window_nlls
+from dmx.llm.pipeline import quantize_model
+from dmx.llm.rotation import RotationSpec, apply_rotation
 
 # transformers imports torchao while loading the model; torchao logs that its optional CUDA
 # kernels cannot load on a CPU machine, and torch logs a deprecation note about torchao's enum
@@ -171,7 +171,7 @@ print(f"full-precision perplexity (first {EVAL_WINDOWS} windows of {EVAL_SEQLEN}
 # of $xQ$ and $WQ$ is now a mix of many original channels. A randomized Hadamard matrix
 # ($\pm 1$ entries with random signs, scaled by $1/\sqrt{n}$) spreads an outlier evenly over the
 # $n$ channels it mixes, so the blocks get a smaller **crest factor** (block maximum over block
-# RMS) and the shared scale fits the other elements better. `dmx.rotation` with
+# RMS) and the shared scale fits the other elements better. `dmx.llm.rotation` with
 # `RotationSpec(kind="hadamard")` (`--rotation hadamard`) gives every decoder linear a
 # block-diagonal randomized Hadamard of order 64 on its input (QuaRot-style, online). **The
 # authors always rotate:** their benchmark configuration rotates with Hadamard matrices and learns
@@ -266,7 +266,7 @@ assert all(lowered[stat] for stat in ("median crest factor (max / RMS)", "non-ze
 # %% [markdown]
 # ## 3. Uniform formats
 #
-# `dmx.pipeline.quantize_model` replaces the selected `nn.Linear`s by `DMXLinear` (weights and
+# `dmx.llm.pipeline.quantize_model` replaces the selected `nn.Linear`s by `DMXLinear` (weights and
 # input activations MX-quantized in blocks of 32 along the reduction dimension; one learnable
 # offset each). Fixing every layer to one standard format gives the simplest baselines: MXFP4
 # (4 bits) and, at 6 bits, MXFP6 E2M3, which needs no calibration at all. (MXFP8 is left out to
@@ -528,7 +528,7 @@ for rotation in points:
 sys.path.insert(0, str(REPO / "tools"))
 import readme_results  # noqa: E402  (the module that writes the README's results tables)
 
-from dmx.sweep.results import summarize_points  # noqa: E402
+from dmx.llm.sweep.results import summarize_points  # noqa: E402
 
 headline = {rotation: readme_results.load_json(REPO / "results" / folder / "results.json")
             for rotation, folder in readme_results.HEADLINE_FOLDERS.items()}

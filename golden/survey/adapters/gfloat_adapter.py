@@ -1,5 +1,5 @@
 """Adapter: Graphcore's gfloat block conversion (OCP MX v1.0 6.3 in float64 numpy) in the
-verifier's contract; used by the survey and by ``tests/test_peers_gfloat.py``.
+verifier's contract; used by the survey and by ``tests/numbers/test_peers_gfloat.py``.
 
 Public API only: ``compute_scale_amax``, ``round_ndarray``, ``encode_ndarray`` and the
 ``format_info_mx*`` block formats.  gfloat implements the floor scale with ties-to-even or

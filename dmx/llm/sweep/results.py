@@ -1,0 +1,185 @@
+"""The sweep's result store: ``results.json`` (schema ``dmx.sweep/1``), ``results.csv``,
+``summary.csv`` and where the assignments go, apart from running the sweep (:mod:`dmx.llm.sweep.run`)."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmx.files import atomic_write_text, exists_or_previous, read_json_or_previous
+
+__all__ = ["RESULTS_SCHEMA", "CSV_COLUMNS", "SUMMARY_COLUMNS", "ResultStore", "points_to_csv", "summarize_points",
+           "summary_to_csv", "assignment_file"]
+
+RESULTS_SCHEMA = "dmx.sweep/1"
+CSV_COLUMNS = (
+    "method",
+    "label",
+    "target",
+    "seed",
+    "format",
+    "avg_bits",
+    "storage_bits",
+    "perplexity",
+    "avg_accuracy",
+    "seconds",
+)
+
+
+def points_to_csv(points: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of sweep points: ``CSV_COLUMNS`` then ``acc_<task>`` columns (sorted)."""
+    tasks = sorted({t for p in points for t in (p.get("accuracy") or {})})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*CSV_COLUMNS, *(f"acc_{t}" for t in tasks)])
+    for p in points:
+        acc = p.get("accuracy") or {}
+        w.writerow(
+            [_csv_cell(p.get(c)) for c in CSV_COLUMNS] + [_csv_cell(acc.get(t)) for t in tasks]
+        )
+    return buf.getvalue()
+
+
+SUMMARY_COLUMNS = ("method", "target", "format", "n", "seeds", "avg_bits", "perplexity_mean", "perplexity_std",
+                   "perplexity_min", "perplexity_max")
+
+
+def summarize_points(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, target, format): the points' seeds reduced to mean/std/min/max of perplexity.
+
+    ``std`` is the sample standard deviation (``n - 1``; 0 for one point); ``avg_bits`` is the
+    mean of the points' bits. Rows keep the order in which their first point appears.
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for p in points:
+        if p.get("perplexity") is None:
+            continue
+        groups.setdefault((p["method"], p.get("target"), p.get("format")), []).append(p)
+    rows = []
+    for (method, target, fmt), pts in groups.items():
+        ppl = np.array([float(p["perplexity"]) for p in pts])
+        bits = [p["avg_bits"] for p in pts if p.get("avg_bits") is not None]
+        rows.append({
+            "method": method, "target": target, "format": fmt, "n": len(pts),
+            "seeds": [p.get("seed") for p in pts],
+            "avg_bits": float(np.mean(bits)) if bits else None,
+            "perplexity_mean": float(ppl.mean()),
+            "perplexity_std": float(ppl.std(ddof=1)) if len(pts) > 1 else 0.0,
+            "perplexity_min": float(ppl.min()), "perplexity_max": float(ppl.max()),
+        })
+    return rows
+
+
+def summary_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of :func:`summarize_points` rows (seeds joined by spaces)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SUMMARY_COLUMNS)
+    for r in rows:
+        w.writerow([" ".join(str(s) for s in r["seeds"]) if c == "seeds" else _csv_cell(r[c]) for c in SUMMARY_COLUMNS])
+    return buf.getvalue()
+
+
+def _csv_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+@dataclass
+class ResultStore:
+    """The sweep's ``results.json`` / ``results.csv`` pair in ``out_dir``.
+
+    ``config`` identifies what the points were measured on (model, data, evaluation settings);
+    reopening a directory whose stored config differs raises ValueError, so points measured
+    under other settings are never mixed into one table."""
+
+    out_dir: Path
+    config: dict[str, Any]
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, out_dir: str | os.PathLike, config: Mapping[str, Any]) -> "ResultStore":
+        out = Path(out_dir)
+        config = json.loads(json.dumps(dict(config), sort_keys=True))
+        path = out / "results.json"
+        if not exists_or_previous(path):
+            return cls(out_dir=out, config=config)
+        # a corrupt results.json falls back to the version before the last point (results.json.prev)
+        doc = read_json_or_previous(path, what="sweep result file", fix="move it away to start the sweep afresh")
+        if doc.get("schema") != RESULTS_SCHEMA:
+            raise ValueError(f"{path} is not a dmx sweep result (schema {doc.get('schema')!r})")
+        # Before accuracy became per point, the zero-shot tasks/limit were part of the identity.
+        stored = {k: v for k, v in doc.get("config", {}).items() if k not in ("tasks", "limit")}
+        if stored != config:
+            diff = sorted(k for k in set(config) | set(stored) if config.get(k) != stored.get(k))
+            raise ValueError(
+                f"{path} was measured with other settings (differs in: {', '.join(diff)}); "
+                "use another out=DIR or the same settings to resume"
+            )
+        return cls(out_dir=out, config=config, points=list(doc.get("points", [])))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return next((p for p in self.points if p["key"] == key), None)
+
+    def add(self, point: Mapping[str, Any]) -> None:
+        """Add the point (a point with the same ``point["key"]`` is replaced in place, so the
+        table keeps its order) and rewrite both files atomically.
+
+        The points on disk are re-read under a lock first, so two sweeps of the same
+        configuration writing into one folder (one scoring KL while the other calibrates dMX, say)
+        keep each other's points instead of overwriting them."""
+        with self._locked():
+            self._merge_from_disk()
+            keys = [p["key"] for p in self.points]
+            if point["key"] in keys:
+                self.points[keys.index(point["key"])] = dict(point)
+            else:
+                self.points.append(dict(point))
+            self.save()
+
+    def save(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"schema": RESULTS_SCHEMA, "config": self.config, "points": self.points}
+        atomic_write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, allow_nan=True), keep_previous=True)
+        atomic_write_text(self.out_dir / "results.csv", points_to_csv(self.points))
+        atomic_write_text(self.out_dir / "summary.csv", summary_to_csv(summarize_points(self.points)))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive advisory lock on ``<out_dir>/results.json.lock`` (held while rewriting)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "results.json.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _merge_from_disk(self) -> None:
+        """Take in the points another process stored since this store was opened (theirs first,
+        in their order; points only this store holds keep their place after them)."""
+        path = self.out_dir / "results.json"
+        if not exists_or_previous(path):
+            return
+        doc = read_json_or_previous(path, what="sweep result file", fix="move it away to start the sweep afresh")
+        mine = {p["key"]: p for p in self.points}
+        merged = [mine.pop(p["key"], p) for p in doc.get("points", [])]
+        self.points = merged + list(mine.values())
+
+
+def assignment_file(out: Path, label: str) -> Path:
+    """Where the sweep in ``out`` writes the assignment of its point ``label``."""
+    return out / "assignments" / f"{label.replace('@', '_at_').replace(':', '_')}.json"

@@ -1,0 +1,145 @@
+"""The Pareto study's tables (tools/study_tables.py): verdicts only from stored per-window NLLs, a
+win only with an interval that excludes zero, and every committed study folder complete."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from tools import study_tables as st  # noqa: E402
+
+
+def _point(method, seed, nlls, target=5.0, bits=5.0):
+    return {"key": f"{method}@{target:g}" + (f":s{seed}" if seed else ""), "method": method, "target": target,
+            "seed": seed, "avg_bits": bits, "perplexity": float(np.exp(np.mean(nlls) / 2048)),
+            "window_nlls": list(map(float, nlls)), "first_window": 32}
+
+
+def _study(root: Path, dmx_shift: float, seed_sd: float = 0.0, windows: int = 32, drop_nlls: bool = False):
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.4, 0.3, windows)
+    points = []
+    for method, shift in (("kl", 0.0), ("dmx", dmx_shift), ("random", 0.3)):
+        for seed in range(3):
+            nlls = (base + shift + rng.normal(0, seed_sd) + rng.normal(0, 0.01, windows)) * 2048
+            points.append(_point(method, seed, nlls))
+    if drop_nlls:
+        del points[3]["window_nlls"]
+    folder = root / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"points": points}))
+
+
+def test_a_clear_win_is_a_verdict_with_its_interval(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05)
+    table = st.table_pareto_verdicts(tmp_path)
+    row = next(line for line in table.splitlines() if "Hadamard-64 | 5 |" in line)
+    assert "**dMX better**" in row and "3 of 3" in row
+    assert "FP8/FP4, learned rotation |  | not run yet" in table
+
+
+def test_a_mean_below_kl_with_an_interval_across_zero_is_no_win(tmp_path):
+    _study(tmp_path, dmx_shift=-0.004, seed_sd=0.02)
+    (label, row), = [r for r in st.study_rows(tmp_path) if r[1] is not None]
+    assert row["interval"].low < 0 < row["interval"].high
+    assert row["verdict"] == "no difference shown"
+
+
+def test_a_point_without_per_window_nlls_stops_the_table(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05, drop_nlls=True)
+    with pytest.raises(ValueError, match="store no per-window NLLs"):
+        st.table_pareto_verdicts(tmp_path)
+
+
+def test_unfinished_targets_are_pending(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05)
+    folder = tmp_path / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] = [p for p in doc["points"] if not (p["method"] == "kl" and p["seed"] == 2)]
+    (folder / "results.json").write_text(json.dumps(doc))
+    assert "pending (KL 2/3)" in st.table_pareto_verdicts(tmp_path)
+
+
+@pytest.mark.results
+def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdicts():
+    """Every point of a committed study folder was scored on windows 32-63 and stores their NLLs;
+    every win the table claims has an interval below zero."""
+    for folder in st.STUDY_FOLDERS.values():
+        for name in (folder, f"{folder}_threshold"):
+            path = REPO / "results" / name / "results.json"
+            if not path.is_file():
+                continue
+            for p in json.loads(path.read_text())["points"]:
+                assert p.get("first_window") == 32 and len(p.get("window_nlls") or []) == 32, (name, p["key"])
+    for _, row in st.study_rows(REPO):
+        if row and row.get("verdict") == "dMX better":
+            assert row["interval"].high < 0
+        if row and row.get("verdict") == "KL better":
+            assert row["interval"].low > 0
+
+
+@pytest.mark.results
+def test_the_claims_table_reads_the_results():
+    rows = {claim: (status, evidence) for claim, status, evidence in st.claims(REPO)}
+    status, evidence = rows["\"improves over KL divergence-based layer-selection heuristics\""]
+    assert status in ("reproduced", "partly", "not reproduced") and "Hadamard-64" in evidence
+    assert rows["... on Llama, Qwen3 and SmolLM2 (1-1.7 B)"][0] == "not testable here"
+
+
+@pytest.mark.results
+def test_the_readme_reading_of_the_gradient_probe_holds_in_its_results_file():
+    """Each statement of docs/RESULTS.md's paragraph under the probe's table, checked on the file."""
+    doc = json.loads((REPO / "results" / "gradient_probe" / "results.json").read_text())
+    none, hadamard = (doc["rotations"][r]["summary"] for r in ("none", "Hadamard-64"))
+    learned = doc["rotations"]["learned (start)"]["summary"]
+    assert abs(none["validity_vs_kl"] - hadamard["validity_vs_kl"]) < 0.1  # about as valid
+    for r in ("none", "Hadamard-64"):  # the clip never binds on the offsets alone
+        assert max(doc["rotations"][r]["raw"]["offset_norm"]) < 0.5
+    assert abs(none["top5_share_of_squared_norm"] - hadamard["top5_share_of_squared_norm"]) < 0.1
+    assert 0.4 < none["input_share_of_squared_norm"] < 0.6 and hadamard["input_share_of_squared_norm"] < 0.2
+    assert none["weight_input_correlation"] < hadamard["weight_input_correlation"]
+    assert none["reliability_split_half"] < hadamard["reliability_split_half"]
+    for s in (none, hadamard):  # each part alone no better than the sum
+        assert max(s["validity_vs_kl_weight_part"], s["validity_vs_kl_input_part"]) <= s["validity_vs_kl"]
+    assert learned["offsets_share_of_joint_norm"] < 0.01 and learned["joint_norm_mean"] > 10
+    import statistics
+
+    spread = {label: statistics.stdev(p["perplexity"] for p in json.loads(
+        (REPO / "results" / folder / "results.json").read_text())["points"] if p["method"] == "dmx")
+        for label, folder in st.HEADLINE.items()}
+    assert spread["no rotation"] > 5 * spread["Hadamard-64"]  # unrotated seeds spread widely
+
+
+def test_the_readme_reading_of_the_rotation_default_holds_in_its_results_file():
+    rows = {r["rotation"]: r for r in json.loads((REPO / "results" / "rotation_default" / "results.json")
+                                                    .read_text())["rows"]}
+    learned, hadamard = rows["learned"], rows["hadamard"]
+    assert learned["offsets_over_threshold"] == 0 and learned["threshold_bits"] == 4.0
+    assert 0.2 < hadamard["offsets_over_threshold"] / hadamard["offsets"] < 0.35  # "a quarter of them"
+    assert abs(learned["cpu_seconds"] / hadamard["cpu_seconds"] - 1) < 0.15  # "about the same CPU time"
+
+
+@pytest.mark.results
+def test_the_readme_summary_of_the_headline_holds_in_its_results_files():
+    """The README's sentence under the claims table: with the fixed Hadamard every dMX seed below KL,
+    without a rotation every seed above it, every dMX seed below every random draw."""
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "with the fixed Hadamard rotation every dMX seed ends below the KL heuristic" in readme
+    assert "without a rotation every seed ends above it" in readme
+    for label, folder in st.HEADLINE.items():
+        points = json.loads((REPO / "results" / folder / "results.json").read_text())["points"]
+        dmx = [p["perplexity"] for p in points if p["method"] == "dmx"]
+        (kl,) = [p["perplexity"] for p in points if p["method"] == "kl"]
+        random = [p["perplexity"] for p in points if p["method"] == "random"]
+        assert len(dmx) == 3 and random
+        if label == "Hadamard-64":
+            assert max(dmx) < kl
+        else:
+            assert min(dmx) > kl
+        assert max(dmx) < min(random)
