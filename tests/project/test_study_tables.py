@@ -66,6 +66,40 @@ def test_unfinished_targets_are_pending(tmp_path):
     assert "pending (KL 2/3)" in st.table_pareto_verdicts(tmp_path)
 
 
+def _add_uniform(root: Path, fmt: str, bits: float, perplexity: float) -> None:
+    folder = root / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"].append({"key": f"uniform:{fmt}", "method": "uniform", "format": fmt, "avg_bits": bits,
+                          "perplexity": perplexity})
+    (folder / "results.json").write_text(json.dumps(doc))
+
+
+def test_a_uniform_format_with_no_more_bits_beating_every_seed_takes_dmx_off_the_front(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05)
+    _add_uniform(tmp_path, "mxfp8_e4m3", 8.0, 1.0)  # more bits: dominates nothing at 5
+    status, evidence = st._pareto_status(tmp_path, ["FP8/FP4, Hadamard-64"])
+    assert status == "reproduced" and "dMX better than KL" in evidence
+    _add_uniform(tmp_path, "mxfp4_e2m1", 4.0, 1.0)  # fewer bits and lower perplexity than every seed
+    (_, row), = [r for r in st.study_rows(tmp_path) if r[1] is not None]
+    assert [f for f, _, _ in row["dominated_by"]] == ["mxfp4_e2m1"]
+    status, evidence = st._pareto_status(tmp_path, ["FP8/FP4, Hadamard-64"])
+    assert status == "not reproduced"
+    assert "uniform MXFP4 (4 b) 1.00 below every dMX seed" in evidence
+
+
+def test_the_kl_claim_shows_the_held_out_study_while_its_draws_run(tmp_path):
+    _study(tmp_path, dmx_shift=-0.05)
+    folder = tmp_path / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] = [p for p in doc["points"] if not (p["method"] == "kl" and p["seed"] > 0)]
+    (folder / "results.json").write_text(json.dumps(doc))
+    rows = {claim: (status, evidence) for claim, status, evidence in st.claims(tmp_path)}
+    _, evidence = rows["\"improves over KL divergence-based layer-selection heuristics\""]
+    assert "held-out study so far, FP8/FP4, Hadamard-64 at 5 bits: KL" in evidence and "1 of 3 draws" in evidence
+    status, evidence = rows["dMX \"consistently yields Pareto-dominating models\" (abstract)"]
+    assert status == "not yet measured" and "at 5 bits pending (KL 1/3)" in evidence
+
+
 @pytest.mark.results
 def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdicts():
     """Every point of a committed study folder was scored on windows 32-63 and stores their NLLs;
