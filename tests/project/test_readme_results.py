@@ -157,6 +157,14 @@ def test_a_new_demo_run_is_compared_with_the_recorded_spread(tmp_path):
     table, ok = gen.compare_demo(tmp_path / "far", recorded)
     assert not ok and "| ppl dMX | 60.00 |" in table and "**no**" in table
     assert gen.main(["--compare-demo", str(tmp_path / "far"), "--root", str(tmp_path)]) == 1
+    # a figure no seed moves (full precision) is within at another thread's round-off, not beyond it
+    _demo_run(tmp_path / "threads", bits=5.25, high=3, ppl={"fp": 18.8412, "mxfp8_e4m3": 20.80,
+                                                           "mxfp4_e2m1": 92.1, "a.json": 34.0})
+    assert gen.compare_demo(tmp_path / "threads", recorded)[1]
+    _demo_run(tmp_path / "fp_off", bits=5.25, high=3, ppl={"fp": 18.95, "mxfp8_e4m3": 20.80,
+                                                          "mxfp4_e2m1": 92.1, "a.json": 34.0})
+    table, ok = gen.compare_demo(tmp_path / "fp_off", recorded)
+    assert not ok and "| ppl full precision | 18.95 |" in table
 
 
 def test_seeds_table_aggregates_sweeps_point_by_point(tmp_path):
