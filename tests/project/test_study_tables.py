@@ -177,3 +177,22 @@ def test_the_readme_summary_of_the_headline_holds_in_its_results_files():
         else:
             assert min(dmx) > kl
         assert max(dmx) < min(random)
+
+
+@pytest.mark.results
+def test_the_reading_of_the_pareto_study_holds_in_its_results_files():
+    """docs/RESULTS.md's reading under the verdict table: at 6 bits uniform MXFP6 E2M3 below every
+    dMX seed, the threshold rule well under a 6-bit budget, random above dMX at every finished
+    target, and the 5-bit KL draws so far below every budget-rounded dMX seed."""
+    reading = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    assert "At 6 bits no mix of MXFP8 and MXFP4 that dMX finds comes near uniform MXFP6 E2M3" in reading
+    rows = {row["target"]: row for label, row in st.study_rows(REPO) if label == "FP8/FP4, Hadamard-64" and row}
+    six = rows[6.0]
+    assert len(six["dmx"]) == 3 and dict(six["uniform"])["mxfp6_e2m3"] < min(six["dmx"]) - 2
+    assert six["threshold"] and all(bits < 5.5 for bits, _ in six["threshold"])
+    for row in rows.values():
+        if len(row["dmx"]) == 3 and len(row["random"]) == 3:
+            assert min(row["random"]) > max(row["dmx"]) + 2
+    five = rows[5.0]
+    if "the KL draws finished so far sit below every budget-rounded dMX seed" in reading:
+        assert five["kl"] and max(five["kl"]) < min(five["dmx"])
