@@ -30,7 +30,8 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 
 from dmx.assignment import Assignment, check_target, select_by_sensitivity
 from dmx.files import atomic_write_text, exists_or_previous, read_json_or_previous
+from dmx.llm.prefix_replay import PrefixReplay, find_blocks
 from dmx.provenance import token_hash
 from dmx.wrap import input_device
 
@@ -99,14 +101,19 @@ def reference_logits(model: nn.Module, windows: torch.Tensor, *, batch_size: int
 
 @torch.no_grad()
 def kl_to_reference(
-    model: nn.Module, windows: torch.Tensor, ref_logits: torch.Tensor, *, batch_size: int = 1
+    model: nn.Module, windows: torch.Tensor, ref_logits: torch.Tensor, *, batch_size: int = 1,
+    replay: PrefixReplay | None = None, first_block: int = 0,
 ) -> float:
-    """Mean token ``KL(p_ref || p_model)`` over ``windows`` (nats/token), batch by batch."""
+    """Mean token ``KL(p_ref || p_model)`` over ``windows`` (nats/token), batch by batch; with
+    ``replay``, blocks before ``first_block`` hand back their recorded outputs."""
     model.eval()
     device = input_device(model)
     total, count = 0.0, 0
     for i, batch in enumerate(_window_batches(windows, batch_size)):
-        logits = model(input_ids=batch.to(device), use_cache=False).logits.cpu()
+        if replay is not None:
+            replay.batch = i
+        with replay.skipping(first_block) if replay is not None else nullcontext():
+            logits = model(input_ids=batch.to(device), use_cache=False).logits.cpu()
         r = ref_logits[i * batch_size : i * batch_size + batch.shape[0]]
         n_tok = logits.numel() // logits.shape[-1]
         total += float(mean_token_kl(r, logits)) * n_tok
@@ -180,6 +187,7 @@ def score_layers(
     cache: ScoreCache | None = None,
     batch_size: int = 1,
     progress: bool = True,
+    replay: bool = True,
 ) -> dict[str, float]:
     """Per-layer sensitivity ``{layer: mean token KL(p_ref || p)}`` (see module docstring).
 
@@ -187,6 +195,8 @@ def score_layers(
     ``reference`` is the full-precision logits from ``reference_logits`` or a
     zero-argument callable producing them (only called if some layer still needs scoring).
     With ``cache``, already-scored layers are skipped and each new score is saved at once.
+    With ``replay`` (the default), the decoder blocks before a layer's block are run once, all
+    high, and replayed (:mod:`dmx.llm.prefix_replay`: the same scores, about half the compute).
     On return every layer is left at ``high_format``.
     """
     scores: dict[str, float] = dict(cache.scores) if cache is not None else {}
@@ -203,11 +213,13 @@ def score_layers(
         if len(todo) < len(layers):
             print(f"resuming the KL scoring: {len(layers) - len(todo)} of {len(layers)} layers already scored "
                   f"({cache.path})", file=sys.stderr)
+        prefix, block_of = _record_prefix(model, {n: layers[n] for n in todo}, windows, batch_size) if replay else (None, {})
         bar = tqdm(todo, desc=f"KL scores {low_format}->{high_format}", disable=not progress, unit="layer")
         for name in bar:
             layers[name].reconfigure(fixed_format=low_format)
             try:
-                kl = kl_to_reference(model, windows, ref, batch_size=batch_size)
+                kl = kl_to_reference(model, windows, ref, batch_size=batch_size, replay=prefix,
+                                     first_block=block_of.get(name, 0))
             finally:
                 layers[name].reconfigure(fixed_format=high_format)
             scores[name] = kl
@@ -216,6 +228,26 @@ def score_layers(
                 cache.save()
             bar.set_postfix(layer=name[-24:], kl=f"{kl:.3g}")
     return {n: scores[n] for n in layers}
+
+
+def _record_prefix(model: nn.Module, todo: Mapping[str, nn.Module], windows: torch.Tensor,
+                   batch_size: int) -> tuple[PrefixReplay | None, dict[str, int]]:
+    """The all-high outputs of the blocks before the last block holding a layer to score, per
+    batch (None when the layers are in the first block only, or the model has no block list)."""
+    blocks, block_of = find_blocks(model, todo)
+    upto = max(block_of.values(), default=0)
+    if blocks is None or upto == 0:
+        return None, {}
+    prefix = PrefixReplay(blocks, upto)
+    device = input_device(model)
+
+    def forwards() -> Iterator[None]:
+        for batch in _window_batches(windows, batch_size):
+            model(input_ids=batch.to(device), use_cache=False)
+            yield
+
+    model.eval()
+    return (prefix, block_of) if prefix.record(forwards()) else (None, {})
 
 
 # ----------------------------------------------------------------------------- end to end

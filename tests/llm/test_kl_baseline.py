@@ -210,3 +210,34 @@ def test_embedded_model_scores_two_layers(embedded_model, embedded_test_ids):
     scores = score_layers(model, picked, windows, low_format=LOW, high_format=HIGH, reference=ref, progress=False)
     # Demoting one of 210 layers to 4 bits perturbs the output measurably but slightly.
     assert all(0 < v < 1 for v in scores.values()), scores
+
+
+def test_replaying_the_blocks_before_a_layer_gives_the_same_scores_and_skips_them(tmp_path):
+    """Scoring layers of the second block replays the first block's recorded output: scores
+    bit-identical to full forwards, and the first block runs only in the recording pass."""
+    from dmx.llm.kl_baseline import reference_logits, score_layers
+    from dmx.llm.models import tiny_model
+    from dmx.llm.pipeline import quantize_model
+    from dmx.llm.prefix_replay import find_blocks
+
+    model = tiny_model("llama", seed=5)
+    windows = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(2))
+    ref = reference_logits(model, windows)
+    layers = quantize_model(model)
+    blocks, block_of = find_blocks(model, layers)
+    assert blocks is not None and max(block_of.values()) >= 1
+    chosen = {n: layer for n, layer in layers.items() if block_of[n] in (0, 1)}
+    kwargs = dict(low_format=LOW, high_format=HIGH, reference=ref, progress=False)
+    full = score_layers(model, chosen, windows, replay=False, **kwargs)
+    runs = {"n": 0}
+    # a linear inside the first block computes only when its block does (a replayed block runs nothing inside)
+    inside = next(layer for n, layer in layers.items() if block_of[n] == 0)
+    handle = inside.register_forward_pre_hook(lambda *_: runs.__setitem__("n", runs["n"] + 1))
+    try:
+        replayed = score_layers(model, chosen, windows, replay=True, **kwargs)
+    finally:
+        handle.remove()
+    assert replayed == full  # exactly: the replayed tensors are the ones a full forward computes
+    in_first = sum(block_of[n] == 0 for n in chosen)
+    assert runs["n"] == len(windows) * (1 + in_first)  # the recording pass, then only the first block's own layers
+    assert all(layer.format_name() == HIGH for layer in chosen.values())
