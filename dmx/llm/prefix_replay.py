@@ -103,10 +103,16 @@ class PrefixReplay:
         def replay(i: int):
             return lambda *args, **kwargs: _copy(self.outputs[self.batch][i])
 
+        # an instance attribute shadows the class's forward; one already there (accelerate's
+        # device hooks put theirs there) is put back afterwards
+        before = [vars(self.blocks[i]).get("forward") for i in range(first)]
         for i in range(first):
-            self.blocks[i].forward = replay(i)  # an instance attribute shadows the class's forward
+            self.blocks[i].forward = replay(i)
         try:
             yield
         finally:
-            for i in range(first):
-                del self.blocks[i].forward
+            for i, forward in enumerate(before):
+                if forward is None:
+                    del self.blocks[i].forward
+                else:
+                    self.blocks[i].forward = forward

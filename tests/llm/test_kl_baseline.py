@@ -241,3 +241,19 @@ def test_replaying_the_blocks_before_a_layer_gives_the_same_scores_and_skips_the
     in_first = sum(block_of[n] == 0 for n in chosen)
     assert runs["n"] == len(windows) * (1 + in_first)  # the recording pass, then only the first block's own layers
     assert all(layer.format_name() == HIGH for layer in chosen.values())
+    assert all("forward" not in vars(block) for block in blocks)  # the blocks' own forward is back
+
+
+def test_a_forward_already_on_a_block_is_put_back_after_replaying():
+    """accelerate's device hooks replace a block's forward by an instance attribute: the replay
+    must restore it, not delete it."""
+    from dmx.llm.prefix_replay import PrefixReplay
+
+    blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)])
+    hooked = blocks[0].forward
+    blocks[0].forward = hooked
+    replay = PrefixReplay(blocks, upto=1)
+    replay.outputs = [[torch.ones(1, 2)]]
+    with replay.skipping(1):
+        assert torch.equal(blocks[0](torch.zeros(1, 2)), torch.ones(1, 2))
+    assert vars(blocks[0])["forward"] is hooked
