@@ -239,16 +239,17 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
              for label, (below, n, d, k) in head.items()]
     wins = [below == n for below, n, _, _ in head.values()]
     status = "reproduced" if wins and all(wins) else "partly" if any(wins) else "not reproduced"
-    study = _verdicts(root, authors + fixed + ["FP8/FP4, no rotation"])
+    fp8_fp4 = authors + fixed + ["FP8/FP4, no rotation"]
+    study = _verdicts(root, fp8_fp4)
     if study:  # the held-out study, with KL's draws, decides over the headline's windows 0-31
         status = _verdict_status(study, "")[0]
-        finished = [f"{label} at {row['target']:g} bits: {row['verdict']} ({_interval(row)}, 3 KL draws of 8 × 512 "
-                    "tokens, 3 dMX seeds, windows 32-63)"
-                    for label, row in study_rows(root) if row and "verdict" in row]
+        finished = [f"{label} at {row['target']:g} bits: {row['verdict']} ({_interval(row)}, {STUDY_SEEDS} KL draws "
+                    f"of 8 × 512 tokens, {STUDY_SEEDS} dMX seeds, windows 32-63)"
+                    for label, row in study_rows(root) if label in fp8_fp4 and row and "verdict" in row]
         parts[:0] = [f"Pareto study on held-out windows: dMX better at {study.count('dMX better')} of {len(study)} "
                      "finished targets", *finished]
     else:
-        parts.extend(_pending_study(root, authors + fixed + ["FP8/FP4, no rotation"])
+        parts.extend(_pending_study(root, fp8_fp4)
                      or ["Pareto study on held-out windows: not finished yet"])
     rows.append(("\"improves over KL divergence-based layer-selection heuristics\"", status, "; ".join(parts)))
     measured = [p for folder in STUDY_FOLDERS.values() for p in (_points(root / "results" / folder) or [])
