@@ -160,8 +160,8 @@ def _headline_counts(root: Path) -> dict[str, tuple[int, int, float, float]]:
     return out
 
 
-def _verdicts(root: Path, labels: Sequence[str]) -> list[str]:
-    return [row["verdict"] for label, row in study_rows(root) if label in labels and row and "verdict" in row]
+def _verdicts(rows: Sequence[tuple[str, dict[str, Any] | None]], labels: Sequence[str]) -> list[str]:
+    return [row["verdict"] for label, row in rows if label in labels and row and "verdict" in row]
 
 
 def _verdict_status(verdicts: Sequence[str], what: str) -> tuple[str, str]:
@@ -184,12 +184,12 @@ def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, f
     return statistics.fmean(of_kind), statistics.fmean(fmt in high for _, fmt in chosen)
 
 
-def _pareto_status(root: Path, labels: Sequence[str]) -> tuple[str, str]:
+def _pareto_status(rows: Sequence[tuple[str, dict[str, Any] | None]], labels: Sequence[str]) -> tuple[str, str]:
     """Is dMX on the Pareto front of its sweeps? Off the front at a target where a uniform format
     with no more bits beats every dMX seed, or where KL's verdict is better; on it where the
     paired verdict says dMX better than KL and no uniform point dominates it."""
     on, off, open_ = [], [], []
-    for label, row in study_rows(root):
+    for label, row in rows:
         if label not in labels or not row:
             continue
         at = f"{label} at {row['target']:g} bits"
@@ -216,10 +216,10 @@ def _interval(row: Mapping[str, Any]) -> str:
     return f"dMX − KL {ci.difference:+.2f}, 95 % CI [{ci.low:+.2f}, {ci.high:+.2f}]"
 
 
-def _pending_study(root: Path, labels: Sequence[str]) -> list[str]:
+def _pending_study(rows: Sequence[tuple[str, dict[str, Any] | None]], labels: Sequence[str]) -> list[str]:
     """The held-out study's targets whose dMX seeds are finished but whose KL draws are not, as they stand."""
     out = []
-    for label, row in study_rows(root):
+    for label, row in rows:
         if label in labels and row and row["kl"] and len(row["dmx"]) >= STUDY_SEEDS and "pending" in row:
             out.append(f"held-out study so far, {label} at {row['target']:g} bits: KL "
                        f"{', '.join(f'{k:.2f}' for k in row['kl'])} ({len(row['kl'])} of {STUDY_SEEDS} draws of "
@@ -230,8 +230,9 @@ def _pending_study(root: Path, labels: Sequence[str]) -> list[str]:
 def claims(root: Path) -> list[tuple[str, str, str]]:
     """(claim of the paper, status, evidence) for the claims table (the README's headline), from the results files."""
     rows = []
+    per_target = study_rows(root)  # read and bootstrapped once; every claim below reads these rows
     authors, fixed = ["FP8/FP4, learned rotation"], ["FP8/FP4, Hadamard-64"]
-    status, evidence = _pareto_status(root, authors + fixed)
+    status, evidence = _pareto_status(per_target, authors + fixed)
     rows.append(("dMX \"consistently yields Pareto-dominating models\" (abstract)", status, evidence))
     head = _headline_counts(root)
     parts = [f"{label}: {below} of {n} dMX seeds below KL ({d:.2f} vs {k:.2f}; 5 bits, windows 0-31, one KL "
@@ -240,16 +241,16 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
     wins = [below == n for below, n, _, _ in head.values()]
     status = "reproduced" if wins and all(wins) else "partly" if any(wins) else "not reproduced"
     fp8_fp4 = authors + fixed + ["FP8/FP4, no rotation"]
-    study = _verdicts(root, fp8_fp4)
+    study = _verdicts(per_target, fp8_fp4)
     if study:  # the held-out study, with KL's draws, decides over the headline's windows 0-31
         status = _verdict_status(study, "")[0]
         finished = [f"{label} at {row['target']:g} bits: {row['verdict']} ({_interval(row)}, {STUDY_SEEDS} KL draws "
                     f"of 8 × 512 tokens, {STUDY_SEEDS} dMX seeds, windows 32-63)"
-                    for label, row in study_rows(root) if label in fp8_fp4 and row and "verdict" in row]
+                    for label, row in per_target if label in fp8_fp4 and row and "verdict" in row]
         parts[:0] = [f"Pareto study on held-out windows: dMX better at {study.count('dMX better')} of {len(study)} "
                      "finished targets", *finished]
     else:
-        parts.extend(_pending_study(root, fp8_fp4)
+        parts.extend(_pending_study(per_target, fp8_fp4)
                      or ["Pareto study on held-out windows: not finished yet"])
     rows.append(("\"improves over KL divergence-based layer-selection heuristics\"", status, "; ".join(parts)))
     measured = [p for folder in STUDY_FOLDERS.values() for p in (_points(root / "results" / folder) or [])
@@ -260,7 +261,7 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
     rows.append(("... on Llama, Qwen3 and SmolLM2 (1-1.7 B)", "not testable here",
                  "the machine reaches no model hub; the one local model is SmolLM2-135M-Instruct from a Q4_1 GGUF "
                  "(docs/FIDELITY.md row 19); `--model org/name --online` runs them elsewhere"))
-    fp6 = _verdicts(root, ["FP6/FP4, Hadamard-64"])
+    fp6 = _verdicts(per_target, ["FP6/FP4, Hadamard-64"])
     rows.append(("MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4", "not yet measured" if not fp6 else "partly",
                  "the FP6/FP4 study (`FAMILY=fp6_fp4 benchmarks/pareto_study.sh`) " +
                  ("has finished targets ([Pareto study](docs/RESULTS.md#the-pareto-study))" if fp6 else "is not run under the current recipe yet")))
@@ -273,7 +274,7 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
                      "reproduced" if kept > overall else "not reproduced",
                      f"Hadamard-64 headline, 3 seeds: {kept:.0%} of down_proj/v_proj layers at MXFP8 against "
                      f"{overall:.0%} of all layers"))
-    learned = _verdicts(root, authors)
+    learned = _verdicts(per_target, authors)
     rows.append(("rotations learned jointly with the offsets (the authors' set-up)",
                  "not yet measured" if not learned else _verdict_status(learned, "learned")[0],
                  "the fixed Hadamard is the default here (docs/FIDELITY.md row 16); the learned study "

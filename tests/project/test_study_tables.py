@@ -78,12 +78,12 @@ def _add_uniform(root: Path, fmt: str, bits: float, perplexity: float) -> None:
 def test_a_uniform_format_with_no_more_bits_beating_every_seed_takes_dmx_off_the_front(tmp_path):
     _study(tmp_path, dmx_shift=-0.05)
     _add_uniform(tmp_path, "mxfp8_e4m3", 8.0, 1.0)  # more bits: dominates nothing at 5
-    status, evidence = st._pareto_status(tmp_path, ["FP8/FP4, Hadamard-64"])
+    status, evidence = st._pareto_status(st.study_rows(tmp_path), ["FP8/FP4, Hadamard-64"])
     assert status == "reproduced" and "dMX better than KL" in evidence
     _add_uniform(tmp_path, "mxfp4_e2m1", 4.0, 1.0)  # fewer bits and lower perplexity than every seed
     (_, row), = [r for r in st.study_rows(tmp_path) if r[1] is not None]
     assert [f for f, _, _ in row["dominated_by"]] == ["mxfp4_e2m1"]
-    status, evidence = st._pareto_status(tmp_path, ["FP8/FP4, Hadamard-64"])
+    status, evidence = st._pareto_status(st.study_rows(tmp_path), ["FP8/FP4, Hadamard-64"])
     assert status == "not reproduced"
     assert "uniform MXFP4 (4 b) 1.00 below every dMX seed" in evidence
 
