@@ -30,6 +30,8 @@ STUDY_TARGETS = (4.5, 5.0, 6.0, 7.0)
 #: What a target of the study needs before its verdict is read: the seeds of each method.
 STUDY_SEEDS = 3
 SEQLEN = 2048
+#: What study_rows returns: (set-up label, row of one target, or None for a folder not run yet).
+StudyRows = Sequence[tuple[str, dict[str, Any] | None]]
 FORMAT_LABELS = {"mxfp4_e2m1": "MXFP4", "mxfp6_e2m3": "MXFP6 E2M3", "mxfp6_e3m2": "MXFP6 E3M2", "mxfp8_e4m3": "MXFP8"}
 
 
@@ -73,7 +75,7 @@ def study_row(points: Sequence[Mapping[str, Any]], threshold: Sequence[Mapping[s
     return row
 
 
-def study_rows(root: Path) -> list[tuple[str, dict[str, Any] | None]]:
+def study_rows(root: Path) -> StudyRows:
     """(label, row) per study folder and target; row None when the folder is not run yet."""
     out = []
     for label, folder in STUDY_FOLDERS.items():
@@ -160,7 +162,7 @@ def _headline_counts(root: Path) -> dict[str, tuple[int, int, float, float]]:
     return out
 
 
-def _verdicts(rows: Sequence[tuple[str, dict[str, Any] | None]], labels: Sequence[str]) -> list[str]:
+def _verdicts(rows: StudyRows, labels: Sequence[str]) -> list[str]:
     return [row["verdict"] for label, row in rows if label in labels and row and "verdict" in row]
 
 
@@ -184,7 +186,7 @@ def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, f
     return statistics.fmean(of_kind), statistics.fmean(fmt in high for _, fmt in chosen)
 
 
-def _pareto_status(rows: Sequence[tuple[str, dict[str, Any] | None]], labels: Sequence[str]) -> tuple[str, str]:
+def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
     """Is dMX on the Pareto front of its sweeps? Off the front at a target where a uniform format
     with no more bits beats every dMX seed, or where KL's verdict is better; on it where the
     paired verdict says dMX better than KL and no uniform point dominates it."""
@@ -216,7 +218,7 @@ def _interval(row: Mapping[str, Any]) -> str:
     return f"dMX − KL {ci.difference:+.2f}, 95 % CI [{ci.low:+.2f}, {ci.high:+.2f}]"
 
 
-def _pending_study(rows: Sequence[tuple[str, dict[str, Any] | None]], labels: Sequence[str]) -> list[str]:
+def _pending_study(rows: StudyRows, labels: Sequence[str]) -> list[str]:
     """The held-out study's targets whose dMX seeds are finished but whose KL draws are not, as they stand."""
     out = []
     for label, row in rows:
