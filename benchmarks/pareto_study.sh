@@ -39,8 +39,9 @@ if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS); fi
 mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
 # the threshold deployment re-deploys the budget folder's calibrations (final rounding is not part
 # of a checkpoint's identity)
-# (a relative link, so a committed folder resumes in any checkout)
-[ -e "${OUT}_threshold/checkpoints" ] || ln -s "../$(basename "$OUT")/checkpoints" "${OUT}_threshold/checkpoints"
+# (a relative link, so a committed folder resumes in any checkout; -fn replaces rather than nests, since
+# PART=kl and PART=rest start together and a test-then-link would let the second put a link inside the first)
+ln -sfn "../$(basename "$OUT")/checkpoints" "${OUT}_threshold/checkpoints"
 PART=${PART:-all}  # all | rest (dMX, fp, uniform, random, threshold) | kl
 case "$PART" in all|rest|kl) ;; *) echo "PART must be all, rest or kl (got '$PART')" >&2; exit 2;; esac
 for target in ${TARGETS:-5 6 4.5 7}; do
