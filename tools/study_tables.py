@@ -27,6 +27,8 @@ STUDY_FOLDERS = {
     "FP6/FP4, Hadamard-64": "pareto_fp6_fp4_hadamard",
 }
 STUDY_TARGETS = (4.5, 5.0, 6.0, 7.0)
+#: The two families compared at equal bits by the "MXFP6/MXFP4 more efficient" claim: (FP6/FP4, FP8/FP4).
+FAMILY_PAIR = ("FP6/FP4, Hadamard-64", "FP8/FP4, Hadamard-64")
 #: What a target of the study needs before its verdict is read: the seeds of each method.
 STUDY_SEEDS = 3
 SEQLEN = 2048
@@ -166,12 +168,12 @@ def _verdicts(rows: StudyRows, labels: Sequence[str]) -> list[str]:
     return [row["verdict"] for label, row in rows if label in labels and row and "verdict" in row]
 
 
-def _verdict_status(verdicts: Sequence[str], what: str) -> tuple[str, str]:
+def _verdict_status(verdicts: Sequence[str], what: str, win: str = "dMX better") -> tuple[str, str]:
     if not verdicts:
         return "not yet measured", f"{what}: no target finished yet ([Pareto study](docs/RESULTS.md#the-pareto-study))"
-    wins = verdicts.count("dMX better")
+    wins = verdicts.count(win)
     status = "reproduced" if wins == len(verdicts) else "partly" if wins else "not reproduced"
-    return status, f"{what}: dMX better at {wins} of {len(verdicts)} finished targets (paired 95 % interval, [Pareto study](docs/RESULTS.md#the-pareto-study))"
+    return status, f"{what}: {win} at {wins} of {len(verdicts)} finished targets (paired 95 % interval, [Pareto study](docs/RESULTS.md#the-pareto-study))"
 
 
 def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, float] | None:
@@ -216,6 +218,28 @@ def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
 def _interval(row: Mapping[str, Any]) -> str:
     ci = row["interval"]
     return f"dMX − KL {ci.difference:+.2f}, 95 % CI [{ci.low:+.2f}, {ci.high:+.2f}]"
+
+
+def _family_status(root: Path) -> tuple[str, str]:
+    """Are MXFP6/MXFP4 mixes better than MXFP8/MXFP4 mixes at equal bits? At every target where
+    both families' Hadamard-64 folders hold all dMX seeds: the paired interval of dMX's FP6/FP4 seeds
+    against its FP8/FP4 seeds (the same held-out windows), and its verdict."""
+    six, eight = (_points(root / "results" / STUDY_FOLDERS[label]) or [] for label in FAMILY_PAIR)
+    verdicts, parts = [], []
+    for target in STUDY_TARGETS:
+        if min(len(_at(six, "dmx", target)), len(_at(eight, "dmx", target))) < STUDY_SEEDS:
+            continue
+        ci = paired_difference(seed_nlls(six, "dmx", target), seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
+        verdicts.append(verdict(ci, "FP6/FP4", "FP8/FP4"))
+        parts.append(f"at {target:g} bits dMX's FP6/FP4 seeds {min(ci.per_seed_a):.2f}-{max(ci.per_seed_a):.2f} vs "
+                     f"FP8/FP4 {min(ci.per_seed_b):.2f}-{max(ci.per_seed_b):.2f}, difference {ci.difference:+.2f} "
+                     f"[{ci.low:+.2f}, {ci.high:+.2f}]: {verdicts[-1]}")
+    if not verdicts:
+        return "not yet measured", ("the FP6/FP4 study (`FAMILY=fp6_fp4 benchmarks/pareto_study.sh`) has no target "
+                                    "whose dMX seeds are all finished yet")
+    status, evidence = _verdict_status(verdicts, f"Hadamard-64, {STUDY_SEEDS} dMX seeds per family",
+                                       win="FP6/FP4 better")
+    return status, f"{evidence}; " + "; ".join(parts)
 
 
 def _pending_study(rows: StudyRows, labels: Sequence[str]) -> list[str]:
@@ -263,10 +287,7 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
     rows.append(("... on Llama, Qwen3 and SmolLM2 (1-1.7 B)", "not testable here",
                  "the machine reaches no model hub; the one local model is SmolLM2-135M-Instruct from a Q4_1 GGUF "
                  "(docs/FIDELITY.md row 19); `--model org/name --online` runs them elsewhere"))
-    fp6 = _verdicts(per_target, ["FP6/FP4, Hadamard-64"])
-    rows.append(("MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4", "not yet measured" if not fp6 else "partly",
-                 "the FP6/FP4 study (`FAMILY=fp6_fp4 benchmarks/pareto_study.sh`) " +
-                 ("has finished targets ([Pareto study](docs/RESULTS.md#the-pareto-study))" if fp6 else "is not run under the current recipe yet")))
+    rows.append(("MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4", *_family_status(root)))
     share = _high_share(root, HEADLINE["Hadamard-64"], ("down_proj", "v_proj"))
     if share is None:
         rows.append(("dMX keeps down_proj and v_proj at high precision", "not yet measured", ""))

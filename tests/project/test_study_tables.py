@@ -22,9 +22,10 @@ def _point(method, seed, nlls, target=5.0, bits=5.0):
             "window_nlls": list(map(float, nlls)), "first_window": 32}
 
 
-def _study(root: Path, dmx_shift: float, seed_sd: float = 0.0, windows: int = 32, drop_nlls: bool = False):
+def _study(root: Path, dmx_shift: float, seed_sd: float = 0.0, windows: int = 32, drop_nlls: bool = False,
+           label: str = "FP8/FP4, Hadamard-64"):
     rng = np.random.default_rng(0)
-    base = rng.normal(3.4, 0.3, windows)
+    base = rng.normal(3.4, 0.3, windows)  # the same windows in every folder: the same RNG draw
     points = []
     for method, shift in (("kl", 0.0), ("dmx", dmx_shift), ("random", 0.3)):
         for seed in range(3):
@@ -32,7 +33,7 @@ def _study(root: Path, dmx_shift: float, seed_sd: float = 0.0, windows: int = 32
             points.append(_point(method, seed, nlls))
     if drop_nlls:
         del points[3]["window_nlls"]
-    folder = root / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    folder = root / "results" / st.STUDY_FOLDERS[label]
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({"points": points}))
 
@@ -99,6 +100,27 @@ def test_the_kl_claim_shows_the_held_out_study_while_its_draws_run(tmp_path):
     assert "held-out study so far, FP8/FP4, Hadamard-64 at 5 bits: KL" in evidence and "1 of 3 draws" in evidence
     status, evidence = rows["dMX \"consistently yields Pareto-dominating models\" (abstract)"]
     assert status == "not yet measured" and "at 5 bits pending (KL 1/3)" in evidence
+
+
+def test_the_family_claim_compares_the_two_families_dmx_seeds_window_by_window(tmp_path):
+    claim = "MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4"
+    _study(tmp_path, dmx_shift=0.0)
+    assert dict((c, s) for c, s, _ in st.claims(tmp_path))[claim] == "not yet measured"  # no FP6/FP4 folder
+    _study(tmp_path, dmx_shift=-0.05, label="FP6/FP4, Hadamard-64")
+    (status, evidence), = [(s, e) for c, s, e in st.claims(tmp_path) if c == claim]
+    assert status == "reproduced" and "FP6/FP4 better at 1 of 1 finished targets" in evidence
+    assert "at 5 bits dMX's FP6/FP4 seeds" in evidence
+    folder = tmp_path / "results" / st.STUDY_FOLDERS["FP6/FP4, Hadamard-64"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] = [p for p in doc["points"] if p["method"] == "dmx"]
+    for p in doc["points"]:  # the FP6/FP4 seeds now worse than the FP8/FP4 ones
+        p["window_nlls"] = [n + 0.1 * 2048 for n in p["window_nlls"]]
+    (folder / "results.json").write_text(json.dumps(doc))
+    (status, evidence), = [(s, e) for c, s, e in st.claims(tmp_path) if c == claim]
+    assert status == "not reproduced" and "FP8/FP4 better" in evidence
+    doc["points"] = doc["points"][:2]
+    (folder / "results.json").write_text(json.dumps(doc))
+    assert dict((c, s) for c, s, _ in st.claims(tmp_path))[claim] == "not yet measured"  # 2 of 3 seeds
 
 
 @pytest.mark.results
