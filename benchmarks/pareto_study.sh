@@ -10,7 +10,9 @@
 #
 #   benchmarks/pareto_study.sh                                   # fixed Hadamard-64, FP8/FP4, 5 6 4.5 7 bits
 #   ROTATION=learned benchmarks/pareto_study.sh                  # the authors' learned rotation
-#   FAMILY=fp6_fp4 TARGETS="5 6" UNIFORM="mxfp4_e2m1 mxfp6_e2m3" benchmarks/pareto_study.sh
+#   FAMILY=fp6_fp4 TARGETS="5 4.5" UNIFORM="mxfp4_e2m1 mxfp6_e2m3" benchmarks/pareto_study.sh
+#     (not 6: it is the FP6/FP4 family's top, where every method deploys every layer at MXFP6 E2M3,
+#     the uniform point this runs anyway)
 #   ROTATION=none TARGETS=5 benchmarks/pareto_study.sh           # plain MX
 #   TASKS=default TARGETS="5 6" benchmarks/pareto_study.sh      # adds zero-shot accuracy to the points
 #   EXTRA="--device cuda --backend compiled" OUT=... benchmarks/pareto_study.sh   # on a GPU: benchmarks/gpu_study.sh

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dmx.family import get_family
 from dmx.llm.sweep.paired import paired_difference, seed_nlls, verdict
 from tools.results_io import load_json, markdown_table
 
@@ -222,24 +223,39 @@ def _interval(row: Mapping[str, Any]) -> str:
 
 def _family_status(root: Path) -> tuple[str, str]:
     """Are MXFP6/MXFP4 mixes better than MXFP8/MXFP4 mixes at equal bits? At every target where
-    both families' Hadamard-64 folders hold all dMX seeds: the paired interval of dMX's FP6/FP4 seeds
-    against its FP8/FP4 seeds (the same held-out windows), and its verdict."""
+    the FP8/FP4 Hadamard-64 folder holds all dMX seeds and the FP6/FP4 one a deployment: the paired
+    interval (the same held-out windows) of FP6/FP4 against dMX's FP8/FP4 seeds, and its verdict.
+    The FP6/FP4 side is dMX's seeds, or at the family's top (6 bits), where every method deploys
+    every layer at MXFP6 E2M3, the uniform MXFP6 E2M3 point."""
     six, eight = (_points(root / "results" / STUDY_FOLDERS[label]) or [] for label in FAMILY_PAIR)
+    family = get_family("fp6_fp4")
     verdicts, parts = [], []
     for target in STUDY_TARGETS:
-        if min(len(_at(six, "dmx", target)), len(_at(eight, "dmx", target))) < STUDY_SEEDS:
+        if len(_at(eight, "dmx", target)) < STUDY_SEEDS:
             continue
-        ci = paired_difference(seed_nlls(six, "dmx", target), seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
+        if target == family.bits_range[1]:
+            side, nlls = f"uniform {FORMAT_LABELS[family.high_format]}", seed_nlls(six, "uniform", fmt=family.high_format)
+        elif len(_at(six, "dmx", target)) >= STUDY_SEEDS:
+            side, nlls = "dMX's FP6/FP4 seeds", seed_nlls(six, "dmx", target)
+        else:
+            continue
+        if not nlls:
+            continue
+        ci = paired_difference(nlls, seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
         verdicts.append(verdict(ci, "FP6/FP4", "FP8/FP4"))
-        parts.append(f"at {target:g} bits dMX's FP6/FP4 seeds {min(ci.per_seed_a):.2f}-{max(ci.per_seed_a):.2f} vs "
-                     f"FP8/FP4 {min(ci.per_seed_b):.2f}-{max(ci.per_seed_b):.2f}, difference {ci.difference:+.2f} "
-                     f"[{ci.low:+.2f}, {ci.high:+.2f}]: {verdicts[-1]}")
+        parts.append(f"at {target:g} bits {side} {_range(ci.per_seed_a)} vs dMX's FP8/FP4 seeds "
+                     f"{_range(ci.per_seed_b)}, difference {ci.difference:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]: "
+                     f"{verdicts[-1]}")
     if not verdicts:
         return "not yet measured", ("the FP6/FP4 study (`FAMILY=fp6_fp4 benchmarks/pareto_study.sh`) has no target "
                                     "whose dMX seeds are all finished yet")
     status, evidence = _verdict_status(verdicts, f"Hadamard-64, {STUDY_SEEDS} dMX seeds per family",
                                        win="FP6/FP4 better")
     return status, f"{evidence}; " + "; ".join(parts)
+
+
+def _range(values: Sequence[float]) -> str:
+    return f"{min(values):.2f}" if len(values) == 1 else f"{min(values):.2f}-{max(values):.2f}"
 
 
 def _pending_study(rows: StudyRows, labels: Sequence[str]) -> list[str]:

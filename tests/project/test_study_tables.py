@@ -123,6 +123,22 @@ def test_the_family_claim_compares_the_two_families_dmx_seeds_window_by_window(t
     assert dict((c, s) for c, s, _ in st.claims(tmp_path))[claim] == "not yet measured"  # 2 of 3 seeds
 
 
+def test_at_the_fp6_fp4_top_the_family_claim_compares_uniform_mxfp6(tmp_path):
+    """At 6 bits every FP6/FP4 method deploys uniform MXFP6 E2M3, so that point stands for the family."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(3.4, 0.3, 32)
+    eight = [_point("dmx", seed, (base + 0.02 + rng.normal(0, 0.002, 32)) * 2048, target=6.0, bits=6.0)
+             for seed in range(3)]
+    six = [{**_point("uniform", None, base * 2048), "key": "uniform:mxfp6_e2m3", "format": "mxfp6_e2m3",
+            "target": None, "avg_bits": 6.0}]
+    for label, points in (("FP8/FP4, Hadamard-64", eight), ("FP6/FP4, Hadamard-64", six)):
+        folder = tmp_path / "results" / st.STUDY_FOLDERS[label]
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"points": points}))
+    status, evidence = st._family_status(tmp_path)
+    assert status == "reproduced" and "at 6 bits uniform MXFP6 E2M3" in evidence and "FP6/FP4 better" in evidence
+
+
 @pytest.mark.results
 def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdicts():
     """Every point of a committed study folder was scored on windows 32-63 and stores their NLLs;
