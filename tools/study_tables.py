@@ -234,18 +234,20 @@ def _family_status(root: Path) -> tuple[str, str]:
         if len(_at(eight, "dmx", target)) < STUDY_SEEDS:
             continue
         if target == family.bits_range[1]:
-            side, nlls = f"uniform {FORMAT_LABELS[family.high_format]}", seed_nlls(six, "uniform", fmt=family.high_format)
+            side, method, fmt, at = f"uniform {FORMAT_LABELS[family.high_format]}", "uniform", family.high_format, None
         elif len(_at(six, "dmx", target)) >= STUDY_SEEDS:
-            side, nlls = "dMX's FP6/FP4 seeds", seed_nlls(six, "dmx", target)
+            side, method, fmt, at = "dMX's FP6/FP4 seeds", "dmx", None, target
         else:
             continue
-        if not nlls:
+        chosen = [p for p in six if p["method"] == method and p.get("target") == at and p.get("format", fmt) == fmt]
+        if not chosen:
             continue
-        ci = paired_difference(nlls, seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
+        ci = paired_difference(seed_nlls(six, method, at, fmt), seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
         verdicts.append(verdict(ci, "FP6/FP4", "FP8/FP4"))
+        bits = (statistics.fmean(p["avg_bits"] for p in points) for points in (chosen, _at(eight, "dmx", target)))
         parts.append(f"at {target:g} bits {side} {_range(ci.per_seed_a)} vs dMX's FP8/FP4 seeds "
-                     f"{_range(ci.per_seed_b)}, difference {ci.difference:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]: "
-                     f"{verdicts[-1]}")
+                     f"{_range(ci.per_seed_b)} ({' vs '.join(f'{b:.2f}' for b in bits)} b), difference "
+                     f"{ci.difference:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]: {verdicts[-1]}")
     if not verdicts:
         return "not yet measured", ("the FP6/FP4 study (`FAMILY=fp6_fp4 benchmarks/pareto_study.sh`) has no target "
                                     "whose dMX seeds are all finished yet")
