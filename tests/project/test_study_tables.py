@@ -244,3 +244,21 @@ def test_the_reading_of_the_pareto_study_holds_in_its_results_files():
     assert dict((f, p) for f, _, p in rows[7.0]["dominated_by"])["mxfp6_e2m3"] < min(rows[7.0]["dmx"])
     assert all(bits > 5 for bits, _ in five["threshold"]) and max(b for b, _ in five["threshold"]) < 5.15
     assert min(p for _, p in five["threshold"]) < max(five["kl"]) and max(p for _, p in five["threshold"]) > min(five["kl"])
+
+
+@pytest.mark.results
+def test_the_reading_of_the_fp6_fp4_study_holds_in_its_results_files():
+    """docs/RESULTS.md's FP6/FP4 paragraph and the README's sentence on the families."""
+    reading = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "At 5 bits every FP6/FP4 dMX seed is far below every FP8/FP4 dMX seed at the same bits" in reading
+    assert "at 5 and 6 bits the FP6/FP4 mixes beat the FP8/FP4 ones at equal bits by a wide margin" in readme
+    rows = {(label, row["target"]): row for label, row in st.study_rows(REPO) if row}
+    six, eight = rows[("FP6/FP4, Hadamard-64", 5.0)], rows[("FP8/FP4, Hadamard-64", 5.0)]
+    assert len(six["dmx"]) == 3 and max(six["dmx"]) < 0.9 * min(eight["dmx"])  # "far below"
+    status, evidence = st._family_status(REPO)
+    assert status == "reproduced" and "at 5 bits" in evidence and "at 6 bits uniform MXFP6 E2M3" in evidence
+    assert six["threshold"] and all(bits < 4.5 for bits, _ in six["threshold"])  # "stays under 4.5 bits"
+    assert min(p for _, p in six["threshold"]) > 0.95 * min(six["random"])  # "at the random control's perplexity"
+    assert max(p for _, p in six["threshold"]) < 1.05 * max(six["random"])
+    assert ("pending until KL's three draws finish" in reading) == ("verdict" not in six)  # reword once they have
