@@ -234,15 +234,15 @@ def _family_status(root: Path) -> tuple[str, str]:
         if len(_at(eight, "dmx", target)) < STUDY_SEEDS:
             continue
         if target == family.bits_range[1]:
-            side, method, fmt, at = f"uniform {FORMAT_LABELS[family.high_format]}", "uniform", family.high_format, None
+            side = f"uniform {FORMAT_LABELS[family.high_format]}"
+            chosen = [p for p in six if p["method"] == "uniform" and p.get("format") == family.high_format]
         elif len(_at(six, "dmx", target)) >= STUDY_SEEDS:
-            side, method, fmt, at = "dMX's FP6/FP4 seeds", "dmx", None, target
+            side, chosen = "dMX's FP6/FP4 seeds", _at(six, "dmx", target)
         else:
             continue
-        chosen = [p for p in six if p["method"] == method and p.get("target") == at and p.get("format", fmt) == fmt]
         if not chosen:
             continue
-        ci = paired_difference(seed_nlls(six, method, at, fmt), seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
+        ci = paired_difference(seed_nlls(chosen, chosen[0]["method"]), seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
         verdicts.append(verdict(ci, "FP6/FP4", "FP8/FP4"))
         bits = (statistics.fmean(p["avg_bits"] for p in points) for points in (chosen, _at(eight, "dmx", target)))
         parts.append(f"at {target:g} bits {side} {_range(ci.per_seed_a)} vs dMX's FP8/FP4 seeds "
