@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dmx.family import get_family
-from dmx.llm.sweep.paired import paired_difference, seed_nlls, verdict
+from dmx.llm.sweep.paired import PairedInterval, paired_difference, seed_nlls, verdict
 from tools.results_io import load_json, markdown_table
 
 #: The Pareto study's folders under results/ (benchmarks/pareto_study.sh's OUT): label -> folder.
@@ -33,6 +33,11 @@ FAMILY_PAIR = ("FP6/FP4, Hadamard-64", "FP8/FP4, Hadamard-64")
 #: What a target of the study needs before its verdict is read: the seeds of each method.
 STUDY_SEEDS = 3
 SEQLEN = 2048
+#: The family-wise error rate a claim holds its targets to: a claim read over N finished targets
+#: reads each target's interval at level 1 - FAMILYWISE_ALPHA / N (Bonferroni), so a single 95 %
+#: win among several targets, which chance alone gives about once in 20 tries, is not read as the
+#: claim holding. The verdict table shows each target's own 95 % interval.
+FAMILYWISE_ALPHA = 0.05
 #: What study_rows returns: (set-up label, row of one target, or None for a folder not run yet).
 StudyRows = Sequence[tuple[str, dict[str, Any] | None]]
 FORMAT_LABELS = {"mxfp4_e2m1": "MXFP4", "mxfp6_e2m3": "MXFP6 E2M3", "mxfp6_e3m2": "MXFP6 E3M2", "mxfp8_e4m3": "MXFP8"}
@@ -73,9 +78,27 @@ def study_row(points: Sequence[Mapping[str, Any]], threshold: Sequence[Mapping[s
     if missing:
         row["pending"] = ", ".join(missing)
         return row
-    row["interval"] = paired_difference(seed_nlls(dmx, "dmx", target), seed_nlls(kl, "kl", target), seqlen=SEQLEN)
+    row["nlls"] = (seed_nlls(dmx, "dmx", target), seed_nlls(kl, "kl", target))
+    row["interval"] = paired_difference(*row["nlls"], seqlen=SEQLEN)
     row["verdict"] = verdict(row["interval"])
     return row
+
+
+def familywise_level(n: int) -> float:
+    """The level of each of ``n`` intervals that together hold a claim to FAMILYWISE_ALPHA."""
+    return 1 - FAMILYWISE_ALPHA / max(n, 1)
+
+
+def _claim_verdicts(rows: StudyRows, labels: Sequence[str]) -> dict[tuple[str, float], tuple[PairedInterval, str]]:
+    """Per finished target among ``labels``, keyed by (label, target): its dMX − KL interval at the
+    family-wise level over those targets, and the verdict that interval allows."""
+    finished = [(label, row) for label, row in rows if label in labels and row and "verdict" in row]
+    level = familywise_level(len(finished))
+    out = {}
+    for label, row in finished:
+        ci = paired_difference(*row["nlls"], seqlen=SEQLEN, level=level)
+        out[(label, row["target"])] = (ci, verdict(ci))
+    return out
 
 
 def study_rows(root: Path) -> StudyRows:
@@ -166,15 +189,23 @@ def _headline_counts(root: Path) -> dict[str, tuple[int, int, float, float]]:
 
 
 def _verdicts(rows: StudyRows, labels: Sequence[str]) -> list[str]:
-    return [row["verdict"] for label, row in rows if label in labels and row and "verdict" in row]
+    """The claim verdicts (family-wise over the finished targets among ``labels``)."""
+    return [v for _, v in _claim_verdicts(rows, labels).values()]
 
 
 def _verdict_status(verdicts: Sequence[str], what: str, win: str = "dMX better") -> tuple[str, str]:
+    """Status and summary of a claim from its targets' family-wise verdicts."""
     if not verdicts:
         return "not yet measured", f"{what}: no target finished yet ([Pareto study](docs/RESULTS.md#the-pareto-study))"
     wins = verdicts.count(win)
     status = "reproduced" if wins == len(verdicts) else "partly" if wins else "not reproduced"
-    return status, f"{what}: {win} at {wins} of {len(verdicts)} finished targets (paired 95 % interval, [Pareto study](docs/RESULTS.md#the-pareto-study))"
+    return status, (f"{what}: {win} at {wins} of {len(verdicts)} finished targets (paired intervals at "
+                    f"{_percent(familywise_level(len(verdicts)))} each: {_percent(1 - FAMILYWISE_ALPHA)} "
+                    "family-wise, [Pareto study](docs/RESULTS.md#the-pareto-study))")
+
+
+def _percent(level: float) -> str:
+    return f"{level * 100:.3g} %"
 
 
 def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, float] | None:
@@ -192,7 +223,9 @@ def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, f
 def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
     """Is dMX on the Pareto front of its sweeps? Off the front at a target where a uniform format
     with no more bits beats every dMX seed, or where KL's verdict is better; on it where the
-    paired verdict says dMX better than KL and no uniform point dominates it."""
+    paired verdict (family-wise over the finished targets) says dMX better than KL and no uniform
+    point dominates it."""
+    claimed = _claim_verdicts(rows, labels)
     on, off, open_ = [], [], []
     for label, row in rows:
         if label not in labels or not row:
@@ -203,12 +236,15 @@ def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
         for fmt, bits, ppl in row.get("dominated_by", []):
             off.append(f"{at}: uniform {FORMAT_LABELS.get(fmt, fmt)} ({bits:g} b) {ppl:.2f} below every dMX seed "
                        f"({min(row['dmx']):.2f}-{max(row['dmx']):.2f})")
-        if row.get("verdict") == "KL better":
-            off.append(f"{at}: KL better (paired 95 % interval)")
-        elif row.get("verdict") == "dMX better" and not row.get("dominated_by"):
-            on.append(f"{at}: dMX better than KL and no uniform point dominates it")
-        elif row.get("verdict") == "no difference shown" and not row.get("dominated_by"):
-            open_.append(f"{at}: no difference from KL shown ({_interval(row)})")
+        if (label, row["target"]) not in claimed:
+            continue
+        ci, verdict_ = claimed[(label, row["target"])]
+        if verdict_ == "KL better":
+            off.append(f"{at}: KL better ({_interval(row, ci)})")
+        elif verdict_ == "dMX better" and not row.get("dominated_by"):
+            on.append(f"{at}: dMX better than KL and no uniform point dominates it ({_interval(row, ci)})")
+        elif verdict_ == "no difference shown" and not row.get("dominated_by"):
+            open_.append(f"{at}: no difference from KL shown ({_interval(row, ci)})")
     link = " ([Pareto study](docs/RESULTS.md#the-pareto-study))"
     if not on and not off:
         return "not yet measured", "; ".join(open_ or ["learned and fixed Hadamard rotations: no target finished yet"]) + link
@@ -216,9 +252,11 @@ def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
     return status, "; ".join(off + on + open_) + link
 
 
-def _interval(row: Mapping[str, Any]) -> str:
-    ci = row["interval"]
-    return f"dMX − KL {ci.difference:+.2f}, 95 % CI [{ci.low:+.2f}, {ci.high:+.2f}]"
+def _interval(row: Mapping[str, Any], claim: PairedInterval) -> str:
+    """dMX − KL with the row's own 95 % interval and the claim's family-wise one."""
+    own = row["interval"]
+    return (f"dMX − KL {own.difference:+.2f}, 95 % CI [{own.low:+.2f}, {own.high:+.2f}], "
+            f"family-wise {_percent(claim.level)} CI [{claim.low:+.2f}, {claim.high:+.2f}]")
 
 
 def _family_status(root: Path) -> tuple[str, str]:
@@ -229,7 +267,7 @@ def _family_status(root: Path) -> tuple[str, str]:
     every layer at MXFP6 E2M3, the uniform MXFP6 E2M3 point."""
     six, eight = (_points(root / "results" / STUDY_FOLDERS[label]) or [] for label in FAMILY_PAIR)
     family = get_family("fp6_fp4")
-    verdicts, parts = [], []
+    compared = []  # (target, FP6/FP4 side's name, its points, FP8/FP4 dMX points)
     for target in STUDY_TARGETS:
         if len(_at(eight, "dmx", target)) < STUDY_SEEDS:
             continue
@@ -240,11 +278,14 @@ def _family_status(root: Path) -> tuple[str, str]:
             side, chosen = "dMX's FP6/FP4 seeds", _at(six, "dmx", target)
         else:
             continue
-        if not chosen:
-            continue
-        ci = paired_difference(seed_nlls(chosen, chosen[0]["method"]), seed_nlls(eight, "dmx", target), seqlen=SEQLEN)
+        if chosen:
+            compared.append((target, side, chosen, _at(eight, "dmx", target)))
+    verdicts, parts = [], []
+    for target, side, chosen, other in compared:
+        ci = paired_difference(seed_nlls(chosen, chosen[0]["method"]), seed_nlls(other, "dmx", target), seqlen=SEQLEN,
+                               level=familywise_level(len(compared)))
         verdicts.append(verdict(ci, "FP6/FP4", "FP8/FP4"))
-        bits = (statistics.fmean(p["avg_bits"] for p in points) for points in (chosen, _at(eight, "dmx", target)))
+        bits = (statistics.fmean(p["avg_bits"] for p in points) for points in (chosen, other))
         parts.append(f"at {target:g} bits {side} {_range(ci.per_seed_a)} vs dMX's FP8/FP4 seeds "
                      f"{_range(ci.per_seed_b)} ({' vs '.join(f'{b:.2f}' for b in bits)} b), difference "
                      f"{ci.difference:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]: {verdicts[-1]}")
@@ -286,14 +327,17 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
     wins = [below == n for below, n, _, _ in head.values()]
     status = "reproduced" if wins and all(wins) else "partly" if any(wins) else "not reproduced"
     every_setup = list(STUDY_FOLDERS)
-    study = _verdicts(per_target, every_setup)
-    if study:  # the held-out study, with KL's draws, decides over the headline's windows 0-31
-        status = _verdict_status(study, "")[0]
-        finished = [f"{label} at {row['target']:g} bits: {row['verdict']} ({_interval(row)}, {STUDY_SEEDS} KL draws "
-                    f"of 8 × 512 tokens, {STUDY_SEEDS} dMX seeds, windows 32-63)"
-                    for label, row in per_target if row and "verdict" in row]
-        parts[:0] = [f"Pareto study on held-out windows: dMX better at {study.count('dMX better')} of {len(study)} "
-                     "finished targets", *finished]
+    claimed = _claim_verdicts(per_target, every_setup)
+    if claimed:  # the held-out study, with KL's draws, decides over the headline's windows 0-31
+        study = [v for _, v in claimed.values()]
+        own = [row["verdict"] for label, row in per_target if row and (label, row["target"]) in claimed]
+        status, summary = _verdict_status(study, "Pareto study on held-out windows")
+        finished = [f"{label} at {row['target']:g} bits: {claimed[(label, row['target'])][1]} "
+                    f"({_interval(row, claimed[(label, row['target'])][0])}, {STUDY_SEEDS} KL draws of 8 × 512 tokens, "
+                    f"{STUDY_SEEDS} dMX seeds, windows 32-63)"
+                    for label, row in per_target if row and (label, row["target"]) in claimed]
+        parts[:0] = [f"{summary}; dMX better at {own.count('dMX better')} of {len(own)} on its own 95 % interval",
+                     *finished]
     else:
         parts.extend(_pending_study(per_target, every_setup)
                      or ["Pareto study on held-out windows: not finished yet"])
