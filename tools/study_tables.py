@@ -34,9 +34,10 @@ FAMILY_PAIR = ("FP6/FP4, Hadamard-64", "FP8/FP4, Hadamard-64")
 STUDY_SEEDS = 3
 SEQLEN = 2048
 #: The family-wise error rate a claim holds its targets to: a claim read over N finished targets
-#: reads each target's interval at level 1 - FAMILYWISE_ALPHA / N (Bonferroni), so a single 95 %
-#: win among several targets, which chance alone gives about once in 20 tries, is not read as the
-#: claim holding. The verdict table shows each target's own 95 % interval.
+#: reads each target's interval at level 1 - FAMILYWISE_ALPHA / N (Bonferroni): one 95 % interval
+#: excludes zero by chance once in 20 tries, one of six about once in four, so a single marginal win
+#: among several targets is not read as the claim holding. The verdict table shows each target's
+#: own 95 % interval.
 FAMILYWISE_ALPHA = 0.05
 #: What study_rows returns: (set-up label, row of one target, or None for a folder not run yet).
 StudyRows = Sequence[tuple[str, dict[str, Any] | None]]
@@ -89,15 +90,18 @@ def familywise_level(n: int) -> float:
     return 1 - FAMILYWISE_ALPHA / max(n, 1)
 
 
-def _claim_verdicts(rows: StudyRows, labels: Sequence[str]) -> dict[tuple[str, float], tuple[PairedInterval, str]]:
-    """Per finished target among ``labels``, keyed by (label, target): its dMX − KL interval at the
-    family-wise level over those targets, and the verdict that interval allows."""
+ClaimVerdicts = dict[tuple[str, float], tuple[dict[str, Any], PairedInterval, str]]
+
+
+def _claim_verdicts(rows: StudyRows, labels: Sequence[str]) -> ClaimVerdicts:
+    """Per finished target among ``labels``, keyed by (label, target): its row, its dMX − KL interval
+    at the family-wise level over those targets, and the verdict that interval allows."""
     finished = [(label, row) for label, row in rows if label in labels and row and "verdict" in row]
     level = familywise_level(len(finished))
     out = {}
     for label, row in finished:
         ci = paired_difference(*row["nlls"], seqlen=SEQLEN, level=level)
-        out[(label, row["target"])] = (ci, verdict(ci))
+        out[(label, row["target"])] = (row, ci, verdict(ci))
     return out
 
 
@@ -190,7 +194,7 @@ def _headline_counts(root: Path) -> dict[str, tuple[int, int, float, float]]:
 
 def _verdicts(rows: StudyRows, labels: Sequence[str]) -> list[str]:
     """The claim verdicts (family-wise over the finished targets among ``labels``)."""
-    return [v for _, v in _claim_verdicts(rows, labels).values()]
+    return [v for _, _, v in _claim_verdicts(rows, labels).values()]
 
 
 def _verdict_status(verdicts: Sequence[str], what: str, win: str = "dMX better") -> tuple[str, str]:
@@ -238,7 +242,7 @@ def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
                        f"({min(row['dmx']):.2f}-{max(row['dmx']):.2f})")
         if (label, row["target"]) not in claimed:
             continue
-        ci, verdict_ = claimed[(label, row["target"])]
+        _, ci, verdict_ = claimed[(label, row["target"])]
         if verdict_ == "KL better":
             off.append(f"{at}: KL better ({_interval(row, ci)})")
         elif verdict_ == "dMX better" and not row.get("dominated_by"):
@@ -329,13 +333,11 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
     every_setup = list(STUDY_FOLDERS)
     claimed = _claim_verdicts(per_target, every_setup)
     if claimed:  # the held-out study, with KL's draws, decides over the headline's windows 0-31
-        study = [v for _, v in claimed.values()]
-        own = [row["verdict"] for label, row in per_target if row and (label, row["target"]) in claimed]
-        status, summary = _verdict_status(study, "Pareto study on held-out windows")
-        finished = [f"{label} at {row['target']:g} bits: {claimed[(label, row['target'])][1]} "
-                    f"({_interval(row, claimed[(label, row['target'])][0])}, {STUDY_SEEDS} KL draws of 8 × 512 tokens, "
-                    f"{STUDY_SEEDS} dMX seeds, windows 32-63)"
-                    for label, row in per_target if row and (label, row["target"]) in claimed]
+        status, summary = _verdict_status([v for _, _, v in claimed.values()], "Pareto study on held-out windows")
+        own = [row["verdict"] for row, _, _ in claimed.values()]
+        finished = [f"{label} at {target:g} bits: {v} ({_interval(row, ci)}, {STUDY_SEEDS} KL draws of 8 × 512 "
+                    f"tokens, {STUDY_SEEDS} dMX seeds, windows 32-63)"
+                    for (label, target), (row, ci, v) in claimed.items()]
         parts[:0] = [f"{summary}; dMX better at {own.count('dMX better')} of {len(own)} on its own 95 % interval",
                      *finished]
     else:

@@ -112,7 +112,7 @@ def test_a_claim_reads_its_targets_together_so_a_single_marginal_win_is_no_win(t
     rows = st.study_rows(tmp_path)
     own = dict((label, row) for label, row in rows if row)["FP8/FP4, Hadamard-64"]
     assert own["verdict"] == "dMX better" and own["interval"].high < 0  # the table's own 95 % verdict
-    ci, claim_verdict = st._claim_verdicts(rows, list(st.STUDY_FOLDERS))[("FP8/FP4, Hadamard-64", 5.0)]
+    _, ci, claim_verdict = st._claim_verdicts(rows, list(st.STUDY_FOLDERS))[("FP8/FP4, Hadamard-64", 5.0)]
     assert ci.level == pytest.approx(0.975) and ci.low < own["interval"].low and ci.high > 0
     assert claim_verdict == "no difference shown"
     status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
@@ -300,5 +300,5 @@ def test_the_reading_of_the_fp6_fp4_study_holds_in_its_results_files():
     assert "family-wise interval the claims table reads (each at 1 − 0.05/6) includes zero" in reading
     claimed = st._claim_verdicts(st.study_rows(REPO), list(st.STUDY_FOLDERS))
     assert len(claimed) == 6
-    ci, claim_verdict = claimed[("FP6/FP4, Hadamard-64", 4.5)]
+    _, ci, claim_verdict = claimed[("FP6/FP4, Hadamard-64", 4.5)]
     assert ci.low < 0 < ci.high and claim_verdict == "no difference shown"
