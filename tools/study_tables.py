@@ -363,10 +363,14 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
                      f"Hadamard-64 headline, 3 seeds: {kept:.0%} of down_proj/v_proj layers at MXFP8 against "
                      f"{overall:.0%} of all layers"))
     learned = _verdicts(per_target, authors)
+    running = [f"{row['target']:g} bits pending ({row['pending']})" for label, row in per_target
+               if label in authors and row and "pending" in row]
+    progress = ("has finished targets" if learned else f"is running: {'; '.join(running)}" if running
+                else "has not run yet")
     rows.append(("rotations learned jointly with the offsets (the authors' set-up)",
                  "not yet measured" if not learned else _verdict_status(learned, "learned")[0],
                  "the fixed Hadamard is the default here (docs/FIDELITY.md row 16); the learned study "
-                 "(`ROTATION=learned benchmarks/pareto_study.sh`) " + ("has finished targets" if learned else "has not run yet")))
+                 f"(`ROTATION=learned benchmarks/pareto_study.sh`) {progress}"))
     return rows
 
 

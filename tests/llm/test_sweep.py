@@ -350,6 +350,7 @@ COMMITTED_SWEEPS = [
     ("pareto_study.sh", {"FAMILY": "fp6_fp4", "TARGETS": "5 4.5", "UNIFORM": "mxfp4_e2m1 mxfp6_e2m3",
                          "OUT": "pareto_fp6_fp4_hadamard"},
      ["pareto_fp6_fp4_hadamard", "pareto_fp6_fp4_hadamard_threshold"], ()),
+    ("pareto_study.sh", {"ROTATION": "learned"}, ["pareto_fp8_fp4_learned", "pareto_fp8_fp4_learned_threshold"], ()),
     ("headline.sh", {}, ["headline_5bit"], ()),
     ("headline.sh", {"ROTATION": "hadamard", "MAX_WINDOWS": "16", "OUT": "headline_5bit_hadamard"},
      ["headline_5bit_hadamard"], ()),

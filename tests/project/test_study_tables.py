@@ -127,6 +127,18 @@ def test_a_claim_reads_its_targets_together_so_a_single_marginal_win_is_no_win(t
     assert dict((c, s) for c, s, _ in st.claims(tmp_path))[claim] == "reproduced"
 
 
+def test_the_learned_rotation_claim_says_what_is_running(tmp_path):
+    claim = "rotations learned jointly with the offsets (the authors' set-up)"
+    assert "has not run yet" in dict((c, e) for c, _, e in st.claims(tmp_path))[claim]
+    _study(tmp_path, dmx_shift=-0.05, label="FP8/FP4, learned rotation")
+    folder = tmp_path / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] = [p for p in doc["points"] if p["method"] != "kl" and p["seed"] < 2]
+    (folder / "results.json").write_text(json.dumps(doc))
+    status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
+    assert status == "not yet measured" and "is running: 5 bits pending (KL 0/3, dMX 2/3)" in evidence
+
+
 def test_the_family_claim_compares_the_two_families_dmx_seeds_window_by_window(tmp_path):
     claim = "MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4"
     _study(tmp_path, dmx_shift=0.0)
