@@ -229,8 +229,9 @@ plt.show()
 # of gradients, so a difference in the last bits of one gradient (another summation order in the
 # library's backward pass, another CPU) can tip a layer sitting near $|\hat\beta| = 1$ into the
 # other format, and with it the final bits and error printed above: a change of that kind in the
-# library turned this very run into another assignment once. Read the printed assignment as one
-# sample. The quantities this notebook draws conclusions from are sums over several toys (the
+# library turned this very run into another assignment once, and so did moving it to another
+# machine type (the build compares this notebook's stored numbers only on the machine type that
+# stored them). Read the printed assignment as one sample. The quantities this notebook draws conclusions from are sums over several toys (the
 # flip totals of section 4) and the direction of the penalty's effect over targets (section 5),
 # not one run's layer list.
 #

@@ -503,7 +503,8 @@ assert ppl(rotated_uniform["mxfp4_e2m1"]) < ppl(uniform_nll["mxfp4_e2m1"])  # ro
 for rotation in points:
     run = points[rotation]["dMX"]
     assert any(b > TARGET for b in run["bits"])  # the hinge was active
-    assert abs(run["assignment"].provenance["threshold_element_bits"] - TARGET) <= 4 / len(layers) + 1e-9  # one layer
+    budget_bits = run["assignment"].element_bits
+    assert TARGET - 4 / len(layers) < budget_bits <= TARGET + 1e-9  # budget rounding: within one layer below
 
 # %% [markdown]
 # **What the miniature shows, and why.** The lines above give the outcome in each set-up, the
@@ -513,9 +514,13 @@ for rotation in points:
 # few, KL's one-at-a-time scores are measured on the very windows both methods calibrate on, and
 # dMX sees far fewer calibration tokens than the full-scale runs and the authors (section 9's
 # table). What the miniature does show is the mechanics: the rotation makes
-# uniform MXFP4 much cheaper, the method's own threshold rule lands within one layer of the
-# budget with the hinge active in both set-ups (the cell above asserts all three), and budget
-# rounding compares the two rankings at equal bits. The full-scale
+# uniform MXFP4 much cheaper, the hinge was active in both set-ups, and budget rounding deploys
+# both rankings within one layer below the budget, at equal bits (the cell above asserts all
+# three). The method's own threshold rule lands wherever the annealing leaves the offsets
+# (printed in sections 6 and 7): nothing holds it at the budget, and in a 40-step run on 14 layers
+# which side of $|\hat\beta| = 1$ a layer ends on is fragile (without the rotation the same source
+# kept 4 layers above the threshold on one machine type and 5 on another, whose float kernels
+# differ in the last bits). That is why the comparison deploys by budget rounding. The full-scale
 # results (section 10) are where the question is answered.
 #
 # ## 9. Miniature, README headline and the authors' set-up side by side
