@@ -139,6 +139,21 @@ def test_the_learned_rotation_claim_says_what_is_running(tmp_path):
     assert status == "not yet measured" and "is running: 5 bits pending (KL 0/3, dMX 2/3)" in evidence
 
 
+def test_a_learned_rotation_win_is_read_as_the_pipelines_not_as_a_ranking_claim(tmp_path):
+    """In the learned study KL uses the fixed start and dMX its own learned rotation: a win there is
+    the learned row's, and leaves the ranking claims (KL, Pareto) as they were."""
+    _study(tmp_path, dmx_shift=0.0)
+    before = {c: s for c, s, _ in st.claims(tmp_path)}
+    _study(tmp_path, dmx_shift=-0.05, label="FP8/FP4, learned rotation")
+    after = {c: (s, e) for c, s, e in st.claims(tmp_path)}
+    for claim in ("\"improves over KL divergence-based layer-selection heuristics\"",
+                  "dMX \"consistently yields Pareto-dominating models\" (abstract)"):
+        assert after[claim][0] == before[claim] != "reproduced", (claim, after[claim])
+        assert "learned rotation" not in after[claim][1]
+    status, evidence = after["rotations learned jointly with the offsets (the authors' set-up)"]
+    assert status == "reproduced" and "compares the pipelines, not the rankings" in evidence
+
+
 def test_the_family_claim_compares_the_two_families_dmx_seeds_window_by_window(tmp_path):
     claim = "MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4"
     _study(tmp_path, dmx_shift=0.0)
