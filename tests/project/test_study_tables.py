@@ -136,7 +136,29 @@ def test_the_learned_rotation_claim_says_what_is_running(tmp_path):
     doc["points"] = [p for p in doc["points"] if p["method"] != "kl" and p["seed"] < 2]
     (folder / "results.json").write_text(json.dumps(doc))
     status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
-    assert status == "not yet measured" and "is running: 5 bits pending (KL 0/3, dMX 2/3)" in evidence
+    assert status == "not yet measured" and "none of its comparisons finished yet" in evidence
+    assert "running: 5 bits against KL on the learned kind's fixed start: KL 0/3, dMX 2/3" in evidence
+    assert "running: 5 bits against KL on Hadamard-64: KL 0/3, dMX 2/3" in evidence  # no Hadamard-64 study here
+
+
+def test_the_learned_rotation_is_held_against_kl_on_the_default_rotation_too(tmp_path):
+    """Where the Hadamard-64 study's KL draws are finished, the learned dMX seeds are compared with
+    them on the same windows, before the learned study's own KL draws are; a loss there is a loss."""
+    claim = "rotations learned jointly with the offsets (the authors' set-up)"
+    _study(tmp_path, dmx_shift=0.0)  # KL on Hadamard-64 at the shared windows' level
+    _study(tmp_path, dmx_shift=0.05, label="FP8/FP4, learned rotation")  # learned dMX worse than that
+    folder = tmp_path / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] = [p for p in doc["points"] if p["method"] != "kl"]
+    (folder / "results.json").write_text(json.dumps(doc))
+    status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
+    assert status == "not reproduced" and "dMX better at 0 of 1 finished comparisons" in evidence
+    assert "vs KL on Hadamard-64" in evidence and "KL better" in evidence
+    for p in doc["points"]:
+        p["first_window"] = 0
+    (folder / "results.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="different test windows"):
+        st.claims(tmp_path)
 
 
 def test_a_learned_rotation_win_is_read_as_the_pipelines_not_as_a_ranking_claim(tmp_path):
@@ -151,7 +173,8 @@ def test_a_learned_rotation_win_is_read_as_the_pipelines_not_as_a_ranking_claim(
         assert after[claim][0] == before[claim] != "reproduced", (claim, after[claim])
         assert "learned rotation" not in after[claim][1]
     status, evidence = after["rotations learned jointly with the offsets (the authors' set-up)"]
-    assert status == "reproduced" and "compares the pipelines, not the rankings" in evidence
+    assert status == "reproduced" and "compare the pipelines, not the rankings" in evidence
+    assert "dMX better at 2 of 2 finished comparisons" in evidence  # both KL pipelines
 
 
 def test_the_family_claim_compares_the_two_families_dmx_seeds_window_by_window(tmp_path):
@@ -330,3 +353,14 @@ def test_the_reading_of_the_fp6_fp4_study_holds_in_its_results_files():
     assert len(claimed) == 6
     _, ci, claim_verdict = claimed[("FP6/FP4, Hadamard-64", 4.5)]
     assert ci.low < 0 < ci.high and claim_verdict == "no difference shown"
+
+
+@pytest.mark.results
+def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_results_files():
+    """docs/RESULTS.md: "at 5 bits KL on the fixed Hadamard is better there" (read family-wise, as the
+    claims table reads it)."""
+    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    assert "at 5 bits KL on the fixed Hadamard is better there" in text
+    _, compared, _ = st._learned_status(REPO, "FP8/FP4, learned rotation")
+    five = [c for c in compared if c.startswith("at 5 bits") and "vs KL on Hadamard-64" in c]
+    assert len(five) == 1 and five[0].endswith("KL better"), compared
