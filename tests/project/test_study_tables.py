@@ -358,9 +358,15 @@ def test_the_reading_of_the_fp6_fp4_study_holds_in_its_results_files():
 @pytest.mark.results
 def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_results_files():
     """docs/RESULTS.md: "at 5 bits KL on the fixed Hadamard is better there" (read family-wise, as the
-    claims table reads it)."""
+    claims table reads it), and the README's "at 5 bits those dMX seeds end above KL on the fixed
+    Hadamard" (every seed above every KL draw)."""
     text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
     assert "at 5 bits KL on the fixed Hadamard is better there" in text
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "at 5 bits those dMX seeds end above KL on the fixed Hadamard" in readme
+    learned, hadamard = (st._at(st._points(REPO / "results" / st.STUDY_FOLDERS[label]), method, 5.0)
+                         for label, method in (("FP8/FP4, learned rotation", "dmx"), ("FP8/FP4, Hadamard-64", "kl")))
+    assert min(p["perplexity"] for p in learned) > max(p["perplexity"] for p in hadamard)  # every seed above every draw
     _, compared, _ = st._learned_status(REPO, "FP8/FP4, learned rotation")
     five = [c for c in compared if c.startswith("at 5 bits") and "vs KL on Hadamard-64" in c]
     assert len(five) == 1 and five[0].endswith("KL better"), compared
