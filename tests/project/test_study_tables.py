@@ -364,6 +364,8 @@ def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_re
     assert "at 5 bits KL on the fixed Hadamard is better there" in text
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert "at 5 bits those dMX seeds end above KL on the fixed Hadamard" in readme
+    fidelity = " ".join((REPO / "docs" / "FIDELITY.md").read_text(encoding="utf-8").split())
+    assert "at 5 bits its dMX seeds end above KL on the fixed Hadamard" in fidelity
     learned, hadamard = (st._at(st._points(REPO / "results" / st.STUDY_FOLDERS[label]), method, 5.0)
                          for label, method in (("FP8/FP4, learned rotation", "dmx"), ("FP8/FP4, Hadamard-64", "kl")))
     assert min(p["perplexity"] for p in learned) > max(p["perplexity"] for p in hadamard)  # every seed above every draw
