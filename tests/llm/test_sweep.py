@@ -262,6 +262,9 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
         assert p["perplexity"] == first[key]["perplexity"] and p["formats"] == first[key]["formats"]
         assert 0.0 <= p["avg_accuracy"] <= 1.0 and set(p["accuracy"]) == {"piqa"}
         assert p["accuracy_settings"] == {"tasks": ["piqa"], "limit": 8, "online": False}
+        # per document, in document order: their mean is the task's accuracy (a paired comparison reads them)
+        docs = p["accuracy_documents"]["piqa"]
+        assert len(docs) == 8 and set(docs) <= {0, 1} and sum(docs) / 8 == pytest.approx(p["accuracy"]["piqa"])
     rows = list(csv.DictReader(io.StringIO((tmp_path / "sweep" / "results.csv").read_text())))
     assert all(r["acc_piqa"] != "" for r in rows)
     run_sweep(with_tasks)

@@ -265,9 +265,22 @@ def _zeroshot_metrics(model, tokenizer, cfg: SweepConfig) -> dict[str, Any]:
     res = evaluate_zeroshot(
         model, tokenizer, tasks=list(evaluation.tasks), limit=evaluation.limit,
         batch_size=evaluation.zeroshot_batch_size, data_dir=cfg.data_dir, online=cfg.online,
+        return_documents=True,
     )
     return {"accuracy": {name: row["acc"] for name, row in res["tasks"].items()},
-            "avg_accuracy": res["average"]["acc"], "accuracy_settings": accuracy_settings(cfg)}
+            "avg_accuracy": res["average"]["acc"], "accuracy_settings": accuracy_settings(cfg),
+            # per document (0/1, in document order), so two methods can be compared document by
+            # document on the same questions (a paired interval, as window_nlls for perplexity)
+            "accuracy_documents": {name: _document_scores(row["documents"]) for name, row in res["tasks"].items()}}
+
+
+def _document_scores(documents: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The 0/1 ``acc`` of each document, in document order (lm-eval's ``doc_id`` 0, 1, ...)."""
+    ids = [d["doc_id"] for d in documents]
+    if ids != list(range(len(ids))):
+        raise ValueError(f"zero-shot documents are not the first {len(ids)} of their task in order "
+                         f"(doc_id {ids[:5]}...): a paired comparison needs the same documents in the same order")
+    return [int(d["acc"]) for d in documents]
 
 
 def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
