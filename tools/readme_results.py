@@ -51,7 +51,7 @@ from dmx.autograd import BACKENDS  # noqa: E402  (one column per backend, in the
 from dmx.llm.sweep.results import assignment_file, summarize_points  # noqa: E402  (one definition of each)
 from tools.results_io import load_json, load_sweep, markdown_table  # noqa: E402  (shared with the study's tables)
 from tools.study_tables import (table_claims, table_gradient_probe, table_pareto_verdicts,  # noqa: E402
-                                table_rotation_default)
+                                table_rotation_default, table_zeroshot_verdicts)
 
 
 def pages(root: Path = REPO) -> list[Path]:
@@ -715,6 +715,7 @@ def table_export_ct_conformance(root: Path) -> str:
 TABLES: dict[str, Callable[[Path], str]] = {
     "claims": table_claims,
     "pareto_verdicts": table_pareto_verdicts,
+    "zeroshot_verdicts": table_zeroshot_verdicts,
     "gradient_probe": table_gradient_probe,
     "rotation_default": table_rotation_default,
     "headline": table_headline,

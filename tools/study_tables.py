@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dmx.family import get_family
-from dmx.llm.sweep.paired import PairedInterval, paired_difference, seed_nlls, verdict
+from dmx.llm.sweep.paired import (PairedInterval, paired_accuracy_difference, paired_difference, seed_documents,
+                                  seed_nlls, verdict)
 from tools.results_io import load_json, markdown_table
 
 #: The Pareto study's folders under results/ (benchmarks/pareto_study.sh's OUT): label -> folder.
@@ -205,16 +206,20 @@ def _verdicts(rows: StudyRows, labels: Sequence[str]) -> list[str]:
     return [v for _, _, v in _claim_verdicts(rows, labels).values()]
 
 
+PARETO_LINK = "[Pareto study](docs/RESULTS.md#the-pareto-study)"
+ZEROSHOT_LINK = "[zero-shot](docs/RESULTS.md#zero-shot-accuracy-in-the-pareto-study)"
+
+
 def _verdict_status(verdicts: Sequence[str], what: str, win: str = "dMX better",
-                    unit: str = "targets") -> tuple[str, str]:
+                    unit: str = "targets", link: str = PARETO_LINK) -> tuple[str, str]:
     """Status and summary of a claim from the family-wise verdicts of its finished ``unit``."""
     if not verdicts:
-        return "not yet measured", f"{what}: none of its {unit} finished yet ([Pareto study](docs/RESULTS.md#the-pareto-study))"
+        return "not yet measured", f"{what}: none of its {unit} finished yet ({link})"
     wins = verdicts.count(win)
     status = "reproduced" if wins == len(verdicts) else "partly" if wins else "not reproduced"
     return status, (f"{what}: {win} at {wins} of {len(verdicts)} finished {unit} (paired intervals at "
                     f"{_percent(familywise_level(len(verdicts)))} each: {_percent(1 - FAMILYWISE_ALPHA)} "
-                    "family-wise, [Pareto study](docs/RESULTS.md#the-pareto-study))")
+                    f"family-wise, {link})")
 
 
 def _percent(level: float) -> str:
@@ -231,6 +236,98 @@ def _high_share(root: Path, folder: str, kinds: Sequence[str]) -> tuple[float, f
     high = {fmt for _, fmt in chosen if fmt.startswith("mxfp8")}
     of_kind = [fmt in high for name, fmt in chosen if any(name.endswith(k) for k in kinds)]
     return statistics.fmean(of_kind), statistics.fmean(fmt in high for _, fmt in chosen)
+
+
+def zeroshot_rows(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(set-up label, row) per study folder and target where a method's points carry zero-shot
+    accuracy: each method's average accuracy per seed and, once every KL draw and dMX seed holds
+    per-document scores on the same questions, the paired interval of dMX − KL (question by
+    question, documents drawn within each task) and its verdict; else ``pending``."""
+    out = []
+    for label, folder in STUDY_FOLDERS.items():
+        points = _points(root / "results" / folder) or []
+        for target in STUDY_TARGETS:
+            at = {m: [p for p in _at(points, m, target) if p.get("avg_accuracy") is not None]
+                  for m in ("kl", "dmx", "random")}
+            if not any(at.values()):
+                continue
+            fp = [p for p in points if p["method"] == "fp" and p.get("avg_accuracy") is not None]
+            row: dict[str, Any] = {"target": target, **{m: [p["avg_accuracy"] for p in v] for m, v in at.items()},
+                                   "fp": [p["avg_accuracy"] for p in fp],
+                                   "settings": next(p["accuracy_settings"] for v in at.values() for p in v)}
+            missing = [f"{name} {len(at[m])}/{STUDY_SEEDS}" if len(at[m]) < STUDY_SEEDS
+                       else f"{name}: no per-question scores (measured before they were stored)"
+                       for m, name in (("kl", "KL"), ("dmx", "dMX"))
+                       if len(at[m]) < STUDY_SEEDS or not all(p.get("accuracy_documents") for p in at[m])]
+            if missing:
+                row["pending"] = ", ".join(missing)
+                out.append((label, row))
+                continue
+            (dmx, tasks, sizes), (kl, kl_tasks, kl_sizes) = (seed_documents(at[m], m, target) for m in ("dmx", "kl"))
+            settings = {str(p["accuracy_settings"]) for p in at["dmx"] + at["kl"]}
+            if (tasks, sizes) != (kl_tasks, kl_sizes) or settings != {str(row["settings"])}:
+                raise ValueError(f"{label} at {target:g} bits: dMX and KL answered different zero-shot questions "
+                                 f"(tasks {tasks} x {sizes} vs {kl_tasks} x {kl_sizes}): no paired comparison")
+            row.update(tasks=tasks, sizes=sizes, documents=(dmx, kl))
+            row["interval"] = paired_accuracy_difference(dmx, kl, task_sizes=sizes)
+            row["verdict"] = verdict(row["interval"])
+            out.append((label, row))
+    return out
+
+
+def _accuracy_spread(values: Sequence[float]) -> str:
+    """Accuracies (fractions) as percent: one value, or mean ± standard deviation."""
+    return _spread([100 * v for v in values]) if values else "–"
+
+
+def _documents(settings: Mapping[str, Any]) -> str:
+    limit = settings.get("limit")
+    return f"first {limit} of each task" if limit else "every document"
+
+
+def table_zeroshot_verdicts(root: Path) -> str:
+    """Per study folder and target with zero-shot accuracy: full precision, KL (3 draws), dMX (3
+    seeds) and the random control, the average accuracy over the tasks in percent, and the paired
+    95 % interval of dMX − KL over the same questions with its verdict."""
+    body = []
+    for label, row in zeroshot_rows(root):
+        cells = [label, f"{row['target']:g}", ", ".join(row["settings"]["tasks"]), _documents(row["settings"]),
+                 _accuracy_spread(row["fp"]), _accuracy_spread(row["kl"]), _accuracy_spread(row["dmx"]),
+                 _accuracy_spread(row["random"])]
+        if "pending" in row:
+            body.append(cells + ["", f"pending ({row['pending']})"])
+            continue
+        ci = row["interval"]
+        body.append(cells + [f"{100 * ci.difference:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]",
+                             f"**{row['verdict']}**"])
+    if not body:
+        return ("(no study point has zero-shot accuracy yet: `TASKS=default TARGETS=\"5 6\" "
+                "benchmarks/pareto_study.sh`, or `benchmarks/gpu_study.sh` on a GPU)\n")
+    return markdown_table(["set-up", "target", "tasks", "documents", "full precision", "KL (draws)", "dMX (seeds)",
+                           "random (draws)", "dMX − KL, points [95 % CI]", "verdict"], body, "lrllrrrrrl")
+
+
+def _zeroshot_status(root: Path, labels: Sequence[str]) -> tuple[str, str]:
+    """Does dMX improve over KL on zero-shot accuracy? The paired verdicts over the same questions,
+    family-wise over the finished (set-up, target) pairs among ``labels``."""
+    rows = [(label, row) for label, row in zeroshot_rows(root) if label in labels]
+    finished = [(label, row) for label, row in rows if "interval" in row]
+    level = familywise_level(len(finished))
+    verdicts, parts = [], []
+    for label, row in finished:
+        ci = paired_accuracy_difference(*row["documents"], task_sizes=row["sizes"], level=level)
+        verdicts.append(verdict(ci))
+        parts.append(f"{label} at {row['target']:g} bits ({_documents(row['settings'])}: {sum(row['sizes'])} "
+                     f"questions): dMX {_accuracy_spread(row['dmx'])} % vs KL {_accuracy_spread(row['kl'])} %, "
+                     f"dMX − KL {100 * ci.difference:+.2f} points, {_percent(level)} CI "
+                     f"[{100 * ci.low:+.2f}, {100 * ci.high:+.2f}], {verdicts[-1]}")
+    parts += [f"{label} at {row['target']:g} bits pending ({row['pending']})" for label, row in rows if "pending" in row]
+    if not verdicts:
+        return "not yet measured", ("perplexity: the row above; zero-shot under the current recipe: "
+                                    + ("; ".join(parts) or "not measured yet") + f" (`TASKS=default`, {ZEROSHOT_LINK})")
+    status, summary = _verdict_status(verdicts, "zero-shot accuracy, paired by question", unit="points",
+                                      link=ZEROSHOT_LINK)
+    return status, f"perplexity: the row above; {summary}; " + "; ".join(parts)
 
 
 def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
@@ -258,7 +355,7 @@ def _pareto_status(rows: StudyRows, labels: Sequence[str]) -> tuple[str, str]:
             on.append(f"{at}: dMX better than KL and no uniform point dominates it ({_interval(row, ci)})")
         elif verdict_ == "no difference shown" and not row.get("dominated_by"):
             open_.append(f"{at}: no difference from KL shown ({_interval(row, ci)})")
-    link = " ([Pareto study](docs/RESULTS.md#the-pareto-study))"
+    link = f" ({PARETO_LINK})"
     if not on and not off:
         return "not yet measured", "; ".join(open_ or ["learned and fixed Hadamard rotations: no target finished yet"]) + link
     status = "partly" if on and off else "reproduced" if on else "not reproduced"
@@ -389,11 +486,7 @@ def claims(root: Path) -> list[tuple[str, str, str]]:
         parts.extend(_pending_study(per_target, every_setup)
                      or ["Pareto study on held-out windows: not finished yet"])
     rows.append(("\"improves over KL divergence-based layer-selection heuristics\"", status, "; ".join(parts)))
-    measured = [p for folder in STUDY_FOLDERS.values() for p in (_points(root / "results" / folder) or [])
-                if p.get("avg_accuracy") is not None]
-    rows.append(("... on perplexity **and** zero-shot accuracy", "not yet measured" if not measured else "partly",
-                 "perplexity: as above; zero-shot under the current recipe: " +
-                 (f"{len(measured)} points with accuracy" if measured else "not measured yet (`TASKS=default`)")))
+    rows.append(("... on perplexity **and** zero-shot accuracy", *_zeroshot_status(root, every_setup)))
     rows.append(("... on Llama, Qwen3 and SmolLM2 (1-1.7 B)", "not testable here",
                  "the machine reaches no model hub; the one local model is SmolLM2-135M-Instruct from a Q4_1 GGUF "
                  "(docs/FIDELITY.md row 19); `--model org/name --online` runs them elsewhere"))

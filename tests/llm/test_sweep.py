@@ -64,6 +64,21 @@ def test_two_stores_on_one_folder_keep_each_others_points(tmp_path):
     assert [r["label"] for r in rows] == ["kl@5", "dmx@5", "kl@5:s1"]
 
 
+def test_two_stores_updating_finished_points_keep_each_others_updates(tmp_path):
+    """Two sweeps that both opened a finished folder and each add accuracy to other points (one the
+    KL draws, one the dMX seeds): every update survives, where a store's stale copies from when it
+    opened used to overwrite the other's (the dMX accuracy of the first zero-shot run was lost so)."""
+    first = ResultStore.open(tmp_path, {"model": "a"})
+    for key in ("kl@5", "dmx@5"):
+        first.add({"key": key, "method": key[:-2], "label": key, "perplexity": 3.0})
+    kl = ResultStore.open(tmp_path, {"model": "a"})
+    dmx = ResultStore.open(tmp_path, {"model": "a"})
+    dmx.add({**dmx.get("dmx@5"), "avg_accuracy": 0.45})
+    kl.add({**kl.get("kl@5"), "avg_accuracy": 0.44})
+    stored = ResultStore.open(tmp_path, {"model": "a"})
+    assert [(p["key"], p.get("avg_accuracy")) for p in stored.points] == [("kl@5", 0.44), ("dmx@5", 0.45)]
+
+
 def test_store_refuses_a_corrupt_results_file(tmp_path):
     (tmp_path / "results.json").write_text('{"schema": "dmx.sweep/1", "points": [')
     with pytest.raises(ValueError, match=r"sweep result file .*results.json is corrupt, not valid JSON .*move it away"):

@@ -215,6 +215,55 @@ def test_at_the_fp6_fp4_top_the_family_claim_compares_uniform_mxfp6(tmp_path):
 
 
 @pytest.mark.results
+def _add_accuracy(root: Path, dmx_skill: float, docs: int = 200, drop: str | None = None) -> None:
+    """Zero-shot answers on the study's points: 4 tasks of ``docs`` questions, a shared ease per
+    question, dMX ``dmx_skill`` better than KL; ``drop``: a point key whose per-question scores are dropped."""
+    folder = root / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    doc = json.loads((folder / "results.json").read_text())
+    rng = np.random.default_rng(5)
+    tasks = ("arc_challenge", "arc_easy", "piqa", "winogrande")
+    ease = {t: rng.uniform(0, 1, docs) for t in tasks}
+    skill = {"kl": 0.0, "dmx": dmx_skill, "random": -0.2}
+    for p in doc["points"]:
+        answers = {t: (ease[t] + skill[p["method"]] > rng.uniform(0, 1, docs)).astype(int).tolist() for t in tasks}
+        p.update(accuracy={t: float(np.mean(a)) for t, a in answers.items()},
+                 avg_accuracy=float(np.mean([np.mean(a) for a in answers.values()])),
+                 accuracy_settings={"tasks": list(tasks), "limit": docs, "online": False},
+                 accuracy_documents=answers)
+        if p["key"] == drop:
+            del p["accuracy_documents"]
+    (folder / "results.json").write_text(json.dumps(doc))
+
+
+def test_zero_shot_verdicts_pair_the_questions_and_claim_a_win_only_outside_zero(tmp_path):
+    """A clear accuracy win is "dMX better" with the interval above zero, in the table and the claims
+    row; no difference between the methods claims nothing; a point without per-question scores
+    leaves its target pending, not compared."""
+    _study(tmp_path, dmx_shift=-0.05)
+    _add_accuracy(tmp_path, dmx_skill=0.2)
+    (label, row), = st.zeroshot_rows(tmp_path)
+    assert row["interval"].low > 0 and row["verdict"] == "dMX better" and sum(row["sizes"]) == 800
+    table_row = next(line for line in st.table_zeroshot_verdicts(tmp_path).splitlines() if "Hadamard-64 | 5 |" in line)
+    assert "**dMX better**" in table_row and "first 200 of each task" in table_row
+    claims = {c: (status, evidence) for c, status, evidence in st.claims(tmp_path)}
+    status, evidence = claims["... on perplexity **and** zero-shot accuracy"]
+    assert status == "reproduced" and "dMX better at 1 of 1" in evidence
+
+    shutil.rmtree(tmp_path / "results")
+    _study(tmp_path, dmx_shift=-0.05)
+    _add_accuracy(tmp_path, dmx_skill=0.0)
+    (label, row), = st.zeroshot_rows(tmp_path)
+    assert row["interval"].low < 0 < row["interval"].high and row["verdict"] == "no difference shown"
+    assert {c: s for c, s, _ in st.claims(tmp_path)}["... on perplexity **and** zero-shot accuracy"] == "not reproduced"
+
+    shutil.rmtree(tmp_path / "results")
+    _study(tmp_path, dmx_shift=-0.05)
+    _add_accuracy(tmp_path, dmx_skill=0.2, drop="kl@5:s1")
+    (label, row), = st.zeroshot_rows(tmp_path)
+    assert "interval" not in row and "KL: no per-question scores" in row["pending"]
+    assert {c: s for c, s, _ in st.claims(tmp_path)}["... on perplexity **and** zero-shot accuracy"] == "not yet measured"
+
+
 def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdicts():
     """Every point of a committed study folder was scored on windows 32-63 and stores their NLLs;
     every win the table claims has an interval below zero."""
@@ -230,6 +279,11 @@ def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdi
             assert row["interval"].high < 0
         if row and row.get("verdict") == "KL better":
             assert row["interval"].low > 0
+    for _, row in st.zeroshot_rows(REPO):  # higher accuracy is better
+        if row.get("verdict") == "dMX better":
+            assert row["interval"].low > 0
+        if row.get("verdict") == "KL better":
+            assert row["interval"].high < 0
 
 
 @pytest.mark.results

@@ -169,15 +169,18 @@ class ResultStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _merge_from_disk(self) -> None:
-        """Take in the points another process stored since this store was opened (theirs first,
-        in their order; points only this store holds keep their place after them)."""
+        """Take in the points another process stored or updated since this store was opened (the
+        file's points first, in their order, as the file holds them; points only this store holds
+        keep their place after them). The file wins: every point this store wrote is in it, and a
+        point another process updated (zero-shot accuracy added to a finished point, say) is newer
+        there than the copy this store loaded when it opened."""
         path = self.out_dir / "results.json"
         if not exists_or_previous(path):
             return
         doc = read_json_or_previous(path, what="sweep result file", fix="move it away to start the sweep afresh")
-        mine = {p["key"]: p for p in self.points}
-        merged = [mine.pop(p["key"], p) for p in doc.get("points", [])]
-        self.points = merged + list(mine.values())
+        theirs = list(doc.get("points", []))
+        on_disk = {p["key"] for p in theirs}
+        self.points = theirs + [p for p in self.points if p["key"] not in on_disk]
 
 
 def assignment_file(out: Path, label: str) -> Path:
