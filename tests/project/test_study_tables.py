@@ -426,3 +426,46 @@ def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_re
     _, compared, _ = st._learned_status(REPO, "FP8/FP4, learned rotation")
     five = [c for c in compared if c.startswith("at 5 bits") and "vs KL on Hadamard-64" in c]
     assert len(five) == 1 and five[0].endswith("KL better"), compared
+
+
+@pytest.mark.results
+def test_the_reading_of_the_learned_studys_threshold_rule_holds_in_its_results_files():
+    """docs/RESULTS.md: the learned seeds' threshold rule deploys every layer at MXFP4, below uniform
+    MXFP4 on the fixed Hadamard-64 and far below uniform MXFP4 on the learned kind's start."""
+    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    assert "by their own threshold rule the learned seeds deploy every layer at MXFP4 (4.00 bits" in text
+    learned = st.STUDY_FOLDERS["FP8/FP4, learned rotation"]
+    threshold = st._at(st._points(REPO / "results" / f"{learned}_threshold"), "dmx", 5.0)
+    assert len(threshold) == 3 and all(p["avg_bits"] == 4.0 for p in threshold)
+
+    def uniform_fp4(label):
+        points = st._points(REPO / "results" / st.STUDY_FOLDERS[label])
+        return next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == "mxfp4_e2m1")
+
+    worst = max(p["perplexity"] for p in threshold)
+    assert worst < uniform_fp4("FP8/FP4, Hadamard-64")
+    assert 2 * worst < uniform_fp4("FP8/FP4, learned rotation")  # "far below"
+
+
+@pytest.mark.results
+def test_the_reading_of_the_zero_shot_study_holds_in_its_results_files():
+    """docs/RESULTS.md's reading under the zero-shot table and the README's sentence on it."""
+    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert "On zero-shot accuracy (the first 200 questions of each of the four tasks, 5 bits, fixed Hadamard) " \
+           "dMX and KL cannot be told apart" in readme
+    assert "the paired interval of dMX − KL is about five points wide" in text
+    row = next(row for label, row in st.zeroshot_rows(REPO) if label == "FP8/FP4, Hadamard-64" and row["target"] == 5.0)
+    assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
+    assert 0.04 < row["interval"].high - row["interval"].low < 0.06 and row["interval"].low < 0 < row["interval"].high
+    assert "dMX's seeds spread more than KL's draws" in text
+    assert statistics.stdev(row["dmx"]) > statistics.stdev(row["kl"])
+    assert "Every draw of the random control answers fewer questions than every dMX seed and every KL draw, " \
+           "but by one to three points where its perplexity is 40 % higher" in text
+    assert max(row["random"]) < min(row["dmx"] + row["kl"])
+    gaps = [statistics.fmean(row[m]) - statistics.fmean(row["random"]) for m in ("dmx", "kl")]
+    assert all(0.01 < gap < 0.03 for gap in gaps)
+    perplexity = next(r for label, r in st.study_rows(REPO) if label == "FP8/FP4, Hadamard-64" and r and r["target"] == 5.0)
+    assert 1.3 < statistics.fmean(perplexity["random"]) / statistics.fmean(perplexity["dmx"]) < 1.5
+    assert "full precision is only about ten points above chance" in text
+    assert 0.08 < row["fp"][0] - 0.375 < 0.12
