@@ -92,7 +92,8 @@ def _panel(ax: Axes, points: Sequence[Mapping[str, Any]], metric: str, ylabel: s
     ax.set_xlabel("average element bits")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    # below the axes: inside, it covers the points of a sparse panel (one target with accuracy)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
 
 
 def pareto_figure(
@@ -112,7 +113,7 @@ def pareto_figure(
     if not any(_finite(p.get("perplexity")) for p in points):
         raise ValueError("no result has a finite perplexity; nothing to plot (run the sweep first)")
     with_acc = any(_finite(p.get("avg_accuracy")) for p in points)
-    fig = Figure(figsize=(11 if with_acc else 6, 4.5))
+    fig = Figure(figsize=(11 if with_acc else 6, 5.5))
     axes = fig.subplots(1, 2 if with_acc else 1, squeeze=False)
     _panel(axes[0, 0], points, "perplexity", "WikiText-2 perplexity")
     if log_perplexity:
