@@ -252,8 +252,11 @@ def zeroshot_rows(root: Path) -> list[tuple[str, dict[str, Any]]]:
             if not any(at.values()):
                 continue
             fp = [p for p in points if p["method"] == "fp" and p.get("avg_accuracy") is not None]
+            uniform = [p for p in points if p["method"] == "uniform" and p.get("avg_accuracy") is not None
+                       and p.get("avg_bits") == target]
             row: dict[str, Any] = {"target": target, **{m: [p["avg_accuracy"] for p in v] for m, v in at.items()},
                                    "fp": [p["avg_accuracy"] for p in fp],
+                                   "uniform": [(p["format"], p["avg_accuracy"]) for p in uniform],
                                    "settings": next(p["accuracy_settings"] for v in at.values() for p in v)}
             missing = [f"{name} {len(at[m])}/{STUDY_SEEDS}" if len(at[m]) < STUDY_SEEDS
                        else f"{name}: no per-question scores (measured before they were stored)"
@@ -287,13 +290,15 @@ def _documents(settings: Mapping[str, Any]) -> str:
 
 def table_zeroshot_verdicts(root: Path) -> str:
     """Per study folder and target with zero-shot accuracy: full precision, KL (3 draws), dMX (3
-    seeds) and the random control, the average accuracy over the tasks in percent, and the paired
-    95 % interval of dMX − KL over the same questions with its verdict."""
+    seeds), the random control and a uniform format at the target's bits, the average accuracy over
+    the tasks in percent, and the paired 95 % interval of dMX − KL over the same questions with its
+    verdict."""
     body = []
     for label, row in zeroshot_rows(root):
+        uniform = "; ".join(f"{FORMAT_LABELS.get(f, f)}: {100 * a:.2f}" for f, a in row["uniform"]) or "–"
         cells = [label, f"{row['target']:g}", ", ".join(row["settings"]["tasks"]), _documents(row["settings"]),
                  _accuracy_spread(row["fp"]), _accuracy_spread(row["kl"]), _accuracy_spread(row["dmx"]),
-                 _accuracy_spread(row["random"])]
+                 _accuracy_spread(row["random"]), uniform]
         if "pending" in row:
             body.append(cells + ["", f"pending ({row['pending']})"])
             continue
@@ -304,7 +309,8 @@ def table_zeroshot_verdicts(root: Path) -> str:
         return ("(no study point has zero-shot accuracy yet: `TASKS=default TARGETS=\"5 6\" "
                 "benchmarks/pareto_study.sh`, or `benchmarks/gpu_study.sh` on a GPU)\n")
     return markdown_table(["set-up", "target", "tasks", "documents", "full precision", "KL (draws)", "dMX (seeds)",
-                           "random (draws)", "dMX − KL, points [95 % CI]", "verdict"], body, "lrllrrrrrl")
+                           "random (draws)", "uniform at these bits", "dMX − KL, points [95 % CI]", "verdict"],
+                          body, "lrllrrrrlrl")
 
 
 def _zeroshot_status(root: Path, labels: Sequence[str]) -> tuple[str, str]:

@@ -264,6 +264,31 @@ def test_zero_shot_verdicts_pair_the_questions_and_claim_a_win_only_outside_zero
     assert {c: s for c, s, _ in st.claims(tmp_path)}["... on perplexity **and** zero-shot accuracy"] == "not yet measured"
 
 
+def test_the_zero_shot_table_shows_the_uniform_format_at_the_targets_bits_only(tmp_path):
+    """A uniform format with accuracy is the reference at its own bits (as in the perplexity table),
+    not at a target with other bits."""
+    _study(tmp_path, dmx_shift=0.0)
+    _add_accuracy(tmp_path, dmx_skill=0.0)
+    path = tmp_path / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"] / "results.json"
+    doc = json.loads(path.read_text())
+    for fmt, bits, acc in (("mxfp6_e2m3", 6.0, 0.485), ("mxfp4_e2m1", 4.0, 0.30), ("mxfp6_e2m3", 5.0, 0.61)):
+        doc["points"].append({"key": f"uniform:{fmt}", "method": "uniform", "format": fmt, "target": None,
+                              "seed": 0, "avg_bits": bits, "perplexity": 20.0, "avg_accuracy": acc})
+    doc["points"].pop()  # only formats at 4 and 6 bits: nothing at the 5-bit target
+    path.write_text(json.dumps(doc))
+    (_, row), = st.zeroshot_rows(tmp_path)
+    assert row["uniform"] == []
+    header, _, line = st.table_zeroshot_verdicts(tmp_path).splitlines()
+    cells = dict(zip(header.strip("| ").split(" | "), line.strip("| ").split(" | ")))
+    assert cells["uniform at these bits"] == "–" and cells["random (draws)"] != "–"
+    doc["points"].append({"key": "uniform:x", "method": "uniform", "format": "mxfp6_e2m3", "target": None, "seed": 0,
+                          "avg_bits": 5.0, "perplexity": 20.0, "avg_accuracy": 0.61})
+    path.write_text(json.dumps(doc))
+    (_, row), = st.zeroshot_rows(tmp_path)
+    assert row["uniform"] == [("mxfp6_e2m3", 0.61)]
+    assert "MXFP6 E2M3: 61.00" in st.table_zeroshot_verdicts(tmp_path)
+
+
 def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdicts():
     """Every point of a committed study folder was scored on windows 32-63 and stores their NLLs;
     every win the table claims has an interval below zero."""
@@ -454,14 +479,20 @@ def test_the_reading_of_the_zero_shot_study_holds_in_its_results_files():
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert "On zero-shot accuracy (the first 200 questions of each of the four tasks, 5 bits, fixed Hadamard) " \
            "dMX and KL cannot be told apart" in readme
-    assert "the paired interval of dMX − KL is about five points wide" in text
-    row = next(row for label, row in st.zeroshot_rows(REPO) if label == "FP8/FP4, Hadamard-64" and row["target"] == 5.0)
-    assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
-    assert 0.04 < row["interval"].high - row["interval"].low < 0.06 and row["interval"].low < 0 < row["interval"].high
-    assert "dMX's seeds spread more than KL's draws" in text
-    assert statistics.stdev(row["dmx"]) > statistics.stdev(row["kl"])
-    assert "Every draw of the random control answers fewer questions than every dMX seed and every KL draw, " \
-           "but by one to three points where its perplexity is 40 % higher" in text
+    assert "at both targets the paired interval of dMX − KL is about five points wide" in text
+    assert "dMX's seeds spread more than KL's draws at both targets" in text
+    rows = {row["target"]: row for label, row in st.zeroshot_rows(REPO) if label == "FP8/FP4, Hadamard-64"}
+    for row in (rows[5.0], rows[6.0]):
+        assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
+        assert 0.04 < row["interval"].high - row["interval"].low < 0.06 and row["interval"].low < 0 < row["interval"].high
+        assert statistics.stdev(row["dmx"]) > statistics.stdev(row["kl"])
+    assert "At 6 bits uniform MXFP6 E2M3 answers more questions than every dMX seed and every KL draw" in text
+    assert "(it even ends above full precision)" in text
+    uniform = dict(rows[6.0]["uniform"])["mxfp6_e2m3"]
+    assert uniform > max(rows[6.0]["dmx"] + rows[6.0]["kl"]) and uniform > rows[6.0]["fp"][0]
+    row = rows[5.0]
+    assert "At 5 bits every draw of the random control answers fewer questions than every dMX seed and every " \
+           "KL draw, but by one to three points where its perplexity is 40 % higher" in text
     assert max(row["random"]) < min(row["dmx"] + row["kl"])
     gaps = [statistics.fmean(row[m]) - statistics.fmean(row["random"]) for m in ("dmx", "kl")]
     assert all(0.01 < gap < 0.03 for gap in gaps)
