@@ -137,7 +137,7 @@ def table_pareto_verdicts(root: Path) -> str:
             body.append([label, "", "not run yet", "", "", "", "", "", "", ""])
             continue
         thr = "; ".join(f"{b:.2f} b: {p:.2f}" for b, p in row["threshold"]) or "–"
-        uniform = "; ".join(f"{FORMAT_LABELS.get(f, f)}: {p:.2f}" for f, p in row["uniform"]) or "–"
+        uniform = _uniform_cell(row["uniform"])
         cells = [label, f"{row['target']:g}", _spread(row["kl"]) if row["kl"] else "–",
                  _spread(row["dmx"]) if row["dmx"] else "–", _spread(row["random"]) if row["random"] else "–"]
         if "pending" in row:
@@ -278,6 +278,11 @@ def zeroshot_rows(root: Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _uniform_cell(pairs: Sequence[tuple[str, float]], scale: float = 1.0) -> str:
+    """Uniform formats at a target's bits, ``MXFP6 E2M3: 20.99``; "–" for none."""
+    return "; ".join(f"{FORMAT_LABELS.get(f, f)}: {scale * v:.2f}" for f, v in pairs) or "–"
+
+
 def _accuracy_spread(values: Sequence[float]) -> str:
     """Accuracies (fractions) as percent: one value, or mean ± standard deviation."""
     return _spread([100 * v for v in values]) if values else "–"
@@ -295,7 +300,7 @@ def table_zeroshot_verdicts(root: Path) -> str:
     verdict."""
     body = []
     for label, row in zeroshot_rows(root):
-        uniform = "; ".join(f"{FORMAT_LABELS.get(f, f)}: {100 * a:.2f}" for f, a in row["uniform"]) or "–"
+        uniform = _uniform_cell(row["uniform"], scale=100)  # accuracy in percent
         cells = [label, f"{row['target']:g}", ", ".join(row["settings"]["tasks"]), _documents(row["settings"]),
                  _accuracy_spread(row["fp"]), _accuracy_spread(row["kl"]), _accuracy_spread(row["dmx"]),
                  _accuracy_spread(row["random"]), uniform]
