@@ -6,7 +6,10 @@
 # the recipe and the rotation block, so they report nothing here). Every point stores its
 # per-window NLLs, so `make readme-results` gives a paired interval for dMX - KL at every target.
 # A second folder, <OUT>_threshold, re-deploys the same calibrations with dMX's own threshold rule
-# (|beta_hat| > 1 -> high format: the method's own bits), sharing the checkpoints.
+# (|beta_hat| > 1 -> high format: the method's own bits), sharing the checkpoints. Under the learned
+# rotation KL runs twice: on the learned kind's fixed start (kl: the pipeline comparison) and, draw i
+# on the rotation dMX seed i learned (kl_learned_rotation: both ranked on one rotation; ~1.5 h a
+# draw on one core, in PART=rest after dMX).
 #
 #   benchmarks/pareto_study.sh                                   # fixed Hadamard-64, FP8/FP4, 5 6 4.5 7 bits
 #   ROTATION=learned benchmarks/pareto_study.sh                  # the authors' learned rotation
@@ -44,7 +47,7 @@ mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
 # (a relative link, so a committed folder resumes in any checkout; -fn replaces rather than nests, since
 # PART=kl and PART=rest start together and a test-then-link would let the second put a link inside the first)
 ln -sfn "../$(basename "$OUT")/checkpoints" "${OUT}_threshold/checkpoints"
-PART=${PART:-all}  # all | rest (dMX, fp, uniform, random, threshold) | kl
+PART=${PART:-all}  # all | rest (dMX, fp, uniform, random, threshold; learned: kl_learned_rotation) | kl
 case "$PART" in all|rest|kl) ;; *) echo "PART must be all, rest or kl (got '$PART')" >&2; exit 2;; esac
 for target in ${TARGETS:-5 6 4.5 7}; do
     if [ "$PART" != kl ]; then
@@ -52,6 +55,10 @@ for target in ${TARGETS:-5 6 4.5 7}; do
             --methods dmx random fp uniform --uniform-formats $UNIFORM "${accuracy[@]}"
         "$PY" -m dmx.cli sweep "${common[@]}" --out "${OUT}_threshold" --targets "$target" --final-rounding threshold \
             --methods dmx "${accuracy[@]}"
+        if [ "$ROTATION" = learned ]; then  # after dMX, whose learned rotations it scores KL on
+            "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
+                --methods kl_learned_rotation
+        fi
     fi
     if [ "$PART" != rest ]; then
         "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \

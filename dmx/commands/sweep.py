@@ -15,8 +15,8 @@ from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quan
 from dmx.commands.calibrate import RECIPE, add_recipe_args
 from dmx.llm.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
 from dmx.llm.rotation import CALIBRATION_ROTATION, resolve_rotation
-from dmx.llm.sweep.config import (METHODS, UNIFORM_FORMATS, CalibrationData, EvaluationSpec, SweepConfig,
-                              SweepPlan)
+from dmx.llm.sweep.config import (DEFAULT_METHODS, METHODS, UNIFORM_FORMATS, CalibrationData, EvaluationSpec,
+                                  SweepConfig, SweepPlan)
 from dmx.llm.sweep.run import run_sweep
 from dmx.llm.tasks import resolve_task_names
 
@@ -44,8 +44,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/sweep", help="output directory (results, figures, caches, checkpoints)")
     g.add_argument("--targets", type=float, nargs="+", default=[5.0, 6.0],
                    help="average element-bit budgets for the KL and dMX points")
-    g.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
-                   help="which methods to run, in this order")
+    g.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+                   help="which methods to run, in this order (default: all but kl_learned_rotation, which "
+                        "needs --rotation learned: KL scored on the rotation each dMX seed learned, after it)")
     g.add_argument("--uniform-formats", nargs="+", default=list(UNIFORM_FORMATS),
                    help="standard MX formats of the uniform baselines")
     g.add_argument("--max-windows", type=int, default=None,

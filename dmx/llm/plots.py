@@ -33,6 +33,7 @@ METHOD_STYLE: dict[str, dict[str, Any]] = {
     "kl": {"marker": "^", "color": "tab:orange", "label": "KL heuristic"},
     "dmx": {"marker": "o", "color": "tab:blue", "label": "dMX"},
     "random": {"marker": "x", "color": "tab:red", "label": "random control"},
+    "kl_learned_rotation": {"marker": "v", "color": "tab:brown", "label": "KL on dMX's learned rotation"},
 }
 _FALLBACK_STYLE = {"marker": "D", "color": "tab:purple"}
 

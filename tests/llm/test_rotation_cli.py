@@ -190,6 +190,8 @@ def test_bad_rotation_requests_fail_clearly(tiny_root, tmp_path, capsys):
     assert "quantised lm_head" in capsys.readouterr().err
     assert main(["sweep", "--model", "no/such-model", "--rotation", "learned", "--include-lm-head"]) == 2
     assert "quantised lm_head" in capsys.readouterr().err
+    assert main(["sweep", "--model", "no/such-model", "--methods", "dmx", "kl_learned_rotation"]) == 2
+    assert "set --rotation learned" in capsys.readouterr().err  # the library's rotation='learned', as a flag
 
 
 def test_sweep_with_learned_rotation(tiny_root, tmp_path, capsys):
@@ -227,6 +229,62 @@ def test_sweep_with_learned_rotation(tiny_root, tmp_path, capsys):
     assert code == 0 and result["results"][0]["ppl"] == points["dmx@6"]["perplexity"]
     code, result = _eval(tiny_root, tmp_path, "sweep-kl", "--assignment", str(assignments / "kl_at_6.json"))
     assert code == 0 and result["results"][0]["ppl"] == points["kl@6"]["perplexity"]
+
+
+def test_kl_learned_rotation_ranks_kl_on_each_dmx_seeds_own_rotation(tiny_root, tmp_path):
+    """kl_learned_rotation's i-th point is KL draw i scored on the rotation dMX seed i learned: the
+    same assignment `dmx kl --rotation-file <that rotation>` makes from the same windows, deployed
+    on that rotation (`dmx eval` of it reproduces its perplexity); a sweep asking for it without a
+    learned rotation, or before its dMX points exist, is refused before any model loads."""
+    from dataclasses import replace
+
+    from dmx.calibrate import CalibrationConfig
+    from dmx.llm.pipeline import ModelSpec
+    from dmx.llm.rotation import RotationSpec
+    from dmx.llm.sweep.config import CalibrationData, EvaluationSpec, SweepConfig, SweepPlan
+    from dmx.llm.sweep.run import run_sweep
+
+    cfg = SweepConfig(
+        model=ModelSpec(model=str(tiny_root / "llama"), rotation=RotationSpec("learned", seed=1)),
+        out_dir=str(tmp_path / "sweep"), plan=SweepPlan(targets=(5.0,), methods=("kl_learned_rotation",), seeds=2),
+        evaluation=EvaluationSpec(text_file=str(tiny_root / "eval.txt"), seqlen=64, max_windows=2),
+        calibration_data=CalibrationData(text_file=str(tiny_root / "calib.txt"), windows=2, seqlen=32, kl_windows=1,
+                                         kl_seqlen=32),
+        calibration=CalibrationConfig(steps=2, batch_size=1, rotation_lr=1.0), progress=False,
+    )
+    with pytest.raises(ValueError, match=r"dmx_at_5|dmx@5.*run dmx first"):
+        run_sweep(cfg)
+    fixed = replace(cfg, model=replace(cfg.model, rotation=RotationSpec("hadamard", seed=1)),
+                    calibration=replace(cfg.calibration, rotation_lr=CalibrationConfig.rotation_lr))
+    with pytest.raises(ValueError, match="needs rotation='learned'"):
+        run_sweep(fixed)
+    assert not (tmp_path / "sweep" / "results.json").exists()
+    cfg = replace(cfg, plan=replace(cfg.plan, methods=("dmx", "kl", "kl_learned_rotation")))
+    points = {p["key"]: p for p in run_sweep(cfg)}
+    assert list(points) == ["dmx@5", "dmx@5:s1", "kl@5", "kl@5:s1", "kl_learned_rotation@5",
+                            "kl_learned_rotation@5:s1"]
+    assignments = tmp_path / "sweep" / "assignments"
+    for suffix, seed in (("", 0), ("_s1", 1)):
+        ours = json.loads((assignments / f"kl_learned_rotation_at_5{suffix}.json").read_text())
+        dmx = json.loads((assignments / f"dmx_at_5{suffix}.json").read_text())
+        assert ours["provenance"]["rotation"]["kind"] == "learned"
+        assert ours["provenance"]["rotation_sha256"] == dmx["provenance"]["rotation_sha256"]
+        assert points[f"kl_learned_rotation@5{'' if not seed else ':s1'}"]["seed"] == seed
+        # the same KL, made by the kl command from dMX's rotation file and the draw's windows
+        alone = tmp_path / f"alone{suffix}.json"
+        assert main(["kl", *_common(tiny_root), "--text-file", str(tiny_root / "calib.txt"), "--seqlen", "32",
+                     "--n-windows", "1", "--seed", str(seed), "--target-bits", "5", "--cache-dir",
+                     str(tmp_path / f"cache{suffix}"), "--out", str(alone),
+                     "--rotation-file", str(assignments / dmx["provenance"]["rotation_file"])]) == 0
+        assert json.loads(alone.read_text())["formats"] == ours["formats"]
+        code, result = _eval(tiny_root, tmp_path, f"klr{suffix}", "--assignment",
+                             str(assignments / f"kl_learned_rotation_at_5{suffix}.json"))
+        key = "kl_learned_rotation@5" + (":s1" if seed else "")
+        assert code == 0 and result["results"][0]["ppl"] == points[key]["perplexity"]
+    # the two seeds learned two rotations: two score caches beside the fixed start's two draws
+    assert len(list((tmp_path / "sweep" / "kl_cache").glob("*.json"))) == 4
+    again = run_sweep(cfg)  # finished: nothing is recomputed
+    assert [p["perplexity"] for p in again] == [p["perplexity"] for p in points.values()]
 
 
 def test_sweep_sets_threads_and_maps_rotation_flags(monkeypatch):

@@ -177,6 +177,36 @@ def test_a_learned_rotation_win_is_read_as_the_pipelines_not_as_a_ranking_claim(
     assert "dMX better at 2 of 2 finished comparisons" in evidence  # both KL pipelines
 
 
+def test_kl_on_each_seeds_learned_rotation_is_the_learned_studys_ranking_row(tmp_path):
+    """kl_learned_rotation points (KL draw i on the rotation dMX seed i learned) give the learned
+    study a second row, dMX against them window by window, read with the ranking claims; the
+    pipeline row (KL on the fixed start) stays as it was."""
+    claim = "\"improves over KL divergence-based layer-selection heuristics\""
+    _study(tmp_path, dmx_shift=0.0, label="FP8/FP4, learned rotation")
+    ranked = st.LEARNED_RANKING["FP8/FP4, learned rotation"]
+    assert f"{ranked} |  | not run yet" in st.table_pareto_verdicts(tmp_path)
+    assert "learned rotation" not in dict((c, e) for c, _, e in st.claims(tmp_path))[claim]
+    folder = tmp_path / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"]
+    doc = json.loads((folder / "results.json").read_text())
+    kl = [p for p in doc["points"] if p["method"] == "kl"]
+    doc["points"] += [{**_point("kl_learned_rotation", p["seed"], np.asarray(p["window_nlls"]) + 0.05 * 2048),
+                       "key": p["key"].replace("kl", "kl_learned_rotation")} for p in kl]
+    (folder / "results.json").write_text(json.dumps(doc))
+    rows = [(label, row) for label, row in st.study_rows(tmp_path) if row]
+    (pipeline,) = [row for label, row in rows if label == "FP8/FP4, learned rotation"]
+    (ranking,) = [row for label, row in rows if label == ranked]
+    assert pipeline["verdict"] == "no difference shown" and ranking["verdict"] == "dMX better"
+    assert ranking["kl"] == [p["perplexity"] for p in doc["points"] if p["method"] == "kl_learned_rotation"]
+    assert ranking["interval"].difference == pytest.approx(statistics.fmean(ranking["dmx"])
+                                                           - statistics.fmean(ranking["kl"]), rel=1e-6)
+    status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
+    assert status == "reproduced" and f"{ranked} at 5 bits: dMX better" in evidence
+    with pytest.raises(ValueError, match="store no per-window NLLs"):
+        del doc["points"][-1]["window_nlls"]
+        (folder / "results.json").write_text(json.dumps(doc))
+        st.study_rows(tmp_path)
+
+
 def test_the_family_claim_compares_the_two_families_dmx_seeds_window_by_window(tmp_path):
     claim = "MXFP6/MXFP4 mixtures are more efficient than MXFP8/MXFP4"
     _study(tmp_path, dmx_shift=0.0)

@@ -7,6 +7,7 @@ See :mod:`dmx.llm.sweep` for the sweep as a whole."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,28 +22,33 @@ from dmx.llm.tasks import check_zeroshot_data
 from mx_spec import get_format
 from mx_spec.formats import FLOAT_FORMATS
 
-__all__ = ["UNIFORM_FORMATS", "METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", "RECORDED_CALIBRATION",
+__all__ = ["UNIFORM_FORMATS", "METHODS", "DEFAULT_METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", "RECORDED_CALIBRATION",
            "SweepPlan", "CalibrationData", "EvaluationSpec", "SweepConfig", "point_label", "validate_config",
-           "accuracy_settings"]
+           "accuracy_settings", "dmx_trajectory"]
 
 UNIFORM_FORMATS = FLOAT_FORMATS  # every MX float format, from the one format table
-METHODS = ("fp", "uniform", "kl", "dmx", "random")
+METHODS = ("fp", "uniform", "kl", "dmx", "random", "kl_learned_rotation")
+#: What a sweep runs unless told: every method but ``kl_learned_rotation``, which only a learned
+#: rotation has (the KL heuristic on the rotation each dMX seed learned; ``kl`` scores on the
+#: learned kind's fixed start, so ``kl`` against ``dmx`` there compares pipelines, not rankings).
+DEFAULT_METHODS = ("fp", "uniform", "kl", "dmx", "random")
 #: Methods whose points depend on a seed (repeated ``SweepConfig.seeds`` times): the KL
-#: heuristic's calibration draw, dMX's calibration windows and order, the random control's draw.
-SEEDED_METHODS = ("kl", "dmx", "random")
+#: heuristic's calibration draw, dMX's calibration windows and order, the random control's draw;
+#: ``kl_learned_rotation``'s i-th point scores KL draw i on the rotation dMX seed i learned.
+SEEDED_METHODS = ("kl", "dmx", "random", "kl_learned_rotation")
 
 
 def point_label(method: str, *, target: float | None = None, fmt: str | None = None, seed_index: int = 0) -> str:
     """Stable identifier of a sweep point: ``fp``, ``uniform:<format>``, ``kl@<target>``,
-    ``dmx@<target>``, ``random@<target>`` (target printed with ``%g``), with ``:s<i>`` for the
-    i-th extra seed of a seeded method. Used as the skip-on-rerun key."""
+    ``dmx@<target>``, ``random@<target>``, ``kl_learned_rotation@<target>`` (target printed with
+    ``%g``), with ``:s<i>`` for the i-th extra seed of a seeded method. Used as the skip-on-rerun key."""
     if method == "fp":
         return "fp"
     if method == "uniform":
         if not fmt:
             raise ValueError("a uniform point needs its MX format name")
         return f"uniform:{fmt}"
-    if method in ("kl", "dmx", "random"):
+    if method in SEEDED_METHODS:
         if target is None:
             raise ValueError(f"a {method} point needs its target bits")
         return f"{method}@{target:g}" + (f":s{seed_index}" if seed_index else "")
@@ -57,7 +63,7 @@ class SweepPlan:
     methods and uniform formats may grow between runs of one sweep."""
 
     targets: tuple[float, ...] = (5.0, 6.0)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     uniform: tuple[str, ...] = UNIFORM_FORMATS
     seed: int = 0
     seeds: int = 1
@@ -193,6 +199,9 @@ class SweepConfig:
         if method == "kl":
             return {"family": family, "kl_windows": data.kl_windows, "kl_seqlen": data.kl_seqlen,
                     "seed": seed, "calib_text_file": data.text_file, "weighting": weighting, **source}
+        if method == "kl_learned_rotation":
+            # the rotation is the one dMX's point of the same seed learned: its calibration is part of it
+            return {**self.method_settings("kl", seed), "rotation_from": dmx_trajectory(self.method_settings("dmx", seed))}
         if method == "dmx":
             return {"family": family, "calib_windows": data.windows, "calib_seqlen": data.seqlen,
                     "seed": seed, "calib_text_file": data.text_file, **source,
@@ -236,6 +245,14 @@ RECORDED_CALIBRATION = RECORDED_DEFAULTS + ("weighting", "final_rounding")
 _NOT_RECORDED = ("family", "target_bits", "seed", "backend")
 
 
+def dmx_trajectory(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A dMX point's ``settings`` without its final rounding: what its calibration (offsets and a
+    learned rotation) depends on. The two deployments of one calibration share it."""
+    trajectory = dict(settings)
+    trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
+    return trajectory
+
+
 def accuracy_settings(cfg: SweepConfig) -> dict[str, Any]:
     """What a point's zero-shot accuracy was measured with (JSON-normalised, as stored)."""
     return {"tasks": list(cfg.evaluation.tasks), "limit": cfg.evaluation.limit, "online": cfg.online}
@@ -251,6 +268,10 @@ def validate_config(cfg: SweepConfig) -> None:
     bad = [m for m in plan.methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; valid choices: {', '.join(METHODS)}")
+    if "kl_learned_rotation" in plan.methods and not model.rotation.learns:
+        raise ValueError("method kl_learned_rotation scores KL on the rotation each dMX seed learned, so it needs "
+                         f"rotation='learned' (this sweep's is {model.rotation.kind!r}, which kl already shares "
+                         "with dMX); drop kl_learned_rotation or set rotation='learned'")
     check_calibration_source(cfg.calibration_data.source, online=cfg.online, text_file=cfg.calibration_data.text_file)
     if not (isinstance(plan.seeds, int) and plan.seeds >= 1):
         raise ValueError(f"seeds must be a whole number >= 1 (KL draws, dMX seeds and random draws per target), "
@@ -277,10 +298,11 @@ def _check_inputs(cfg: SweepConfig) -> None:
     """The data and window lengths the points will need, checked before the model is loaded."""
     methods, data, evaluation = cfg.plan.methods, cfg.calibration_data, cfg.evaluation
     check_data_source(cfg.data_dir, split="test", online=cfg.online, text_file=evaluation.text_file)
-    if {"kl", "dmx"} & set(methods):
+    kl = {"kl", "kl_learned_rotation"} & set(methods)
+    if kl or "dmx" in methods:
         check_data_source(cfg.data_dir, split="calibration", online=cfg.online, text_file=data.text_file)
     check_seqlens(cfg.model.model, {"seqlen": evaluation.seqlen,
-                                    "kl_seqlen": data.kl_seqlen if "kl" in methods else None,
+                                    "kl_seqlen": data.kl_seqlen if kl else None,
                                     "calib_seqlen": data.seqlen if "dmx" in methods else None})
     if evaluation.tasks:
         check_zeroshot_data(list(evaluation.tasks), cfg.data_dir, online=cfg.online)

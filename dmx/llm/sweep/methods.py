@@ -1,4 +1,5 @@
-"""One runner per method of a sweep: full precision, uniform MX, the KL heuristic, dMX, the random control.
+"""One runner per method of a sweep: full precision, uniform MX, the KL heuristic, dMX, the random
+control, and under a learned rotation the KL heuristic on each dMX seed's learned rotation.
 
 Every runner is a module-level function of a :class:`LoadedSweep` (the model, its quantised
 layers, the result store and what the points share), measures the points of its method that are
@@ -9,6 +10,7 @@ it). :func:`dmx.llm.sweep.run.run_sweep` loads the model, calls them in the orde
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -29,15 +31,15 @@ from dmx.llm.models import decoder_linear_names
 from dmx.llm.perplexity import perplexity_of, window_nlls
 from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize
 from dmx.llm.random_baseline import random_formats
-from dmx.llm.rotation import save_rotation_beside
+from dmx.llm.rotation import recorded_rotation, rotated_model_id, save_rotation_beside
 from dmx.llm.rotation.training import rotation_setup, rotation_trainables
-from dmx.llm.sweep.config import SEEDED_METHODS, SweepConfig, accuracy_settings, point_label
+from dmx.llm.sweep.config import SEEDED_METHODS, SweepConfig, accuracy_settings, dmx_trajectory, point_label
 from dmx.llm.sweep.results import ResultStore, assignment_file
 from dmx.wrap import set_fixed_format
 from dmx.llm.zeroshot import evaluate_zeroshot
 
 __all__ = ["LoadedSweep", "KLDraw", "measure_fp", "prepare_kl_draws", "run_uniform", "run_kl", "run_dmx",
-           "run_random", "add_accuracy", "checkpoint_dir", "RUNNERS"]
+           "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "RUNNERS"]
 
 
 @dataclass
@@ -123,13 +125,7 @@ def prepare_kl_draws(run: LoadedSweep) -> None:
     data = run.cfg.calibration_data
     for i, seed, targets in run.seeds_to_do("kl"):
         windows = run.windows(data.kl_windows, data.kl_seqlen, seed)
-        reference = reference_if_needed(
-            run.model, windows, model_id=run.kl_model_id, low_format=run.family.low_format,
-            high_format=run.family.high_format,
-            layer_names=decoder_linear_names(run.model, include_lm_head=run.spec.include_lm_head),
-            block_size=run.spec.block_size, cache_dir=run.kl_cache,
-        )
-        run.kl_draws[i] = KLDraw(seed, targets, windows, reference)
+        run.kl_draws[i] = KLDraw(seed, targets, windows, _kl_reference(run, run.model, windows, run.kl_model_id))
 
 
 def run_uniform(run: LoadedSweep) -> None:
@@ -150,11 +146,8 @@ def run_uniform(run: LoadedSweep) -> None:
 def run_kl(run: LoadedSweep) -> None:
     """The KL heuristic at every target, per calibration draw (scored once per draw, cached)."""
     for i, draw in run.kl_draws.items():
-        found, scoring = _timed(lambda: kl_assignments(
-            run.model, run.layers, draw.windows, targets=draw.targets, low_format=run.family.low_format,
-            high_format=run.family.high_format, reference=draw.reference, model_id=run.kl_model_id,
-            cache_dir=run.kl_cache, weighting=run.weighting, progress=run.cfg.progress,
-        ))
+        found, scoring = _timed(lambda: _kl_scored(run, run.model, run.layers, draw.windows, draw.targets,
+                                                   draw.reference, run.kl_model_id))
         draw.reference = None  # free the reference logits
         for t, a in found.items():
             key = point_label("kl", target=t, seed_index=i)
@@ -204,6 +197,36 @@ def run_dmx_point(run: LoadedSweep, target: float, index: int, seed: int, window
     run.add(key, "dmx", assignment=a, settings=settings, target=target, seconds=secs + calib_secs, metrics=metrics)
 
 
+def run_kl_learned_rotation(run: LoadedSweep) -> None:
+    """The KL heuristic on the rotation each dMX seed learned: draw i (KL draw i's windows) scored
+    on the rotation dMX seed i learned at the same target, so that dMX and KL are ranked on one
+    rotation (``kl`` scores on the learned kind's fixed start: a comparison of pipelines).
+    Each learned rotation has its own score cache (its model id), shared by targets with the
+    same rotation. The dMX points must be finished (``run_sweep`` checks before loading)."""
+    data = run.cfg.calibration_data
+    record = {k: v for k, v in run.provenance.items() if k not in run.shared_rotation}
+    for i, seed, targets in run.seeds_to_do("kl_learned_rotation"):
+        windows = run.windows(data.kl_windows, data.kl_seqlen, seed)
+        for t in targets:
+            key = point_label("kl_learned_rotation", target=t, seed_index=i)
+            dmx_file = assignment_file(run.out, point_label("dmx", target=t, seed_index=i))
+            spec = dataclasses.replace(run.spec, rotation=recorded_rotation(
+                Assignment.from_json(dmx_file).provenance, dmx_file))
+            model, _ = load_rotated_model(spec)
+            model_id = rotated_model_id(spec.model, model)
+            reference = _kl_reference(run, model, windows, model_id)
+            layers = quantize(model, spec)
+            found, scoring = _timed(lambda: _kl_scored(run, model, layers, windows, [t], reference, model_id))
+            a = found[t]
+            path = assignment_file(run.out, key)
+            a.provenance.update({**record, "seed": seed, **save_rotation_beside(model, path)[0]})
+            apply_assignment(layers, a)
+            a.to_json(path)
+            metrics, secs = _timed(lambda: run.evaluate(model))
+            run.add(key, "kl_learned_rotation", assignment=a, target=t, seconds=secs + scoring, metrics=metrics,
+                    settings=run.cfg.method_settings("kl_learned_rotation", seed))
+
+
 def run_random(run: LoadedSweep) -> None:
     """The control: seeded random assignments filling each target with the same greedy as KL."""
     cfg = run.cfg
@@ -225,7 +248,8 @@ def run_random(run: LoadedSweep) -> None:
 
 #: The runners of the wrapped model, by method (full precision runs before the model is wrapped).
 RUNNERS: dict[str, Callable[[LoadedSweep], None]] = {"uniform": run_uniform, "kl": run_kl, "dmx": run_dmx,
-                                                       "random": run_random}
+                                                       "random": run_random,
+                                                       "kl_learned_rotation": run_kl_learned_rotation}
 
 
 def add_accuracy(run: LoadedSweep, keys: Sequence[str]) -> None:
@@ -239,7 +263,7 @@ def add_accuracy(run: LoadedSweep, keys: Sequence[str]) -> None:
             continue  # full precision before the model is wrapped, the others after
         if point["method"] == "uniform":
             set_fixed_format(run.model, point["format"])
-        elif cfg.model.rotation.learns and point["method"] == "dmx":
+        elif cfg.model.rotation.learns and point["method"] in ("dmx", "kl_learned_rotation"):
             print(f"sweep: no accuracy added to {key}: it has its own learned rotation; use "
                   f"`dmx eval --assignment {assignment_file(run.out, key)} --tasks ...`")
             continue
@@ -253,10 +277,25 @@ def checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:
     """The calibration checkpoint folder of the dMX point ``key`` with method ``settings``."""
     # One checkpoint directory per (target, seed, settings): changed settings start afresh.
     # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
-    trajectory = dict(settings)
-    trajectory["calibration"] = {k: v for k, v in trajectory["calibration"].items() if k != "final_rounding"}
-    digest = hashlib.sha256(json.dumps(trajectory, sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(dmx_trajectory(settings), sort_keys=True).encode()).hexdigest()[:8]
     return out / "checkpoints" / f"{key.replace('@', '_at_').replace(':', '_')}-{digest}"
+
+
+def _kl_reference(run: LoadedSweep, model: nn.Module, windows, model_id: str):
+    """The full-precision reference of ``model`` on ``windows`` for the layers the score cache of
+    ``model_id`` lacks (None when it has them all); before ``model`` is wrapped."""
+    return reference_if_needed(
+        model, windows, model_id=model_id, low_format=run.family.low_format, high_format=run.family.high_format,
+        layer_names=decoder_linear_names(model, include_lm_head=run.spec.include_lm_head),
+        block_size=run.spec.block_size, cache_dir=run.kl_cache,
+    )
+
+
+def _kl_scored(run: LoadedSweep, model: nn.Module, layers, windows, targets, reference, model_id: str):
+    """The KL heuristic's assignment of ``model`` at each of ``targets`` (scores cached under ``model_id``)."""
+    return kl_assignments(model, layers, windows, targets=targets, low_format=run.family.low_format,
+                          high_format=run.family.high_format, reference=reference, model_id=model_id,
+                          cache_dir=run.kl_cache, weighting=run.weighting, progress=run.cfg.progress)
 
 
 def _zeroshot_metrics(model, tokenizer, cfg: SweepConfig) -> dict[str, Any]:

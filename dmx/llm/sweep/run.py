@@ -10,17 +10,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dmx.assignment import Assignment
 from dmx.calibrate import check_checkpoint
 from dmx.checkpoint import checkpoint_exists
 from dmx.llm.data import test_token_ids
 from dmx.family import get_family
 from dmx.llm.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
-from dmx.llm.rotation import rotated_model_id, rotation_provenance, rotation_state
+from dmx.llm.rotation import recorded_rotation, rotated_model_id, rotation_provenance, rotation_state
 from dmx.llm.sweep.config import SEEDED_METHODS, SweepConfig, accuracy_settings, point_label, validate_config
 from dmx.llm.sweep.figures import draw_figures
 from dmx.llm.sweep.methods import RUNNERS, LoadedSweep, add_accuracy, checkpoint_dir, measure_fp, prepare_kl_draws
-from dmx.llm.sweep.results import ResultStore
+from dmx.llm.sweep.results import ResultStore, assignment_file
 
 __all__ = ["run_sweep", "planned_keys", "is_done"]
 
@@ -40,6 +41,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     accuracy_todo = [k for k in planned if k not in todo and _needs_accuracy(store.get(k), cfg)]
     if todo or accuracy_todo:
         _check_checkpoints(out, cfg, todo)
+        _check_learned_rotations(out, cfg, store, todo)
         if len(planned) > len(todo):
             print(f"resuming the sweep in {out}: {len(planned) - len(todo)} of {len(planned)} points already "
                   f"measured, {len(todo)} to go", file=sys.stderr)
@@ -87,6 +89,28 @@ def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None
             ckpt = checkpoint_dir(out, key, cfg.method_settings("dmx", seed))
             if key in todo and checkpoint_exists(ckpt):
                 check_checkpoint(str(ckpt), cfg.calibration_config(t, seed), resume=True, announce=False)
+
+
+def _check_learned_rotations(out: Path, cfg: SweepConfig, store: ResultStore, todo: Sequence[str]) -> None:
+    """Each ``kl_learned_rotation`` point to do finds the rotation its dMX point learned: that
+    point is finished (or runs first in this sweep) and its rotation file is in place (before the
+    model loads)."""
+    methods = cfg.plan.methods
+    if "kl_learned_rotation" not in methods:
+        return
+    dmx_first = "dmx" in methods and methods.index("dmx") < methods.index("kl_learned_rotation")
+    for i, seed in enumerate(cfg.plan.seed_values()):
+        for t in cfg.plan.targets:
+            if point_label("kl_learned_rotation", target=t, seed_index=i) not in todo:
+                continue
+            dmx_key = point_label("dmx", target=t, seed_index=i)
+            if is_done(store.get(dmx_key), cfg):
+                path = assignment_file(out, dmx_key)
+                recorded_rotation(Assignment.from_json(path).provenance, path)  # ValueError naming the fix
+            elif not dmx_first:
+                raise ValueError(f"kl_learned_rotation at {t:g} bits (seed {seed}) scores KL on the rotation dMX "
+                                 f"point {dmx_key} learned, which {out} does not have yet; run dmx first "
+                                 "(list dmx before kl_learned_rotation in the methods)")
 
 
 def is_done(point: Mapping[str, Any] | None, cfg: SweepConfig) -> bool:
