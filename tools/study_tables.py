@@ -481,13 +481,18 @@ def _pending_study(rows: StudyRows, labels: Sequence[str]) -> list[str]:
     return out
 
 
+def ranking_labels() -> list[str]:
+    """The set-ups where KL and dMX rank layers on one rotation, which the ranking claims read: the
+    fixed-rotation studies and the joint-rotation studies' ranking rows (:data:`LEARNED_RANKING`)."""
+    return [label for label in STUDY_FOLDERS if label not in JOINT_ROTATION_STUDIES] + list(LEARNED_RANKING.values())
+
+
 def claims(root: Path) -> list[tuple[str, str, str]]:
     """(claim of the paper, status, evidence) for the claims table (the README's headline), from the results files."""
     rows = []
     per_target = study_rows(root)  # read and bootstrapped once; every claim below reads these rows
     authors = list(JOINT_ROTATION_STUDIES)
-    # KL and dMX on one rotation: the fixed-rotation studies and the joint-rotation studies' ranking rows
-    equal_rotation = [label for label in STUDY_FOLDERS if label not in authors] + list(LEARNED_RANKING.values())
+    equal_rotation = ranking_labels()
     rotated = [label for label in equal_rotation if label != "FP8/FP4, no rotation"]  # the paper's set-up: always rotated
     status, evidence = _pareto_status(per_target, rotated)
     rows.append(("dMX \"consistently yields Pareto-dominating models\" (abstract)", status, evidence))
