@@ -27,11 +27,11 @@ __all__ = ["UNIFORM_FORMATS", "METHODS", "DEFAULT_METHODS", "SEEDED_METHODS", "R
            "accuracy_settings", "dmx_trajectory"]
 
 UNIFORM_FORMATS = FLOAT_FORMATS  # every MX float format, from the one format table
-METHODS = ("fp", "uniform", "kl", "dmx", "random", "kl_learned_rotation")
 #: What a sweep runs unless told: every method but ``kl_learned_rotation``, which only a learned
 #: rotation has (the KL heuristic on the rotation each dMX seed learned; ``kl`` scores on the
 #: learned kind's fixed start, so ``kl`` against ``dmx`` there compares pipelines, not rankings).
 DEFAULT_METHODS = ("fp", "uniform", "kl", "dmx", "random")
+METHODS = DEFAULT_METHODS + ("kl_learned_rotation",)
 #: Methods whose points depend on a seed (repeated ``SweepConfig.seeds`` times): the KL
 #: heuristic's calibration draw, dMX's calibration windows and order, the random control's draw;
 #: ``kl_learned_rotation``'s i-th point scores KL draw i on the rotation dMX seed i learned.
@@ -298,11 +298,11 @@ def _check_inputs(cfg: SweepConfig) -> None:
     """The data and window lengths the points will need, checked before the model is loaded."""
     methods, data, evaluation = cfg.plan.methods, cfg.calibration_data, cfg.evaluation
     check_data_source(cfg.data_dir, split="test", online=cfg.online, text_file=evaluation.text_file)
-    kl = {"kl", "kl_learned_rotation"} & set(methods)
-    if kl or "dmx" in methods:
+    kl_methods = {"kl", "kl_learned_rotation"} & set(methods)
+    if kl_methods or "dmx" in methods:
         check_data_source(cfg.data_dir, split="calibration", online=cfg.online, text_file=data.text_file)
     check_seqlens(cfg.model.model, {"seqlen": evaluation.seqlen,
-                                    "kl_seqlen": data.kl_seqlen if kl else None,
+                                    "kl_seqlen": data.kl_seqlen if kl_methods else None,
                                     "calib_seqlen": data.seqlen if "dmx" in methods else None})
     if evaluation.tasks:
         check_zeroshot_data(list(evaluation.tasks), cfg.data_dir, online=cfg.online)
