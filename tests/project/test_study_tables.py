@@ -489,6 +489,20 @@ def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_re
     assert len(start) == 3 and max(p["perplexity"] for p in learned) < 0.9 * min(p["perplexity"] for p in start)
     own = [c for c in compared if c.startswith("at 5 bits") and "vs KL on the learned kind's fixed start" in c]
     assert len(own) == 1 and own[0].endswith("dMX better"), compared
+    # "at 6 bits they end below KL on the fixed Hadamard" (every seed below every draw, dMX better
+    # family-wise), "though above uniform MXFP6 E2M3 at 6 bits on either rotation"
+    assert "at 6 bits they end below KL on the fixed Hadamard" in readme
+    assert "every learned dMX seed ends below every KL draw on the fixed Hadamard (dMX better, family-wise)" in text
+    six = st._at(st._points(REPO / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"]), "dmx", 6.0)
+    six_kl = st._at(st._points(REPO / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]), "kl", 6.0)
+    assert len(six) == 3 and len(six_kl) == 3
+    assert max(p["perplexity"] for p in six) < min(p["perplexity"] for p in six_kl)
+    at_six = [c for c in compared if c.startswith("at 6 bits") and "vs KL on Hadamard-64" in c]
+    assert len(at_six) == 1 and at_six[0].endswith("dMX better"), compared
+    for label in ("FP8/FP4, learned rotation", "FP8/FP4, Hadamard-64"):
+        points = st._points(REPO / "results" / st.STUDY_FOLDERS[label])
+        e2m3 = next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == "mxfp6_e2m3")
+        assert min(p["perplexity"] for p in six) > e2m3
 
 
 @pytest.mark.results
