@@ -464,6 +464,17 @@ def test_the_reading_of_the_fp6_fp4_study_holds_in_its_results_files():
     assert ci.low < 0 < ci.high and claim_verdict == "no difference shown"
 
 
+def _committed(label: str, method: str, target: float) -> list:
+    """The committed study ``label``'s points of ``method`` at ``target``."""
+    return st._at(st._points(REPO / "results" / st.STUDY_FOLDERS[label]), method, target)
+
+
+def _committed_uniform(label: str, fmt: str) -> float:
+    """The committed study ``label``'s perplexity of uniform ``fmt``."""
+    points = st._points(REPO / "results" / st.STUDY_FOLDERS[label])
+    return next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == fmt)
+
+
 @pytest.mark.results
 def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_results_files():
     """docs/RESULTS.md: "at 5 bits KL on the fixed Hadamard is better there" (read family-wise, as the
@@ -476,8 +487,7 @@ def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_re
     assert "at 5 bits those dMX seeds end above KL on the fixed Hadamard" in readme
     fidelity = " ".join((REPO / "docs" / "FIDELITY.md").read_text(encoding="utf-8").split())
     assert "at 5 bits its dMX seeds end above KL on the fixed Hadamard" in fidelity
-    learned, hadamard = (st._at(st._points(REPO / "results" / st.STUDY_FOLDERS[label]), method, 5.0)
-                         for label, method in (("FP8/FP4, learned rotation", "dmx"), ("FP8/FP4, Hadamard-64", "kl")))
+    learned, hadamard = _committed("FP8/FP4, learned rotation", "dmx", 5.0), _committed("FP8/FP4, Hadamard-64", "kl", 5.0)
     assert min(p["perplexity"] for p in learned) > max(p["perplexity"] for p in hadamard)  # every seed above every draw
     _, compared, _ = st._learned_status(REPO, "FP8/FP4, learned rotation")
     five = [c for c in compared if c.startswith("at 5 bits") and "vs KL on Hadamard-64" in c]
@@ -485,7 +495,7 @@ def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_re
     # "every learned dMX seed is far below every KL draw there (dMX better ...)" on the learned kind's start
     assert "every learned dMX seed is far below every KL draw there (dMX better" in text
     assert "though far below KL on the learned rotation's fixed start" in readme
-    start = st._at(st._points(REPO / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"]), "kl", 5.0)
+    start = _committed("FP8/FP4, learned rotation", "kl", 5.0)
     assert len(start) == 3 and max(p["perplexity"] for p in learned) < 0.9 * min(p["perplexity"] for p in start)
     own = [c for c in compared if c.startswith("at 5 bits") and "vs KL on the learned kind's fixed start" in c]
     assert len(own) == 1 and own[0].endswith("dMX better"), compared
@@ -493,16 +503,13 @@ def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_re
     # family-wise), "though above uniform MXFP6 E2M3 at 6 bits on either rotation"
     assert "at 6 bits they end below KL on the fixed Hadamard" in readme
     assert "every learned dMX seed ends below every KL draw on the fixed Hadamard (dMX better, family-wise)" in text
-    six = st._at(st._points(REPO / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"]), "dmx", 6.0)
-    six_kl = st._at(st._points(REPO / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]), "kl", 6.0)
+    six, six_kl = _committed("FP8/FP4, learned rotation", "dmx", 6.0), _committed("FP8/FP4, Hadamard-64", "kl", 6.0)
     assert len(six) == 3 and len(six_kl) == 3
     assert max(p["perplexity"] for p in six) < min(p["perplexity"] for p in six_kl)
     at_six = [c for c in compared if c.startswith("at 6 bits") and "vs KL on Hadamard-64" in c]
     assert len(at_six) == 1 and at_six[0].endswith("dMX better"), compared
     for label in ("FP8/FP4, learned rotation", "FP8/FP4, Hadamard-64"):
-        points = st._points(REPO / "results" / st.STUDY_FOLDERS[label])
-        e2m3 = next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == "mxfp6_e2m3")
-        assert min(p["perplexity"] for p in six) > e2m3
+        assert min(p["perplexity"] for p in six) > _committed_uniform(label, "mxfp6_e2m3")
 
 
 @pytest.mark.results
@@ -515,9 +522,8 @@ def test_the_reading_of_kl_on_each_seeds_learned_rotation_holds_in_its_results_f
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert "every dMX seed is below the KL draw scored on its rotation, by about 2 %" in text
     assert "KL ends about 2 % above dMX on every seed at 5 bits" in readme
-    points = st._points(REPO / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"])
-    dmx = {p["settings"]["seed"]: p["perplexity"] for p in st._at(points, "dmx", 5.0)}
-    ranked = {p["settings"]["seed"]: p["perplexity"] for p in st._at(points, "kl_learned_rotation", 5.0)}
+    dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed("FP8/FP4, learned rotation", method, 5.0)}
+                   for method in ("dmx", "kl_learned_rotation"))
     assert len(dmx) == 3 and ranked.keys() == dmx.keys()
     for seed, kl in ranked.items():  # each pair shares seed i's rotation
         assert 0.01 < 1 - dmx[seed] / kl < 0.03, (seed, dmx[seed], kl)
@@ -528,7 +534,7 @@ def test_the_reading_of_kl_on_each_seeds_learned_rotation_holds_in_its_results_f
     _, ci, claim_verdict = st._claim_verdicts(study, st.ranking_labels())[(label, 5.0)]
     assert claim_verdict == "no difference shown" and 0 < ci.high < 0.25
     assert "an interval that excludes zero at that target alone, not once the finished targets are read together" in readme
-    start = statistics.fmean(p["perplexity"] for p in st._at(points, "kl", 5.0))  # the pipeline row's KL
+    start = statistics.fmean(p["perplexity"] for p in _committed("FP8/FP4, learned rotation", "kl", 5.0))  # the pipeline row's KL
     gap = start - statistics.fmean(dmx.values())
     assert start - statistics.fmean(ranked.values()) > 0.9 * gap  # "almost all the rotation"
     assert "the 9.5-point gap of the pipeline row above is almost all the rotation" in text and round(gap, 1) == 9.5
@@ -543,14 +549,9 @@ def test_the_reading_of_the_learned_studys_threshold_rule_holds_in_its_results_f
     learned = st.STUDY_FOLDERS["FP8/FP4, learned rotation"]
     threshold = st._at(st._points(REPO / "results" / f"{learned}_threshold"), "dmx", 5.0)
     assert len(threshold) == 3 and all(p["avg_bits"] == 4.0 for p in threshold)
-
-    def uniform_fp4(label):
-        points = st._points(REPO / "results" / st.STUDY_FOLDERS[label])
-        return next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == "mxfp4_e2m1")
-
     worst = max(p["perplexity"] for p in threshold)
-    assert worst < uniform_fp4("FP8/FP4, Hadamard-64")
-    assert 2 * worst < uniform_fp4("FP8/FP4, learned rotation")  # "far below"
+    assert worst < _committed_uniform("FP8/FP4, Hadamard-64", "mxfp4_e2m1")
+    assert 2 * worst < _committed_uniform("FP8/FP4, learned rotation", "mxfp4_e2m1")  # "far below"
 
 
 @pytest.mark.results
