@@ -22,7 +22,7 @@ from dmx.llm.tasks import check_zeroshot_data
 from mx_spec import get_format
 from mx_spec.formats import FLOAT_FORMATS
 
-__all__ = ["UNIFORM_FORMATS", "METHODS", "DEFAULT_METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", "RECORDED_CALIBRATION",
+__all__ = ["UNIFORM_FORMATS", "METHODS", "DEFAULT_METHODS", "KL_METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", "RECORDED_CALIBRATION",
            "SweepPlan", "CalibrationData", "EvaluationSpec", "SweepConfig", "point_label", "validate_config",
            "accuracy_settings", "dmx_trajectory"]
 
@@ -32,6 +32,8 @@ UNIFORM_FORMATS = FLOAT_FORMATS  # every MX float format, from the one format ta
 #: learned kind's fixed start, so ``kl`` against ``dmx`` there compares pipelines, not rankings).
 DEFAULT_METHODS = ("fp", "uniform", "kl", "dmx", "random")
 METHODS = DEFAULT_METHODS + ("kl_learned_rotation",)
+#: Methods that score layers by the KL heuristic, so they read the KL calibration windows.
+KL_METHODS = ("kl", "kl_learned_rotation")
 #: Methods whose points depend on a seed (repeated ``SweepConfig.seeds`` times): the KL
 #: heuristic's calibration draw, dMX's calibration windows and order, the random control's draw;
 #: ``kl_learned_rotation``'s i-th point scores KL draw i on the rotation dMX seed i learned.
@@ -298,7 +300,7 @@ def _check_inputs(cfg: SweepConfig) -> None:
     """The data and window lengths the points will need, checked before the model is loaded."""
     methods, data, evaluation = cfg.plan.methods, cfg.calibration_data, cfg.evaluation
     check_data_source(cfg.data_dir, split="test", online=cfg.online, text_file=evaluation.text_file)
-    kl_methods = {"kl", "kl_learned_rotation"} & set(methods)
+    kl_methods = set(KL_METHODS) & set(methods)
     if kl_methods or "dmx" in methods:
         check_data_source(cfg.data_dir, split="calibration", online=cfg.online, text_file=data.text_file)
     check_seqlens(cfg.model.model, {"seqlen": evaluation.seqlen,
