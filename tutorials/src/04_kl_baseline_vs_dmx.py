@@ -649,9 +649,12 @@ display(Markdown("\n".join(lines)))
 #   by more than its seeds spread. But the headline scores the windows that also chose the recipe,
 #   against one KL draw of 2 × 256 tokens. The Pareto study asked again on held-out windows against
 #   three KL draws of 8 × 512 tokens at several budgets (its verdict on the paper's claim over KL is
-#   printed below the lists): there the win does not hold. Rotate first (`--rotation hadamard`),
-#   then calibrate: the rotation helps both methods, and which ranking is better is not settled
-#   on this model.
+#   printed below the lists): on the fixed Hadamard the win does not hold. Under the authors'
+#   learned rotation, with KL scored on the very rotation each dMX seed learned, dMX's ranking
+#   beats KL's at 4.5 bits (read with every other budget too), by less at 5 bits and not at 6:
+#   that is the one place the claim holds here. Rotate first (`--rotation hadamard`), then
+#   calibrate: the rotation helps both methods, and which ranking is better depends on the
+#   rotation and the budget on this model.
 # * *Both beat chance:* the random control is far above both, so either ranking carries signal.
 # * *At 6 bits, try uniform MXFP6 first.* A single MXFP6 E2M3 format for every layer, with no
 #   calibration at all, has beaten every mixed FP4/FP8 assignment at the same 6 bits in the
@@ -668,7 +671,7 @@ from tools.study_tables import claims as paper_claims  # noqa: E402  (the README
 over_kl = next((status, evidence) for claim, status, evidence in paper_claims(REPO) if "improves over KL" in claim)
 print(f"held-out Pareto study, the paper's claim that dMX improves over KL: {over_kl[0]} "
       f"({over_kl[1].split(' (paired')[0]})")
-assert over_kl[0] == "not reproduced", "the held-out study's verdict changed; update the prose above"
+assert over_kl[0] == "partly" and "dMX better at 1 of" in over_kl[1], "the held-out study's verdict changed; update the prose above"
 claims = {"none": "KL wins", "Hadamard-64": "dMX beats KL"}
 for rotation, doc in headline.items():
     said = verdict_text(rotation, doc)
