@@ -475,6 +475,14 @@ def _committed_uniform(label: str, fmt: str) -> float:
     return next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == fmt)
 
 
+def _rotation_hashes(label: str, target: str) -> list:
+    """The sha256 of the rotation each dMX seed of the committed study ``label`` learned at ``target``,
+    seed by seed, as its assignment's provenance records it (the rotation files are weights: not committed)."""
+    assignments = REPO / "results" / st.STUDY_FOLDERS[label] / "assignments"
+    return [json.loads((assignments / f"dmx_at_{target}{suffix}.json").read_text(encoding="utf-8"))["provenance"]
+            ["rotation_sha256"] for suffix in ("", "_s1", "_s2")]
+
+
 @pytest.mark.results
 def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_results_files():
     """docs/RESULTS.md: "at 5 bits KL on the fixed Hadamard is better there" (read family-wise, as the
@@ -566,11 +574,7 @@ def test_the_reading_of_the_learned_study_at_6_bits_holds_in_its_results_files()
     learned kind's start every seed far below every draw (dMX better)."""
     text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
-    assignments = REPO / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"] / "assignments"
-    for suffix in ("", "_s1", "_s2"):  # the rotation files are weights (not committed); their hashes are
-        five, six = (json.loads((assignments / f"dmx_at_{t}{suffix}.json").read_text(encoding="utf-8"))["provenance"]
-                     for t in (5, 6))
-        assert five["rotation_sha256"] == six["rotation_sha256"], suffix
+    assert _rotation_hashes("FP8/FP4, learned rotation", "6") == _rotation_hashes("FP8/FP4, learned rotation", "5")
     assert "each seed learns exactly the rotation it learned at 5 bits" in text
     dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed("FP8/FP4, learned rotation", method, 6.0)}
                    for method in ("dmx", "kl_learned_rotation"))
@@ -601,11 +605,7 @@ def test_the_reading_of_the_learned_study_at_4_5_bits_holds_in_its_results_files
     text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     label = "FP8/FP4, learned rotation"
-    assignments = REPO / "results" / st.STUDY_FOLDERS[label] / "assignments"
-    for suffix in ("", "_s1", "_s2"):
-        hashes = {json.loads((assignments / f"dmx_at_{t}{suffix}.json").read_text(encoding="utf-8"))["provenance"]
-                  ["rotation_sha256"] for t in ("4.5", "5")}
-        assert len(hashes) == 1, suffix
+    assert _rotation_hashes(label, "4.5") == _rotation_hashes(label, "5")
     assert "At 4.5 and 6 bits each seed learns exactly the rotation it learned at 5 bits" in text
     dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed(label, method, 4.5)}
                    for method in ("dmx", "kl_learned_rotation"))
