@@ -3,6 +3,7 @@ win only with an interval that excludes zero, and every committed study folder c
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import statistics
@@ -328,7 +329,7 @@ def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdi
                 continue
             for p in json.loads(path.read_text())["points"]:
                 assert p.get("first_window") == 32 and len(p.get("window_nlls") or []) == 32, (name, p["key"])
-    for _, row in st.study_rows(REPO):
+    for _, row in _committed_rows():
         if row and row.get("verdict") == "dMX better":
             assert row["interval"].high < 0
         if row and row.get("verdict") == "KL better":
@@ -385,7 +386,7 @@ def test_the_readme_reading_of_the_rotation_default_holds_in_its_results_file():
 def test_the_readme_summary_of_the_headline_holds_in_its_results_files():
     """The README's sentence under the claims table: with the fixed Hadamard every dMX seed below KL,
     without a rotation every seed above it, every dMX seed below every random draw."""
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    readme = _prose("README.md")
     assert "with the fixed Hadamard rotation every dMX seed ends below the KL heuristic" in readme
     assert "without a rotation every seed ends above it" in readme
     for label, folder in st.HEADLINE.items():
@@ -406,9 +407,9 @@ def test_the_reading_of_the_pareto_study_holds_in_its_results_files():
     """docs/RESULTS.md's reading under the verdict table: at 6 bits uniform MXFP6 E2M3 below every
     dMX seed, the threshold rule well under a 6-bit budget, random above dMX at every finished
     target, and at 5 bits no difference from KL shown, the threshold rule at KL's level."""
-    reading = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    reading = _prose("docs/RESULTS.md")
     assert "At 6 bits no mix of MXFP8 and MXFP4 that dMX finds comes near uniform MXFP6 E2M3" in reading
-    rows = {row["target"]: row for label, row in st.study_rows(REPO) if label == "FP8/FP4, Hadamard-64" and row}
+    rows = {row["target"]: row for label, row in _committed_rows() if label == "FP8/FP4, Hadamard-64" and row}
     six = rows[6.0]
     assert len(six["dmx"]) == 3 and dict(six["uniform"])["mxfp6_e2m3"] < min(six["dmx"]) - 2
     assert six["threshold"] and all(bits < 5.5 for bits, _ in six["threshold"])
@@ -421,7 +422,7 @@ def test_the_reading_of_the_pareto_study_holds_in_its_results_files():
         row = rows[t]
         assert row["verdict"] == "no difference shown" and row["interval"].low < 0 < row["interval"].high
         assert sum(d < statistics.fmean(row["kl"]) for d in row["dmx"]) == below
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    readme = _prose("README.md")
     assert "at 4.5, 5, 6 and 7 bits it shows no difference between dMX and KL" in readme
     assert "Targets 6 and 7 calibrate identically" in reading and rows[7.0]["threshold"] == six["threshold"]
     assert dict((f, p) for f, _, p in rows[7.0]["dominated_by"])["mxfp6_e2m3"] < min(rows[7.0]["dmx"])
@@ -432,11 +433,11 @@ def test_the_reading_of_the_pareto_study_holds_in_its_results_files():
 @pytest.mark.results
 def test_the_reading_of_the_fp6_fp4_study_holds_in_its_results_files():
     """docs/RESULTS.md's FP6/FP4 paragraph and the README's sentence on the families."""
-    reading = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    reading = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
     assert "At 5 bits every FP6/FP4 dMX seed is far below every FP8/FP4 dMX seed at the same bits" in reading
     assert "at 5 and 6 bits the FP6/FP4 mixes beat the FP8/FP4 ones at equal bits by a wide margin" in readme
-    study = st.study_rows(REPO)  # read and bootstrapped once for every check below
+    study = _committed_rows()
     rows = {(label, row["target"]): row for label, row in study if row}
     six, eight = rows[("FP6/FP4, Hadamard-64", 5.0)], rows[("FP8/FP4, Hadamard-64", 5.0)]
     assert len(six["dmx"]) == 3 and max(six["dmx"]) < 0.9 * min(eight["dmx"])  # "far below"
@@ -464,6 +465,18 @@ def test_the_reading_of_the_fp6_fp4_study_holds_in_its_results_files():
     assert ci.low < 0 < ci.high and claim_verdict == "no difference shown"
 
 
+def _prose(path: str) -> str:
+    """The committed document ``path`` with its whitespace collapsed, so a phrase matches across line breaks."""
+    return " ".join((REPO / path).read_text(encoding="utf-8").split())
+
+
+@functools.cache
+def _committed_rows() -> st.StudyRows:
+    """The committed study's rows (``st.study_rows``), read and bootstrapped once for every test: the
+    results files do not change during a run, and no test modifies the rows."""
+    return st.study_rows(REPO)
+
+
 def _committed(label: str, method: str, target: float) -> list:
     """The committed study ``label``'s points of ``method`` at ``target``."""
     return st._at(st._points(REPO / "results" / st.STUDY_FOLDERS[label]), method, target)
@@ -489,11 +502,11 @@ def test_the_reading_of_the_learned_study_against_kl_on_hadamard_holds_in_its_re
     claims table reads it), and the README's "at 5 bits those dMX seeds end above KL on the fixed
     Hadamard" (every seed above every KL draw), "though far below KL on the learned rotation's fixed
     start" (every seed at least 10 % below every draw there, dMX better family-wise)."""
-    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    text = _prose("docs/RESULTS.md")
     assert "at 5 bits KL on the fixed Hadamard is better there" in text
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    readme = _prose("README.md")
     assert "at 5 bits those dMX seeds end above KL on the fixed Hadamard" in readme
-    fidelity = " ".join((REPO / "docs" / "FIDELITY.md").read_text(encoding="utf-8").split())
+    fidelity = _prose("docs/FIDELITY.md")
     assert "at 5 bits its dMX seeds end above KL on the fixed Hadamard" in fidelity
     learned, hadamard = _committed("FP8/FP4, learned rotation", "dmx", 5.0), _committed("FP8/FP4, Hadamard-64", "kl", 5.0)
     assert min(p["perplexity"] for p in learned) > max(p["perplexity"] for p in hadamard)  # every seed above every draw
@@ -526,8 +539,8 @@ def test_the_reading_of_kl_on_each_seeds_learned_rotation_holds_in_its_results_f
     below the KL draw scored on its own rotation by about 2 %, the target's own interval excluding
     zero, the family-wise one not (its upper end just above zero), and the pipeline row's gap
     almost all the rotation."""
-    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
     assert "every dMX seed is below the KL draw scored on its rotation, by about 2 %" in text
     assert "KL ends about 2 % above dMX on every seed at 5 bits" in readme
     dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed("FP8/FP4, learned rotation", method, 5.0)}
@@ -535,7 +548,7 @@ def test_the_reading_of_kl_on_each_seeds_learned_rotation_holds_in_its_results_f
     assert len(dmx) == 3 and ranked.keys() == dmx.keys()
     for seed, kl in ranked.items():  # each pair shares seed i's rotation
         assert 0.01 < 1 - dmx[seed] / kl < 0.03, (seed, dmx[seed], kl)
-    study = st.study_rows(REPO)
+    study = _committed_rows()
     label = st.LEARNED_RANKING["FP8/FP4, learned rotation"]
     row = next(r for l, r in study if l == label and r and r["target"] == 5.0)
     assert row["verdict"] == "dMX better" and row["interval"].high < 0
@@ -552,14 +565,14 @@ def test_the_reading_of_kl_on_each_seeds_learned_rotation_holds_in_its_results_f
 def test_the_reading_of_the_unrotated_held_out_point_holds_in_its_results_files():
     """README and docs/RESULTS.md: without a rotation every dMX seed ends above every KL draw on
     windows 32-63 (KL better, family-wise too)."""
-    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
     assert "every dMX seed ends above every one of KL's three draws (KL better" in text
     assert "Without a rotation the held-out study agrees: every dMX seed ends above every one of KL's three draws (KL better)" in readme
     dmx, kl = (_committed("FP8/FP4, no rotation", method, 5.0) for method in ("dmx", "kl"))
     assert len(dmx) == 3 and len(kl) == 3
     assert min(p["perplexity"] for p in dmx) > max(p["perplexity"] for p in kl)
-    study = st.study_rows(REPO)
+    study = _committed_rows()
     row = next(r for l, r in study if l == "FP8/FP4, no rotation" and r and r["target"] == 5.0)
     assert row["verdict"] == "KL better" and row["interval"].low > 0
     _, ci, claim_verdict = st._claim_verdicts(study, st.ranking_labels())[("FP8/FP4, no rotation", 5.0)]
@@ -572,8 +585,8 @@ def test_the_reading_of_the_learned_study_at_6_bits_holds_in_its_results_files()
     it learned at 5 bits (identical files); against KL on its own rotation dMX is below KL's mean on
     every seed by about 1 %, one seed above its own draw, no difference shown; against KL on the
     learned kind's start every seed far below every draw (dMX better)."""
-    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
     assert _rotation_hashes("FP8/FP4, learned rotation", "6") == _rotation_hashes("FP8/FP4, learned rotation", "5")
     assert "each seed learns exactly the rotation it learned at 5 bits" in text
     dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed("FP8/FP4, learned rotation", method, 6.0)}
@@ -585,7 +598,7 @@ def test_the_reading_of_the_learned_study_at_6_bits_holds_in_its_results_files()
     assert "dMX is below KL's mean on every seed but by about 1 %, one seed is above the KL draw on its own rotation" in text
     assert "at 6 bits about 1 % above on average, not on every seed, and no difference shown" in readme
     label = st.LEARNED_RANKING["FP8/FP4, learned rotation"]
-    row = next(r for l, r in st.study_rows(REPO) if l == label and r and r["target"] == 6.0)
+    row = next(r for l, r in _committed_rows() if l == label and r and r["target"] == 6.0)
     assert row["verdict"] == "no difference shown" and row["interval"].low < 0 < row["interval"].high
     start = [p["perplexity"] for p in _committed("FP8/FP4, learned rotation", "kl", 6.0)]
     assert len(start) == 3 and max(dmx.values()) < 0.9 * min(start)  # "far below every KL draw on the learned kind's start"
@@ -602,8 +615,8 @@ def test_the_reading_of_the_learned_study_at_4_5_bits_holds_in_its_results_files
     better at that target and family-wise, the only finished target where it is; as a pipeline every
     seed is above every KL draw on the fixed Hadamard (KL better) and far below every draw on the
     learned kind's start (dMX better)."""
-    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
     label = "FP8/FP4, learned rotation"
     assert _rotation_hashes(label, "4.5") == _rotation_hashes(label, "5")
     assert "At 4.5 and 6 bits each seed learns exactly the rotation it learned at 5 bits" in text
@@ -614,11 +627,11 @@ def test_the_reading_of_the_learned_study_at_4_5_bits_holds_in_its_results_files
         assert 0.035 < 1 - dmx[seed] / kl < 0.07, (seed, dmx[seed], kl)
     assert "At 4.5 bits every dMX seed is below the KL draw on its own rotation by about 5 %" in text
     assert "KL ends about 5 % above dMX on every seed at 4.5 bits, an interval that excludes zero even with the finished targets read together" in readme
-    study = st.study_rows(REPO)
+    study = _committed_rows()
     ranking = st.LEARNED_RANKING[label]
     row = next(r for l, r in study if l == ranking and r and r["target"] == 4.5)
     assert row["verdict"] == "dMX better" and row["interval"].high < 0
-    wins = [key for key, (_, ci, v) in st._claim_verdicts(study, st.ranking_labels()).items() if v == "dMX better"]
+    wins = [key for key, (_, _, v) in st._claim_verdicts(study, st.ranking_labels()).items() if v == "dMX better"]
     assert wins == [(ranking, 4.5)], wins  # "the one place where this study reproduces the paper's claim over KL"
     assert "the one place where this study reproduces the paper's claim over KL" in readme
     learned = [p["perplexity"] for p in _committed(label, "dmx", 4.5)]
@@ -639,7 +652,7 @@ def test_the_reading_of_the_learned_study_at_4_5_bits_holds_in_its_results_files
 def test_the_reading_of_the_learned_studys_threshold_rule_holds_in_its_results_files():
     """docs/RESULTS.md: the learned seeds' threshold rule deploys every layer at MXFP4, below uniform
     MXFP4 on the fixed Hadamard-64 and far below uniform MXFP4 on the learned kind's start."""
-    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
+    text = _prose("docs/RESULTS.md")
     assert "by their own threshold rule the learned seeds deploy every layer at MXFP4 (4.00 bits" in text
     learned = st.STUDY_FOLDERS["FP8/FP4, learned rotation"]
     threshold = st._at(st._points(REPO / "results" / f"{learned}_threshold"), "dmx", 5.0)
@@ -652,8 +665,8 @@ def test_the_reading_of_the_learned_studys_threshold_rule_holds_in_its_results_f
 @pytest.mark.results
 def test_the_reading_of_the_zero_shot_study_holds_in_its_results_files():
     """docs/RESULTS.md's reading under the zero-shot table and the README's sentence on it."""
-    text = " ".join((REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8").split())
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
     assert "On zero-shot accuracy (the first 200 questions of each of the four tasks, 5 and 6 bits, fixed Hadamard) " \
            "dMX and KL cannot be told apart" in readme
     assert "at both targets the paired interval of dMX − KL is about five points wide" in text
@@ -669,7 +682,7 @@ def test_the_reading_of_the_zero_shot_study_holds_in_its_results_files():
     assert uniform > max(rows[6.0]["dmx"] + rows[6.0]["kl"]) and uniform > rows[6.0]["fp"][0]
     assert "At both targets every draw of the random control answers fewer questions than every dMX seed and " \
            "every KL draw, but by one to three points where its perplexity is 20-40 % higher" in text
-    perplexities = {r["target"]: r for label, r in st.study_rows(REPO) if label == "FP8/FP4, Hadamard-64" and r}
+    perplexities = {r["target"]: r for label, r in _committed_rows() if label == "FP8/FP4, Hadamard-64" and r}
     for target, row in rows.items():
         assert len(row["random"]) == 3 and max(row["random"]) < min(row["dmx"] + row["kl"])
         gaps = [statistics.fmean(row[m]) - statistics.fmean(row["random"]) for m in ("dmx", "kl")]
