@@ -18,6 +18,7 @@
 #     the uniform point this runs anyway)
 #   ROTATION=none TARGETS=5 benchmarks/pareto_study.sh           # plain MX
 #   TASKS=default TARGETS="5 6" benchmarks/pareto_study.sh      # adds zero-shot accuracy to the points
+#   TASKS=default LIMIT=200 ROTATION=learned TARGETS=4.5 ...       # the first 200 questions of each task
 #   EXTRA="--device cuda --backend compiled" OUT=... benchmarks/pareto_study.sh   # on a GPU: benchmarks/gpu_study.sh
 #
 # One target after another (5 first): dMX (whose checkpoints the demo records reuse), random, fp, uniform,
@@ -40,7 +41,7 @@ common=(--model smollm2-135m --family "$FAMILY" --rotation "$ROTATION" --threads
         --calib-windows 64 --calib-seqlen 256 --steps 40 --batch-size 2 --checkpoint-every 5
         --seeds 3 --no-progress ${EXTRA:-})
 accuracy=()
-if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS); fi
+if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS ${LIMIT:+--limit $LIMIT}); fi  # LIMIT: the first N questions of each task
 mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
 # the threshold deployment re-deploys the budget folder's calibrations (final rounding is not part
 # of a checkpoint's identity)
@@ -57,7 +58,7 @@ for target in ${TARGETS:-5 6 4.5 7}; do
             --methods dmx "${accuracy[@]}"
         if [ "$ROTATION" = learned ]; then  # after dMX, whose learned rotations it scores KL on
             "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \
-                --methods kl_learned_rotation
+                --methods kl_learned_rotation "${accuracy[@]}"
         fi
     fi
     if [ "$PART" != rest ]; then

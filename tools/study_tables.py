@@ -255,40 +255,54 @@ def zeroshot_rows(root: Path) -> list[tuple[str, dict[str, Any]]]:
     """(set-up label, row) per study folder and target where a method's points carry zero-shot
     accuracy: each method's average accuracy per seed and, once every KL draw and dMX seed holds
     per-document scores on the same questions, the paired interval of dMX − KL (question by
-    question, documents drawn within each task) and its verdict; else ``pending``."""
+    question, documents drawn within each task) and its verdict; else ``pending``. A joint-rotation
+    study also gives its ranking rows (:data:`LEARNED_RANKING`: dMX against KL on each seed's
+    rotation) where those KL points carry accuracy, as :func:`study_rows` does for perplexity."""
     out = []
     for label, folder in STUDY_FOLDERS.items():
         points = _points(root / "results" / folder) or []
+        comparisons = [(label, "kl")]
+        if label in LEARNED_RANKING:
+            comparisons.append((LEARNED_RANKING[label], "kl_learned_rotation"))
         for target in STUDY_TARGETS:
-            at = {m: [p for p in _at(points, m, target) if p.get("avg_accuracy") is not None]
-                  for m in ("kl", "dmx", "random")}
-            if not any(at.values()):
-                continue
-            fp = [p for p in points if p["method"] == "fp" and p.get("avg_accuracy") is not None]
-            uniform = [p for p in points if p["method"] == "uniform" and p.get("avg_accuracy") is not None
-                       and p.get("avg_bits") == target]
-            row: dict[str, Any] = {"target": target, **{m: [p["avg_accuracy"] for p in v] for m, v in at.items()},
-                                   "fp": [p["avg_accuracy"] for p in fp],
-                                   "uniform": [(p["format"], p["avg_accuracy"]) for p in uniform],
-                                   "settings": next(p["accuracy_settings"] for v in at.values() for p in v)}
-            missing = [f"{name} {len(at[m])}/{STUDY_SEEDS}" if len(at[m]) < STUDY_SEEDS
-                       else f"{name}: no per-question scores (measured before they were stored)"
-                       for m, name in (("kl", "KL"), ("dmx", "dMX"))
-                       if len(at[m]) < STUDY_SEEDS or not all(p.get("accuracy_documents") for p in at[m])]
-            if missing:
-                row["pending"] = ", ".join(missing)
-                out.append((label, row))
-                continue
-            (dmx, tasks, sizes), (kl, kl_tasks, kl_sizes) = (seed_documents(at[m], m, target) for m in ("dmx", "kl"))
-            settings = {str(p["accuracy_settings"]) for p in at["dmx"] + at["kl"]}
-            if (tasks, sizes) != (kl_tasks, kl_sizes) or settings != {str(row["settings"])}:
-                raise ValueError(f"{label} at {target:g} bits: dMX and KL answered different zero-shot questions "
-                                 f"(tasks {tasks} x {sizes} vs {kl_tasks} x {kl_sizes}): no paired comparison")
-            row.update(tasks=tasks, sizes=sizes, documents=(dmx, kl))
-            row["interval"] = paired_accuracy_difference(dmx, kl, task_sizes=sizes)
-            row["verdict"] = verdict(row["interval"])
-            out.append((label, row))
+            for row_label, kl_method in comparisons:
+                row = zeroshot_row(points, target, kl_method)
+                if row is not None and (kl_method == "kl" or row["kl"]):
+                    out.append((row_label, row))
     return out
+
+
+def zeroshot_row(points: Sequence[Mapping[str, Any]], target: float, kl_method: str = "kl") -> dict[str, Any] | None:
+    """One target's zero-shot row (see :func:`zeroshot_rows`) against the ``kl_method`` points; None
+    when no KL, dMX or random point there carries accuracy."""
+    at = {m: [p for p in _at(points, method, target) if p.get("avg_accuracy") is not None]
+          for m, method in (("kl", kl_method), ("dmx", "dmx"), ("random", "random"))}
+    if not any(at.values()):
+        return None
+    fp = [p for p in points if p["method"] == "fp" and p.get("avg_accuracy") is not None]
+    uniform = [p for p in points if p["method"] == "uniform" and p.get("avg_accuracy") is not None
+               and p.get("avg_bits") == target]
+    row: dict[str, Any] = {"target": target, **{m: [p["avg_accuracy"] for p in v] for m, v in at.items()},
+                           "fp": [p["avg_accuracy"] for p in fp],
+                           "uniform": [(p["format"], p["avg_accuracy"]) for p in uniform],
+                           "settings": next(p["accuracy_settings"] for v in at.values() for p in v)}
+    missing = [f"{name} {len(at[m])}/{STUDY_SEEDS}" if len(at[m]) < STUDY_SEEDS
+               else f"{name}: no per-question scores (measured before they were stored)"
+               for m, name in (("kl", "KL"), ("dmx", "dMX"))
+               if len(at[m]) < STUDY_SEEDS or not all(p.get("accuracy_documents") for p in at[m])]
+    if missing:
+        row["pending"] = ", ".join(missing)
+        return row
+    (dmx, tasks, sizes), (kl, kl_tasks, kl_sizes) = (seed_documents(at[m], method, target)
+                                                    for m, method in (("dmx", "dmx"), ("kl", kl_method)))
+    settings = {str(p["accuracy_settings"]) for p in at["dmx"] + at["kl"]}
+    if (tasks, sizes) != (kl_tasks, kl_sizes) or settings != {str(row["settings"])}:
+        raise ValueError(f"{kl_method} at {target:g} bits: dMX and KL answered different zero-shot questions "
+                         f"(tasks {tasks} x {sizes} vs {kl_tasks} x {kl_sizes}): no paired comparison")
+    row.update(tasks=tasks, sizes=sizes, documents=(dmx, kl))
+    row["interval"] = paired_accuracy_difference(dmx, kl, task_sizes=sizes)
+    row["verdict"] = verdict(row["interval"])
+    return row
 
 
 def _uniform_cell(pairs: Sequence[tuple[str, float]], scale: float = 1.0) -> str:

@@ -288,6 +288,59 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     assert len(scored) == 2 * len(first)
 
 
+@pytest.mark.slow
+def test_rerun_with_tasks_scores_learned_rotation_points_on_their_own_rotation(tmp_path, monkeypatch, data_dir):
+    """Under a learned rotation, zero-shot accuracy joins dMX's and kl_learned_rotation's finished
+    points on the rotation each dMX seed learned: the model that answers the questions is the one
+    that gave the point its perplexity (the same per-window NLLs, recomputed here); with that
+    rotation file gone the rerun stops before the model loads, naming the file."""
+    import sys
+    from pathlib import Path
+
+    from dmx.llm.data import test_token_ids
+    from dmx.llm.perplexity import window_nlls
+    from dmx.llm.rotation import RotationSpec
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "zeroshot"))
+    from tiny_byte_lm import tiny_byte_lm  # a tokenizer with an EOS token, as lm-eval needs
+
+    model, tokenizer = tiny_byte_lm(seed=1)
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    text = " ".join(f"Row {i} holds {i * 3 % 7}." for i in range(200))
+    (tmp_path / "t.txt").write_text(text)
+    cfg = SweepConfig(
+        model=ModelSpec(model=str(tmp_path / "lm"), rotation=RotationSpec("learned", seed=1)),
+        out_dir=str(tmp_path / "sweep"), data_dir=str(data_dir),
+        plan=SweepPlan(targets=(6.0,), methods=("dmx", "kl_learned_rotation")),
+        evaluation=EvaluationSpec(text_file=str(tmp_path / "t.txt"), seqlen=64, max_windows=2),
+        calibration_data=CalibrationData(text_file=str(tmp_path / "t.txt"), windows=2, seqlen=32, kl_windows=1,
+                                         kl_seqlen=32),
+        calibration=CalibrationConfig(steps=2, batch_size=1, rotation_lr=1.0), progress=False,
+    )
+    first = {p["key"]: p for p in run_sweep(cfg)}
+    assert list(first) == ["dmx@6", "kl_learned_rotation@6"]
+    ids = test_token_ids(tokenizer, text_file=tmp_path / "t.txt")
+    answered = []  # the per-window NLLs of each model that answers, in the order the points are scored
+    real = methods._zeroshot_metrics
+
+    def spy(model, tokenizer, cfg):
+        answered.append(window_nlls(model, ids, seqlen=64, max_windows=2, progress=False).tolist())
+        return real(model, tokenizer, cfg)
+
+    monkeypatch.setattr(methods, "_zeroshot_metrics", spy)
+    with_tasks = replace(cfg, evaluation=replace(cfg.evaluation, tasks=("piqa",), limit=8))
+    second = {p["key"]: p for p in run_sweep(with_tasks)}
+    assert answered == [first[key]["window_nlls"] for key in first]
+    assert all(p["accuracy_settings"]["limit"] == 8 and len(p["accuracy_documents"]["piqa"]) == 8
+               for p in second.values())
+    rotation = json.loads((tmp_path / "sweep" / "assignments" / "dmx_at_6.json").read_text())["provenance"]
+    (tmp_path / "sweep" / "assignments" / rotation["rotation_file"]).unlink()
+    monkeypatch.setattr(sweep, "_load", lambda *a: pytest.fail("the model loaded before the missing file was named"))
+    with pytest.raises(ValueError, match=rotation["rotation_file"].replace(".", r"\.")):
+        run_sweep(replace(cfg, evaluation=replace(cfg.evaluation, tasks=("piqa",), limit=4)))
+
+
 def test_sweep_rejects_bad_settings_before_loading(tmp_path):
     with pytest.raises(ValueError, match=r"\[4, 8\]"):
         run_sweep(SweepConfig(model=ModelSpec(model="no/such-model"), out_dir=str(tmp_path),

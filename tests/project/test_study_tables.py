@@ -245,17 +245,20 @@ def test_at_the_fp6_fp4_top_the_family_claim_compares_uniform_mxfp6(tmp_path):
     assert status == "reproduced" and "at 6 bits uniform MXFP6 E2M3" in evidence and "FP6/FP4 better" in evidence
 
 
-@pytest.mark.results
-def _add_accuracy(root: Path, dmx_skill: float, docs: int = 200, drop: str | None = None) -> None:
+def _add_accuracy(root: Path, dmx_skill: float, docs: int = 200, drop: str | None = None,
+                  label: str = "FP8/FP4, Hadamard-64", methods: tuple[str, ...] | None = None) -> None:
     """Zero-shot answers on the study's points: 4 tasks of ``docs`` questions, a shared ease per
-    question, dMX ``dmx_skill`` better than KL; ``drop``: a point key whose per-question scores are dropped."""
-    folder = root / "results" / st.STUDY_FOLDERS["FP8/FP4, Hadamard-64"]
+    question, dMX ``dmx_skill`` better than KL; ``drop``: a point key whose per-question scores are
+    dropped; ``methods``: only these methods' points answer (default: every point)."""
+    folder = root / "results" / st.STUDY_FOLDERS[label]
     doc = json.loads((folder / "results.json").read_text())
     rng = np.random.default_rng(5)
     tasks = ("arc_challenge", "arc_easy", "piqa", "winogrande")
     ease = {t: rng.uniform(0, 1, docs) for t in tasks}
-    skill = {"kl": 0.0, "dmx": dmx_skill, "random": -0.2}
+    skill = {"kl": 0.0, "kl_learned_rotation": 0.0, "dmx": dmx_skill, "random": -0.2}
     for p in doc["points"]:
+        if methods is not None and p["method"] not in methods:
+            continue
         answers = {t: (ease[t] + skill[p["method"]] > rng.uniform(0, 1, docs)).astype(int).tolist() for t in tasks}
         p.update(accuracy={t: float(np.mean(a)) for t, a in answers.items()},
                  avg_accuracy=float(np.mean([np.mean(a) for a in answers.values()])),
@@ -293,6 +296,30 @@ def test_zero_shot_verdicts_pair_the_questions_and_claim_a_win_only_outside_zero
     (label, row), = st.zeroshot_rows(tmp_path)
     assert "interval" not in row and "KL: no per-question scores" in row["pending"]
     assert {c: s for c, s, _ in st.claims(tmp_path)}["... on perplexity **and** zero-shot accuracy"] == "not yet measured"
+
+
+def test_the_learned_studys_zero_shot_ranking_row_pairs_dmx_with_kl_on_each_seeds_rotation(tmp_path):
+    """Zero-shot answers of kl_learned_rotation points give the learned study its ranking row, paired
+    with dMX question by question and read by the zero-shot claim; KL on the fixed start without
+    answers leaves the pipeline row pending, not compared with the other KL."""
+    claim = "... on perplexity **and** zero-shot accuracy"
+    learned = "FP8/FP4, learned rotation"
+    ranked = st.LEARNED_RANKING[learned]
+    _study(tmp_path, dmx_shift=-0.05, label=learned)
+    folder = tmp_path / "results" / st.STUDY_FOLDERS[learned]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] += [{**p, "method": "kl_learned_rotation", "key": p["key"].replace("kl", "kl_learned_rotation")}
+                      for p in doc["points"] if p["method"] == "kl"]
+    (folder / "results.json").write_text(json.dumps(doc))
+    _add_accuracy(tmp_path, dmx_skill=0.2, label=learned, methods=("dmx", "kl_learned_rotation", "random"))
+    rows = dict(st.zeroshot_rows(tmp_path))
+    assert rows[learned]["pending"] == "KL 0/3" and "interval" not in rows[learned]
+    assert rows[ranked]["verdict"] == "dMX better" and rows[ranked]["interval"].low > 0
+    assert rows[ranked]["kl"] == [p["avg_accuracy"] for p in json.loads((folder / "results.json").read_text())["points"]
+                                  if p["method"] == "kl_learned_rotation"]
+    status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
+    assert status == "reproduced" and f"{ranked} at 5 bits" in evidence and f"{learned} at 5 bits" not in evidence
+    assert f"{ranked} | 5 |" in st.table_zeroshot_verdicts(tmp_path)
 
 
 def test_the_zero_shot_table_shows_the_uniform_format_at_the_targets_bits_only(tmp_path):

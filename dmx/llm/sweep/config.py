@@ -22,7 +22,8 @@ from dmx.llm.tasks import check_zeroshot_data
 from mx_spec import get_format
 from mx_spec.formats import FLOAT_FORMATS
 
-__all__ = ["UNIFORM_FORMATS", "METHODS", "DEFAULT_METHODS", "KL_METHODS", "SEEDED_METHODS", "RECORDED_DEFAULTS", "RECORDED_CALIBRATION",
+__all__ = ["UNIFORM_FORMATS", "METHODS", "DEFAULT_METHODS", "KL_METHODS", "SEEDED_METHODS", "OWN_ROTATION_METHODS",
+           "RECORDED_DEFAULTS", "RECORDED_CALIBRATION",
            "SweepPlan", "CalibrationData", "EvaluationSpec", "SweepConfig", "point_label", "validate_config",
            "accuracy_settings", "dmx_trajectory"]
 
@@ -38,6 +39,9 @@ KL_METHODS = ("kl", "kl_learned_rotation")
 #: heuristic's calibration draw, dMX's calibration windows and order, the random control's draw;
 #: ``kl_learned_rotation``'s i-th point scores KL draw i on the rotation dMX seed i learned.
 SEEDED_METHODS = ("kl", "dmx", "random", "kl_learned_rotation")
+#: Under a learned rotation, the methods whose every point has its own rotation (the one its dMX seed
+#: learned, saved beside its assignment); the other points share the learned kind's fixed start.
+OWN_ROTATION_METHODS = ("dmx", "kl_learned_rotation")
 
 
 def point_label(method: str, *, target: float | None = None, fmt: str | None = None, seed_index: int = 0) -> str:

@@ -33,13 +33,15 @@ from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize
 from dmx.llm.random_baseline import random_formats
 from dmx.llm.rotation import recorded_rotation, rotated_model_id, save_rotation_beside
 from dmx.llm.rotation.training import rotation_setup, rotation_trainables
-from dmx.llm.sweep.config import SEEDED_METHODS, SweepConfig, accuracy_settings, dmx_trajectory, point_label
+from dmx.llm.sweep.config import (OWN_ROTATION_METHODS, SEEDED_METHODS, SweepConfig, accuracy_settings,
+                                  dmx_trajectory, point_label)
 from dmx.llm.sweep.results import ResultStore, assignment_file
 from dmx.wrap import set_fixed_format
 from dmx.llm.zeroshot import evaluate_zeroshot
 
 __all__ = ["LoadedSweep", "KLDraw", "measure_fp", "prepare_kl_draws", "run_uniform", "run_kl", "run_dmx",
-           "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "RUNNERS"]
+           "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "recorded_rotation_spec",
+           "RUNNERS"]
 
 
 @dataclass
@@ -209,9 +211,7 @@ def run_kl_learned_rotation(run: LoadedSweep) -> None:
         windows = run.windows(data.kl_windows, data.kl_seqlen, seed)
         for t in targets:
             key = point_label("kl_learned_rotation", target=t, seed_index=i)
-            dmx_file = assignment_file(run.out, point_label("dmx", target=t, seed_index=i))
-            spec = dataclasses.replace(run.spec, rotation=recorded_rotation(
-                Assignment.from_json(dmx_file).provenance, dmx_file))
+            spec = recorded_rotation_spec(run, assignment_file(run.out, point_label("dmx", target=t, seed_index=i)))
             model, _ = load_rotated_model(spec)
             model_id = rotated_model_id(spec.model, model)
             reference = _kl_reference(run, model, windows, model_id)
@@ -261,16 +261,26 @@ def add_accuracy(run: LoadedSweep, keys: Sequence[str]) -> None:
         wrapped = bool(run.layers)
         if (point["method"] == "fp") == wrapped:
             continue  # full precision before the model is wrapped, the others after
+        model = run.model
         if point["method"] == "uniform":
-            set_fixed_format(run.model, point["format"])
-        elif cfg.model.rotation.learns and point["method"] in ("dmx", "kl_learned_rotation"):
-            print(f"sweep: no accuracy added to {key}: it has its own learned rotation; use "
-                  f"`dmx eval --assignment {assignment_file(run.out, key)} --tasks ...`")
-            continue
+            set_fixed_format(model, point["format"])
+        elif cfg.model.rotation.learns and point["method"] in OWN_ROTATION_METHODS:
+            # not the sweep's shared rotation: the point's own, rebuilt from the file beside its assignment
+            path = assignment_file(run.out, key)
+            spec = recorded_rotation_spec(run, path)
+            model, _ = load_rotated_model(spec)
+            apply_assignment(quantize(model, spec), Assignment.from_json(path))
         elif point["method"] != "fp":
             apply_assignment(run.layers, Assignment.from_json(assignment_file(run.out, key)))
-        metrics, secs = _timed(lambda: _zeroshot_metrics(run.model, run.tokenizer, cfg))
+        metrics, secs = _timed(lambda: _zeroshot_metrics(model, run.tokenizer, cfg))
         run.store.add({**point, **metrics, "accuracy_seconds": round(secs, 1)})
+
+
+def recorded_rotation_spec(run: LoadedSweep, assignment_path: Path) -> ModelSpec:
+    """The sweep's model spec on the rotation recorded beside the assignment at ``assignment_path``
+    (a dMX point's learned rotation; ValueError naming the fix when its file is missing or differs)."""
+    recorded = recorded_rotation(Assignment.from_json(assignment_path).provenance, assignment_path)
+    return dataclasses.replace(run.spec, rotation=recorded)
 
 
 def checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:

@@ -18,7 +18,8 @@ from dmx.family import get_family
 from dmx.llm.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
 from dmx.llm.rotation import recorded_rotation, rotated_model_id, rotation_provenance, rotation_state
-from dmx.llm.sweep.config import SEEDED_METHODS, SweepConfig, accuracy_settings, point_label, validate_config
+from dmx.llm.sweep.config import (OWN_ROTATION_METHODS, SEEDED_METHODS, SweepConfig, accuracy_settings, point_label,
+                                  validate_config)
 from dmx.llm.sweep.figures import draw_figures
 from dmx.llm.sweep.methods import RUNNERS, LoadedSweep, add_accuracy, checkpoint_dir, measure_fp, prepare_kl_draws
 from dmx.llm.sweep.results import ResultStore, assignment_file
@@ -41,7 +42,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     accuracy_todo = [k for k in planned if k not in todo and _needs_accuracy(store.get(k), cfg)]
     if todo or accuracy_todo:
         _check_checkpoints(out, cfg, todo)
-        _check_learned_rotations(out, cfg, store, todo)
+        _check_learned_rotations(out, cfg, store, todo, accuracy_todo)
         if len(planned) > len(todo):
             print(f"resuming the sweep in {out}: {len(planned) - len(todo)} of {len(planned)} points already "
                   f"measured, {len(todo)} to go", file=sys.stderr)
@@ -91,10 +92,16 @@ def _check_checkpoints(out: Path, cfg: SweepConfig, todo: Sequence[str]) -> None
                 check_checkpoint(str(ckpt), cfg.calibration_config(t, seed), resume=True, announce=False)
 
 
-def _check_learned_rotations(out: Path, cfg: SweepConfig, store: ResultStore, todo: Sequence[str]) -> None:
+def _check_learned_rotations(out: Path, cfg: SweepConfig, store: ResultStore, todo: Sequence[str],
+                             accuracy_todo: Sequence[str] = ()) -> None:
     """Each ``kl_learned_rotation`` point to do finds the rotation its dMX point learned: that
-    point is finished (or runs first in this sweep) and its rotation file is in place (before the
-    model loads)."""
+    point is finished (or runs first in this sweep) and its rotation file is in place; so does each
+    finished point with its own rotation that zero-shot accuracy is added to (before the model loads)."""
+    if cfg.model.rotation.learns:
+        for key in accuracy_todo:
+            if store.get(key)["method"] in OWN_ROTATION_METHODS:
+                path = assignment_file(out, key)
+                recorded_rotation(Assignment.from_json(path).provenance, path)  # ValueError naming the fix
     methods = cfg.plan.methods
     if "kl_learned_rotation" not in methods:
         return
