@@ -651,7 +651,7 @@ display(Markdown("\n".join(lines)))
 #   three KL draws of 8 × 512 tokens at several budgets (its verdict on the paper's claim over KL is
 #   printed below the lists): on the fixed Hadamard the win does not hold. Under the authors'
 #   learned rotation, with KL scored on the very rotation each dMX seed learned, dMX's ranking
-#   beats KL's at 4.5 bits (read with every other budget too), by less at 5 bits and not at 6:
+#   beats KL's at 4.5 bits (read with every other budget too), by less at 5 bits and not at 6 or 7:
 #   that is the one place the claim holds here. Rotate first (`--rotation hadamard`), then
 #   calibrate: the rotation helps both methods, and which ranking is better depends on the
 #   rotation and the budget on this model.
