@@ -228,11 +228,8 @@ def test_seeds_repeat_dmx_and_the_random_control_and_are_summarised(tiny_dir, tm
     assert [p["perplexity"] for p in again] == [p["perplexity"] for p in points.values()]
 
 
-@pytest.mark.slow
-def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatch, data_dir):
-    """A finished sweep rerun with zero-shot tasks gets accuracy on every point (and the second
-    Pareto panel) while perplexities, KL scores and calibrations are reused; a third run with the
-    same tasks does nothing, other tasks measure again."""
+def _save_byte_lm(root):
+    """A tiny byte-level Llama saved in ``root/lm`` and a text file ``root/t.txt``; returns its tokenizer."""
     import sys
     from pathlib import Path
 
@@ -240,10 +237,18 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     from tiny_byte_lm import tiny_byte_lm  # a tokenizer with an EOS token, as lm-eval needs
 
     model, tokenizer = tiny_byte_lm(seed=1)
-    model.save_pretrained(tmp_path / "lm")
-    tokenizer.save_pretrained(tmp_path / "lm")
-    text = " ".join(f"Row {i} holds {i * 3 % 7}." for i in range(200))
-    (tmp_path / "t.txt").write_text(text)
+    model.save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    (root / "t.txt").write_text(" ".join(f"Row {i} holds {i * 3 % 7}." for i in range(200)))
+    return tokenizer
+
+
+@pytest.mark.slow
+def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatch, data_dir):
+    """A finished sweep rerun with zero-shot tasks gets accuracy on every point (and the second
+    Pareto panel) while perplexities, KL scores and calibrations are reused; a third run with the
+    same tasks does nothing, other tasks measure again."""
+    _save_byte_lm(tmp_path)
     plain = SweepConfig(
         model=ModelSpec(model=str(tmp_path / "lm")), out_dir=str(tmp_path / "sweep"), data_dir=str(data_dir),
         plan=SweepPlan(targets=(6.0,), uniform=("mxfp4_e2m1",)),
@@ -294,21 +299,11 @@ def test_rerun_with_tasks_scores_learned_rotation_points_on_their_own_rotation(t
     points on the rotation each dMX seed learned: the model that answers the questions is the one
     that gave the point its perplexity (the same per-window NLLs, recomputed here); with that
     rotation file gone the rerun stops before the model loads, naming the file."""
-    import sys
-    from pathlib import Path
-
     from dmx.llm.data import test_token_ids
     from dmx.llm.perplexity import window_nlls
     from dmx.llm.rotation import RotationSpec
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "zeroshot"))
-    from tiny_byte_lm import tiny_byte_lm  # a tokenizer with an EOS token, as lm-eval needs
-
-    model, tokenizer = tiny_byte_lm(seed=1)
-    model.save_pretrained(tmp_path / "lm")
-    tokenizer.save_pretrained(tmp_path / "lm")
-    text = " ".join(f"Row {i} holds {i * 3 % 7}." for i in range(200))
-    (tmp_path / "t.txt").write_text(text)
+    tokenizer = _save_byte_lm(tmp_path)
     cfg = SweepConfig(
         model=ModelSpec(model=str(tmp_path / "lm"), rotation=RotationSpec("learned", seed=1)),
         out_dir=str(tmp_path / "sweep"), data_dir=str(data_dir),
