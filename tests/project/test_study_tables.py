@@ -760,3 +760,38 @@ def test_the_reading_of_the_zero_shot_study_holds_in_its_results_files():
         assert 1.18 < ratio < 1.45
     assert "full precision is only about ten points above chance" in text
     assert 0.08 < rows[5.0]["fp"][0] - 0.375 < 0.12
+
+
+@pytest.mark.results
+def test_the_reading_of_the_learned_studys_zero_shot_point_holds_in_its_results_files():
+    """README and docs/RESULTS.md on zero-shot accuracy at 4.5 bits under the learned rotation: every
+    dMX seed above the KL draw on its own rotation by 0.6-1.8 points, the interval including zero;
+    against KL on the learned kind's start (perplexity about 65 % higher) the interval includes zero
+    too; the random control at about chance, below every dMX seed and every KL draw."""
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
+    label = "FP8/FP4, learned rotation"
+    rows = {row_label: row for row_label, row in st.zeroshot_rows(REPO) if row["target"] == 4.5}
+    ranking, pipeline = rows[st.LEARNED_RANKING[label]], rows[label]
+    for row in (ranking, pipeline):
+        assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
+        assert row["interval"].low < 0 < row["interval"].high
+    dmx, ranked = ({p["settings"]["seed"]: p["avg_accuracy"] for p in _committed(label, method, 4.5)}
+                   for method in ("dmx", "kl_learned_rotation"))
+    assert len(dmx) == 3 and ranked.keys() == dmx.keys()
+    gaps = [dmx[seed] - ranked[seed] for seed in dmx]  # each pair answers on seed i's rotation
+    assert 0.006 <= round(min(gaps), 3) and round(max(gaps), 3) <= 0.018, gaps
+    assert "every dMX seed answers more questions than the KL draw on its own rotation, by 0.6 to 1.8 points" in text
+    assert "every dMX seed answers more questions than KL on its own rotation, but by 0.6-1.8 points, and the " \
+           "interval includes zero: the zero-shot half of the claim is not shown" in readme
+    ci = ranking["interval"]
+    assert f"(+{100 * ci.difference:.2f} points, from about {100 * ci.low:.0f} to +{100 * ci.high:.0f})" in text
+    ci = pipeline["interval"]
+    assert f"(+{100 * ci.difference:.2f} points, from about {100 * ci.low:.1f} to +{100 * ci.high:.0f})" in text
+    perplexity = {m: statistics.fmean(p["perplexity"] for p in _committed(label, m, 4.5)) for m in ("kl", "dmx", "random")}
+    assert f"({perplexity['kl']:.2f} against {perplexity['dmx']:.2f})" in text
+    assert 0.6 < perplexity["kl"] / perplexity["dmx"] - 1 < 0.7  # "about 65 % higher"
+    assert 2.8 < perplexity["random"] / perplexity["dmx"] < 3.3  # "about three times dMX's"
+    random = statistics.fmean(pipeline["random"])
+    assert f"({100 * random:.2f} % against 37.5 % for guessing)" in text and abs(random - 0.375) < 0.02
+    assert max(pipeline["random"]) < min(pipeline["dmx"] + pipeline["kl"] + ranking["kl"])
