@@ -515,6 +515,15 @@ def _committed_uniform(label: str, fmt: str) -> float:
     return next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == fmt)
 
 
+def _seed_pairs(label: str, target: float, field: str = "perplexity") -> tuple[dict, dict]:
+    """{seed: ``field``} of the committed study ``label``'s dMX seeds and of its KL draws on each
+    seed's own rotation at ``target``, after checking that the three seeds pair up with three draws."""
+    dmx, ranked = ({p["settings"]["seed"]: p[field] for p in _committed(label, method, target)}
+                   for method in ("dmx", "kl_learned_rotation"))
+    assert len(dmx) == 3 and ranked.keys() == dmx.keys()
+    return dmx, ranked
+
+
 def _rotation_hashes(label: str, target: str) -> list:
     """The sha256 of the rotation each dMX seed of the committed study ``label`` learned at ``target``,
     seed by seed, as its assignment's provenance records it (the rotation files are weights: not committed)."""
@@ -570,9 +579,7 @@ def test_the_reading_of_kl_on_each_seeds_learned_rotation_holds_in_its_results_f
     readme = _prose("README.md")
     assert "every dMX seed is below the KL draw scored on its rotation, by about 2 %" in text
     assert "KL ends about 2 % above dMX on every seed at 5 bits" in readme
-    dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed("FP8/FP4, learned rotation", method, 5.0)}
-                   for method in ("dmx", "kl_learned_rotation"))
-    assert len(dmx) == 3 and ranked.keys() == dmx.keys()
+    dmx, ranked = _seed_pairs("FP8/FP4, learned rotation", 5.0)
     for seed, kl in ranked.items():  # each pair shares seed i's rotation
         assert 0.01 < 1 - dmx[seed] / kl < 0.03, (seed, dmx[seed], kl)
     study = _committed_rows()
@@ -616,9 +623,7 @@ def test_the_reading_of_the_learned_study_at_6_bits_holds_in_its_results_files()
     readme = _prose("README.md")
     assert _rotation_hashes("FP8/FP4, learned rotation", "6") == _rotation_hashes("FP8/FP4, learned rotation", "5")
     assert "each seed learns exactly the rotation it learned at 5 bits" in text
-    dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed("FP8/FP4, learned rotation", method, 6.0)}
-                   for method in ("dmx", "kl_learned_rotation"))
-    assert len(dmx) == 3 and ranked.keys() == dmx.keys()
+    dmx, ranked = _seed_pairs("FP8/FP4, learned rotation", 6.0)
     kl_mean = statistics.fmean(ranked.values())
     assert all(d < kl_mean for d in dmx.values()) and 0.005 < 1 - statistics.fmean(dmx.values()) / kl_mean < 0.015
     assert sum(dmx[seed] > ranked[seed] for seed in dmx) == 1  # "one seed is above the KL draw on its own rotation"
@@ -647,9 +652,7 @@ def test_the_reading_of_the_learned_study_at_4_5_bits_holds_in_its_results_files
     label = "FP8/FP4, learned rotation"
     assert _rotation_hashes(label, "4.5") == _rotation_hashes(label, "5")
     assert "At 4.5, 6 and 7 bits each seed learns exactly the rotation it learned at 5 bits" in text
-    dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed(label, method, 4.5)}
-                   for method in ("dmx", "kl_learned_rotation"))
-    assert len(dmx) == 3 and ranked.keys() == dmx.keys()
+    dmx, ranked = _seed_pairs(label, 4.5)
     for seed, kl in ranked.items():  # each pair shares seed i's rotation
         assert 0.035 < 1 - dmx[seed] / kl < 0.07, (seed, dmx[seed], kl)
     assert "At 4.5 bits every dMX seed is below the KL draw on its own rotation by about 5 %" in text
@@ -686,9 +689,7 @@ def test_the_reading_of_the_learned_study_at_7_bits_holds_in_its_results_files()
     readme = _prose("README.md")
     label = "FP8/FP4, learned rotation"
     assert _rotation_hashes(label, "7") == _rotation_hashes(label, "5")
-    dmx, ranked = ({p["settings"]["seed"]: p["perplexity"] for p in _committed(label, method, 7.0)}
-                   for method in ("dmx", "kl_learned_rotation"))
-    assert len(dmx) == 3 and ranked.keys() == dmx.keys()
+    dmx, ranked = _seed_pairs(label, 7.0)
     assert 0.01 < 1 - statistics.fmean(dmx.values()) / statistics.fmean(ranked.values()) < 0.02
     assert sum(dmx[seed] > ranked[seed] for seed in dmx) == 1  # "again with one seed above the KL draw on its own rotation"
     assert ("At 7 bits dMX is about 1.5 % below KL on average, again with one seed above the KL draw on its own "
@@ -776,9 +777,7 @@ def test_the_reading_of_the_learned_studys_zero_shot_point_holds_in_its_results_
     for row in (ranking, pipeline):
         assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
         assert row["interval"].low < 0 < row["interval"].high
-    dmx, ranked = ({p["settings"]["seed"]: p["avg_accuracy"] for p in _committed(label, method, 4.5)}
-                   for method in ("dmx", "kl_learned_rotation"))
-    assert len(dmx) == 3 and ranked.keys() == dmx.keys()
+    dmx, ranked = _seed_pairs(label, 4.5, field="avg_accuracy")
     gaps = [dmx[seed] - ranked[seed] for seed in dmx]  # each pair answers on seed i's rotation
     assert 0.006 <= round(min(gaps), 3) and round(max(gaps), 3) <= 0.018, gaps
     assert "every dMX seed answers more questions than the KL draw on its own rotation, by 0.6 to 1.8 points" in text

@@ -31,7 +31,7 @@ from dmx.llm.models import decoder_linear_names
 from dmx.llm.perplexity import perplexity_of, window_nlls
 from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize
 from dmx.llm.random_baseline import random_formats
-from dmx.llm.rotation import recorded_rotation, rotated_model_id, save_rotation_beside
+from dmx.llm.rotation import RotationSpec, recorded_rotation, rotated_model_id, save_rotation_beside
 from dmx.llm.rotation.training import rotation_setup, rotation_trainables
 from dmx.llm.sweep.config import (OWN_ROTATION_METHODS, SEEDED_METHODS, SweepConfig, accuracy_settings,
                                   dmx_trajectory, point_label)
@@ -40,8 +40,8 @@ from dmx.wrap import set_fixed_format
 from dmx.llm.zeroshot import evaluate_zeroshot
 
 __all__ = ["LoadedSweep", "KLDraw", "measure_fp", "prepare_kl_draws", "run_uniform", "run_kl", "run_dmx",
-           "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "recorded_rotation_spec",
-           "RUNNERS"]
+           "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "assignment_rotation",
+           "recorded_rotation_spec", "RUNNERS"]
 
 
 @dataclass
@@ -276,11 +276,15 @@ def add_accuracy(run: LoadedSweep, keys: Sequence[str]) -> None:
         run.store.add({**point, **metrics, "accuracy_seconds": round(secs, 1)})
 
 
+def assignment_rotation(assignment_path: Path) -> RotationSpec:
+    """The rotation the assignment at ``assignment_path`` records (a dMX point's learned rotation, from
+    the file beside it; ValueError naming the fix when that file is missing or differs)."""
+    return recorded_rotation(Assignment.from_json(assignment_path).provenance, assignment_path)
+
+
 def recorded_rotation_spec(run: LoadedSweep, assignment_path: Path) -> ModelSpec:
-    """The sweep's model spec on the rotation recorded beside the assignment at ``assignment_path``
-    (a dMX point's learned rotation; ValueError naming the fix when its file is missing or differs)."""
-    recorded = recorded_rotation(Assignment.from_json(assignment_path).provenance, assignment_path)
-    return dataclasses.replace(run.spec, rotation=recorded)
+    """The sweep's model spec on the rotation recorded beside the assignment at ``assignment_path``."""
+    return dataclasses.replace(run.spec, rotation=assignment_rotation(assignment_path))
 
 
 def checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:

@@ -10,18 +10,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dmx.assignment import Assignment
 from dmx.calibrate import check_checkpoint
 from dmx.checkpoint import checkpoint_exists
 from dmx.llm.data import test_token_ids
 from dmx.family import get_family
 from dmx.llm.pipeline import load_rotated_model, quantize
 from dmx.provenance import model_provenance
-from dmx.llm.rotation import recorded_rotation, rotated_model_id, rotation_provenance, rotation_state
+from dmx.llm.rotation import rotated_model_id, rotation_provenance, rotation_state
 from dmx.llm.sweep.config import (OWN_ROTATION_METHODS, SEEDED_METHODS, SweepConfig, accuracy_settings, point_label,
                                   validate_config)
 from dmx.llm.sweep.figures import draw_figures
-from dmx.llm.sweep.methods import RUNNERS, LoadedSweep, add_accuracy, checkpoint_dir, measure_fp, prepare_kl_draws
+from dmx.llm.sweep.methods import (RUNNERS, LoadedSweep, add_accuracy, assignment_rotation, checkpoint_dir, measure_fp,
+                                   prepare_kl_draws)
 from dmx.llm.sweep.results import ResultStore, assignment_file
 
 __all__ = ["run_sweep", "planned_keys", "is_done"]
@@ -100,8 +100,7 @@ def _check_learned_rotations(out: Path, cfg: SweepConfig, store: ResultStore, to
     if cfg.model.rotation.learns:
         for key in accuracy_todo:
             if store.get(key)["method"] in OWN_ROTATION_METHODS:
-                path = assignment_file(out, key)
-                recorded_rotation(Assignment.from_json(path).provenance, path)  # ValueError naming the fix
+                assignment_rotation(assignment_file(out, key))  # ValueError naming the fix
     methods = cfg.plan.methods
     if "kl_learned_rotation" not in methods:
         return
@@ -112,8 +111,7 @@ def _check_learned_rotations(out: Path, cfg: SweepConfig, store: ResultStore, to
                 continue
             dmx_key = point_label("dmx", target=t, seed_index=i)
             if is_done(store.get(dmx_key), cfg):
-                path = assignment_file(out, dmx_key)
-                recorded_rotation(Assignment.from_json(path).provenance, path)  # ValueError naming the fix
+                assignment_rotation(assignment_file(out, dmx_key))  # ValueError naming the fix
             elif not dmx_first:
                 raise ValueError(f"kl_learned_rotation at {t:g} bits (seed {seed}) scores KL on the rotation dMX "
                                  f"point {dmx_key} learned, which {out} does not have yet; run dmx first "
