@@ -525,6 +525,32 @@ def _seed_pairs(label: str, target: float, field: str = "perplexity") -> tuple[d
     return dmx, ranked
 
 
+def _learned_zero_shot_rows_without_difference(target: float) -> tuple[dict, dict]:
+    """The learned study's two zero-shot rows at ``target`` (ranking: KL on each seed's rotation;
+    pipeline: KL on the learned kind's start), after checking that each scored the first 200
+    questions of each task and shows no difference, its interval including zero."""
+    label = "FP8/FP4, learned rotation"
+    rows = {row_label: row for row_label, row in st.zeroshot_rows(REPO) if row["target"] == target}
+    ranking, pipeline = rows[st.LEARNED_RANKING[label]], rows[label]
+    for row in (ranking, pipeline):
+        assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
+        assert row["interval"].low < 0 < row["interval"].high
+    return ranking, pipeline
+
+
+def _interval_in_points(ci, low_digits: int, high_digits: int) -> str:
+    """How the zero-shot readings give a positive difference and its interval, in points:
+    "(+1.12 points, from about -2 to +4)", the bounds rounded to the digits asked."""
+    return (f"(+{100 * ci.difference:.2f} points, from about {100 * ci.low:.{low_digits}f} "
+            f"to +{100 * ci.high:.{high_digits}f})")
+
+
+def _mean_perplexities(label: str, target: float) -> dict:
+    """{method: mean perplexity over its seeds or draws} of KL, dMX and random in the committed study
+    ``label`` at ``target``."""
+    return {m: statistics.fmean(p["perplexity"] for p in _committed(label, m, target)) for m in ("kl", "dmx", "random")}
+
+
 def _rotation_hashes(label: str, target: str) -> list:
     """The sha256 of the rotation each dMX seed of the committed study ``label`` learned at ``target``,
     seed by seed, as its assignment's provenance records it (the rotation files are weights: not committed)."""
@@ -773,22 +799,16 @@ def test_the_reading_of_the_learned_studys_zero_shot_point_holds_in_its_results_
     text = _prose("docs/RESULTS.md")
     readme = _prose("README.md")
     label = "FP8/FP4, learned rotation"
-    rows = {row_label: row for row_label, row in st.zeroshot_rows(REPO) if row["target"] == 4.5}
-    ranking, pipeline = rows[st.LEARNED_RANKING[label]], rows[label]
-    for row in (ranking, pipeline):
-        assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
-        assert row["interval"].low < 0 < row["interval"].high
+    ranking, pipeline = _learned_zero_shot_rows_without_difference(4.5)
     dmx, ranked = _seed_pairs(label, 4.5, field="avg_accuracy")
     gaps = [dmx[seed] - ranked[seed] for seed in dmx]  # each pair answers on seed i's rotation
     assert 0.006 <= round(min(gaps), 3) and round(max(gaps), 3) <= 0.018, gaps
     assert "every dMX seed answers more questions than the KL draw on its own rotation, by 0.6 to 1.8 points" in text
     assert "every dMX seed answers more questions than KL on its own rotation, but by 0.6-1.8 points, and the " \
            "interval includes zero: the zero-shot half of the claim is not shown" in readme
-    ci = ranking["interval"]
-    assert f"(+{100 * ci.difference:.2f} points, from about {100 * ci.low:.0f} to +{100 * ci.high:.0f})" in text
-    ci = pipeline["interval"]
-    assert f"(+{100 * ci.difference:.2f} points, from about {100 * ci.low:.1f} to +{100 * ci.high:.0f})" in text
-    perplexity = {m: statistics.fmean(p["perplexity"] for p in _committed(label, m, 4.5)) for m in ("kl", "dmx", "random")}
+    assert _interval_in_points(ranking["interval"], low_digits=0, high_digits=0) in text
+    assert _interval_in_points(pipeline["interval"], low_digits=1, high_digits=0) in text
+    perplexity = _mean_perplexities(label, 4.5)
     assert f"({perplexity['kl']:.2f} against {perplexity['dmx']:.2f})" in text
     assert 0.6 < perplexity["kl"] / perplexity["dmx"] - 1 < 0.7  # "about 65 % higher"
     assert 2.8 < perplexity["random"] / perplexity["dmx"] < 3.3  # "about three times dMX's"
@@ -806,11 +826,7 @@ def test_the_reading_of_the_learned_studys_zero_shot_point_at_5_bits_holds_in_it
     text = _prose("docs/RESULTS.md")
     readme = _prose("README.md")
     label = "FP8/FP4, learned rotation"
-    rows = {row_label: row for row_label, row in st.zeroshot_rows(REPO) if row["target"] == 5.0}
-    ranking, pipeline = rows[st.LEARNED_RANKING[label]], rows[label]
-    for row in (ranking, pipeline):
-        assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
-        assert row["interval"].low < 0 < row["interval"].high
+    ranking, pipeline = _learned_zero_shot_rows_without_difference(5.0)
     dmx, ranked = _seed_pairs(label, 5.0, field="avg_accuracy")
     gaps = sorted(100 * (dmx[seed] - ranked[seed]) for seed in dmx)  # each pair answers on seed i's rotation
     assert gaps[0] < 0 < gaps[1] <= gaps[2], gaps
@@ -819,11 +835,9 @@ def test_the_reading_of_the_learned_studys_zero_shot_point_at_5_bits_holds_in_it
     assert [float(x) for x in said.groups()] == pytest.approx([gaps[1], gaps[2], -gaps[0]], abs=0.0051), gaps
     assert "At 5 bits there dMX is about a point above KL on average, not on every seed, and no difference is shown" in readme
     assert 0.5 < 100 * (statistics.fmean(dmx.values()) - statistics.fmean(ranked.values())) < 1.5
-    ci = ranking["interval"]
-    assert f"(+{100 * ci.difference:.2f} points, from about {100 * ci.low:.0f} to +{100 * ci.high:.0f})" in text
-    ci = pipeline["interval"]
-    assert f"(+{100 * ci.difference:.2f} points, from about {100 * ci.low:.1f} to +{100 * ci.high:.1f})" in text
-    perplexity = {m: statistics.fmean(p["perplexity"] for p in _committed(label, m, 5.0)) for m in ("kl", "dmx", "random")}
+    assert _interval_in_points(ranking["interval"], low_digits=0, high_digits=0) in text
+    assert _interval_in_points(pipeline["interval"], low_digits=1, high_digits=1) in text
+    perplexity = _mean_perplexities(label, 5.0)
     assert f"({perplexity['kl']:.2f} against {perplexity['dmx']:.2f})" in text
     assert 0.28 < perplexity["kl"] / perplexity["dmx"] - 1 < 0.38  # "about a third higher"
     assert 2.3 < perplexity["random"] / perplexity["dmx"] < 2.7  # "about two and a half times dMX's"
