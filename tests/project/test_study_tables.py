@@ -362,7 +362,7 @@ def test_committed_study_folders_store_held_out_per_window_nlls_and_honest_verdi
             assert row["interval"].high < 0
         if row and row.get("verdict") == "KL better":
             assert row["interval"].low > 0
-    for _, row in st.zeroshot_rows(REPO):  # higher accuracy is better
+    for _, row in _committed_zeroshot_rows():  # higher accuracy is better
         if row.get("verdict") == "dMX better":
             assert row["interval"].low > 0
         if row.get("verdict") == "KL better":
@@ -505,6 +505,13 @@ def _committed_rows() -> st.StudyRows:
     return st.study_rows(REPO)
 
 
+@functools.cache
+def _committed_zeroshot_rows() -> tuple:
+    """The committed study's zero-shot rows (``st.zeroshot_rows``), read and bootstrapped once for
+    every test, as :func:`_committed_rows` does for perplexity (about 6 s a call on this CPU)."""
+    return tuple(st.zeroshot_rows(REPO))
+
+
 def _committed(label: str, method: str, target: float) -> list:
     """The committed study ``label``'s points of ``method`` at ``target``."""
     return st._at(st._points(REPO / "results" / st.STUDY_FOLDERS[label]), method, target)
@@ -530,7 +537,7 @@ def _learned_zero_shot_rows_without_difference(target: float) -> tuple[dict, dic
     pipeline: KL on the learned kind's start), after checking that each scored the first 200
     questions of each task and shows no difference, its interval including zero."""
     label = "FP8/FP4, learned rotation"
-    rows = {row_label: row for row_label, row in st.zeroshot_rows(REPO) if row["target"] == target}
+    rows = {row_label: row for row_label, row in _committed_zeroshot_rows() if row["target"] == target}
     ranking, pipeline = rows[st.LEARNED_RANKING[label]], rows[label]
     for row in (ranking, pipeline):
         assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
@@ -768,7 +775,7 @@ def test_the_reading_of_the_zero_shot_study_holds_in_its_results_files():
            "dMX and KL cannot be told apart" in readme
     assert "at both targets the paired interval of dMX − KL is about five points wide" in text
     assert "dMX's seeds spread more than KL's draws at both targets" in text
-    rows = {row["target"]: row for label, row in st.zeroshot_rows(REPO) if label == "FP8/FP4, Hadamard-64"}
+    rows = {row["target"]: row for label, row in _committed_zeroshot_rows() if label == "FP8/FP4, Hadamard-64"}
     for row in (rows[5.0], rows[6.0]):
         assert row["settings"]["limit"] == 200 and row["verdict"] == "no difference shown"
         assert 0.04 < row["interval"].high - row["interval"].low < 0.06 and row["interval"].low < 0 < row["interval"].high
@@ -880,8 +887,8 @@ def test_the_reading_of_the_learned_studys_zero_shot_point_at_6_bits_holds_in_it
     for target in (4.5, 5.0, 6.0):
         row = _learned_zero_shot_rows_without_difference(target)[0]
         leads.append(100 * (statistics.fmean(row["dmx"]) - statistics.fmean(row["kl"])))
-        dmx, ranked = _seed_pairs(label, target, field="avg_accuracy")
-        above += sum(dmx[seed] > ranked[seed] for seed in dmx)
+        dmx_at, ranked_at = _seed_pairs(label, target, field="avg_accuracy")
+        above += sum(dmx_at[seed] > ranked_at[seed] for seed in dmx_at)
     assert all(0.5 < lead < 1.5 for lead in leads) and above == 8, (leads, above)  # "about a point each time"
     assert "about a point each time and 8 of the 9 seeds answer more questions than their own KL draw, yet no " \
            "target's interval excludes zero" in text
