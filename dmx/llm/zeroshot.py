@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -188,17 +190,29 @@ def results_table(results: dict) -> str:
 # ----------------------------------------------------------------------------- checkpoint
 
 
-def _load_checkpoint(path: Path | None, settings: dict) -> dict[str, dict]:
-    """Per-task summaries already computed under the same settings (empty if none)."""
+def _load_checkpoint(path: Path | None, settings: dict, *, restart_unusable: bool = False) -> dict[str, dict]:
+    """Per-task summaries already computed under the same settings (empty if none). A checkpoint
+    that cannot be used (corrupt, or other settings) raises naming the fix, or with
+    ``restart_unusable`` is reported and ignored (the tasks run afresh and overwrite it)."""
     if path is None or not path.exists():
         return {}
-    saved = read_json(path, what="zero-shot checkpoint",
-                      fix="delete it (or pass another checkpoint path) to start afresh")
-    if saved.get("format") != CHECKPOINT_FORMAT or saved.get("settings") != settings:
-        raise ValueError(
-            f"checkpoint {path} was written with different settings ({saved.get('settings')}) than "
-            f"this run ({settings}); pass another checkpoint path or delete the file"
-        )
+    try:
+        saved = read_json(path, what="zero-shot checkpoint",
+                          fix="delete it (or pass another checkpoint path) to start afresh")
+        if not (isinstance(saved, dict) and saved.get("format") == CHECKPOINT_FORMAT
+                and isinstance(saved.get("tasks"), dict)):
+            raise ValueError(f"{path} is not a zero-shot checkpoint ({CHECKPOINT_FORMAT}); pass another "
+                             "checkpoint path or delete the file")
+        if saved.get("settings") != settings:
+            raise ValueError(
+                f"checkpoint {path} was written with different settings ({saved.get('settings')}) than "
+                f"this run ({settings}); pass another checkpoint path or delete the file"
+            )
+    except ValueError as err:
+        if not restart_unusable:
+            raise
+        print(f"zero-shot: ignoring an unusable checkpoint, answering every task afresh ({err})", file=sys.stderr)
+        return {}
     return saved["tasks"]
 
 
@@ -215,6 +229,7 @@ def evaluate_zeroshot(
     data_dir: str | os.PathLike | None = None,
     online: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    restart_unusable_checkpoint: bool = False,
     return_documents: bool = False,
 ) -> dict:
     """0-shot accuracy of ``model`` on ``tasks`` through lm-eval-harness.
@@ -227,13 +242,15 @@ def evaluate_zeroshot(
     four. ``limit``: the first ``limit`` documents of each task (must not exceed any task's
     split). ``data_dir``: offline data directory (else ``$DMX_DATA_DIR``). ``checkpoint``: optional
     JSON path written atomically after every task; rerunning with the same path and settings
-    skips the tasks already there (the file belongs to one model: use one path per model).
+    skips the tasks already there (the file belongs to one model: use one path per model); a
+    checkpoint that cannot be used (corrupt, other settings) raises naming the fix, or with
+    ``restart_unusable_checkpoint`` (a caller's own private file) is reported and replaced.
     ``return_documents``: also return, per task, ``documents`` = one record per document with
     its requests, their log-likelihoods and its 0/1 acc / acc_norm (for paired comparisons
     between models).
 
     Returns ``{"tasks": {name: {acc, acc_stderr, acc_norm, acc_norm_stderr, n_docs, source,
-    lm_eval_task, data_file + data_sha256 | dataset[, documents]}}, "average": {tasks, acc, acc_norm,
+    lm_eval_task, data_file + data_sha256 | dataset, seconds[, documents]}}, "average": {tasks, acc, acc_norm,
     acc_norm_uses_acc_for}, "config": {...}}``; ``acc_norm`` (and its stderr) is ``None`` for
     WinoGrande, as in the stock task.
     """
@@ -255,7 +272,7 @@ def evaluate_zeroshot(
     settings = {"tasks_source": "online" if online else "offline", "limit": limit, "num_fewshot": 0,
                 "documents": return_documents}
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
-    done = _load_checkpoint(checkpoint_path, settings)
+    done = _load_checkpoint(checkpoint_path, settings, restart_unusable=restart_unusable_checkpoint)
 
     per_task: dict[str, dict] = {}
     was_training = model.training
@@ -270,6 +287,7 @@ def evaluate_zeroshot(
             if lm is None:
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             tqdm.write(f"zero-shot {name}: {limit or len(task_objects[name].eval_docs)} documents")
+            started = time.perf_counter()
             raw = simple_evaluate(
                 model=lm,
                 tasks=[task_objects[name]],
@@ -284,6 +302,7 @@ def evaluate_zeroshot(
                 torch_random_seed=None,
             )
             per_task[name] = _task_summary(name, task_objects[name], raw, online=online)
+            per_task[name]["seconds"] = round(time.perf_counter() - started, 1)
             if checkpoint_path is not None:
                 payload = {"format": CHECKPOINT_FORMAT, "settings": settings,
                            "tasks": {**done, **per_task}}

@@ -99,7 +99,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
         plan=SweepPlan(targets=(6.0,), uniform=("mxfp4_e2m1", "mxfp8_e4m3"), methods=("fp", "uniform", "kl", "dmx")),
     )
     calls = {"eval": 0, "reference": 0}
-    real_eval, real_ref = methods._evaluate, __import__("dmx.llm.kl_baseline").llm.kl_baseline.reference_logits
+    real_eval, real_ref = methods._perplexity_metrics, __import__("dmx.llm.kl_baseline").llm.kl_baseline.reference_logits
 
     def counting_eval(*args, **kwargs):
         calls["eval"] += 1
@@ -111,7 +111,7 @@ def test_sweep_end_to_end_interrupt_and_resume(tiny_dir, tmp_path, monkeypatch):
         calls["reference"] += 1
         return real_ref(*args, **kwargs)
 
-    monkeypatch.setattr(methods, "_evaluate", counting_eval)
+    monkeypatch.setattr(methods, "_perplexity_metrics", counting_eval)
     monkeypatch.setattr("dmx.llm.kl_baseline.reference_logits", counting_ref)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg)
@@ -263,14 +263,14 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     def no_perplexity(*args, **kwargs):
         raise AssertionError("a finished point's perplexity was recomputed")
 
-    monkeypatch.setattr(methods, "_evaluate", no_perplexity)
+    monkeypatch.setattr(methods, "_perplexity_metrics", no_perplexity)
     monkeypatch.setattr(methods, "calibrate", no_perplexity)
     monkeypatch.setattr(sweep, "test_token_ids", no_perplexity)  # accuracy only: the test split stays untouched
     scored = []
     real = methods._zeroshot_metrics
 
-    def spy(model, tokenizer, cfg):
-        res = real(model, tokenizer, cfg)
+    def spy(model, tokenizer, cfg, checkpoint):
+        res = real(model, tokenizer, cfg, checkpoint)
         scored.append(res["avg_accuracy"])
         return res
 
@@ -291,6 +291,55 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     assert len(scored) == len(first)  # nothing left to measure
     run_sweep(replace(plain, evaluation=replace(plain.evaluation, tasks=("piqa",), limit=4)))
     assert len(scored) == 2 * len(first)
+
+
+def test_an_interrupted_zero_shot_run_resumes_at_the_task_it_was_answering(tmp_path, monkeypatch, data_dir):
+    """A point's perplexity is stored before it answers the zero-shot tasks, and each finished task
+    is checkpointed: a sweep interrupted in a point's second task reruns that task alone, with the
+    answers an uninterrupted sweep gives, and the checkpoint is gone once the point is stored."""
+    import lm_eval
+
+    _save_byte_lm(tmp_path)
+    cfg = SweepConfig(
+        model=ModelSpec(model=str(tmp_path / "lm")), out_dir=str(tmp_path / "sweep"), data_dir=str(data_dir),
+        plan=SweepPlan(targets=(6.0,), methods=("fp", "uniform"), uniform=("mxfp4_e2m1",)),
+        evaluation=EvaluationSpec(text_file=str(tmp_path / "t.txt"), seqlen=64, max_windows=1,
+                                  tasks=("piqa", "winogrande"), limit=4),
+        progress=False,
+    )
+    real = lm_eval.simple_evaluate
+    answered = []  # the task of every lm-eval run, in order
+
+    def interrupted(*args, tasks, **kwargs):
+        answered.append(tasks[0].config.task)
+        if len(answered) == 4:  # full precision's two tasks, then the uniform point's second
+            raise KeyboardInterrupt
+        return real(*args, tasks=tasks, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg)
+    stored = {p["key"]: p for p in json.loads((tmp_path / "sweep" / "results.json").read_text())["points"]}
+    assert stored["fp"]["avg_accuracy"] is not None and stored["uniform:mxfp4_e2m1"]["avg_accuracy"] is None
+    assert stored["uniform:mxfp4_e2m1"]["perplexity"] > 1.0  # kept though its zero-shot run died
+    checkpoints = list((tmp_path / "sweep" / "zeroshot_checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == [methods.zeroshot_checkpoint(
+        tmp_path / "sweep", stored["uniform:mxfp4_e2m1"], cfg).name]
+
+    answered.clear()
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda *a, tasks, **k: answered.append(tasks[0].config.task)
+                        or real(*a, tasks=tasks, **k))
+    monkeypatch.setattr(methods, "_perplexity_metrics", lambda *a, **k: pytest.fail("perplexity recomputed"))
+    resumed = {p["key"]: p for p in run_sweep(cfg)}
+    assert answered == ["dmx_winogrande"]  # piqa came from the checkpoint
+    assert not (tmp_path / "sweep" / "zeroshot_checkpoints").exists()
+
+    monkeypatch.undo()
+    whole = {p["key"]: p for p in run_sweep(replace(cfg, out_dir=str(tmp_path / "whole")))}
+    for key, point in whole.items():
+        assert resumed[key]["accuracy_documents"] == point["accuracy_documents"]
+        assert resumed[key]["window_nlls"] == point["window_nlls"]
+        assert resumed[key]["accuracy_seconds"] > 0
 
 
 @pytest.mark.slow
@@ -319,9 +368,9 @@ def test_rerun_with_tasks_scores_learned_rotation_points_on_their_own_rotation(t
     answered = []  # the per-window NLLs of each model that answers, in the order the points are scored
     real = methods._zeroshot_metrics
 
-    def spy(model, tokenizer, cfg):
+    def spy(model, tokenizer, cfg, checkpoint):
         answered.append(window_nlls(model, ids, seqlen=64, max_windows=2, progress=False).tolist())
-        return real(model, tokenizer, cfg)
+        return real(model, tokenizer, cfg, checkpoint)
 
     monkeypatch.setattr(methods, "_zeroshot_metrics", spy)
     with_tasks = replace(cfg, evaluation=replace(cfg.evaluation, tasks=("piqa",), limit=8))

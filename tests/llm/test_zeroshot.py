@@ -247,6 +247,33 @@ def test_checkpoint_resumes_and_restores_train_mode(tiny, data_dir, tmp_path):
                           checkpoint=path)
 
 
+@pytest.mark.parametrize("content", ["{\"format\": \"dmx-zeroshot-checkpoint/1\", \"tasks\"", "[1, 2]", None],
+                         ids=["truncated", "not-a-checkpoint", "other-settings"])
+def test_an_unusable_checkpoint_stops_the_run_or_is_replaced_when_asked(tiny, data_dir, tmp_path, capsys, content):
+    """A corrupt checkpoint, another kind of JSON or one of other settings stops the run with the
+    fix, before any question; with ``restart_unusable_checkpoint`` (a sweep's private file) it is
+    reported, every task is answered afresh and the checkpoint is rewritten for this run."""
+    model, tokenizer = tiny
+    path = tmp_path / "zs.json"
+    if content is None:
+        evaluate_zeroshot(model, tokenizer, tasks=["piqa"], limit=3, data_dir=data_dir, checkpoint=path)
+    else:
+        path.write_text(content)
+
+    class Untouched(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise AssertionError("an unusable checkpoint must stop the run before any question")
+
+    with pytest.raises(ValueError, match="delete the file|delete it"):
+        evaluate_zeroshot(Untouched(), tokenizer, tasks=["piqa"], limit=2, data_dir=data_dir, checkpoint=path)
+    fresh = evaluate_zeroshot(model, tokenizer, tasks=["piqa"], limit=2, data_dir=data_dir)
+    got = evaluate_zeroshot(model, tokenizer, tasks=["piqa"], limit=2, data_dir=data_dir, checkpoint=path,
+                            restart_unusable_checkpoint=True)
+    assert "ignoring an unusable checkpoint" in capsys.readouterr().err
+    assert [got["tasks"]["piqa"][k] for k in ("acc", "n_docs")] == [fresh["tasks"]["piqa"][k] for k in ("acc", "n_docs")]
+    assert json.loads(path.read_text())["settings"]["limit"] == 2  # rewritten for this run
+
+
 # ----------------------------------------------------------------------------- quantised / real models
 
 

@@ -31,13 +31,18 @@ keeps its version before the last point as ``results.json.prev``, used when it i
   a point is ``{"key", "method", "label", "target", "format", "avg_bits", "storage_bits",
   "perplexity", "window_nlls": [nll, ...], "first_window", "accuracy": {task: acc}, "avg_accuracy",
   "seconds", "formats": {layer: fmt}}`` (points measured before per-window NLLs were stored lack
-  ``window_nlls`` and ``first_window``);
+  ``window_nlls`` and ``first_window``); with zero-shot tasks also ``accuracy_settings``,
+  ``accuracy_documents`` (0/1 per question) and ``accuracy_seconds`` (``seconds`` is the
+  calibration and perplexity);
 - ``results.csv``: the same points, one row each, without the per-layer formats;
 - ``summary.csv``: one row per (method, target or format) over its seeds (``summarize_points``);
 - ``assignments/<label>.json``: the ``dmx.assignment.Assignment`` of every KL / dMX point;
 - ``pareto.png`` and ``assignment_heatmap.png`` (``dmx.llm.plots``);
 - ``kl_cache/``: the KL per-layer score cache; ``checkpoints/<label>-<settings hash>/``: dMX calibration
-  checkpoints (a rerun resumes an interrupted calibration).
+  checkpoints (a rerun resumes an interrupted calibration); ``zeroshot_checkpoints/<label>-<hash>.json``:
+  the zero-shot tasks a point has finished while it answers (a point is stored with its perplexity
+  first, so a rerun resumes at the task that was interrupted; the file goes once the point has
+  its accuracy).
 
 Rotations (``SweepConfig.model.rotation``, a :class:`dmx.llm.rotation.RotationSpec`): the model is
 rotated right after loading, so full precision, uniform, KL and dMX are all measured on the same

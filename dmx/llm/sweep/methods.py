@@ -10,6 +10,7 @@ it). :func:`dmx.llm.sweep.run.run_sweep` loads the model, calls them in the orde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,12 +36,13 @@ from dmx.llm.rotation import RotationSpec, recorded_rotation, rotated_model_id, 
 from dmx.llm.rotation.training import rotation_setup, rotation_trainables
 from dmx.llm.sweep.config import (OWN_ROTATION_METHODS, SEEDED_METHODS, SweepConfig, accuracy_settings,
                                   dmx_trajectory, point_label)
-from dmx.llm.sweep.results import ResultStore, assignment_file
+from dmx.llm.sweep.results import ResultStore, assignment_file, file_stem
 from dmx.wrap import set_fixed_format
 from dmx.llm.zeroshot import evaluate_zeroshot
 
 __all__ = ["LoadedSweep", "KLDraw", "measure_fp", "prepare_kl_draws", "run_uniform", "run_kl", "run_dmx",
-           "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "assignment_rotation",
+           "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "zeroshot_checkpoint",
+           "assignment_rotation",
            "recorded_rotation_spec", "RUNNERS"]
 
 
@@ -105,13 +107,19 @@ class LoadedSweep:
                                    text_file=data.text_file, source=data.source)
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, Any]:
-        """The metrics of ``model`` (default: the sweep's) as it stands."""
-        return _evaluate(self.model if model is None else model, self.tokenizer, self.test_ids, self.cfg)
+        """The perplexity of ``model`` (default: the sweep's) as it stands, with its per-window NLLs."""
+        return _perplexity_metrics(self.model if model is None else model, self.test_ids, self.cfg)
 
     def add(self, key: str, method: str, *, assignment, settings: Mapping[str, Any], seconds: float,
-            metrics: Mapping[str, Any], target: float | None = None, fmt: str | None = None) -> None:
+            metrics: Mapping[str, Any], target: float | None = None, fmt: str | None = None,
+            model: nn.Module | None = None) -> None:
+        """Store the point ``key``; when the sweep has zero-shot tasks, ``model`` (default: the
+        sweep's), still deployed as the point, then answers them into the stored point."""
         self.store.add(_point(key, method, assignment=assignment, settings=settings, target=target, fmt=fmt,
                               seconds=seconds, metrics=metrics))
+        if self.cfg.evaluation.tasks:
+            # a second step, so an interrupted zero-shot run keeps the perplexity (and its finished tasks)
+            _answer(self, key, self.model if model is None else model)
 
 
 def measure_fp(run: LoadedSweep) -> None:
@@ -196,7 +204,8 @@ def run_dmx_point(run: LoadedSweep, target: float, index: int, seed: int, window
     a.provenance.update(save_rotation_beside(model, path, learned_only=True)[0])
     a.to_json(path)
     metrics, secs = _timed(lambda: run.evaluate(model))
-    run.add(key, "dmx", assignment=a, settings=settings, target=target, seconds=secs + calib_secs, metrics=metrics)
+    run.add(key, "dmx", assignment=a, settings=settings, target=target, seconds=secs + calib_secs, metrics=metrics,
+            model=model)
 
 
 def run_kl_learned_rotation(run: LoadedSweep) -> None:
@@ -224,7 +233,7 @@ def run_kl_learned_rotation(run: LoadedSweep) -> None:
             a.to_json(path)
             metrics, secs = _timed(lambda: run.evaluate(model))
             run.add(key, "kl_learned_rotation", assignment=a, target=t, seconds=secs + scoring, metrics=metrics,
-                    settings=run.cfg.method_settings("kl_learned_rotation", seed))
+                    settings=run.cfg.method_settings("kl_learned_rotation", seed), model=model)
 
 
 def run_random(run: LoadedSweep) -> None:
@@ -272,8 +281,30 @@ def add_accuracy(run: LoadedSweep, keys: Sequence[str]) -> None:
             apply_assignment(quantize(model, spec), Assignment.from_json(path))
         elif point["method"] != "fp":
             apply_assignment(run.layers, Assignment.from_json(assignment_file(run.out, key)))
-        metrics, secs = _timed(lambda: _zeroshot_metrics(model, run.tokenizer, cfg))
-        run.store.add({**point, **metrics, "accuracy_seconds": round(secs, 1)})
+        _answer(run, key, model)
+
+
+def _answer(run: LoadedSweep, key: str, model: nn.Module) -> None:
+    """``model``, deployed as the stored point ``key``, answers the sweep's zero-shot tasks; its
+    accuracy joins the point. Each finished task is checkpointed (:func:`zeroshot_checkpoint`), so
+    an interrupted run resumes at the task it was answering; the file goes once the point is stored."""
+    point = run.store.get(key)
+    checkpoint = zeroshot_checkpoint(run.out, point, run.cfg)
+    run.store.add({**point, **_zeroshot_metrics(model, run.tokenizer, run.cfg, checkpoint)})
+    checkpoint.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        checkpoint.parent.rmdir()  # only when no other point's zero-shot is under way
+
+
+def zeroshot_checkpoint(out: Path, point: Mapping[str, Any], cfg: SweepConfig) -> Path:
+    """The per-task zero-shot checkpoint of the stored ``point`` in the sweep folder ``out``: one
+    file per deployment (the point's method settings and formats) and zero-shot settings."""
+    # the formats tell apart deployments with one key and settings (the budget and threshold
+    # folders' dMX points share a calibration); a rerun with another deployment starts afresh
+    identity = {"settings": point.get("settings"), "format": point.get("format"), "formats": point.get("formats"),
+                "accuracy_settings": accuracy_settings(cfg)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    return out / "zeroshot_checkpoints" / f"{file_stem(point['key'])}-{digest}.json"
 
 
 def assignment_rotation(assignment_path: Path) -> RotationSpec:
@@ -292,7 +323,7 @@ def checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:
     # One checkpoint directory per (target, seed, settings): changed settings start afresh.
     # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
     digest = hashlib.sha256(json.dumps(dmx_trajectory(settings), sort_keys=True).encode()).hexdigest()[:8]
-    return out / "checkpoints" / f"{key.replace('@', '_at_').replace(':', '_')}-{digest}"
+    return out / "checkpoints" / f"{file_stem(key)}-{digest}"
 
 
 def _kl_reference(run: LoadedSweep, model: nn.Module, windows, model_id: str):
@@ -312,16 +343,18 @@ def _kl_scored(run: LoadedSweep, model: nn.Module, layers, windows, targets, ref
                           cache_dir=run.kl_cache, weighting=run.weighting, progress=run.cfg.progress)
 
 
-def _zeroshot_metrics(model, tokenizer, cfg: SweepConfig) -> dict[str, Any]:
-    """Per-task zero-shot accuracy, their average and the settings, of the model as it stands."""
+def _zeroshot_metrics(model, tokenizer, cfg: SweepConfig, checkpoint: Path) -> dict[str, Any]:
+    """Per-task zero-shot accuracy, their average, the settings and the seconds spent answering (the
+    tasks resumed from ``checkpoint`` included), of the model as it stands."""
     evaluation = cfg.evaluation
     res = evaluate_zeroshot(
         model, tokenizer, tasks=list(evaluation.tasks), limit=evaluation.limit,
         batch_size=evaluation.zeroshot_batch_size, data_dir=cfg.data_dir, online=cfg.online,
-        return_documents=True,
+        checkpoint=checkpoint, restart_unusable_checkpoint=True, return_documents=True,
     )
     return {"accuracy": {name: row["acc"] for name, row in res["tasks"].items()},
             "avg_accuracy": res["average"]["acc"], "accuracy_settings": accuracy_settings(cfg),
+            "accuracy_seconds": round(sum(row["seconds"] for row in res["tasks"].values()), 1),
             # per document (0/1, in document order), so two methods can be compared document by
             # document on the same questions (a paired interval, as window_nlls for perplexity)
             "accuracy_documents": {name: _document_scores(row["documents"]) for name, row in res["tasks"].items()}}
@@ -336,9 +369,9 @@ def _document_scores(documents: Sequence[Mapping[str, Any]]) -> list[int]:
     return [int(d["acc"]) for d in documents]
 
 
-def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
-    """Perplexity with its per-window NLLs (and zero-shot accuracy when ``cfg.evaluation.tasks``)
-    of the model as it stands."""
+def _perplexity_metrics(model, test_ids, cfg: SweepConfig) -> dict[str, Any]:
+    """Perplexity with its per-window NLLs of the model as it stands (no zero-shot accuracy yet:
+    :meth:`LoadedSweep.add` adds it once the point is stored)."""
     evaluation = cfg.evaluation
     nlls = window_nlls(model, test_ids, seqlen=evaluation.seqlen, max_windows=evaluation.max_windows,
                        first_window=evaluation.first_window, progress=cfg.progress)
@@ -350,8 +383,6 @@ def _evaluate(model, tokenizer, test_ids, cfg: SweepConfig) -> dict[str, Any]:
         "accuracy": {},
         "avg_accuracy": None,
     }
-    if evaluation.tasks:
-        out.update(_zeroshot_metrics(model, tokenizer, cfg))
     return out
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from dmx.files import atomic_write_text, exists_or_previous, read_json_or_previous
 
 __all__ = ["RESULTS_SCHEMA", "CSV_COLUMNS", "SUMMARY_COLUMNS", "ResultStore", "points_to_csv", "summarize_points",
-           "summary_to_csv", "assignment_file"]
+           "summary_to_csv", "assignment_file", "file_stem"]
 
 RESULTS_SCHEMA = "dmx.sweep/1"
 CSV_COLUMNS = (
@@ -183,6 +183,11 @@ class ResultStore:
         self.points = theirs + [p for p in self.points if p["key"] not in on_disk]
 
 
+def file_stem(label: str) -> str:
+    """A point's label as a file name: ``dmx@5:s1`` -> ``dmx_at_5_s1``."""
+    return label.replace("@", "_at_").replace(":", "_")
+
+
 def assignment_file(out: Path, label: str) -> Path:
     """Where the sweep in ``out`` writes the assignment of its point ``label``."""
-    return out / "assignments" / f"{label.replace('@', '_at_').replace(':', '_')}.json"
+    return out / "assignments" / f"{file_stem(label)}.json"
