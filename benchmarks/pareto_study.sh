@@ -19,6 +19,11 @@
 #   ROTATION=none TARGETS=5 benchmarks/pareto_study.sh           # plain MX
 #   TASKS=default TARGETS="5 6" benchmarks/pareto_study.sh      # adds zero-shot accuracy to the points
 #   TASKS=default LIMIT=200 ROTATION=learned TARGETS=4.5 ...       # the first 200 questions of each task
+#   QUESTIONS=all ROTATION=learned TARGETS=5 benchmarks/pareto_study.sh
+#     every question of the four offline tasks (6,653, about an hour a point on one core) for the points
+#     a zero-shot verdict reads: dMX's seeds and the KL draws they are ranked against (under the learned
+#     rotation KL on each seed's rotation), copied finished (--points-from) into <OUT>_every_question,
+#     so the study folder keeps its first-200 answers; PART=rest (dMX) and PART=kl split it over two cores
 #   EXTRA="--device cuda --backend compiled" OUT=... benchmarks/pareto_study.sh   # on a GPU: benchmarks/gpu_study.sh
 #
 # One target after another (5 first): dMX (whose checkpoints the demo records reuse), random, fp, uniform,
@@ -42,14 +47,27 @@ common=(--model smollm2-135m --family "$FAMILY" --rotation "$ROTATION" --threads
         --seeds 3 --no-progress ${EXTRA:-})
 accuracy=()
 if [ -n "${TASKS:-}" ]; then accuracy=(--tasks $TASKS ${LIMIT:+--limit $LIMIT}); fi  # LIMIT: the first N questions of each task
+PART=${PART:-all}  # all | rest (dMX, fp, uniform, random, threshold; learned: kl_learned_rotation) | kl
+case "$PART" in all|rest|kl) ;; *) echo "PART must be all, rest or kl (got '$PART')" >&2; exit 2;; esac
+case "${QUESTIONS:-}" in ""|all) ;; *) echo "QUESTIONS must be all or unset (got '$QUESTIONS')" >&2; exit 2;; esac
+if [ "${QUESTIONS:-}" = all ]; then
+    ranked_against=kl
+    if [ "$ROTATION" = learned ]; then ranked_against=kl_learned_rotation; fi
+    every=(--out "${OUT}_every_question" --points-from "$OUT" --final-rounding budget --tasks default)
+    for target in ${TARGETS:-5 6}; do
+        if [ "$PART" != kl ]; then "$PY" -m dmx.cli sweep "${common[@]}" "${every[@]}" --targets "$target" --methods dmx; fi
+        if [ "$PART" != rest ]; then
+            "$PY" -m dmx.cli sweep "${common[@]}" "${every[@]}" --targets "$target" --methods "$ranked_against"
+        fi
+    done
+    exit 0
+fi
 mkdir -p "$OUT/checkpoints" "${OUT}_threshold"
 # the threshold deployment re-deploys the budget folder's calibrations (final rounding is not part
 # of a checkpoint's identity)
 # (a relative link, so a committed folder resumes in any checkout; -fn replaces rather than nests, since
 # PART=kl and PART=rest start together and a test-then-link would let the second put a link inside the first)
 ln -sfn "../$(basename "$OUT")/checkpoints" "${OUT}_threshold/checkpoints"
-PART=${PART:-all}  # all | rest (dMX, fp, uniform, random, threshold; learned: kl_learned_rotation) | kl
-case "$PART" in all|rest|kl) ;; *) echo "PART must be all, rest or kl (got '$PART')" >&2; exit 2;; esac
 for target in ${TARGETS:-5 6 4.5 7}; do
     if [ "$PART" != kl ]; then
         "$PY" -m dmx.cli sweep "${common[@]}" --out "$OUT" --targets "$target" --final-rounding budget \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from dmx.commands import (HelpFormatter, add_data_args, add_model_args, add_quant_args, model_spec_from_args,
                           print_table)
@@ -16,8 +17,9 @@ from dmx.commands.calibrate import RECIPE, add_recipe_args
 from dmx.llm.data import CALIBRATION_SEQLEN, CALIBRATION_WINDOWS
 from dmx.llm.rotation import CALIBRATION_ROTATION, resolve_rotation
 from dmx.llm.sweep.config import (DEFAULT_METHODS, METHODS, UNIFORM_FORMATS, CalibrationData, EvaluationSpec,
-                                  SweepConfig, SweepPlan)
-from dmx.llm.sweep.run import run_sweep
+                                  SweepConfig, SweepPlan, validate_config)
+from dmx.llm.sweep.results import copy_points
+from dmx.llm.sweep.run import planned_keys, run_sweep
 from dmx.llm.tasks import resolve_task_names
 
 __all__ = ["register", "run", "config_from_args"]
@@ -61,6 +63,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="seeds per target for KL (calibration draws), dMX and random (seed, seed+1, ...): "
                         "summary.csv and the Pareto plot show their mean and range")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    g.add_argument("--points-from", default=None, metavar="DIR",
+                   help="start --out from the points that the sweep in DIR (same settings) has finished, with "
+                        "their assignments and rotations but not their zero-shot accuracy, so this run only "
+                        "answers --tasks on other questions (e.g. every question where DIR used --limit)")
     k = parser.add_argument_group("KL heuristic")
     k.add_argument("--kl-windows", type=int, default=CalibrationData.kl_windows,
                    help="calibration windows the per-layer KL is measured on (8 x 512 tokens by default)")
@@ -129,6 +135,10 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep and print one row per point."""
     cfg = config_from_args(args)
+    if args.points_from:
+        validate_config(cfg)  # bad flags stop before anything is copied
+        copied = copy_points(args.points_from, cfg.out_dir, planned_keys(cfg), cfg.identity())
+        print(f"copied {len(copied)} finished points from {args.points_from} to {cfg.out_dir}", file=sys.stderr)
     points = run_sweep(cfg)
     accuracy = ["avg_accuracy"] if cfg.evaluation.tasks else []
     columns = ["label", "avg_bits", "storage_bits", "perplexity", *accuracy, "seconds"]

@@ -342,6 +342,44 @@ def test_an_interrupted_zero_shot_run_resumes_at_the_task_it_was_answering(tmp_p
         assert resumed[key]["accuracy_seconds"] > 0
 
 
+def test_points_from_answers_other_questions_in_a_new_folder(tmp_path, monkeypatch, data_dir, capsys):
+    """``dmx sweep --points-from A --out B`` copies A's finished points of B's plan (assignments
+    included, accuracy not) and only answers B's questions: perplexities equal A's, A keeps its
+    own accuracy, a rerun copies nothing and measures nothing; a folder of other settings stops
+    before anything is copied."""
+    from dmx.cli import main
+
+    _save_byte_lm(tmp_path)
+    flags = ["sweep", "--model", str(tmp_path / "lm"), "--rotation", "none", "--data-dir", str(data_dir),
+             "--text-file", str(tmp_path / "t.txt"), "--seqlen", "64", "--max-windows", "1", "--targets", "6",
+             "--uniform-formats", "mxfp4_e2m1", "--no-progress", "--tasks", "piqa"]
+    a, b = tmp_path / "first", tmp_path / "every"
+    assert main([*flags, "--methods", "fp", "uniform", "random", "--limit", "4", "--out", str(a)]) == 0
+    before = (a / "results.json").read_text()
+    measured = {p["key"]: p for p in json.loads(before)["points"]}
+    monkeypatch.setattr(methods, "_perplexity_metrics", lambda *a, **k: pytest.fail("perplexity recomputed"))
+    assert main([*flags, "--methods", "uniform", "random", "--limit", "6", "--points-from", str(a),
+                 "--out", str(b)]) == 0
+    assert "copied 2 finished points" in capsys.readouterr().err
+    copied = {p["key"]: p for p in json.loads((b / "results.json").read_text())["points"]}
+    assert list(copied) == ["uniform:mxfp4_e2m1", "random@6"]
+    for key, point in copied.items():
+        assert point["window_nlls"] == measured[key]["window_nlls"] and point["formats"] == measured[key]["formats"]
+        assert len(point["accuracy_documents"]["piqa"]) == 6 and point["accuracy_settings"]["limit"] == 6
+    assert (b / "assignments" / "random_at_6.json").read_text() == (a / "assignments" / "random_at_6.json").read_text()
+    assert (a / "results.json").read_text() == before  # the source keeps its first-4 accuracy
+
+    monkeypatch.setattr(methods, "_zeroshot_metrics", lambda *a, **k: pytest.fail("answered again"))
+    assert main([*flags, "--methods", "uniform", "random", "--limit", "6", "--points-from", str(a),
+                 "--out", str(b)]) == 0
+    assert "copied 0 finished points" in capsys.readouterr().err
+    other = list(flags)
+    other[other.index("--seqlen") + 1] = "32"
+    assert main([*other, "--methods", "uniform", "--points-from", str(a), "--out", str(tmp_path / "other")]) != 0
+    assert "other settings" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.slow
 def test_rerun_with_tasks_scores_learned_rotation_points_on_their_own_rotation(tmp_path, monkeypatch, data_dir):
     """Under a learned rotation, zero-shot accuracy joins dMX's and kl_learned_rotation's finished

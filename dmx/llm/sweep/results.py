@@ -8,6 +8,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from dmx.files import atomic_write_text, exists_or_previous, read_json_or_previous
+from dmx.files import atomic_write_text, exists_or_previous, read_json, read_json_or_previous
 
 __all__ = ["RESULTS_SCHEMA", "CSV_COLUMNS", "SUMMARY_COLUMNS", "ResultStore", "points_to_csv", "summarize_points",
-           "summary_to_csv", "assignment_file", "file_stem"]
+           "summary_to_csv", "assignment_file", "file_stem", "copy_points", "ACCURACY_FIELDS"]
 
 RESULTS_SCHEMA = "dmx.sweep/1"
 CSV_COLUMNS = (
@@ -181,6 +182,47 @@ class ResultStore:
         theirs = list(doc.get("points", []))
         on_disk = {p["key"] for p in theirs}
         self.points = theirs + [p for p in self.points if p["key"] not in on_disk]
+
+
+#: What a point holds about its zero-shot accuracy (dropped when it is copied to answer other questions).
+ACCURACY_FIELDS = ("accuracy_settings", "accuracy_documents", "accuracy_seconds")
+
+
+def copy_points(source: str | os.PathLike, dest: str | os.PathLike, keys: Sequence[str],
+                config: Mapping[str, Any]) -> list[str]:
+    """Copy the points ``keys`` that the sweep folder ``source`` has finished into the sweep folder
+    ``dest`` (both of sweep identity ``config``), with their assignments and the rotation files
+    beside them, but without their zero-shot accuracy: a sweep into ``dest`` with other zero-shot
+    settings (every question instead of the first 200, say) answers them without recomputing
+    their perplexity, calibration or KL scores, and ``source`` keeps its own accuracy. Points
+    ``dest`` already holds are left as they are (a rerun keeps what was measured there). Returns
+    the keys copied; ValueError before copying anything when either folder has other settings."""
+    src, dst = Path(source), Path(dest)
+    if not exists_or_previous(src / "results.json"):
+        raise ValueError(f"--points-from {src}: no sweep results there (results.json); run that sweep first")
+    try:
+        there = ResultStore.open(src, config)
+    except ValueError as err:
+        raise ValueError(f"--points-from {src}: its points were measured with other settings than this sweep's "
+                         f"flags; pass the flags it ran with ({err})") from err
+    here = ResultStore.open(dst, config)
+    copied = []
+    for key in keys:
+        point = there.get(key)
+        if point is None or here.get(key) is not None:
+            continue
+        assignment = assignment_file(src, key)
+        if assignment.exists():
+            (dst / "assignments").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(assignment, assignment_file(dst, key))
+            rotation = read_json(assignment, what="assignment", fix="rerun that sweep's point").get(
+                "provenance", {}).get("rotation_file")
+            if rotation and (assignment.parent / rotation).exists():  # else the sweep names the missing file
+                shutil.copy2(assignment.parent / rotation, dst / "assignments" / rotation)
+        here.add({**{k: v for k, v in point.items() if k not in ACCURACY_FIELDS}, "accuracy": {},
+                  "avg_accuracy": None})
+        copied.append(key)
+    return copied
 
 
 def file_stem(label: str) -> str:
