@@ -41,6 +41,11 @@ PIPELINE_BASELINE = {"FP8/FP4, learned rotation": "FP8/FP4, Hadamard-64"}
 #: on the rotation dMX seed i learned) against its dMX seeds, both on one rotation, so it counts among
 #: the ranking claims like the fixed-rotation studies. Joint-rotation label -> the row's label.
 LEARNED_RANKING = {"FP8/FP4, learned rotation": "FP8/FP4, learned rotation, KL on each seed's rotation"}
+#: The suffix of a study folder's twin where the points its zero-shot verdicts read (dMX's seeds and
+#: the KL draws they are ranked against) answer every question of the tasks, not the first N of each
+#: (``QUESTIONS=all benchmarks/pareto_study.sh``); where its row is finished it is the one the
+#: zero-shot claim reads at that target, and the first-N row stays in the table beside it.
+EVERY_QUESTION = "_every_question"
 #: The two families compared at equal bits by the "MXFP6/MXFP4 more efficient" claim: (FP6/FP4, FP8/FP4).
 FAMILY_PAIR = ("FP6/FP4, Hadamard-64", "FP8/FP4, Hadamard-64")
 #: What a target of the study needs before its verdict is read: the seeds of each method.
@@ -257,10 +262,13 @@ def zeroshot_rows(root: Path) -> list[tuple[str, dict[str, Any]]]:
     per-document scores on the same questions, the paired interval of dMX − KL (question by
     question, documents drawn within each task) and its verdict; else ``pending``. A joint-rotation
     study also gives its ranking rows (:data:`LEARNED_RANKING`: dMX against KL on each seed's
-    rotation) where those KL points carry accuracy, as :func:`study_rows` does for perplexity."""
+    rotation) where those KL points carry accuracy, as :func:`study_rows` does for perplexity. A
+    target whose points answered every question too (the folder's :data:`EVERY_QUESTION` twin) gives
+    the ranking comparison a second row after the first."""
     out = []
     for label, folder in STUDY_FOLDERS.items():
         points = _points(root / "results" / folder) or []
+        every = _points(root / "results" / (folder + EVERY_QUESTION)) or []
         comparisons = [(label, "kl")]
         if label in LEARNED_RANKING:
             comparisons.append((LEARNED_RANKING[label], "kl_learned_rotation"))
@@ -269,7 +277,22 @@ def zeroshot_rows(root: Path) -> list[tuple[str, dict[str, Any]]]:
                 row = zeroshot_row(points, target, kl_method)
                 if row is not None and (kl_method == "kl" or row["kl"]):
                     out.append((row_label, row))
+            row_label, kl_method = comparisons[-1]  # the ranking: what the twin answers
+            row = zeroshot_row(every, target, kl_method)
+            if row is not None:
+                out.append((row_label, row))
     return out
+
+
+def _read_zeroshot_rows(rows: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The finished rows a zero-shot claim reads: per set-up and target the one on the most questions
+    (every question supersedes the first N of each task: the same points on a superset of questions)."""
+    finished = [(label, row) for label, row in rows if "interval" in row]
+    most = {}
+    for label, row in finished:
+        key = (label, row["target"])
+        most[key] = max(most.get(key, 0), sum(row["sizes"]))
+    return [(label, row) for label, row in finished if sum(row["sizes"]) == most[(label, row["target"])]]
 
 
 def zeroshot_row(points: Sequence[Mapping[str, Any]], target: float, kl_method: str = "kl") -> dict[str, Any] | None:
@@ -349,7 +372,7 @@ def _zeroshot_status(root: Path, labels: Sequence[str]) -> tuple[str, str]:
     """Does dMX improve over KL on zero-shot accuracy? The paired verdicts over the same questions,
     family-wise over the finished (set-up, target) pairs among ``labels``."""
     rows = [(label, row) for label, row in zeroshot_rows(root) if label in labels]
-    finished = [(label, row) for label, row in rows if "interval" in row]
+    finished = _read_zeroshot_rows(rows)
     level = familywise_level(len(finished))
     verdicts, parts = [], []
     for label, row in finished:
@@ -359,7 +382,8 @@ def _zeroshot_status(root: Path, labels: Sequence[str]) -> tuple[str, str]:
                      f"questions): dMX {_accuracy_spread(row['dmx'])} % vs KL {_accuracy_spread(row['kl'])} %, "
                      f"dMX − KL {100 * ci.difference:+.2f} points, {_percent(level)} CI "
                      f"[{100 * ci.low:+.2f}, {100 * ci.high:+.2f}], {verdicts[-1]}")
-    parts += [f"{label} at {row['target']:g} bits pending ({row['pending']})" for label, row in rows if "pending" in row]
+    parts += [f"{label} at {row['target']:g} bits ({_documents(row['settings'])}) pending ({row['pending']})"
+              for label, row in rows if "pending" in row]
     if not verdicts:
         return "not yet measured", ("perplexity: the row above; zero-shot under the current recipe: "
                                     + ("; ".join(parts) or "not measured yet") + f" (`TASKS=default`, {ZEROSHOT_LINK})")

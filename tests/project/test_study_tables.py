@@ -247,11 +247,16 @@ def test_at_the_fp6_fp4_top_the_family_claim_compares_uniform_mxfp6(tmp_path):
 
 
 def _add_accuracy(root: Path, dmx_skill: float, docs: int = 200, drop: str | None = None,
-                  label: str = "FP8/FP4, Hadamard-64", methods: tuple[str, ...] | None = None) -> None:
+                  label: str = "FP8/FP4, Hadamard-64", methods: tuple[str, ...] | None = None,
+                  folder_suffix: str = "") -> None:
     """Zero-shot answers on the study's points: 4 tasks of ``docs`` questions, a shared ease per
     question, dMX ``dmx_skill`` better than KL; ``drop``: a point key whose per-question scores are
-    dropped; ``methods``: only these methods' points answer (default: every point)."""
-    folder = root / "results" / st.STUDY_FOLDERS[label]
+    dropped; ``methods``: only these methods' points answer (default: every point); ``folder_suffix``:
+    in the study folder's twin of that suffix, made from the study's points if missing."""
+    folder = root / "results" / (st.STUDY_FOLDERS[label] + folder_suffix)
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        shutil.copy(root / "results" / st.STUDY_FOLDERS[label] / "results.json", folder / "results.json")
     doc = json.loads((folder / "results.json").read_text())
     rng = np.random.default_rng(5)
     tasks = ("arc_challenge", "arc_easy", "piqa", "winogrande")
@@ -321,6 +326,40 @@ def test_the_learned_studys_zero_shot_ranking_row_pairs_dmx_with_kl_on_each_seed
     status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
     assert status == "reproduced" and f"{ranked} at 5 bits" in evidence and f"{learned} at 5 bits" not in evidence
     assert f"{ranked} | 5 |" in st.table_zeroshot_verdicts(tmp_path)
+
+
+def test_every_question_supersedes_the_first_200_where_it_is_finished(tmp_path):
+    """The study folder's every-question twin gives the ranking comparison a second row; once it is
+    finished the zero-shot claim reads it instead of the first-200 row at that target (the same
+    points on more questions), and while it is pending the claim reads the first 200 and says so."""
+    claim = "... on perplexity **and** zero-shot accuracy"
+    learned = "FP8/FP4, learned rotation"
+    ranked = st.LEARNED_RANKING[learned]
+    _study(tmp_path, dmx_shift=-0.05, label=learned)
+    folder = tmp_path / "results" / st.STUDY_FOLDERS[learned]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] += [{**p, "method": "kl_learned_rotation", "key": p["key"].replace("kl", "kl_learned_rotation")}
+                      for p in doc["points"] if p["method"] == "kl"]
+    (folder / "results.json").write_text(json.dumps(doc))
+    _add_accuracy(tmp_path, dmx_skill=0.0, label=learned, methods=("dmx", "kl_learned_rotation"))
+    _add_accuracy(tmp_path, dmx_skill=0.2, docs=1000, label=learned, methods=("dmx", "kl_learned_rotation"),
+                  folder_suffix=st.EVERY_QUESTION)
+    rows = [(label, row) for label, row in st.zeroshot_rows(tmp_path) if label == ranked]
+    assert [sum(row["sizes"]) for _, row in rows] == [800, 4000]
+    assert [row["verdict"] for _, row in rows] == ["no difference shown", "dMX better"]
+    status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
+    assert status == "reproduced" and "dMX better at 1 of 1" in evidence
+    assert "(first 1000 of each task: 4000 questions)" in evidence and "800 questions" not in evidence
+    table = st.table_zeroshot_verdicts(tmp_path)
+    assert [line.count("**") for line in table.splitlines() if f"{ranked} | 5 |" in line] == [2, 2]
+
+    twin = tmp_path / "results" / (st.STUDY_FOLDERS[learned] + st.EVERY_QUESTION)
+    doc = json.loads((twin / "results.json").read_text())
+    doc["points"] = [p for p in doc["points"] if p["key"] != "dmx@5:s2"]
+    (twin / "results.json").write_text(json.dumps(doc))
+    status, evidence = dict((c, (s, e)) for c, s, e in st.claims(tmp_path))[claim]
+    assert status == "not reproduced" and "800 questions" in evidence
+    assert f"{ranked} at 5 bits (first 1000 of each task) pending (dMX 2/3)" in evidence
 
 
 def test_the_zero_shot_table_shows_the_uniform_format_at_the_targets_bits_only(tmp_path):
