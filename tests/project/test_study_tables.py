@@ -304,6 +304,17 @@ def test_zero_shot_verdicts_pair_the_questions_and_claim_a_win_only_outside_zero
     assert {c: s for c, s, _ in st.claims(tmp_path)}["... on perplexity **and** zero-shot accuracy"] == "not yet measured"
 
 
+def _learned_study_with_ranking_kl(root: Path) -> Path:
+    """The learned study's folder with kl_learned_rotation points (copies of its KL draws) beside KL."""
+    _study(root, dmx_shift=-0.05, label="FP8/FP4, learned rotation")
+    folder = root / "results" / st.STUDY_FOLDERS["FP8/FP4, learned rotation"]
+    doc = json.loads((folder / "results.json").read_text())
+    doc["points"] += [{**p, "method": "kl_learned_rotation", "key": p["key"].replace("kl", "kl_learned_rotation")}
+                      for p in doc["points"] if p["method"] == "kl"]
+    (folder / "results.json").write_text(json.dumps(doc))
+    return folder
+
+
 def test_the_learned_studys_zero_shot_ranking_row_pairs_dmx_with_kl_on_each_seeds_rotation(tmp_path):
     """Zero-shot answers of kl_learned_rotation points give the learned study its ranking row, paired
     with dMX question by question and read by the zero-shot claim; KL on the fixed start without
@@ -311,12 +322,7 @@ def test_the_learned_studys_zero_shot_ranking_row_pairs_dmx_with_kl_on_each_seed
     claim = "... on perplexity **and** zero-shot accuracy"
     learned = "FP8/FP4, learned rotation"
     ranked = st.LEARNED_RANKING[learned]
-    _study(tmp_path, dmx_shift=-0.05, label=learned)
-    folder = tmp_path / "results" / st.STUDY_FOLDERS[learned]
-    doc = json.loads((folder / "results.json").read_text())
-    doc["points"] += [{**p, "method": "kl_learned_rotation", "key": p["key"].replace("kl", "kl_learned_rotation")}
-                      for p in doc["points"] if p["method"] == "kl"]
-    (folder / "results.json").write_text(json.dumps(doc))
+    folder = _learned_study_with_ranking_kl(tmp_path)
     _add_accuracy(tmp_path, dmx_skill=0.2, label=learned, methods=("dmx", "kl_learned_rotation", "random"))
     rows = dict(st.zeroshot_rows(tmp_path))
     assert rows[learned]["pending"] == "KL 0/3" and "interval" not in rows[learned]
@@ -335,12 +341,7 @@ def test_every_question_supersedes_the_first_200_where_it_is_finished(tmp_path):
     claim = "... on perplexity **and** zero-shot accuracy"
     learned = "FP8/FP4, learned rotation"
     ranked = st.LEARNED_RANKING[learned]
-    _study(tmp_path, dmx_shift=-0.05, label=learned)
-    folder = tmp_path / "results" / st.STUDY_FOLDERS[learned]
-    doc = json.loads((folder / "results.json").read_text())
-    doc["points"] += [{**p, "method": "kl_learned_rotation", "key": p["key"].replace("kl", "kl_learned_rotation")}
-                      for p in doc["points"] if p["method"] == "kl"]
-    (folder / "results.json").write_text(json.dumps(doc))
+    _learned_study_with_ranking_kl(tmp_path)
     _add_accuracy(tmp_path, dmx_skill=0.0, label=learned, methods=("dmx", "kl_learned_rotation"))
     _add_accuracy(tmp_path, dmx_skill=0.2, docs=1000, label=learned, methods=("dmx", "kl_learned_rotation"),
                   folder_suffix=st.EVERY_QUESTION)
