@@ -347,6 +347,8 @@ def test_points_from_answers_other_questions_in_a_new_folder(tmp_path, monkeypat
     included, accuracy not) and only answers B's questions: perplexities equal A's, A keeps its
     own accuracy, a rerun copies nothing and measures nothing; a folder of other settings stops
     before anything is copied."""
+    import os
+
     from dmx.cli import main
 
     _save_byte_lm(tmp_path)
@@ -358,8 +360,13 @@ def test_points_from_answers_other_questions_in_a_new_folder(tmp_path, monkeypat
     before = (a / "results.json").read_text()
     measured = {p["key"]: p for p in json.loads(before)["points"]}
     monkeypatch.setattr(methods, "_perplexity_metrics", lambda *a, **k: pytest.fail("perplexity recomputed"))
-    assert main([*flags, "--methods", "uniform", "random", "--limit", "6", "--points-from", str(a),
-                 "--out", str(b)]) == 0
+    umask = os.umask(0o077)  # the copies follow the user's umask, not the source files' modes
+    try:
+        assert main([*flags, "--methods", "uniform", "random", "--limit", "6", "--points-from", str(a),
+                     "--out", str(b)]) == 0
+    finally:
+        os.umask(umask)
+    assert (b / "assignments" / "random_at_6.json").stat().st_mode & 0o777 == 0o600
     assert "copied 2 finished points" in capsys.readouterr().err
     copied = {p["key"]: p for p in json.loads((b / "results.json").read_text())["points"]}
     assert list(copied) == ["uniform:mxfp4_e2m1", "random@6"]

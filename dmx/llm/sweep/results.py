@@ -214,11 +214,13 @@ def copy_points(source: str | os.PathLike, dest: str | os.PathLike, keys: Sequen
         assignment = assignment_file(src, key)
         if assignment.exists():
             (dst / "assignments").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(assignment, assignment_file(dst, key))
+            shutil.copyfile(assignment, assignment_file(dst, key))
             rotation = read_json(assignment, what="assignment", fix="rerun that sweep's point").get(
                 "provenance", {}).get("rotation_file")
             if rotation and (assignment.parent / rotation).exists():  # else the sweep names the missing file
-                shutil.copy2(assignment.parent / rotation, dst / "assignments" / rotation)
+                shutil.copyfile(assignment.parent / rotation, dst / "assignments" / rotation)
+        # copyfile, not copy2: the copies take the user's umask; the point is stored after its files,
+        # so an interrupted copy is redone on rerun
         here.add({**{k: v for k, v in point.items() if k not in ACCURACY_FIELDS}, "accuracy": {},
                   "avg_accuracy": None})
         copied.append(key)
