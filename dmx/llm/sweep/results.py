@@ -212,6 +212,8 @@ def copy_points(source: str | os.PathLike, dest: str | os.PathLike, keys: Sequen
         if point is None or here.get(key) is not None:
             continue
         assignment = assignment_file(src, key)
+        # copyfile, not copy2: the copies take the user's umask; the point is stored after its files,
+        # so an interrupted copy is redone on rerun
         if assignment.exists():
             (dst / "assignments").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(assignment, assignment_file(dst, key))
@@ -219,8 +221,6 @@ def copy_points(source: str | os.PathLike, dest: str | os.PathLike, keys: Sequen
                 "provenance", {}).get("rotation_file")
             if rotation and (assignment.parent / rotation).exists():  # else the sweep names the missing file
                 shutil.copyfile(assignment.parent / rotation, dst / "assignments" / rotation)
-        # copyfile, not copy2: the copies take the user's umask; the point is stored after its files,
-        # so an interrupted copy is redone on rerun
         here.add({**{k: v for k, v in point.items() if k not in ACCURACY_FIELDS}, "accuracy": {},
                   "avg_accuracy": None})
         copied.append(key)
