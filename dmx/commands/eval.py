@@ -13,7 +13,9 @@ under different rotations, are refused (``ValueError`` saying what to pass).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
 
 import torch
 
@@ -23,10 +25,10 @@ from dmx.llm.data import check_data_source, test_token_ids
 from dmx.files import atomic_write_text
 from dmx.llm.models import check_seqlens
 from dmx.llm.perplexity import perplexity_of, window_count, window_nlls
-from dmx.llm.pipeline import load_rotated_model, quantize
+from dmx.llm.pipeline import ModelSpec, load_rotated_model, quantize
 from dmx.llm.rotation import recorded_rotation, resolve_rotation
 from dmx.llm.tasks import check_zeroshot_data
-from dmx.llm.zeroshot import evaluate_zeroshot
+from dmx.llm.zeroshot import checkpoint_file, evaluate_zeroshot
 
 __all__ = ["register", "run", "FULL_PRECISION"]
 
@@ -64,20 +66,35 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="zero-shot tasks through dmx.zeroshot/lm-eval (e.g. arc_easy piqa; 'default' for the paper's set)")
     group.add_argument("--limit", type=int, default=None, help="documents per zero-shot task (quick runs)")
     group.add_argument("--zeroshot-batch-size", type=int, default=8, help="lm-eval batch size")
+    group.add_argument("--zeroshot-checkpoint-dir", default=None, metavar="DIR",
+                       help="keep each configuration's finished zero-shot tasks in DIR, so rerunning the same "
+                            "command after an interruption answers only the tasks still missing (on a full split a "
+                            "task is 10-20 min of one core)")
     group.add_argument("--out", default=None, help="also write the results as JSON here")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=run)
     return parser
 
 
-def _zeroshot(args, model, tokenizer):
+def _zeroshot(args, model, tokenizer, checkpoint: Path | None):
     try:
         return evaluate_zeroshot(model, tokenizer, tasks=args.tasks, limit=args.limit,
-                                 batch_size=args.zeroshot_batch_size, data_dir=args.data_dir, online=args.online)
+                                 batch_size=args.zeroshot_batch_size, data_dir=args.data_dir, online=args.online,
+                                 checkpoint=checkpoint, restart_unusable_checkpoint=True)
     except ModuleNotFoundError as err:  # lm-eval, an optional extra, is imported on first use
         if not (err.name or "").startswith("lm_eval"):
             raise
         raise ValueError(f"--tasks needs lm-eval (pip install 'dmx-reference[eval]'): {err}") from err
+
+
+def _zeroshot_checkpoint(args, spec: ModelSpec, label: str, what) -> Path | None:
+    """The ``--zeroshot-checkpoint-dir`` file of one configuration: the model as loaded and rotated
+    and the configuration's formats tell it apart (not the thread count, which the CLI picks per run)."""
+    if not args.zeroshot_checkpoint_dir:
+        return None
+    model = {k: v for k, v in dataclasses.asdict(spec).items() if k != "threads"}
+    formats = {"formats": dict(what.formats), "block_size": what.block_size} if isinstance(what, Assignment) else what
+    return checkpoint_file(args.zeroshot_checkpoint_dir, Path(label).stem, {"model": model, "formats": formats})
 
 
 def _configurations(args) -> list[tuple[str, object]]:
@@ -132,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             row["ppl"] = perplexity_of(nlls, args.seqlen)
             row["window_nlls"] = [float(v) for v in nlls]
         if args.tasks:
-            row["zeroshot"] = _zeroshot(args, model, tokenizer)
+            row["zeroshot"] = _zeroshot(args, model, tokenizer, _zeroshot_checkpoint(args, spec, label, what))
             row["zeroshot_avg_acc"] = row["zeroshot"]["average"]["acc"]
         results.append(row)
     columns = ["config", "element_bits", "storage_bits"] + (["ppl"] if ids is not None else []) + \

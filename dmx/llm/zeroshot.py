@@ -42,6 +42,7 @@ from dmx.llm.tasks import OFFLINE_TASKS, offline_task_config, resolve_task_names
 
 __all__ = [
     "build_tasks",
+    "checkpoint_file",
     "evaluate_zeroshot",
     "average_accuracy",
     "results_table",
@@ -188,6 +189,14 @@ def results_table(results: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- checkpoint
+
+
+def checkpoint_file(folder: str | os.PathLike, stem: str, identity: Any) -> Path:
+    """Where in ``folder`` the zero-shot checkpoint of one model lives: ``<stem>-<hash>.json``, the
+    hash of ``identity`` (JSON: whatever tells that model apart, e.g. its formats and rotation), so
+    another model, or the same one under other settings, never resumes from it."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(folder) / f"{stem}-{digest}.json"
 
 
 def _load_checkpoint(path: Path | None, settings: dict, *, restart_unusable: bool = False) -> dict[str, dict]:

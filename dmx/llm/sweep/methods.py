@@ -38,7 +38,7 @@ from dmx.llm.sweep.config import (OWN_ROTATION_METHODS, SEEDED_METHODS, SweepCon
                                   dmx_trajectory, point_label)
 from dmx.llm.sweep.results import ResultStore, assignment_file, file_stem
 from dmx.wrap import set_fixed_format
-from dmx.llm.zeroshot import evaluate_zeroshot
+from dmx.llm.zeroshot import checkpoint_file, evaluate_zeroshot
 
 __all__ = ["LoadedSweep", "KLDraw", "measure_fp", "prepare_kl_draws", "run_uniform", "run_kl", "run_dmx",
            "run_random", "run_kl_learned_rotation", "add_accuracy", "checkpoint_dir", "zeroshot_checkpoint",
@@ -303,8 +303,7 @@ def zeroshot_checkpoint(out: Path, point: Mapping[str, Any], cfg: SweepConfig) -
     # folders' dMX points share a calibration); a rerun with another deployment starts afresh
     identity = {"settings": point.get("settings"), "format": point.get("format"), "formats": point.get("formats"),
                 "accuracy_settings": accuracy_settings(cfg)}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-    return out / "zeroshot_checkpoints" / f"{file_stem(point['key'])}-{digest}.json"
+    return checkpoint_file(out / "zeroshot_checkpoints", file_stem(point["key"]), identity)
 
 
 def assignment_rotation(assignment_path: Path) -> RotationSpec:
