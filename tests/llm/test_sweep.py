@@ -512,6 +512,8 @@ COMMITTED_SWEEPS = [
      ["pareto_fp6_fp4_hadamard", "pareto_fp6_fp4_hadamard_threshold"], ()),
     ("pareto_study.sh", {"ROTATION": "learned", "OUT": "pareto_fp8_fp4_learned"},
      ["pareto_fp8_fp4_learned", "pareto_fp8_fp4_learned_threshold"], ()),
+    ("pareto_study.sh", {"ROTATION": "learned", "QUESTIONS": "all", "OUT": "pareto_fp8_fp4_learned"},
+     ["pareto_fp8_fp4_learned_every_question"], ()),
     ("pareto_study.sh", {"ROTATION": "none", "TARGETS": "5", "OUT": "pareto_fp8_fp4_none"},
      ["pareto_fp8_fp4_none", "pareto_fp8_fp4_none_threshold"], ()),
     ("headline.sh", {}, ["headline_5bit"], ()),
