@@ -34,7 +34,7 @@ FLAGS = {
     "seqlen": "--seqlen", "kl_seqlen": "--kl-seqlen", "calib_seqlen": "--calib-seqlen", "eval_seqlen": "--eval-seqlen",
     "checkpoint_dir": "--checkpoint-dir", "resume": "--resume", "cache_dir": "--cache-dir",
     "include_lm_head": "--include-lm-head", "batch_size": "--batch-size", "threads": "--threads",
-    "targets": "--targets", "out": "--out", "device": "--device", "block_size": "--block-size",
+    "targets": "--targets", "out": "--out", "points_from": "--points-from", "device": "--device", "block_size": "--block-size",
     "output_format": "--output-format", "rotation": "--rotation", "rotation_file": "--rotation-file",
     "rotation_seed": "--rotation-seed", "rotation_placement": "--rotation-placement", "rotation_block": "--rotation-block",
     "block": "--rotation-block",

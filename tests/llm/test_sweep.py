@@ -383,8 +383,10 @@ def test_points_from_answers_other_questions_in_a_new_folder(tmp_path, monkeypat
     other = list(flags)
     other[other.index("--seqlen") + 1] = "32"
     assert main([*other, "--methods", "uniform", "--points-from", str(a), "--out", str(tmp_path / "other")]) != 0
-    assert "other settings" in capsys.readouterr().err
+    assert f"--points-from {a}: its points were measured with other settings" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+    assert main([*flags, "--methods", "uniform", "--points-from", str(tmp_path / "none"), "--out", str(b)]) != 0
+    assert f"--points-from {tmp_path / 'none'} holds no sweep results" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -188,23 +188,23 @@ class ResultStore:
 ACCURACY_FIELDS = ("accuracy_settings", "accuracy_documents", "accuracy_seconds")
 
 
-def copy_points(source: str | os.PathLike, dest: str | os.PathLike, keys: Sequence[str],
+def copy_points(points_from: str | os.PathLike, dest: str | os.PathLike, keys: Sequence[str],
                 config: Mapping[str, Any]) -> list[str]:
-    """Copy the points ``keys`` that the sweep folder ``source`` has finished into the sweep folder
+    """Copy the points ``keys`` that the sweep folder ``points_from`` has finished into the sweep folder
     ``dest`` (both of sweep identity ``config``), with their assignments and the rotation files
     beside them, but without their zero-shot accuracy: a sweep into ``dest`` with other zero-shot
     settings (every question instead of the first 200, say) answers them without recomputing
-    their perplexity, calibration or KL scores, and ``source`` keeps its own accuracy. Points
+    their perplexity, calibration or KL scores, and ``points_from`` keeps its own accuracy. Points
     ``dest`` already holds are left as they are (a rerun keeps what was measured there). Returns
     the keys copied; ValueError before copying anything when either folder has other settings."""
-    src, dst = Path(source), Path(dest)
+    src, dst = Path(points_from), Path(dest)
     if not exists_or_previous(src / "results.json"):
-        raise ValueError(f"--points-from {src}: no sweep results there (results.json); run that sweep first")
+        raise ValueError(f"points_from={src} holds no sweep results (results.json); run that sweep first")
     try:
         there = ResultStore.open(src, config)
     except ValueError as err:
-        raise ValueError(f"--points-from {src}: its points were measured with other settings than this sweep's "
-                         f"flags; pass the flags it ran with ({err})") from err
+        raise ValueError(f"points_from={src}: its points were measured with other settings than this sweep's; "
+                         f"pass the settings it ran with ({err})") from err
     here = ResultStore.open(dst, config)
     copied = []
     for key in keys:
