@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from mx_spec.atomic import atomic_write_bytes, atomic_write_text, previous_path
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "previous_path", "exists_or_previous", "load_or_previous",
-           "read_json", "read_json_or_previous", "sha256_file"]
+           "read_json", "read_json_or_previous", "sha256_file", "settings_digest"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,12 @@ def read_json(path: str | os.PathLike, *, what: str, fix: str) -> Any:
 def read_json_or_previous(path: str | os.PathLike, *, what: str, fix: str) -> Any:
     """:func:`read_json` of ``path``, falling back to its kept previous version (:func:`load_or_previous`)."""
     return load_or_previous(path, lambda p: read_json(p, what=what, fix=fix), what=what)
+
+
+def settings_digest(settings: Any) -> str:
+    """8 hex digits of the sha256 of ``settings`` as sorted JSON: names a file or folder after what
+    it was made with (checkpoints), so other settings get another name instead of resuming it."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def sha256_file(path: str | os.PathLike) -> str:

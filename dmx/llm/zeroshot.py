@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dmx.llm.data import DATA_DIR_ENV
-from dmx.files import atomic_write_text, read_json
+from dmx.files import atomic_write_text, read_json, settings_digest
 from dmx.llm.tasks import OFFLINE_TASKS, offline_task_config, resolve_task_names, zeroshot_data_dir
 
 __all__ = [
@@ -195,8 +195,7 @@ def checkpoint_file(folder: str | os.PathLike, stem: str, identity: Any) -> Path
     """Where in ``folder`` the zero-shot checkpoint of one model lives: ``<stem>-<hash>.json``, the
     hash of ``identity`` (JSON: whatever tells that model apart, e.g. its formats and rotation), so
     another model, or the same one under other settings, never resumes from it."""
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path(folder) / f"{stem}-{digest}.json"
+    return Path(folder) / f"{stem}-{settings_digest(identity)}.json"
 
 
 def _load_checkpoint(path: Path | None, settings: dict, *, restart_unusable: bool = False) -> dict[str, dict]:

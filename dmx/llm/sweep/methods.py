@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from torch import nn
 from dmx.assignment import Assignment, apply_assignment
 from dmx.calibrate import calibrate
 from dmx.checkpoint import checkpoint_exists
+from dmx.files import settings_digest
 from dmx.llm.data import calibration_windows
 from dmx.family import FormatFamily
 from dmx.llm.kl_baseline import kl_assignments, reference_if_needed
@@ -321,8 +321,7 @@ def checkpoint_dir(out: Path, key: str, settings: Mapping[str, Any]) -> Path:
     """The calibration checkpoint folder of the dMX point ``key`` with method ``settings``."""
     # One checkpoint directory per (target, seed, settings): changed settings start afresh.
     # final_rounding is left out: a rerun with the other rounding re-deploys the finished offsets
-    digest = hashlib.sha256(json.dumps(dmx_trajectory(settings), sort_keys=True).encode()).hexdigest()[:8]
-    return out / "checkpoints" / f"{file_stem(key)}-{digest}"
+    return out / "checkpoints" / f"{file_stem(key)}-{settings_digest(dmx_trajectory(settings))}"
 
 
 def _kl_reference(run: LoadedSweep, model: nn.Module, windows, model_id: str):
