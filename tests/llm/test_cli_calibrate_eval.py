@@ -61,32 +61,20 @@ def test_calibrate_then_eval_with_yaml_config(tmp_path, tiny_real_tokenizer_dir,
     assert results[1]["element_bits"] == 4.0 and all(r["ppl"] > 1 for r in results)
 
 
-def test_eval_resumes_zero_shot_at_the_task_it_was_answering(tmp_path, tiny_real_tokenizer_dir, data_dir, monkeypatch):
+def test_eval_resumes_zero_shot_at_the_task_it_was_answering(tmp_path, tiny_real_tokenizer_dir, data_dir,
+                                                             lm_eval_runs):
     """With --zeroshot-checkpoint-dir an interrupted `dmx eval --tasks` keeps each configuration's
     finished tasks: the rerun answers only the task that was cut off, and gives what an
     uninterrupted run gives."""
-    import lm_eval
-
-    real = lm_eval.simple_evaluate
-    answered = []
-
-    def interrupted(*args, tasks, **kwargs):
-        answered.append(tasks[0].config.task)
-        if len(answered) == 4:  # full precision's two tasks, then MXFP4's second
-            raise KeyboardInterrupt
-        return real(*args, tasks=tasks, **kwargs)
-
     argv = ["eval", "--model", str(tiny_real_tokenizer_dir), "--data-dir", str(data_dir), "--no-ppl",
             "--format", "fp", "mxfp4_e2m1", "--tasks", "piqa", "winogrande", "--limit", "3", "--no-progress"]
     checkpoints = ["--zeroshot-checkpoint-dir", str(tmp_path / "answers")]
-    monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
+    lm_eval_runs.cut_at = 4  # full precision's two tasks, then MXFP4's second
     assert main([*argv, *checkpoints, "--out", str(tmp_path / "cut.json")]) == 130
     assert len(list((tmp_path / "answers").iterdir())) == 2  # full precision's, MXFP4's first task
-    answered.clear()
-    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda *a, tasks, **k: answered.append(tasks[0].config.task)
-                        or real(*a, tasks=tasks, **k))
+    lm_eval_runs.restart()
     assert main([*argv, *checkpoints, "--out", str(tmp_path / "resumed.json")]) == 0
-    assert answered == ["dmx_winogrande"]
+    assert lm_eval_runs.tasks == ["dmx_winogrande"]
     assert main([*argv, "--out", str(tmp_path / "whole.json")]) == 0
     resumed, whole = (json.loads((tmp_path / f"{name}.json").read_text())["results"] for name in ("resumed", "whole"))
     assert [{t: r["zeroshot"]["tasks"][t]["acc"] for t in ("piqa", "winogrande")} for r in resumed] == \

@@ -293,12 +293,11 @@ def test_rerun_with_tasks_adds_accuracy_without_recomputing(tmp_path, monkeypatc
     assert len(scored) == 2 * len(first)
 
 
-def test_an_interrupted_zero_shot_run_resumes_at_the_task_it_was_answering(tmp_path, monkeypatch, data_dir):
+def test_an_interrupted_zero_shot_run_resumes_at_the_task_it_was_answering(tmp_path, monkeypatch, data_dir,
+                                                                           lm_eval_runs):
     """A point's perplexity is stored before it answers the zero-shot tasks, and each finished task
     is checkpointed: a sweep interrupted in a point's second task reruns that task alone, with the
     answers an uninterrupted sweep gives, and the checkpoint is gone once the point is stored."""
-    import lm_eval
-
     _save_byte_lm(tmp_path)
     cfg = SweepConfig(
         model=ModelSpec(model=str(tmp_path / "lm")), out_dir=str(tmp_path / "sweep"), data_dir=str(data_dir),
@@ -307,16 +306,7 @@ def test_an_interrupted_zero_shot_run_resumes_at_the_task_it_was_answering(tmp_p
                                   tasks=("piqa", "winogrande"), limit=4),
         progress=False,
     )
-    real = lm_eval.simple_evaluate
-    answered = []  # the task of every lm-eval run, in order
-
-    def interrupted(*args, tasks, **kwargs):
-        answered.append(tasks[0].config.task)
-        if len(answered) == 4:  # full precision's two tasks, then the uniform point's second
-            raise KeyboardInterrupt
-        return real(*args, tasks=tasks, **kwargs)
-
-    monkeypatch.setattr(lm_eval, "simple_evaluate", interrupted)
+    lm_eval_runs.cut_at = 4  # full precision's two tasks, then the uniform point's second
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg)
     stored = {p["key"]: p for p in json.loads((tmp_path / "sweep" / "results.json").read_text())["points"]}
@@ -326,12 +316,10 @@ def test_an_interrupted_zero_shot_run_resumes_at_the_task_it_was_answering(tmp_p
     assert [c.name for c in checkpoints] == [methods.zeroshot_checkpoint(
         tmp_path / "sweep", stored["uniform:mxfp4_e2m1"], cfg).name]
 
-    answered.clear()
-    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda *a, tasks, **k: answered.append(tasks[0].config.task)
-                        or real(*a, tasks=tasks, **k))
+    lm_eval_runs.restart()
     monkeypatch.setattr(methods, "_perplexity_metrics", lambda *a, **k: pytest.fail("perplexity recomputed"))
     resumed = {p["key"]: p for p in run_sweep(cfg)}
-    assert answered == ["dmx_winogrande"]  # piqa came from the checkpoint
+    assert lm_eval_runs.tasks == ["dmx_winogrande"]  # piqa came from the checkpoint
     assert not (tmp_path / "sweep" / "zeroshot_checkpoints").exists()
 
     monkeypatch.undo()
