@@ -552,9 +552,10 @@ def _committed_zeroshot_rows() -> tuple:
     return tuple(st.zeroshot_rows(REPO))
 
 
-def _committed(label: str, method: str, target: float) -> list:
-    """The committed study ``label``'s points of ``method`` at ``target``."""
-    return st._at(st._points(REPO / "results" / st.STUDY_FOLDERS[label]), method, target)
+def _committed(label: str, method: str, target: float, twin: str = "") -> list:
+    """The committed study ``label``'s points of ``method`` at ``target`` (in its ``twin`` folder, e.g.
+    ``st.EVERY_QUESTION``, where one is named)."""
+    return st._at(st._points(REPO / "results" / (st.STUDY_FOLDERS[label] + twin)), method, target)
 
 
 def _committed_uniform(label: str, fmt: str) -> float:
@@ -563,10 +564,11 @@ def _committed_uniform(label: str, fmt: str) -> float:
     return next(p["perplexity"] for p in points if p["method"] == "uniform" and p["format"] == fmt)
 
 
-def _seed_pairs(label: str, target: float, field: str = "perplexity") -> tuple[dict, dict]:
+def _seed_pairs(label: str, target: float, field: str = "perplexity", twin: str = "") -> tuple[dict, dict]:
     """{seed: ``field``} of the committed study ``label``'s dMX seeds and of its KL draws on each
-    seed's own rotation at ``target``, after checking that the three seeds pair up with three draws."""
-    dmx, ranked = ({p["settings"]["seed"]: p[field] for p in _committed(label, method, target)}
+    seed's own rotation at ``target`` (in its ``twin`` folder where one is named), after checking
+    that the three seeds pair up with three draws."""
+    dmx, ranked = ({p["settings"]["seed"]: p[field] for p in _committed(label, method, target, twin)}
                    for method in ("dmx", "kl_learned_rotation"))
     assert len(dmx) == 3 and ranked.keys() == dmx.keys()
     return dmx, ranked
@@ -894,6 +896,51 @@ def test_the_reading_of_the_learned_studys_zero_shot_point_at_5_bits_holds_in_it
     assert max(pipeline["random"]) < min(pipeline["dmx"])
     assert max(pipeline["random"]) == min(ranking["kl"]), (pipeline["random"], ranking["kl"])
     assert f"ties the worst KL draw on a seed's rotation ({100 * min(ranking['kl']):.2f} %)" in text
+
+
+@pytest.mark.results
+def test_the_reading_of_every_question_at_5_bits_holds_in_its_results_files():
+    """README and docs/RESULTS.md on every question (6,653) at 5 bits under the learned rotation: every
+    dMX seed above the KL draw on its own rotation by 0.2 to 1.3 points, the interval about three
+    times narrower than the first 200's and still including zero; the seed below its draw on the
+    first 200 above it here; the twin's timings, seed 1's marked as no measure of speed."""
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
+    label = "FP8/FP4, learned rotation"
+    rows = [row for row_label, row in _committed_zeroshot_rows()
+            if row_label == st.LEARNED_RANKING[label] and row["target"] == 5.0]
+    every = next(row for row in rows if row["settings"]["limit"] is None)
+    first = next(row for row in rows if row["settings"]["limit"] == 200)
+    assert sum(every["sizes"]) == 6653 and "6,653" in text
+    assert every["verdict"] == "no difference shown" and every["interval"].low < 0 < every["interval"].high
+    ci = every["interval"]
+    said = f"(+{100 * ci.difference:.2f} points, from {100 * ci.low:.2f} to +{100 * ci.high:.2f})"
+    assert said in text and said in readme, said
+    assert f"({st._accuracy_spread(every['dmx'])} % against {st._accuracy_spread(every['kl'])} %)" in text
+    narrower = (first["interval"].high - first["interval"].low) / (ci.high - ci.low)
+    assert 2.5 < narrower < 3.5, narrower  # "about three times narrower"; sqrt(6653 / 800) = 2.9
+    dmx, ranked = _seed_pairs(label, 5.0, field="avg_accuracy", twin=st.EVERY_QUESTION)
+    gaps = {seed: 100 * (dmx[seed] - ranked[seed]) for seed in dmx}
+    assert min(gaps.values()) > 0, gaps  # every seed above its own draw
+    spread = f"by {min(gaps.values()):.1f} to {max(gaps.values()):.1f} points"
+    assert spread in text and spread in readme, spread
+    first_dmx, first_ranked = _seed_pairs(label, 5.0, field="avg_accuracy")
+    below = [seed for seed in first_dmx if first_dmx[seed] < first_ranked[seed]]
+    assert len(below) == 1, below
+    seed = below[0]
+    said = re.search(r"The seed that answered (\d\.\d\d) points fewer than its KL draw on the first 200 answers "
+                     r"(\d\.\d\d) more on every question", text)
+    assert said, "the every-question paragraph no longer names the seed whose sign changed"
+    assert [float(x) for x in said.groups()] == pytest.approx(
+        [100 * (first_ranked[seed] - first_dmx[seed]), gaps[seed]], abs=0.0051)
+    assert 100 * ci.high < 2.0 and "at most about two points better" in text
+    minutes = [(p["settings"]["seed"], p["accuracy_seconds"] / 60) for method in ("dmx", "kl_learned_rotation")
+               for p in _committed(label, method, 5.0, st.EVERY_QUESTION)]
+    clean = [m for seed, m in minutes if seed != 1]
+    assert len(clean) == 4 and f"{min(clean):.0f} to {max(clean):.0f} min for the pairs of seeds 0 and 2" in text, clean
+    paused = sorted(m for seed, m in minutes if seed == 1)
+    assert f"seed 1's stored times ({paused[0]:.0f} and {paused[1]:.0f} min)" in text, paused
+    assert min(paused) > 1.5 * max(clean)  # the pause, not the questions: the same 6,653 for every pair
 
 
 @pytest.mark.results
