@@ -93,8 +93,10 @@ def _panel(ax: Axes, points: Sequence[Mapping[str, Any]], metric: str, ylabel: s
     ax.set_xlabel("average element bits")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    # below the axes: inside, it covers the points of a sparse panel (one target with accuracy)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    # below the axes: inside, it covers the points of a sparse panel (one target with accuracy); one
+    # column: a study's labels ("KL on dMX's learned rotation (mean, min-max over seeds)") are wider
+    # than half a panel, so two columns ran off the figure and under the next panel's legend
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
 
 
 def pareto_figure(
@@ -111,10 +113,16 @@ def pareto_figure(
     dashed horizontal line. If any record has ``avg_accuracy``, a second panel shows average
     zero-shot accuracy vs average bits. Returns the written path.
     """
+    return _save(draw_pareto(points, title=title, log_perplexity=log_perplexity), path)
+
+
+def draw_pareto(points: Sequence[Mapping[str, Any]], *, title: str | None = None,
+                log_perplexity: bool = True) -> Figure:
+    """The figure :func:`pareto_figure` writes, laid out, for drawing elsewhere or inspecting."""
     if not any(_finite(p.get("perplexity")) for p in points):
         raise ValueError("no result has a finite perplexity; nothing to plot (run the sweep first)")
     with_acc = any(_finite(p.get("avg_accuracy")) for p in points)
-    fig = Figure(figsize=(11 if with_acc else 6, 5.5))
+    fig = Figure(figsize=(11 if with_acc else 6, 6.5))
     axes = fig.subplots(1, 2 if with_acc else 1, squeeze=False)
     _panel(axes[0, 0], points, "perplexity", "WikiText-2 perplexity")
     if log_perplexity:
@@ -126,7 +134,8 @@ def pareto_figure(
         _panel(axes[0, 1], points, "avg_accuracy", "average zero-shot accuracy")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def _block_ticks(layer_names: Sequence[str]) -> tuple[list[int], list[str]]:
@@ -196,12 +205,12 @@ def assignment_heatmap(
     cbar = fig.colorbar(im, ax=ax, ticks=levels, fraction=0.03)
     cbar.set_label("element bits")
     ax.set_title(title or "per-layer MX format (bright = high precision)")
+    fig.tight_layout()
     return _save(fig, path)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG, creating parent folders (a pyplot-free figure needs no closing)."""
-    fig.tight_layout()
+    """Write the laid-out ``fig`` as PNG, creating parent folders (a pyplot-free figure needs no closing)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)

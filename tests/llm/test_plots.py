@@ -95,3 +95,37 @@ def test_import_and_drawing_leave_the_backend_alone(tmp_path):
     assert before == after == backend
     assert pyplot_loaded == "False"
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def _study_points() -> list[dict]:
+    """A Pareto study's points: every method the study draws, seeds as groups, both metrics."""
+    pts = [{"method": "fp", "perplexity": 19.85, "avg_accuracy": 0.4713}]
+    for target in (4.5, 5.0, 6.0, 7.0):
+        pts += [{"method": m, "target": target, "avg_bits": target, "perplexity": 20 + k + seed + 10 / target,
+                 "avg_accuracy": 0.40 + 0.01 * k + 0.002 * seed}
+                for k, m in enumerate(("dmx", "kl", "random", "kl_learned_rotation")) for seed in range(3)]
+    pts += [{"method": "uniform", "format": f, "avg_bits": b, "perplexity": p, "avg_accuracy": 0.45}
+            for f, b, p in (("mxfp4_e2m1", 4.0, 150.0), ("mxfp6_e2m3", 6.0, 21.8), ("mxfp8_e4m3", 8.0, 21.9))]
+    return pts
+
+
+@pytest.mark.parametrize("with_acc", [False, True])
+def test_the_legends_fit_in_the_saved_figure_and_do_not_overlap(tmp_path, with_acc):
+    """Every legend entry is readable in the PNG: each legend lies inside the figure (not cut at its
+    edges) and the two panels' legends do not cover each other."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dmx.llm.plots import draw_pareto
+
+    points = _study_points() if with_acc else [{k: v for k, v in p.items() if k != "avg_accuracy"}
+                                               for p in _study_points()]
+    fig = draw_pareto(points, title="smollm2-135m: WikiText-2 test, 32 window(s) of 2048 tokens")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == (2 if with_acc else 1)
+    boxes = [legend.get_window_extent(renderer) for legend in legends]
+    for box in boxes:
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0, (box, fig.bbox)
+    if with_acc:
+        assert not boxes[0].overlaps(boxes[1]), boxes
