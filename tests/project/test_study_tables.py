@@ -907,10 +907,9 @@ def test_the_reading_of_every_question_at_5_bits_holds_in_its_results_files():
     text = _prose("docs/RESULTS.md")
     readme = _prose("README.md")
     label = "FP8/FP4, learned rotation"
-    rows = [row for row_label, row in _committed_zeroshot_rows()
-            if row_label == st.LEARNED_RANKING[label] and row["target"] == 5.0]
-    every = next(row for row in rows if row["settings"]["limit"] is None)
-    first = next(row for row in rows if row["settings"]["limit"] == 200)
+    every = next(row for row_label, row in _committed_zeroshot_rows() if row_label == st.LEARNED_RANKING[label]
+                 and row["target"] == 5.0 and row["settings"]["limit"] is None)
+    first = _learned_zero_shot_rows_without_difference(5.0)[0]  # the ranking row on the first 200
     assert sum(every["sizes"]) == 6653 and "6,653" in text
     assert every["verdict"] == "no difference shown" and every["interval"].low < 0 < every["interval"].high
     ci = every["interval"]
@@ -934,11 +933,10 @@ def test_the_reading_of_every_question_at_5_bits_holds_in_its_results_files():
     assert [float(x) for x in said.groups()] == pytest.approx(
         [100 * (first_ranked[seed] - first_dmx[seed]), gaps[seed]], abs=0.0051)
     assert 100 * ci.high < 2.0 and "at most about two points better" in text
-    minutes = [(p["settings"]["seed"], p["accuracy_seconds"] / 60) for method in ("dmx", "kl_learned_rotation")
-               for p in _committed(label, method, 5.0, st.EVERY_QUESTION)]
-    clean = [m for seed, m in minutes if seed != 1]
-    assert len(clean) == 4 and f"{min(clean):.0f} to {max(clean):.0f} min for the pairs of seeds 0 and 2" in text, clean
-    paused = sorted(m for seed, m in minutes if seed == 1)
+    seconds = _seed_pairs(label, 5.0, field="accuracy_seconds", twin=st.EVERY_QUESTION)
+    clean = [method[seed] / 60 for method in seconds for seed in (0, 2)]
+    assert f"{min(clean):.0f} to {max(clean):.0f} min for the pairs of seeds 0 and 2" in text, clean
+    paused = sorted(method[1] / 60 for method in seconds)
     assert f"seed 1's stored times ({paused[0]:.0f} and {paused[1]:.0f} min)" in text, paused
     assert min(paused) > 1.5 * max(clean)  # the pause, not the questions: the same 6,653 for every pair
 
