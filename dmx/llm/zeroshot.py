@@ -27,7 +27,6 @@ contributes its ``acc`` -- the result says so in ``average["acc_norm_uses_acc_fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dmx.llm.data import DATA_DIR_ENV
-from dmx.files import atomic_write_text, read_json, settings_digest
+from dmx.files import atomic_write_text, read_json, settings_digest, sha256_file
 from dmx.llm.tasks import OFFLINE_TASKS, offline_task_config, resolve_task_names, zeroshot_data_dir
 
 __all__ = [
@@ -135,7 +134,7 @@ def _task_summary(name: str, task: Any, lm_eval_results: dict, *, online: bool) 
     else:
         data_file = Path(task.config.dataset_kwargs["data_files"]["test"])
         summary["data_file"] = str(data_file)
-        summary["data_sha256"] = hashlib.sha256(data_file.read_bytes()).hexdigest()
+        summary["data_sha256"] = sha256_file(data_file)
     if lm_eval_results.get("samples"):
         summary["documents"] = _per_document(lm_eval_results["samples"][task_name])
     return summary
