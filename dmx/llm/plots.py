@@ -131,11 +131,25 @@ def draw_pareto(points: Sequence[Mapping[str, Any]], *, title: str | None = None
         axes[0, 0].yaxis.set_major_formatter(ScalarFormatter())
         axes[0, 0].yaxis.set_minor_formatter(ScalarFormatter())
     if with_acc:
-        _panel(axes[0, 1], points, "avg_accuracy", "average zero-shot accuracy")
+        _panel(axes[0, 1], points, "avg_accuracy", accuracy_label(points))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def accuracy_label(points: Sequence[Mapping[str, Any]]) -> str:
+    """The accuracy axis's label, naming how many questions of each task the points answered (their
+    ``accuracy_settings``' ``limit``): a figure of the first 200 questions must not read as every question."""
+    label = "average zero-shot accuracy"
+    settings = [p.get("accuracy_settings") for p in points if _finite(p.get("avg_accuracy"))]
+    if not all(settings):  # records made before the settings were stored
+        return label
+    limits = {s.get("limit") for s in settings}
+    if len(limits) > 1:
+        return f"{label}\n(question counts differ between points)"
+    limit = limits.pop()
+    return f"{label}\n({f'first {limit} questions' if limit else 'every question'} of each task)"
 
 
 def _block_ticks(layer_names: Sequence[str]) -> tuple[list[int], list[str]]:

@@ -119,7 +119,7 @@ def test_the_legends_fit_in_the_saved_figure_and_do_not_overlap(tmp_path, with_a
 
     points = _study_points() if with_acc else [{k: v for k, v in p.items() if k != "avg_accuracy"}
                                                for p in _study_points()]
-    fig = draw_pareto(points, title="smollm2-135m: WikiText-2 test, 32 window(s) of 2048 tokens")
+    fig = draw_pareto(points, title="smollm2-135m: WikiText-2 test, windows 32-63 of 2048 tokens")
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
@@ -129,3 +129,19 @@ def test_the_legends_fit_in_the_saved_figure_and_do_not_overlap(tmp_path, with_a
         assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0, (box, fig.bbox)
     if with_acc:
         assert not boxes[0].overlaps(boxes[1]), boxes
+
+
+def test_the_accuracy_axis_names_how_many_questions_each_point_answered():
+    """A figure of the first 200 questions of each task must not read as every question."""
+    from dmx.llm.plots import accuracy_label
+
+    def points(*limits):
+        return [{"avg_accuracy": 0.4, "accuracy_settings": {"tasks": ["piqa"], "limit": n}} for n in limits]
+
+    assert accuracy_label(points(200, 200)).endswith("(first 200 questions of each task)")
+    assert accuracy_label(points(None)).endswith("(every question of each task)")
+    assert "differ" in accuracy_label(points(200, None))
+    assert accuracy_label([{"avg_accuracy": 0.4}]) == "average zero-shot accuracy"  # settings not recorded
+    unanswered = {"avg_accuracy": None, "accuracy_settings": {"limit": 5}}  # no accuracy: not counted
+    assert accuracy_label(points(200) + [unanswered]).endswith("(first 200 questions of each task)")
+

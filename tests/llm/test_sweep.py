@@ -180,6 +180,7 @@ def test_kl_draws_and_held_out_windows_store_per_window_nlls(tiny_dir, tmp_path)
         calibration_data=CalibrationData(text_file=str(tmp_path / "eval.txt"), kl_windows=2, kl_seqlen=32),
     )
     assert cfg.identity()["first_window"] == 2 and "first_window" not in SweepConfig().identity()
+    assert cfg.figure_title().endswith("eval.txt, windows 2-4 of 64 tokens")  # the scored windows, by number
     points = {p["key"]: p for p in run_sweep(cfg)}
     assert list(points) == ["fp", "kl@5", "kl@5:s1"]
     assert [points[k]["seed"] for k in ("kl@5", "kl@5:s1")] == [3, 4]

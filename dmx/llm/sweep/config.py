@@ -175,11 +175,16 @@ class SweepConfig:
         return identity
 
     def figure_title(self) -> str:
-        """The title of the sweep's figures: ``<model>: <test text>, <n> window(s) of <seqlen> tokens``."""
+        """The title of the sweep's figures: ``<model>: <test text>, windows <first>-<last> of <seqlen>
+        tokens``; it names the scored windows, so a figure of held-out windows (32-63) says so."""
         evaluation = self.evaluation
-        windows = "all" if evaluation.max_windows is None else str(evaluation.max_windows)
+        first, count = evaluation.first_window, evaluation.max_windows
+        if count is None:
+            windows = f"windows {first} onward" if first else "all windows"
+        else:
+            windows = f"window {first}" if count == 1 else f"windows {first}-{first + count - 1}"
         data = Path(evaluation.text_file).name if evaluation.text_file else "WikiText-2 test"
-        return f"{self.model.model}: {data}, {windows} window(s) of {evaluation.seqlen} tokens"
+        return f"{self.model.model}: {data}, {windows} of {evaluation.seqlen} tokens"
 
     def model_spec(self, *, learning: bool = False) -> ModelSpec:
         """The :class:`dmx.llm.pipeline.ModelSpec` the sweep loads.
