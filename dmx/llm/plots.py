@@ -27,12 +27,15 @@ from matplotlib.ticker import ScalarFormatter
 
 from mx_spec import get_format
 
-# One marker (and colour) per method; methods not listed get the fallback style.
+# One marker (and colour) per method; methods not listed get the fallback style. ``repeats``: what
+# a method's several points at one target are, as the study names them (dMX has calibration seeds,
+# KL calibration draws, the random control random draws; KL on a learned rotation pairs draw i with
+# seed i's rotation).
 METHOD_STYLE: dict[str, dict[str, Any]] = {
     "uniform": {"marker": "s", "color": "tab:gray", "label": "uniform MX"},
-    "kl": {"marker": "^", "color": "tab:orange", "label": "KL heuristic"},
+    "kl": {"marker": "^", "color": "tab:orange", "label": "KL heuristic", "repeats": "calibration draws"},
     "dmx": {"marker": "o", "color": "tab:blue", "label": "dMX"},
-    "random": {"marker": "x", "color": "tab:red", "label": "random control"},
+    "random": {"marker": "x", "color": "tab:red", "label": "random control", "repeats": "draws"},
     "kl_learned_rotation": {"marker": "v", "color": "tab:brown", "label": "KL on dMX's learned rotation"},
 }
 _FALLBACK_STYLE = {"marker": "D", "color": "tab:purple"}
@@ -65,7 +68,7 @@ def _panel(ax: Axes, points: Sequence[Mapping[str, Any]], metric: str, ylabel: s
         x = [float(np.mean([p["avg_bits"] for p in g])) for g in groups]
         y = [float(np.mean([p[metric] for p in g])) for g in groups]
         several = any(len(g) > 1 for g in groups)
-        label = st["label"] + (" (mean, min-max over seeds)" if several else "")
+        label = st["label"] + (f" (mean, min-max over {st.get('repeats', 'seeds')})" if several else "")
         if several:
             for g in groups:  # each seed faintly, the mean with its range on top
                 ax.scatter([p["avg_bits"] for p in g], [p[metric] for p in g], marker=st["marker"], color=st["color"],

@@ -129,6 +129,10 @@ def test_the_legends_fit_in_the_saved_figure_and_do_not_overlap(tmp_path, with_a
         assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0, (box, fig.bbox)
     if with_acc:
         assert not boxes[0].overlaps(boxes[1]), boxes
+    labels = [text.get_text() for text in legends[0].get_texts()]
+    for label in ("dMX (mean, min-max over seeds)", "KL heuristic (mean, min-max over calibration draws)",
+                  "random control (mean, min-max over draws)"):  # each method's repeats by the study's name
+        assert label in labels, labels
 
 
 def test_the_accuracy_axis_names_how_many_questions_each_point_answered():
