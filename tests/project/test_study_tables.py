@@ -588,6 +588,16 @@ def _learned_zero_shot_rows_without_difference(target: float) -> tuple[dict, dic
     return ranking, pipeline
 
 
+def _learned_every_question_row(target: float) -> dict:
+    """The learned study's ranking row (dMX against KL on each seed's rotation) on every question of
+    the four tasks (its ``_every_question`` twin) at ``target``, after checking it counts 6,653."""
+    label = st.LEARNED_RANKING["FP8/FP4, learned rotation"]
+    row = next(row for row_label, row in _committed_zeroshot_rows()
+               if row_label == label and row["target"] == target and row["settings"]["limit"] is None)
+    assert sum(row["sizes"]) == 6653, row["sizes"]
+    return row
+
+
 def _interval_in_points(ci, low_digits: int, high_digits: int) -> str:
     """How the zero-shot readings give a positive difference and its interval, in points:
     "(+1.12 points, from about -2 to +4)", the bounds rounded to the digits asked."""
@@ -903,12 +913,11 @@ def test_the_reading_of_every_question_at_5_bits_holds_in_its_results_files():
     """README and docs/RESULTS.md on every question (6,653) at 5 bits under the learned rotation: every
     dMX seed above the KL draw on its own rotation by 0.2 to 1.3 points, the interval about three
     times narrower than the first 200's and still including zero; the seed below its draw on the
-    first 200 above it here; the twin's timings, seed 1's marked as no measure of speed."""
+    first 200 above it here."""
     text = _prose("docs/RESULTS.md")
     readme = _prose("README.md")
     label = "FP8/FP4, learned rotation"
-    every = next(row for row_label, row in _committed_zeroshot_rows() if row_label == st.LEARNED_RANKING[label]
-                 and row["target"] == 5.0 and row["settings"]["limit"] is None)
+    every = _learned_every_question_row(5.0)
     first = _learned_zero_shot_rows_without_difference(5.0)[0]  # the ranking row on the first 200
     assert sum(every["sizes"]) == 6653 and "6,653" in text
     assert every["verdict"] == "no difference shown" and every["interval"].low < 0 < every["interval"].high
@@ -933,12 +942,55 @@ def test_the_reading_of_every_question_at_5_bits_holds_in_its_results_files():
     assert [float(x) for x in said.groups()] == pytest.approx(
         [100 * (first_ranked[seed] - first_dmx[seed]), gaps[seed]], abs=0.0051)
     assert 100 * ci.high < 2.0 and "at most about two points better" in text
-    seconds = _seed_pairs(label, 5.0, field="accuracy_seconds", twin=st.EVERY_QUESTION)
-    clean = [method[seed] / 60 for method in seconds for seed in (0, 2)]
-    assert f"{min(clean):.0f} to {max(clean):.0f} min for the pairs of seeds 0 and 2" in text, clean
-    paused = sorted(method[1] / 60 for method in seconds)
-    assert f"seed 1's stored times ({paused[0]:.0f} and {paused[1]:.0f} min)" in text, paused
-    assert min(paused) > 1.5 * max(clean)  # the pause, not the questions: the same 6,653 for every pair
+
+
+@pytest.mark.results
+def test_the_reading_of_every_question_at_6_bits_holds_in_its_results_files():
+    """README and docs/RESULTS.md on every question (6,653) at 6 bits under the learned rotation: how
+    many dMX seeds answer more questions than the KL draw on their own rotation and by how much, the
+    paired interval centred on zero, how much narrower it is than the first 200's, and 5 and 6 bits
+    read together."""
+    text = _prose("docs/RESULTS.md")
+    readme = _prose("README.md")
+    label = "FP8/FP4, learned rotation"
+    every, first = _learned_every_question_row(6.0), _learned_zero_shot_rows_without_difference(6.0)[0]
+    ci = every["interval"]
+    assert every["verdict"] == "no difference shown" and ci.low < 0 < ci.high
+    assert abs(ci.difference) < 0.1 * (ci.high - ci.low)  # "centred on zero"
+    said = f"({100 * ci.difference:+.2f} points, from {100 * ci.low:+.2f} to {100 * ci.high:+.2f})"
+    assert said in text and said[1:-1] in readme, said
+    assert f" points; {st._accuracy_spread(every['dmx'])} % against {st._accuracy_spread(every['kl'])} %)" in text
+    narrower = (first["interval"].high - first["interval"].low) / (ci.high - ci.low)
+    assert f"{narrower:.1f} times narrower than on the first 200" in text, narrower
+    dmx, ranked = _seed_pairs(label, 6.0, field="avg_accuracy", twin=st.EVERY_QUESTION)
+    gaps = [100 * (dmx[seed] - ranked[seed]) for seed in sorted(dmx)]
+    said = "(seeds 0, 1 and 2: " + ", ".join(f"{gap:+.2f}" for gap in gaps) + " points;"
+    assert said in text, said
+    above = sum(gap > 0 for gap in gaps)
+    assert above == 1 and "only 1 of the three dMX seeds answers more questions" in text  # "only one seed" in the README
+    first_dmx, first_ranked = _seed_pairs(label, 6.0, field="avg_accuracy")
+    assert all(first_dmx[seed] > first_ranked[seed] for seed in first_dmx)  # "every seed ... on the first 200"
+    assert "on every question two of them answer fewer" in text and sum(gap < 0 for gap in gaps) == 2
+    dmx5, ranked5 = _seed_pairs(label, 5.0, field="avg_accuracy", twin=st.EVERY_QUESTION)
+    both = above + sum(dmx5[seed] > ranked5[seed] for seed in dmx5)
+    said = f"{both} of the 6 seeds across the two targets answer more questions than their own KL draw"
+    assert said in text and said in readme, said
+    assert _learned_every_question_row(5.0)["verdict"] == "no difference shown"  # "neither interval excludes zero"
+
+
+@pytest.mark.results
+def test_the_every_question_timings_in_the_reading_are_the_stored_ones():
+    """docs/RESULTS.md on the every-question twin's speed: the range of every point that ran without a
+    pause (seeds 0 and 2 at 5 bits, every seed at 6 bits), and seed 1's paused times at 5 bits, marked
+    as no measure of speed, from the points' stored accuracy_seconds."""
+    text = _prose("docs/RESULTS.md")
+    label = "FP8/FP4, learned rotation"
+    at5, at6 = (_seed_pairs(label, target, field="accuracy_seconds", twin=st.EVERY_QUESTION) for target in (5.0, 6.0))
+    clean = [method[seed] / 60 for method in at5 for seed in (0, 2)] + [s / 60 for method in at6 for s in method.values()]
+    assert f"{min(clean):.0f} to {max(clean):.0f} min for every point that ran without a pause" in text, clean
+    paused = sorted(method[1] / 60 for method in at5)
+    assert f"seed 1's stored times at 5 bits ({paused[0]:.0f} and {paused[1]:.0f} min)" in text, paused
+    assert min(paused) > 1.5 * max(clean)  # the pause, not the questions: the same 6,653 for every point
 
 
 @pytest.mark.results
