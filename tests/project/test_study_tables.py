@@ -967,7 +967,8 @@ def test_the_reading_of_every_question_at_6_bits_holds_in_its_results_files():
     said = "(seeds 0, 1 and 2: " + ", ".join(f"{gap:+.2f}" for gap in gaps) + " points;"
     assert said in text, said
     above = sum(gap > 0 for gap in gaps)
-    assert above == 1 and "only 1 of the three dMX seeds answers more questions" in text  # "only one seed" in the README
+    assert above == 1 and "only 1 of the three dMX seeds answers more questions" in text
+    assert "at 6 bits only one seed does" in readme
     first_dmx, first_ranked = _seed_pairs(label, 6.0, field="avg_accuracy")
     assert all(first_dmx[seed] > first_ranked[seed] for seed in first_dmx)  # "every seed ... on the first 200"
     assert "on every question two of them answer fewer" in text and sum(gap < 0 for gap in gaps) == 2
